@@ -1,0 +1,1 @@
+"""Data: readers, filtering, splits, training examples and client partitions."""

@@ -1,0 +1,1 @@
+"""Aggregation math and federated strategies (pure functions and thin classes over them)."""

@@ -1,0 +1,1 @@
+"""Ranking metrics, balance statistics and the popularity baseline (pure functions)."""

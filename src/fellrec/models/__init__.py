@@ -1,0 +1,1 @@
+"""Recommender models over Hugging Face backbones, with peft adapters."""

@@ -1,0 +1,1 @@
+"""Lightning layer: client and federated modules, data module and the FederatedLoop callback."""
