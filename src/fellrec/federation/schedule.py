@@ -1,0 +1,96 @@
+"""Which examples each client trains on, in which order, in one round (pure, seeded).
+
+A round visits clients one after another (client-major order). Each client runs ``local_epochs``
+passes over its own shuffled examples in mini-batches; ``accumulate`` consecutive mini-batches of a
+client form one optimizer step. The plan depends only on ``(seed, round)``, so a resumed run replays
+exactly the round it was interrupted in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """One mini-batch of one client.
+
+    Attributes:
+        client: The client (adapter) this batch trains.
+        indices: Example indices of the whole (global) mini-batch.
+        step_examples: Examples in the optimizer step this batch belongs to (for exact loss
+            normalization under gradient accumulation and data parallelism).
+        step_end: Whether the optimizer steps after this batch.
+        client_start: Whether this is the client's first batch in the round.
+    """
+
+    client: int
+    indices: np.ndarray
+    step_examples: int
+    step_end: bool
+    client_start: bool
+
+
+def plan_round(
+    example_clients: np.ndarray,
+    num_clients: int,
+    batch_size: int,
+    local_epochs: int,
+    accumulate: int,
+    seed: int,
+    round_index: int,
+    pooled: bool = False,
+) -> list[PlannedBatch]:
+    """Plan one round of local training.
+
+    Args:
+        example_clients: Client of every training example ``(E,)``.
+        num_clients: N (clients with no example get no batch).
+        batch_size: Examples per mini-batch.
+        local_epochs: Passes over each client's examples.
+        accumulate: Mini-batches per optimizer step.
+        seed: Run seed.
+        round_index: Round counted from 0.
+        pooled: Train all examples as one client (client 0), for the centralized baseline.
+
+    Returns:
+        The mini-batches in training order.
+    """
+    if batch_size < 1 or local_epochs < 1 or accumulate < 1:
+        raise ValueError("batch_size, local_epochs and accumulate must all be >= 1")
+    rng = np.random.default_rng([seed, round_index])
+    if pooled:
+        groups = [(0, np.arange(len(example_clients)))]
+    else:
+        groups = [(c, np.flatnonzero(example_clients == c)) for c in range(num_clients)]
+    plan: list[PlannedBatch] = []
+    for client, members in groups:
+        if len(members) == 0:
+            continue
+        chunks = [
+            order[start : start + batch_size]
+            for _ in range(local_epochs)
+            for order in [rng.permutation(members)]
+            for start in range(0, len(order), batch_size)
+        ]
+        for step_start in range(0, len(chunks), accumulate):
+            step = chunks[step_start : step_start + accumulate]
+            step_examples = sum(len(chunk) for chunk in step)
+            for position, chunk in enumerate(step):
+                plan.append(
+                    PlannedBatch(
+                        client=client,
+                        indices=chunk,
+                        step_examples=step_examples,
+                        step_end=position == len(step) - 1,
+                        client_start=step_start == 0 and position == 0,
+                    )
+                )
+    return plan
+
+
+def shard(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """The rows of a global batch that process ``rank`` of ``world_size`` handles."""
+    return indices[rank::world_size]

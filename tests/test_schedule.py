@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from fellrec.federation.schedule import plan_round, shard
+
+
+def test_plan_is_client_major_and_covers_every_example_once_per_epoch():
+    clients = np.array([0, 1, 0, 1, 1, 2, 0])
+    plan = plan_round(clients, 3, batch_size=2, local_epochs=2, accumulate=1, seed=0, round_index=0)
+    order = [b.client for b in plan]
+    assert order == sorted(order)  # client-major
+    for client in range(3):
+        seen = np.concatenate([b.indices for b in plan if b.client == client])
+        expected = np.flatnonzero(clients == client)
+        assert sorted(seen.tolist()) == sorted(np.tile(expected, 2).tolist())
+    assert [b.client_start for b in plan].count(True) == 3
+    assert all(b.step_end for b in plan)
+
+
+def test_plan_depends_only_on_seed_and_round():
+    clients = np.arange(20) % 3
+    a = plan_round(clients, 3, 4, 1, 1, seed=5, round_index=2)
+    b = plan_round(clients, 3, 4, 1, 1, seed=5, round_index=2)
+    c = plan_round(clients, 3, 4, 1, 1, seed=5, round_index=3)
+    assert [x.indices.tolist() for x in a] == [x.indices.tolist() for x in b]
+    assert [x.indices.tolist() for x in a] != [x.indices.tolist() for x in c]
+
+
+def test_accumulation_groups_steps_within_a_client():
+    clients = np.zeros(5, dtype=int)  # one client, 5 examples, batches of 2 -> chunks 2,2,1
+    plan = plan_round(clients, 1, 2, 1, accumulate=2, seed=0, round_index=0)
+    assert [len(b.indices) for b in plan] == [2, 2, 1]
+    assert [b.step_end for b in plan] == [False, True, True]
+    assert [b.step_examples for b in plan] == [4, 4, 1]
+
+
+def test_pooled_plan_trains_one_client_on_everything():
+    clients = np.array([0, 1, 2, 1])
+    plan = plan_round(clients, 3, 10, 1, 1, seed=0, round_index=0, pooled=True)
+    assert len(plan) == 1 and plan[0].client == 0
+    assert sorted(plan[0].indices.tolist()) == [0, 1, 2, 3]
+
+
+def test_clients_without_examples_get_no_batch():
+    plan = plan_round(np.array([0, 0, 2]), 3, 8, 1, 1, seed=0, round_index=0)
+    assert {b.client for b in plan} == {0, 2}
+
+
+def test_shards_partition_a_global_batch():
+    indices = np.arange(7)
+    parts = [shard(indices, r, 2) for r in range(2)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(7))
+
+
+def test_invalid_sizes_fail():
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_round(np.zeros(3, dtype=int), 1, 0, 1, 1, 0, 0)
