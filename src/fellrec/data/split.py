@@ -1,0 +1,181 @@
+"""Train / validation / test splits: global temporal and per-user leave-one-out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fellrec.data.schema import EvalUsers, IndexedDataset, Split
+
+#: Split methods accepted by :func:`split_dataset`.
+SPLIT_METHODS = ("temporal", "leave_one_out")
+
+
+def split_dataset(
+    data: IndexedDataset,
+    method: str,
+    history_length: int,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> Split:
+    """Split ``data`` with the named method.
+
+    Args:
+        data: The dataset to split.
+        method: ``"temporal"`` or ``"leave_one_out"``.
+        history_length: Maximum number of history items ``H`` kept per evaluated user.
+        valid_fraction: Share of interactions in the validation period (temporal only).
+        test_fraction: Share of interactions in the test period (temporal only).
+
+    Returns:
+        The split.
+
+    Raises:
+        ValueError: If ``method`` is unknown, or as raised by the chosen split.
+    """
+    if method == "temporal":
+        return temporal_split(data, history_length, valid_fraction, test_fraction)
+    if method == "leave_one_out":
+        return leave_one_out_split(data, history_length)
+    raise ValueError(f"unknown split method {method!r}; split must be one of {SPLIT_METHODS}")
+
+
+def temporal_split(
+    data: IndexedDataset,
+    history_length: int,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> Split:
+    """Split the global timeline: train, then a validation period, then a test period.
+
+    Interactions are sorted by ``(timestamp, user, item)``, so the periods are cut by position:
+    the last ``test_fraction`` of the interactions form the test period and the
+    ``valid_fraction`` before them the validation period. A user's targets in a period are all the
+    distinct items they consumed in it and never before.
+
+    Args:
+        data: The dataset to split.
+        history_length: Maximum number of history items ``H`` kept per evaluated user.
+        valid_fraction: Share of interactions in the validation period, in ``(0, 1)``.
+        test_fraction: Share of interactions in the test period, in ``(0, 1)``.
+
+    Returns:
+        The split; ``train_sequences`` holds each user's train-period items.
+
+    Raises:
+        ValueError: If the arguments are out of range or a period has no evaluable user.
+    """
+    _check_history_length(history_length)
+    if not (valid_fraction > 0 and test_fraction > 0 and valid_fraction + test_fraction < 1):
+        raise ValueError(
+            "temporal split needs valid_fraction > 0, test_fraction > 0 and their sum < 1, got "
+            f"valid_fraction={valid_fraction}, test_fraction={test_fraction}"
+        )
+    n = data.num_interactions
+    test_start = n - round(n * test_fraction)
+    valid_start = test_start - round(n * valid_fraction)
+    users, items = data.users, data.items
+    before_valid = _group_by_user(users[:valid_start], items[:valid_start], data.num_users)
+    before_test = _group_by_user(users[:test_start], items[:test_start], data.num_users)
+    valid_items = _group_by_user(
+        users[valid_start:test_start], items[valid_start:test_start], data.num_users
+    )
+    test_items = _group_by_user(users[test_start:], items[test_start:], data.num_users)
+    context = f"split='temporal', valid_fraction={valid_fraction}, test_fraction={test_fraction}"
+    return Split(
+        method="temporal",
+        train_sequences=before_valid,
+        valid=_eval_users(before_valid, valid_items, history_length, "validation", context),
+        test=_eval_users(before_test, test_items, history_length, "test", context),
+    )
+
+
+def leave_one_out_split(data: IndexedDataset, history_length: int) -> Split:
+    """Hold out each user's last item for test and second-last item for validation.
+
+    Users with fewer than 3 interactions keep everything in train and are not evaluated. A
+    held-out item the user already consumed earlier is not a target (it would be masked out of
+    the ranking), so such a user is not evaluated in that period.
+
+    Args:
+        data: The dataset to split.
+        history_length: Maximum number of history items ``H`` kept per evaluated user.
+
+    Returns:
+        The split.
+
+    Raises:
+        ValueError: If ``history_length < 1`` or a period has no evaluable user.
+    """
+    _check_history_length(history_length)
+    sequences = _group_by_user(data.users, data.items, data.num_users)
+    empty = np.empty(0, dtype=np.int64)
+    train, before_test, valid_items, test_items = [], [], [], []
+    for seq in sequences:
+        if len(seq) >= 3:
+            train.append(seq[:-2])
+            before_test.append(seq[:-1])
+            valid_items.append(seq[-2:-1])
+            test_items.append(seq[-1:])
+        else:
+            train.append(seq)
+            before_test.append(seq)
+            valid_items.append(empty)
+            test_items.append(empty)
+    context = "split='leave_one_out' (needs users with at least 3 interactions)"
+    return Split(
+        method="leave_one_out",
+        train_sequences=train,
+        valid=_eval_users(train, valid_items, history_length, "validation", context),
+        test=_eval_users(before_test, test_items, history_length, "test", context),
+    )
+
+
+def _check_history_length(history_length: int) -> None:
+    if history_length < 1:
+        raise ValueError(f"history_length must be >= 1, got {history_length}")
+
+
+def _group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> list[np.ndarray]:
+    """Per user index, that user's items in their original (chronological) order."""
+    # A stable sort by user keeps each user's interactions in time order.
+    order = np.argsort(users, kind="stable")
+    counts = np.bincount(users, minlength=num_users)
+    groups = np.split(items[order].astype(np.int64, copy=False), np.cumsum(counts)[:-1])
+    return list(groups)
+
+
+def _eval_users(
+    before: list[np.ndarray],
+    period: list[np.ndarray],
+    history_length: int,
+    period_name: str,
+    context: str,
+) -> EvalUsers:
+    """Evaluation users of one period from the items before it and the items in it.
+
+    Raises:
+        ValueError: If no user has both a history and a new item in the period.
+    """
+    users, histories, targets, consumed = [], [], [], []
+    for user, (seen, new) in enumerate(zip(before, period, strict=True)):
+        if len(seen) == 0 or len(new) == 0:
+            continue
+        seen_set = np.unique(seen)
+        fresh = np.setdiff1d(new, seen_set)
+        if len(fresh) == 0:
+            continue
+        users.append(user)
+        histories.append(seen[-history_length:])
+        targets.append(fresh)
+        consumed.append(seen_set)
+    if not users:
+        raise ValueError(
+            f"empty split: no user has a history and a new item in the {period_name} period "
+            f"({context}); use more data or larger fractions"
+        )
+    return EvalUsers(
+        users=np.asarray(users, dtype=np.int64),
+        histories=histories,
+        targets=targets,
+        consumed=consumed,
+    )

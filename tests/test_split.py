@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fellrec.data.schema import EvalUsers, IndexedDataset
+from fellrec.data.split import leave_one_out_split, split_dataset, temporal_split
+
+
+def _dataset(pairs: list[tuple[int, int]], num_users: int, num_items: int) -> IndexedDataset:
+    """A dataset from (user, item) pairs in chronological order (timestamps 10, 20, ...)."""
+    u, i = (np.array(col, dtype=np.int64) for col in zip(*pairs, strict=True))
+    return IndexedDataset(
+        name="tiny",
+        user_ids=np.array([f"u{k}" for k in range(num_users)], dtype=object),
+        item_ids=np.array([f"i{k}" for k in range(num_items)], dtype=object),
+        users=u,
+        items=i,
+        timestamps=np.arange(1, len(u) + 1, dtype=np.int64) * 10,
+        titles=[f"t{k}" for k in range(num_items)],
+        categories=[() for _ in range(num_items)],
+    )
+
+
+def _as_lists(period: EvalUsers) -> dict[int, tuple[list[int], list[int], list[int]]]:
+    return {
+        int(u): (h.tolist(), t.tolist(), c.tolist())
+        for u, h, t, c in zip(
+            period.users, period.histories, period.targets, period.consumed, strict=True
+        )
+    }
+
+
+# 20 interactions; with fractions 0.2 / 0.2 positions 0-11 are train, 12-15 validation, 16-19 test.
+TEMPORAL = [
+    (0, 0), (1, 1), (0, 1), (2, 2), (1, 2), (0, 2), (3, 0), (1, 0), (0, 6), (2, 6), (1, 3), (4, 0),
+    (0, 3), (1, 1), (0, 4), (5, 1),  # validation: u1 repeats i1, u5 has no history
+    (0, 5), (0, 3), (2, 3), (0, 7),  # test: u0 repeats i3 (seen in validation)
+]  # fmt: skip
+
+
+def test_temporal_split_periods_and_targets() -> None:
+    split = temporal_split(
+        _dataset(TEMPORAL, 6, 8), history_length=2, valid_fraction=0.2, test_fraction=0.2
+    )
+    assert split.method == "temporal"
+    assert [s.tolist() for s in split.train_sequences] == [
+        [0, 1, 2, 6],
+        [1, 2, 0, 3],
+        [2, 6],
+        [0],
+        [0],
+        [],
+    ]
+    # u1's only validation item was seen in train and u5 has no history: only u0 is evaluated.
+    assert _as_lists(split.valid) == {0: ([2, 6], [3, 4], [0, 1, 2, 6])}
+    # Test histories include the validation period; u0's repeat of i3 is no target.
+    assert _as_lists(split.test) == {
+        0: ([3, 4], [5, 7], [0, 1, 2, 3, 4, 6]),
+        2: ([2, 6], [3], [2, 6]),
+    }
+    assert split.valid.users.dtype == np.int64
+
+
+def test_temporal_split_boundaries_follow_fractions() -> None:
+    data = _dataset(TEMPORAL, 6, 8)
+    # 0.1 * 20 = 2 test and 2 validation interactions: train = positions 0-15.
+    split = temporal_split(data, history_length=10, valid_fraction=0.1, test_fraction=0.1)
+    assert sum(len(s) for s in split.train_sequences) == 16
+    assert _as_lists(split.valid) == {0: ([0, 1, 2, 6, 3, 4], [5], [0, 1, 2, 3, 4, 6])}
+    assert _as_lists(split.test) == {
+        0: ([0, 1, 2, 6, 3, 4, 5, 3], [7], [0, 1, 2, 3, 4, 5, 6]),
+        2: ([2, 6], [3], [2, 6]),
+    }
+
+
+def test_temporal_empty_period_raises() -> None:
+    # Validation period = one interaction of a user with no history.
+    data = _dataset([(0, 0), (0, 1), (1, 0), (2, 1), (0, 2)], 3, 3)
+    with pytest.raises(ValueError, match=r"empty split.*validation.*valid_fraction=0\.2"):
+        temporal_split(data, 2, valid_fraction=0.2, test_fraction=0.2)
+
+
+@pytest.mark.parametrize(("valid", "test"), [(0.0, 0.1), (0.1, 0.0), (0.5, 0.5)])
+def test_temporal_bad_fractions_raise(valid: float, test: float) -> None:
+    with pytest.raises(ValueError, match="valid_fraction"):
+        temporal_split(_dataset(TEMPORAL, 6, 8), 2, valid_fraction=valid, test_fraction=test)
+
+
+LOO = [(0, 0), (2, 3), (1, 1), (0, 1), (2, 0), (0, 2), (1, 2), (2, 3), (0, 3)]
+
+
+def test_leave_one_out_split() -> None:
+    # u0: 0 1 2 3; u1: 1 2 (too short); u2: 3 0 3 (test item is a repeat)
+    split = leave_one_out_split(_dataset(LOO, 3, 4), history_length=2)
+    assert split.method == "leave_one_out"
+    assert [s.tolist() for s in split.train_sequences] == [[0, 1], [1, 2], [3]]
+    assert _as_lists(split.valid) == {0: ([0, 1], [2], [0, 1]), 2: ([3], [0], [3])}
+    assert _as_lists(split.test) == {0: ([1, 2], [3], [0, 1, 2])}
+
+
+def test_leave_one_out_without_long_users_raises() -> None:
+    with pytest.raises(ValueError, match="empty split"):
+        leave_one_out_split(_dataset([(0, 0), (0, 1), (1, 1)], 2, 2), history_length=2)
+
+
+def test_split_dataset_dispatches() -> None:
+    data = _dataset(TEMPORAL, 6, 8)
+    by_name = split_dataset(data, "temporal", 2, valid_fraction=0.2, test_fraction=0.2)
+    direct = temporal_split(data, 2, 0.2, 0.2)
+    assert _as_lists(by_name.test) == _as_lists(direct.test)
+    assert split_dataset(_dataset(LOO, 3, 4), "leave_one_out", 2).method == "leave_one_out"
+
+
+def test_split_dataset_unknown_method() -> None:
+    with pytest.raises(ValueError, match=r"split.*'random'"):
+        split_dataset(_dataset(TEMPORAL, 6, 8), "random", 2)
+
+
+def test_history_length_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="history_length"):
+        leave_one_out_split(_dataset(LOO, 3, 4), history_length=0)
