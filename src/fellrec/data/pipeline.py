@@ -1,6 +1,7 @@
 """Read -> filter -> split -> windows -> partition, cached on disk keyed by the data settings.
 
-This is the one place that runs the pure data stages in order. The result (:class:`FederatedData`) is
+This is the one place that runs the pure data stages in order. The result (:class:`FederatedData`)
+is
 what the Lightning data module serves and what ``fellrec data stats`` prints.
 """
 

@@ -2,9 +2,11 @@
 
 Two levels:
 
-* :class:`RawDataset` -- what a reader returns: pandas frames with the *original* string ids. Readers
+* :class:`RawDataset` -- what a reader returns: pandas frames with the *original* string ids.
+Readers
   validate their input and raise :class:`DataFormatError` naming the file, line or field.
-* :class:`IndexedDataset` -- dense integer ids in numpy arrays, built once by :func:`index_dataset`. All
+* :class:`IndexedDataset` -- dense integer ids in numpy arrays, built once by :func:`index_dataset`.
+All
   pure (L0) stages (k-core, splits, examples, partitions, metrics) work on this form.
 """
 
@@ -131,7 +133,9 @@ def index_dataset(raw: RawDataset) -> IndexedDataset:
     meta = raw.items.astype({"item_id": str}).drop_duplicates("item_id").set_index("item_id")
     meta = meta.loc[item_ids]
     titles = [str(t) for t in meta["title"].tolist()]
-    categories = [tuple(str(c) for c in cats) if cats is not None else () for cats in meta["categories"]]
+    categories = [
+        tuple(str(c) for c in cats) if cats is not None else () for cats in meta["categories"]
+    ]
     user_attributes: dict[str, np.ndarray] = {}
     if raw.users is not None and not raw.users.empty:
         attrs = raw.users.astype({"user_id": str}).drop_duplicates("user_id").set_index("user_id")

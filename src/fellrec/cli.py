@@ -1,0 +1,167 @@
+"""The ``fellrec`` command: LightningCLI for fit/validate/test, plus ``fellrec data stats``.
+
+All subcommands read the same YAML schema: ``model:`` (FederatedModule), ``data:``
+(FederatedDataModule), ``trainer:``, ``loop:`` (FederatedLoop) and ``checkpoint:``
+(ModelCheckpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from fellrec import __version__
+from fellrec.data.schema import DataFormatError
+from fellrec.training.datamodule import FederatedDataModule
+from fellrec.training.federated_module import FederatedModule
+from fellrec.training.loop import FederatedLoop
+
+OVERVIEW = f"""\
+fellrec {__version__} -- federated fine-tuning of LLM-based recommenders (FELLRec)
+
+usage: fellrec <command> [options]
+
+commands:
+  fit         train a federation (then test it and write results.json)
+  validate    evaluate a saved run on the validation users   (--ckpt_path)
+  test        evaluate a saved run on the test users         (--ckpt_path)
+  data stats  load, split and partition the data; print statistics and the popularity baseline
+
+Every command takes --config FILE.yaml (repeatable) and --help.
+Quickstart:  fellrec fit --config configs/quickstart.yaml
+"""
+
+#: Config sections of the LightningCLI schema that ``fellrec data stats`` accepts and ignores.
+NON_DATA_SECTIONS = ("model", "trainer", "loop", "checkpoint", "seed_everything", "ckpt_path")
+
+
+class FellrecCLI(LightningCLI):
+    """LightningCLI with the federated loop and round checkpoints always present."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the ``loop:`` and ``checkpoint:`` sections and link the seeds."""
+        parser.add_lightning_class_args(FederatedLoop, "loop")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "round-{epoch}"})
+        parser.link_arguments("data.seed", "model.seed")
+
+    def before_instantiate_classes(self) -> None:
+        """Log into ``default_root_dir`` itself and keep round checkpoints under it.
+
+        A fixed directory (not ``version_N``) is what makes ``--ckpt_path last`` find the
+        interrupted run, and puts ``results.json`` where the config says.
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir or os.getcwd()
+        config.trainer.default_root_dir = root
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": root, "name": "", "version": ""},
+            }
+        if not config.checkpoint.dirpath:
+            config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+
+    def after_fit(self) -> None:
+        """Test each client's selected adapter and write ``results.json``."""
+        if self.trainer.state.stopped and self.trainer.interrupted:
+            return
+        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+
+
+def run_lightning_cli(args: list[str]) -> None:
+    """Run ``fellrec fit|validate|test|predict`` through LightningCLI."""
+    FellrecCLI(
+        FederatedModule,
+        FederatedDataModule,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"num_sanity_val_steps": 0, "max_epochs": 3},
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
+def _data_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="fellrec data stats", description="Describe the prepared data.")
+    parser.add_argument("--config", action=ActionConfigFile, help="a fellrec YAML config")
+    parser.add_class_arguments(FederatedDataModule, "data")
+    for section in NON_DATA_SECTIONS:
+        parser.add_argument(f"--{section}", type=Any, default=None, help="(ignored here)")
+    return parser
+
+
+def describe_data(datamodule: FederatedDataModule) -> str:
+    """Dataset, split, partition and popularity-baseline statistics as text."""
+    from fellrec.data.stats import format_partition_table, partition_statistics
+
+    data = datamodule.data
+    ds = data.dataset
+    density = ds.num_interactions / max(1, ds.num_users * ds.num_items)
+    train_interactions = sum(len(s) for s in data.split.train_sequences)
+    lines = [
+        f"dataset {ds.name}: {ds.num_users} users, {ds.num_items} items, "
+        f"{ds.num_interactions} interactions (density {density:.4%})",
+        f"split {data.split.method}: {train_interactions} train interactions, "
+        f"{len(data.examples)} training examples, {len(data.split.valid)} validation users, "
+        f"{len(data.split.test)} test users",
+        "",
+        format_partition_table(
+            partition_statistics(
+                data.assignment, data.split, data.examples, ds.categories, data.num_clients
+            )
+        ),
+        "",
+        "popularity baseline (test):",
+    ]
+    popularity = datamodule.popularity or {}
+    overall = popularity.get("overall", {})
+    assert isinstance(overall, dict)
+    for family in ("recall", "ndcg"):
+        values = "  ".join(f"{family}@{k}={overall[f'{family}@{k}']:.4f}" for k in (5, 10, 20))
+        lines.append(f"  {values}")
+    return "\n".join(lines)
+
+
+def run_data_command(args: list[str]) -> None:
+    """``fellrec data stats --config X.yaml [--data.key value ...]``."""
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: fellrec data stats --config FILE.yaml [--data.KEY VALUE ...]")
+        return
+    if args[0] != "stats":
+        raise ValueError(f"unknown command 'data {args[0]}'; available: data stats")
+    parser = _data_parser()
+    config = parser.parse_args(args[1:])
+    datamodule = parser.instantiate_classes(config).data
+    datamodule.setup("fit")
+    print(describe_data(datamodule))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``fellrec`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args or args[0] in ("-h", "--help"):
+        print(OVERVIEW)
+        return
+    if args[0] in ("-V", "--version"):
+        print(f"fellrec {__version__}")
+        return
+    try:
+        if args[0] == "data":
+            run_data_command(args[1:])
+        else:
+            run_lightning_cli(args)
+    except (ValueError, FileNotFoundError, DataFormatError) as error:
+        if os.environ.get("FELLREC_DEBUG"):
+            traceback.print_exc()
+        print(f"fellrec: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

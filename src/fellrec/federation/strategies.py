@@ -1,0 +1,270 @@
+"""Federated strategies: thin classes over the pure aggregation functions.
+
+A strategy answers one question at each round boundary: given every client's adapter after local
+training (an ``(N, P)`` matrix), its mean training loss and its data size, what adapter does each
+client
+start the next round with, and how fast should it learn? Strategies hold settings only, no state, so
+a
+run resumes from the loop's checkpointed state alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from fellrec.federation.aggregation import (
+    adapter_similarity,
+    fedavg,
+    heating_weights,
+    loss_distribution,
+    personalized_aggregate,
+    uniform_similarity,
+)
+
+
+@dataclass
+class RoundResult:
+    """What a strategy decides at a round boundary.
+
+    Attributes:
+        theta: Each client's adapter for the next round ``(N, P)``.
+        lr_scale: Multiplier of the base learning rate for each client's next round ``(N,)``.
+        similarity: The client similarity matrix used ``(N, N)``, if the strategy has one.
+        weights: The heating (learning-speed) weights ``(N,)``, if the strategy has them.
+    """
+
+    theta: torch.Tensor
+    lr_scale: torch.Tensor
+    similarity: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+
+class Strategy:
+    """Base class: every client keeps its own adapter (override :meth:`aggregate`)."""
+
+    name: ClassVar[str] = "base"
+    #: Train all users as one client (centralized baseline).
+    pools_clients: ClassVar[bool] = False
+    #: One shared model for all clients (the adapters are equal after each round).
+    shares_model: ClassVar[bool] = False
+
+    @property
+    def proximal_mu(self) -> float:
+        """Weight of FedProx's proximal term in the local loss (0 disables it)."""
+        return 0.0
+
+    def aggregate(
+        self,
+        theta: torch.Tensor,
+        losses: torch.Tensor,
+        sizes: torch.Tensor,
+        round_index: int,
+        participants: torch.Tensor,
+    ) -> RoundResult:
+        """Combine the clients' adapters after round ``round_index``.
+
+        Args:
+            theta: Adapters after local training ``(N, P)``.
+            losses: Mean local training loss of each client ``(N,)`` (undefined for
+                non-participants).
+            sizes: Training examples of each client in the round ``(N,)``.
+            round_index: The round that just ended, counted from 0.
+            participants: ``(N,)`` bool; clients that trained and stayed finite this round. The
+                others keep their adapters and do not influence anyone.
+
+        Returns:
+            The next round's adapters and learning-rate scales.
+        """
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, object]:
+        """Settings for logs and ``results.json``."""
+        return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+
+def _ones(theta: torch.Tensor) -> torch.Tensor:
+    return torch.ones(theta.shape[0], dtype=theta.dtype)
+
+
+class Local(Strategy):
+    """No aggregation: each client trains alone (the local-only baseline)."""
+
+    name = "local"
+
+    def aggregate(
+        self,
+        theta: torch.Tensor,
+        losses: torch.Tensor,
+        sizes: torch.Tensor,
+        round_index: int,
+        participants: torch.Tensor,
+    ) -> RoundResult:
+        """Return the adapters unchanged."""
+        return RoundResult(theta=theta.clone(), lr_scale=_ones(theta))
+
+
+class FedAvg(Strategy):
+    """One shared model: the size-weighted mean of the participants, sent to every client."""
+
+    name = "fedavg"
+    shares_model = True
+
+    def aggregate(
+        self,
+        theta: torch.Tensor,
+        losses: torch.Tensor,
+        sizes: torch.Tensor,
+        round_index: int,
+        participants: torch.Tensor,
+    ) -> RoundResult:
+        """Average the participants' adapters weighted by their training examples."""
+        if not bool(participants.any()):
+            return RoundResult(theta=theta.clone(), lr_scale=_ones(theta))
+        mean = fedavg(theta[participants], sizes[participants].to(theta.dtype))  # (P,)
+        return RoundResult(theta=mean.expand_as(theta).clone(), lr_scale=_ones(theta))
+
+
+class FedProx(FedAvg):
+    """FedAvg with a proximal term ``mu/2 * ||theta - theta_round_start||^2`` in the local loss.
+
+    Args:
+        mu: Weight of the proximal term (> 0).
+    """
+
+    name = "fedprox"
+
+    def __init__(self, mu: float = 0.01) -> None:
+        if mu <= 0:
+            raise ValueError(f"model.strategy.mu must be > 0 for fedprox, got {mu}")
+        self.mu = mu
+
+    @property
+    def proximal_mu(self) -> float:
+        """The configured ``mu``."""
+        return self.mu
+
+
+class Centralized(Strategy):
+    """All users' data trains one model (the centralized upper baseline; no federation)."""
+
+    name = "centralized"
+    pools_clients = True
+    shares_model = True
+
+    def aggregate(
+        self,
+        theta: torch.Tensor,
+        losses: torch.Tensor,
+        sizes: torch.Tensor,
+        round_index: int,
+        participants: torch.Tensor,
+    ) -> RoundResult:
+        """Copy the single trained adapter (client 0's slot) to every client for evaluation."""
+        return RoundResult(theta=theta[0].expand_as(theta).clone(), lr_scale=_ones(theta))
+
+
+class FELLRec(Strategy):
+    """FELLRec's dynamic balance: attention-based personalized aggregation plus curriculum heating.
+
+    Args:
+        alpha: Heating scale (> 0); larger means faster warm-up.
+        beta: Heating exponent offset (> 0): the exponent is ``t + 1/beta`` (``code``) or
+            ``(t + 1)/beta`` (``scaled``).
+        temperature: Softmax temperature turning losses into a distribution.
+        exponent: ``"code"`` (the reference implementation) or ``"scaled"``.
+        order: ``"jacobi"`` (all clients mix the same snapshot) or ``"sequential"`` (the reference
+            code's in-place update).
+        attention: Use adapter similarity (False: uniform similarity, an ablation).
+        heating: Use the heating weights (False: w = 1, an ablation).
+        lr_heating: Scale each client's next-round learning rate by its heating weight.
+    """
+
+    name = "fellrec"
+
+    def __init__(
+        self,
+        alpha: float = 0.7,
+        beta: float = 5.0,
+        temperature: float = 0.05,
+        exponent: str = "code",
+        order: str = "jacobi",
+        attention: bool = True,
+        heating: bool = True,
+        lr_heating: bool = True,
+    ) -> None:
+        if alpha <= 0:
+            raise ValueError(f"model.strategy.alpha must be > 0, got {alpha}")
+        if beta <= 0:
+            raise ValueError(f"model.strategy.beta must be > 0, got {beta}")
+        if temperature <= 0:
+            raise ValueError(f"model.strategy.temperature must be > 0, got {temperature}")
+        if exponent not in ("code", "scaled"):
+            raise ValueError(
+                f"model.strategy.exponent must be 'code' or 'scaled', got {exponent!r}"
+            )
+        if order not in ("jacobi", "sequential"):
+            raise ValueError(
+                f"model.strategy.order must be 'jacobi' or 'sequential', got {order!r}"
+            )
+        self.alpha = alpha
+        self.beta = beta
+        self.temperature = temperature
+        self.exponent = exponent
+        self.order = order
+        self.attention = attention
+        self.heating = heating
+        self.lr_heating = lr_heating
+
+    def aggregate(
+        self,
+        theta: torch.Tensor,
+        losses: torch.Tensor,
+        sizes: torch.Tensor,
+        round_index: int,
+        participants: torch.Tensor,
+    ) -> RoundResult:
+        """Personalized aggregation among the participants; the others keep their adapters."""
+        index = participants.nonzero().flatten()
+        result = theta.clone()
+        lr_scale = _ones(theta)
+        n = theta.shape[0]
+        full_similarity = torch.full((n, n), float("nan"))
+        full_weights = torch.full((n,), float("nan"))
+        if index.numel() == 0:
+            return RoundResult(result, lr_scale, full_similarity, full_weights)
+        sub = theta[index]  # (M, P)
+        similarity = adapter_similarity(sub) if self.attention else uniform_similarity(len(index))
+        if self.heating:
+            p = loss_distribution(losses[index].float(), self.temperature)
+            weights = heating_weights(p, round_index, self.alpha, self.beta, self.exponent)
+        else:
+            weights = torch.ones(len(index))
+        # `sub` is already a copy (advanced indexing), so mixing in place saves a full allocation.
+        result[index] = personalized_aggregate(
+            sub, similarity, weights, order=self.order, inplace=True
+        )
+        if self.lr_heating:
+            lr_scale[index] = weights.to(lr_scale.dtype)
+        full_similarity[index.unsqueeze(1), index.unsqueeze(0)] = similarity.float()
+        full_weights[index] = weights.float()
+        return RoundResult(result, lr_scale, full_similarity, full_weights)
+
+
+#: Strategy names accepted on the command line (``fellrec compare --strategies``).
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (FELLRec, FedAvg, FedProx, Local, Centralized)
+}
+
+
+def strategy_from_name(name: str) -> Strategy:
+    """Instantiate a strategy with default settings from its name.
+
+    Raises:
+        ValueError: For an unknown name; the message lists the known ones.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]()

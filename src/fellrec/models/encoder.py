@@ -1,0 +1,142 @@
+"""Sequence-encoder recommender (RecFormer-style, discriminative).
+
+A user is the pooled encoding of their history rendered as text; an item is the pooled encoding of
+its
+own text; the score is the cosine similarity divided by a temperature, and the loss a cross-entropy
+over
+the whole catalog (or over sampled negatives for very large catalogs). The item table is encoded
+with a
+client's current model once per round and held fixed within the round, so gradients flow through the
+user side only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fellrec.models.text import HistoryRenderer
+
+POOLINGS = ("mean", "cls")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token states into one vector per sequence.
+
+    Args:
+        hidden: Last hidden states ``(B, T, H)``.
+        attention_mask: ``(B, T)`` with 1 for real tokens.
+        pooling: ``"mean"`` over real tokens or ``"cls"`` (first token).
+
+    Returns:
+        ``(B, H)``.
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    raise ValueError(f"model.pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+class SequenceEncoderRecommender(nn.Module):
+    """Scores items for users with one text encoder.
+
+    Args:
+        encoder: A Hugging Face encoder (possibly peft-wrapped) returning ``last_hidden_state``.
+        renderer: Turns item indices into token ids.
+        pooling: ``"mean"`` or ``"cls"``.
+        temperature: Divides the cosine similarities (0.05 in RecFormer).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        renderer: HistoryRenderer,
+        pooling: str = "mean",
+        temperature: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {pooling!r}")
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+        self.encoder = encoder
+        self.renderer = renderer
+        self.pooling = pooling
+        self.temperature = temperature
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the encoder weights."""
+        return next(self.encoder.parameters()).device
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Encode token sequences into L2-normalized vectors ``(B, H)``."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return F.normalize(pool(hidden, attention_mask, self.pooling).float(), dim=-1)
+
+    def encode_histories(self, histories: torch.Tensor) -> torch.Tensor:
+        """Encode histories ``(B, H_items)`` (``-1`` padded) into user vectors ``(B, H)``."""
+        input_ids, attention_mask = self.renderer.render_histories(histories)
+        return self.encode(input_ids.to(self.device), attention_mask.to(self.device))
+
+    @torch.no_grad()
+    def encode_items(self, batch_size: int = 256) -> torch.Tensor:
+        """Encode the whole catalog ``(I, H)`` with the current (active) adapter, in eval mode.
+
+        Items are encoded in order of token length so batches carry little padding.
+        """
+        was_training = self.encoder.training
+        self.encoder.eval()
+        lengths = torch.tensor([len(t) for t in self.renderer.item_tokens])
+        order = torch.argsort(lengths, stable=True).tolist()
+        chunks = []
+        for start in range(0, len(order), batch_size):
+            input_ids, attention_mask = self.renderer.render_items(
+                order[start : start + batch_size]
+            )
+            chunks.append(self.encode(input_ids.to(self.device), attention_mask.to(self.device)))
+        encoded = torch.cat(chunks)
+        table = torch.empty_like(encoded)
+        table[torch.tensor(order, device=encoded.device)] = encoded
+        self.encoder.train(was_training)
+        return table
+
+    def logits(self, users: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B, I)`` of every item for every user vector."""
+        return users @ item_table.T / self.temperature
+
+    def loss(
+        self,
+        users: torch.Tensor,
+        item_table: torch.Tensor,
+        targets: torch.Tensor,
+        num_negatives: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Per-example cross-entropy ``(B,)`` of the target item.
+
+        Args:
+            users: User vectors ``(B, H)``.
+            item_table: Item vectors ``(I, H)`` (fixed within a round).
+            targets: Target item indices ``(B,)``.
+            num_negatives: If set, the softmax runs over the target and this many uniformly
+                sampled items instead of the whole catalog.
+            generator: Random generator for the negatives.
+
+        Returns:
+            The loss of every example (no reduction, so callers can weigh shards exactly).
+        """
+        if num_negatives is None:
+            return F.cross_entropy(self.logits(users, item_table), targets, reduction="none")
+        negatives = torch.randint(
+            item_table.shape[0], (users.shape[0], num_negatives), generator=generator
+        ).to(users.device)  # (B, K)
+        candidates = torch.cat([targets.unsqueeze(1), negatives], dim=1)  # (B, 1 + K)
+        scores = torch.einsum("bh,bkh->bk", users, item_table[candidates]) / self.temperature
+        # A sampled negative equal to the target must not count as a competitor.
+        scores[:, 1:] = scores[:, 1:].masked_fill(negatives == targets.unsqueeze(1), float("-inf"))
+        zeros = torch.zeros(users.shape[0], dtype=torch.long, device=users.device)
+        return F.cross_entropy(scores, zeros, reduction="none")

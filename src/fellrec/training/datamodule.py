@@ -1,0 +1,307 @@
+"""FederatedDataModule: prepared data served as client-tagged batches, round by round.
+
+Training batches follow :func:`fellrec.federation.schedule.plan_round` (client-major, reshuffled
+each
+round from ``(seed, round)``). Under data parallelism every process walks the same plan and takes
+its
+own rows of each global batch, so N processes see exactly the global batches one process would.
+Batches carry item *indices*; the model turns them into tokens with texts it tokenized once.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from fellrec.data.pipeline import (
+    DatasetSettings,
+    FederatedData,
+    PipelineSettings,
+    load_federated_data,
+)
+from fellrec.data.schema import EvalUsers
+from fellrec.federation.schedule import PlannedBatch, plan_round, shard
+from fellrec.metrics.popularity import evaluate_popularity
+from fellrec.metrics.summary import client_sums, metric_names, summarize
+
+Batch = dict[str, Any]
+
+
+def _pad(rows: Sequence[np.ndarray], fill: int = -1) -> torch.Tensor:
+    """Stack ragged int arrays into ``(len(rows), max_len)`` padded on the right with ``fill``."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), max(width, 1)), fill, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return torch.from_numpy(out)
+
+
+class _PlannedBatches(IterableDataset):
+    """Yields this process's share of each planned batch, drawing the plan lazily."""
+
+    def __init__(self, plan: Callable[[], list[Batch]], length: int) -> None:
+        self._plan = plan
+        self._length = length
+
+    def __iter__(self) -> Iterator[Batch]:
+        # Draw the plan at the first `next()`, not at `iter()`: Lightning may create the iterator
+        # before a resumed run has restored its epoch counter, but fetches only once the round
+        # began.
+        yield from self._plan()
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class FederatedDataModule(L.LightningDataModule):
+    """Reads, filters, splits and partitions the data; serves per-client batches.
+
+    Args:
+        dataset: Where the interactions come from (default: the built-in synthetic catalog).
+        split: ``temporal`` (global time, multi-item targets) or ``leave_one_out``.
+        valid_fraction: Temporal split: share of the interactions in the validation period.
+        test_fraction: Temporal split: share of the interactions in the test period.
+        history_length: Items of history per example (H).
+        max_train_examples: Subsample this many training examples once (seeded); None keeps all.
+        num_clients: Number of clients (user groups).
+        partition: ``kmeans`` (default), ``iid``, ``dirichlet`` or ``attribute``.
+        partition_attribute: User column for ``partition: attribute``.
+        dirichlet_concentration: Concentration for ``partition: dirichlet`` (smaller = more skewed).
+        batch_size: Training examples per mini-batch (global, across processes).
+        eval_batch_size: Users per evaluation batch.
+        local_epochs: Passes over each client's examples per round.
+        accumulate_grad_batches: Mini-batches per optimizer step (within one client).
+        client: Serve only this client's data (a real client silo fitting ``ClientModule``).
+        cache_dir: Where prepared data is cached (default ``$FELLREC_CACHE`` or
+        ``~/.cache/fellrec``).
+        seed: Seed of the data stages and the batch order.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetSettings | None = None,
+        split: str = "temporal",
+        valid_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        history_length: int = 10,
+        max_train_examples: int | None = None,
+        num_clients: int = 5,
+        partition: str = "kmeans",
+        partition_attribute: str | None = None,
+        dirichlet_concentration: float = 0.5,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        local_epochs: int = 1,
+        accumulate_grad_batches: int = 1,
+        client: int | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.settings = PipelineSettings(
+            dataset=dataset or DatasetSettings(),
+            split=split,
+            valid_fraction=valid_fraction,
+            test_fraction=test_fraction,
+            history_length=history_length,
+            max_train_examples=max_train_examples,
+            num_clients=num_clients,
+            partition=partition,
+            partition_attribute=partition_attribute,
+            dirichlet_concentration=dirichlet_concentration,
+            seed=seed,
+        )
+        self.settings.validate()
+        for name, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("local_epochs", local_epochs),
+            ("accumulate_grad_batches", accumulate_grad_batches),
+        ):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if client is not None and not 0 <= client < num_clients:
+            raise ValueError(f"data.client must be in [0, {num_clients}), got {client}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.local_epochs = local_epochs
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.client = client
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.pool_clients = False
+        self._data: FederatedData | None = None
+        self.popularity: dict[str, object] | None = None
+        # Plain values only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["dataset"])
+        self.hparams["dataset"] = asdict(self.settings.dataset)
+
+    # ------------------------------------------------------------------ preparation
+    @property
+    def data(self) -> FederatedData:
+        """The prepared data (after :meth:`setup`)."""
+        if self._data is None:
+            raise RuntimeError("FederatedDataModule.setup() has not run yet")
+        return self._data
+
+    @property
+    def num_clients(self) -> int:
+        """Number of clients."""
+        return self.settings.num_clients
+
+    def prepare_data(self) -> None:
+        """Build (or find) the cached data once, on one process."""
+        load_federated_data(self.settings, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the prepared data and evaluate the popularity baseline."""
+        if self._data is not None:
+            return
+        self._data = load_federated_data(self.settings, self.cache_dir)
+        data = self._data
+        per_user = evaluate_popularity(
+            data.split.train_sequences, data.split.test, data.dataset.num_items
+        )
+        names = metric_names()
+        clients = torch.from_numpy(data.assignment[data.split.test.users])
+        sums, counts = client_sums(per_user, clients, self.num_clients, names)
+        self.popularity = summarize(sums, counts, names)
+
+    def save_assignment(self, directory: str | Path) -> Path:
+        """Write the user -> client map (original user ids) as ``directory/clients.csv``."""
+        path = Path(directory) / "clients.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["user_id", "client"])
+            for user_id, client in zip(
+                self.data.dataset.user_ids, self.data.assignment, strict=True
+            ):
+                writer.writerow([user_id, int(client)])
+        return path
+
+    def item_texts(self) -> tuple[list[str], list[tuple[str, ...]]]:
+        """Titles and categories of every item index."""
+        return self.data.dataset.titles, self.data.dataset.categories
+
+    # ------------------------------------------------------------------ process layout
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def client_sizes(self) -> np.ndarray:
+        """Training examples per client ``(N,)`` (per round and local epoch)."""
+        return np.bincount(self.data.example_clients(), minlength=self.num_clients)
+
+    # ------------------------------------------------------------------ training
+    def _example_clients(self) -> np.ndarray:
+        clients = self.data.example_clients()
+        if self.client is not None:
+            # Other clients' examples are not this silo's: mark them with an unused id.
+            clients = np.where(clients == self.client, clients, -1)
+        return clients
+
+    def round_plan(self, round_index: int) -> list[PlannedBatch]:
+        """The global batches of one round."""
+        return plan_round(
+            self._example_clients(),
+            self.num_clients,
+            self.batch_size,
+            self.local_epochs,
+            self.accumulate_grad_batches,
+            self.seed,
+            round_index,
+            pooled=self.pool_clients,
+        )
+
+    def _train_batches(self) -> list[Batch]:
+        trainer = self.trainer
+        round_index = trainer.current_epoch if trainer is not None else 0
+        rank, world = self._rank_world()
+        examples = self.data.examples
+        batches = []
+        for planned in self.round_plan(round_index):
+            rows = shard(planned.indices, rank, world)
+            batches.append(
+                {
+                    "client": planned.client,
+                    "histories": torch.from_numpy(examples.histories[rows]),
+                    "targets": torch.from_numpy(examples.targets[rows]),
+                    "step_examples": planned.step_examples,
+                    "step_end": planned.step_end,
+                    "client_start": planned.client_start,
+                    "round": round_index,
+                }
+            )
+        return batches
+
+    def train_dataloader(self) -> DataLoader:
+        """Client-major batches of the current round (redrawn every round)."""
+        length = len(self.round_plan(0))
+        return DataLoader(_PlannedBatches(self._train_batches, length), batch_size=None)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_batches(self, users: EvalUsers) -> list[Batch]:
+        rank, world = self._rank_world()
+        clients = self.data.assignment[users.users]
+        batches = []
+        for client in range(self.num_clients):
+            if self.client is not None and client != self.client:
+                continue
+            members = np.flatnonzero(clients == client)
+            for start in range(0, len(members), self.eval_batch_size):
+                rows = shard(members[start : start + self.eval_batch_size], rank, world)
+                history_matrix = np.full(
+                    (len(rows), self.settings.history_length), -1, dtype=np.int64
+                )
+                for i, row in enumerate(rows):
+                    history = users.histories[row][-self.settings.history_length :]
+                    if len(history):
+                        history_matrix[i, -len(history) :] = history
+                batches.append(
+                    {
+                        "client": client,
+                        "users": torch.from_numpy(users.users[rows]),
+                        "histories": torch.from_numpy(history_matrix),
+                        "targets": _pad([users.targets[r] for r in rows]),
+                        "consumed": _pad([users.consumed[r] for r in rows]),
+                    }
+                )
+        return batches
+
+    def _eval_loader(self, users: EvalUsers) -> DataLoader:
+        batches = self._eval_batches(users)
+        return DataLoader(_PlannedBatches(lambda: batches, len(batches)), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation users of every client, client-major."""
+        return self._eval_loader(self.data.split.valid)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test users of every client, client-major."""
+        return self._eval_loader(self.data.split.test)
+
+
+def federated_datamodule(trainer: L.Trainer | None) -> FederatedDataModule:
+    """The trainer's data module, which must be a :class:`FederatedDataModule`.
+
+    Raises:
+        ValueError: If the trainer runs without one (the ``data:`` section of the config).
+    """
+    datamodule = getattr(trainer, "datamodule", None)
+    if not isinstance(datamodule, FederatedDataModule):
+        raise ValueError(
+            "fellrec needs a FederatedDataModule: pass datamodule=FederatedDataModule(...) to the "
+            "Trainer call, or a `data:` section in the config"
+        )
+    return datamodule

@@ -1,0 +1,405 @@
+"""FederatedModule: the simulation host for all clients of a federation, in one LightningModule.
+
+The base model is loaded **once** and frozen; each client owns only a LoRA adapter and an optimizer.
+Each batch carries its client id and is routed to that client's adapter and optimizer (manual
+optimization), so per-client learning rates and optimizer states are natural. Round boundaries,
+aggregation and evaluation bookkeeping belong to :class:`fellrec.training.loop.FederatedLoop`.
+
+Data parallelism: every process holds all adapters and walks the same batch plan on its own rows of
+each global batch. Losses are summed per shard and scaled so that the average of the processes'
+gradients is exactly the gradient of the global batch; gradients are averaged with the strategy's
+``reduce`` before each optimizer step (DDP's own bucketed hooks assume one fixed set of trainable
+parameters, which per-client routing breaks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+
+from fellrec.federation.aggregation import fedprox_penalty
+from fellrec.federation.strategies import FELLRec, Strategy
+from fellrec.metrics.ranking import ranking_metrics
+from fellrec.metrics.summary import DEFAULT_KS, metric_names
+from fellrec.models.adapters import ClientAdapters, LoRASettings
+from fellrec.models.backbone import load_encoder
+from fellrec.models.encoder import POOLINGS, SequenceEncoderRecommender
+from fellrec.models.text import HistoryRenderer, format_item_text
+from fellrec.training.datamodule import federated_datamodule
+
+log = logging.getLogger(__name__)
+LR_DECAYS = ("none", "linear", "cosine")
+
+
+def padded_mask(padded: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Dense ``(B, I)`` bool mask from item indices ``(B, L)`` padded with ``-1``."""
+    mask = torch.zeros(padded.shape[0], num_items, dtype=torch.bool, device=padded.device)
+    rows, cols = (padded >= 0).nonzero(as_tuple=True)
+    mask[rows, padded[rows, cols]] = True
+    return mask
+
+
+def schedule_factor(step: int, total: int, warmup_steps: int, decay: str) -> float:
+    """Learning-rate multiplier at optimizer ``step`` (0-based) of ``total`` steps in a round."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if decay == "none" or total <= 1:
+        return factor
+    progress = min(1.0, step / (total - 1))
+    if decay == "linear":
+        return factor * (1.0 - progress)
+    return factor * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class FederatedModule(L.LightningModule):
+    """All clients' sides of a federated sequence-encoder recommender.
+
+    Args:
+        backbone: Encoder by packaged alias (``minilm``), local directory or hub name.
+        strategy: Federated strategy (default: FELLRec's dynamic balance).
+        lora: LoRA settings shared by all clients.
+        pooling: ``mean`` or ``cls`` pooling of token states.
+        temperature: Cosine-score temperature.
+        item_text: Template of an item's text (fields ``{title}``, ``{categories}``).
+        max_history_tokens: Token budget of a rendered history.
+        max_item_tokens: Tokens kept per item text.
+        lr: Base learning rate (scaled per client by the strategy's heating weights).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps at the start of each client's round.
+        lr_decay: ``none``, ``linear`` or ``cosine`` decay over each client's round.
+        reset_optimizer_each_round: Clear AdamW moments at each round start (the aggregated adapter
+            is a new point, so stale moments would push it back toward the client's own).
+        num_negatives: Sampled negatives per example instead of the full-catalog softmax.
+        item_batch_size: Items per forward pass when encoding the catalog.
+        seed: Seed of dropout and negative sampling (set per client and round, so resumes replay).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "minilm",
+        strategy: Strategy | None = None,
+        lora: LoRASettings | None = None,
+        pooling: str = "mean",
+        temperature: float = 0.05,
+        item_text: str = "{title}",
+        max_history_tokens: int = 128,
+        max_item_tokens: int = 32,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        lr_decay: str = "none",
+        reset_optimizer_each_round: bool = True,
+        num_negatives: int | None = None,
+        item_batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"model.lr must be > 0, got {lr}")
+        if lr_decay not in LR_DECAYS:
+            raise ValueError(f"model.lr_decay must be one of {LR_DECAYS}, got {lr_decay!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {pooling!r}")
+        if num_negatives is not None and num_negatives < 1:
+            raise ValueError(f"model.num_negatives must be >= 1, got {num_negatives}")
+        format_item_text(item_text, "title", ["category"])  # fail now on an unknown field
+        self.automatic_optimization = False
+        # Checkpoints hold adapters only; the frozen base is rebuilt from `backbone`.
+        self.strict_loading = False
+        self.backbone_name = backbone
+        self.strategy = strategy if strategy is not None else FELLRec()
+        self.lora = lora if lora is not None else LoRASettings()
+        self.pooling = pooling
+        self.temperature = temperature
+        self.item_text = item_text
+        self.max_history_tokens = max_history_tokens
+        self.max_item_tokens = max_item_tokens
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.lr_decay = lr_decay
+        self.reset_optimizer_each_round = reset_optimizer_each_round
+        self.num_negatives = num_negatives
+        self.item_batch_size = item_batch_size
+        self.seed = seed
+        # Plain values only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["strategy", "lora"])
+        self.hparams["strategy"] = self.strategy.describe()
+        self.hparams["lora"] = asdict(self.lora)
+        self.adapters: ClientAdapters | None = None
+        self.recommender: SequenceEncoderRecommender | None = None
+        self.num_clients = 0
+        self.num_items = 0
+        self._item_tables: dict[int, torch.Tensor] = {}
+        self._steps_done: dict[int, int] = {}
+        self._steps_total: dict[int, int] = {}
+        self._generator = torch.Generator().manual_seed(seed)
+        self.round_anchor: torch.Tensor | None = None
+        self._reset_round_stats(0)
+        self._reset_eval(0)
+
+    # ------------------------------------------------------------------ construction
+    @property
+    def num_slots(self) -> int:
+        """Adapters this module holds (one per client)."""
+        return self.num_clients
+
+    def slot(self, client: int) -> int:
+        """Adapter slot that trains and evaluates ``client``."""
+        return client
+
+    def setup(self, stage: str) -> None:
+        """Load the base model once and attach one adapter per client."""
+        datamodule = federated_datamodule(self.trainer)
+        datamodule.pool_clients = self.strategy.pools_clients
+        if self.adapters is not None:
+            return
+        self.num_clients = datamodule.num_clients
+        titles, categories = datamodule.item_texts()
+        texts = [
+            format_item_text(self.item_text, t, c) for t, c in zip(titles, categories, strict=True)
+        ]
+        self.num_items = len(texts)
+        for k in DEFAULT_KS:
+            if k > self.num_items:
+                raise ValueError(
+                    f"metric cut-off K={k} exceeds the catalog ({self.num_items} items)"
+                )
+        encoder, tokenizer = load_encoder(self.backbone_name)
+        renderer = HistoryRenderer(tokenizer, texts, self.max_item_tokens, self.max_history_tokens)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # same seed, same initial adapters, in every process
+            self.adapters = ClientAdapters(encoder, self.lora, self.num_slots)
+        self.recommender = SequenceEncoderRecommender(
+            self.adapters.model, renderer, self.pooling, self.temperature
+        )
+        self._reset_round_stats(self.num_clients)
+        self._reset_eval(self.num_clients)
+        sizes = datamodule.client_sizes()
+        log.info(
+            "model: %s, %d clients x %d adapter parameters, %d items",
+            self.backbone_name,
+            self.num_slots,
+            self.adapters.num_parameters,
+            self.num_items,
+        )
+        self._client_sizes = torch.as_tensor(sizes, dtype=torch.float64)
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """One AdamW per client adapter."""
+        assert self.adapters is not None
+        return [
+            torch.optim.AdamW(
+                self.adapters.parameters(s), lr=self.lr, weight_decay=self.weight_decay
+            )
+            for s in range(self.num_slots)
+        ]
+
+    def client_optimizers(self) -> list[Any]:
+        """The per-slot optimizers as a list (Lightning returns a bare one when there is one)."""
+        optimizers = self.optimizers()
+        return list(optimizers) if isinstance(optimizers, list) else [optimizers]
+
+    # ------------------------------------------------------------------ shared helpers
+    def item_table(self, client: int) -> torch.Tensor:
+        """The catalog encoded with ``client``'s current adapter, cached until invalidated."""
+        slot = self.slot(client)
+        if slot not in self._item_tables:
+            assert self.adapters is not None and self.recommender is not None
+            self.adapters.activate(slot)
+            self._item_tables[slot] = self.recommender.encode_items(self.item_batch_size)
+        return self._item_tables[slot]
+
+    def invalidate_item_tables(self) -> None:
+        """Forget cached item tables (after adapters changed: aggregation, selection, loading)."""
+        self._item_tables.clear()
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tensor
+        reduced = self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum")
+        return reduced.cpu() if isinstance(reduced, torch.Tensor) else tensor
+
+    # ------------------------------------------------------------------ training
+    def _reset_round_stats(self, num_clients: int) -> None:
+        self.round_loss_sum = torch.zeros(num_clients, dtype=torch.float64)
+        self.round_examples = torch.zeros(num_clients, dtype=torch.float64)
+        self.round_diverged = torch.zeros(num_clients, dtype=torch.bool)
+
+    def start_round(self, round_index: int, lr_scale: torch.Tensor) -> None:
+        """Reset round statistics and set each client's learning rate for the round.
+
+        Args:
+            round_index: The round about to start.
+            lr_scale: Per-client multiplier of the base learning rate ``(N,)``.
+        """
+        assert self.adapters is not None
+        self._reset_round_stats(self.num_clients)
+        self.round_anchor = self.adapters.get_matrix()
+        plan = federated_datamodule(self.trainer).round_plan(round_index)
+        self._steps_total = {}
+        for batch in plan:
+            if batch.step_end:
+                slot = self.slot(batch.client)
+                self._steps_total[slot] = self._steps_total.get(slot, 0) + 1
+        self._steps_done = {}
+        for slot, optimizer in enumerate(self.client_optimizers()):
+            if self.reset_optimizer_each_round:
+                optimizer.optimizer.state.clear()
+            for group in optimizer.param_groups:
+                group["round_lr"] = self.lr * float(lr_scale[slot])
+                group["lr"] = group["round_lr"]
+
+    def collect_round_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss sums, example counts and divergence flags of the round, summed over processes."""
+        stats = torch.stack(
+            [self.round_loss_sum, self.round_examples, self.round_diverged.double()]
+        )  # (3, N)
+        stats = self._reduce_sum(stats)
+        return stats[0], stats[1], stats[2] > 0
+
+    def _begin_client(self, client: int, round_index: int) -> None:
+        # Seed dropout and negatives per (round, client): a resumed run replays the same noise.
+        seed = (self.seed * 1_000_003 + round_index * 10_007 + client) % (2**63)
+        torch.manual_seed(seed)
+        self._generator.manual_seed(seed)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Forward, backward and (at step ends) an optimizer step for the batch's client."""
+        assert self.adapters is not None and self.recommender is not None
+        client = int(batch["client"])
+        slot = self.slot(client)
+        if batch["client_start"]:
+            self._begin_client(client, int(batch["round"]))
+        table = self.item_table(client)
+        self.adapters.activate(slot)
+        targets = batch["targets"]
+        if targets.numel() > 0:
+            users = self.recommender.encode_histories(batch["histories"])
+            losses = self.recommender.loss(
+                users, table, targets, self.num_negatives, self._generator
+            )  # (b,)
+            if torch.isfinite(losses.detach()).all():
+                scale = self.trainer.world_size / float(batch["step_examples"])
+                loss = losses.sum() * scale
+                if self.strategy.proximal_mu > 0 and batch["step_end"]:
+                    assert self.round_anchor is not None
+                    anchor = self.round_anchor[slot].to(users.device)
+                    loss = loss + fedprox_penalty(
+                        [torch.cat([p.reshape(-1) for p in self.adapters.parameters(slot)])],
+                        [anchor],
+                        self.strategy.proximal_mu,
+                    )
+                self.manual_backward(loss)
+                self.round_loss_sum[client] += float(losses.detach().sum())
+                self.round_examples[client] += targets.numel()
+            else:
+                self.round_diverged[client] = True
+        if batch["step_end"]:
+            self._optimizer_step(client, slot)
+
+    def _optimizer_step(self, client: int, slot: int) -> None:
+        assert self.adapters is not None
+        optimizer = self.client_optimizers()[slot]
+        params = self.adapters.parameters(slot)
+        grads = torch.cat(
+            [
+                p.grad.reshape(-1)
+                if p.grad is not None
+                else torch.zeros(p.numel(), device=p.device)
+                for p in params
+            ]
+            + [self.round_diverged[client : client + 1].to(params[0].device, torch.float32)]
+        )
+        if self.trainer.world_size > 1:
+            grads = self.trainer.strategy.reduce(grads, reduce_op="sum")
+            grads[:-1] /= self.trainer.world_size
+        diverged = bool(grads[-1] > 0)
+        if diverged:
+            self.round_diverged[client] = True
+        else:
+            offset = 0
+            for p in params:
+                size = p.numel()
+                p.grad = grads[offset : offset + size].view_as(p).to(p.dtype)
+                offset += size
+            step = self._steps_done.get(slot, 0)
+            factor = schedule_factor(
+                step, self._steps_total.get(slot, 1), self.warmup_steps, self.lr_decay
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = group.get("round_lr", self.lr) * factor
+            optimizer.step()
+            self._steps_done[slot] = step + 1
+        optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ evaluation
+    def _reset_eval(self, num_clients: int) -> None:
+        self.eval_names = metric_names()
+        self.eval_sums = torch.zeros(num_clients, len(self.eval_names), dtype=torch.float64)
+        self.eval_counts = torch.zeros(num_clients, dtype=torch.float64)
+
+    def on_validation_epoch_start(self) -> None:
+        """Start accumulating validation metrics."""
+        self._reset_eval(self.num_clients)
+
+    def on_test_epoch_start(self) -> None:
+        """Start accumulating test metrics."""
+        self._reset_eval(self.num_clients)
+
+    def _evaluate(self, batch: dict[str, Any]) -> None:
+        assert self.adapters is not None and self.recommender is not None
+        client = int(batch["client"])
+        if batch["users"].numel() == 0:
+            return
+        table = self.item_table(client)
+        self.adapters.activate(self.slot(client))
+        users = self.recommender.encode_histories(batch["histories"])
+        scores = self.recommender.logits(users, table)  # (b, I)
+        per_user = ranking_metrics(
+            scores,
+            padded_mask(batch["targets"], self.num_items),
+            padded_mask(batch["consumed"], self.num_items),
+            DEFAULT_KS,
+        )
+        values = torch.stack([per_user[n].double().cpu() for n in self.eval_names], dim=1)
+        self.eval_sums[client] += values.sum(0)
+        self.eval_counts[client] += values.shape[0]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulate ranking metrics of a batch of one client's validation users."""
+        self._evaluate(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulate ranking metrics of a batch of one client's test users."""
+        self._evaluate(batch)
+
+    def collect_eval(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Per-client metric sums ``(N, M)`` and user counts ``(N,)``, summed over processes."""
+        stacked = torch.cat([self.eval_sums, self.eval_counts.unsqueeze(1)], dim=1)
+        stacked = self._reduce_sum(stacked)
+        return stacked[:, :-1], stacked[:, -1], self.eval_names
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only adapter weights: the frozen base is rebuilt from ``backbone``."""
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if "lora_" in k}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose adapters do not match this federation."""
+        if self.adapters is None:
+            return
+        expected = {k for k in self.state_dict() if "lora_" in k}
+        missing = expected - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(
+                f"the checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]}); "
+                "was it written with another data.num_clients, model.backbone or model.lora?"
+            )
+        self.invalidate_item_tables()

@@ -1,0 +1,254 @@
+"""FederatedLoop: the round boundaries of a federated run, as a Lightning callback.
+
+One Lightning epoch is one federated round. At each round start the loop sets every client's
+learning
+rate (the strategy's heating), at each round end it collects the adapters and losses, calls the
+strategy and loads every client's new adapter, then it evaluates each client on its own users, keeps
+each client's best adapter by validation (per-client model selection) and logs the balance across
+clients. Its state is plain values and tensors, saved in checkpoints, so a run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from fellrec.metrics.summary import summarize
+from fellrec.training.datamodule import federated_datamodule
+from fellrec.training.federated_module import FederatedModule
+from fellrec.training.results import write_run_outputs
+
+log = logging.getLogger(__name__)
+
+
+class FederatedLoop(Callback):
+    """Runs rounds, aggregation, per-client learning rates, selection and balance logging.
+
+    Args:
+        selection_metric: Validation metric for per-client model selection and the ``best_round``
+            (logged overall as ``val/<metric>`` for early stopping and checkpointing).
+        write_results: Write ``results.json`` and the per-client adapters after testing.
+    """
+
+    def __init__(self, selection_metric: str = "ndcg@10", write_results: bool = True) -> None:
+        self.selection_metric = selection_metric
+        self.write_results = write_results
+        self.rounds_run = 0
+        self.lr_scale: torch.Tensor | None = None
+        self.best_scores: torch.Tensor | None = None
+        self.best_rounds: torch.Tensor | None = None
+        self.best_adapters: torch.Tensor | None = None
+        self.best_round = -1
+        self.best_overall = float("-inf")
+        self.history: list[dict[str, Any]] = []
+        self._pending = False
+        self._round_started = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _module(pl_module: L.LightningModule) -> FederatedModule:
+        if not isinstance(pl_module, FederatedModule):
+            raise TypeError("FederatedLoop drives a FederatedModule")
+        return pl_module
+
+    def _ensure_state(self, module: FederatedModule) -> None:
+        n = module.num_slots
+        if self.lr_scale is None or len(self.lr_scale) != n:
+            self.lr_scale = torch.ones(n, dtype=torch.float64)
+        if self.best_scores is None or len(self.best_scores) != module.num_clients:
+            self.best_scores = torch.full((module.num_clients,), float("-inf"), dtype=torch.float64)
+            self.best_rounds = torch.full((module.num_clients,), -1, dtype=torch.long)
+
+    # ------------------------------------------------------------------ fit
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Check the selection metric against what evaluation produces."""
+        module = self._module(pl_module)
+        if self.selection_metric not in module.eval_names:
+            raise ValueError(
+                f"selection_metric={self.selection_metric!r} is unknown; "
+                f"choose from {', '.join(module.eval_names)}"
+            )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the user -> client map next to the run."""
+        module = self._module(pl_module)
+        self._ensure_state(module)
+        if trainer.is_global_zero:
+            directory = Path(trainer.log_dir or trainer.default_root_dir)
+            federated_datamodule(trainer).save_assignment(directory)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start a round: per-client learning rates, optimizer resets, round statistics."""
+        module = self._module(pl_module)
+        self._ensure_state(module)
+        assert self.lr_scale is not None
+        module.start_round(trainer.current_epoch, self.lr_scale)
+        self._pending = True
+        self._round_started = time.perf_counter()
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Aggregate first: validation already evaluates the round's personalized adapters."""
+        if self._pending and not trainer.sanity_checking:
+            self._aggregate(trainer, self._module(pl_module))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Aggregate here when validation did not run this round."""
+        if self._pending:
+            self._aggregate(trainer, self._module(pl_module))
+
+    def _aggregate(self, trainer: L.Trainer, module: FederatedModule) -> None:
+        self._pending = False
+        assert module.adapters is not None and module.round_anchor is not None
+        round_index = trainer.current_epoch
+        loss_sums, examples, diverged = module.collect_round_stats()
+        n = module.num_clients
+        slots = torch.tensor([module.slot(c) for c in range(n)])
+        # A slot participates through the clients that train it (centralized: client 0's slot).
+        trained = examples > 0
+        for client in (~trained).nonzero().flatten().tolist():
+            if not module.strategy.pools_clients:
+                rank_zero_warn(f"round {round_index}: client {client} had no training example")
+        for client in diverged.nonzero().flatten().tolist():
+            rank_zero_warn(
+                f"round {round_index}: client {client}'s loss became NaN/inf; it keeps its "
+                "adapter from the round start and is left out of the aggregation"
+            )
+        theta = module.adapters.get_matrix()  # (S, P)
+        slot_examples = torch.zeros(module.num_slots, dtype=torch.float64).index_add_(
+            0, slots, examples
+        )
+        slot_losses = torch.zeros(module.num_slots, dtype=torch.float64).index_add_(
+            0, slots, loss_sums
+        ) / slot_examples.clamp_min(1)
+        slot_diverged = torch.zeros(module.num_slots, dtype=torch.bool).index_put_(
+            (slots,), diverged, accumulate=True
+        )
+        theta[slot_diverged] = module.round_anchor[slot_diverged]
+        participants = (slot_examples > 0) & ~slot_diverged
+        result = module.strategy.aggregate(
+            theta, slot_losses.float(), slot_examples, round_index, participants
+        )
+        module.adapters.set_matrix(result.theta)
+        module.invalidate_item_tables()
+        self.lr_scale = result.lr_scale.double()
+        self.rounds_run = round_index + 1
+        record: dict[str, Any] = {
+            "round": round_index,
+            "train_loss": [
+                float(x) if p else None for x, p in zip(slot_losses, participants, strict=True)
+            ],
+            "lr": [module.lr * float(s) for s in self.lr_scale],
+            "diverged": diverged.nonzero().flatten().tolist(),
+            "seconds": time.perf_counter() - self._round_started,
+        }
+        if result.weights is not None:
+            record["heating_weight"] = [float(w) for w in result.weights]
+        if result.similarity is not None:
+            record["similarity"] = result.similarity.tolist()
+        self.history.append(record)
+        metrics = {"round": float(round_index)}
+        for slot, (loss, ok) in enumerate(zip(slot_losses, participants, strict=True)):
+            if ok:
+                metrics[f"client/{slot}/train/loss"] = float(loss)
+            metrics[f"client/{slot}/lr"] = record["lr"][slot]
+            if result.weights is not None and not torch.isnan(result.weights[slot]):
+                metrics[f"client/{slot}/heating_weight"] = float(result.weights[slot])
+        module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Per-client selection, overall metric for early stopping, balance logging."""
+        if trainer.sanity_checking:
+            return
+        module = self._module(pl_module)
+        self._ensure_state(module)
+        assert module.adapters is not None
+        assert self.best_scores is not None and self.best_rounds is not None
+        sums, counts, names = module.collect_eval()
+        summary = summarize(sums, counts, names)
+        round_index = self.rounds_run - 1
+        column = names.index(self.selection_metric)
+        per_client = sums[:, column] / counts.clamp_min(1)
+        theta = module.adapters.get_matrix()
+        if self.best_adapters is None:
+            self.best_adapters = theta.clone()
+        for client in range(module.num_clients):
+            if counts[client] > 0 and per_client[client] > self.best_scores[client]:
+                self.best_scores[client] = per_client[client]
+                self.best_rounds[client] = round_index
+                self.best_adapters[module.slot(client)] = theta[module.slot(client)]
+        overall = summary["overall"]
+        assert isinstance(overall, dict)
+        if overall[self.selection_metric] > self.best_overall:
+            self.best_overall = float(overall[self.selection_metric])
+            self.best_round = round_index
+        if self.history and self.history[-1]["round"] == round_index:
+            self.history[-1]["val"] = summary
+        metrics = {f"val/{k}": float(v) for k, v in overall.items() if k != "users"}
+        for client, row in summary["clients"].items():
+            for key, value in row.items():
+                if key != "users":
+                    metrics[f"client/{client}/val/{key}"] = float(value)
+        for metric, stats in summary["balance"].items():
+            for stat, value in stats.items():
+                metrics[f"balance/val/{metric}/{stat}"] = float(value)
+        module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
+        balance = summary["balance"][self.selection_metric]
+        log.info(
+            "round %d: val %s mean %.4f worst %.4f (%.1fs)",
+            round_index,
+            self.selection_metric,
+            balance["mean"],
+            balance["min"],
+            time.perf_counter() - self._round_started,
+        )
+
+    # ------------------------------------------------------------------ test
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Evaluate each client with its selected (best validation) adapter."""
+        module = self._module(pl_module)
+        if self.best_adapters is not None and module.adapters is not None:
+            module.adapters.set_matrix(self.best_adapters)
+            module.invalidate_item_tables()
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Summarize the test metrics, log them and write the run's outputs."""
+        module = self._module(pl_module)
+        sums, counts, names = module.collect_eval()
+        summary = summarize(sums, counts, names)
+        overall = summary["overall"]
+        assert isinstance(overall, dict)
+        module.log_dict(
+            {f"test/{k}": float(v) for k, v in overall.items() if k != "users"},
+            rank_zero_only=True,
+        )
+        if self.write_results and trainer.is_global_zero:
+            directory = Path(trainer.log_dir or trainer.default_root_dir)
+            path = write_run_outputs(directory, module, self, summary)
+            log.info("results written to %s", path)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values and tensors: everything a resumed run needs."""
+        return {
+            "rounds_run": self.rounds_run,
+            "lr_scale": self.lr_scale,
+            "best_scores": self.best_scores,
+            "best_rounds": self.best_rounds,
+            "best_adapters": self.best_adapters,
+            "best_round": self.best_round,
+            "best_overall": self.best_overall,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the state saved by :meth:`state_dict`."""
+        for key, value in state_dict.items():
+            setattr(self, key, value)

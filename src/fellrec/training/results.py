@@ -1,0 +1,84 @@
+"""A run's outputs: ``results.json`` and each client's adapter in Hugging Face peft format."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from fellrec.models.adapters import adapter_name
+from fellrec.training.datamodule import federated_datamodule
+
+if TYPE_CHECKING:
+    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.loop import FederatedLoop
+
+RESULTS_FILE = "results.json"
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: replace them with None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def run_config(directory: Path, module: FederatedModule) -> dict[str, Any]:
+    """The run's full config (LightningCLI's saved ``config.yaml``) or the hyper-parameters."""
+    saved = directory / "config.yaml"
+    if saved.exists():
+        loaded = yaml.safe_load(saved.read_text())
+        if isinstance(loaded, dict):
+            return loaded
+    config: dict[str, Any] = {"model": dict(module.hparams)}
+    datamodule = getattr(module.trainer, "datamodule", None)
+    if datamodule is not None:
+        config["data"] = dict(datamodule.hparams)
+    return json.loads(json.dumps(config, default=str))
+
+
+def write_run_outputs(
+    directory: Path,
+    module: FederatedModule,
+    loop: FederatedLoop,
+    test_summary: dict[str, Any],
+) -> Path:
+    """Write ``results.json`` and ``adapters/client_<i>/`` (peft format) into ``directory``.
+
+    Args:
+        directory: The run's log directory.
+        module: The evaluated module (holding the selected adapters).
+        loop: The loop (rounds run, best round, history).
+        test_summary: ``summarize()`` output of the test metrics.
+
+    Returns:
+        The path of ``results.json``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    datamodule = federated_datamodule(module.trainer)
+    results = {
+        "strategy": module.strategy.name,
+        "strategy_settings": module.strategy.describe(),
+        "config": run_config(directory, module),
+        "rounds_run": loop.rounds_run,
+        "best_round": loop.best_round,
+        "client_best_rounds": (
+            [int(r) for r in loop.best_rounds] if loop.best_rounds is not None else []
+        ),
+        **test_summary,
+        "popularity": datamodule.popularity,
+        "history": loop.history,
+    }
+    path = directory / RESULTS_FILE
+    path.write_text(json.dumps(_finite(results), indent=2))
+    if module.adapters is not None:
+        names = [adapter_name(slot) for slot in range(module.num_slots)]
+        module.adapters.model.save_pretrained(str(directory / "adapters"), selected_adapters=names)
+    return path

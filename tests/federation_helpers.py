@@ -1,0 +1,71 @@
+"""Building tiny federated runs for the integration tests (real Lightning, tiny real encoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from fellrec.data.pipeline import DatasetSettings
+from fellrec.federation.strategies import Strategy
+from fellrec.training.datamodule import FederatedDataModule
+from fellrec.training.federated_module import FederatedModule
+from fellrec.training.loop import FederatedLoop
+
+SMALL_SYNTHETIC = {"num_users": 90, "num_items": 60, "num_categories": 4}
+
+
+def tiny_run(
+    root: Path,
+    encoder_dir: Path,
+    strategy: Strategy,
+    *,
+    rounds: int = 2,
+    num_clients: int = 3,
+    cache_dir: Path | None = None,
+    extra_callbacks: list[Callback] | None = None,
+    data_options: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None,
+    trainer_options: dict[str, Any] | None = None,
+) -> tuple[L.Trainer, FederatedModule, FederatedDataModule, FederatedLoop]:
+    """A federation on a small synthetic catalog with a tiny encoder, laid out like the CLI's."""
+    data = FederatedDataModule(
+        dataset=DatasetSettings(format="synthetic", options=dict(SMALL_SYNTHETIC)),
+        history_length=4,
+        num_clients=num_clients,
+        partition="iid",
+        batch_size=8,
+        eval_batch_size=16,
+        max_train_examples=120,
+        cache_dir=str(cache_dir or root / "cache"),
+        **(data_options or {}),
+    )
+    model = FederatedModule(
+        backbone=str(encoder_dir),
+        strategy=strategy,
+        lr=5e-3,
+        max_history_tokens=48,
+        max_item_tokens=8,
+        **(model_options or {}),
+    )
+    loop = FederatedLoop()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=rounds,
+        default_root_dir=str(root),
+        logger=CSVLogger(str(root), name="", version=""),
+        callbacks=[
+            loop,
+            ModelCheckpoint(dirpath=str(root / "checkpoints"), save_last=True),
+            *(extra_callbacks or []),
+        ],
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **(trainer_options or {}),
+    )
+    return trainer, model, data, loop

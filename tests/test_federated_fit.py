@@ -1,0 +1,185 @@
+"""Integration: real Lightning runs of tiny federations (tiny real encoder, synthetic catalog)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from peft import PeftModel
+from transformers import AutoModel
+
+from federation_helpers import tiny_run
+from fellrec.federation.strategies import Centralized, FedAvg, FedProx, FELLRec, Local
+from fellrec.training.results import RESULTS_FILE
+
+
+def flatten(tree, prefix=""):
+    """Nested dicts -> {"a/b": value} (pytest.approx compares flat mappings only)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def fit_and_test(trainer, model, data):
+    trainer.fit(model, datamodule=data)
+    trainer.test(model, datamodule=data, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def fellrec_run(tmp_path_factory, tiny_encoder_dir):
+    root = tmp_path_factory.mktemp("fellrec-run")
+    trainer, model, data, loop = tiny_run(root, tiny_encoder_dir, FELLRec())
+    fit_and_test(trainer, model, data)
+    return root, trainer, model, data, loop
+
+
+def test_fellrec_round_personalizes_and_heats_learning_rates(fellrec_run):
+    root, trainer, model, data, loop = fellrec_run
+    assert loop.rounds_run == 2 and len(loop.history) == 2
+    # Personalized aggregation leaves every client with its own adapter.
+    theta = model.adapters.get_matrix()
+    assert not torch.allclose(theta[0], theta[1])
+    # Round 1 ran with lr * w from round 0's heating weights, written into each optimizer.
+    weights = torch.tensor(loop.history[0]["heating_weight"], dtype=torch.float64)
+    assert ((weights > 0) & (weights <= 1)).all()
+    round_lrs = torch.tensor(
+        [opt.param_groups[0]["round_lr"] for opt in model.client_optimizers()], dtype=torch.float64
+    )
+    assert torch.allclose(round_lrs, model.lr * weights)
+    # ... and the lrs of the next round are logged per client.
+    assert loop.history[1]["lr"] == pytest.approx(
+        (model.lr * torch.tensor(loop.history[1]["heating_weight"], dtype=torch.float64)).tolist()
+    )
+
+
+def test_results_json_schema(fellrec_run):
+    root, *_ = fellrec_run
+    results = json.loads((root / RESULTS_FILE).read_text())
+    assert results["strategy"] == "fellrec"
+    assert results["rounds_run"] == 2 and results["best_round"] in (0, 1)
+    assert isinstance(results["config"], dict)
+    for k in (5, 10, 20):
+        for family in ("recall", "ndcg", "hit", "mrr"):
+            assert 0.0 <= results["overall"][f"{family}@{k}"] <= 1.0
+    assert set(results["clients"]) == {"0", "1", "2"}
+    assert sum(c["users"] for c in results["clients"].values()) == results["overall"]["users"]
+    assert set(results["balance"]["ndcg@10"]) == {
+        "mean",
+        "std",
+        "min",
+        "max",
+        "gap",
+        "gini",
+        "jain",
+    }
+    assert "ndcg@10" in results["popularity"]["overall"]
+    assert (root / "clients.csv").read_text().startswith("user_id,client")
+
+
+def test_adapters_saved_in_peft_format(fellrec_run, tiny_encoder_dir):
+    root, trainer, model, *_ = fellrec_run
+    loaded = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(tiny_encoder_dir), str(root / "adapters" / "client_1")
+    )
+    state = {n: p for n, p in loaded.named_parameters() if "lora_" in n}
+    saved = torch.cat(
+        [
+            state[
+                k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")
+            ].reshape(-1)
+            for k in model.adapters.keys
+        ]
+    )
+    assert torch.allclose(saved, model.adapters.get_vector(1))
+
+
+def test_fedavg_round_leaves_identical_adapters(tmp_path, tiny_encoder_dir):
+    trainer, model, data, loop = tiny_run(tmp_path, tiny_encoder_dir, FedAvg(), rounds=1)
+    trainer.fit(model, datamodule=data)
+    theta = model.adapters.get_matrix()
+    assert torch.equal(theta[0], theta[1]) and torch.equal(theta[1], theta[2])
+    assert not torch.equal(theta[0], model.round_anchor[0])  # it did train
+
+
+@pytest.mark.parametrize("strategy", [Local(), Centralized(), FedProx(mu=0.1)], ids=str)
+def test_baseline_strategies_run_end_to_end(tmp_path, tiny_encoder_dir, strategy):
+    trainer, model, data, loop = tiny_run(tmp_path, tiny_encoder_dir, strategy, rounds=1)
+    fit_and_test(trainer, model, data)
+    results = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert results["strategy"] == strategy.name
+    theta = model.adapters.get_matrix()
+    if strategy.shares_model:
+        assert torch.equal(theta[0], theta[2])
+    else:
+        assert not torch.equal(theta[0], theta[2])
+
+
+class _StopMidRound(Callback):
+    """Simulates a crash in the middle of a round."""
+
+    def __init__(self, round_index: int, batch_index: int) -> None:
+        self.round_index = round_index
+        self.batch_index = batch_index
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.round_index and batch_idx == self.batch_index:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_mid_round_equals_uninterrupted_run(tmp_path, tiny_encoder_dir):
+    full_root, cut_root = tmp_path / "full", tmp_path / "cut"
+    trainer, model, data, _ = tiny_run(full_root, tiny_encoder_dir, FELLRec(), rounds=3)
+    fit_and_test(trainer, model, data)
+    expected = json.loads((full_root / RESULTS_FILE).read_text())
+
+    trainer, model, data, _ = tiny_run(
+        cut_root, tiny_encoder_dir, FELLRec(), rounds=3, extra_callbacks=[_StopMidRound(2, 3)]
+    )
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(model, datamodule=data)
+    assert (cut_root / "checkpoints" / "last.ckpt").exists()
+
+    trainer, model, data, _ = tiny_run(cut_root, tiny_encoder_dir, FELLRec(), rounds=3)
+    trainer.fit(model, datamodule=data, ckpt_path="last")
+    trainer.test(model, datamodule=data, verbose=False)
+    resumed = json.loads((cut_root / RESULTS_FILE).read_text())
+    assert resumed["rounds_run"] == 3
+    assert resumed["best_round"] == expected["best_round"]
+    assert flatten(resumed["overall"]) == pytest.approx(flatten(expected["overall"]), abs=1e-6)
+    assert flatten(resumed["clients"]) == pytest.approx(flatten(expected["clients"]), abs=1e-6)
+    assert flatten(resumed["balance"]) == pytest.approx(flatten(expected["balance"]), abs=1e-6)
+
+
+def test_diverging_client_keeps_its_adapter_and_spares_the_others(tmp_path, tiny_encoder_dir):
+    class _PoisonClient(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch["client"] == 1:
+                pl_module.recommender.temperature = float("nan")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            pl_module.recommender.temperature = 0.05
+
+    trainer, model, data, loop = tiny_run(
+        tmp_path, tiny_encoder_dir, FELLRec(), rounds=1, extra_callbacks=[_PoisonClient()]
+    )
+    start = None
+
+    class _Snapshot(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            nonlocal start
+            start = pl_module.adapters.get_matrix()
+
+    trainer.callbacks.append(_Snapshot())
+    with pytest.warns(UserWarning, match="client 1's loss became NaN"):
+        trainer.fit(model, datamodule=data)
+    theta = model.adapters.get_matrix()
+    assert loop.history[0]["diverged"] == [1]
+    assert torch.equal(theta[1], start[1])
+    assert torch.isfinite(theta).all()
+    assert not torch.equal(theta[0], start[0])
