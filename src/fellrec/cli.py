@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,13 @@ class FellrecCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
 
 
-def run_lightning_cli(args: list[str]) -> None:
-    """Run ``fellrec fit|validate|test|predict`` through LightningCLI."""
+def run_lightning_cli(args: list[str] | None) -> None:
+    """Run ``fellrec fit|validate|test|predict`` through LightningCLI.
+
+    Args:
+        args: Command-line arguments; ``None`` reads ``sys.argv`` (as the console script does, so
+            that Lightning's multi-process launcher can re-run the same command).
+    """
     FellrecCLI(
         FederatedModule,
         FederatedDataModule,
@@ -149,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``fellrec`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Batches are planned per round in the main process (num_workers=0), so the length of the
+    # iterable dataset is exact; Lightning's generic caution about it does not apply.
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     if not args or args[0] in ("-h", "--help"):
         print(OVERVIEW)
         return
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         if args[0] == "data":
             run_data_command(args[1:])
         else:
-            run_lightning_cli(args)
+            run_lightning_cli(None if argv is None else args)
     except (ValueError, FileNotFoundError, DataFormatError) as error:
         if os.environ.get("FELLREC_DEBUG"):
             traceback.print_exc()

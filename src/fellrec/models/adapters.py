@@ -8,6 +8,7 @@ aggregation functions can stack clients into an ``(N, P)`` matrix.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -63,15 +64,22 @@ class ClientAdapters:
         if num_clients < 1:
             raise ValueError(f"need at least one client, got {num_clients}")
         config = lora.to_peft()
-        try:
-            self.model: PeftModel = get_peft_model(backbone, config, adapter_name=adapter_name(0))
-        except ValueError as error:
-            raise ValueError(
-                f"model.lora.target_modules={lora.target_modules} do not match the backbone's "
-                f"layers: {error}"
-            ) from error
-        for client in range(1, num_clients):
-            self.model.add_adapter(adapter_name(client), config)
+        with warnings.catch_warnings():
+            # peft still calls a transformers helper deprecated in v5; nothing for users to do.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            try:
+                self.model: PeftModel = get_peft_model(
+                    backbone, config, adapter_name=adapter_name(0)
+                )
+            except ValueError as error:
+                raise ValueError(
+                    f"model.lora.target_modules={lora.target_modules} do not match the "
+                    f"backbone's layers: {error}"
+                ) from error
+            for client in range(1, num_clients):
+                self.model.add_adapter(adapter_name(client), config)
+        # from_pretrained returns eval mode; training needs dropout (Lightning keeps modes as is).
+        self.model.train()
         self.num_clients = num_clients
         self._params: list[list[nn.Parameter]] = []
         self.keys: list[str] = []

@@ -158,14 +158,15 @@ class FederatedDataModule(L.LightningDataModule):
         return self.settings.num_clients
 
     def prepare_data(self) -> None:
-        """Build (or find) the cached data once, on one process."""
-        load_federated_data(self.settings, self.cache_dir)
+        """Build (or find) the cached data once, on one process per machine."""
+        self._data = load_federated_data(self.settings, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the prepared data and evaluate the popularity baseline."""
-        if self._data is not None:
+        if self.popularity is not None:
             return
-        self._data = load_federated_data(self.settings, self.cache_dir)
+        if self._data is None:
+            self._data = load_federated_data(self.settings, self.cache_dir)
         data = self._data
         per_user = evaluate_popularity(
             data.split.train_sequences, data.split.test, data.dataset.num_items
