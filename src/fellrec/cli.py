@@ -146,7 +146,8 @@ def run_data_command(args: list[str]) -> None:
         raise ValueError(f"unknown command 'data {args[0]}'; available: data stats")
     parser = _data_parser()
     config = parser.parse_args(args[1:])
-    datamodule = parser.instantiate_classes(config).data
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    datamodule = instantiate(config).data
     datamodule.setup("fit")
     print(describe_data(datamodule))
 

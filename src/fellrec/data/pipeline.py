@@ -33,6 +33,8 @@ PIPELINE_VERSION = 1
 FORMATS = ("synthetic", "movielens", "recbole", "amazon", "tabular")
 SPLITS = ("temporal", "leave_one_out")
 PARTITIONS = ("kmeans", "iid", "dirichlet", "attribute")
+#: Reader options that name files (expanded like ``path``).
+PATH_OPTIONS = frozenset({"meta", "items", "users"})
 
 
 @dataclass
@@ -97,17 +99,32 @@ def read_raw(settings: DatasetSettings, seed: int) -> RawDataset:
     if not settings.path:
         raise ValueError(f"data.dataset.path is required for data.dataset.format={fmt!r}")
     path = str(Path(settings.path).expanduser())
+    options = dict(settings.options)
+    for key in PATH_OPTIONS.intersection(options):
+        value = options[key]
+        if value is not None and not isinstance(value, str):
+            raise ValueError(
+                f"data.dataset.options.{key} must be a file path, got {type(value).__name__} "
+                f"{value!r} (quote it in YAML if it contains ': ')"
+            )
+        if value is not None:
+            options[key] = str(Path(value).expanduser())
     if fmt == "amazon":
-        return read_dataset(fmt, reviews=path, **settings.options)
+        if not options.get("meta"):
+            log.warning(
+                "data: no data.dataset.options.meta for the Amazon reviews; item ids stand in for "
+                "titles, which gives a text recommender almost nothing to read"
+            )
+        return read_dataset(fmt, reviews=path, **options)
     if fmt == "tabular":
-        return read_dataset(fmt, interactions=path, **settings.options)
-    return read_dataset(fmt, path=path, **settings.options)
+        return read_dataset(fmt, interactions=path, **options)
+    return read_dataset(fmt, path=path, **options)
 
 
 def _source_fingerprint(settings: DatasetSettings) -> list[Any]:
     """Sizes and modification times of the input files, so edited data invalidates the cache."""
     paths = [settings.path] if settings.path else []
-    paths += [v for k, v in settings.options.items() if k in ("meta", "items", "users") and v]
+    paths += [v for k, v in settings.options.items() if k in PATH_OPTIONS and isinstance(v, str)]
     found: list[Any] = []
     for raw in paths:
         root = Path(str(raw)).expanduser()

@@ -80,9 +80,18 @@ class Strategy:
         """
         raise NotImplementedError
 
+    def settings(self) -> dict[str, object]:
+        """The constructor arguments (plain values)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
     def describe(self) -> dict[str, object]:
         """Settings for logs and ``results.json``."""
-        return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+        return {"name": self.name, **self.settings()}
+
+    def class_spec(self) -> dict[str, object]:
+        """A jsonargparse ``class_path``/``init_args`` spec that rebuilds this strategy."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.settings()}
 
 
 def _ones(theta: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
 from fellrec.federation.aggregation import fedprox_penalty
@@ -35,6 +36,8 @@ from fellrec.training.datamodule import federated_datamodule
 
 log = logging.getLogger(__name__)
 LR_DECAYS = ("none", "linear", "cosine")
+#: Strategies hold settings only, so one default instance can be shared.
+DEFAULT_STRATEGY: Strategy = lazy_instance(FELLRec)
 
 
 def padded_mask(padded: torch.Tensor, num_items: int) -> torch.Tensor:
@@ -82,7 +85,7 @@ class FederatedModule(L.LightningModule):
     def __init__(
         self,
         backbone: str = "minilm",
-        strategy: Strategy | None = None,
+        strategy: Strategy = DEFAULT_STRATEGY,
         lora: LoRASettings | None = None,
         pooling: str = "mean",
         temperature: float = 0.05,
@@ -112,7 +115,7 @@ class FederatedModule(L.LightningModule):
         # Checkpoints hold adapters only; the frozen base is rebuilt from `backbone`.
         self.strict_loading = False
         self.backbone_name = backbone
-        self.strategy = strategy if strategy is not None else FELLRec()
+        self.strategy = strategy
         self.lora = lora if lora is not None else LoRASettings()
         self.pooling = pooling
         self.temperature = temperature
@@ -129,13 +132,15 @@ class FederatedModule(L.LightningModule):
         self.seed = seed
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["strategy", "lora"])
-        self.hparams["strategy"] = self.strategy.describe()
+        # The same spec the config uses, so LightningCLI can re-read it from a checkpoint.
+        self.hparams["strategy"] = self.strategy.class_spec()
         self.hparams["lora"] = asdict(self.lora)
         self.adapters: ClientAdapters | None = None
         self.recommender: SequenceEncoderRecommender | None = None
         self.num_clients = 0
         self.num_items = 0
         self._item_tables: dict[int, torch.Tensor] = {}
+        self._tables_shared = True  # all clients start from the same adapter
         self._steps_done: dict[int, int] = {}
         self._steps_total: dict[int, int] = {}
         self._generator = torch.Generator().manual_seed(seed)
@@ -210,14 +215,24 @@ class FederatedModule(L.LightningModule):
         """The catalog encoded with ``client``'s current adapter, cached until invalidated."""
         slot = self.slot(client)
         if slot not in self._item_tables:
-            assert self.adapters is not None and self.recommender is not None
-            self.adapters.activate(slot)
-            self._item_tables[slot] = self.recommender.encode_items(self.item_batch_size)
+            if self._tables_shared and self._item_tables:
+                # Every slot holds the same adapter: one encoding serves all of them.
+                self._item_tables[slot] = next(iter(self._item_tables.values()))
+            else:
+                assert self.adapters is not None and self.recommender is not None
+                self.adapters.activate(slot)
+                self._item_tables[slot] = self.recommender.encode_items(self.item_batch_size)
         return self._item_tables[slot]
 
-    def invalidate_item_tables(self) -> None:
-        """Forget cached item tables (after adapters changed: aggregation, selection, loading)."""
+    def invalidate_item_tables(self, identical_adapters: bool = False) -> None:
+        """Forget cached item tables (after adapters changed: aggregation, selection, loading).
+
+        Args:
+            identical_adapters: All slots now hold the same adapter (a shared-model strategy just
+                broadcast it), so the next encoding can serve every slot.
+        """
         self._item_tables.clear()
+        self._tables_shared = identical_adapters
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._trainer is None or self.trainer.world_size == 1:

@@ -28,6 +28,11 @@ from fellrec.training.results import write_run_outputs
 log = logging.getLogger(__name__)
 
 
+def run_directory(trainer: L.Trainer) -> Path:
+    """The run's log directory. Under DDP this broadcasts, so call it on every process."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
 class FederatedLoop(Callback):
     """Runs rounds, aggregation, per-client learning rates, selection and balance logging.
 
@@ -80,8 +85,8 @@ class FederatedLoop(Callback):
         """Save the user -> client map next to the run."""
         module = self._module(pl_module)
         self._ensure_state(module)
+        directory = run_directory(trainer)  # a collective: every process must ask
         if trainer.is_global_zero:
-            directory = Path(trainer.log_dir or trainer.default_root_dir)
             federated_datamodule(trainer).save_assignment(directory)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -136,7 +141,7 @@ class FederatedLoop(Callback):
             theta, slot_losses.float(), slot_examples, round_index, participants
         )
         module.adapters.set_matrix(result.theta)
-        module.invalidate_item_tables()
+        module.invalidate_item_tables(identical_adapters=module.strategy.shares_model)
         self.lr_scale = result.lr_scale.double()
         self.rounds_run = round_index + 1
         record: dict[str, Any] = {
@@ -160,7 +165,7 @@ class FederatedLoop(Callback):
             metrics[f"client/{slot}/lr"] = record["lr"][slot]
             if result.weights is not None and not torch.isnan(result.weights[slot]):
                 metrics[f"client/{slot}/heating_weight"] = float(result.weights[slot])
-        module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
+        module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -199,7 +204,7 @@ class FederatedLoop(Callback):
         for metric, stats in summary["balance"].items():
             for stat, value in stats.items():
                 metrics[f"balance/val/{metric}/{stat}"] = float(value)
-        module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
+        module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
         balance = summary["balance"][self.selection_metric]
         log.info(
             "round %d: val %s mean %.4f worst %.4f (%.1fs)",
@@ -227,10 +232,10 @@ class FederatedLoop(Callback):
         assert isinstance(overall, dict)
         module.log_dict(
             {f"test/{k}": float(v) for k, v in overall.items() if k != "users"},
-            rank_zero_only=True,
+            sync_dist=True,
         )
+        directory = run_directory(trainer)  # a collective: every process must ask
         if self.write_results and trainer.is_global_zero:
-            directory = Path(trainer.log_dir or trainer.default_root_dir)
             path = write_run_outputs(directory, module, self, summary)
             log.info("results written to %s", path)
 

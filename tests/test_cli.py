@@ -1,0 +1,237 @@
+"""The `fellrec` command end to end: fit/test/validate, errors, DDP and the quickstart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import build_tiny_encoder
+from fellrec.cli import main
+from fellrec.training.results import RESULTS_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_tiny_config(directory: Path, encoder: Path, **data_overrides) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {
+            "backbone": str(encoder),
+            "lr": 0.005,
+            "max_history_tokens": 48,
+            "max_item_tokens": 8,
+            "lora": {"dropout": 0.0},
+        },
+        "data": {
+            "dataset": {
+                "format": "synthetic",
+                "options": {"num_users": 90, "num_items": 60, "num_categories": 4},
+            },
+            "history_length": 4,
+            "num_clients": 3,
+            "partition": "iid",
+            "batch_size": 8,
+            "eval_batch_size": 16,
+            "max_train_examples": 120,
+            "cache_dir": str(directory / "cache"),
+            **data_overrides,
+        },
+    }
+    path = directory / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, tiny_encoder_dir):
+    directory = tmp_path_factory.mktemp("cli")
+    config = write_tiny_config(directory, tiny_encoder_dir)
+    root = directory / "run"
+    main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root)])
+    return config, root
+
+
+def test_fit_writes_results_checkpoints_config_and_assignment(fitted):
+    config, root = fitted
+    results = json.loads((root / RESULTS_FILE).read_text())
+    assert results["strategy"] == "fellrec" and results["rounds_run"] == 2
+    assert results["config"]["data"]["num_clients"] == 3  # the CLI's saved config
+    assert (root / "checkpoints" / "last.ckpt").exists()
+    assert (root / "config.yaml").exists() and (root / "metrics.csv").exists()
+    assert len((root / "clients.csv").read_text().splitlines()) == 1 + 90
+    for client in range(3):
+        assert (root / "adapters" / f"client_{client}" / "adapter_model.safetensors").exists()
+
+
+def test_test_subcommand_reproduces_the_fit_results(fitted, tmp_path):
+    config, root = fitted
+    expected = json.loads((root / RESULTS_FILE).read_text())
+    again = tmp_path / "again"
+    main(
+        [
+            "test",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(again),
+            "--ckpt_path",
+            str(root / "checkpoints" / "last.ckpt"),
+        ]
+    )
+    results = json.loads((again / RESULTS_FILE).read_text())
+    assert results["overall"] == pytest.approx(expected["overall"], abs=1e-9)
+    assert results["best_round"] == expected["best_round"]
+
+
+def test_validate_subcommand_runs(fitted, tmp_path, capsys):
+    config, root = fitted
+    main(
+        [
+            "validate",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(tmp_path / "val"),
+            "--ckpt_path",
+            str(root / "checkpoints" / "last.ckpt"),
+        ]
+    )
+    assert "val/ndcg@10" in capsys.readouterr().out
+
+
+def test_print_config_shows_the_whole_schema(fitted, capsys):
+    config, _ = fitted
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["strategy"]["class_path"].endswith("FELLRec")
+    assert printed["loop"]["selection_metric"] == "ndcg@10"
+    assert printed["data"]["num_clients"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.strategy.init_args.alpha", "-1"], "model.strategy.alpha must be > 0"),
+        (["--model.strategy.init_args.beta", "0"], "model.strategy.beta must be > 0"),
+        (["--data.num_clients", "500"], "more clients than users"),
+        (["--data.partition", "random"], "data.partition='random' is unknown"),
+        (["--loop.selection_metric", "auc"], "selection_metric='auc' is unknown"),
+        (["--data.dataset.format", "movielens"], "data.dataset.path is required"),
+    ],
+)
+def test_invalid_settings_fail_before_training_naming_the_setting(
+    fitted, tmp_path, capsys, args, message
+):
+    config, _ = fitted
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_strategy_is_rejected(fitted, tmp_path, capsys):
+    config, _ = fitted
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--model.strategy", "FedMagic"])
+    assert exit_info.value.code == 2
+    assert "FedMagic" in capsys.readouterr().err
+
+
+def test_data_stats_prints_partition_and_popularity(fitted, capsys):
+    config, _ = fitted
+    main(["data", "stats", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "90 users, 60 items" in out
+    assert "popularity baseline (test)" in out and "ndcg@10=" in out
+    assert "Jensen-Shannon" in out
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "fellrec", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
+    # Dropout draws differ per process, so the exact comparison runs without dropout.
+    encoder = build_tiny_encoder(tmp_path / "encoder", dropout=0.0)
+    config = write_tiny_config(tmp_path, encoder)
+    one = run_cli(
+        ["fit", "--config", str(config), "--trainer.default_root_dir", "one"], tmp_path, 600
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            "two",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+        ],
+        tmp_path,
+        600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "Starting with 2 processes" in two.stderr + two.stdout
+    a = json.loads((tmp_path / "one" / RESULTS_FILE).read_text())
+    b = json.loads((tmp_path / "two" / RESULTS_FILE).read_text())
+    assert b["rounds_run"] == a["rounds_run"] == 2
+    for client, row in a["clients"].items():
+        assert b["clients"][client] == pytest.approx(row, abs=1e-5)
+    assert b["overall"] == pytest.approx(a["overall"], abs=1e-5)
+    for ra, rb in zip(a["history"], b["history"], strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_readme_quickstart_beats_popularity(tmp_path):
+    result = run_cli(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "quickstart"),
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        tmp_path,
+        900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "quickstart" / RESULTS_FILE).read_text())
+    assert results["rounds_run"] == 3
+    assert len(results["clients"]) == 5
+    assert results["overall"]["ndcg@10"] > 1.3 * results["popularity"]["overall"]["ndcg@10"]
