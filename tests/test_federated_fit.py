@@ -185,3 +185,50 @@ def test_diverging_client_keeps_its_adapter_and_spares_the_others(tmp_path, tiny
     assert torch.equal(theta[1], start[1])
     assert torch.isfinite(theta).all()
     assert not torch.equal(theta[0], start[0])
+
+
+def test_client_module_fits_one_client_alone(tmp_path, tiny_encoder_dir):
+    from fellrec.training.client_module import ClientModule
+
+    trainer, model, data, loop = tiny_run(
+        tmp_path, tiny_encoder_dir, Local(), rounds=1, data_options={"client": 1}
+    )
+    client = ClientModule(
+        client=1, backbone=str(tiny_encoder_dir), lr=5e-3, max_history_tokens=48, max_item_tokens=8
+    )
+    start = None
+
+    class _Snapshot(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            nonlocal start
+            start = pl_module.adapters.get_matrix()
+
+    trainer.callbacks.append(_Snapshot())
+    fit_and_test(trainer, client, data)
+    assert client.adapters.get_matrix().shape[0] == 1  # its own adapter only
+    assert not torch.equal(client.adapters.get_matrix(), start)
+    results = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert results["clients"]["1"]["users"] > 0
+    assert results["clients"]["0"]["users"] == 0 and results["clients"]["2"]["users"] == 0
+    assert (tmp_path / "adapters" / "client_1" / "adapter_model.safetensors").exists()
+
+
+def test_client_module_refuses_another_clients_data(tmp_path, tiny_encoder_dir):
+    from fellrec.training.client_module import ClientModule
+
+    trainer, _, data, _ = tiny_run(tmp_path, tiny_encoder_dir, Local(), rounds=1)
+    client = ClientModule(client=1, backbone=str(tiny_encoder_dir))
+    with pytest.raises(ValueError, match=r"FederatedDataModule\(client=1\)"):
+        trainer.fit(client, datamodule=data)
+
+
+def test_client_without_examples_is_left_out_with_a_warning(tmp_path, tiny_encoder_dir):
+    trainer, model, data, loop = tiny_run(tmp_path, tiny_encoder_dir, FELLRec(), rounds=1)
+    full_plan = data.round_plan
+    data.round_plan = lambda round_index: [b for b in full_plan(round_index) if b.client != 2]
+    with pytest.warns(UserWarning, match="client 2 had no training example"):
+        trainer.fit(model, datamodule=data)
+    theta = model.adapters.get_matrix()
+    assert torch.equal(theta[2], model.round_anchor[2])  # untouched and not mixed in
+    assert loop.history[0]["train_loss"][2] is None
+    assert not torch.equal(theta[0], model.round_anchor[0])

@@ -57,34 +57,44 @@ class ClientAdapters:
     Args:
         backbone: A Hugging Face model; its weights are frozen.
         lora: LoRA settings.
-        num_clients: Number of adapters to create.
+        num_clients: Number of adapters (slots) to create.
+        client_ids: The client each slot belongs to (default ``0..num_clients-1``); names the
+            peft adapters ``client_<id>``.
     """
 
-    def __init__(self, backbone: nn.Module, lora: LoRASettings, num_clients: int) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        lora: LoRASettings,
+        num_clients: int,
+        client_ids: list[int] | None = None,
+    ) -> None:
         if num_clients < 1:
             raise ValueError(f"need at least one client, got {num_clients}")
+        self.client_ids = list(range(num_clients)) if client_ids is None else list(client_ids)
+        if len(self.client_ids) != num_clients:
+            raise ValueError(f"{len(self.client_ids)} client ids for {num_clients} adapters")
+        self.names = [adapter_name(c) for c in self.client_ids]
         config = lora.to_peft()
         with warnings.catch_warnings():
             # peft still calls a transformers helper deprecated in v5; nothing for users to do.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             try:
-                self.model: PeftModel = get_peft_model(
-                    backbone, config, adapter_name=adapter_name(0)
-                )
+                self.model: PeftModel = get_peft_model(backbone, config, adapter_name=self.names[0])
             except ValueError as error:
                 raise ValueError(
                     f"model.lora.target_modules={lora.target_modules} do not match the "
                     f"backbone's layers: {error}"
                 ) from error
-            for client in range(1, num_clients):
-                self.model.add_adapter(adapter_name(client), config)
+            for name in self.names[1:]:
+                self.model.add_adapter(name, config)
         # from_pretrained returns eval mode; training needs dropout (Lightning keeps modes as is).
         self.model.train()
         self.num_clients = num_clients
         self._params: list[list[nn.Parameter]] = []
         self.keys: list[str] = []
-        for client in range(num_clients):
-            tag = f".{adapter_name(client)}."
+        for client, name in enumerate(self.names):
+            tag = f".{name}."
             named = sorted(
                 (name.replace(tag, "."), param)
                 for name, param in self.model.named_parameters()
@@ -108,9 +118,9 @@ class ClientAdapters:
         return self._params[client]
 
     def activate(self, client: int) -> None:
-        """Route forward passes through ``client``'s adapter (and only it requires grad)."""
-        if self.model.active_adapter != adapter_name(client):
-            self.model.set_adapter(adapter_name(client))
+        """Route forward passes through slot ``client``'s adapter (only it requires grad)."""
+        if self.model.active_adapter != self.names[client]:
+            self.model.set_adapter(self.names[client])
 
     def get_vector(self, client: int) -> torch.Tensor:
         """Return a client's adapter as one flat float32 vector ``(P,)`` (a copy)."""

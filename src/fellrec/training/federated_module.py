@@ -158,6 +158,10 @@ class FederatedModule(L.LightningModule):
         """Adapter slot that trains and evaluates ``client``."""
         return client
 
+    def slot_client(self, slot: int) -> int:
+        """The client whose adapter lives in ``slot``."""
+        return slot
+
     def setup(self, stage: str) -> None:
         """Load the base model once and attach one adapter per client."""
         datamodule = federated_datamodule(self.trainer)
@@ -179,7 +183,12 @@ class FederatedModule(L.LightningModule):
         renderer = HistoryRenderer(tokenizer, texts, self.max_item_tokens, self.max_history_tokens)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # same seed, same initial adapters, in every process
-            self.adapters = ClientAdapters(encoder, self.lora, self.num_slots)
+            self.adapters = ClientAdapters(
+                encoder,
+                self.lora,
+                self.num_slots,
+                [self.slot_client(s) for s in range(self.num_slots)],
+            )
         self.recommender = SequenceEncoderRecommender(
             self.adapters.model, renderer, self.pooling, self.temperature
         )

@@ -113,12 +113,12 @@ class FederatedLoop(Callback):
         assert module.adapters is not None and module.round_anchor is not None
         round_index = trainer.current_epoch
         loss_sums, examples, diverged = module.collect_round_stats()
-        n = module.num_clients
-        slots = torch.tensor([module.slot(c) for c in range(n)])
-        # A slot participates through the clients that train it (centralized: client 0's slot).
+        # Each slot (adapter) is trained by the client it belongs to; centralized training
+        # tags every batch with client 0, whose slot 0 then holds all examples.
+        slot_clients = torch.tensor([module.slot_client(s) for s in range(module.num_slots)])
         trained = examples > 0
-        for client in (~trained).nonzero().flatten().tolist():
-            if not module.strategy.pools_clients:
+        if not module.strategy.pools_clients:
+            for client in slot_clients[~trained[slot_clients]].tolist():
                 rank_zero_warn(f"round {round_index}: client {client} had no training example")
         for client in diverged.nonzero().flatten().tolist():
             rank_zero_warn(
@@ -126,15 +126,9 @@ class FederatedLoop(Callback):
                 "adapter from the round start and is left out of the aggregation"
             )
         theta = module.adapters.get_matrix()  # (S, P)
-        slot_examples = torch.zeros(module.num_slots, dtype=torch.float64).index_add_(
-            0, slots, examples
-        )
-        slot_losses = torch.zeros(module.num_slots, dtype=torch.float64).index_add_(
-            0, slots, loss_sums
-        ) / slot_examples.clamp_min(1)
-        slot_diverged = torch.zeros(module.num_slots, dtype=torch.bool).index_put_(
-            (slots,), diverged, accumulate=True
-        )
+        slot_examples = examples[slot_clients]
+        slot_losses = loss_sums[slot_clients] / slot_examples.clamp_min(1)
+        slot_diverged = diverged[slot_clients]
         theta[slot_diverged] = module.round_anchor[slot_diverged]
         participants = (slot_examples > 0) & ~slot_diverged
         result = module.strategy.aggregate(

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fellrec.models.adapters import adapter_name
 from fellrec.training.datamodule import federated_datamodule
 
 if TYPE_CHECKING:
@@ -79,6 +78,7 @@ def write_run_outputs(
     path = directory / RESULTS_FILE
     path.write_text(json.dumps(_finite(results), indent=2))
     if module.adapters is not None:
-        names = [adapter_name(slot) for slot in range(module.num_slots)]
-        module.adapters.model.save_pretrained(str(directory / "adapters"), selected_adapters=names)
+        module.adapters.model.save_pretrained(
+            str(directory / "adapters"), selected_adapters=module.adapters.names
+        )
     return path
