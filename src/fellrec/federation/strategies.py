@@ -95,7 +95,7 @@ class Strategy:
 
 
 def _ones(theta: torch.Tensor) -> torch.Tensor:
-    return torch.ones(theta.shape[0], dtype=theta.dtype)
+    return torch.ones(theta.shape[0], dtype=theta.dtype, device=theta.device)
 
 
 class Local(Strategy):
@@ -240,8 +240,8 @@ class FELLRec(Strategy):
         result = theta.clone()
         lr_scale = _ones(theta)
         n = theta.shape[0]
-        full_similarity = torch.full((n, n), float("nan"))
-        full_weights = torch.full((n,), float("nan"))
+        full_similarity = torch.full((n, n), float("nan"), device=theta.device)
+        full_weights = torch.full((n,), float("nan"), device=theta.device)
         if index.numel() == 0:
             return RoundResult(result, lr_scale, full_similarity, full_weights)
         sub = theta[index]  # (M, P)
@@ -250,7 +250,7 @@ class FELLRec(Strategy):
             p = loss_distribution(losses[index].float(), self.temperature)
             weights = heating_weights(p, round_index, self.alpha, self.beta, self.exponent)
         else:
-            weights = torch.ones(len(index))
+            weights = torch.ones(len(index), device=theta.device)
         # `sub` is already a copy (advanced indexing), so mixing in place saves a full allocation.
         result[index] = personalized_aggregate(
             sub, similarity, weights, order=self.order, inplace=True

@@ -123,11 +123,15 @@ class ClientAdapters:
             self.model.set_adapter(self.names[client])
 
     def get_vector(self, client: int) -> torch.Tensor:
-        """Return a client's adapter as one flat float32 vector ``(P,)`` (a copy)."""
-        return torch.cat([p.detach().reshape(-1).float() for p in self._params[client]])
+        """Return a client's adapter as one flat float32 CPU vector ``(P,)`` (a copy).
+
+        Aggregation runs on the CPU: it is one Gram matrix and one matmul, and keeping N copies
+        of the adapters off the accelerator leaves its memory to the model.
+        """
+        return torch.cat([p.detach().reshape(-1).float().cpu() for p in self._params[client]])
 
     def get_matrix(self) -> torch.Tensor:
-        """Return all clients' adapters stacked ``(N, P)``."""
+        """Return all clients' adapters stacked ``(N, P)`` (float32, CPU)."""
         return torch.stack([self.get_vector(c) for c in range(self.num_clients)])
 
     @torch.no_grad()
@@ -140,7 +144,7 @@ class ClientAdapters:
         offset = 0
         for param in self._params[client]:
             size = param.numel()
-            param.copy_(vector[offset : offset + size].view_as(param).to(param.dtype))
+            param.copy_(vector[offset : offset + size].view_as(param))  # casts dtype and device
             offset += size
 
     def set_matrix(self, matrix: torch.Tensor) -> None:

@@ -145,6 +145,7 @@ class FederatedModule(L.LightningModule):
         self._steps_total: dict[int, int] = {}
         self._generator = torch.Generator().manual_seed(seed)
         self.round_anchor: torch.Tensor | None = None
+        self._anchors: dict[int, torch.Tensor] = {}
         self._reset_round_stats(0)
         self._reset_eval(0)
 
@@ -265,6 +266,7 @@ class FederatedModule(L.LightningModule):
         assert self.adapters is not None
         self._reset_round_stats(self.num_clients)
         self.round_anchor = self.adapters.get_matrix()
+        self._anchors = {}
         plan = federated_datamodule(self.trainer).round_plan(round_index)
         self._steps_total = {}
         for batch in plan:
@@ -278,6 +280,13 @@ class FederatedModule(L.LightningModule):
             for group in optimizer.param_groups:
                 group["round_lr"] = self.lr * float(lr_scale[slot])
                 group["lr"] = group["round_lr"]
+
+    def _anchor_on_device(self, slot: int, device: torch.device) -> torch.Tensor:
+        """The slot's round-start adapter (FedProx anchor), moved to ``device`` once per round."""
+        if slot not in self._anchors:
+            assert self.round_anchor is not None
+            self._anchors[slot] = self.round_anchor[slot].to(device)
+        return self._anchors[slot]
 
     def collect_round_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss sums, example counts and divergence flags of the round, summed over processes."""
@@ -312,8 +321,7 @@ class FederatedModule(L.LightningModule):
                 scale = self.trainer.world_size / float(batch["step_examples"])
                 loss = losses.sum() * scale
                 if self.strategy.proximal_mu > 0 and batch["step_end"]:
-                    assert self.round_anchor is not None
-                    anchor = self.round_anchor[slot].to(users.device)
+                    anchor = self._anchor_on_device(slot, users.device)
                     loss = loss + fedprox_penalty(
                         [torch.cat([p.reshape(-1) for p in self.adapters.parameters(slot)])],
                         [anchor],
