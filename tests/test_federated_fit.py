@@ -109,7 +109,9 @@ def test_fedavg_round_leaves_identical_adapters(tmp_path, tiny_encoder_dir):
     assert len({id(table) for table in model._item_tables.values()}) == 1
 
 
-@pytest.mark.parametrize("strategy", [Local(), Centralized(), FedProx(mu=0.1)], ids=str)
+@pytest.mark.parametrize(
+    "strategy", [Local(), Centralized(), FedProx(mu=0.1)], ids=lambda s: s.name
+)
 def test_baseline_strategies_run_end_to_end(tmp_path, tiny_encoder_dir, strategy):
     trainer, model, data, loop = tiny_run(tmp_path, tiny_encoder_dir, strategy, rounds=1)
     fit_and_test(trainer, model, data)
