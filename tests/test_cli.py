@@ -132,6 +132,20 @@ def test_print_config_shows_the_whole_schema(fitted, capsys):
         (["--data.partition", "random"], "data.partition='random' is unknown"),
         (["--loop.selection_metric", "auc"], "selection_metric='auc' is unknown"),
         (["--data.dataset.format", "movielens"], "data.dataset.path is required"),
+        (
+            [
+                "--data.dataset.options",
+                json.dumps(
+                    {
+                        "num_users": 90,
+                        "num_items": 16,
+                        "num_categories": 2,
+                        "interactions_per_user": [4, 8],
+                    }
+                ),
+            ],
+            "K=20 exceeds the catalog (16 items",
+        ),
     ],
 )
 def test_invalid_settings_fail_before_training_naming_the_setting(

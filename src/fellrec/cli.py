@@ -107,8 +107,6 @@ def _data_parser() -> ArgumentParser:
 
 def describe_data(datamodule: FederatedDataModule) -> str:
     """Dataset, split, partition and popularity-baseline statistics as text."""
-    from fellrec.data.stats import format_partition_table, partition_statistics
-
     data = datamodule.data
     ds = data.dataset
     density = ds.num_interactions / max(1, ds.num_users * ds.num_items)
@@ -120,11 +118,7 @@ def describe_data(datamodule: FederatedDataModule) -> str:
         f"{len(data.examples)} training examples, {len(data.split.valid)} validation users, "
         f"{len(data.split.test)} test users",
         "",
-        format_partition_table(
-            partition_statistics(
-                data.assignment, data.split, data.examples, ds.categories, data.num_clients
-            )
-        ),
+        datamodule.partition_table(),
         "",
         "popularity baseline (test):",
     ]

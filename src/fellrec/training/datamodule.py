@@ -28,9 +28,10 @@ from fellrec.data.pipeline import (
     load_federated_data,
 )
 from fellrec.data.schema import EvalUsers
+from fellrec.data.stats import format_partition_table, partition_statistics
 from fellrec.federation.schedule import PlannedBatch, plan_round, shard
 from fellrec.metrics.popularity import evaluate_popularity
-from fellrec.metrics.summary import client_sums, metric_names, summarize
+from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summarize
 
 Batch = dict[str, Any]
 
@@ -168,6 +169,11 @@ class FederatedDataModule(L.LightningDataModule):
         if self._data is None:
             self._data = load_federated_data(self.settings, self.cache_dir)
         data = self._data
+        if max(DEFAULT_KS) > data.dataset.num_items:
+            raise ValueError(
+                f"metric cut-off K={max(DEFAULT_KS)} exceeds the catalog "
+                f"({data.dataset.num_items} items in {data.dataset.name}); use more items"
+            )
         per_user = evaluate_popularity(
             data.split.train_sequences, data.split.test, data.dataset.num_items
         )
@@ -188,6 +194,14 @@ class FederatedDataModule(L.LightningDataModule):
             ):
                 writer.writerow([user_id, int(client)])
         return path
+
+    def partition_table(self) -> str:
+        """Per-client users, examples and category divergence, as a text table."""
+        data = self.data
+        stats = partition_statistics(
+            data.assignment, data.split, data.examples, data.dataset.categories, data.num_clients
+        )
+        return format_partition_table(stats)
 
     def item_texts(self) -> tuple[list[str], list[tuple[str, ...]]]:
         """Titles and categories of every item index."""

@@ -175,11 +175,6 @@ class FederatedModule(L.LightningModule):
             format_item_text(self.item_text, t, c) for t, c in zip(titles, categories, strict=True)
         ]
         self.num_items = len(texts)
-        for k in DEFAULT_KS:
-            if k > self.num_items:
-                raise ValueError(
-                    f"metric cut-off K={k} exceeds the catalog ({self.num_items} items)"
-                )
         encoder, tokenizer = load_encoder(self.backbone_name)
         renderer = HistoryRenderer(tokenizer, texts, self.max_item_tokens, self.max_history_tokens)
         with torch.random.fork_rng(devices=[]):

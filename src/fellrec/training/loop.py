@@ -87,7 +87,9 @@ class FederatedLoop(Callback):
         self._ensure_state(module)
         directory = run_directory(trainer)  # a collective: every process must ask
         if trainer.is_global_zero:
-            federated_datamodule(trainer).save_assignment(directory)
+            datamodule = federated_datamodule(trainer)
+            datamodule.save_assignment(directory)
+            log.info("clients:\n%s", datamodule.partition_table())
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start a round: per-client learning rates, optimizer resets, round statistics."""
