@@ -7,6 +7,9 @@ with N, so the target is ``peak(50) <= 1.2 x peak(2)``.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_memory.py --clients 2 50 --repeats 3
 
+On a CPU box shared with other jobs add ``OMP_WAIT_POLICY=PASSIVE`` (see benchmarks/README.md);
+it changes the times, not the memory.
+
 Prints per N the peak RSS (min/median/max over repeats), the RSS after the model and adapters
 were built, the adapter footprint, and the ratio of each N's median peak to the first N's.
 """
@@ -29,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 def child(args: argparse.Namespace) -> None:
     """One run in this process; writes its figures as JSON to ``args.out``."""
     sys.path.insert(0, str(HERE))
+    from typing import Any
+
     import torch
     from lightning.pytorch.callbacks import Callback
 
@@ -39,13 +44,8 @@ def child(args: argparse.Namespace) -> None:
     figures: dict[str, float] = {"rss_imports_mib": current_rss_mib()}
 
     class Probe(Callback):
-        def on_fit_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             figures["rss_model_mib"] = current_rss_mib()
-            figures["adapter_params"] = pl_module.adapters.num_parameters
-
-        def on_train_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
-            figures["rss_after_train_mib"] = current_rss_mib()
-            figures["train_batches"] = trainer.num_training_batches
 
     root = Path(args.root)
     trainer, model, data, _loop = build_run(
@@ -69,7 +69,6 @@ def child(args: argparse.Namespace) -> None:
     figures["fit_s"] = time.perf_counter() - start
     figures["rss_end_mib"] = current_rss_mib()
     figures["peak_self_mib"] = peak_rss_mib()
-    assert model.adapters is not None
     figures["lora_params_total"] = sum(
         p.numel() for name, p in model.named_parameters() if "lora_" in name
     )

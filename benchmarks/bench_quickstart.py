@@ -5,7 +5,10 @@ Runs ``fellrec fit --config configs/quickstart.yaml --trainer.default_root_dir <
 finished child's resources from the kernel (``os.wait4``): wall, user and system seconds and the
 peak RSS of the largest process.
 
-    HF_HUB_OFFLINE=1 WANDB_MODE=offline python benchmarks/bench_quickstart.py --repeats 3
+    HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_WAIT_POLICY=PASSIVE \\
+        python benchmarks/bench_quickstart.py --repeats 3 [--threads 1]
+
+(``OMP_WAIT_POLICY=PASSIVE`` on a CPU box shared with other jobs; see benchmarks/README.md.)
 
 The same figures for one run with public tools:
 

@@ -8,7 +8,12 @@ per round (each client encodes the catalog with its own adapter, then aggregatio
 off (``limit_val_batches=0``) so aggregation lands inside the window. Two rounds run and round 1
 (warm) is timed. Runs alternate A B A B so machine drift hits both alike. Target: ratio <= 1.15.
 
-    HF_HUB_OFFLINE=1 python benchmarks/bench_round_overhead.py --clients 5 --repeats 3
+    HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_round_overhead.py \\
+        --clients 5 --repeats 3 [--threads 1]
+
+On a CPU box shared with other jobs, OpenMP's default (spinning) wait policy makes 2-thread
+timings measure the neighbours: use ``OMP_WAIT_POLICY=PASSIVE`` or ``--threads 1``, and read the
+CPU-time table as well as the wall-time one.
 
 The breakdown splits each round into batch compute (training steps less their item-table
 encodes), item-table encodes (count and seconds), aggregation and the rest (batch assembly,
