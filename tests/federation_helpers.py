@@ -32,25 +32,27 @@ def tiny_run(
     trainer_options: dict[str, Any] | None = None,
 ) -> tuple[L.Trainer, FederatedModule, FederatedDataModule, FederatedLoop]:
     """A federation on a small synthetic catalog with a tiny encoder, laid out like the CLI's."""
+    data_settings: dict[str, Any] = {
+        "history_length": 4,
+        "num_clients": num_clients,
+        "partition": "iid",
+        "batch_size": 8,
+        "eval_batch_size": 16,
+        "max_train_examples": 120,
+        "cache_dir": str(cache_dir or root / "cache"),
+        **(data_options or {}),
+    }
     data = FederatedDataModule(
         dataset=DatasetSettings(format="synthetic", options=dict(SMALL_SYNTHETIC)),
-        history_length=4,
-        num_clients=num_clients,
-        partition="iid",
-        batch_size=8,
-        eval_batch_size=16,
-        max_train_examples=120,
-        cache_dir=str(cache_dir or root / "cache"),
-        **(data_options or {}),
+        **data_settings,
     )
-    model = FederatedModule(
-        backbone=str(encoder_dir),
-        strategy=strategy,
-        lr=5e-3,
-        max_history_tokens=48,
-        max_item_tokens=8,
+    model_settings: dict[str, Any] = {
+        "lr": 5e-3,
+        "max_history_tokens": 48,
+        "max_item_tokens": 8,
         **(model_options or {}),
-    )
+    }
+    model = FederatedModule(backbone=str(encoder_dir), strategy=strategy, **model_settings)
     loop = FederatedLoop()
     trainer = L.Trainer(
         accelerator="cpu",

@@ -14,8 +14,8 @@ def test_clients_start_identical_and_only_adapters_train(adapters):
     theta = adapters.get_matrix()
     assert theta.shape == (3, adapters.num_parameters)
     assert torch.equal(theta[0], theta[1]) and torch.equal(theta[0], theta[2])
-    # 2 layers x (query, value) x (A: 2x32 + B: 32x2)
-    assert adapters.num_parameters == 2 * 2 * (2 * 32 + 32 * 2)
+    # 3 layers x (query, value) x (A: r x 32 + B: 32 x r) with r = 2
+    assert adapters.num_parameters == 3 * 2 * (2 * 32 + 32 * 2)
     trainable = [n for n, p in adapters.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "client_0" in n for n in trainable)
 

@@ -106,7 +106,7 @@ def test_fedavg_round_leaves_identical_adapters(tmp_path, tiny_encoder_dir):
     assert torch.equal(theta[0], theta[1]) and torch.equal(theta[1], theta[2])
     assert not torch.equal(theta[0], model.round_anchor[0])  # it did train
     # One shared model: validation encoded the catalog once for all clients.
-    assert len({id(table) for table in model._item_tables.values()}) == 1
+    assert len({id(table) for table in model.backend.item_tables.values()}) == 1
 
 
 @pytest.mark.parametrize(

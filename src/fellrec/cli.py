@@ -7,6 +7,7 @@ All subcommands read the same YAML schema: ``model:`` (FederatedModule), ``data:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from fellrec import __version__
+from fellrec.commands import COMMANDS
 from fellrec.data.schema import DataFormatError
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
@@ -35,6 +37,10 @@ commands:
   validate    evaluate a saved run on the validation users   (--ckpt_path)
   test        evaluate a saved run on the test users         (--ckpt_path)
   data stats  load, split and partition the data; print statistics and the popularity baseline
+  cost        client/server parameters, memory, FLOPs and bytes per step for a range of k_front
+  attack      an honest-but-curious server's token recovery from hidden states, per k_front
+  report      Markdown + HTML report comparing run directories
+  compare     run several strategies on the same data, clients and seed, then report
 
 Every command takes --config FILE.yaml (repeatable) and --help.
 Quickstart:  fellrec fit --config configs/quickstart.yaml
@@ -105,6 +111,30 @@ def _data_parser() -> ArgumentParser:
     return parser
 
 
+def run_config_parser(prog: str, description: str) -> ArgumentParser:
+    """A parser of the fit YAML schema whose ``model:`` and ``data:`` sections are checked.
+
+    Commands that read a run's config without training (``fellrec cost``, ``fellrec attack``)
+    build on it: add their own flags, then call :func:`instantiate_run_config`.
+    """
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="a fellrec YAML config")
+    parser.add_class_arguments(FederatedModule, "model")
+    parser.add_class_arguments(FederatedDataModule, "data")
+    for section in ("trainer", "loop", "checkpoint", "seed_everything", "ckpt_path"):
+        parser.add_argument(f"--{section}", type=Any, default=None, help="(ignored here)")
+    return parser
+
+
+def instantiate_run_config(
+    parser: ArgumentParser, config: Any
+) -> tuple[FederatedModule, FederatedDataModule]:
+    """The (not yet set up) model and data module of a parsed config; nothing is loaded."""
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    objects = instantiate(config)
+    return objects.model, objects.data
+
+
 def describe_data(datamodule: FederatedDataModule) -> str:
     """Dataset, split, partition and popularity-baseline statistics as text."""
     data = datamodule.data
@@ -162,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args[0] == "data":
             run_data_command(args[1:])
+        elif args[0] in COMMANDS:
+            module = importlib.import_module(COMMANDS[args[0]][0])
+            module.main(args[1:])
         else:
             run_lightning_cli(None if argv is None else args)
     except (ValueError, FileNotFoundError, DataFormatError) as error:

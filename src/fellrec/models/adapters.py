@@ -9,7 +9,7 @@ aggregation functions can stack clients into an ``(N, P)`` matrix.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -26,8 +26,9 @@ class LoRASettings:
     """Scaling numerator (peft's ``lora_alpha``)."""
     dropout: float = 0.05
     """Dropout on the adapter input."""
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    """Names of the linear layers to adapt (BERT: query/value; LLaMA: q_proj/v_proj)."""
+    target_modules: list[str] | None = None
+    """Names of the linear layers to adapt; None takes peft's default for the architecture
+    (BERT: query, value; LLaMA/Qwen2/Mistral: q_proj, v_proj), as FELLRec's reference does."""
 
     def to_peft(self) -> LoraConfig:
         """Return the equivalent peft ``LoraConfig``."""
@@ -39,7 +40,7 @@ class LoRASettings:
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
+            target_modules=list(self.target_modules) if self.target_modules else None,
         )
 
 

@@ -12,6 +12,8 @@ user side only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +50,9 @@ class SequenceEncoderRecommender(nn.Module):
         renderer: Turns item indices into token ids.
         pooling: ``"mean"`` or ``"cls"``.
         temperature: Divides the cosine similarities (0.05 in RecFormer).
+        trunk: ``(input_ids, attention_mask) -> last hidden states (B, T, H)``; the split model
+            (client front, server middle, client back) under flexible storage. Default: the
+            encoder's own forward.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class SequenceEncoderRecommender(nn.Module):
         renderer: HistoryRenderer,
         pooling: str = "mean",
         temperature: float = 0.05,
+        trunk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -66,6 +72,9 @@ class SequenceEncoderRecommender(nn.Module):
         self.renderer = renderer
         self.pooling = pooling
         self.temperature = temperature
+        # Not registered as a submodule: the trunk runs the encoder's own layers, whose weights
+        # must appear once in state dicts and checkpoints.
+        object.__setattr__(self, "trunk", trunk)
 
     @property
     def device(self) -> torch.device:
@@ -74,7 +83,11 @@ class SequenceEncoderRecommender(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Encode token sequences into L2-normalized vectors ``(B, H)``."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.trunk is not None:
+            hidden = self.trunk(input_ids, attention_mask)  # (B, T, H)
+        else:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            hidden = hidden.last_hidden_state
         return F.normalize(pool(hidden, attention_mask, self.pooling).float(), dim=-1)
 
     def encode_histories(self, histories: torch.Tensor) -> torch.Tensor:

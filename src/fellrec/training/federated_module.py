@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -25,17 +26,25 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
 from fellrec.federation.aggregation import fedprox_penalty
+from fellrec.federation.split_plan import plan_split
 from fellrec.federation.strategies import FELLRec, Strategy
 from fellrec.metrics.ranking import ranking_metrics
 from fellrec.metrics.summary import DEFAULT_KS, metric_names
 from fellrec.models.adapters import ClientAdapters, LoRASettings
-from fellrec.models.backbone import load_encoder
+from fellrec.models.backbone import load_causal_lm, load_encoder
+from fellrec.models.backends import EncoderBackend, GenerativeBackend, RecommenderBackend
 from fellrec.models.encoder import POOLINGS, SequenceEncoderRecommender
+from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.prompts import PromptSettings
+from fellrec.models.resources import resource_report
+from fellrec.models.split import make_trunk, num_blocks
 from fellrec.models.text import HistoryRenderer, format_item_text
+from fellrec.models.transport import Transport, make_transport
 from fellrec.training.datamodule import federated_datamodule
 
 log = logging.getLogger(__name__)
 LR_DECAYS = ("none", "linear", "cosine")
+RECOMMENDERS = ("encoder", "generative")
 #: Strategies hold settings only, so one default instance can be shared.
 DEFAULT_STRATEGY: Strategy = lazy_instance(FELLRec)
 
@@ -63,9 +72,21 @@ class FederatedModule(L.LightningModule):
     """All clients' sides of a federated sequence-encoder recommender.
 
     Args:
-        backbone: Encoder by packaged alias (``minilm``), local directory or hub name.
+        backbone: Model by packaged alias (``minilm``, ``smollm2``), local directory or hub name.
+        recommender: ``encoder`` (sequence-encoder, RecFormer-style, scores every item) or
+            ``generative`` (causal LM, BIGRec-style: beam search, then grounding to items).
         strategy: Federated strategy (default: FELLRec's dynamic balance).
         lora: LoRA settings shared by all clients.
+        split_execution: Split execution (flexible storage): the client runs the embeddings, the
+            first ``k_front`` and the last ``k_back`` blocks and the head; the server runs the
+            middle blocks. Numerically the same as ``false``; only where the work runs changes.
+            (Not named ``split``: ``data.split`` is the train/valid/test split, and Lightning
+            merges both modules' hyper-parameters into one namespace.)
+        k_front: Blocks after the embeddings that stay on the client.
+        k_back: Last blocks (before the final norm and head) that stay on the client.
+        transport: How hidden states cross between client and server (``local``: in process).
+        load_in_8bit: Load the frozen base in 8 bits (generative; needs bitsandbytes and a GPU).
+        prompt: Prompt wording, cutoff and decoding of the generative recommender.
         pooling: ``mean`` or ``cls`` pooling of token states.
         temperature: Cosine-score temperature.
         item_text: Template of an item's text (fields ``{title}``, ``{categories}``).
@@ -85,8 +106,15 @@ class FederatedModule(L.LightningModule):
     def __init__(
         self,
         backbone: str = "minilm",
+        recommender: str = "encoder",
         strategy: Strategy = DEFAULT_STRATEGY,
         lora: LoRASettings | None = None,
+        split_execution: bool = True,
+        k_front: int = 1,
+        k_back: int = 1,
+        transport: str = "local",
+        load_in_8bit: bool = False,
+        prompt: PromptSettings | None = None,
         pooling: str = "mean",
         temperature: float = 0.05,
         item_text: str = "{title}",
@@ -114,7 +142,22 @@ class FederatedModule(L.LightningModule):
         self.automatic_optimization = False
         # Checkpoints hold adapters only; the frozen base is rebuilt from `backbone`.
         self.strict_loading = False
+        if recommender not in RECOMMENDERS:
+            raise ValueError(
+                f"model.recommender must be one of {RECOMMENDERS}, got {recommender!r}"
+            )
+        for name, value in (("k_front", k_front), ("k_back", k_back)):
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value}")
         self.backbone_name = backbone
+        self.recommender_kind = recommender
+        self.split = split_execution
+        self.k_front = k_front
+        self.k_back = k_back
+        self.transport_name = transport
+        self.load_in_8bit = load_in_8bit
+        self.prompt = prompt if prompt is not None else PromptSettings()
+        self.prompt.validate()
         self.strategy = strategy
         self.lora = lora if lora is not None else LoRASettings()
         self.pooling = pooling
@@ -131,16 +174,19 @@ class FederatedModule(L.LightningModule):
         self.item_batch_size = item_batch_size
         self.seed = seed
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["strategy", "lora"])
+        self.save_hyperparameters(ignore=["strategy", "lora", "prompt"])
         # The same spec the config uses, so LightningCLI can re-read it from a checkpoint.
         self.hparams["strategy"] = self.strategy.class_spec()
         self.hparams["lora"] = asdict(self.lora)
+        self.hparams["prompt"] = asdict(self.prompt)
         self.adapters: ClientAdapters | None = None
-        self.recommender: SequenceEncoderRecommender | None = None
+        self.recommender: SequenceEncoderRecommender | GenerativeRecommender | None = None
+        self.backend: RecommenderBackend | None = None
+        self.transport: Transport | None = None
+        #: Bytes the transport carried for training micro-batches, and how many there were.
+        self.train_traffic = {"bytes": 0, "steps": 0}
         self.num_clients = 0
         self.num_items = 0
-        self._item_tables: dict[int, torch.Tensor] = {}
-        self._tables_shared = True  # all clients start from the same adapter
         self._steps_done: dict[int, int] = {}
         self._steps_total: dict[int, int] = {}
         self._generator = torch.Generator().manual_seed(seed)
@@ -164,7 +210,7 @@ class FederatedModule(L.LightningModule):
         return slot
 
     def setup(self, stage: str) -> None:
-        """Load the base model once and attach one adapter per client."""
+        """Load the base model once, attach one adapter per client, build the recommender."""
         datamodule = federated_datamodule(self.trainer)
         datamodule.pool_clients = self.strategy.pools_clients
         if self.adapters is not None:
@@ -175,30 +221,61 @@ class FederatedModule(L.LightningModule):
             format_item_text(self.item_text, t, c) for t, c in zip(titles, categories, strict=True)
         ]
         self.num_items = len(texts)
-        encoder, tokenizer = load_encoder(self.backbone_name)
-        renderer = HistoryRenderer(tokenizer, texts, self.max_item_tokens, self.max_history_tokens)
+        if self.recommender_kind == "generative":
+            model, tokenizer = load_causal_lm(self.backbone_name, self.load_in_8bit)
+        else:
+            model, tokenizer = load_encoder(self.backbone_name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # same seed, same initial adapters, in every process
             self.adapters = ClientAdapters(
-                encoder,
+                model,
                 self.lora,
                 self.num_slots,
                 [self.slot_client(s) for s in range(self.num_slots)],
             )
-        self.recommender = SequenceEncoderRecommender(
-            self.adapters.model, renderer, self.pooling, self.temperature
+        self.transport = make_transport(self.transport_name) if self.split else None
+        trunk = make_trunk(
+            self.adapters.model, self.split, self.k_front, self.k_back, self.transport
         )
+        self.backend = self._build_backend(tokenizer, texts, trunk)
         self._reset_round_stats(self.num_clients)
         self._reset_eval(self.num_clients)
         sizes = datamodule.client_sizes()
         log.info(
-            "model: %s, %d clients x %d adapter parameters, %d items",
+            "model: %s (%s%s), %d clients x %d adapter parameters, %d items",
             self.backbone_name,
+            self.recommender_kind,
+            f", split {self.k_front}/{self.k_back}" if self.split else "",
             self.num_slots,
             self.adapters.num_parameters,
             self.num_items,
         )
         self._client_sizes = torch.as_tensor(sizes, dtype=torch.float64)
+
+    def _build_backend(
+        self,
+        tokenizer: Any,
+        texts: list[str],
+        trunk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> RecommenderBackend:
+        assert self.adapters is not None
+        if self.recommender_kind == "generative":
+            generative = GenerativeRecommender(
+                self.adapters.model,
+                tokenizer,
+                texts,
+                self.prompt,
+                trunk=trunk,
+                item_batch_size=self.item_batch_size,
+            )
+            self.recommender = generative
+            return GenerativeBackend(generative, self.adapters)
+        renderer = HistoryRenderer(tokenizer, texts, self.max_item_tokens, self.max_history_tokens)
+        encoder = SequenceEncoderRecommender(
+            self.adapters.model, renderer, self.pooling, self.temperature, trunk=trunk
+        )
+        self.recommender = encoder
+        return EncoderBackend(encoder, self.adapters, self.item_batch_size, self.num_negatives)
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """One AdamW per client adapter."""
@@ -216,28 +293,52 @@ class FederatedModule(L.LightningModule):
         return list(optimizers) if isinstance(optimizers, list) else [optimizers]
 
     # ------------------------------------------------------------------ shared helpers
-    def item_table(self, client: int) -> torch.Tensor:
-        """The catalog encoded with ``client``'s current adapter, cached until invalidated."""
-        slot = self.slot(client)
-        if slot not in self._item_tables:
-            if self._tables_shared and self._item_tables:
-                # Every slot holds the same adapter: one encoding serves all of them.
-                self._item_tables[slot] = next(iter(self._item_tables.values()))
-            else:
-                assert self.adapters is not None and self.recommender is not None
-                self.adapters.activate(slot)
-                self._item_tables[slot] = self.recommender.encode_items(self.item_batch_size)
-        return self._item_tables[slot]
-
     def invalidate_item_tables(self, identical_adapters: bool = False) -> None:
-        """Forget cached item tables (after adapters changed: aggregation, selection, loading).
+        """Forget what the backend computed with the previous adapters (aggregation, selection).
 
         Args:
             identical_adapters: All slots now hold the same adapter (a shared-model strategy just
-                broadcast it), so the next encoding can serve every slot.
+                broadcast it), so one item encoding can serve every slot.
         """
-        self._item_tables.clear()
-        self._tables_shared = identical_adapters
+        if self.backend is not None:
+            self.backend.invalidate(identical_adapters)
+
+    def _bytes_sent(self) -> int:
+        return self.transport.stats()["bytes_total"] if self.transport is not None else 0
+
+    def resource_summary(self) -> dict[str, Any]:
+        """What this configuration costs on the client and the server, estimated and measured.
+
+        The estimate comes from the model's config (:func:`fellrec.models.resources.
+        resource_report`, at the longest sequence a batch may have); ``measured`` is the traffic
+        the transport really carried per training micro-batch (forward and backward) so far.
+        """
+        assert self.adapters is not None
+        base = self.adapters.model.get_base_model()
+        plan = plan_split(num_blocks(base), self.k_front, self.k_back) if self.split else None
+        datamodule = federated_datamodule(self.trainer)
+        seq_len = (
+            self.prompt.max_prompt_tokens
+            if self.recommender_kind == "generative"
+            else self.max_history_tokens
+        )
+        weight = next(base.parameters())
+        report = resource_report(
+            base.config,
+            plan,
+            self.lora,
+            batch_size=max(1, datamodule.batch_size // self.trainer.world_size),
+            seq_len=seq_len,
+            num_clients=self.num_clients,
+            base_dtype_bytes=1 if self.load_in_8bit else min(4, weight.element_size()),
+        )
+        steps = self.train_traffic["steps"]
+        report["measured"] = {
+            "training_microbatches": steps,
+            "training_bytes": self.train_traffic["bytes"],
+            "bytes_per_step": self.train_traffic["bytes"] / steps if steps else 0.0,
+        }
+        return report
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._trainer is None or self.trainer.world_size == 1:
@@ -304,25 +405,25 @@ class FederatedModule(L.LightningModule):
         slot = self.slot(client)
         if batch["client_start"]:
             self._begin_client(client, int(batch["round"]))
-        table = self.item_table(client)
-        self.adapters.activate(slot)
         targets = batch["targets"]
         if targets.numel() > 0:
-            users = self.recommender.encode_histories(batch["histories"])
-            losses = self.recommender.loss(
-                users, table, targets, self.num_negatives, self._generator
-            )  # (b,)
+            assert self.backend is not None
+            self.backend.prepare(slot)
+            sent_before = self._bytes_sent()
+            losses = self.backend.losses(slot, batch["histories"], targets, self._generator)  # (b,)
             if torch.isfinite(losses.detach()).all():
                 scale = self.trainer.world_size / float(batch["step_examples"])
                 loss = losses.sum() * scale
                 if self.strategy.proximal_mu > 0 and batch["step_end"]:
-                    anchor = self._anchor_on_device(slot, users.device)
+                    anchor = self._anchor_on_device(slot, losses.device)
                     loss = loss + fedprox_penalty(
                         [torch.cat([p.reshape(-1) for p in self.adapters.parameters(slot)])],
                         [anchor],
                         self.strategy.proximal_mu,
                     )
                 self.manual_backward(loss)
+                self.train_traffic["bytes"] += self._bytes_sent() - sent_before
+                self.train_traffic["steps"] += 1
                 self.round_loss_sum[client] += float(losses.detach().sum())
                 self.round_examples[client] += targets.numel()
             else:
@@ -384,10 +485,8 @@ class FederatedModule(L.LightningModule):
         client = int(batch["client"])
         if batch["users"].numel() == 0:
             return
-        table = self.item_table(client)
-        self.adapters.activate(self.slot(client))
-        users = self.recommender.encode_histories(batch["histories"])
-        scores = self.recommender.logits(users, table)  # (b, I)
+        assert self.backend is not None
+        scores = self.backend.scores(self.slot(client), batch["histories"])  # (b, I)
         per_user = ranking_metrics(
             scores,
             padded_mask(batch["targets"], self.num_items),

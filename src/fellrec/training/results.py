@@ -73,6 +73,7 @@ def write_run_outputs(
         ),
         **test_summary,
         "popularity": datamodule.popularity,
+        "resources": module.resource_summary(),
         "history": loop.history,
     }
     path = directory / RESULTS_FILE

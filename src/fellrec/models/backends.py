@@ -1,0 +1,153 @@
+"""The two recommender backends behind one small interface, per adapter slot.
+
+:class:`~fellrec.training.federated_module.FederatedModule` routes every batch to a slot (a client's
+adapter) and asks the backend for per-example training losses or for item scores; it does not need
+to know whether items are scored by an encoder's item table or found by generation and grounding.
+
+- :class:`EncoderBackend`: the sequence-encoder recommender. The catalog is encoded with a slot's
+  current adapter once per round and cached until the adapters change (aggregation, selection,
+  loading); while every slot holds the same adapter, one encoding serves them all.
+- :class:`GenerativeBackend`: the BIGRec-style causal LM. Training is the causal-LM loss of the
+  rendered prompt; scores come from beam search and grounding against item-title embeddings that
+  the base model (without adapters) computes once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from fellrec.models.adapters import ClientAdapters
+from fellrec.models.encoder import SequenceEncoderRecommender
+from fellrec.models.generative import GenerativeRecommender
+
+
+class RecommenderBackend(Protocol):
+    """What the Lightning layer needs from a recommender, for the adapter slot it activates."""
+
+    def prepare(self, slot: int) -> None:
+        """Compute what ``slot``'s training steps need beforehand (outside their traffic)."""
+        ...
+
+    def losses(
+        self,
+        slot: int,
+        histories: torch.Tensor,
+        targets: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Per-example training losses ``(B,)`` of ``slot``'s model (not reduced)."""
+        ...
+
+    def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B, I)`` of every item for each history (higher is better)."""
+        ...
+
+    def invalidate(self, identical_adapters: bool = False) -> None:
+        """Forget what was computed with the previous adapters."""
+        ...
+
+
+class EncoderBackend:
+    """Sequence-encoder scoring with a per-slot item table cached within a round.
+
+    Args:
+        recommender: The encoder recommender (its encoder is the peft model of ``adapters``).
+        adapters: The per-slot adapters.
+        item_batch_size: Items per forward pass when encoding the catalog.
+        num_negatives: Sampled negatives per example instead of the full-catalog softmax.
+    """
+
+    def __init__(
+        self,
+        recommender: SequenceEncoderRecommender,
+        adapters: ClientAdapters,
+        item_batch_size: int = 64,
+        num_negatives: int | None = None,
+    ) -> None:
+        self.recommender = recommender
+        self.adapters = adapters
+        self.item_batch_size = item_batch_size
+        self.num_negatives = num_negatives
+        self.item_tables: dict[int, torch.Tensor] = {}
+        self._tables_shared = True  # all slots start from the same adapter
+
+    def prepare(self, slot: int) -> None:
+        """Encode the catalog for ``slot`` if its table is not cached."""
+        self.item_table(slot)
+
+    def item_table(self, slot: int) -> torch.Tensor:
+        """The catalog encoded with ``slot``'s current adapter ``(I, H)``, cached."""
+        if slot not in self.item_tables:
+            if self._tables_shared and self.item_tables:
+                # Every slot holds the same adapter: one encoding serves all of them.
+                self.item_tables[slot] = next(iter(self.item_tables.values()))
+            else:
+                self.adapters.activate(slot)
+                self.item_tables[slot] = self.recommender.encode_items(self.item_batch_size)
+        return self.item_tables[slot]
+
+    def invalidate(self, identical_adapters: bool = False) -> None:
+        """Forget cached item tables.
+
+        Args:
+            identical_adapters: All slots now hold the same adapter (a shared-model strategy just
+                broadcast it), so the next encoding can serve every slot.
+        """
+        self.item_tables.clear()
+        self._tables_shared = identical_adapters
+
+    def losses(
+        self,
+        slot: int,
+        histories: torch.Tensor,
+        targets: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Cross-entropy of each target over the catalog (or sampled negatives) ``(B,)``."""
+        table = self.item_table(slot)
+        self.adapters.activate(slot)
+        users = self.recommender.encode_histories(histories)
+        return self.recommender.loss(users, table, targets, self.num_negatives, generator)
+
+    def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
+        """Temperature-scaled cosine scores of every item ``(B, I)``."""
+        table = self.item_table(slot)
+        self.adapters.activate(slot)
+        return self.recommender.logits(self.recommender.encode_histories(histories), table)
+
+
+class GenerativeBackend:
+    """Generation-and-grounding scoring with a causal LM.
+
+    Args:
+        recommender: The generative recommender (its model is the peft model of ``adapters``).
+        adapters: The per-slot adapters.
+    """
+
+    def __init__(self, recommender: GenerativeRecommender, adapters: ClientAdapters) -> None:
+        self.recommender = recommender
+        self.adapters = adapters
+
+    def prepare(self, slot: int) -> None:
+        """Nothing to prepare: the prompt is the whole input."""
+
+    def losses(
+        self,
+        slot: int,
+        histories: torch.Tensor,
+        targets: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Per-example causal-LM loss of the prompt and response ``(B,)``."""
+        self.adapters.activate(slot)
+        return self.recommender.losses(histories, targets)
+
+    def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
+        """Negative L2 distances of the generated titles to every item title ``(B, I)``."""
+        self.adapters.activate(slot)
+        return self.recommender.recommend(histories)
+
+    def invalidate(self, identical_adapters: bool = False) -> None:
+        """Nothing to forget: item-title embeddings come from the base model, not the adapters."""

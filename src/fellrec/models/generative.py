@@ -1,0 +1,336 @@
+"""Generative recommender (BIGRec-style): a causal LM writes the next title, grounded on items.
+
+Training is the causal-LM loss of "prompt + quoted target title + eos" (whole sequence, as the
+reference, or response only). Recommending runs beam search with the active adapter, parses the
+generated title, embeds it with the base model *without* adapters (last layer after the final
+norm, last token) and scores every item by the negative L2 distance to its title's embedding.
+
+Token ids are built from cached pieces (every title once, every prompt once), never re-tokenized per
+step; batches are padded here, so the caller's tokenizer is never mutated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from fellrec.models.prompts import PromptSettings, parse_response, render_prompt, render_response
+
+Trunk = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class GenerativeRecommender(nn.Module):
+    """Trains a causal LM on next-title prompts and grounds its generations onto item titles.
+
+    Args:
+        model: A Hugging Face causal LM, usually a peft model whose active adapter is trained.
+        tokenizer: Its tokenizer (needs an eos token; pad falls back to eos). Not mutated.
+        titles: The title of every item index.
+        prompt: Prompt wording, cutoff and decoding settings.
+        trunk: ``trunk(input_ids, attention_mask) -> hidden (B, T, H)`` after the final norm, the
+            training forward (e.g. split execution). ``None`` runs the model's own decoder.
+        item_batch_size: Titles embedded per forward pass.
+        embedding_cache: Directory to keep item-title embeddings in across runs (optional).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        titles: Sequence[str],
+        prompt: PromptSettings,
+        trunk: Trunk | None = None,
+        item_batch_size: int = 64,
+        embedding_cache: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        prompt.validate()
+        if not titles:
+            raise ValueError("the generative recommender needs at least one item title")
+        if item_batch_size < 1:
+            raise ValueError(f"item_batch_size must be >= 1, got {item_batch_size}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("model.backbone: the tokenizer has no eos token to end responses")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = prompt
+        self.titles = list(titles)
+        self.item_batch_size = item_batch_size
+        self.embedding_cache = Path(embedding_cache) if embedding_cache is not None else None
+        # A plain attribute, not a submodule: a split trunk may hold modules owned elsewhere.
+        self.__dict__["_trunk"] = trunk
+        self.eos_id = int(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else self.eos_id
+        # Keep the tokenizer's own leading bos (LLaMA adds one) but never its trailing specials
+        # (a BERT-style tokenizer would end every prompt with [SEP]).
+        bos = tokenizer.bos_token_id
+        special = tokenizer("a")["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        prefixed = bos is not None and special[:1] == [bos] and plain[:1] != [bos]
+        self.prefix: list[int] = [int(bos)] if prefixed and bos is not None else []
+        encoded = tokenizer(self.titles, add_special_tokens=False)["input_ids"]
+        self.title_ids: list[list[int]] = [list(ids) for ids in encoded]
+        self._responses: dict[int, list[int]] = {}
+        self._prompts: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        self._item_table: torch.Tensor | None = None
+
+    @property
+    def num_items(self) -> int:
+        """Number of items in the catalog."""
+        return len(self.titles)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model weights."""
+        return next(self.model.parameters()).device
+
+    def base_model(self) -> Any:
+        """The Hugging Face causal LM under the peft wrapper (adapters stay injected)."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    # ----- tokens -------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def response_ids(self, target: int) -> list[int]:
+        """Token ids of the quoted target title followed by eos (cached)."""
+        if target not in self._responses:
+            title = render_response(self.titles[target])
+            self._responses[target] = [*self._encode(title), self.eos_id]
+        return self._responses[target]
+
+    def _render_prompt(self, items: Sequence[int]) -> list[int]:
+        text = render_prompt(self.settings, [self.titles[i] for i in items])
+        return [*self.prefix, *self._encode(text)]
+
+    def prompt_ids(self, history: Sequence[int], budget: int) -> list[int]:
+        """Token ids of the prompt for a history (oldest first), at most ``budget`` long (cached).
+
+        The oldest items are dropped until the prompt fits; the instruction is always kept, so a
+        prompt with no history left may still exceed a budget smaller than the instruction.
+        """
+        key = (tuple(history), budget)
+        if key in self._prompts:
+            return self._prompts[key]
+        items = list(history)
+        ids = self._render_prompt(items)
+        if len(ids) > budget and items:
+            # Binary search for the most recent items that fit: the length grows with every item
+            # kept, so this is exact with log2(H) tokenizer calls, done once per history.
+            fits, too_long = 0, len(items)
+            while too_long - fits > 1:
+                middle = (fits + too_long) // 2
+                if len(self._render_prompt(items[len(items) - middle :])) <= budget:
+                    fits = middle
+                else:
+                    too_long = middle
+            ids = self._render_prompt(items[len(items) - fits :])
+        self._prompts[key] = ids
+        return ids
+
+    def _pad(self, sequences: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, span] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    # ----- training -----------------------------------------------------------------------------
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``(B, T, H)`` through the trunk (or the unsplit decoder)."""
+        trunk: Trunk | None = self.__dict__["_trunk"]
+        if trunk is not None:
+            return trunk(input_ids, attention_mask)
+        return self._decode(input_ids, attention_mask)
+
+    def _decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = self.base_model()
+        decoder = getattr(base, base.base_model_prefix)  # LlamaModel for LLaMA, etc.
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def losses(self, histories: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example mean token cross-entropy ``(B,)`` of the causal LM.
+
+        Runs in whatever mode the caller set (train for training, eval for validation loss).
+
+        Args:
+            histories: Item indices ``(B, H)``, oldest first, left-padded with ``-1``.
+            targets: Target item indices ``(B,)``.
+
+        Returns:
+            Each example's mean loss over its counted tokens (the whole sequence after the first
+            token, or the response and eos only); padding never counts. No batch reduction.
+        """
+        sequences, starts = [], []
+        for row, target in zip(histories.tolist(), targets.tolist(), strict=True):
+            response = self.response_ids(target)
+            budget = self.settings.max_prompt_tokens - len(response)
+            prompt = self.prompt_ids([i for i in row if i >= 0], budget)
+            sequences.append([*prompt, *response])
+            starts.append(len(prompt))
+        input_ids, attention_mask = self._pad(sequences, left=False)
+        hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, H)
+        counted = attention_mask[:, 1:].bool()  # position t predicts token t + 1
+        if self.settings.response_only_loss:
+            label_pos = torch.arange(1, input_ids.shape[1], device=input_ids.device)
+            start = torch.tensor(starts, device=input_ids.device).unsqueeze(1)
+            counted &= label_pos.unsqueeze(0) >= start
+        rows, cols = counted.nonzero(as_tuple=True)
+        # The LM head only runs on counted positions: (N, V) instead of (B, T, V).
+        logits = self.base_model().get_output_embeddings()(hidden[rows, cols])
+        tokens = F.cross_entropy(logits.float(), input_ids[rows, cols + 1], reduction="none")
+        sums = torch.zeros(len(sequences), device=tokens.device).index_add(0, rows, tokens)
+        counts = torch.bincount(rows, minlength=len(sequences)).clamp_min(1)
+        return sums / counts
+
+    # ----- inference ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        # Remember every module's flag: callers may mix modes (e.g. a frozen base kept in eval).
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def _without_adapters(self) -> contextlib.AbstractContextManager[Any]:
+        if isinstance(self.model, PeftModel):
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    def _embed(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Last-token, last-layer states ``(N, H)`` of the base model without adapters."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        chunks = []
+        with self._eval_mode(), self._without_adapters(), torch.inference_mode():
+            for start in range(0, len(order), self.item_batch_size):
+                batch = [sequences[i] for i in order[start : start + self.item_batch_size]]
+                input_ids, attention_mask = self._pad(batch, left=True)
+                chunks.append(self._decode(input_ids, attention_mask)[:, -1].float())
+            encoded = torch.cat(chunks)
+        # Copied out of inference mode so callers may keep it around autograd.
+        table = torch.empty(encoded.shape, dtype=encoded.dtype, device=encoded.device)
+        table[torch.tensor(order, device=encoded.device)] = encoded
+        return table
+
+    def _title_sequence(self, ids: list[int]) -> list[int]:
+        sequence = [*self.prefix, *ids]
+        return sequence if sequence else [self.eos_id]  # an empty generation still gets a state
+
+    def _cache_file(self) -> Path | None:
+        if self.embedding_cache is None:
+            return None
+        base = self.base_model()
+        # A few embedding rows tell apart different weights saved under the same path.
+        probe = float(base.get_input_embeddings().weight[:4].detach().double().sum())
+        key = [str(getattr(base, "name_or_path", "")), f"{probe:.6e}", self.prefix, self.titles]
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+        return self.embedding_cache / f"item-embeddings-{digest}.pt"
+
+    def item_embeddings(self) -> torch.Tensor:
+        """Item-title embeddings ``(I, H)`` of the base model without adapters (computed once).
+
+        Kept in memory, and in ``embedding_cache`` (if set) keyed by the model path and titles.
+        """
+        if self._item_table is not None:
+            return self._item_table
+        path = self._cache_file()
+        if path is not None and path.is_file():
+            table = torch.load(path, map_location=self.device, weights_only=True)
+        else:
+            table = self._embed([self._title_sequence(ids) for ids in self.title_ids])
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+                os.close(handle)
+                torch.save(table.cpu(), staging)
+                os.replace(staging, path)  # atomic: readers never see half a file
+        self._item_table = table
+        return table
+
+    def generate_titles(self, histories: torch.Tensor) -> list[str]:
+        """Beam-search one title per history with the active adapter (eval mode, restored after).
+
+        Args:
+            histories: Item indices ``(B, H)``, oldest first, left-padded with ``-1``.
+
+        Returns:
+            The parsed titles (possibly not in the catalog, possibly empty).
+        """
+        budget = self.settings.max_prompt_tokens
+        prompts = [
+            self.prompt_ids([i for i in row if i >= 0], budget) for row in histories.tolist()
+        ]
+        input_ids, attention_mask = self._pad(prompts, left=True)
+        config = GenerationConfig(
+            num_beams=self.settings.num_beams,
+            max_new_tokens=self.settings.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+        )
+        with self._eval_mode(), torch.inference_mode():
+            generate: Any = self.model.generate
+            output = generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+            )
+        texts = self.tokenizer.batch_decode(
+            output[:, input_ids.shape[1] :], skip_special_tokens=True
+        )
+        return [parse_response(text) for text in texts]
+
+    def ground(self, titles: Sequence[str], exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Score every item for each title by the negative L2 distance of their embeddings.
+
+        Args:
+            titles: Generated titles (already parsed).
+            exclude: Optional ``(B, I)`` boolean mask of items to score ``-inf`` (e.g. consumed).
+
+        Returns:
+            Scores ``(B, I)``, higher is better.
+        """
+        table = self.item_embeddings()
+        queries = self._embed([self._title_sequence(self._encode(title)) for title in titles])
+        scores = -torch.cdist(queries, table.to(queries.device))
+        if exclude is not None:
+            scores = scores.masked_fill(exclude.to(scores.device), float("-inf"))
+        return scores
+
+    def recommend(
+        self, histories: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Generate a title per history and ground it: scores ``(B, I)``.
+
+        Args:
+            histories: Item indices ``(B, H)``, oldest first, left-padded with ``-1``.
+            exclude: Optional ``(B, I)`` boolean mask of items to score ``-inf``.
+        """
+        return self.ground(self.generate_titles(histories), exclude)

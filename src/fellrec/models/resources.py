@@ -1,0 +1,630 @@
+"""What split execution buys and costs, from a Hugging Face config alone (no weights loaded).
+
+:func:`resource_report` accounts one configuration (model config, LoRA settings, split plan or
+unsplit, micro-batch ``B``, sequence length ``T``, ``N`` clients, dtype of the frozen base); its
+dictionary is stored under ``"resources"`` in ``results.json``. Keys (all plain JSON values):
+
+- ``model_type``, ``family`` (``decoder``/``encoder``), ``num_layers``, ``hidden_size``,
+  ``vocab_size``, ``total_parameters`` (the base model), ``split``, ``k_front``, ``k_back``,
+  ``batch_size``, ``seq_len``, ``num_clients``, ``base_dtype_bytes``, ``activation_dtype_bytes``,
+  ``lora_r``, ``lora_target_modules``, ``lora_per_block`` (adapter parameters of one block).
+- ``client`` and ``server``, each: ``blocks`` (transformer blocks held), ``frozen_parameters``,
+  ``trainable_parameters`` (client: LoRA of its front and back blocks and of any adapted
+  embedding/head; server: ``N`` x the LoRA of the middle blocks, since it holds every client's
+  middle adapters), ``weight_bytes``, ``optimizer_bytes``, ``activation_bytes``, ``memory_bytes``
+  (their sum), ``forward_flops``, ``backward_flops``, ``flops_per_step`` (their sum).
+  Unsplit, the client holds everything and the server's entries are 0.
+- ``transport``: bytes of one client's micro-batch (one training step) crossing the wire:
+  ``to_server_forward``, ``to_client_forward``, ``to_server_backward``, ``to_client_backward``,
+  ``bytes_per_step`` (their sum, 0 unsplit); and ``adapter_bytes_per_round``, the client's
+  adapter upload per round (fp32; the middle adapters never leave the server).
+- ``table``: rows ``{"quantity", "client", "server"}`` with human-readable values.
+
+Estimates (upper bounds of a plain PyTorch step; no activation checkpointing):
+
+- Memory = frozen weights x dtype bytes (8-bit: the blocks' linear weights take 1 byte, the
+  embeddings, norms, biases and head stay 16-bit as LLM.int8 keeps them) + trainable x 16 bytes
+  (fp32 weight, gradient and two AdamW moments) + activations. Activations per block follow
+  Korthikanti et al. 2022 (arXiv 2205.05198, no recomputation): ``s*b*h*(34 + 5*a*s/h)`` bytes in
+  16-bit, scaled by ``activation_dtype_bytes / 2``; the client of a decoder adds its fp32 logits
+  ``B*T*V*4``. The server's activations are those of one micro-batch at a time.
+- FLOPs per step, ``n = B*T`` tokens, per block with linear weights ``W``, LoRA parameters ``P``
+  and attention width ``A = heads * head_dim``: forward ``2*W*n + 4*B*T^2*A + 2*P*n``; backward with
+  a frozen base ``2*W*n`` (activation gradients only) ``+ 8*B*T^2*A`` (both operands of QK^T and
+  AV) ``+ 4*P*n`` (LoRA input and weight gradients). A decoder's LM head adds ``2*H*V*n`` forward
+  and as much backward (tied or not); embedding look-ups, norms and an encoder's pooling/scoring
+  are left out. Causal masking is not discounted.
+- Transport, as :mod:`fellrec.models.transport` sends it: forward ``h_front`` ``B*T*H`` x
+  activation bytes + the mask and position ids (int64, ``B*T*8`` each) to the server and
+  ``h_middle`` back; backward ``dL/dh_middle`` to the server and ``dL/dh_front`` back, the latter
+  only when the client front has trainable parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+#: Model types this accounting knows, and their family (those split execution supports).
+FAMILIES: dict[str, str] = {
+    "llama": "decoder",
+    "mistral": "decoder",
+    "qwen2": "decoder",
+    "bert": "encoder",
+    "roberta": "encoder",
+    "xlm-roberta": "encoder",
+}
+#: Bytes of the hidden states kept for the backward pass / sent on the wire, per base dtype bytes:
+#: 8-bit and 16-bit bases compute in 16 bits.
+ACTIVATION_BYTES = {4: 4, 2: 2, 1: 2}
+
+
+class _Plan(Protocol):
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def k_front(self) -> int: ...
+    @property
+    def k_back(self) -> int: ...
+
+
+class _LoRA(Protocol):
+    @property
+    def r(self) -> int: ...
+    @property
+    def target_modules(self) -> list[str] | None: ...
+
+
+@dataclass(frozen=True)
+class Module:
+    """A module LoRA can adapt (a linear layer or an embedding table).
+
+    Attributes:
+        name: Its name in the Hugging Face model (blocks: block 0's).
+        in_features: Input size (embeddings: number of rows).
+        out_features: Output size (embeddings: embedding size).
+        bias: Whether it has a bias (linear layers).
+        embedding: An embedding table rather than a linear layer.
+    """
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+    embedding: bool = False
+
+    @property
+    def parameters(self) -> int:
+        """Weights plus bias."""
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+    def lora_parameters(self, r: int) -> int:
+        """Parameters of a rank-``r`` LoRA adapter on it: ``A`` (r x in) and ``B`` (out x r)."""
+        return r * (self.in_features + self.out_features)
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Exact parameter counts of a base model, by part.
+
+    Attributes:
+        model_type: The config's ``model_type``.
+        family: ``decoder`` or ``encoder``.
+        num_layers: Transformer blocks ``L``.
+        hidden_size: ``H``.
+        num_heads: Attention heads.
+        attention_width: ``heads * head_dim`` (the query width).
+        vocab_size: ``V``.
+        embeddings: Embedding tables (and, for encoders, the embedding LayerNorm).
+        per_block: One transformer block.
+        final_norm: The final norm (decoders; 0 for BERT-style encoders).
+        head: The LM head (0 if tied to the input embeddings, or for an encoder).
+        pooler: An encoder's pooler (0 for decoders).
+        block_modules: Adaptable modules of block 0 (every block is the same).
+        outer_modules: Adaptable modules outside the blocks (embeddings, head, pooler).
+    """
+
+    model_type: str
+    family: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    attention_width: int
+    vocab_size: int
+    embeddings: int
+    per_block: int
+    final_norm: int
+    head: int
+    pooler: int
+    block_modules: tuple[Module, ...]
+    outer_modules: tuple[Module, ...]
+
+    @property
+    def total(self) -> int:
+        """All parameters of the base model (``model.parameters()``, tied weights once)."""
+        blocks = self.num_layers * self.per_block
+        return self.embeddings + blocks + self.final_norm + self.head + self.pooler
+
+    @property
+    def block_linear_weights(self) -> int:
+        """Weight-matrix entries of one block's linear layers (no biases)."""
+        return sum(m.in_features * m.out_features for m in self.block_modules)
+
+
+def _decoder_counts(config: Any, model_type: str) -> ParameterCounts:
+    hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    inter, vocab = int(config.intermediate_size), int(config.vocab_size)
+    # Qwen2 always has q/k/v biases; LLaMA has them when attention_bias is set; Mistral never.
+    qkv_bias = model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
+    o_bias = model_type == "llama" and bool(getattr(config, "attention_bias", False))
+    mlp_bias = bool(getattr(config, "mlp_bias", False))
+    prefix = "model.layers.0."
+    blocks = (
+        Module(prefix + "self_attn.q_proj", hidden, heads * head_dim, qkv_bias),
+        Module(prefix + "self_attn.k_proj", hidden, kv_heads * head_dim, qkv_bias),
+        Module(prefix + "self_attn.v_proj", hidden, kv_heads * head_dim, qkv_bias),
+        Module(prefix + "self_attn.o_proj", heads * head_dim, hidden, o_bias),
+        Module(prefix + "mlp.gate_proj", hidden, inter, mlp_bias),
+        Module(prefix + "mlp.up_proj", hidden, inter, mlp_bias),
+        Module(prefix + "mlp.down_proj", inter, hidden, mlp_bias),
+    )
+    tied = bool(getattr(config, "tie_word_embeddings", True))
+    outer = (
+        Module("model.embed_tokens", vocab, hidden, embedding=True),
+        Module("lm_head", hidden, vocab),
+    )
+    return ParameterCounts(
+        model_type=model_type,
+        family="decoder",
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        attention_width=heads * head_dim,
+        vocab_size=vocab,
+        embeddings=vocab * hidden,
+        per_block=sum(m.parameters for m in blocks) + 2 * hidden,  # two RMSNorm weights
+        final_norm=hidden,
+        head=0 if tied else vocab * hidden,
+        pooler=0,
+        block_modules=blocks,
+        outer_modules=outer,
+    )
+
+
+def _encoder_counts(config: Any, model_type: str) -> ParameterCounts:
+    hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
+    heads, inter = int(config.num_attention_heads), int(config.intermediate_size)
+    vocab, positions = int(config.vocab_size), int(config.max_position_embeddings)
+    types = int(getattr(config, "type_vocab_size", 0) or 0)
+    prefix = "encoder.layer.0."
+    blocks = (
+        Module(prefix + "attention.self.query", hidden, hidden, True),
+        Module(prefix + "attention.self.key", hidden, hidden, True),
+        Module(prefix + "attention.self.value", hidden, hidden, True),
+        Module(prefix + "attention.output.dense", hidden, hidden, True),
+        Module(prefix + "intermediate.dense", hidden, inter, True),
+        Module(prefix + "output.dense", inter, hidden, True),
+    )
+    outer = [
+        Module("embeddings.word_embeddings", vocab, hidden, embedding=True),
+        Module("embeddings.position_embeddings", positions, hidden, embedding=True),
+    ]
+    if types:
+        outer.append(Module("embeddings.token_type_embeddings", types, hidden, embedding=True))
+    pooler = Module("pooler.dense", hidden, hidden, True)  # AutoModel builds the pooler
+    outer.append(pooler)
+    return ParameterCounts(
+        model_type=model_type,
+        family="encoder",
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        attention_width=hidden,
+        vocab_size=vocab,
+        embeddings=(vocab + positions + types) * hidden + 2 * hidden,  # + LayerNorm
+        per_block=sum(m.parameters for m in blocks) + 4 * hidden,  # + two LayerNorms
+        final_norm=0,
+        head=0,
+        pooler=pooler.parameters,
+        block_modules=blocks,
+        outer_modules=tuple(outer),
+    )
+
+
+def count_parameters(config: Any) -> ParameterCounts:
+    """Exact parameter counts of the model a config describes.
+
+    Decoders are counted as ``AutoModelForCausalLM`` builds them (with the LM head), encoders as
+    ``AutoModel`` does (with the pooler).
+
+    Args:
+        config: A transformers ``PretrainedConfig`` (LLaMA, Mistral, Qwen2, BERT, RoBERTa,
+            XLM-RoBERTa).
+
+    Returns:
+        The counts by part.
+
+    Raises:
+        ValueError: For another model type; the message lists the supported ones.
+    """
+    model_type = str(getattr(config, "model_type", ""))
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ValueError(
+            f"resource accounting supports the model types {sorted(FAMILIES)}, got "
+            f"{model_type!r} (model.backbone)"
+        )
+    if family == "decoder":
+        return _decoder_counts(config, model_type)
+    return _encoder_counts(config, model_type)
+
+
+def _targeted(module: Module, targets: Sequence[str]) -> bool:
+    # peft's rule for a list of names: the full name, or a suffix after a dot.
+    return module.name in targets or any(module.name.endswith("." + t) for t in targets)
+
+
+def lora_targets(counts: ParameterCounts, lora: _LoRA | None) -> list[str]:
+    """The module names LoRA adapts: the configured ones, or peft's default for the model type."""
+    if lora is None:
+        return []
+    if lora.target_modules:
+        return list(lora.target_modules)
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    return list(DEFAULTS[counts.model_type])
+
+
+def lora_parameters(counts: ParameterCounts, lora: _LoRA | None) -> tuple[int, int]:
+    """LoRA parameters of one block, and of the adapted modules outside the blocks.
+
+    Args:
+        counts: The base model's counts.
+        lora: LoRA settings (``r``, ``target_modules``; ``None`` targets take peft's default for
+            the model type); ``None`` for no adapters.
+
+    Returns:
+        ``(per_block, outside_blocks)``.
+
+    Raises:
+        ValueError: If a target module names no adaptable module (as peft would refuse it).
+    """
+    if lora is None:
+        return 0, 0
+    targets = lora_targets(counts, lora)
+    every = (*counts.block_modules, *counts.outer_modules)
+    unmatched = [t for t in targets if not any(_targeted(m, [t]) for m in every)]
+    if unmatched:
+        names = sorted(
+            {m.name.removeprefix("model.layers.0.").removeprefix("encoder.layer.0.") for m in every}
+        )
+        raise ValueError(
+            f"model.lora.target_modules {unmatched} match no layer of a {counts.model_type} "
+            f"model; its adaptable modules are {names}"
+        )
+    per_block = sum(
+        m.lora_parameters(lora.r) for m in counts.block_modules if _targeted(m, targets)
+    )
+    outer = sum(m.lora_parameters(lora.r) for m in counts.outer_modules if _targeted(m, targets))
+    return per_block, outer
+
+
+def block_activation_bytes(
+    batch_size: int, seq_len: int, hidden: int, heads: int, activation_bytes: int
+) -> int:
+    """Activations one block keeps for backward (Korthikanti et al. 2022, no recomputation).
+
+    ``s*b*h*(34 + 5*a*s/h)`` bytes in 16-bit, i.e. ``34*s*b*h + 5*a*s^2*b``, scaled by
+    ``activation_bytes / 2``.
+    """
+    tokens = batch_size * seq_len
+    sixteen_bit = 34 * tokens * hidden + 5 * heads * seq_len * seq_len * batch_size
+    return sixteen_bit * activation_bytes // 2
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One training micro-batch of a model: what every side's numbers are computed from."""
+
+    counts: ParameterCounts
+    lora_block: int
+    tokens: int
+    attention_flops: int
+    base_dtype_bytes: int
+
+    def side(
+        self, blocks: int, frozen_extra: int, trainable: int, activations: int, head: bool
+    ) -> dict[str, int]:
+        """Parameters, memory and FLOPs of a side holding ``blocks`` blocks plus extras."""
+        counts, tokens = self.counts, self.tokens
+        frozen = blocks * counts.per_block + frozen_extra
+        weight_bytes = frozen * self.base_dtype_bytes
+        if self.base_dtype_bytes == 1:  # LLM.int8: block linears in 8 bits, the rest 16-bit
+            linear = blocks * counts.block_linear_weights
+            weight_bytes = linear + 2 * (frozen - linear)
+        linear_flops = 2 * blocks * counts.block_linear_weights * tokens
+        lora_flops = 2 * blocks * self.lora_block * tokens
+        head_flops = 2 * counts.hidden_size * counts.vocab_size * tokens if head else 0
+        attention = blocks * self.attention_flops
+        forward = linear_flops + attention + lora_flops + head_flops
+        backward = linear_flops + 2 * attention + 2 * lora_flops + head_flops
+        values = {
+            "blocks": blocks,
+            "frozen_parameters": frozen,
+            "trainable_parameters": trainable,
+            "weight_bytes": weight_bytes,
+            "optimizer_bytes": 16 * trainable,
+            "activation_bytes": activations,
+        }
+        memory = weight_bytes + 16 * trainable + activations
+        flops = {"forward_flops": forward, "backward_flops": backward}
+        return {**values, "memory_bytes": memory, **flops, "flops_per_step": forward + backward}
+
+
+def _transport(
+    plan: _Plan | None, hidden_bytes: int, tokens: int, front_trainable: bool, server: bool
+) -> dict[str, int]:
+    """Bytes per step in each direction and phase, as the transport sends them."""
+    wire = dict.fromkeys(
+        ("to_server_forward", "to_client_forward", "to_server_backward", "to_client_backward"), 0
+    )
+    if plan is not None:
+        wire["to_server_forward"] = hidden_bytes + 2 * 8 * tokens  # + int64 mask, position ids
+        wire["to_client_forward"] = hidden_bytes
+        wire["to_server_backward"] = hidden_bytes if front_trainable or server else 0
+        wire["to_client_backward"] = hidden_bytes if front_trainable else 0
+    return wire
+
+
+def resource_report(
+    config: Any,
+    plan: _Plan | None,
+    lora: _LoRA | None,
+    batch_size: int,
+    seq_len: int,
+    num_clients: int,
+    base_dtype_bytes: int = 4,
+    activation_dtype_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Parameters, memory, FLOPs and traffic of one client and of the server (module docstring).
+
+    Args:
+        config: The backbone's transformers config.
+        plan: The split plan (``k_front``, ``k_back``), or ``None`` for the unsplit model (the
+            client holds and runs everything).
+        lora: LoRA settings (``r``, ``target_modules``), or ``None`` for no adapters.
+        batch_size: Micro-batch ``B`` (examples per forward/backward).
+        seq_len: Sequence length ``T`` (the longest a batch can be padded to).
+        num_clients: ``N``; the server holds every client's middle adapters.
+        base_dtype_bytes: Bytes per frozen base weight: 4 (fp32), 2 (bf16/fp16), 1 (8-bit).
+        activation_dtype_bytes: Bytes per activation / transported hidden value; default 4 for an
+            fp32 base and 2 otherwise.
+
+    Returns:
+        A dict of plain JSON values; keys in the module docstring.
+
+    Raises:
+        ValueError: For an unsupported model type, unknown LoRA targets, a plan for another number
+            of blocks, or a non-positive size.
+    """
+    sizes = {"batch_size": batch_size, "seq_len": seq_len, "num_clients": num_clients}
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if base_dtype_bytes not in ACTIVATION_BYTES:
+        raise ValueError(f"base_dtype_bytes must be one of {sorted(ACTIVATION_BYTES)}")
+    act = activation_dtype_bytes or ACTIVATION_BYTES[base_dtype_bytes]
+    counts = count_parameters(config)
+    layers, hidden = counts.num_layers, counts.hidden_size
+    if plan is not None and plan.num_layers != layers:
+        raise ValueError(f"split plan for {plan.num_layers} blocks, the model has {layers}")
+    lora_block, lora_outer = lora_parameters(counts, lora)
+    k_front, k_back = (plan.k_front, plan.k_back) if plan is not None else (layers, 0)
+    on_client, on_server = k_front + k_back, layers - k_front - k_back
+    tokens = batch_size * seq_len
+    attention = 4 * batch_size * seq_len * seq_len * counts.attention_width
+    step = _Step(counts, lora_block, tokens, attention, base_dtype_bytes)
+    per_block = block_activation_bytes(batch_size, seq_len, hidden, counts.num_heads, act)
+    decoder = counts.family == "decoder"
+    logits = 4 * tokens * counts.vocab_size if decoder else 0
+    outside = counts.embeddings + counts.final_norm + counts.head + counts.pooler
+    trainable = on_client * lora_block + lora_outer
+    client = step.side(on_client, outside, trainable, on_client * per_block + logits, decoder)
+    server_lora = num_clients * on_server * lora_block
+    server = step.side(on_server, 0, server_lora, on_server * per_block, False)
+    targets = lora_targets(counts, lora)
+    embedding_lora = any(m.embedding and _targeted(m, targets) for m in counts.outer_modules)
+    front_trainable = k_front * lora_block > 0 or embedding_lora
+    wire = _transport(plan, tokens * hidden * act, tokens, front_trainable, server_lora > 0)
+    report: dict[str, Any] = {
+        "model_type": counts.model_type,
+        "family": counts.family,
+        "num_layers": layers,
+        "hidden_size": hidden,
+        "vocab_size": counts.vocab_size,
+        "total_parameters": counts.total,
+        "split": plan is not None,
+        "k_front": plan.k_front if plan is not None else None,
+        "k_back": plan.k_back if plan is not None else None,
+        **sizes,
+        "base_dtype_bytes": base_dtype_bytes,
+        "activation_dtype_bytes": act,
+        "lora_r": lora.r if lora is not None else 0,
+        "lora_target_modules": targets,
+        "lora_per_block": lora_block,
+        "client": client,
+        "server": server,
+        "transport": {
+            **wire,
+            "bytes_per_step": sum(wire.values()),
+            "adapter_bytes_per_round": 4 * trainable,
+        },
+    }
+    report["table"] = _report_rows(report)
+    return report
+
+
+def _units(value: float, steps: Sequence[tuple[float, str]]) -> str:
+    for scale, unit in steps:
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}".rstrip()
+    return f"{value:.0f}"
+
+
+def human_count(value: float) -> str:
+    """A parameter count in k / M / B, e.g. ``"134.52 M"``."""
+    return _units(value, ((1e9, "B"), (1e6, "M"), (1e3, "k")))
+
+
+def human_bytes(value: float) -> str:
+    """A byte count in B / KiB / MiB / GiB, e.g. ``"1.50 GiB"``."""
+    if 0 < abs(value) < 2**10:
+        return f"{value:.0f} B"
+    return _units(value, ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")))
+
+
+def human_flops(value: float) -> str:
+    """A FLOP count in MFLOP / GFLOP / TFLOP / PFLOP."""
+    return _units(value, ((1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")))
+
+
+#: Rows of a report's ``table``: label, key of each side's dict, formatter.
+_REPORT_ROWS = (
+    ("blocks", "blocks", str),
+    ("frozen parameters", "frozen_parameters", human_count),
+    ("trainable parameters", "trainable_parameters", human_count),
+    ("weights", "weight_bytes", human_bytes),
+    ("adapters + grads + AdamW", "optimizer_bytes", human_bytes),
+    ("activations", "activation_bytes", human_bytes),
+    ("memory", "memory_bytes", human_bytes),
+    ("FLOPs per step", "flops_per_step", human_flops),
+)
+
+
+def _report_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    rows = [
+        {
+            "quantity": label,
+            "client": fmt(report["client"][key]),
+            "server": fmt(report["server"][key]),
+        }
+        for label, key, fmt in _REPORT_ROWS
+    ]
+    wire = report["transport"]
+    sent = {
+        side: human_bytes(wire[f"to_{side}_forward"] + wire[f"to_{side}_backward"])
+        for side in ("server", "client")
+    }
+    rows.append({"quantity": "sent per step", "client": sent["server"], "server": sent["client"]})
+    adapters = human_bytes(wire["adapter_bytes_per_round"])
+    rows.append({"quantity": "adapter upload per round", "client": adapters, "server": "-"})
+    return rows
+
+
+def _format_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The ``table`` rows of a :func:`resource_report` as aligned text (client / server)."""
+    rows = [(r["quantity"], r["client"], r["server"]) for r in report["table"]]
+    return _format_rows(("", "client", "server"), rows)
+
+
+#: Columns of a cost-table row taken from one side of a report: row key -> (side, report key).
+_COST_COLUMNS = {
+    f"{side}_{name}": (side, key)
+    for side in ("client", "server")
+    for name, key in (
+        ("blocks", "blocks"),
+        ("parameters", "frozen_parameters"),
+        ("trainable", "trainable_parameters"),
+        ("memory_bytes", "memory_bytes"),
+        ("flops", "flops_per_step"),
+    )
+}
+
+
+def cost_table(
+    config: Any,
+    k_fronts: Sequence[int],
+    k_back: int,
+    lora: _LoRA | None,
+    batch_size: int,
+    seq_len: int,
+    num_clients: int,
+    base_dtype_bytes: int = 4,
+    activation_dtype_bytes: int | None = None,
+    include_unsplit: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per ``k_front`` (the unsplit model first): what each side holds and runs.
+
+    Args:
+        config: The backbone's transformers config.
+        k_fronts: Client front blocks to cost; each needs ``k_front + k_back <= L - 1``.
+        k_back: Client back blocks.
+        lora: LoRA settings, or ``None``.
+        batch_size: Micro-batch ``B``.
+        seq_len: Sequence length ``T``.
+        num_clients: ``N``.
+        base_dtype_bytes: Bytes per frozen base weight (4, 2 or 1).
+        activation_dtype_bytes: Bytes per activation (default from the base dtype).
+        include_unsplit: Start with the unsplit model (``split`` false, ``k_front`` ``None``).
+
+    Returns:
+        Rows with ``k_front``, ``k_back``, ``split``, ``{client,server}_blocks``,
+        ``{client,server}_parameters`` (frozen), ``{client,server}_trainable``,
+        ``{client,server}_memory_bytes``, ``{client,server}_flops`` (per step),
+        ``transport_bytes`` (per step) and ``client_flop_share``.
+
+    Raises:
+        ValueError: For a ``k_front`` the model cannot be split at (naming ``model.k_front``).
+    """
+    from fellrec.federation.split_plan import plan_split  # pure, no torch
+
+    layers = count_parameters(config).num_layers
+    plans: list[Any] = [None] if include_unsplit else []
+    plans += [plan_split(layers, k, k_back) for k in k_fronts]
+    settings = (lora, batch_size, seq_len, num_clients, base_dtype_bytes, activation_dtype_bytes)
+    rows = []
+    for plan in plans:
+        report = resource_report(config, plan, *settings)
+        row = {key: report[key] for key in ("k_front", "k_back", "split")}
+        row.update({col: report[side][key] for col, (side, key) in _COST_COLUMNS.items()})
+        row["transport_bytes"] = report["transport"]["bytes_per_step"]
+        total = row["client_flops"] + row["server_flops"]
+        row["client_flop_share"] = row["client_flops"] / total if total else 0.0
+        rows.append(row)
+    return rows
+
+
+#: Columns of the printed cost table: header, row key, formatter.
+_COST_TABLE = (
+    ("client blocks", "client_blocks", str),
+    ("client params", "client_parameters", human_count),
+    ("client LoRA", "client_trainable", human_count),
+    ("client memory", "client_memory_bytes", human_bytes),
+    ("client FLOP/step", "client_flops", human_flops),
+    ("client share", "client_flop_share", lambda v: f"{100 * v:.1f}%"),
+    ("server params", "server_parameters", human_count),
+    ("server LoRA (all)", "server_trainable", human_count),
+    ("server memory", "server_memory_bytes", human_bytes),
+    ("server FLOP/step", "server_flops", human_flops),
+    ("sent/step", "transport_bytes", human_bytes),
+)
+
+
+def format_cost_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows of :func:`cost_table` as aligned text in human units (unsplit shown as such)."""
+    header = ("k_front", *(h for h, _, _ in _COST_TABLE))
+    body = [
+        (str(r["k_front"]) if r["split"] else "unsplit", *(f(r[k]) for _, k, f in _COST_TABLE))
+        for r in rows
+    ]
+    return _format_rows(header, body)

@@ -1,0 +1,350 @@
+"""Split execution of one Hugging Face backbone: client front -> server middle -> client back.
+
+:class:`SplitModel` is a view over the very module objects of one model (weights shared, nothing
+copied), cut by a :class:`~fellrec.federation.split_plan.SplitPlan`. The client embeds the tokens
+and runs the front blocks, the server runs the middle blocks behind a
+:class:`~fellrec.models.transport.Transport`, and the client runs the back blocks and the final
+norm. Only hidden states, the 2-D attention mask and position ids cross (gradients on the way back);
+each side rebuilds its 4-D attention masks and rotary embeddings from them. The result equals the
+unsplit model (:class:`UnsplitTrunk`) on every real token, loss and gradient included.
+
+The 4-D masks are built here rather than with ``transformers.masking_utils``, whose signatures
+differ between transformers 4.53 and 5.x; additive float masks work with the ``eager`` and ``sdpa``
+attention implementations of both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from peft import PeftModel
+from torch import Tensor, nn
+
+from fellrec.federation.split_plan import SplitPlan, plan_split
+from fellrec.models.transport import LocalTransport, Transport
+
+#: Model types split execution supports, and their family.
+SUPPORTED_MODEL_TYPES: dict[str, str] = {
+    "llama": "decoder",
+    "qwen2": "decoder",
+    "mistral": "decoder",
+    "bert": "encoder",
+    "roberta": "encoder",
+    "xlm-roberta": "encoder",
+}
+#: Attention implementations that accept the additive float masks built here.
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+
+#: A trunk: ``(input_ids, attention_mask) -> final hidden states (B, T, H)``.
+Trunk = Callable[[Tensor, Tensor], Tensor]
+
+
+def _inner_model(model: nn.Module) -> nn.Module:
+    """The bare transformer (``LlamaModel``, ``BertModel``, ...) under peft and task heads."""
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
+    prefix = getattr(model, "base_model_prefix", "")
+    inner = getattr(model, prefix, model) if prefix else model
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def _model_type(model: nn.Module) -> str:
+    config = getattr(_inner_model(model), "config", None)
+    return str(getattr(config, "model_type", type(model).__name__))
+
+
+def split_family(model: nn.Module) -> str:
+    """Return ``"decoder"`` or ``"encoder"`` for a supported model (possibly peft-wrapped).
+
+    Raises:
+        ValueError: If the model type is not supported; the message lists the supported ones.
+    """
+    model_type = _model_type(model)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"split execution (model.split_execution: true) supports the model types "
+            f"{sorted(SUPPORTED_MODEL_TYPES)}, got {model_type!r}; set "
+            "model.split_execution: false to run this backbone unsplit"
+        )
+    return SUPPORTED_MODEL_TYPES[model_type]
+
+
+def _module(owner: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted ``path`` (e.g. ``encoder.layer``), with a clear error if absent."""
+    found: object = owner
+    for name in path.split("."):
+        found = getattr(found, name, None)
+    if not isinstance(found, nn.Module):
+        raise ValueError(f"{type(owner).__name__} has no module {path!r} to split")
+    return found
+
+
+def _blocks(inner: nn.Module, family: str) -> nn.ModuleList:
+    blocks = _module(inner, "layers" if family == "decoder" else "encoder.layer")
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(f"{type(inner).__name__}'s blocks are not an nn.ModuleList")
+    return blocks
+
+
+def num_blocks(model: nn.Module) -> int:
+    """Number of transformer blocks ``L`` of a supported model."""
+    return len(_blocks(_inner_model(model), split_family(model)))
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids counting real tokens only, so left and right padding both work.
+
+    Args:
+        attention_mask: ``(B, T)``, 1 for real tokens.
+
+    Returns:
+        ``(B, T)`` int64: 0, 1, ... over the real tokens; left padding gets 0, right padding repeats
+        the last position.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def decoder_attention_mask(
+    attention_mask: Tensor, dtype: torch.dtype, sliding_window: int | None = None
+) -> Tensor:
+    """Additive causal + key-padding mask ``(B, 1, T, T)``: 0 where allowed, dtype min elsewhere.
+
+    Args:
+        attention_mask: ``(B, T)``, 1 for real tokens.
+        dtype: Float dtype of the hidden states.
+        sliding_window: If set, a query sees only the last ``sliding_window`` keys (Mistral).
+    """
+    length = attention_mask.shape[-1]
+    index = torch.arange(length, device=attention_mask.device)
+    allowed = index[None, :] <= index[:, None]  # (T_q, T_k)
+    if sliding_window is not None:
+        allowed = allowed & (index[None, :] > index[:, None] - sliding_window)
+    allowed = allowed[None, None] & attention_mask.bool()[:, None, None, :]
+    return _additive(allowed, dtype)
+
+
+def encoder_attention_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive key-padding mask ``(B, 1, 1, T)``: 0 for real keys, dtype min for padding."""
+    return _additive(attention_mask.bool()[:, None, None, :], dtype)
+
+
+def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    # The dtype's min, not -inf: fully masked (padding) rows then stay finite instead of NaN.
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def _sliding_windows(config: object, count: int) -> list[int | None]:
+    """Sliding window of every block (``None``: full causal attention), as the HF models do."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return [window if kind == "sliding_attention" else None for kind in layer_types[:count]]
+    if getattr(config, "model_type", "") == "qwen2":
+        first = getattr(config, "max_window_layers", 0)
+        use = getattr(config, "use_sliding_window", False)
+        return [window if use and i >= first else None for i in range(count)]
+    return [window] * count
+
+
+def _check_attention(config: object) -> str | None:
+    """The attention implementation, if it accepts the masks built here; else a ValueError."""
+    attention = getattr(config, "_attn_implementation", None)
+    if attention is not None and attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"split execution builds additive 4-D attention masks, which work with the "
+            f"attention implementations {list(ATTENTION_IMPLEMENTATIONS)}; this model uses "
+            f"{attention!r}. Load it with attn_implementation='sdpa', or set "
+            "model.split_execution: false."
+        )
+    return attention
+
+
+def _hidden(output: Tensor | tuple[Tensor, ...]) -> Tensor:
+    # Blocks return a Tensor in transformers 5.x and a tuple in 4.x.
+    return output[0] if isinstance(output, tuple) else output
+
+
+class UnsplitTrunk:
+    """The whole backbone in one piece, through the Hugging Face module's own forward.
+
+    Decoders get explicit position ids from the mask (left-padded prompts and right-padded
+    batches both work). Model types outside :data:`SUPPORTED_MODEL_TYPES` run too, with the
+    model's default positions.
+
+    Args:
+        model: A Hugging Face model, possibly peft-wrapped.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.inner = _inner_model(model)
+        self.family = SUPPORTED_MODEL_TYPES.get(_model_type(model), "other")
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Final hidden states ``(B, T, H)`` (decoders: after the final norm)."""
+        if self.family == "decoder":
+            out = self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False,
+            )
+        else:
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+        hidden: Tensor = out.last_hidden_state
+        return hidden
+
+
+class SplitModel:
+    """Client front -> transport -> server middle -> client back, over one model's modules.
+
+    Not an ``nn.Module``: it holds references to the model's own blocks, so the parameters stay
+    registered once, in the model.
+
+    Args:
+        model: A supported Hugging Face model (bare or with a head), possibly peft-wrapped.
+        plan: Which blocks run where (:func:`~fellrec.federation.split_plan.plan_split`).
+        transport: Carries the middle part's inputs and outputs (and their gradients).
+
+    Raises:
+        ValueError: If the model type or its attention implementation is unsupported, or the plan
+            was made for another number of blocks.
+    """
+
+    def __init__(self, model: nn.Module, plan: SplitPlan, transport: Transport) -> None:
+        self.family = split_family(model)
+        self.model = model
+        self.inner = _inner_model(model)
+        self.blocks = _blocks(self.inner, self.family)
+        if plan.num_layers != len(self.blocks):
+            raise ValueError(
+                f"split plan for {plan.num_layers} blocks, but the model has {len(self.blocks)}"
+            )
+        config = self.inner.config
+        _check_attention(config)
+        self.plan = plan
+        self.transport = transport
+        decoder = self.family == "decoder"
+        self.embeddings = _module(self.inner, "embed_tokens" if decoder else "embeddings")
+        self.norm = _module(self.inner, "norm") if decoder else None
+        self.rotary = _module(self.inner, "rotary_emb") if decoder else None
+        count = len(self.blocks)
+        self._windows = _sliding_windows(config, count) if decoder else [None] * count
+
+    def front(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Client: embeddings and front blocks.
+
+        Returns:
+            ``(hidden_states, attention_mask, position_ids)``: what crosses to the server.
+        """
+        position_ids = position_ids_from_mask(attention_mask)
+        if self.family == "decoder":
+            hidden = self.embeddings(input_ids)
+        else:
+            # Encoders embed with their own absolute positions, exactly as their forward does.
+            hidden = self.embeddings(input_ids=input_ids)
+        hidden = self._run(self.plan.front, hidden, attention_mask, position_ids)
+        return hidden, attention_mask, position_ids
+
+    def middle(self, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        """Server: the middle blocks (rebuilding masks and rotary embeddings from its inputs)."""
+        return self._run(self.plan.middle, hidden, attention_mask, position_ids)
+
+    def back(self, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        """Client: back blocks and, for decoders, the final norm."""
+        hidden = self._run(self.plan.back, hidden, attention_mask, position_ids)
+        if self.norm is not None:
+            hidden = self.norm(hidden)
+        return hidden
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Final hidden states ``(B, T, H)``, equal to :class:`UnsplitTrunk` on real tokens."""
+        hidden, attention_mask, position_ids = self.front(input_ids, attention_mask)
+        hidden = self.transport.call_server(self.middle, hidden, attention_mask, position_ids)
+        return self.back(hidden, attention_mask, position_ids)
+
+    def client_modules(self) -> list[nn.Module]:
+        """Modules the client holds: embeddings, front and back blocks (and the final norm)."""
+        modules = [self.embeddings, *(self.blocks[i] for i in (*self.plan.front, *self.plan.back))]
+        if self.norm is not None:
+            modules.append(self.norm)
+        return modules
+
+    def server_modules(self) -> list[nn.Module]:
+        """Blocks the server holds (the middle)."""
+        return [self.blocks[i] for i in self.plan.middle]
+
+    def _run(
+        self, blocks: range, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor
+    ) -> Tensor:
+        """Run ``blocks`` in order, with masks and rotary embeddings rebuilt for this side."""
+        if not blocks:
+            return hidden
+        masks = self._masks(blocks, attention_mask, hidden.dtype)
+        if self.rotary is None:
+            for i in blocks:
+                hidden = _hidden(self.blocks[i](hidden, attention_mask=masks[None]))
+            return hidden
+        rotary = self.rotary(hidden, position_ids)
+        for i in blocks:
+            out = self.blocks[i](
+                hidden,
+                attention_mask=masks[self._windows[i]],
+                position_ids=position_ids,
+                position_embeddings=rotary,
+                use_cache=False,
+            )
+            hidden = _hidden(out)
+        return hidden
+
+    def _masks(
+        self, blocks: range, attention_mask: Tensor, dtype: torch.dtype
+    ) -> dict[int | None, Tensor | None]:
+        """The 4-D mask for each sliding window among ``blocks`` (``None``: no mask needed)."""
+        length = attention_mask.shape[-1]
+        # As transformers does: without padding, sdpa runs causal attention with no mask at all,
+        # which lets it pick its fastest kernels (and keeps the numbers identical to unsplit).
+        # The check costs one host sync per side, like transformers' own mask creation.
+        no_padding = bool(attention_mask.all())
+        sdpa = _check_attention(self.inner.config) == "sdpa"
+        masks: dict[int | None, Tensor | None] = {}
+        for window in {self._windows[i] for i in blocks}:
+            if self.rotary is None:  # encoder: eager and sdpa both read None as "attend to all"
+                masks[window] = (
+                    None if no_padding else encoder_attention_mask(attention_mask, dtype)
+                )
+            elif no_padding and sdpa and (window is None or length < window):
+                masks[window] = None
+            else:
+                masks[window] = decoder_attention_mask(attention_mask, dtype, window)
+        return masks
+
+
+def make_trunk(
+    model: nn.Module,
+    split: bool,
+    k_front: int,
+    k_back: int,
+    transport: Transport | None = None,
+) -> Trunk:
+    """Build the trunk a recommender runs: the whole model, or its split view.
+
+    Args:
+        model: A Hugging Face model, possibly peft-wrapped.
+        split: ``model.split_execution``: run client front / server middle / client back.
+        k_front: ``model.k_front`` (ignored unsplit).
+        k_back: ``model.k_back`` (ignored unsplit).
+        transport: The wire to the server (default: a fresh :class:`LocalTransport`).
+
+    Returns:
+        ``(input_ids, attention_mask) -> final hidden states (B, T, H)``.
+
+    Raises:
+        ValueError: On an unsupported model or invalid ``model.k_front`` / ``model.k_back``.
+    """
+    if not split:
+        return UnsplitTrunk(model)
+    plan = plan_split(num_blocks(model), k_front, k_back)
+    return SplitModel(model, plan, transport if transport is not None else LocalTransport())

@@ -1,0 +1,250 @@
+"""The wire between a split model's client side and its server side.
+
+Only these tensors cross (method.md, section 5; architecture.md, "Split execution and transports"):
+
+============  =========  ==============================================================
+direction     phase      tensors
+============  =========  ==============================================================
+to_server     forward    ``hidden_states`` (B, T, H), ``attention_mask`` (B, T), ``position_ids``
+to_client     forward    ``hidden_states`` (B, T, H)
+to_server     backward   ``grad_hidden_states`` (dL/dh_middle)
+to_client     backward   ``grad_hidden_states`` (dL/dh_front), only if h_front requires grad
+============  =========  ==============================================================
+
+Token ids, labels, logits and losses never cross. :meth:`Transport.call_server` is differentiable
+with respect to the client's hidden states and the server's parameters: the server keeps its own
+autograd graph and backpropagates it when the client's gradient arrives.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: A server: ``(hidden_states, attention_mask, position_ids) -> hidden_states``.
+Server = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+DIRECTIONS = ("to_server", "to_client")
+PHASES = ("forward", "backward")
+
+
+@dataclass
+class Payload:
+    """One message on the wire.
+
+    Attributes:
+        direction: ``"to_server"`` or ``"to_client"``.
+        phase: ``"forward"`` or ``"backward"``.
+        tensors: The tensors it carries, by name.
+    """
+
+    direction: str
+    phase: str
+    tensors: dict[str, Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data carried (``numel * element_size``; no framing)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class Transport(ABC):
+    """Carries one micro-batch to the server and back, forward and backward, and counts bytes.
+
+    Counters are cheap (tensor metadata only), so every transport counts all the time.
+    """
+
+    def __init__(self) -> None:
+        self.bytes_sent: dict[tuple[str, str], int] = {}
+        self.calls = 0
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        """Zero the byte counters and the call count."""
+        self.bytes_sent = {(d, p): 0 for d in DIRECTIONS for p in PHASES}
+        self.calls = 0
+
+    def stats(self) -> dict[str, int]:
+        """Traffic since the last reset.
+
+        Returns:
+            ``calls`` (server calls), ``bytes_forward``, ``bytes_backward``, ``bytes_to_server``,
+            ``bytes_to_client`` and ``bytes_total``.
+        """
+        sent = self.bytes_sent
+        return {
+            "calls": self.calls,
+            "bytes_forward": sent["to_server", "forward"] + sent["to_client", "forward"],
+            "bytes_backward": sent["to_server", "backward"] + sent["to_client", "backward"],
+            "bytes_to_server": sent["to_server", "forward"] + sent["to_server", "backward"],
+            "bytes_to_client": sent["to_client", "forward"] + sent["to_client", "backward"],
+            "bytes_total": sum(sent.values()),
+        }
+
+    def send(self, payload: Payload) -> Payload:
+        """Count (and, in subclasses, deliver) a payload; returns what arrives."""
+        self.bytes_sent[payload.direction, payload.phase] += payload.nbytes
+        return payload
+
+    @abstractmethod
+    def call_server(
+        self,
+        server: Server,
+        hidden_states: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+    ) -> Tensor:
+        """Run the server on a micro-batch.
+
+        Args:
+            server: The server's blocks: ``(hidden_states, attention_mask, position_ids) -> h``.
+            hidden_states: Client output ``(B, T, H)``.
+            attention_mask: 2-D mask ``(B, T)``, 1 for real tokens.
+            position_ids: ``(B, T)``.
+
+        Returns:
+            The server's hidden states ``(B, T, H)``, differentiable with respect to
+            ``hidden_states`` and the server's parameters when gradients are enabled.
+        """
+
+
+class LocalTransport(Transport):
+    """In-process transport: the default and the test path.
+
+    Args:
+        record: Keep every payload in :attr:`payloads` (tests inspect what crossed).
+    """
+
+    def __init__(self, record: bool = False) -> None:
+        super().__init__()
+        self.record = record
+        self.payloads: list[Payload] = []
+
+    def send(self, payload: Payload) -> Payload:
+        """Count the payload, and keep it if recording."""
+        if self.record:
+            self.payloads.append(payload)
+        return super().send(payload)
+
+    def call_server(
+        self,
+        server: Server,
+        hidden_states: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+    ) -> Tensor:
+        """Run ``server`` in process; see :meth:`Transport.call_server`."""
+        self.calls += 1
+        if not torch.is_grad_enabled():
+            # Evaluation (no_grad / inference_mode): no graph on either side, just the two messages.
+            inputs = _to_server(self, hidden_states, attention_mask, position_ids)
+            out = server(inputs["hidden_states"], inputs["attention_mask"], inputs["position_ids"])
+            return self.send(Payload("to_client", "forward", {"hidden_states": out})).tensors[
+                "hidden_states"
+            ]
+        # The anchor makes the call's output require grad even when the client's hidden states do
+        # not (no trainable client front), so the server's own parameters still get gradients.
+        anchor = torch.empty(0, device=hidden_states.device, requires_grad=True)
+        out = _ServerCall.apply(hidden_states, attention_mask, position_ids, anchor, self, server)
+        return out
+
+
+def _to_server(
+    transport: Transport, hidden_states: Tensor, attention_mask: Tensor, position_ids: Tensor
+) -> dict[str, Tensor]:
+    """Send the forward message to the server; return the tensors it receives."""
+    payload = Payload(
+        "to_server",
+        "forward",
+        {
+            "hidden_states": hidden_states.detach(),
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+        },
+    )
+    return transport.send(payload).tensors
+
+
+class _ServerCall(torch.autograd.Function):
+    """Autograd seam: the client graph ends here, the server keeps its own graph."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden_states: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        anchor: Tensor,
+        transport: Transport,
+        server: Server,
+    ) -> Tensor:
+        received = _to_server(transport, hidden_states, attention_mask, position_ids)
+        wants_input_grad = bool(ctx.needs_input_grad[0])
+        server_input = received["hidden_states"].detach().requires_grad_(wants_input_grad)
+        with torch.enable_grad():
+            server_output = server(
+                server_input, received["attention_mask"], received["position_ids"]
+            )
+        ctx.transport = transport
+        ctx.consumed = False
+        ctx.server_input = server_input
+        ctx.server_output = server_output if server_output.requires_grad else None
+        out = server_output.detach()
+        if ctx.server_output is None and not wants_input_grad:
+            # Nothing on either side is trainable: the result is a constant, as unsplit.
+            ctx.mark_non_differentiable(out)
+        return transport.send(Payload("to_client", "forward", {"hidden_states": out})).tensors[
+            "hidden_states"
+        ]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        transport: Transport = ctx.transport
+        grad = transport.send(
+            Payload("to_server", "backward", {"grad_hidden_states": grad_output})
+        ).tensors["grad_hidden_states"]
+        if ctx.consumed:
+            raise RuntimeError(
+                "the server graph of this split call was already backpropagated: a second "
+                "backward through a transport (retain_graph=True) is not supported"
+            )
+        server_input, server_output = ctx.server_input, ctx.server_output
+        # Free the server graph with this call, whatever happens below.
+        ctx.server_input = ctx.server_output = None
+        ctx.consumed = True
+        grad_input = None
+        if server_output is not None:
+            # Accumulates the server's parameter grads (and the input's grad) on its own graph.
+            torch.autograd.backward(server_output, grad)
+            grad_input = server_input.grad if server_input.requires_grad else None
+        if grad_input is not None:
+            grad_input = transport.send(
+                Payload("to_client", "backward", {"grad_hidden_states": grad_input})
+            ).tensors["grad_hidden_states"]
+        return grad_input, None, None, None, None, None
+
+
+#: Transports by ``model.transport`` name.
+TRANSPORTS: dict[str, type[Transport]] = {"local": LocalTransport}
+
+
+def make_transport(name: str) -> Transport:
+    """Build a transport by name.
+
+    Args:
+        name: A key of :data:`TRANSPORTS` (``model.transport``).
+
+    Returns:
+        A fresh transport.
+
+    Raises:
+        ValueError: If the name is unknown; the message lists the known ones.
+    """
+    if name not in TRANSPORTS:
+        raise ValueError(f"model.transport must be one of {sorted(TRANSPORTS)}, got {name!r}")
+    return TRANSPORTS[name]()

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from fellrec.federation.split_plan import plan_split
+from fellrec.models.split import SplitModel, num_blocks, position_ids_from_mask
+from fellrec.models.transport import (
+    TRANSPORTS,
+    LocalTransport,
+    Payload,
+    Transport,
+    make_transport,
+)
+
+ALLOWED = {
+    ("to_server", "forward"): {"hidden_states", "attention_mask", "position_ids"},
+    ("to_client", "forward"): {"hidden_states"},
+    ("to_server", "backward"): {"grad_hidden_states"},
+    ("to_client", "backward"): {"grad_hidden_states"},
+}
+
+
+class _Server:
+    """A toy server: one trainable linear map; the mask zeroes padding, positions are unused."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 4)
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.linear(hidden)) * mask.unsqueeze(-1)
+
+
+def _inputs(requires_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    hidden = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    hidden.requires_grad_(requires_grad)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    return hidden, mask, position_ids_from_mask(mask)
+
+
+def _names(transport: LocalTransport) -> list[tuple[str, str, frozenset[str]]]:
+    return [(p.direction, p.phase, frozenset(p.tensors)) for p in transport.payloads]
+
+
+def test_payload_nbytes_is_numel_times_element_size() -> None:
+    payload = Payload(
+        "to_server",
+        "forward",
+        {"h": torch.zeros(2, 3, 4), "m": torch.zeros(2, 3, dtype=torch.long)},
+    )
+    assert payload.nbytes == 2 * 3 * 4 * 4 + 2 * 3 * 8  # 96 + 48
+
+
+def test_call_server_equals_direct_call_with_gradients() -> None:
+    server = _Server()
+    hidden, mask, pos = _inputs()
+    direct = server(hidden, mask, pos)
+    (direct**2).sum().backward()
+    want_input, want_weight = hidden.grad.clone(), server.linear.weight.grad.clone()
+    hidden.grad = server.linear.weight.grad = server.linear.bias.grad = None
+
+    transport = LocalTransport(record=True)
+    out = transport.call_server(server, hidden, mask, pos)
+    assert torch.equal(out, direct.detach())
+    (out**2).sum().backward()
+    assert torch.allclose(hidden.grad, want_input, atol=1e-7, rtol=0)
+    assert torch.allclose(server.linear.weight.grad, want_weight, atol=1e-7, rtol=0)
+    assert _names(transport) == [
+        ("to_server", "forward", frozenset(ALLOWED["to_server", "forward"])),
+        ("to_client", "forward", frozenset({"hidden_states"})),
+        ("to_server", "backward", frozenset({"grad_hidden_states"})),
+        ("to_client", "backward", frozenset({"grad_hidden_states"})),
+    ]
+    stats = transport.stats()
+    h_bytes, int_bytes = 2 * 3 * 4 * 4, 2 * 3 * 8
+    assert stats == {
+        "calls": 1,
+        "bytes_forward": (h_bytes + 2 * int_bytes) + h_bytes,
+        "bytes_backward": 2 * h_bytes,
+        "bytes_to_server": h_bytes + 2 * int_bytes + h_bytes,
+        "bytes_to_client": 2 * h_bytes,
+        "bytes_total": 4 * h_bytes + 2 * int_bytes,
+    }
+    transport.reset_counters()
+    assert transport.stats()["bytes_total"] == 0
+    assert transport.stats()["calls"] == 0
+
+
+def test_frozen_client_side_still_trains_the_server() -> None:
+    server = _Server()
+    hidden, mask, pos = _inputs(requires_grad=False)
+    transport = LocalTransport(record=True)
+    out = transport.call_server(server, hidden, mask, pos)
+    assert out.requires_grad
+    out.sum().backward()
+    assert server.linear.weight.grad is not None
+    assert server.linear.weight.grad.abs().sum() > 0
+    # h_front needs no gradient, so none is sent back to the client.
+    assert [(p.direction, p.phase) for p in transport.payloads] == [
+        ("to_server", "forward"),
+        ("to_client", "forward"),
+        ("to_server", "backward"),
+    ]
+
+
+def test_nothing_trainable_gives_a_constant() -> None:
+    server = _Server()
+    server.linear.requires_grad_(False)
+    hidden, mask, pos = _inputs(requires_grad=False)
+    out = LocalTransport().call_server(server, hidden, mask, pos)
+    assert not out.requires_grad
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_evaluation_modes_send_forward_messages_only(context: type) -> None:
+    server = _Server()
+    hidden, mask, pos = _inputs()
+    transport = LocalTransport(record=True)
+    with context():
+        out = transport.call_server(server, hidden, mask, pos)
+        want = server(hidden, mask, pos)
+    assert not out.requires_grad
+    assert torch.equal(out, want)
+    assert [(p.direction, p.phase) for p in transport.payloads] == [
+        ("to_server", "forward"),
+        ("to_client", "forward"),
+    ]
+    assert transport.stats()["bytes_backward"] == 0
+
+
+def test_gradients_accumulate_over_micro_batches() -> None:
+    server = _Server()
+    first, mask, pos = _inputs()
+    second = (first.detach() * 2).requires_grad_()
+    for h in (first, second):
+        (server(h, mask, pos) ** 2).sum().backward()
+    want = server.linear.weight.grad.clone()
+    server.linear.weight.grad = None
+    transport = LocalTransport()
+    for h in (first, second):
+        (transport.call_server(server, h, mask, pos) ** 2).sum().backward()
+    assert torch.allclose(server.linear.weight.grad, want, atol=1e-6, rtol=0)
+    assert transport.calls == 2
+
+
+def test_second_backward_through_the_transport_is_refused() -> None:
+    server = _Server()
+    hidden, mask, pos = _inputs()
+    loss = LocalTransport().call_server(server, hidden, mask, pos).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        loss.backward()
+
+
+def test_make_transport() -> None:
+    assert isinstance(make_transport("local"), LocalTransport)
+    assert set(TRANSPORTS) == {"local"}
+    assert issubclass(TRANSPORTS["local"], Transport)
+    with pytest.raises(ValueError, match=r"model\.transport must be one of \['local'\]"):
+        make_transport("carrier-pigeon")
+
+
+def _lora_llama(directory: Path) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    return get_peft_model(model, lora)
+
+
+@pytest.mark.parametrize(("k_front", "k_back"), [(1, 1), (0, 1), (2, 0)])
+def test_only_allowed_tensors_cross(tiny_llama_dir: Path, k_front: int, k_back: int) -> None:
+    model = _lora_llama(tiny_llama_dir)
+    transport = LocalTransport(record=True)
+    split = SplitModel(model, plan_split(num_blocks(model), k_front, k_back), transport)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, 3000, (3, 7), generator=generator)
+    attention_mask = torch.ones(3, 7, dtype=torch.long)
+    attention_mask[1, 5:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    hidden = split(input_ids, attention_mask)
+    logits = model.get_base_model().lm_head(hidden)
+    loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+    loss.backward()
+
+    seen = {(p.direction, p.phase) for p in transport.payloads}
+    backward_to_client = ("to_client", "backward") in seen
+    # With no client block before the server, h_front is a frozen embedding: no gradient for it.
+    assert backward_to_client == (k_front > 0)
+    assert len(transport.payloads) == 3 + backward_to_client
+    for payload in transport.payloads:
+        assert set(payload.tensors) == ALLOWED[payload.direction, payload.phase]
+        for name, tensor in payload.tensors.items():
+            if not tensor.is_floating_point():
+                assert name in {"attention_mask", "position_ids"}
+            for secret in (input_ids, labels):
+                assert not (tensor.shape == secret.shape and torch.equal(tensor.long(), secret))
+            assert tensor.shape[:2] == (3, 7)
+    totals: dict[tuple[str, str], int] = {}
+    for p in transport.payloads:
+        key = (p.direction, p.phase)
+        totals[key] = totals.get(key, 0) + sum(
+            t.numel() * t.element_size() for t in p.tensors.values()
+        )
+    assert transport.bytes_sent == {key: totals.get(key, 0) for key in ALLOWED}
+    hidden_bytes = 3 * 7 * 32 * 4
+    assert transport.stats()["bytes_forward"] == 2 * hidden_bytes + 2 * 3 * 7 * 8
+    assert transport.stats()["bytes_backward"] == hidden_bytes * (1 + backward_to_client)
