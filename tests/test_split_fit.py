@@ -49,3 +49,9 @@ def test_split_run_gives_the_unsplit_results(tmp_path, deterministic_encoder):
     assert split["resources"]["split"] is True and unsplit["resources"]["split"] is False
     measured = split["resources"]["measured"]
     assert measured["bytes_per_step"] > 0
+    # The end-of-run privacy probe: the server's token recovery at a few split points.
+    assert unsplit["privacy"] is None
+    curve = {point["k_front"]: point for point in split["privacy"]["curve"]}
+    assert sorted(curve) == [0, 1, 2]
+    assert curve[0]["token_recovery"] >= 0.9  # the embeddings alone give the tokens away
+    assert all(0.0 <= p["token_recovery"] <= 1.0 and p["tokens"] > 0 for p in curve.values())

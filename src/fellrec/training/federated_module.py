@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -25,8 +26,8 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
+from fellrec.data.pipeline import default_cache_dir
 from fellrec.federation.aggregation import fedprox_penalty
-from fellrec.federation.split_plan import plan_split
 from fellrec.federation.strategies import FELLRec, Strategy
 from fellrec.metrics.ranking import ranking_metrics
 from fellrec.metrics.summary import DEFAULT_KS, metric_names
@@ -36,10 +37,11 @@ from fellrec.models.backends import EncoderBackend, GenerativeBackend, Recommend
 from fellrec.models.encoder import POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.prompts import PromptSettings
-from fellrec.models.resources import resource_report
-from fellrec.models.split import make_trunk, num_blocks
+from fellrec.models.resources import format_report
+from fellrec.models.split import make_trunk
 from fellrec.models.text import HistoryRenderer, format_item_text
 from fellrec.models.transport import Transport, make_transport
+from fellrec.training.accounting import resource_summary
 from fellrec.training.datamodule import federated_datamodule
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,10 @@ class FederatedModule(L.LightningModule):
         transport: How hidden states cross between client and server (``local``: in process).
         load_in_8bit: Load the frozen base in 8 bits (generative; needs bitsandbytes and a GPU).
         prompt: Prompt wording, cutoff and decoding of the generative recommender.
+        privacy_probe: At the end of a split run, play the honest-but-curious server (linear
+            inversion of ``h_front``, :mod:`fellrec.training.privacy`) at ``k_front`` in
+            {0, 1, 2, model.k_front} and store the token recovery under ``"privacy"`` in
+            ``results.json``. ``fellrec attack`` measures the whole curve.
         pooling: ``mean`` or ``cls`` pooling of token states.
         temperature: Cosine-score temperature.
         item_text: Template of an item's text (fields ``{title}``, ``{categories}``).
@@ -115,6 +121,7 @@ class FederatedModule(L.LightningModule):
         transport: str = "local",
         load_in_8bit: bool = False,
         prompt: PromptSettings | None = None,
+        privacy_probe: bool = True,
         pooling: str = "mean",
         temperature: float = 0.05,
         item_text: str = "{title}",
@@ -158,6 +165,7 @@ class FederatedModule(L.LightningModule):
         self.load_in_8bit = load_in_8bit
         self.prompt = prompt if prompt is not None else PromptSettings()
         self.prompt.validate()
+        self.privacy_probe = privacy_probe
         self.strategy = strategy
         self.lora = lora if lora is not None else LoRASettings()
         self.pooling = pooling
@@ -182,6 +190,7 @@ class FederatedModule(L.LightningModule):
         self.adapters: ClientAdapters | None = None
         self.recommender: SequenceEncoderRecommender | GenerativeRecommender | None = None
         self.backend: RecommenderBackend | None = None
+        self.tokenizer: Any = None
         self.transport: Transport | None = None
         #: Bytes the transport carried for training micro-batches, and how many there were.
         self.train_traffic = {"bytes": 0, "steps": 0}
@@ -225,6 +234,7 @@ class FederatedModule(L.LightningModule):
             model, tokenizer = load_causal_lm(self.backbone_name, self.load_in_8bit)
         else:
             model, tokenizer = load_encoder(self.backbone_name)
+        self.tokenizer = tokenizer
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # same seed, same initial adapters, in every process
             self.adapters = ClientAdapters(
@@ -237,7 +247,8 @@ class FederatedModule(L.LightningModule):
         trunk = make_trunk(
             self.adapters.model, self.split, self.k_front, self.k_back, self.transport
         )
-        self.backend = self._build_backend(tokenizer, texts, trunk)
+        cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
+        self.backend = self._build_backend(tokenizer, texts, trunk, cache / "item-embeddings")
         self._reset_round_stats(self.num_clients)
         self._reset_eval(self.num_clients)
         sizes = datamodule.client_sizes()
@@ -257,6 +268,7 @@ class FederatedModule(L.LightningModule):
         tokenizer: Any,
         texts: list[str],
         trunk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        embedding_cache: Path,
     ) -> RecommenderBackend:
         assert self.adapters is not None
         if self.recommender_kind == "generative":
@@ -267,6 +279,8 @@ class FederatedModule(L.LightningModule):
                 self.prompt,
                 trunk=trunk,
                 item_batch_size=self.item_batch_size,
+                # Title embeddings depend on the base model and titles only: reuse across runs.
+                embedding_cache=embedding_cache,
             )
             self.recommender = generative
             return GenerativeBackend(generative, self.adapters)
@@ -306,39 +320,10 @@ class FederatedModule(L.LightningModule):
     def _bytes_sent(self) -> int:
         return self.transport.stats()["bytes_total"] if self.transport is not None else 0
 
-    def resource_summary(self) -> dict[str, Any]:
-        """What this configuration costs on the client and the server, estimated and measured.
-
-        The estimate comes from the model's config (:func:`fellrec.models.resources.
-        resource_report`, at the longest sequence a batch may have); ``measured`` is the traffic
-        the transport really carried per training micro-batch (forward and backward) so far.
-        """
-        assert self.adapters is not None
-        base = self.adapters.model.get_base_model()
-        plan = plan_split(num_blocks(base), self.k_front, self.k_back) if self.split else None
-        datamodule = federated_datamodule(self.trainer)
-        seq_len = (
-            self.prompt.max_prompt_tokens
-            if self.recommender_kind == "generative"
-            else self.max_history_tokens
-        )
-        weight = next(base.parameters())
-        report = resource_report(
-            base.config,
-            plan,
-            self.lora,
-            batch_size=max(1, datamodule.batch_size // self.trainer.world_size),
-            seq_len=seq_len,
-            num_clients=self.num_clients,
-            base_dtype_bytes=1 if self.load_in_8bit else min(4, weight.element_size()),
-        )
-        steps = self.train_traffic["steps"]
-        report["measured"] = {
-            "training_microbatches": steps,
-            "training_bytes": self.train_traffic["bytes"],
-            "bytes_per_step": self.train_traffic["bytes"] / steps if steps else 0.0,
-        }
-        return report
+    def on_fit_start(self) -> None:
+        """Log what this configuration costs on the client and on the server."""
+        if self.trainer.is_global_zero:
+            log.info("resources (estimated per step):\n%s", format_report(resource_summary(self)))
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._trainer is None or self.trainer.world_size == 1:

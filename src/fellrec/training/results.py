@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from fellrec.training.accounting import privacy_summary, resource_summary
 from fellrec.training.datamodule import federated_datamodule
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ def write_run_outputs(
         ),
         **test_summary,
         "popularity": datamodule.popularity,
-        "resources": module.resource_summary(),
+        "resources": resource_summary(module),
+        "privacy": privacy_summary(module),
         "history": loop.history,
     }
     path = directory / RESULTS_FILE
