@@ -42,6 +42,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     raise ValueError(f"model.pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
+Trunk = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class SequenceEncoderRecommender(nn.Module):
     """Scores items for users with one text encoder.
 
@@ -61,7 +64,7 @@ class SequenceEncoderRecommender(nn.Module):
         renderer: HistoryRenderer,
         pooling: str = "mean",
         temperature: float = 0.05,
-        trunk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        trunk: Trunk | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -83,8 +86,9 @@ class SequenceEncoderRecommender(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Encode token sequences into L2-normalized vectors ``(B, H)``."""
-        if self.trunk is not None:
-            hidden = self.trunk(input_ids, attention_mask)  # (B, T, H)
+        trunk: Trunk | None = self.__dict__["trunk"]
+        if trunk is not None:
+            hidden = trunk(input_ids, attention_mask)  # (B, T, H)
         else:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
             hidden = hidden.last_hidden_state
