@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from fellrec import __version__
@@ -26,6 +27,7 @@ from fellrec.data.schema import DataFormatError
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.loop import FederatedLoop
+from fellrec.training.progress import FederatedProgressBar
 
 OVERVIEW = f"""\
 fellrec {__version__} -- federated fine-tuning of LLM-based recommenders (FELLRec)
@@ -76,6 +78,25 @@ class FellrecCLI(LightningCLI):
             }
         if not config.checkpoint.dirpath:
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        logger = config.trainer.logger
+        if (
+            hasattr(logger, "class_path")
+            and str(logger.class_path).endswith("WandbLogger")
+            and logger.init_args.get("save_dir") in (None, ".")
+        ):
+            # WandbLogger's save_dir is the run's log directory (results.json, plots, adapters).
+            logger.init_args.save_dir = root
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Show the round and the client in the progress bar, unless the config sets its own."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            kwargs["callbacks"] = [*callbacks, FederatedProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         """Test each client's selected adapter and write ``results.json``."""

@@ -10,6 +10,7 @@ clients. Its state is plain values and tensors, saved in checkpoints, so a run r
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.metrics.summary import summarize
+from fellrec.reporting import wandb_log
 from fellrec.training.datamodule import federated_datamodule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.results import write_run_outputs
@@ -90,6 +92,7 @@ class FederatedLoop(Callback):
             datamodule = federated_datamodule(trainer)
             datamodule.save_assignment(directory)
             log.info("clients:\n%s", datamodule.partition_table())
+        self._report_start(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start a round: per-client learning rates, optimizer resets, round statistics."""
@@ -106,9 +109,10 @@ class FederatedLoop(Callback):
             self._aggregate(trainer, self._module(pl_module))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Aggregate here when validation did not run this round."""
+        """Aggregate here when validation did not run this round; report the round."""
         if self._pending:
             self._aggregate(trainer, self._module(pl_module))
+        self._report_round(trainer, self._module(pl_module))
 
     def _aggregate(self, trainer: L.Trainer, module: FederatedModule) -> None:
         self._pending = False
@@ -231,9 +235,49 @@ class FederatedLoop(Callback):
             sync_dist=True,
         )
         directory = run_directory(trainer)  # a collective: every process must ask
+        path = None
         if self.write_results and trainer.is_global_zero:
             path = write_run_outputs(directory, module, self, summary)
             log.info("results written to %s", path)
+        self._report_test(trainer, summary, path)
+
+    # ------------------------------------------------------------------ reporting (wandb, plots)
+    # Rank zero only. The scalar keys above go to every logger through ``log_dict``; these add
+    # wandb's round axis, tables and images (through Lightning's WandbLogger, when configured) and
+    # the PNG plots next to ``results.json``.
+    def _report_start(self, trainer: L.Trainer) -> None:
+        """Make the round the x-axis of wandb charts."""
+        if trainer.is_global_zero:
+            wandb_log.use_round_axis(trainer)
+
+    def _report_round(self, trainer: L.Trainer, module: FederatedModule) -> None:
+        """Log the finished round's per-client table and similarity heatmap to wandb."""
+        if not trainer.is_global_zero or trainer.sanity_checking or not self.history:
+            return
+        record = self.history[-1]
+        if record["round"] == trainer.current_epoch:
+            wandb_log.log_round(trainer, record, module.num_clients)
+
+    def _report_test(
+        self, trainer: L.Trainer, summary: dict[str, Any], results_path: Path | None
+    ) -> None:
+        """Log the test results to wandb and write the run's plots from ``results.json``."""
+        if not trainer.is_global_zero:
+            return
+        results = json.loads(results_path.read_text()) if results_path is not None else summary
+        wandb_log.log_test(trainer, results)
+        if results_path is None:
+            return
+        # A plotting failure must not fail a finished run: the results are already written.
+        try:
+            # matplotlib loads here, once per run, not with every `fellrec` command.
+            from fellrec.reporting.plots import save_plots
+
+            paths = save_plots(results, results_path.parent)
+        except Exception as error:
+            rank_zero_warn(f"could not write the plots ({error}); `fellrec report` redraws them")
+        else:
+            log.info("plots written to %s", paths[0].parent if paths else results_path.parent)
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:

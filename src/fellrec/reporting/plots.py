@@ -1,0 +1,276 @@
+"""Matplotlib figures of a run (and of several runs) built from ``results.json`` alone.
+
+Figures are :class:`matplotlib.figure.Figure` objects drawn on the Agg canvas: no pyplot, no global
+backend switch, no display needed, so plotting is safe inside a training process and in tests.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from fellrec.reporting import history as hist
+
+#: Metric of the per-client and balance plots (the default selection metric).
+PLOT_METRIC = "ndcg@10"
+#: Balance statistics drawn over rounds (method.md section 6).
+BALANCE_STATS = ("std", "gap", "gini", "jain")
+#: Subdirectory of a run directory that holds its plots.
+PLOTS_DIR = "plots"
+_STAT_TITLES = {
+    "std": "std across clients (lower is fairer)",
+    "gap": "best - worst client (lower is fairer)",
+    "gini": "Gini coefficient (lower is fairer)",
+    "jain": "Jain's index (1 = perfectly even)",
+}
+
+
+def metric_tag(metric: str) -> str:
+    """A file-name friendly form of a metric name (``ndcg@10`` -> ``ndcg10``)."""
+    return metric.replace("@", "")
+
+
+def _new_figure(width: float = 7.5, height: float = 4.2) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)  # attach the Agg canvas: rendering needs no backend selection
+    return figure
+
+
+def _round_axis(axes: Axes) -> None:
+    """Integer round ticks and a light grid."""
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+
+
+def _client_colors(count: int) -> list[Any]:
+    import matplotlib
+
+    if count <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(count)]
+    return [matplotlib.colormaps["viridis"](i / max(1, count - 1)) for i in range(count)]
+
+
+def client_metric_figure(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> Figure | None:
+    """Validation ``metric`` of every client over rounds, with the client mean and the worst client.
+
+    Returns:
+        The figure, or ``None`` when no round recorded validation results.
+    """
+    history = results.get("history") or []
+    if not hist.has_validation(history):
+        return None
+    xs = hist.rounds(history)
+    clients = hist.num_clients(results)
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    for client, (values, color) in enumerate(
+        zip(hist.client_val_series(history, metric, clients), _client_colors(clients), strict=True)
+    ):
+        axes.plot(
+            xs, values, marker="o", lw=1.2, ms=3, color=color, alpha=0.8, label=f"client {client}"
+        )
+    axes.plot(
+        xs, hist.balance_series(history, metric, "mean"), "k--", lw=2.2, label="mean of clients"
+    )
+    axes.plot(
+        xs,
+        hist.balance_series(history, metric, "min"),
+        color="crimson",
+        ls=":",
+        lw=2.4,
+        label="worst client",
+    )
+    axes.set(xlabel="round", ylabel=f"validation {metric}")
+    axes.set_title(f"{results.get('strategy', 'run')}: validation {metric} per client")
+    _round_axis(axes)
+    figure.legend(loc="outside right upper", fontsize=8, ncol=2 if clients > 12 else 1)
+    return figure
+
+
+def balance_figure(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> Figure | None:
+    """Std, gap, Gini and Jain's index of the clients' validation ``metric`` over rounds."""
+    history = results.get("history") or []
+    if not hist.has_validation(history):
+        return None
+    xs = hist.rounds(history)
+    figure = _new_figure(8.5, 5.2)
+    grid = figure.subplots(2, 2, sharex=True)
+    for axes, stat in zip(grid.flat, BALANCE_STATS, strict=True):
+        axes.plot(xs, hist.balance_series(history, metric, stat), marker="o", color="teal")
+        axes.set_title(_STAT_TITLES[stat], fontsize=9)
+        _round_axis(axes)
+    for axes in grid[1]:
+        axes.set_xlabel("round")
+    figure.suptitle(f"{results.get('strategy', 'run')}: balance of validation {metric}")
+    return figure
+
+
+def similarity_figure(
+    matrix: Sequence[Sequence[float]], title: str = "client similarity"
+) -> Figure:
+    """Heatmap of an ``(N, N)`` client similarity matrix (values annotated for small N)."""
+    values = np.asarray(matrix, dtype=float)
+    n = values.shape[0]
+    figure = _new_figure(min(4.0 + 0.35 * n, 9.0), min(3.4 + 0.35 * n, 8.5))
+    axes = figure.add_subplot()
+    image = axes.imshow(values, cmap="viridis")
+    figure.colorbar(image, ax=axes, shrink=0.85)
+    axes.set_xticks(range(n))
+    axes.set_yticks(range(n))
+    axes.set(xlabel="client", ylabel="client", title=title)
+    if n <= 10:
+        finite = values[np.isfinite(values)]
+        middle = float(finite.mean()) if finite.size else 0.0
+        # Similarities are often close to each other: show enough digits to tell them apart.
+        spread = float(finite.max() - finite.min()) if finite.size else 1.0
+        digits = 2 if spread >= 0.1 else 3 if spread >= 0.01 else 4
+        for i, j in np.ndindex(values.shape):
+            if math.isfinite(values[i, j]):
+                color = "black" if values[i, j] > middle else "white"
+                text = f"{values[i, j]:.{digits}f}"
+                axes.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+    return figure
+
+
+def learning_rate_figure(results: Mapping[str, Any]) -> Figure | None:
+    """Each client's learning rate and heating weight over rounds (heating absent: noted)."""
+    history = results.get("history") or []
+    clients = hist.num_clients(results)
+    lrs = hist.slot_series(history, "lr", clients)
+    if lrs is None:
+        return None
+    weights = hist.slot_series(history, "heating_weight", clients)
+    xs = hist.rounds(history)
+    colors = _client_colors(clients)
+    figure = _new_figure(9.0, 4.0)
+    left, right = figure.subplots(1, 2, sharex=True)
+    for client, values in enumerate(lrs):
+        left.plot(xs, values, marker="o", ms=3, color=colors[client], label=f"client {client}")
+    left.set(xlabel="round", ylabel="learning rate", title="learning rate of the next round")
+    # Plain tick labels: a shared "1e-3" offset label would collide with the title.
+    left.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    if weights is not None and not all(hist.all_nan(v) for v in weights):
+        for client, values in enumerate(weights):
+            right.plot(xs, values, marker="o", ms=3, color=colors[client], label=f"client {client}")
+        right.set(ylim=(0, 1.05))
+    else:
+        right.text(
+            0.5,
+            0.5,
+            "no heating weights\n(strategy without heating)",
+            ha="center",
+            va="center",
+            transform=right.transAxes,
+            color="gray",
+        )
+    right.set(xlabel="round", ylabel="heating weight", title="heating weight (lr scale)")
+    for axes in (left, right):
+        _round_axis(axes)
+    figure.legend(*left.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    figure.suptitle(f"{results.get('strategy', 'run')}: per-client learning speed")
+    return figure
+
+
+def plot_caption(name: str, metric: str = PLOT_METRIC) -> str:
+    """What a plot of :func:`run_figures` shows, from its file stem."""
+    captions = {
+        "clients": f"validation {metric} of every client over rounds, with mean and worst client",
+        "balance": f"balance of the clients' validation {metric} over rounds: std, gap, Gini, Jain",
+        "learning": "learning rate and heating weight of every client over rounds",
+        "similarity": "client similarity matrix of the last aggregation",
+    }
+    return captions.get(name.partition("_")[0], name.replace("_", " "))
+
+
+def run_figures(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> dict[str, Figure]:
+    """All plots of one run, keyed by file stem (absent plots are left out)."""
+    tag = metric_tag(metric)
+    figures: dict[str, Figure | None] = {
+        f"clients_{tag}": client_metric_figure(results, metric),
+        f"balance_{tag}": balance_figure(results, metric),
+        "learning_rates": learning_rate_figure(results),
+    }
+    last = hist.last_similarity(results.get("history") or [])
+    if last is not None:
+        round_index, matrix = last
+        figures["similarity"] = similarity_figure(
+            matrix, f"{results.get('strategy', 'run')}: client similarity, round {round_index}"
+        )
+    return {name: figure for name, figure in figures.items() if figure is not None}
+
+
+def comparison_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = PLOT_METRIC) -> Figure:
+    """Grouped bars of each client's test ``metric``, one bar colour per run."""
+    clients = max(hist.num_clients(results) for results in runs.values())
+    figure = _new_figure(max(7.5, 1.0 + 0.9 * clients), 4.2)
+    axes = figure.add_subplot()
+    width = 0.8 / max(1, len(runs))
+    for index, (label, results) in enumerate(runs.items()):
+        rows = results.get("clients") or {}
+        values = [hist.as_float((rows.get(str(c)) or {}).get(metric)) for c in range(clients)]
+        positions = [c - 0.4 + width * (index + 0.5) for c in range(clients)]
+        axes.bar(positions, values, width=width, label=label)
+    axes.set_xticks(range(clients))
+    axes.set(xlabel="client", ylabel=f"test {metric}", title=f"test {metric} per client and run")
+    axes.grid(axis="y", alpha=0.3)
+    figure.legend(loc="outside right upper", fontsize=8)
+    return figure
+
+
+def privacy_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """Token recovery rate of the hidden-state attack against ``k_front``, one line per run."""
+    figure = _new_figure(6.5, 3.8)
+    axes = figure.add_subplot()
+    for label, curve in curves.items():
+        points = sorted(
+            (hist.as_float(p.get("k_front")), hist.as_float(p.get("token_recovery"))) for p in curve
+        )
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    axes.set(xlabel="k_front (client blocks before the server)", ylabel="token recovery rate")
+    axes.set_ylim(0, 1.02)  # a rate: the whole scale shows how much is exposed
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title("privacy: tokens an honest-but-curious server recovers")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure encoded as PNG."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def rgb_array(figure: Figure) -> np.ndarray:
+    """The rendered figure as an ``(H, W, 3)`` uint8 array (what image loggers take)."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_plots(
+    results: Mapping[str, Any], directory: Path, metric: str = PLOT_METRIC
+) -> list[Path]:
+    """Write every plot of a run as ``<directory>/plots/<name>.png``.
+
+    Returns:
+        The written paths.
+    """
+    target = Path(directory) / PLOTS_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, figure in run_figures(results, metric).items():
+        path = target / f"{name}.png"
+        path.write_bytes(png_bytes(figure))
+        paths.append(path)
+    return paths

@@ -1,0 +1,187 @@
+"""Tables of one or several runs' results (for reports and for wandb), as columns and rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fellrec.reporting import history as hist
+from fellrec.reporting.document import Table, format_value
+
+#: The metrics a comparison shows: Recall and NDCG at 5, 10, 20 (the balance metrics of
+#: ``fellrec.metrics.summary``, restated so that reports load without torch).
+REPORT_METRICS = tuple(f"{family}@{k}" for family in ("recall", "ndcg") for k in (5, 10, 20))
+#: (title, balance statistic or None for the user-weighted overall value, which value is better).
+SUMMARY_VIEWS = (
+    ("Overall (user-weighted)", None, "max"),
+    ("Worst client (min over clients)", "min", "max"),
+    ("Std across clients (lower is more balanced)", "std", "min"),
+    ("Jain's index across clients (1 = perfectly balanced)", "jain", "max"),
+)
+
+Results = Mapping[str, Any]
+
+
+def _metric_value(summary: Mapping[str, Any], metric: str, stat: str | None) -> Any:
+    if stat is None:
+        return (summary.get("overall") or {}).get(metric)
+    return ((summary.get("balance") or {}).get(metric) or {}).get(stat)
+
+
+def popularity_baselines(runs: Mapping[str, Results]) -> dict[str, Results]:
+    """The runs' popularity baselines, once per distinct value (runs on the same data share one)."""
+    baselines: dict[str, Results] = {}
+    for label, results in runs.items():
+        popularity = results.get("popularity")
+        if isinstance(popularity, Mapping) and popularity not in baselines.values():
+            baselines[label] = popularity
+    if len(baselines) == 1:
+        return {"popularity": next(iter(baselines.values()))}
+    return {f"popularity ({label})": value for label, value in baselines.items()}
+
+
+def summary_table(
+    runs: Mapping[str, Results], stat: str | None, best: str, metrics: tuple[str, ...]
+) -> Table:
+    """One row per run (then the popularity baseline) of an overall value or balance statistic."""
+    rows = [[label, *(_metric_value(r, m, stat) for m in metrics)] for label, r in runs.items()]
+    rows += [
+        [label, *(_metric_value(p, m, stat) for m in metrics)]
+        for label, p in popularity_baselines(runs).items()
+    ]
+    return Table(["run", *metrics], rows, best=best, ranked_rows=len(runs))
+
+
+def runs_table(runs: Mapping[str, Results], directories: Mapping[str, str]) -> Table:
+    """What each run is: strategy and settings, clients, rounds, best round, directory."""
+    rows = []
+    for label, results in runs.items():
+        settings = results.get("strategy_settings") or {}
+        described = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "name")
+        rows.append(
+            [
+                label,
+                results.get("strategy"),
+                described or "-",
+                hist.num_clients(results),
+                results.get("rounds_run"),
+                results.get("best_round"),
+                directories.get(label, ""),
+            ]
+        )
+    columns = ["run", "strategy", "settings", "clients", "rounds", "best round", "directory"]
+    return Table(columns, rows)
+
+
+def client_matrix(runs: Mapping[str, Results], metric: str) -> Table:
+    """Test ``metric`` of every client (columns) for every run (rows), best per client marked."""
+    clients = max(hist.num_clients(r) for r in runs.values())
+    rows = []
+    for label, results in list(runs.items()) + list(popularity_baselines(runs).items()):
+        per_client = results.get("clients") or {}
+        rows.append([label, *((per_client.get(str(c)) or {}).get(metric) for c in range(clients))])
+    columns = ["run", *(f"client {c}" for c in range(clients))]
+    return Table(columns, rows, best="max", ranked_rows=len(runs))
+
+
+def client_table(results: Results, metrics: tuple[str, ...] = REPORT_METRICS) -> Table:
+    """One run's test results per client: users, metrics and the client's selected round."""
+    best_rounds = results.get("client_best_rounds") or []
+    rows = []
+    for client, row in sorted((results.get("clients") or {}).items(), key=lambda kv: int(kv[0])):
+        index = int(client)
+        selected = best_rounds[index] if index < len(best_rounds) else None
+        rows.append([client, row.get("users"), *(row.get(m) for m in metrics), selected])
+    return Table(["client", "users", *metrics, "selected round"], rows)
+
+
+def round_client_table(record: Mapping[str, Any], clients: int) -> Table:
+    """One round's per-client view: validation users and metrics, train loss, lr, heating weight."""
+    val_rows = (record.get("val") or {}).get("clients") or {}
+    metrics: list[str] = []
+    for row in val_rows.values():
+        metrics += [key for key in row if key != "users" and key not in metrics]
+
+    def slot(key: str, client: int) -> Any:
+        values = record.get(key)
+        return values[client] if isinstance(values, list) and client < len(values) else None
+
+    rows = []
+    for client in range(clients):
+        row = val_rows.get(str(client)) or {}
+        rows.append(
+            [
+                client,
+                row.get("users"),
+                *(row.get(m) for m in metrics),
+                slot("train_loss", client),
+                slot("lr", client),
+                slot("heating_weight", client),
+            ]
+        )
+    columns = ["client", "users", *metrics, "train_loss", "lr", "heating_weight"]
+    return Table(columns, rows)
+
+
+def evaluation_table(results: Results) -> Table:
+    """Test metrics per client followed by an ``overall`` (user-weighted) row."""
+    metrics: list[str] = [k for k in (results.get("overall") or {}) if k != "users"]
+    rows = []
+    for client, row in sorted((results.get("clients") or {}).items(), key=lambda kv: int(kv[0])):
+        rows.append([client, row.get("users"), *(row.get(m) for m in metrics)])
+    overall = results.get("overall") or {}
+    rows.append(["overall", overall.get("users"), *(overall.get(m) for m in metrics)])
+    return Table(["client", "users", *metrics], rows)
+
+
+def resources_table(results: Results) -> Table | None:
+    """The run's resource accounting (``results["resources"]["table"]``), if present."""
+    resources = results.get("resources")
+    rows = resources.get("table") if isinstance(resources, Mapping) else None
+    if not isinstance(rows, list) or not rows:
+        return None
+    columns: list[str] = []
+    for row in rows:
+        if isinstance(row, Mapping):
+            columns += [str(key) for key in row if str(key) not in columns]
+    body = [[row.get(c) for c in columns] for row in rows if isinstance(row, Mapping)]
+    return Table(columns, body)
+
+
+#: Settings of the resource accounting quoted above its table (when recorded).
+RESOURCE_SETTINGS = ("split", "k_front", "k_back", "batch_size", "seq_len", "num_clients")
+
+
+def resources_note(results: Results) -> str | None:
+    """One line on the resource accounting: its settings and what was measured, if recorded."""
+    resources = results.get("resources")
+    if not isinstance(resources, Mapping):
+        return None
+    parts = [f"{k}={format_value(resources[k])}" for k in RESOURCE_SETTINGS if k in resources]
+    measured = resources.get("measured")
+    if isinstance(measured, Mapping) and measured:
+        values = ", ".join(f"{k}={format_value(v)}" for k, v in measured.items())
+        parts.append(f"measured: {values}")
+    return "; ".join(parts) or None
+
+
+def privacy_curve(results: Results) -> list[Mapping[str, Any]] | None:
+    """The token-recovery curve (``results["privacy"]["curve"]``), if present."""
+    privacy = results.get("privacy")
+    curve = privacy.get("curve") if isinstance(privacy, Mapping) else None
+    if not isinstance(curve, list) or not curve:
+        return None
+    return [point for point in curve if isinstance(point, Mapping)]
+
+
+def privacy_table(runs: Mapping[str, Results]) -> Table | None:
+    """Token recovery rate per ``k_front`` (columns) for every run that has a privacy curve."""
+    curves = {label: c for label, r in runs.items() if (c := privacy_curve(r)) is not None}
+    if not curves:
+        return None
+    ks = sorted({p.get("k_front") for c in curves.values() for p in c}, key=hist.as_float)
+    rows = []
+    for label, curve in curves.items():
+        by_k = {p.get("k_front"): p.get("token_recovery") for p in curve}
+        rows.append([label, *(by_k.get(k) for k in ks)])
+    return Table(["run", *(f"k_front={k}" for k in ks)], rows, best="min")

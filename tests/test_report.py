@@ -1,0 +1,235 @@
+"""`fellrec report`: Markdown + self-contained HTML comparing real runs, and clear failures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from federation_helpers import tiny_run
+from fellrec.cli import main
+from fellrec.federation.strategies import FedAvg, FELLRec
+from fellrec.reporting.report import IMAGE_DIR, REPORT_HTML, REPORT_MD, write_report
+from fellrec.reporting.runs import default_output
+from fellrec.reporting.tables import REPORT_METRICS, SUMMARY_VIEWS
+from fellrec.training.results import RESULTS_FILE
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_encoder_dir):
+    """Two real tiny runs (FELLRec and FedAvg) on the same data, side by side under one root."""
+    root = tmp_path_factory.mktemp("report")
+    for name, strategy in (("fellrec", FELLRec()), ("fedavg", FedAvg())):
+        trainer, model, data, _ = tiny_run(
+            root / name, tiny_encoder_dir, strategy, rounds=1, cache_dir=root / "cache"
+        )
+        trainer.fit(model, datamodule=data)
+        trainer.test(model, datamodule=data, verbose=False)
+    return root, {
+        n: json.loads((root / n / RESULTS_FILE).read_text()) for n in ("fellrec", "fedavg")
+    }
+
+
+@pytest.fixture(scope="module")
+def report(runs):
+    root, _ = runs
+    main(["report", str(root / "fellrec"), str(root / "fedavg")])  # default output: the root
+    return root / REPORT_MD, root / REPORT_HTML
+
+
+def markdown_tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """Tables of a Markdown document keyed by the heading above them (cells without ``**``)."""
+    tables: dict[str, list[dict[str, str]]] = {}
+    heading, columns = None, None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            heading, columns = line.lstrip("#").strip(), None
+        elif line.startswith("|") and heading is not None:
+            cells = [c.strip().replace("**", "") for c in line.strip("|").split("|")]
+            if columns is None:
+                columns = cells
+                tables[heading] = []
+            elif not set(line) <= set("|-"):
+                tables[heading].append(dict(zip(columns, cells, strict=True)))
+        else:
+            columns = None
+    return tables
+
+
+def row_of(table: list[dict[str, str]], label: str) -> dict[str, str]:
+    (row,) = [r for r in table if r["run"] == label]
+    return row
+
+
+def test_summary_tables_have_a_row_per_run_with_its_numbers(runs, report):
+    _, results = runs
+    tables = markdown_tables(report[0].read_text())
+    for title, stat, _ in SUMMARY_VIEWS:
+        table = tables[title]
+        assert [r["run"] for r in table] == ["fellrec", "fedavg", "popularity"]
+        for label, run in [*results.items(), ("popularity", results["fellrec"]["popularity"])]:
+            row = row_of(table, label)
+            for metric in REPORT_METRICS:
+                expected = run["overall"][metric] if stat is None else run["balance"][metric][stat]
+                assert float(row[metric]) == pytest.approx(expected, abs=5e-5), (title, label)
+
+
+def test_per_client_tables_show_every_client_of_every_run(runs, report):
+    _, results = runs
+    tables = markdown_tables(report[0].read_text())
+    matrix = tables["ndcg@10 per client"]
+    for label, run in results.items():
+        row = row_of(matrix, label)
+        for client, values in run["clients"].items():
+            assert float(row[f"client {client}"]) == pytest.approx(values["ndcg@10"], abs=5e-5)
+        detail = tables[f"{label}: every client"]
+        assert [r["client"] for r in detail] == sorted(run["clients"], key=int)
+        for r in detail:
+            assert int(r["users"]) == run["clients"][r["client"]]["users"]
+            assert float(r["recall@20"]) == pytest.approx(
+                run["clients"][r["client"]]["recall@20"], abs=5e-5
+            )
+            assert int(r["selected round"]) == run["client_best_rounds"][int(r["client"])]
+    runs_table = tables["Runs"]
+    assert [(r["run"], r["strategy"]) for r in runs_table] == [
+        ("fellrec", "fellrec"),
+        ("fedavg", "fedavg"),
+    ]
+
+
+def test_markdown_links_the_plots_it_wrote(report):
+    markdown, _ = report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown.read_text())
+    assert f"{IMAGE_DIR}/comparison.png" in links
+    assert f"{IMAGE_DIR}/fellrec_similarity.png" in links
+    assert f"{IMAGE_DIR}/fedavg_learning_rates.png" in links
+    for link in links:
+        data = (markdown.parent / link).read_bytes()
+        assert data[:8] == PNG_SIGNATURE and len(data) > 5_000
+
+
+def test_html_is_self_contained(report):
+    markdown, page = report
+    text = page.read_text()
+    assert "<script" not in text and "<link" not in text and "@import" not in text
+    sources = re.findall(r'src="([^"]+)"', text)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown.read_text())
+    assert len(sources) == len(links) > 0
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == PNG_SIGNATURE
+    assert "http://" not in text and "https://" not in text
+
+
+def test_resources_and_privacy_appear_when_recorded(runs, tmp_path):
+    root, results = runs
+    extended = dict(results["fellrec"])
+    extended["resources"] = {
+        "table": [
+            {"k_front": 1, "client_params": 123456, "server_params": 654321},
+            {"k_front": 2, "client_params": 234567, "server_params": 543210},
+        ]
+    }
+    extended["privacy"] = {
+        "curve": [{"k_front": 1, "token_recovery": 0.875}, {"k_front": 2, "token_recovery": 0.25}]
+    }
+    run = tmp_path / "with-extras"
+    run.mkdir()
+    (run / RESULTS_FILE).write_text(json.dumps(extended))
+    markdown, page = write_report([run, root / "fedavg"], tmp_path / "out")
+    tables = markdown_tables(markdown.read_text())
+    resources = tables["with-extras"]
+    assert resources[1] == {"k_front": "2", "client_params": "234,567", "server_params": "543,210"}
+    privacy = {row["run"]: row for row in tables["Privacy"]}
+    assert privacy["with-extras"]["k_front=1"] == "0.8750"
+    assert privacy["with-extras"]["k_front=2"] == "0.2500"
+    for point in results["fedavg"]["privacy"]["curve"]:  # the real run's own probe
+        cell = privacy["fedavg"][f"k_front={point['k_front']}"]
+        assert float(cell) == pytest.approx(point["token_recovery"], abs=5e-5)
+    assert (tmp_path / "out" / IMAGE_DIR / "privacy.png").is_file()
+    assert "token recovery against k_front" in page.read_text()
+
+
+def test_default_output_is_the_common_parent_or_the_run(tmp_path):
+    assert (
+        default_output([tmp_path / "runs" / "a", tmp_path / "runs" / "b"])
+        == (tmp_path / "runs").resolve()
+    )
+    assert default_output([tmp_path / "one"]) == tmp_path / "one"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "is not a fellrec run: it has no results.json"),
+        ("{not json", "is not valid JSON"),
+        ('{"strategy": "fellrec"}', "missing overall, clients, balance, history"),
+        ("[1, 2]", "not a JSON object"),
+    ],
+)
+def test_report_on_a_non_run_directory_exits_2_naming_it(tmp_path, capsys, content, message):
+    directory = tmp_path / "not-a-run"
+    directory.mkdir()
+    if content is not None:
+        (directory / RESULTS_FILE).write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(directory)])
+    assert exit_info.value.code == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert error.startswith("fellrec: error: ") and message in error
+    assert str(directory) in error
+
+
+def chromium() -> str:
+    """The Chromium binary; a skip (or, under CI, a failure) when it is not installed."""
+    found = shutil.which("chromium") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+    )
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but chromium is not installed (.ci/run installs it with apt)")
+        pytest.skip("chromium is not installed (apt-get install chromium); under CI this fails")
+    return found
+
+
+def test_html_report_renders_in_headless_chromium(report, tmp_path):
+    _, page = report
+    screenshot = tmp_path / "report.png"
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,2000",
+        f"--screenshot={screenshot}",
+        page.resolve().as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and screenshot.is_file(), result.stderr[-2000:]
+    data = screenshot.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    try:
+        from PIL import Image
+    except ImportError:
+        assert len(data) > 50_000  # a blank 1280x2000 page compresses to a few kB
+        return
+    with Image.open(screenshot) as picture:
+        assert picture.size == (1280, 2000)
+        colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50, "the page rendered (nearly) blank"
+        # Mostly white page with dark text and coloured table cells.
+        assert picture.convert("L").getextrema() == (pytest.approx(0, abs=60), 255)
