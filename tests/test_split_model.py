@@ -384,3 +384,24 @@ def test_decoder_mask_is_causal_padded_and_windowed() -> None:
     padding = encoder_attention_mask(torch.tensor([[1, 1, 0]]), torch.float16)
     assert padding.shape == (1, 1, 1, 3)
     assert padding.flatten().tolist() == [0.0, 0.0, torch.finfo(torch.float16).min]
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder"])
+def test_sdpa_masks_are_boolean_so_autocast_cannot_mismatch_them(
+    family, tiny_llama_dir, tiny_bert4_dir
+):
+    # Under autocast the attention runs in bf16 while the hidden states may be fp32; CUDA's sdpa
+    # rejects a float mask of another dtype than the query, so sdpa gets boolean masks.
+    model = _llama(tiny_llama_dir) if family == "decoder" else _bert(tiny_bert4_dir)
+    input_ids, attention_mask = _batch("left" if family == "decoder" else "right")
+    split = make_trunk(model, True, 1, 1, LocalTransport())
+    assert isinstance(split, SplitModel)
+    masks = split._masks(split.plan.middle, attention_mask, torch.float32)
+    assert all(m is None or m.dtype == torch.bool for m in masks.values())
+    assert any(m is not None for m in masks.values())
+    unsplit = make_trunk(model, False, 0, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = unsplit(input_ids, attention_mask), split(input_ids, attention_mask)
+    real = attention_mask.bool()
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got[real].float(), expected[real].float(), atol=2e-2)

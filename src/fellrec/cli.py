@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -142,7 +143,10 @@ def run_config_parser(prog: str, description: str) -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="a fellrec YAML config")
     parser.add_class_arguments(FederatedModule, "model")
     parser.add_class_arguments(FederatedDataModule, "data")
-    for section in ("trainer", "loop", "checkpoint", "seed_everything", "ckpt_path"):
+    # A dict (not Any), so that `--trainer.key value` merges into the YAML's trainer section
+    # (the commands read default_root_dir and precision from it) instead of replacing it.
+    parser.add_argument("--trainer", type=dict | None, default=None, help="the trainer section")
+    for section in ("loop", "checkpoint", "seed_everything", "ckpt_path"):
         parser.add_argument(f"--{section}", type=Any, default=None, help="(ignored here)")
     return parser
 
@@ -218,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             module.main(args[1:])
         else:
             run_lightning_cli(None if argv is None else args)
-    except (ValueError, FileNotFoundError, DataFormatError) as error:
+    except (ValueError, OSError, yaml.YAMLError, DataFormatError) as error:
+        # OSError covers unreadable or unwritable paths (its message names the path).
         if os.environ.get("FELLREC_DEBUG"):
             traceback.print_exc()
         print(f"fellrec: error: {error}", file=sys.stderr)

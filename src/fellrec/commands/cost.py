@@ -1,7 +1,8 @@
 """``fellrec cost``: what split execution buys and costs for a range of k_front, without training.
 
-Reads the run's YAML (the same schema as ``fellrec fit``) and only the backbone's *config*, never
-its weights, and prints client/server parameters, memory, FLOPs and bytes per training step
+Reads the run's YAML (the same schema as ``fellrec fit``) and only the backbone's *config*, not
+its weights (except once for the ``smollm2`` alias, whose first use converts the GGUF file into the
+local model cache), and prints client/server parameters, memory, FLOPs and bytes per training step
 (:mod:`fellrec.models.resources`)::
 
     fellrec cost --config configs/ml100k-smollm2-fellrec.yaml --k-fronts 0,1,2,4,8

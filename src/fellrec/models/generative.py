@@ -251,7 +251,21 @@ class GenerativeRecommender(nn.Module):
         base = self.base_model()
         # A few embedding rows tell apart different weights saved under the same path.
         probe = float(base.get_input_embeddings().weight[:4].detach().double().sum())
-        key = [str(getattr(base, "name_or_path", "")), f"{probe:.6e}", self.prefix, self.titles]
+        # The numerics too: dtype of the weights, quantization, and autocast of the caller.
+        numerics = [
+            str(next(base.parameters()).dtype),
+            bool(getattr(base.config, "quantization_config", None)),
+            str(torch.get_autocast_dtype(self.device.type))
+            if torch.is_autocast_enabled(self.device.type)
+            else "no-autocast",
+        ]
+        key = [
+            str(getattr(base, "name_or_path", "")),
+            f"{probe:.6e}",
+            numerics,
+            self.prefix,
+            self.titles,
+        ]
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
         return self.embedding_cache / f"item-embeddings-{digest}.pt"
 

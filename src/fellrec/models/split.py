@@ -105,6 +105,21 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def decoder_allowed(attention_mask: Tensor, sliding_window: int | None = None) -> Tensor:
+    """Causal + key-padding pattern ``(B, 1, T, T)``: True where a query may attend to a key.
+
+    Args:
+        attention_mask: ``(B, T)``, 1 for real tokens.
+        sliding_window: If set, a query sees only the last ``sliding_window`` keys (Mistral).
+    """
+    length = attention_mask.shape[-1]
+    index = torch.arange(length, device=attention_mask.device)
+    allowed = index[None, :] <= index[:, None]  # (T_q, T_k)
+    if sliding_window is not None:
+        allowed = allowed & (index[None, :] > index[:, None] - sliding_window)
+    return allowed[None, None] & attention_mask.bool()[:, None, None, :]
+
+
 def decoder_attention_mask(
     attention_mask: Tensor, dtype: torch.dtype, sliding_window: int | None = None
 ) -> Tensor:
@@ -115,18 +130,23 @@ def decoder_attention_mask(
         dtype: Float dtype of the hidden states.
         sliding_window: If set, a query sees only the last ``sliding_window`` keys (Mistral).
     """
-    length = attention_mask.shape[-1]
-    index = torch.arange(length, device=attention_mask.device)
-    allowed = index[None, :] <= index[:, None]  # (T_q, T_k)
-    if sliding_window is not None:
-        allowed = allowed & (index[None, :] > index[:, None] - sliding_window)
-    allowed = allowed[None, None] & attention_mask.bool()[:, None, None, :]
-    return _additive(allowed, dtype)
+    return _additive(decoder_allowed(attention_mask, sliding_window), dtype)
 
 
 def encoder_attention_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     """Additive key-padding mask ``(B, 1, 1, T)``: 0 for real keys, dtype min for padding."""
     return _additive(attention_mask.bool()[:, None, None, :], dtype)
+
+
+def sdpa_mask(allowed: Tensor) -> Tensor:
+    """A boolean mask for torch's scaled-dot-product attention (True = attend).
+
+    Boolean, not additive: under autocast the attention runs in bf16/fp16 while the hidden states
+    (and so an additive mask) may be fp32 or fp16, and CUDA's sdpa kernels reject a float mask
+    whose dtype differs from the query's. Rows with no allowed key (queries at left padding) may
+    attend everywhere instead of producing NaN; their outputs are never used.
+    """
+    return allowed | ~allowed.any(-1, keepdim=True)
 
 
 def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
@@ -312,13 +332,15 @@ class SplitModel:
         masks: dict[int | None, Tensor | None] = {}
         for window in {self._windows[i] for i in blocks}:
             if self.rotary is None:  # encoder: eager and sdpa both read None as "attend to all"
-                masks[window] = (
-                    None if no_padding else encoder_attention_mask(attention_mask, dtype)
-                )
+                allowed = None if no_padding else attention_mask.bool()[:, None, None, :]
             elif no_padding and sdpa and (window is None or length < window):
+                allowed = None
+            else:
+                allowed = decoder_allowed(attention_mask, window)
+            if allowed is None:
                 masks[window] = None
             else:
-                masks[window] = decoder_attention_mask(attention_mask, dtype, window)
+                masks[window] = sdpa_mask(allowed) if sdpa else _additive(allowed, dtype)
         return masks
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch.utilities import rank_zero_warn
+
 from fellrec.federation.split_plan import plan_split
 from fellrec.models.resources import resource_report
 from fellrec.models.split import num_blocks
 from fellrec.training.datamodule import federated_datamodule
-from fellrec.training.privacy import privacy_section
+from fellrec.training.privacy import ATTACK, privacy_section
 
 if TYPE_CHECKING:
     from fellrec.training.federated_module import FederatedModule
@@ -36,16 +38,22 @@ def resource_summary(module: FederatedModule) -> dict[str, Any]:
         else module.max_history_tokens
     )
     weight = next(base.parameters())
-    report = resource_report(
-        base.config,
-        plan,
-        module.lora,
-        batch_size=max(1, datamodule.batch_size // module.trainer.world_size),
-        seq_len=seq_len,
-        num_clients=module.num_clients,
-        base_dtype_bytes=1 if module.load_in_8bit else min(4, weight.element_size()),
-    )
+    try:
+        report = resource_report(
+            base.config,
+            plan,
+            module.lora,
+            batch_size=max(1, datamodule.batch_size // module.trainer.world_size),
+            seq_len=seq_len,
+            num_clients=module.num_clients,
+            base_dtype_bytes=1 if module.load_in_8bit else min(4, weight.element_size()),
+        )
+    except ValueError as error:
+        # An architecture the accounting does not know still trains (unsplit); say why the
+        # estimate is missing instead of failing the run.
+        report = {"split": module.split, "unavailable": str(error)}
     steps = module.train_traffic["steps"]
+    # Per process and per micro-batch: under DDP every process sends its own share of a batch.
     report["measured"] = {
         "training_microbatches": steps,
         "training_bytes": module.train_traffic["bytes"],
@@ -55,21 +63,28 @@ def resource_summary(module: FederatedModule) -> dict[str, Any]:
 
 
 def privacy_summary(module: FederatedModule) -> dict[str, Any] | None:
-    """The token-recovery probe at a few split points (``None`` when not split or off)."""
+    """The token-recovery probe at a few split points (``None`` when not split or off).
+
+    A failing probe must not cost a finished run its results: the error is reported instead.
+    """
     if not (module.split and module.privacy_probe) or module.adapters is None:
         return None
     peft_model = module.adapters.model
-    layers = num_blocks(peft_model)
-    k_fronts = sorted({k for k in (0, 1, 2, module.k_front) if k <= layers - 1})
-    # The server knows the public base model, not the clients' adapters.
-    with peft_model.disable_adapter():
-        return privacy_section(
-            module,
-            federated_datamodule(module.trainer),
-            peft_model,
-            module.tokenizer,
-            k_fronts,
-            public_texts=100,
-            victims=32,
-            seed=module.seed,
-        )
+    try:
+        layers = num_blocks(peft_model)
+        k_fronts = sorted({k for k in (0, 1, 2, module.k_front) if k <= layers - 1})
+        # The server knows the public base model, not the clients' adapters.
+        with peft_model.disable_adapter():
+            return privacy_section(
+                module,
+                federated_datamodule(module.trainer),
+                peft_model,
+                module.tokenizer,
+                k_fronts,
+                public_texts=100,
+                victims=32,
+                seed=module.seed,
+            )
+    except (ValueError, RuntimeError) as error:
+        rank_zero_warn(f"the privacy probe failed ({error}); `fellrec attack` runs it alone")
+        return {"attack": ATTACK, "error": str(error)}

@@ -323,7 +323,11 @@ class FederatedModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """Log what this configuration costs on the client and on the server."""
         if self.trainer.is_global_zero:
-            log.info("resources (estimated per step):\n%s", format_report(resource_summary(self)))
+            report = resource_summary(self)
+            if "table" in report:
+                log.info("resources (estimated per step):\n%s", format_report(report))
+            else:
+                log.info("resources: no estimate (%s)", report["unavailable"])
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._trainer is None or self.trainer.world_size == 1:
@@ -501,9 +505,11 @@ class FederatedModule(L.LightningModule):
         """Keep only adapter weights: the frozen base is rebuilt from ``backbone``."""
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if "lora_" in k}
+        checkpoint["fellrec_train_traffic"] = dict(self.train_traffic)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapters do not match this federation."""
+        self.train_traffic = dict(checkpoint.get("fellrec_train_traffic", self.train_traffic))
         if self.adapters is None:
             return
         expected = {k for k in self.state_dict() if "lora_" in k}

@@ -37,10 +37,18 @@ def public_histories(num_items: int, count: int, length: int, seed: int) -> np.n
 
 
 def victim_examples(datamodule: FederatedDataModule, count: int, seed: int) -> tuple[Any, Any]:
-    """``count`` real training examples ``(histories (n, H) padded with -1, targets (n,))``."""
+    """``count`` real training examples ``(histories (n, H) padded with -1, targets (n,))``.
+
+    Drawn from the served client's examples when the data module serves one client (a silo).
+    """
     examples = datamodule.data.examples
+    candidates = np.arange(len(examples))
+    if datamodule.client is not None:
+        candidates = np.flatnonzero(datamodule.data.example_clients() == datamodule.client)
+    if len(candidates) == 0:
+        raise ValueError("the privacy attack needs training examples; the data has none")
     rng = np.random.default_rng(seed + 1)
-    rows = rng.choice(len(examples), size=min(count, len(examples)), replace=False)
+    rows = rng.choice(candidates, size=min(count, len(candidates)), replace=False)
     return examples.histories[rows], examples.targets[rows]
 
 
