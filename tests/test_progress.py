@@ -10,11 +10,11 @@ import torch
 from fellrec.training.progress import FederatedProgressBar, batch_client, round_description
 
 
-def test_round_description_counts_from_one():
-    assert round_description(0, 5) == "round 1/5"
-    assert round_description(1, 5) == "round 2/5"
-    assert round_description(2, None) == "round 3"
-    assert round_description(2, -1) == "round 3"  # max_epochs=-1: unbounded
+def test_round_description_matches_the_log_and_shows_progress():
+    assert round_description(0, 5) == "round 0 (1/5)"
+    assert round_description(1, 5) == "round 1 (2/5)"
+    assert round_description(2, None) == "round 2"
+    assert round_description(2, -1) == "round 2"  # max_epochs=-1: unbounded
 
 
 def test_batch_client_reads_the_batch_tag():
@@ -67,11 +67,11 @@ def test_bar_shows_round_and_client(capsys, tmp_path):
         default_root_dir=tmp_path,
     )
     trainer.fit(module)
-    assert [desc for desc, _ in shown] == ["round 1/2"] * 4 + ["round 2/2"] * 4
+    assert [desc for desc, _ in shown] == ["round 0 (1/2)"] * 4 + ["round 1 (2/2)"] * 4
     clients = [postfix.split("client=")[1].split(",")[0] for _, postfix in shown]
     assert clients == ["0", "0", "1", "1"] * 2
     out = capsys.readouterr()
     printed = out.out + out.err
-    assert "round 2/2" in printed and "client=1" in printed
+    assert "round 1 (2/2)" in printed and "client=1" in printed
     # A new round never shows the last round's client.
-    assert not re.search(r"round 2/2:\s+0%[^\]]*client=1\]", printed)
+    assert not re.search(r"round 1 \(2/2\):\s+0%[^\]]*client=1\]", printed)

@@ -11,15 +11,18 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 def round_description(current_epoch: int, max_epochs: int | None) -> str:
-    """The bar's description for a round: ``round 2/5`` (counted from 1, as people count).
+    """The bar's description for a round: ``round 1 (2/5)``.
+
+    The round number is 0-based as in the log lines, ``results.json`` and the plots; the
+    fraction in parentheses counts from 1, as people count progress.
 
     Args:
         current_epoch: Lightning's 0-based epoch (one epoch is one federated round).
         max_epochs: The round budget; ``None`` or negative when unbounded.
     """
     if max_epochs is None or max_epochs < 0:
-        return f"round {current_epoch + 1}"
-    return f"round {current_epoch + 1}/{max_epochs}"
+        return f"round {current_epoch}"
+    return f"round {current_epoch} ({current_epoch + 1}/{max_epochs})"
 
 
 def batch_client(batch: Any) -> int | None:
@@ -35,7 +38,7 @@ def batch_client(batch: Any) -> int | None:
 
 
 class FederatedProgressBar(TQDMProgressBar):
-    """TQDM bar whose description is the round (``round 2/5``) and whose postfix names the client.
+    """TQDM bar whose description is the round (``round 1 (2/5)``) and whose postfix names the client.
 
     Batches arrive client by client within a round, so the postfix changes a few times per round;
     it is refreshed as soon as the client changes, not only at the bar's refresh rate.
@@ -46,7 +49,7 @@ class FederatedProgressBar(TQDMProgressBar):
         self.client: int | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        """Start the round's bar with ``round r/R``."""
+        """Start the round's bar with ``round r (r+1/R)``."""
         super().on_train_epoch_start(trainer, *args)
         self.client = None
         self.train_progress_bar.set_postfix({}, refresh=False)  # last round's client is done
