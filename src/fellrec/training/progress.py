@@ -38,7 +38,7 @@ def batch_client(batch: Any) -> int | None:
 
 
 class FederatedProgressBar(TQDMProgressBar):
-    """TQDM bar whose description is the round (``round 1 (2/5)``) and whose postfix names the client.
+    """TQDM bar showing the round (``round 1 (2/5)``) and, in the postfix, the client.
 
     Batches arrive client by client within a round, so the postfix changes a few times per round;
     it is refreshed as soon as the client changes, not only at the bar's refresh rate.
