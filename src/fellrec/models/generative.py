@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ class GenerativeRecommender(nn.Module):
         titles: The title of every item index.
         prompt: Prompt wording, cutoff and decoding settings.
         trunk: ``trunk(input_ids, attention_mask) -> hidden (B, T, H)`` after the final norm, the
-            training forward (e.g. split execution). ``None`` runs the model's own decoder.
+            training forward (e.g. split execution). ``None`` runs the model's own decoder. A
+            trunk with a ``generating()`` context (the split model) also carries beam search.
         item_batch_size: Titles embedded per forward pass.
         embedding_cache: Directory to keep item-title embeddings in across runs (optional).
     """
@@ -311,7 +313,10 @@ class GenerativeRecommender(nn.Module):
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
         )
-        with self._eval_mode(), torch.inference_mode():
+        # A split trunk routes every decoding step through client front -> transport -> server
+        # middle -> client back (each side keeping the KV cache of its own blocks).
+        routing = getattr(self.__dict__["_trunk"], "generating", None)
+        with self._eval_mode(), torch.inference_mode(), routing() if routing else nullcontext():
             generate: Any = self.model.generate
             output = generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=config

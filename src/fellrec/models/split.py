@@ -15,11 +15,15 @@ attention implementations of both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from peft import PeftModel
 from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from fellrec.federation.split_plan import SplitPlan, plan_split
 from fellrec.models.transport import LocalTransport, Transport
@@ -105,18 +109,23 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def decoder_allowed(attention_mask: Tensor, sliding_window: int | None = None) -> Tensor:
-    """Causal + key-padding pattern ``(B, 1, T, T)``: True where a query may attend to a key.
+def decoder_allowed(
+    attention_mask: Tensor, sliding_window: int | None = None, query_length: int | None = None
+) -> Tensor:
+    """Causal + key-padding pattern ``(B, 1, T_q, T)``: True where a query may attend to a key.
 
     Args:
-        attention_mask: ``(B, T)``, 1 for real tokens.
+        attention_mask: ``(B, T)``, 1 for real tokens (all keys, cached ones included).
         sliding_window: If set, a query sees only the last ``sliding_window`` keys (Mistral).
+        query_length: The queries are the last ``query_length`` positions (default all ``T``):
+            during cached generation only the new tokens are queries.
     """
     length = attention_mask.shape[-1]
-    index = torch.arange(length, device=attention_mask.device)
-    allowed = index[None, :] <= index[:, None]  # (T_q, T_k)
+    keys = torch.arange(length, device=attention_mask.device)
+    queries = keys[length - (query_length or length) :]
+    allowed = keys[None, :] <= queries[:, None]  # (T_q, T_k)
     if sliding_window is not None:
-        allowed = allowed & (index[None, :] > index[:, None] - sliding_window)
+        allowed = allowed & (keys[None, :] > queries[:, None] - sliding_window)
     return allowed[None, None] & attention_mask.bool()[:, None, None, :]
 
 
@@ -252,6 +261,13 @@ class SplitModel:
         self.rotary = _module(self.inner, "rotary_emb") if decoder else None
         count = len(self.blocks)
         self._windows = _sliding_windows(config, count) if decoder else [None] * count
+        names = inspect.signature(self.blocks[0].forward).parameters
+        # A block's KV-cache argument: `cache` (recent transformers 5), `past_key_values` (5.0),
+        # `past_key_value` (4.x); only the older ones also take a `cache_position`.
+        self._cache_argument = next(
+            (n for n in ("cache", "past_key_values") if n in names), "past_key_value"
+        )
+        self._takes_cache_position = "cache_position" in names
 
     def front(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Client: embeddings and front blocks.
@@ -297,30 +313,105 @@ class SplitModel:
         return [self.blocks[i] for i in self.plan.middle]
 
     def _run(
-        self, blocks: range, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor
+        self,
+        blocks: range,
+        hidden: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        cache: Any = None,
+        cache_position: Tensor | None = None,
     ) -> Tensor:
-        """Run ``blocks`` in order, with masks and rotary embeddings rebuilt for this side."""
+        """Run ``blocks`` in order, with masks and rotary embeddings rebuilt for this side.
+
+        With a ``cache`` (generation), ``hidden`` holds only the new tokens while
+        ``attention_mask`` covers every key; each block keeps its keys and values in the cache
+        under its own index, so every side holds the cache of its own blocks only.
+        """
         if not blocks:
             return hidden
-        masks = self._masks(blocks, attention_mask, hidden.dtype)
+        masks = self._masks(blocks, attention_mask, hidden.dtype, hidden.shape[1])
         if self.rotary is None:
             for i in blocks:
                 hidden = _hidden(self.blocks[i](hidden, attention_mask=masks[None]))
             return hidden
         rotary = self.rotary(hidden, position_ids)
+        caching: dict[str, Any] = {"use_cache": False}
+        if cache is not None:
+            caching = {self._cache_argument: cache, "use_cache": True}
+            if cache_position is not None and self._takes_cache_position:
+                caching["cache_position"] = cache_position
         for i in blocks:
             out = self.blocks[i](
                 hidden,
                 attention_mask=masks[self._windows[i]],
                 position_ids=position_ids,
                 position_embeddings=rotary,
-                use_cache=False,
+                **caching,
             )
             hidden = _hidden(out)
         return hidden
 
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Route the decoder's own forward through the split while the block is active.
+
+        Hugging Face ``generate`` (beam search, KV cache, stopping) then drives the split model:
+        every step runs client front -> transport -> server middle -> client back, and only the
+        new tokens' hidden states, the 2-D mask and their position ids cross.
+        """
+        if self.family != "decoder":
+            raise ValueError("only decoder (causal LM) backbones generate")
+        self.inner.forward = self._generation_forward  # shadows the class's forward
+        try:
+            yield
+        finally:
+            del self.inner.forward
+
+    def _generation_forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        # transformers 5.x (later releases) passes the KV cache as `cache`, earlier releases as
+        # `past_key_values` (with a `cache_position`); the output field is named alike.
+        cache_key = "cache" if "cache" in kwargs else "past_key_values"
+        cache = kwargs.get(cache_key)
+        cache_position = kwargs.get("cache_position")
+        if input_ids is None:
+            raise ValueError("split generation needs input_ids (inputs_embeds are not supported)")
+        new = input_ids.shape[1]
+        if attention_mask is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            attention_mask = torch.ones(
+                input_ids.shape[0], past + new, dtype=torch.long, device=input_ids.device
+            )
+        positions = position_ids_from_mask(attention_mask)[:, -new:]
+        if use_cache is False:
+            cache = None
+        hidden = self.embeddings(input_ids)
+        hidden = self._run(
+            self.plan.front, hidden, attention_mask, positions, cache, cache_position
+        )
+
+        def server(h: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+            return self._run(self.plan.middle, h, mask, pos, cache, cache_position)
+
+        hidden = self.transport.call_server(server, hidden, attention_mask, positions)
+        hidden = self._run(self.plan.back, hidden, attention_mask, positions, cache, cache_position)
+        assert self.norm is not None
+        fields = {"last_hidden_state": self.norm(hidden), cache_key: kwargs.get(cache_key)}
+        return BaseModelOutputWithPast(**fields)
+
     def _masks(
-        self, blocks: range, attention_mask: Tensor, dtype: torch.dtype
+        self,
+        blocks: range,
+        attention_mask: Tensor,
+        dtype: torch.dtype,
+        query_length: int | None = None,
     ) -> dict[int | None, Tensor | None]:
         """The 4-D mask for each sliding window among ``blocks`` (``None``: no mask needed)."""
         length = attention_mask.shape[-1]
@@ -336,7 +427,7 @@ class SplitModel:
             elif no_padding and sdpa and (window is None or length < window):
                 allowed = None
             else:
-                allowed = decoder_allowed(attention_mask, window)
+                allowed = decoder_allowed(attention_mask, window, query_length)
             if allowed is None:
                 masks[window] = None
             else:

@@ -1,0 +1,79 @@
+"""Generation through the split model: Hugging Face beam search driving front -> server -> back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GenerationConfig
+
+from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.prompts import PromptSettings
+from fellrec.models.split import SplitModel, decoder_allowed, make_trunk
+from fellrec.models.transport import LocalTransport
+from test_split_model import _batch, _llama
+
+ALLOWED = {
+    ("to_server", "forward"): {"hidden_states", "attention_mask", "position_ids"},
+    ("to_client", "forward"): {"hidden_states"},
+}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llama_dir):
+    llama = _llama(tiny_llama_dir)
+    llama.eval()
+    return llama
+
+
+def test_decode_mask_covers_the_cached_keys():
+    mask = torch.tensor([[0, 1, 1, 1]])
+    last = decoder_allowed(mask, query_length=1)  # one new token after three cached positions
+    assert last.shape == (1, 1, 1, 4)
+    assert last[0, 0, 0].tolist() == [False, True, True, True]
+    assert torch.equal(decoder_allowed(mask, query_length=4), decoder_allowed(mask))
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize(("k_front", "k_back"), [(0, 1), (1, 1), (2, 1), (1, 2)])
+def test_split_generation_equals_unsplit_token_for_token(model, beams, k_front, k_back):
+    input_ids, attention_mask = _batch("left", length=12)
+    config = GenerationConfig(
+        num_beams=beams, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=102
+    )
+    with torch.inference_mode():
+        expected = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+        )
+    transport = LocalTransport(record=True)
+    split = make_trunk(model, True, k_front, k_back, transport)
+    assert isinstance(split, SplitModel)
+    with torch.inference_mode(), split.generating():
+        got = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+        )
+    assert torch.equal(got, expected)
+    # Every decoding step crossed the transport, carrying only the new tokens' hidden states.
+    steps = got.shape[1] - input_ids.shape[1]
+    assert transport.calls == steps
+    for payload in transport.payloads:
+        assert set(payload.tensors) == ALLOWED[payload.direction, payload.phase]
+    rows = input_ids.shape[0] * beams
+    sent = [p.tensors["hidden_states"].shape for p in transport.payloads]
+    assert sent[0] == (rows, input_ids.shape[1], 32)  # the prompt, once
+    assert all(shape == (rows, 1, 32) for shape in sent[2:])  # then one token per step
+    # The model's own forward is back in place afterwards.
+    assert "forward" not in vars(split.inner)
+
+
+def test_recommender_generates_through_the_split(model, tiny_llama_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    titles = ["Alpha Beta", "Gamma Delta", "Epsilon", "Zeta Eta Theta"]
+    settings = PromptSettings(num_beams=2, max_new_tokens=5, max_prompt_tokens=64)
+    histories = torch.tensor([[-1, 0, 1], [1, 2, 3]])
+    unsplit = GenerativeRecommender(model, tokenizer, titles, settings)
+    transport = LocalTransport()
+    split = GenerativeRecommender(
+        model, tokenizer, titles, settings, trunk=make_trunk(model, True, 1, 1, transport)
+    )
+    assert split.generate_titles(histories) == unsplit.generate_titles(histories)
+    assert transport.calls > 0
