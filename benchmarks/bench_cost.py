@@ -28,12 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import LlamaConfig
 
 from fellrec.models.adapters import LoRASettings
-from fellrec.models.resources import (
-    cost_table,
-    count_parameters,
-    format_cost_table,
-    human_count,
-)
+from fellrec.models.resource_tables import format_cost_table, human_count
+from fellrec.models.resources import cost_table, count_parameters
 
 #: SmolLM2-135M-Instruct's architecture, as its config.json states it.
 SMOLLM2 = dict(

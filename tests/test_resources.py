@@ -19,17 +19,14 @@ from transformers import (
 
 from fellrec.federation.split_plan import plan_split
 from fellrec.models.adapters import LoRASettings
-from fellrec.models.resources import (
-    cost_table,
-    count_parameters,
+from fellrec.models.resource_tables import (
     format_cost_table,
     format_report,
     human_bytes,
     human_count,
     human_flops,
-    lora_parameters,
-    resource_report,
 )
+from fellrec.models.resources import cost_table, count_parameters, lora_parameters, resource_report
 from fellrec.models.split import SplitModel
 from fellrec.models.transport import LocalTransport
 

@@ -20,15 +20,8 @@ from jsonargparse import ArgumentParser
 
 from fellrec.cli import instantiate_run_config, run_config_parser
 from fellrec.federation.split_plan import plan_split
-from fellrec.models.resources import (
-    cost_table,
-    count_parameters,
-    format_cost_table,
-    format_report,
-    human_count,
-    lora_targets,
-    resource_report,
-)
+from fellrec.models.resource_tables import format_cost_table, format_report, human_count
+from fellrec.models.resources import cost_table, count_parameters, lora_targets, resource_report
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 

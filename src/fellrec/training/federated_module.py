@@ -37,7 +37,7 @@ from fellrec.models.backends import EncoderBackend, GenerativeBackend, Recommend
 from fellrec.models.encoder import POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.prompts import PromptSettings
-from fellrec.models.resources import format_report
+from fellrec.models.resource_tables import format_report
 from fellrec.models.split import make_trunk
 from fellrec.models.text import HistoryRenderer, format_item_text
 from fellrec.models.transport import Transport, make_transport
