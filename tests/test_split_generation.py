@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
+from fellrec.models.attention_masks import decoder_allowed
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.prompts import PromptSettings
-from fellrec.models.split import SplitModel, decoder_allowed, make_trunk
+from fellrec.models.split import SplitModel, make_trunk
 from fellrec.models.transport import LocalTransport
 from test_split_model import _batch, _llama
 

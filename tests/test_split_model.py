@@ -11,15 +11,17 @@ from torch import nn
 
 from conftest import build_tiny_encoder
 from fellrec.federation.split_plan import plan_split
+from fellrec.models.attention_masks import (
+    decoder_attention_mask,
+    encoder_attention_mask,
+    position_ids_from_mask,
+)
 from fellrec.models.split import (
     SUPPORTED_MODEL_TYPES,
     SplitModel,
     UnsplitTrunk,
-    decoder_attention_mask,
-    encoder_attention_mask,
     make_trunk,
     num_blocks,
-    position_ids_from_mask,
     split_family,
 )
 from fellrec.models.transport import LocalTransport

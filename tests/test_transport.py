@@ -8,7 +8,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from fellrec.federation.split_plan import plan_split
-from fellrec.models.split import SplitModel, num_blocks, position_ids_from_mask
+from fellrec.models.attention_masks import position_ids_from_mask
+from fellrec.models.split import SplitModel, num_blocks
 from fellrec.models.transport import (
     TRANSPORTS,
     LocalTransport,
