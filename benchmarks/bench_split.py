@@ -7,6 +7,11 @@ Split and unsplit steps are interleaved (alternating which goes first) so machin
 alike; the figure is the ratio of the medians.
 
     python benchmarks/bench_split.py --models minilm smollm2 --steps 20
+    python benchmarks/bench_split.py --generate --steps 5     # beam search, SmolLM2
+
+``--generate`` times Hugging Face beam search (4 beams, 16 new tokens, KV cache) over left-padded
+prompts, unsplit vs routed through the split model (``SplitModel.generating()``), and checks that
+both produce the same tokens.
 """
 
 from __future__ import annotations
@@ -87,6 +92,44 @@ def smollm2_case() -> tuple[torch.nn.Module, Loss, int]:
 CASES = {"minilm": minilm_case, "smollm2": smollm2_case}
 
 
+def measure_generation(model: torch.nn.Module, k_front: int, k_back: int, steps: int) -> None:
+    """Median seconds of one beam search, unsplit vs split (interleaved), and token equality."""
+    from transformers import GenerationConfig
+
+    model.eval()
+    ids, mask = batch(49152, 4, 96)
+    mask = mask.flip(-1)  # left padding, as generation prompts are
+    config = GenerationConfig(
+        num_beams=4, max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=2
+    )
+    split = make_trunk(model, True, k_front, k_back, LocalTransport())
+    times: dict[str, list[float]] = {"unsplit": [], "split": []}
+    outputs: dict[str, torch.Tensor] = {}
+    for step in range(steps + 1):
+        for name in ("unsplit", "split") if step % 2 else ("split", "unsplit"):
+            start = time.perf_counter()
+            with torch.inference_mode():
+                if name == "split":
+                    with split.generating():  # type: ignore[union-attr]
+                        out = model.generate(
+                            input_ids=ids, attention_mask=mask, generation_config=config
+                        )
+                else:
+                    out = model.generate(
+                        input_ids=ids, attention_mask=mask, generation_config=config
+                    )
+            if step > 0:  # the first pair warms up
+                times[name].append(time.perf_counter() - start)
+            outputs[name] = out
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    same = torch.equal(outputs["split"], outputs["unsplit"])
+    print(
+        f"generate smollm2 {k_front}/{k_back}: unsplit {medians['unsplit']:.2f} s, split "
+        f"{medians['split']:.2f} s, ratio {medians['split'] / medians['unsplit']:.3f}, "
+        f"same tokens: {same}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["minilm"], choices=sorted(CASES))
@@ -95,7 +138,14 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--generate", action="store_true", help="time beam search instead")
     args = parser.parse_args()
+    if args.generate:
+        model, _, _ = smollm2_case()
+        for split in args.splits:
+            k_front, k_back = (int(v) for v in split.split(","))
+            measure_generation(model, k_front, k_back, args.steps)
+        return
     print(f"B={args.batch_size} T={args.length}, median of {args.steps} interleaved steps")
     print(f"{'model':10} {'k_front/k_back':>14} {'unsplit ms':>11} {'split ms':>9} {'ratio':>6}")
     for name in args.models:
