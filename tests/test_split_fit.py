@@ -55,3 +55,10 @@ def test_split_run_gives_the_unsplit_results(tmp_path, deterministic_encoder):
     assert sorted(curve) == [0, 1, 2]
     assert curve[0]["token_recovery"] >= 0.9  # the embeddings alone give the tokens away
     assert all(0.0 <= p["token_recovery"] <= 1.0 and p["tokens"] > 0 for p in curve.values())
+
+
+def test_unknown_transport_fails_at_construction():
+    from fellrec.training.federated_module import FederatedModule
+
+    with pytest.raises(ValueError, match=r"model\.transport must be one of \['local'\]"):
+        FederatedModule(transport="carrier-pigeon")

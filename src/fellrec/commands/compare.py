@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from fellrec.federation.strategies import STRATEGIES
+from fellrec.federation.strategies import STRATEGIES, strategy_from_name
 from fellrec.reporting.report import write_report
 from fellrec.reporting.runs import RESULTS_FILE
 
@@ -83,8 +83,7 @@ def parse_strategies(text: str) -> list[str]:
 
 def strategy_class_path(name: str) -> str:
     """The import path of a strategy class, as ``--model.strategy`` takes it."""
-    cls = STRATEGIES[name]
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return str(strategy_from_name(name).class_spec()["class_path"])
 
 
 def _lookup(tree: Any, dotted: str) -> tuple[bool, Any]:

@@ -40,7 +40,7 @@ from fellrec.models.prompts import PromptSettings
 from fellrec.models.resource_tables import format_report
 from fellrec.models.split import make_trunk
 from fellrec.models.text import HistoryRenderer, format_item_text
-from fellrec.models.transport import Transport, make_transport
+from fellrec.models.transport import TRANSPORTS, Transport, make_transport
 from fellrec.training.accounting import resource_summary
 from fellrec.training.datamodule import federated_datamodule
 
@@ -156,6 +156,10 @@ class FederatedModule(L.LightningModule):
         for name, value in (("k_front", k_front), ("k_back", k_back)):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
+        if transport not in TRANSPORTS:  # fail before the data and the model are loaded
+            raise ValueError(
+                f"model.transport must be one of {sorted(TRANSPORTS)}, got {transport!r}"
+            )
         self.backbone_name = backbone
         self.recommender_kind = recommender
         self.split = split_execution
