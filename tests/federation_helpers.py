@@ -47,6 +47,9 @@ def tiny_run(
         **data_settings,
     )
     model_settings: dict[str, Any] = {
+        # The RecFormer-style encoder by default: these runs test the federation around it;
+        # tests of the sequential recommender pass recommender="sequential".
+        "recommender": "encoder",
         "lr": 5e-3,
         "max_history_tokens": 48,
         "max_item_tokens": 8,

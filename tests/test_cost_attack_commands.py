@@ -12,9 +12,12 @@ from transformers import LlamaConfig
 from fellrec.cli import main
 
 
-def write_config(directory: Path, backbone: Path, generative: bool) -> Path:
+def write_config(
+    directory: Path, backbone: Path, generative: bool, recommender: str = "encoder"
+) -> Path:
     model: dict = {
         "backbone": str(backbone),
+        "recommender": recommender,
         "max_history_tokens": 48,
         "max_item_tokens": 8,
         "k_front": 1,
@@ -44,7 +47,7 @@ def write_config(directory: Path, backbone: Path, generative: bool) -> Path:
             "cache_dir": str(directory / "cache"),
         },
     }
-    path = directory / ("generative.yaml" if generative else "encoder.yaml")
+    path = directory / ("generative.yaml" if generative else f"{recommender}.yaml")
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -123,3 +126,27 @@ def test_attack_without_results_writes_privacy_json(tmp_path, tiny_encoder_dir):
     assert [p["k_front"] for p in privacy["curve"]] == [0, 2]
     assert privacy["curve"][0]["tokens"] > privacy["curve"][0]["content_tokens"] > 0
     assert not (tmp_path / "run").exists()
+
+
+def test_cost_of_the_sequential_recommender_counts_its_item_components(
+    tmp_path, tiny_encoder_dir, capsys
+):
+    config = write_config(tmp_path, tiny_encoder_dir, False, recommender="sequential")
+    main(["cost", "--config", str(config), "--k-fronts", "1"])
+    out = capsys.readouterr().out
+    assert "micro-batch 8 x 4 tokens" in out  # one token per history item (H = 4)
+    # 40 items x 32-wide ID embeddings + 40 biases + 1 temperature, per client.
+    assert "per-item components (model.items): 1.32 k trainable parameters per client" in out
+
+
+def test_attack_on_item_tokens_recovers_items(tmp_path, tiny_encoder_dir):
+    config = write_config(tmp_path, tiny_encoder_dir, False, recommender="sequential")
+    output = tmp_path / "elsewhere"
+    args = ["attack", "--config", str(config), "--k-fronts", "0,1", "--output", str(output)]
+    main([*args, "--public-texts", "60", "--victims", "8"])
+    privacy = json.loads((output / "privacy.json").read_text())["privacy"]
+    assert privacy["inputs"] == "items"
+    first = privacy["curve"][0]
+    # Every real history position is an item the attacker tries to name.
+    assert first["tokens"] == first["content_tokens"] > 0
+    assert 0.0 <= first["token_recovery"] <= 1.0

@@ -92,3 +92,31 @@ def test_fast_on_100k_interactions() -> None:
     ex = sliding_window_examples(sequences, history_length=10)
     assert time.perf_counter() - start < 1.0
     assert len(ex) == sum(len(s) for s in sequences) - len(sequences)
+
+
+def test_stride_tiles_each_sequence_from_its_end() -> None:
+    # Sequence 0 = [5, 6, 7, 8]: with H = stride = 2 the targets are 8 and 6 (counted from the
+    # end), so the two windows [6, 7] -> 8 and [-1, 5] -> 6 cover every position once.
+    ex = sliding_window_examples(SEQUENCES, history_length=2, stride=2)
+    np.testing.assert_array_equal(ex.users, [0, 0, 3])
+    np.testing.assert_array_equal(ex.histories, [[-1, 5], [6, 7], [-1, 2]])
+    np.testing.assert_array_equal(ex.targets, [6, 8, 3])
+
+
+def test_stride_equal_to_history_predicts_every_interaction_once() -> None:
+    rng = np.random.default_rng(3)
+    sequences = [rng.integers(0, 50, size=n) for n in rng.integers(0, 30, size=25)]
+    h = 4
+    ex = sliding_window_examples(sequences, history_length=h, stride=h)
+    counted = []
+    for user, history, target in zip(ex.users, ex.histories, ex.targets, strict=True):
+        positions = [*history[1:][history[:-1] >= 0], target]  # what each position predicts
+        counted.append((int(user), len(positions)))
+    per_user = np.bincount([u for u, _ in counted], weights=[n for _, n in counted], minlength=25)
+    expected = [max(len(s) - 1, 0) for s in sequences]  # every item but the first is a target
+    np.testing.assert_array_equal(per_user, expected)
+
+
+def test_stride_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="stride"):
+        sliding_window_examples(SEQUENCES, history_length=2, stride=0)

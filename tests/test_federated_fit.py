@@ -136,20 +136,27 @@ class _StopMidRound(Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_resume_mid_round_equals_uninterrupted_run(tmp_path, tiny_encoder_dir):
+@pytest.mark.parametrize("recommender", ["encoder", "sequential"])
+def test_resume_mid_round_equals_uninterrupted_run(tmp_path, tiny_encoder_dir, recommender):
     full_root, cut_root = tmp_path / "full", tmp_path / "cut"
-    trainer, model, data, _ = tiny_run(full_root, tiny_encoder_dir, FELLRec(), rounds=3)
+    options = {"model_options": {"recommender": recommender}}
+    trainer, model, data, _ = tiny_run(full_root, tiny_encoder_dir, FELLRec(), rounds=3, **options)
     fit_and_test(trainer, model, data)
     expected = json.loads((full_root / RESULTS_FILE).read_text())
 
     trainer, model, data, _ = tiny_run(
-        cut_root, tiny_encoder_dir, FELLRec(), rounds=3, extra_callbacks=[_StopMidRound(2, 3)]
+        cut_root,
+        tiny_encoder_dir,
+        FELLRec(),
+        rounds=3,
+        extra_callbacks=[_StopMidRound(2, 3)],
+        **options,
     )
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(model, datamodule=data)
     assert (cut_root / "checkpoints" / "last.ckpt").exists()
 
-    trainer, model, data, _ = tiny_run(cut_root, tiny_encoder_dir, FELLRec(), rounds=3)
+    trainer, model, data, _ = tiny_run(cut_root, tiny_encoder_dir, FELLRec(), rounds=3, **options)
     trainer.fit(model, datamodule=data, ckpt_path="last")
     trainer.test(model, datamodule=data, verbose=False)
     resumed = json.loads((cut_root / RESULTS_FILE).read_text())

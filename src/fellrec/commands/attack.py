@@ -12,6 +12,7 @@ other keys stay), or in ``privacy.json`` when the run has no results yet::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -101,25 +102,36 @@ def main(args: list[str]) -> None:
     directory = Path(parsed.output or root or ".")
     started = time.perf_counter()
     datamodule.setup("fit")
-    model, tokenizer = _load(module)
+    if module.recommender_kind == "sequential":
+        # Item tokens need the recommender's item vectors: build it (initial components).
+        module.build(datamodule)
+        assert module.adapters is not None
+        model, tokenizer = module.adapters.model, module.tokenizer
+        if torch.cuda.is_available():
+            module.to(torch.device("cuda"))
+    else:
+        model, tokenizer = _load(module)
     layers = num_blocks(model)
     configured = module.k_front if module.split else None
     if parsed.k_fronts is not None:
         k_fronts = parse_k_fronts(parsed.k_fronts)
     else:
         k_fronts = default_k_fronts(layers, configured)
-    section = privacy_section(
-        module,
-        datamodule,
-        model,
-        tokenizer,
-        k_fronts,
-        parsed.public_texts,
-        parsed.victims,
-        parsed.ridge,
-        parsed.seed,
-        parsed.batch_size,
-    )
+    # The server knows the public base model, not the clients' adapters.
+    without_adapters = getattr(model, "disable_adapter", contextlib.nullcontext)
+    with without_adapters():
+        section = privacy_section(
+            module,
+            datamodule,
+            model,
+            tokenizer,
+            k_fronts,
+            parsed.public_texts,
+            parsed.victims,
+            parsed.ridge,
+            parsed.seed,
+            parsed.batch_size,
+        )
     curve = section["curve"]
     print(
         f"{ATTACK} attack on {module.backbone_name} ({layers} blocks): map fitted on "

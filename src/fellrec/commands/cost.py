@@ -76,18 +76,38 @@ def load_architecture(backbone: str, architecture: str | None = None) -> Any:
         ) from error
 
 
-def sequence_length(model: FederatedModule) -> tuple[int, str | None]:
+def sequence_length(
+    model: FederatedModule, datamodule: FederatedDataModule
+) -> tuple[int, str | None]:
     """``T`` of a training step, and a note when it had to be assumed.
 
-    Encoder: ``model.max_history_tokens``; generative: ``model.prompt.max_prompt_tokens``.
+    Sequential: ``data.history_length`` (one token per item); encoder:
+    ``model.max_history_tokens``; generative: ``model.prompt.max_prompt_tokens``.
     """
-    if model.recommender_kind == "encoder":
-        return int(model.max_history_tokens), None
-    prompt = getattr(model, "prompt", None)
-    if prompt is None:
+    if model.recommender_kind == "generative" and getattr(model, "prompt", None) is None:
         note = f"model.prompt is not set; assuming {DEFAULT_PROMPT_TOKENS} tokens per sequence"
         return DEFAULT_PROMPT_TOKENS, note
-    return int(prompt.max_prompt_tokens), None
+    return model.tokens_per_example(datamodule.settings.history_length), None
+
+
+def client_module_settings(
+    model: FederatedModule, datamodule: FederatedDataModule, config: Any
+) -> dict[str, Any]:
+    """``resource_report``'s per-item component arguments; reads the catalog size when needed.
+
+    Counting per-item components needs the number of items, so the data is prepared (from the
+    cache after the first time) only for recommenders that have them.
+    """
+    if not model.uses_item_components:
+        return {}
+    datamodule.setup("fit")
+    parameters = model.client_module_parameters(
+        datamodule.data.dataset.num_items, int(config.hidden_size)
+    )
+    return {
+        "client_module_parameters": parameters,
+        "trainable_inputs": model.recommender_kind == "sequential" and model.items.ids,
+    }
 
 
 def activation_bytes(precision: Any, base_dtype_bytes: int) -> int:
@@ -122,7 +142,7 @@ def run_report(
     dtype = base_dtype_bytes or (1 if model.load_in_8bit else 4)
     layers = count_parameters(config).num_layers
     plan = plan_split(layers, model.k_front, model.k_back) if model.split else None
-    seq_len, _ = sequence_length(model)
+    seq_len, _ = sequence_length(model, datamodule)
     return resource_report(
         config,
         plan,
@@ -132,6 +152,7 @@ def run_report(
         datamodule.num_clients,
         dtype,
         activation_dtype_bytes,
+        **client_module_settings(model, datamodule, config),
     )
 
 
@@ -209,9 +230,10 @@ def main(args: list[str]) -> None:
             f"--k-fronts {too_deep}: with model.k_back={model.k_back}, k_front must be <= "
             f"{layers - 1 - model.k_back} for this {layers}-block model"
         )
-    seq_len, note = sequence_length(model)
+    seq_len, note = sequence_length(model, datamodule)
     settings = (model.lora, datamodule.batch_size, seq_len, datamodule.num_clients, dtype, act)
-    rows = cost_table(config, k_fronts, model.k_back, *settings)
+    extra = client_module_settings(model, datamodule, config)
+    rows = cost_table(config, k_fronts, model.k_back, *settings, **extra)
     dtype_name = parsed.base_dtype or ("int8" if model.load_in_8bit else "fp32")
     print(
         f"{counts.model_type} ({counts.family}), {layers} blocks, hidden {counts.hidden_size}, "
@@ -220,6 +242,11 @@ def main(args: list[str]) -> None:
         f"micro-batch {datamodule.batch_size} x {seq_len} tokens, {datamodule.num_clients} "
         f"clients, base {dtype_name}, activations {8 * act}-bit; k_back={model.k_back}"
     )
+    if extra:
+        print(
+            f"per-item components (model.items): "
+            f"{human_count(extra['client_module_parameters'])} trainable parameters per client"
+        )
     if note:
         print(f"note: {note}")
     print(format_cost_table(rows))

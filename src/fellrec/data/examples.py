@@ -14,12 +14,16 @@ def sliding_window_examples(
     history_length: int,
     max_examples: int | None = None,
     seed: int = 0,
+    stride: int = 1,
 ) -> TrainExamples:
-    """Turn every position ``j >= 1`` of every training sequence into one example.
+    """Turn positions ``j >= 1`` of every training sequence into examples.
 
     The example for position ``j`` of sequence ``s`` has history ``s[max(0, j - H):j]``
     (right-aligned, left-padded with ``-1``) and target ``s[j]``. Position 0 has an empty history
-    and is dropped.
+    and is dropped. With ``stride`` ``k`` only every ``k``-th position counts, counted back from
+    each sequence's last item (which is always a target): with ``k = H`` the windows tile the
+    sequence, so a recommender that predicts the next item at every history position (the
+    sequential recommender) trains on every interaction exactly once per epoch.
 
     Args:
         train_sequences: Per user index, the chronological training items.
@@ -27,17 +31,20 @@ def sliding_window_examples(
         max_examples: If set and smaller than the number of examples, keep a uniform random
             subset of this size (without replacement, in the original order).
         seed: Seed of the subsampling.
+        stride: Distance between the target positions of consecutive windows.
 
     Returns:
         The examples, ordered by user and then position.
 
     Raises:
-        ValueError: If ``history_length < 1`` or ``max_examples < 1``.
+        ValueError: If ``history_length < 1``, ``max_examples < 1`` or ``stride < 1``.
     """
     if history_length < 1:
         raise ValueError(f"history_length must be >= 1, got {history_length}")
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1 or None, got {max_examples}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
     lengths = np.array([len(s) for s in train_sequences], dtype=np.int64)
     flat = (
         np.concatenate([np.asarray(s, dtype=np.int64) for s in train_sequences])
@@ -48,6 +55,10 @@ def sliding_window_examples(
     owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     # Target positions in ``flat``: everything except each sequence's first item.
     positions = np.flatnonzero(np.arange(len(flat)) != starts[owner])
+    if stride > 1:
+        # Distance of each target to its sequence's last item; keep multiples of the stride.
+        from_end = (starts + lengths - 1)[owner[positions]] - positions
+        positions = positions[from_end % stride == 0]
     if max_examples is not None and max_examples < len(positions):
         rng = np.random.default_rng(seed)
         chosen = rng.choice(len(positions), size=max_examples, replace=False)

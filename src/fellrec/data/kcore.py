@@ -12,8 +12,8 @@ def kcore_filter(data: IndexedDataset, k: int) -> IndexedDataset:
 
     Removing a sparse item can push a user below ``k`` and vice versa, so removal is repeated
     until no user or item is below ``k``. Survivors are re-indexed densely; because the new ids
-    preserve the relative order of the old ones, the ``(timestamp, user, item)`` order of the
-    interactions still holds.
+    preserve the relative order of the old ones and rows keep their order, the chronological
+    order of the interactions (ties in file order) still holds.
 
     Args:
         data: The dataset to filter.

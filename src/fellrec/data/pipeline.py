@@ -29,7 +29,7 @@ from fellrec.data.synthetic import generate_synthetic
 log = logging.getLogger(__name__)
 
 #: Bump when the preprocessing output changes, so stale caches are not reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: equal timestamps keep the file order
 FORMATS = ("synthetic", "movielens", "recbole", "amazon", "tabular")
 SPLITS = ("temporal", "leave_one_out")
 PARTITIONS = ("kmeans", "iid", "dirichlet", "attribute")
@@ -148,6 +148,7 @@ class PipelineSettings:
     partition_attribute: str | None
     dirichlet_concentration: float
     seed: int
+    window_stride: int = 1
 
     def validate(self) -> None:
         """Check ranges before any work, naming the offending setting."""
@@ -163,6 +164,8 @@ class PipelineSettings:
             raise ValueError(f"data.history_length must be >= 1, got {self.history_length}")
         if self.num_clients < 1:
             raise ValueError(f"data.num_clients must be >= 1, got {self.num_clients}")
+        if self.window_stride < 1:
+            raise ValueError(f"data.window_stride must be >= 1, got {self.window_stride}")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ValueError(f"data.max_train_examples must be >= 1, got {self.max_train_examples}")
         for name in ("valid_fraction", "test_fraction"):
@@ -211,6 +214,7 @@ def build_federated_data(settings: PipelineSettings) -> FederatedData:
         settings.history_length,
         max_examples=settings.max_train_examples,
         seed=settings.seed,
+        stride=settings.window_stride,
     )
     if len(examples) == 0:
         raise ValueError(f"{dataset.name}: the training split yields no training example")

@@ -58,7 +58,11 @@ class IndexedDataset:
         users: User index of each interaction, int64, shape ``(num_interactions,)``.
         items: Item index of each interaction, int64, same shape.
         timestamps: Timestamp of each interaction, int64, same shape. Interactions are sorted by
-            ``(timestamp, user, item)`` so ties break deterministically.
+            timestamp; interactions with equal timestamps keep the order of the source file (a
+            stable sort, as RecBole does), so the split is deterministic and matches other
+            toolkits on the same files. Equal timestamps are common (ML-100K: a user often
+            rates several movies in the same second), and which of them is "last" changes
+            leave-one-out targets markedly.
         titles: Title of each item index.
         categories: Categories of each item index (tuple of str, possibly empty).
         user_attributes: Optional per-user attribute columns, each an array of str of shape
@@ -129,7 +133,10 @@ def index_dataset(raw: RawDataset) -> IndexedDataset:
     users = user_index.loc[inter["user_id"].to_numpy()].to_numpy(dtype=np.int64)
     items = item_index.loc[inter["item_id"].to_numpy()].to_numpy(dtype=np.int64)
     timestamps = inter["timestamp"].to_numpy(dtype=np.int64)
-    order = np.lexsort((items, users, timestamps))
+    # Stable: equal timestamps keep the file order. Breaking ties by item index instead would
+    # follow the id strings' order, which on ML-100K (low ids = old, popular movies) biases which
+    # item is held out (popularity's leave-one-out NDCG@10 ranges 0.026-0.057 over tie orders).
+    order = np.argsort(timestamps, kind="stable")
     meta = raw.items.astype({"item_id": str}).drop_duplicates("item_id").set_index("item_id")
     meta = meta.loc[item_ids]
     titles = [str(t) for t in meta["title"].tolist()]

@@ -47,7 +47,8 @@ def temporal_split(
 ) -> Split:
     """Split the global timeline: train, then a validation period, then a test period.
 
-    Interactions are sorted by ``(timestamp, user, item)``, so the periods are cut by position:
+    Interactions are sorted by timestamp (equal timestamps in file order, see
+    :class:`~fellrec.data.schema.IndexedDataset`), so the periods are cut by position:
     the last ``test_fraction`` of the interactions form the test period and the
     ``valid_fraction`` before them the validation period. A user's targets in a period are all the
     distinct items they consumed in it and never before.

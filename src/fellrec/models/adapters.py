@@ -1,15 +1,18 @@
 """One frozen backbone, one LoRA adapter per client, through peft's multi-adapter API.
 
-The base weights exist once in memory; each client owns only its adapter (and, in the Lightning
-layer,
-its optimizer state). Parameters are exchanged as flat vectors in one fixed key order so the pure
-aggregation functions can stack clients into an ``(N, P)`` matrix.
+The base weights exist once in memory; each client owns only its adapter, optionally a small module
+of its own (per-item components: :mod:`fellrec.models.item_components`) and, in the Lightning layer,
+its optimizer state. A client's parameters are exchanged as one flat vector in one fixed key order
+(adapter keys, then ``items.<name>`` keys) so the pure aggregation functions can stack clients
+into an ``(N, P)`` matrix.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -49,6 +52,12 @@ def adapter_name(client: int) -> str:
     return f"client_{client}"
 
 
+#: Key prefix of a client module's parameters in the exchanged vector and in exports.
+CLIENT_MODULE_PREFIX = "items."
+#: File a client module's parameters are exported to, next to the peft adapter.
+CLIENT_MODULE_FILE = "item_components.safetensors"
+
+
 class ClientAdapters:
     """Per-client LoRA adapters on one shared, frozen backbone.
 
@@ -61,6 +70,10 @@ class ClientAdapters:
         num_clients: Number of adapters (slots) to create.
         client_ids: The client each slot belongs to (default ``0..num_clients-1``); names the
             peft adapters ``client_<id>``.
+        client_modules: Optionally one module per slot (all of the same structure) whose
+            parameters belong to that client too, e.g. per-item components. They are exchanged,
+            aggregated and initialised like the adapter (slot 0's values broadcast). The caller
+            registers them where Lightning checkpoints them.
     """
 
     def __init__(
@@ -69,12 +82,16 @@ class ClientAdapters:
         lora: LoRASettings,
         num_clients: int,
         client_ids: list[int] | None = None,
+        client_modules: Sequence[nn.Module] | None = None,
     ) -> None:
         if num_clients < 1:
             raise ValueError(f"need at least one client, got {num_clients}")
         self.client_ids = list(range(num_clients)) if client_ids is None else list(client_ids)
         if len(self.client_ids) != num_clients:
             raise ValueError(f"{len(self.client_ids)} client ids for {num_clients} adapters")
+        if client_modules is not None and len(client_modules) != num_clients:
+            raise ValueError(f"{len(client_modules)} client modules for {num_clients} adapters")
+        self.client_modules = list(client_modules) if client_modules is not None else None
         self.names = [adapter_name(c) for c in self.client_ids]
         config = lora.to_peft()
         with warnings.catch_warnings():
@@ -101,6 +118,11 @@ class ClientAdapters:
                 for name, param in self.model.named_parameters()
                 if tag in name
             )
+            if self.client_modules is not None:
+                named += [
+                    (CLIENT_MODULE_PREFIX + key, param)
+                    for key, param in self.client_modules[client].named_parameters()
+                ]
             if client == 0:
                 self.keys = [name for name, _ in named]
             self._params.append([param for _, param in named])
@@ -111,8 +133,31 @@ class ClientAdapters:
 
     @property
     def num_parameters(self) -> int:
-        """Trainable parameters of one client's adapter."""
+        """Trainable parameters of one client (adapter and client module)."""
         return sum(p.numel() for p in self._params[0])
+
+    @property
+    def num_module_parameters(self) -> int:
+        """Trainable parameters of one client's module (0 without client modules)."""
+        return sum(
+            p.numel()
+            for key, p in zip(self.keys, self._params[0], strict=True)
+            if key.startswith(CLIENT_MODULE_PREFIX)
+        )
+
+    def module(self, client: int) -> nn.Module:
+        """Slot ``client``'s own module.
+
+        Raises:
+            ValueError: If the adapters were built without client modules.
+        """
+        if self.client_modules is None:
+            raise ValueError("these adapters have no client modules")
+        return self.client_modules[client]
+
+    def active_module(self) -> nn.Module:
+        """The module of the slot whose adapter is active."""
+        return self.module(self.names.index(str(self.model.active_adapter)))
 
     def parameters(self, client: int) -> list[nn.Parameter]:
         """Return a client's adapter parameters in the fixed key order."""
@@ -154,5 +199,24 @@ class ClientAdapters:
             self.set_vector(client, matrix[client])
 
     def state_dict(self, client: int) -> dict[str, torch.Tensor]:
-        """Return a client's adapter as ``{key: tensor}`` with the adapter name removed."""
+        """Return a client's parameters as ``{key: tensor}`` with the adapter name removed."""
         return {k: p.detach().clone() for k, p in zip(self.keys, self._params[client], strict=True)}
+
+    def save(self, directory: str | Path) -> None:
+        """Export every client into ``<directory>/client_<id>/``.
+
+        The adapter in peft format, plus the client module's parameters (when there is one) as
+        ``item_components.safetensors`` beside it.
+        """
+        from safetensors.torch import save_file  # a transformers dependency
+
+        self.model.save_pretrained(str(directory), selected_adapters=self.names)
+        if self.client_modules is None:
+            return
+        for client, name in enumerate(self.names):
+            tensors = {
+                key[len(CLIENT_MODULE_PREFIX) :]: value.contiguous()
+                for key, value in self.state_dict(client).items()
+                if key.startswith(CLIENT_MODULE_PREFIX)
+            }
+            save_file(tensors, str(Path(directory) / name / CLIENT_MODULE_FILE))

@@ -4,6 +4,8 @@
 adapter) and asks the backend for per-example training losses or for item scores; it does not need
 to know whether items are scored by an encoder's item table or found by generation and grounding.
 
+- :class:`SequentialBackend`: the LLM over item tokens. Item vectors are recomputed from the
+  client's components at every call (cheap: an ``(I, H)`` add), so nothing is cached.
 - :class:`EncoderBackend`: the sequence-encoder recommender. The catalog is encoded with a slot's
   current adapter once per round and cached until the adapters change (aggregation, selection,
   loading); while every slot holds the same adapter, one encoding serves them all.
@@ -21,6 +23,7 @@ import torch
 from fellrec.models.adapters import ClientAdapters
 from fellrec.models.encoder import SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.sequential import SequentialRecommender
 
 
 class RecommenderBackend(Protocol):
@@ -47,6 +50,41 @@ class RecommenderBackend(Protocol):
     def invalidate(self, identical_adapters: bool = False) -> None:
         """Forget what was computed with the previous adapters."""
         ...
+
+
+class SequentialBackend:
+    """Next-item prediction at every position of an item-token history.
+
+    Args:
+        recommender: The sequential recommender (its adapters' client modules score items).
+        adapters: The per-slot adapters.
+    """
+
+    def __init__(self, recommender: SequentialRecommender, adapters: ClientAdapters) -> None:
+        self.recommender = recommender
+        self.adapters = adapters
+
+    def prepare(self, slot: int) -> None:
+        """Nothing to prepare: item vectors come from the slot's components at each step."""
+
+    def losses(
+        self,
+        slot: int,
+        histories: torch.Tensor,
+        targets: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Per-example mean cross-entropy over the history positions ``(B,)``."""
+        self.adapters.activate(slot)
+        return self.recommender.losses(histories, targets, generator)
+
+    def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
+        """Cosine / temperature + bias of every item after each history ``(B, I)``."""
+        self.adapters.activate(slot)
+        return self.recommender.scores(histories)
+
+    def invalidate(self, identical_adapters: bool = False) -> None:
+        """Nothing to forget."""
 
 
 class EncoderBackend:

@@ -12,10 +12,6 @@ step; batches are padded here, so the caller's tokenizer is never mutated.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,6 +23,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
 from fellrec.models.prompts import PromptSettings, parse_response, render_prompt, render_response
 
 Trunk = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -250,47 +247,21 @@ class GenerativeRecommender(nn.Module):
     def _cache_file(self) -> Path | None:
         if self.embedding_cache is None:
             return None
-        base = self.base_model()
-        # A few embedding rows tell apart different weights saved under the same path.
-        probe = float(base.get_input_embeddings().weight[:4].detach().double().sum())
-        # The numerics too: dtype of the weights, quantization, and autocast of the caller.
-        numerics = [
-            str(next(base.parameters()).dtype),
-            bool(getattr(base.config, "quantization_config", None)),
-            str(torch.get_autocast_dtype(self.device.type))
-            if torch.is_autocast_enabled(self.device.type)
-            else "no-autocast",
-        ]
-        key = [
-            str(getattr(base, "name_or_path", "")),
-            f"{probe:.6e}",
-            numerics,
-            self.prefix,
-            self.titles,
-        ]
-        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
-        return self.embedding_cache / f"item-embeddings-{digest}.pt"
+        key = [*model_fingerprint(self.base_model()), self.prefix, self.titles]
+        return cache_path(self.embedding_cache, "item-embeddings", key)
 
     def item_embeddings(self) -> torch.Tensor:
         """Item-title embeddings ``(I, H)`` of the base model without adapters (computed once).
 
         Kept in memory, and in ``embedding_cache`` (if set) keyed by the model path and titles.
         """
-        if self._item_table is not None:
-            return self._item_table
-        path = self._cache_file()
-        if path is not None and path.is_file():
-            table = torch.load(path, map_location=self.device, weights_only=True)
-        else:
-            table = self._embed([self._title_sequence(ids) for ids in self.title_ids])
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-                os.close(handle)
-                torch.save(table.cpu(), staging)
-                os.replace(staging, path)  # atomic: readers never see half a file
-        self._item_table = table
-        return table
+        if self._item_table is None:
+            self._item_table = load_or_compute(
+                self._cache_file(),
+                lambda: self._embed([self._title_sequence(ids) for ids in self.title_ids]),
+                self.device,
+            )
+        return self._item_table
 
     def generate_titles(self, histories: torch.Tensor) -> list[str]:
         """Beam-search one title per history with the active adapter (eval mode, restored after).

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fellrec.federation.split_plan import plan_split
-from fellrec.models.split import SplitModel, num_blocks
+from fellrec.models.split import InputEmbedder, SplitModel, num_blocks
 from fellrec.models.transport import LocalTransport
 
 #: ``(input_ids, attention_mask)``, both ``(B, T)``; victims may add a ``(B, T)`` content mask.
@@ -50,10 +51,18 @@ class _Walker:
     are exactly what would cross the transport.
     """
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        embed: InputEmbedder | None = None,
+        causal: bool = False,
+    ) -> None:
         if not batches:
             raise ValueError("the attack needs at least one batch of public and of victim text")
         self.model = model
+        self.embed = embed
+        self.causal = causal
         self.layers = num_blocks(model)
         self.device = next(model.parameters()).device
         self.batches = [tuple(t.to(self.device) for t in batch) for batch in batches]
@@ -65,11 +74,12 @@ class _Walker:
         if self.k is not None and k_front < self.k:
             raise ValueError(f"cannot go back from k_front={self.k} to {k_front}")
         if self.k is None:
-            front = SplitModel(self.model, plan_split(self.layers, k_front, 0), LocalTransport())
+            plan = plan_split(self.layers, k_front, 0)
+            front = SplitModel(self.model, plan, LocalTransport(), self.embed, self.causal)
             self.states = [front.front(batch[0], batch[1]) for batch in self.batches]
         elif k_front > self.k:
             plan = plan_split(self.layers, self.k, self.layers - k_front)
-            split = SplitModel(self.model, plan, LocalTransport())
+            split = SplitModel(self.model, plan, LocalTransport(), self.embed, self.causal)
             self.states = [(split.middle(h, m, p), m, p) for h, m, p in self.states]
         self.k = k_front
 
@@ -119,12 +129,31 @@ def nearest_tokens(predicted: Tensor, embeddings: Tensor) -> Tensor:
     return torch.cat(found) if found else torch.zeros(0, dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class ItemInputs:
+    """Inputs that are item tokens: how each side embeds item ids, and what the attacker knows.
+
+    Attributes:
+        table: The item vectors the attacker knows ``(I, H)`` (e.g. the public text table); it
+            maps hidden states onto these rows and takes the nearest one as the item.
+        public_embed: How the attacker embeds its public item sequences (with what it knows).
+        victim_embed: How the victims' real inputs are embedded (their own item vectors).
+        causal: Whether the front runs causally (it must match the clients' model).
+    """
+
+    table: Tensor
+    public_embed: InputEmbedder
+    victim_embed: InputEmbedder
+    causal: bool = False
+
+
 def token_recovery(
     model: nn.Module,
     public_batches: Sequence[Batch],
     victim_batches: Sequence[Batch],
     k_fronts: Sequence[int],
     ridge: float = 1e-3,
+    items: ItemInputs | None = None,
 ) -> list[dict[str, float | int]]:
     """The attack's token recovery rate at each split point.
 
@@ -137,6 +166,9 @@ def token_recovery(
             *content* positions (e.g. not the fixed prompt template) scored separately.
         k_fronts: Split points to attack (each in ``[0, L - 1]``).
         ridge: Relative ridge penalty of the linear map.
+        items: For inputs that are item tokens (the sequential recommender) instead of
+            vocabulary tokens: how the attacker and the victims embed item ids, and the table
+            of item vectors the attacker maps onto (the "tokens" recovered are then items).
 
     Returns:
         One dict per distinct ``k_front``, ascending: ``k_front``, ``token_recovery`` (fraction
@@ -151,10 +183,15 @@ def token_recovery(
     bad = [k for k in k_fronts if not 0 <= k <= layers - 1]
     if bad:
         raise ValueError(f"k_front values {bad} are outside [0, {layers - 1}] for this model")
-    lookup: Any = model  # a PreTrainedModel (or peft model): has get_input_embeddings
-    embeddings = lookup.get_input_embeddings().weight.detach()
+    if items is None:
+        lookup: Any = model  # a PreTrainedModel (or peft model): has get_input_embeddings
+        embeddings = lookup.get_input_embeddings().weight.detach()
+        public, victims = _Walker(model, public_batches), _Walker(model, victim_batches)
+    else:
+        embeddings = items.table.detach()
+        public = _Walker(model, public_batches, items.public_embed, items.causal)
+        victims = _Walker(model, victim_batches, items.victim_embed, items.causal)
     table = embeddings.to("cpu", torch.float64)
-    public, victims = _Walker(model, public_batches), _Walker(model, victim_batches)
     curve: list[dict[str, float | int]] = []
     with _eval_mode(model), torch.inference_mode():
         for k in sorted(set(k_fronts)):

@@ -391,6 +391,8 @@ def resource_report(
     num_clients: int,
     base_dtype_bytes: int = 4,
     activation_dtype_bytes: int | None = None,
+    client_module_parameters: int = 0,
+    trainable_inputs: bool = False,
 ) -> dict[str, Any]:
     """Parameters, memory, FLOPs and traffic of one client and of the server (module docstring).
 
@@ -405,6 +407,10 @@ def resource_report(
         base_dtype_bytes: Bytes per frozen base weight: 4 (fp32), 2 (bf16/fp16), 1 (8-bit).
         activation_dtype_bytes: Bytes per activation / transported hidden value; default 4 for an
             fp32 base and 2 otherwise.
+        client_module_parameters: Trainable client parameters outside the backbone (per-item
+            components: ID embeddings, biases), held, trained and uploaded like the adapter.
+        trainable_inputs: The input vectors are trainable (item ID embeddings enter with the
+            embeddings), so the gradient returns to the client front even without front LoRA.
 
     Returns:
         A dict of plain JSON values; keys in the module docstring.
@@ -434,13 +440,13 @@ def resource_report(
     decoder = counts.family == "decoder"
     logits = 4 * tokens * counts.vocab_size if decoder else 0
     outside = counts.embeddings + counts.final_norm + counts.head + counts.pooler
-    trainable = on_client * lora_block + lora_outer
+    trainable = on_client * lora_block + lora_outer + client_module_parameters
     client = step.side(on_client, outside, trainable, on_client * per_block + logits, decoder)
     server_lora = num_clients * on_server * lora_block
     server = step.side(on_server, 0, server_lora, on_server * per_block, False)
     targets = lora_targets(counts, lora)
     embedding_lora = any(m.embedding and _targeted(m, targets) for m in counts.outer_modules)
-    front_trainable = k_front * lora_block > 0 or embedding_lora
+    front_trainable = k_front * lora_block > 0 or embedding_lora or trainable_inputs
     wire = _transport(plan, tokens * hidden * act, tokens, front_trainable, server_lora > 0)
     report: dict[str, Any] = {
         "model_type": counts.model_type,
@@ -458,6 +464,7 @@ def resource_report(
         "lora_r": lora.r if lora is not None else 0,
         "lora_target_modules": targets,
         "lora_per_block": lora_block,
+        "client_module_parameters": client_module_parameters,
         "client": client,
         "server": server,
         "transport": {
@@ -495,6 +502,8 @@ def cost_table(
     base_dtype_bytes: int = 4,
     activation_dtype_bytes: int | None = None,
     include_unsplit: bool = True,
+    client_module_parameters: int = 0,
+    trainable_inputs: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per ``k_front`` (the unsplit model first): what each side holds and runs.
 
@@ -509,6 +518,8 @@ def cost_table(
         base_dtype_bytes: Bytes per frozen base weight (4, 2 or 1).
         activation_dtype_bytes: Bytes per activation (default from the base dtype).
         include_unsplit: Start with the unsplit model (``split`` false, ``k_front`` ``None``).
+        client_module_parameters: Trainable client parameters outside the backbone.
+        trainable_inputs: The input vectors are trainable (see :func:`resource_report`).
 
     Returns:
         Rows with ``k_front``, ``k_back``, ``split``, ``{client,server}_blocks``,
@@ -527,7 +538,13 @@ def cost_table(
     settings = (lora, batch_size, seq_len, num_clients, base_dtype_bytes, activation_dtype_bytes)
     rows = []
     for plan in plans:
-        report = resource_report(config, plan, *settings)
+        report = resource_report(
+            config,
+            plan,
+            *settings,
+            client_module_parameters=client_module_parameters,
+            trainable_inputs=trainable_inputs,
+        )
         row = {key: report[key] for key in ("k_front", "k_back", "split")}
         row.update({col: report[side][key] for col, (side, key) in _COST_COLUMNS.items()})
         row["transport_bytes"] = report["transport"]["bytes_per_step"]

@@ -48,6 +48,9 @@ ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
 #: A trunk: ``(input_ids, attention_mask) -> final hidden states (B, T, H)``.
 Trunk = Callable[[Tensor, Tensor], Tensor]
+#: Turns input ids into input vectors ``(B, T, H)`` in place of the token embedding table (the
+#: sequential recommender's item tokens); the model's own position embeddings still apply.
+InputEmbedder = Callable[[Tensor], Tensor]
 
 
 def _inner_model(model: nn.Module) -> nn.Module:
@@ -133,6 +136,17 @@ def _hidden(output: Tensor | tuple[Tensor, ...]) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _causal_encoder_mask(attention_mask: Tensor, config: object, dtype: torch.dtype) -> Tensor:
+    """The ``(B, 1, T, T)`` causal + key-padding mask of an encoder run causally.
+
+    Boolean for sdpa, additive for eager attention (which adds the mask to the scores).
+    """
+    allowed = decoder_allowed(attention_mask)
+    if _check_attention(config) == "sdpa":
+        return sdpa_mask(allowed)
+    return additive_mask(allowed, dtype)
+
+
 class UnsplitTrunk:
     """The whole backbone in one piece, through the Hugging Face module's own forward.
 
@@ -142,24 +156,41 @@ class UnsplitTrunk:
 
     Args:
         model: A Hugging Face model, possibly peft-wrapped.
+        embed: Input vectors from the ids instead of the token embeddings (item tokens).
+        causal: Run an encoder with a causal mask (each position sees itself and earlier ones),
+            as the sequential recommender does; decoders are causal anyway.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(
+        self, model: nn.Module, embed: InputEmbedder | None = None, causal: bool = False
+    ) -> None:
         self.model = model
         self.inner = _inner_model(model)
         self.family = SUPPORTED_MODEL_TYPES.get(_model_type(model), "other")
+        self.embed = embed
+        self.causal = causal
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Final hidden states ``(B, T, H)`` (decoders: after the final norm)."""
+        inputs: dict[str, Tensor] = (
+            {"input_ids": input_ids}
+            if self.embed is None
+            else {"inputs_embeds": self.embed(input_ids)}
+        )
         if self.family == "decoder":
             out = self.inner(
-                input_ids=input_ids,
+                **inputs,
                 attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask),
                 use_cache=False,
             )
+        elif self.causal:
+            # A 4-D mask passes through the encoder's mask preparation unchanged.
+            dtype = next(self.inner.parameters()).dtype
+            mask = _causal_encoder_mask(attention_mask, self.inner.config, dtype)
+            out = self.inner(**inputs, attention_mask=mask)
         else:
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            out = self.inner(**inputs, attention_mask=attention_mask)
         hidden: Tensor = out.last_hidden_state
         return hidden
 
@@ -174,13 +205,25 @@ class SplitModel:
         model: A supported Hugging Face model (bare or with a head), possibly peft-wrapped.
         plan: Which blocks run where (:func:`~fellrec.federation.split_plan.plan_split`).
         transport: Carries the middle part's inputs and outputs (and their gradients).
+        embed: Input vectors from the ids instead of the token embeddings (item tokens); on the
+            client, like the embeddings.
+        causal: Run an encoder with causal masks on both sides (decoders are causal anyway). A
+            property of the model both sides are configured with, like its weights: nothing more
+            crosses.
 
     Raises:
         ValueError: If the model type or its attention implementation is unsupported, or the plan
             was made for another number of blocks.
     """
 
-    def __init__(self, model: nn.Module, plan: SplitPlan, transport: Transport) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: SplitPlan,
+        transport: Transport,
+        embed: InputEmbedder | None = None,
+        causal: bool = False,
+    ) -> None:
         self.family = split_family(model)
         self.model = model
         self.inner = _inner_model(model)
@@ -193,6 +236,8 @@ class SplitModel:
         _check_attention(config)
         self.plan = plan
         self.transport = transport
+        self.embed = embed
+        self.causal = causal
         decoder = self.family == "decoder"
         self.embeddings = _module(self.inner, "embed_tokens" if decoder else "embeddings")
         self.norm = _module(self.inner, "norm") if decoder else None
@@ -214,10 +259,13 @@ class SplitModel:
             ``(hidden_states, attention_mask, position_ids)``: what crosses to the server.
         """
         position_ids = position_ids_from_mask(attention_mask)
+        vectors = self.embed(input_ids) if self.embed is not None else None
         if self.family == "decoder":
-            hidden = self.embeddings(input_ids)
+            hidden = vectors if vectors is not None else self.embeddings(input_ids)
+        elif vectors is not None:
+            # Encoders add their own absolute positions, exactly as their forward does.
+            hidden = self.embeddings(inputs_embeds=vectors)
         else:
-            # Encoders embed with their own absolute positions, exactly as their forward does.
             hidden = self.embeddings(input_ids=input_ids)
         hidden = self._run(self.plan.front, hidden, attention_mask, position_ids)
         return hidden, attention_mask, position_ids
@@ -360,7 +408,10 @@ class SplitModel:
         sdpa = _check_attention(self.inner.config) == "sdpa"
         masks: dict[int | None, Tensor | None] = {}
         for window in {self._windows[i] for i in blocks}:
-            if self.rotary is None:  # encoder: eager and sdpa both read None as "attend to all"
+            allowed: Tensor | None
+            if self.rotary is None and self.causal:
+                allowed = decoder_allowed(attention_mask)
+            elif self.rotary is None:  # encoder: eager and sdpa both read None as "attend to all"
                 allowed = None if no_padding else attention_mask.bool()[:, None, None, :]
             elif no_padding and sdpa and (window is None or length < window):
                 allowed = None
@@ -379,6 +430,8 @@ def make_trunk(
     k_front: int,
     k_back: int,
     transport: Transport | None = None,
+    embed: InputEmbedder | None = None,
+    causal: bool = False,
 ) -> Trunk:
     """Build the trunk a recommender runs: the whole model, or its split view.
 
@@ -388,6 +441,8 @@ def make_trunk(
         k_front: ``model.k_front`` (ignored unsplit).
         k_back: ``model.k_back`` (ignored unsplit).
         transport: The wire to the server (default: a fresh :class:`LocalTransport`).
+        embed: Input vectors from the ids instead of the token embeddings (item tokens).
+        causal: Run an encoder causally (the sequential recommender).
 
     Returns:
         ``(input_ids, attention_mask) -> final hidden states (B, T, H)``.
@@ -396,6 +451,7 @@ def make_trunk(
         ValueError: On an unsupported model or invalid ``model.k_front`` / ``model.k_back``.
     """
     if not split:
-        return UnsplitTrunk(model)
+        return UnsplitTrunk(model, embed, causal)
     plan = plan_split(num_blocks(model), k_front, k_back)
-    return SplitModel(model, plan, transport if transport is not None else LocalTransport())
+    wire = transport if transport is not None else LocalTransport()
+    return SplitModel(model, plan, wire, embed, causal)

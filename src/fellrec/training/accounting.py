@@ -32,11 +32,7 @@ def resource_summary(module: FederatedModule) -> dict[str, Any]:
     base = module.adapters.model.get_base_model()
     plan = plan_split(num_blocks(base), module.k_front, module.k_back) if module.split else None
     datamodule = federated_datamodule(module.trainer)
-    seq_len = (
-        module.prompt.max_prompt_tokens
-        if module.recommender_kind == "generative"
-        else module.max_history_tokens
-    )
+    seq_len = module.tokens_per_example(datamodule.settings.history_length)
     weight = next(base.parameters())
     try:
         report = resource_report(
@@ -47,6 +43,8 @@ def resource_summary(module: FederatedModule) -> dict[str, Any]:
             seq_len=seq_len,
             num_clients=module.num_clients,
             base_dtype_bytes=1 if module.load_in_8bit else min(4, weight.element_size()),
+            client_module_parameters=module.adapters.num_module_parameters,
+            trainable_inputs=module.recommender_kind == "sequential" and module.items.ids,
         )
     except ValueError as error:
         # An architecture the accounting does not know still trains (unsplit); say why the

@@ -72,6 +72,11 @@ class FederatedDataModule(L.LightningDataModule):
         test_fraction: Temporal split: share of the interactions in the test period.
         history_length: Items of history per example (H).
         max_train_examples: Subsample this many training examples once (seeded); None keeps all.
+        window_stride: Distance between the targets of consecutive training windows of a user
+            (counted back from their last item). 1: every position is a target (one example
+            per interaction). Set it to ``history_length`` for a recommender that predicts at
+            every history position (``model.recommender: sequential``): the windows then tile
+            each sequence and every interaction is trained once per epoch.
         num_clients: Number of clients (user groups).
         partition: ``kmeans`` (default), ``iid``, ``dirichlet`` or ``attribute``.
         partition_attribute: User column for ``partition: attribute``.
@@ -94,6 +99,7 @@ class FederatedDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         history_length: int = 10,
         max_train_examples: int | None = None,
+        window_stride: int = 1,
         num_clients: int = 5,
         partition: str = "kmeans",
         partition_attribute: str | None = None,
@@ -114,6 +120,7 @@ class FederatedDataModule(L.LightningDataModule):
             test_fraction=test_fraction,
             history_length=history_length,
             max_train_examples=max_train_examples,
+            window_stride=window_stride,
             num_clients=num_clients,
             partition=partition,
             partition_attribute=partition_attribute,

@@ -31,22 +31,35 @@ from fellrec.federation.aggregation import fedprox_penalty
 from fellrec.federation.strategies import FELLRec, Strategy
 from fellrec.metrics.ranking import ranking_metrics
 from fellrec.metrics.summary import DEFAULT_KS, metric_names
-from fellrec.models.adapters import ClientAdapters, LoRASettings
+from fellrec.models.adapters import CLIENT_MODULE_PREFIX, ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_causal_lm, load_encoder
-from fellrec.models.backends import EncoderBackend, GenerativeBackend, RecommenderBackend
+from fellrec.models.backends import (
+    EncoderBackend,
+    GenerativeBackend,
+    RecommenderBackend,
+    SequentialBackend,
+)
+from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
 from fellrec.models.encoder import POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.item_components import (
+    ItemComponents,
+    ItemSettings,
+    centered_text_table,
+    item_component_parameters,
+)
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.resource_tables import format_report
+from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.split import make_trunk
 from fellrec.models.text import HistoryRenderer, format_item_text
 from fellrec.models.transport import TRANSPORTS, Transport, make_transport
 from fellrec.training.accounting import resource_summary
-from fellrec.training.datamodule import federated_datamodule
+from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
 
 log = logging.getLogger(__name__)
 LR_DECAYS = ("none", "linear", "cosine")
-RECOMMENDERS = ("encoder", "generative")
+RECOMMENDERS = ("sequential", "encoder", "generative")
 #: Strategies hold settings only, so one default instance can be shared.
 DEFAULT_STRATEGY: Strategy = lazy_instance(FELLRec)
 
@@ -57,6 +70,11 @@ def padded_mask(padded: torch.Tensor, num_items: int) -> torch.Tensor:
     rows, cols = (padded >= 0).nonzero(as_tuple=True)
     mask[rows, padded[rows, cols]] = True
     return mask
+
+
+def is_client_key(key: str) -> bool:
+    """Whether a state-dict key holds a client parameter (adapter or item component)."""
+    return "lora_" in key or key.startswith("recommender.items.")
 
 
 def schedule_factor(step: int, total: int, warmup_steps: int, decay: str) -> float:
@@ -75,8 +93,16 @@ class FederatedModule(L.LightningModule):
 
     Args:
         backbone: Model by packaged alias (``minilm``, ``smollm2``), local directory or hub name.
-        recommender: ``encoder`` (sequence-encoder, RecFormer-style, scores every item) or
+        recommender: ``sequential`` (the default: the LLM reads the history as item tokens,
+            text embedding plus ID embedding each, and predicts the next item at every
+            position; :mod:`fellrec.models.sequential`), ``encoder`` (RecFormer-style, the
+            paper's: the history rendered as text, scored against every item's text) or
             ``generative`` (causal LM, BIGRec-style: beam search, then grounding to items).
+        items: Trainable per-item components (ID embeddings, biases, learned temperature), client
+            parameters exchanged and aggregated with the adapter. Used by ``sequential``; for
+            ``encoder`` only when ``model.item_components`` is on.
+        item_components: Give the ``encoder`` recommender the per-item components of
+            ``model.items`` too (off: the paper's RecFormer-style scoring, cosine / temperature).
         strategy: Federated strategy (default: FELLRec's dynamic balance).
         lora: LoRA settings shared by all clients.
         split_execution: Split execution (flexible storage): the client runs the embeddings, the
@@ -112,9 +138,11 @@ class FederatedModule(L.LightningModule):
     def __init__(
         self,
         backbone: str = "minilm",
-        recommender: str = "encoder",
+        recommender: str = "sequential",
         strategy: Strategy = DEFAULT_STRATEGY,
         lora: LoRASettings | None = None,
+        items: ItemSettings | None = None,
+        item_components: bool = False,
         split_execution: bool = True,
         k_front: int = 1,
         k_back: int = 1,
@@ -172,6 +200,9 @@ class FederatedModule(L.LightningModule):
         self.privacy_probe = privacy_probe
         self.strategy = strategy
         self.lora = lora if lora is not None else LoRASettings()
+        self.items = items if items is not None else ItemSettings()
+        self.items.validate()
+        self.item_components = item_components
         self.pooling = pooling
         self.temperature = temperature
         self.item_text = item_text
@@ -186,13 +217,16 @@ class FederatedModule(L.LightningModule):
         self.item_batch_size = item_batch_size
         self.seed = seed
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["strategy", "lora", "prompt"])
+        self.save_hyperparameters(ignore=["strategy", "lora", "prompt", "items"])
         # The same spec the config uses, so LightningCLI can re-read it from a checkpoint.
         self.hparams["strategy"] = self.strategy.class_spec()
         self.hparams["lora"] = asdict(self.lora)
         self.hparams["prompt"] = asdict(self.prompt)
+        self.hparams["items"] = asdict(self.items)
         self.adapters: ClientAdapters | None = None
-        self.recommender: SequenceEncoderRecommender | GenerativeRecommender | None = None
+        self.recommender: (
+            SequentialRecommender | SequenceEncoderRecommender | GenerativeRecommender | None
+        ) = None
         self.backend: RecommenderBackend | None = None
         self.tokenizer: Any = None
         self.transport: Transport | None = None
@@ -224,7 +258,13 @@ class FederatedModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Load the base model once, attach one adapter per client, build the recommender."""
-        datamodule = federated_datamodule(self.trainer)
+        self.build(federated_datamodule(self.trainer))
+
+    def build(self, datamodule: FederatedDataModule) -> None:
+        """Load the base model, attach the clients' adapters, build the recommender.
+
+        What :meth:`setup` does, for a set-up data module without a trainer (``fellrec attack``).
+        """
         datamodule.pool_clients = self.strategy.pools_clients
         if self.adapters is not None:
             return
@@ -246,18 +286,16 @@ class FederatedModule(L.LightningModule):
                 self.lora,
                 self.num_slots,
                 [self.slot_client(s) for s in range(self.num_slots)],
+                client_modules=self._item_components(int(model.config.hidden_size)),
             )
         self.transport = make_transport(self.transport_name) if self.split else None
-        trunk = make_trunk(
-            self.adapters.model, self.split, self.k_front, self.k_back, self.transport
-        )
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
-        self.backend = self._build_backend(tokenizer, texts, trunk, cache / "item-embeddings")
+        self.backend = self._build_backend(tokenizer, texts, cache / "item-embeddings")
         self._reset_round_stats(self.num_clients)
         self._reset_eval(self.num_clients)
         sizes = datamodule.client_sizes()
         log.info(
-            "model: %s (%s%s), %d clients x %d adapter parameters, %d items",
+            "model: %s (%s%s), %d clients x %d trainable parameters, %d items",
             self.backbone_name,
             self.recommender_kind,
             f", split {self.k_front}/{self.k_back}" if self.split else "",
@@ -267,12 +305,78 @@ class FederatedModule(L.LightningModule):
         )
         self._client_sizes = torch.as_tensor(sizes, dtype=torch.float64)
 
+    @property
+    def uses_item_components(self) -> bool:
+        """Whether each client has per-item components (``model.items``) besides its adapter."""
+        if self.recommender_kind == "sequential":
+            return True
+        return self.recommender_kind == "encoder" and self.item_components
+
+    def tokens_per_example(self, history_length: int) -> int:
+        """Sequence length ``T`` of one training example at most (for cost estimates).
+
+        Sequential: one token per history item; encoder: ``model.max_history_tokens``;
+        generative: ``model.prompt.max_prompt_tokens``.
+        """
+        if self.recommender_kind == "sequential":
+            return history_length
+        if self.recommender_kind == "generative":
+            return int(self.prompt.max_prompt_tokens)
+        return int(self.max_history_tokens)
+
+    def client_module_parameters(self, num_items: int, hidden: int) -> int:
+        """Trainable parameters of one client outside its adapter (per-item components)."""
+        if not self.uses_item_components:
+            return 0
+        return item_component_parameters(num_items, hidden, self.items)
+
+    def _item_components(self, hidden: int) -> list[ItemComponents] | None:
+        """One module of per-item components per slot, or ``None`` when they are off."""
+        if not self.uses_item_components:
+            return None
+        return [
+            ItemComponents(self.num_items, hidden, self.items, self.temperature)
+            for _ in range(self.num_slots)
+        ]
+
+    def _trunk(
+        self, embed: Callable[[torch.Tensor], torch.Tensor] | None = None, causal: bool = False
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        assert self.adapters is not None
+        return make_trunk(
+            self.adapters.model,
+            self.split,
+            self.k_front,
+            self.k_back,
+            self.transport,
+            embed=embed,
+            causal=causal,
+        )
+
+    def _text_table(self, renderer: HistoryRenderer, cache_dir: Path) -> torch.Tensor:
+        """Item-text vectors of the base model without adapters, centered ``(I, H)``, cached.
+
+        Computed with the model's own (unsplit) forward, like grounding embeddings: the catalog
+        and the base model are public.
+        """
+        assert self.adapters is not None
+        peft_model = self.adapters.model
+        reader = SequenceEncoderRecommender(peft_model, renderer, self.pooling)
+        key = [
+            *model_fingerprint(peft_model.get_base_model()),
+            self.pooling,
+            renderer.item_tokens,
+        ]
+
+        def encode() -> torch.Tensor:
+            with peft_model.disable_adapter():
+                return reader.encode_items(self.item_batch_size)
+
+        table = load_or_compute(cache_path(cache_dir, "item-text", key), encode, reader.device)
+        return centered_text_table(table)
+
     def _build_backend(
-        self,
-        tokenizer: Any,
-        texts: list[str],
-        trunk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        embedding_cache: Path,
+        self, tokenizer: Any, texts: list[str], embedding_cache: Path
     ) -> RecommenderBackend:
         assert self.adapters is not None
         if self.recommender_kind == "generative":
@@ -281,7 +385,7 @@ class FederatedModule(L.LightningModule):
                 tokenizer,
                 texts,
                 self.prompt,
-                trunk=trunk,
+                trunk=self._trunk(),
                 item_batch_size=self.item_batch_size,
                 # Title embeddings depend on the base model and titles only: reuse across runs.
                 embedding_cache=embedding_cache,
@@ -289,21 +393,44 @@ class FederatedModule(L.LightningModule):
             self.recommender = generative
             return GenerativeBackend(generative, self.adapters)
         renderer = HistoryRenderer(tokenizer, texts, self.max_item_tokens, self.max_history_tokens)
+        if self.recommender_kind == "sequential":
+            text = self._text_table(renderer, embedding_cache) if self.items.text else None
+            sequential = SequentialRecommender(
+                self.adapters,
+                text,
+                lambda embed: self._trunk(embed, causal=True),
+                self.num_negatives,
+            )
+            self.recommender = sequential
+            return SequentialBackend(sequential, self.adapters)
         encoder = SequenceEncoderRecommender(
-            self.adapters.model, renderer, self.pooling, self.temperature, trunk=trunk
+            self.adapters.model, renderer, self.pooling, self.temperature, trunk=self._trunk()
         )
         self.recommender = encoder
         return EncoderBackend(encoder, self.adapters, self.item_batch_size, self.num_negatives)
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        """One AdamW per client adapter."""
+        """One AdamW per client.
+
+        Its adapter at ``model.lr``, its item components at ``model.items.lr``; each group keeps
+        its ``base_lr``, which the heating scales.
+        """
         assert self.adapters is not None
         return [
-            torch.optim.AdamW(
-                self.adapters.parameters(s), lr=self.lr, weight_decay=self.weight_decay
-            )
+            torch.optim.AdamW(self._param_groups(s), weight_decay=self.weight_decay)
             for s in range(self.num_slots)
         ]
+
+    def _param_groups(self, slot: int) -> list[dict[str, Any]]:
+        assert self.adapters is not None
+        pairs = list(zip(self.adapters.keys, self.adapters.parameters(slot), strict=True))
+        adapter = [p for key, p in pairs if not key.startswith(CLIENT_MODULE_PREFIX)]
+        items = [p for key, p in pairs if key.startswith(CLIENT_MODULE_PREFIX)]
+        groups: list[dict[str, Any]] = [{"params": adapter, "lr": self.lr, "base_lr": self.lr}]
+        if items:
+            item_lr = self.items.lr if self.items.lr is not None else self.lr
+            groups.append({"params": items, "lr": item_lr, "base_lr": item_lr})
+        return groups
 
     def client_optimizers(self) -> list[Any]:
         """The per-slot optimizers as a list (Lightning returns a bare one when there is one)."""
@@ -367,7 +494,7 @@ class FederatedModule(L.LightningModule):
             if self.reset_optimizer_each_round:
                 optimizer.optimizer.state.clear()
             for group in optimizer.param_groups:
-                group["round_lr"] = self.lr * float(lr_scale[slot])
+                group["round_lr"] = group.get("base_lr", self.lr) * float(lr_scale[slot])
                 group["lr"] = group["round_lr"]
 
     def _anchor_on_device(self, slot: int, device: torch.device) -> torch.Tensor:
@@ -508,7 +635,7 @@ class FederatedModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only adapter weights: the frozen base is rebuilt from ``backbone``."""
         state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {k: v for k, v in state.items() if "lora_" in k}
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if is_client_key(k)}
         checkpoint["fellrec_train_traffic"] = dict(self.train_traffic)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -516,7 +643,7 @@ class FederatedModule(L.LightningModule):
         self.train_traffic = dict(checkpoint.get("fellrec_train_traffic", self.train_traffic))
         if self.adapters is None:
             return
-        expected = {k for k in self.state_dict() if "lora_" in k}
+        expected = {k for k in self.state_dict() if is_client_key(k)}
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(

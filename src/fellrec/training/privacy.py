@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fellrec.models.inversion import Batch, token_recovery
+from fellrec.models.inversion import Batch, ItemInputs, token_recovery
 from fellrec.models.text import HistoryRenderer, format_item_text
 from fellrec.training.datamodule import FederatedDataModule
 
@@ -36,15 +36,19 @@ def public_histories(num_items: int, count: int, length: int, seed: int) -> np.n
     return np.concatenate(orders)[:needed].reshape(count, length)
 
 
-def victim_examples(datamodule: FederatedDataModule, count: int, seed: int) -> tuple[Any, Any]:
+def victim_examples(
+    datamodule: FederatedDataModule, count: int, seed: int, client: int | None = None
+) -> tuple[Any, Any]:
     """``count`` real training examples ``(histories (n, H) padded with -1, targets (n,))``.
 
-    Drawn from the served client's examples when the data module serves one client (a silo).
+    Drawn from ``client``'s examples, or the served client's when the data module serves one
+    client (a silo), else from everybody's.
     """
     examples = datamodule.data.examples
     candidates = np.arange(len(examples))
-    if datamodule.client is not None:
-        candidates = np.flatnonzero(datamodule.data.example_clients() == datamodule.client)
+    client = client if client is not None else datamodule.client
+    if client is not None:
+        candidates = np.flatnonzero(datamodule.data.example_clients() == client)
     if len(candidates) == 0:
         raise ValueError("the privacy attack needs training examples; the data has none")
     rng = np.random.default_rng(seed + 1)
@@ -86,12 +90,20 @@ def render_batches(
 ) -> list[Batch]:
     """Token batches of examples, rendered as the configured recommender renders its inputs.
 
+    Sequential: the item ids themselves, one token per item (all content).
     Encoder: the history text (most recent first) of :class:`~fellrec.models.text.HistoryRenderer`.
     Generative: the training sequence, prompt + quoted target title + eos, right-padded. Each
     batch carries a third mask of the content positions: the item texts, not the special tokens
     or the fixed prompt template (which the server knows without any attack).
     """
     batches: list[Batch] = []
+    if module.recommender_kind == "sequential":
+        # One token per item: the ids themselves, every real position is content.
+        for start in range(0, len(histories), batch_size):
+            ids = torch.as_tensor(histories[start : start + batch_size], dtype=torch.long)
+            mask = (ids >= 0).long()
+            batches.append((ids, mask, mask.bool()))
+        return batches
     if module.recommender_kind == "encoder":
         renderer = HistoryRenderer(
             tokenizer, texts, module.max_item_tokens, module.max_history_tokens
@@ -119,6 +131,41 @@ def render_batches(
         rows = slice(start, start + batch_size)
         batches.append(_pad_right(sequences[rows], flags_per_row[rows], generative.pad_id))
     return batches
+
+
+def sequential_item_inputs(module: FederatedModule, slot: int) -> ItemInputs:
+    """What the attacker and the victims of a sequential recommender embed items with.
+
+    The server can compute the public text table itself (public base model, public catalog) but
+    not the clients' ID embeddings: it fits its map on public item sequences embedded with the
+    text vectors alone and maps onto them, while the victims' inputs are their client's hybrid
+    item vectors (text plus ID embedding).
+
+    Raises:
+        ValueError: If the module is not a set-up sequential recommender, or it has no item text
+            (``model.items.text: false``): then nothing public describes an item.
+    """
+    from fellrec.models.sequential import SequentialRecommender
+
+    recommender = module.recommender
+    if not isinstance(recommender, SequentialRecommender) or module.adapters is None:
+        raise ValueError("the item-token probe needs a set-up sequential recommender")
+    text = recommender.text_table
+    if text is None:
+        raise ValueError(
+            "model.items.text is false: no public vector describes an item, so the linear "
+            "inversion has nothing to map onto"
+        )
+    adapters = module.adapters
+
+    def victim_embed(ids: torch.Tensor) -> torch.Tensor:
+        adapters.activate(slot)
+        return recommender.input_vectors(ids)
+
+    def public_embed(ids: torch.Tensor) -> torch.Tensor:
+        return text[ids.clamp(min=0)]
+
+    return ItemInputs(table=text, public_embed=public_embed, victim_embed=victim_embed, causal=True)
 
 
 def privacy_section(
@@ -158,16 +205,23 @@ def privacy_section(
     ]
     length = datamodule.settings.history_length
     public = public_histories(len(texts), public_texts, length + 1, seed)
-    histories, targets = victim_examples(datamodule, victims, seed)
+    items = None
+    victim_client = None
+    if module.recommender_kind == "sequential":
+        # Victims of one client, embedded with that client's own item vectors.
+        victim_client = datamodule.client if datamodule.client is not None else 0
+        items = sequential_item_inputs(module, module.slot(victim_client))
+    histories, targets = victim_examples(datamodule, victims, seed, victim_client)
     render = (module, model, tokenizer, texts)
     public_batches = render_batches(*render, public[:, :-1], public[:, -1], batch_size)
     victim_batches = render_batches(*render, histories, targets, batch_size)
-    curve = token_recovery(model, public_batches, victim_batches, k_fronts, ridge)
+    curve = token_recovery(model, public_batches, victim_batches, k_fronts, ridge, items)
     return {
         "attack": ATTACK,
         "public_texts": len(public),
         "victims": len(histories),
         "curve": curve,
+        "inputs": "items" if items is not None else "tokens",
         "backbone": module.backbone_name,
         "ridge": ridge,
         "seed": seed,

@@ -81,7 +81,5 @@ def write_run_outputs(
     path = directory / RESULTS_FILE
     path.write_text(json.dumps(_finite(results), indent=2))
     if module.adapters is not None:
-        module.adapters.model.save_pretrained(
-            str(directory / "adapters"), selected_adapters=module.adapters.names
-        )
+        module.adapters.save(directory / "adapters")
     return path

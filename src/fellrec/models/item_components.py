@@ -1,0 +1,176 @@
+"""Trainable per-item components: ID embeddings, item biases and a learned temperature.
+
+A language model reads item *texts*; on real data the titles alone carry little of the
+collaborative signal ("who watched this also watched that", "this is popular"), which is what
+ranks well (benchmarks/README.md, "Why the text-only recommender did not learn"). These components
+add it, as LLM recommenders that inject collaborative embeddings do (CoLLM, LLaRA):
+
+- an **ID embedding** per item, added to the item's text vector (the hybrid item vector);
+- an **item bias**, added to every score of the item (popularity, learned);
+- a **learned temperature** of the cosine scores.
+
+They are client parameters: each client holds its own copy, trained with its optimizer and
+exchanged and aggregated with its LoRA adapter (:class:`fellrec.models.adapters.ClientAdapters`).
+They live on the client side of a split model (the item vectors enter with the embeddings, the
+scores leave with the head).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ItemSettings:
+    """Trainable per-item components of a recommender (client parameters, aggregated)."""
+
+    ids: bool = True
+    """A trainable ID embedding per item, added to the item's text vector."""
+    id_dim: int | None = None
+    """Width of the ID embeddings; None uses the backbone's hidden size (no projection). A
+    smaller width (e.g. 64) adds a learned projection and saves memory on large catalogs."""
+    text: bool = True
+    """Sequential recommender: use the base model's embedding of each item's text (frozen,
+    computed once). False leaves the ID embeddings alone (an ablation: what the text buys)."""
+    bias: bool = True
+    """A trainable bias per item, added to its scores (learns popularity)."""
+    learn_temperature: bool = True
+    """Learn the temperature of the cosine scores (starting from ``model.temperature``)."""
+    lr: float | None = 5e-3
+    """Learning rate of these components; None uses ``model.lr``. Per-item rows get a gradient
+    only when their item appears, so they need a larger rate than the adapter."""
+    init_std: float = 0.02
+    """Standard deviation of the ID embeddings' initialisation."""
+
+    def validate(self) -> None:
+        """Check ranges, naming the setting.
+
+        Raises:
+            ValueError: For a non-positive width, rate or deviation.
+        """
+        if self.id_dim is not None and self.id_dim < 1:
+            raise ValueError(f"model.items.id_dim must be >= 1, got {self.id_dim}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"model.items.lr must be > 0, got {self.lr}")
+        if self.init_std <= 0:
+            raise ValueError(f"model.items.init_std must be > 0, got {self.init_std}")
+
+    @property
+    def trainable(self) -> bool:
+        """Whether these settings create any trainable parameter."""
+        return self.ids or self.bias or self.learn_temperature
+
+
+def item_component_parameters(num_items: int, hidden: int, settings: ItemSettings) -> int:
+    """Trainable parameters of one client's :class:`ItemComponents` (counted, not built).
+
+    Args:
+        num_items: Catalog size ``I``.
+        hidden: The backbone's hidden size ``H``.
+        settings: Which components exist.
+    """
+    width = settings.id_dim or hidden
+    ids = num_items * width + (width * hidden if width != hidden else 0) if settings.ids else 0
+    return ids + (num_items if settings.bias else 0) + int(settings.learn_temperature)
+
+
+def centered_text_table(table: Tensor) -> Tensor:
+    """Center item-text embeddings on their catalog mean and L2-normalize them ``(I, H)``.
+
+    Sentence embeddings of titles sit in a narrow cone (mean pairwise cosine ~0.3 for MiniLM on
+    MovieLens titles), so uncentered they look alike to a dot product; centered, they spread over
+    the sphere (mean pairwise cosine ~0).
+    """
+    return F.normalize(table - table.mean(0, keepdim=True), dim=-1)
+
+
+class ItemComponents(nn.Module):
+    """One client's per-item components.
+
+    Args:
+        num_items: Catalog size ``I``.
+        hidden: Width ``H`` of the vectors the components add to (the backbone's hidden size).
+        settings: Which components exist.
+        temperature: The initial (or fixed) temperature of the cosine scores.
+    """
+
+    def __init__(
+        self, num_items: int, hidden: int, settings: ItemSettings, temperature: float
+    ) -> None:
+        super().__init__()
+        settings.validate()
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+        self.settings = settings
+        self.num_items = num_items
+        self.hidden = hidden
+        width = settings.id_dim or hidden
+        self.id_embedding: nn.Parameter | None = None
+        self.id_projection: nn.Linear | None = None
+        if settings.ids:
+            self.id_embedding = nn.Parameter(torch.randn(num_items, width) * settings.init_std)
+            if width != hidden:
+                self.id_projection = nn.Linear(width, hidden, bias=False)
+        self.bias = nn.Parameter(torch.zeros(num_items)) if settings.bias else None
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if settings.learn_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale, persistent=False)
+
+    def id_vectors(self, items: Tensor | None = None) -> Tensor | None:
+        """ID embeddings (projected to ``H``) of ``items`` (any shape) or of every item."""
+        if self.id_embedding is None:
+            return None
+        rows = self.id_embedding if items is None else self.id_embedding[items]
+        return self.id_projection(rows) if self.id_projection is not None else rows
+
+    def item_vectors(self, text: Tensor | None, items: Tensor | None = None) -> Tensor:
+        """Hybrid item vectors: text vector plus ID vector ``(..., H)``.
+
+        Args:
+            text: Text vectors of the same items ``(..., H)`` (or of every item), or ``None``.
+            items: Item indices (default: every item, in order).
+
+        Raises:
+            ValueError: If there is neither text nor an ID embedding.
+        """
+        ids = self.id_vectors(items)
+        if text is None and ids is None:
+            raise ValueError("an item needs a text vector or an ID embedding (model.items.ids)")
+        if text is None:
+            assert ids is not None
+            return ids
+        return text if ids is None else text + ids
+
+    @property
+    def scale(self) -> Tensor:
+        """The inverse temperature of the cosine scores."""
+        return self.log_scale.exp()
+
+    def logits(self, users: Tensor, item_vectors: Tensor, items: Tensor | None = None) -> Tensor:
+        """Scores ``cos(user, item) / temperature + bias``.
+
+        Args:
+            users: User vectors ``(B, H)``.
+            item_vectors: Item vectors ``(I, H)`` (all items) or ``(B, K, H)`` (per-row candidates).
+            items: With per-row candidates, their item indices ``(B, K)`` (for the biases).
+
+        Returns:
+            ``(B, I)`` or ``(B, K)``.
+        """
+        users = F.normalize(users.float(), dim=-1)
+        vectors = F.normalize(item_vectors.float(), dim=-1)
+        if vectors.dim() == 2:
+            scores = users @ vectors.T * self.scale
+            return scores + self.bias if self.bias is not None else scores
+        scores = torch.einsum("bh,bkh->bk", users, vectors) * self.scale
+        if self.bias is not None:
+            assert items is not None, "per-row candidates need their item indices"
+            scores = scores + self.bias[items]
+        return scores

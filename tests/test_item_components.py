@@ -1,0 +1,94 @@
+"""Per-item components: hybrid item vectors, biased cosine scores, parameter counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fellrec.models.item_components import (
+    ItemComponents,
+    ItemSettings,
+    centered_text_table,
+    item_component_parameters,
+)
+
+
+def test_scores_are_scaled_cosines_plus_biases() -> None:
+    items = ItemComponents(3, 2, ItemSettings(ids=False), temperature=0.5)
+    with torch.no_grad():
+        items.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+    users = torch.tensor([[3.0, 0.0]])  # cosine ignores the length
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]])
+    # cos = (1, 0, -1); / 0.5 -> (2, 0, -2); + bias -> (2, 1, -3)
+    torch.testing.assert_close(items.logits(users, vectors), torch.tensor([[2.0, 1.0, -3.0]]))
+
+
+def test_candidate_scores_use_the_candidates_biases() -> None:
+    items = ItemComponents(3, 2, ItemSettings(ids=False), temperature=1.0)
+    with torch.no_grad():
+        items.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    users = torch.tensor([[1.0, 0.0]])
+    candidates = torch.tensor([[2, 0]])
+    vectors = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (B, K, H)
+    torch.testing.assert_close(
+        items.logits(users, vectors, candidates), torch.tensor([[1.0 + 2.0, 0.0 + 0.0]])
+    )
+
+
+def test_hybrid_vector_is_text_plus_projected_id() -> None:
+    items = ItemComponents(4, 3, ItemSettings(id_dim=2, bias=False), temperature=0.05)
+    text = torch.randn(4, 3)
+    expected = text + items.id_embedding @ items.id_projection.weight.T
+    torch.testing.assert_close(items.item_vectors(text), expected)
+    rows = torch.tensor([[3, 1]])
+    torch.testing.assert_close(items.item_vectors(text[rows], rows), expected[rows])
+
+
+def test_id_only_and_text_only_vectors() -> None:
+    ids_only = ItemComponents(4, 3, ItemSettings(), temperature=0.05)
+    torch.testing.assert_close(ids_only.item_vectors(None), ids_only.id_embedding)
+    text_only = ItemComponents(4, 3, ItemSettings(ids=False), temperature=0.05)
+    text = torch.randn(4, 3)
+    assert torch.equal(text_only.item_vectors(text), text)
+    with pytest.raises(ValueError, match=r"model\.items\.ids"):
+        text_only.item_vectors(None)
+
+
+def test_temperature_is_learned_or_fixed() -> None:
+    learned = ItemComponents(2, 2, ItemSettings(), temperature=0.05)
+    assert isinstance(learned.log_scale, torch.nn.Parameter)
+    assert math.isclose(learned.scale.item(), 20.0, rel_tol=1e-6)
+    fixed = ItemComponents(2, 2, ItemSettings(learn_temperature=False), temperature=0.05)
+    assert "log_scale" not in dict(fixed.named_parameters())
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (ItemSettings(), 10 * 8 + 10 + 1),  # ids at the hidden width, bias, temperature
+        (ItemSettings(id_dim=2), 10 * 2 + 2 * 8 + 10 + 1),  # + the projection
+        (ItemSettings(ids=False, learn_temperature=False), 10),
+    ],
+)
+def test_counted_parameters_equal_the_built_ones(settings: ItemSettings, expected: int) -> None:
+    built = sum(p.numel() for p in ItemComponents(10, 8, settings, 0.05).parameters())
+    assert item_component_parameters(10, 8, settings) == built == expected
+
+
+def test_centering_spreads_a_narrow_cone() -> None:
+    torch.manual_seed(0)
+    table = torch.randn(50, 16) * 0.1 + torch.ones(16)  # all rows point the same way
+    raw = torch.nn.functional.normalize(table, dim=-1)
+    assert float((raw @ raw.T).mean()) > 0.9
+    centered = centered_text_table(table)
+    torch.testing.assert_close(centered.norm(dim=-1), torch.ones(50))
+    assert abs(float((centered @ centered.T).mean())) < 0.05
+
+
+def test_invalid_settings_name_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"model\.items\.id_dim"):
+        ItemSettings(id_dim=0).validate()
+    with pytest.raises(ValueError, match=r"model\.items\.lr"):
+        ItemSettings(lr=0.0).validate()
