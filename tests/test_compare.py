@@ -31,6 +31,7 @@ def compared(tmp_path_factory, tiny_encoder_dir):
     root = directory / "runs"
     args = ["compare", "--config", str(config), "--strategies", "local,fedavg"]
     args += ["--output", str(root), "--group", "paper-table", "--trainer.max_epochs", "1"]
+    args += ["--baselines", "bpr"]
     main(args)
     return args, root
 
@@ -69,6 +70,18 @@ def test_report_has_a_row_per_strategy(compared):
         ndcg = f"{results['overall']['ndcg@10']:.4f}"
         rows = [line for line in markdown.splitlines() if line.startswith(f"| {strategy} |")]
         assert any(ndcg in row.replace("**", "") for row in rows), strategy
+
+
+def test_baselines_run_on_the_same_clients_and_join_the_report(compared):
+    _, root = compared
+    bpr = json.loads((root / "bpr" / RESULTS_FILE).read_text())
+    local = json.loads((root / "local" / RESULTS_FILE).read_text())
+    assert bpr["strategy"] == "bpr"
+    assert {c: r["users"] for c, r in bpr["clients"].items()} == {
+        c: r["users"] for c, r in local["clients"].items()
+    }
+    assert bpr["popularity"] == local["popularity"]
+    assert any(line.startswith("| bpr |") for line in (root / REPORT_MD).read_text().splitlines())
 
 
 def test_rerun_skips_finished_strategies(compared, capsys):

@@ -44,6 +44,7 @@ commands:
   attack      an honest-but-curious server's token recovery from hidden states, per k_front
   report      Markdown + HTML report comparing run directories
   compare     run several strategies on the same data, clients and seed, then report
+  baselines   train BPR-MF and SASRec on the same data, split and clients (run directories)
 
 Every command takes --config FILE.yaml (repeatable) and --help.
 Quickstart:  fellrec fit --config configs/quickstart.yaml

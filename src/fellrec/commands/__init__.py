@@ -10,4 +10,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attack": ("fellrec.commands.attack", "token-recovery attack on the hidden states per k_front"),
     "report": ("fellrec.commands.report", "Markdown + HTML report comparing run directories"),
     "compare": ("fellrec.commands.compare", "run several strategies on the same data, then report"),
+    "baselines": ("fellrec.commands.baselines", "BPR-MF and SASRec on the same data and clients"),
 }

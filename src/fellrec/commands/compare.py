@@ -5,7 +5,8 @@ switched, run in this process one after another, in ``<root>/<strategy>``. A str
 directory already holds ``results.json`` is skipped; one with a ``checkpoints/last.ckpt`` but no
 results resumes from it. The settings of the strategy the config names are kept when that strategy
 runs (e.g. FELLRec's ``alpha``); the others run with their defaults. Then ``<root>/report.md`` and
-``report.html`` compare the runs.
+``report.html`` compare the runs; ``--baselines bpr,sasrec`` adds the classic baselines (trained
+centrally on the same data, split and clients, :mod:`fellrec.commands.baselines`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         default=None,
         help="root of the runs and the report (default: the config's trainer.default_root_dir)",
+    )
+    result.add_argument(
+        "--baselines",
+        default=None,
+        metavar="NAMES",
+        help="also train these classic baselines on the same data and clients (bpr, sasrec) "
+        "into <root>/<name>, and report them beside the strategies",
     )
     result.add_argument(
         "--group",
@@ -232,5 +240,11 @@ def main(args: list[str]) -> None:
                 f"the {name} run wrote no {RESULTS_FILE} in {run_dir} (interrupted, or does "
                 "trainer.logger set its own save_dir?)"
             )
+    if options.baselines:
+        from fellrec.commands.baselines import parse_baselines, run_baselines
+
+        config_args = [arg for path in configs for arg in ("--config", str(path))]
+        names = parse_baselines(options.baselines)
+        run_dirs += run_baselines([*config_args, *overrides], names, root)
     markdown, page = write_report(run_dirs, root)
     print(f"compare: report written to {markdown} and {page}")

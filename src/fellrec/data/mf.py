@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -24,6 +24,41 @@ def train_bpr_embeddings(
 ) -> np.ndarray:
     """Train BPR-MF on the training interactions and return the user embeddings.
 
+    See :func:`train_bpr` for the training; this keeps only the user vectors.
+
+    Returns:
+        User embeddings, float32, shape ``(num_users, dim)``. Users without training
+        interactions keep their small random initialisation.
+    """
+    model = train_bpr(
+        train_sequences,
+        num_users,
+        num_items,
+        dim,
+        epochs,
+        lr,
+        seed,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+    )
+    return model.user.detach().numpy().astype(np.float32, copy=True)
+
+
+def train_bpr(
+    train_sequences: Sequence[np.ndarray],
+    num_users: int,
+    num_items: int,
+    dim: int = 32,
+    epochs: int = 30,
+    lr: float = 0.05,
+    seed: int = 0,
+    *,
+    batch_size: int = 4096,
+    weight_decay: float = 1e-4,
+    after_epoch: Callable[[int, BPRModel], bool] | None = None,
+) -> BPRModel:
+    """Train BPR-MF on the training interactions.
+
     Each epoch visits every interaction once in a seeded random order, in minibatches; each
     positive ``(u, i)`` is paired with one item drawn uniformly at random as its negative (a
     sampled negative is occasionally a positive too, which BPR tolerates). All randomness comes
@@ -34,15 +69,16 @@ def train_bpr_embeddings(
         num_users: Number of users (rows of the result).
         num_items: Number of items.
         dim: Embedding dimension.
-        epochs: Passes over the interactions.
+        epochs: Passes over the interactions (at most, see ``after_epoch``).
         lr: Adam learning rate.
         seed: Seed of initialisation, shuffling and negative sampling.
         batch_size: Interactions per minibatch.
         weight_decay: L2 penalty on the embeddings used in each minibatch.
+        after_epoch: Called with ``(epoch, model)`` after every epoch (0-based); returning True
+            stops training (e.g. early stopping on validation).
 
     Returns:
-        User embeddings, float32, shape ``(num_users, dim)``. Users without training
-        interactions keep their small random initialisation.
+        The trained model.
 
     Raises:
         ValueError: If there is no training interaction or a size argument is not positive.
@@ -56,10 +92,10 @@ def train_bpr_embeddings(
     if len(users) == 0:
         raise ValueError("BPR needs at least one training interaction, got none")
     generator = torch.Generator().manual_seed(seed)
-    model = _BPR(num_users, num_items, dim, generator)
+    model = BPRModel(num_users, num_items, dim, generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     with _single_thread():
-        for _ in range(epochs):
+        for epoch in range(epochs):
             order = torch.randperm(len(users), generator=generator)
             negatives = torch.randint(num_items, (len(users),), generator=generator)
             for batch in torch.split(order, batch_size):
@@ -67,7 +103,9 @@ def train_bpr_embeddings(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-    return model.user.detach().numpy().astype(np.float32, copy=True)
+            if after_epoch is not None and after_epoch(epoch, model):
+                break
+    return model
 
 
 @contextmanager
@@ -98,7 +136,7 @@ def _interaction_tensors(
     return torch.from_numpy(users), torch.from_numpy(items)
 
 
-class _BPR(nn.Module):
+class BPRModel(nn.Module):
     """User and item embeddings plus an item bias; score(u, i) = <p_u, q_i> + b_i."""
 
     def __init__(self, num_users: int, num_items: int, dim: int, generator: torch.Generator):
@@ -108,6 +146,11 @@ class _BPR(nn.Module):
         self.user = nn.Parameter(0.1 * torch.randn(num_users, dim, generator=generator))
         self.item = nn.Parameter(0.1 * torch.randn(num_items, dim, generator=generator))
         self.bias = nn.Parameter(torch.zeros(num_items, 1))
+
+    @torch.no_grad()
+    def scores(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for ``users`` ``(B, I)``."""
+        return self.user[users] @ self.item.T + self.bias.T
 
     def loss(
         self,

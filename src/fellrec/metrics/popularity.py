@@ -1,8 +1,13 @@
-"""The popularity baseline: rank every item by its number of training interactions."""
+"""The popularity baseline, and the evaluation of any scorer through the same ranking code.
+
+Popularity ranks every item by its number of training interactions; :func:`evaluate_scorer` runs
+any scorer (BPR, SASRec, ...) through the same masking and metrics, so every baseline is measured
+exactly like the federated models.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,21 +67,56 @@ def evaluate_popularity(
         ValueError: If ``batch_size`` is not positive or an input is invalid for
             :func:`~fellrec.metrics.ranking.ranking_metrics`.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    ks = check_ks(ks, num_items)
     counts = popularity_scores(train_sequences, num_items).to(torch.float64)  # (I,)
     # Counts are integers, so subtracting index / I (< 1) keeps the count order and ranks equal
     # counts by ascending index. float64 keeps the fraction exact enough for any realistic count.
     scores = counts - torch.arange(num_items, dtype=torch.float64) / num_items  # (I,)
 
+    def score(users: np.ndarray, histories: Sequence[np.ndarray]) -> Tensor:
+        return scores.expand(len(users), num_items)  # a view, no copy
+
+    return evaluate_scorer(score, eval_users, num_items, ks, batch_size)
+
+
+#: Scores every item for a batch of evaluated users: ``(user indices (B,), their histories)``
+#: -> ``(B, I)``, higher is better.
+Scorer = Callable[[np.ndarray, Sequence[np.ndarray]], Tensor]
+
+
+def evaluate_scorer(
+    score: Scorer,
+    eval_users: EvalUsers,
+    num_items: int,
+    ks: Sequence[int] = (5, 10, 20),
+    batch_size: int = 1024,
+) -> dict[str, Tensor]:
+    """Per-user ranking metrics of any scorer, with consumed items masked.
+
+    Args:
+        score: Scores every item for a batch of users (given their indices and histories).
+        eval_users: The evaluated users with their targets and consumed items.
+        num_items: Number of items ``I``.
+        ks: Cut-offs K.
+        batch_size: Users scored at once; bounds memory at about ``batch_size * I`` scores.
+
+    Returns:
+        The output of :func:`~fellrec.metrics.ranking.ranking_metrics`, each tensor of shape
+        ``(U,)`` aligned with ``eval_users.users``.
+
+    Raises:
+        ValueError: If ``batch_size`` is not positive or an input is invalid for
+            :func:`~fellrec.metrics.ranking.ranking_metrics`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    ks = check_ks(ks, num_items)
     num_users = len(eval_users)
     chunks: dict[str, list[Tensor]] = {}
     for start in range(0, num_users, batch_size):
         stop = min(start + batch_size, num_users)
         targets = index_mask(eval_users.targets[start:stop], num_items)  # (B, I)
         consumed = index_mask(eval_users.consumed[start:stop], num_items)  # (B, I)
-        batch_scores = scores.expand(stop - start, num_items)  # (B, I), a view, no copy
+        batch_scores = score(eval_users.users[start:stop], eval_users.histories[start:stop])
         metrics = ranking_metrics(batch_scores, targets, consumed, ks)
         for name, value in metrics.items():
             chunks.setdefault(name, []).append(value.to(torch.float32))

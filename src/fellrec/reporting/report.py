@@ -40,6 +40,14 @@ def _summary_blocks(runs: Mapping[str, Mapping[str, Any]]) -> list[Block]:
     for title, stat, best in tables.SUMMARY_VIEWS:
         blocks.append(Heading(title, 3))
         blocks.append(tables.summary_table(runs, stat, best, tables.REPORT_METRICS))
+    blocks += [
+        Heading("Noise: 95% bootstrap confidence intervals over test users", 3),
+        Text(
+            "Resampling the evaluated users with replacement shows how much each value could "
+            "move with other users; differences inside the intervals are not evidence."
+        ),
+        tables.interval_table(runs),
+    ]
     return blocks
 
 

@@ -52,6 +52,43 @@ def summary_table(
     return Table(["run", *metrics], rows, best=best, ranked_rows=len(runs))
 
 
+#: Metrics whose bootstrap intervals the reports show.
+INTERVAL_METRICS = ("ndcg@10", "recall@10")
+
+
+def format_interval(
+    summary: Mapping[str, Any] | None, metric: str, client: str | None = None
+) -> str:
+    """``"[low, high]"`` of a metric's bootstrap interval (overall, or a client's), or ``-``."""
+    intervals = (summary or {}).get("ci")
+    if not isinstance(intervals, Mapping):
+        return "-"
+    scope = (
+        intervals.get("overall") if client is None else (intervals.get("clients") or {}).get(client)
+    )
+    bounds = (scope or {}).get(metric)
+    if not bounds:
+        return "-"
+    return f"[{format_value(bounds[0])}, {format_value(bounds[1])}]"
+
+
+def interval_table(
+    runs: Mapping[str, Results], metrics: tuple[str, ...] = INTERVAL_METRICS
+) -> Table:
+    """Each run's overall value and bootstrap confidence interval over test users."""
+    rows = []
+    everything = list(runs.items()) + list(popularity_baselines(runs).items())
+    for label, results in everything:
+        row: list[Any] = [label, (results.get("overall") or {}).get("users")]
+        for metric in metrics:
+            row += [_metric_value(results, metric, None), format_interval(results, metric)]
+        rows.append(row)
+    columns = ["run", "users"]
+    for metric in metrics:
+        columns += [metric, f"{metric} 95% CI"]
+    return Table(columns, rows)
+
+
 def runs_table(runs: Mapping[str, Results], directories: Mapping[str, str]) -> Table:
     """What each run is: strategy and settings, clients, rounds, best round, directory."""
     rows = []
@@ -87,12 +124,14 @@ def client_matrix(runs: Mapping[str, Results], metric: str) -> Table:
 def client_table(results: Results, metrics: tuple[str, ...] = REPORT_METRICS) -> Table:
     """One run's test results per client: users, metrics and the client's selected round."""
     best_rounds = results.get("client_best_rounds") or []
+    metric = INTERVAL_METRICS[0]
     rows = []
     for client, row in sorted((results.get("clients") or {}).items(), key=lambda kv: int(kv[0])):
         index = int(client)
         selected = best_rounds[index] if index < len(best_rounds) else None
-        rows.append([client, row.get("users"), *(row.get(m) for m in metrics), selected])
-    return Table(["client", "users", *metrics, "selected round"], rows)
+        interval = format_interval(results, metric, client)
+        rows.append([client, row.get("users"), *(row.get(m) for m in metrics), interval, selected])
+    return Table(["client", "users", *metrics, f"{metric} 95% CI", "selected round"], rows)
 
 
 def round_client_table(record: Mapping[str, Any], clients: int) -> Table:

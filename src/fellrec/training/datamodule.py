@@ -30,6 +30,7 @@ from fellrec.data.pipeline import (
 from fellrec.data.schema import EvalUsers
 from fellrec.data.stats import format_partition_table, partition_statistics
 from fellrec.federation.schedule import PlannedBatch, plan_round, shard
+from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.popularity import evaluate_popularity
 from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summarize
 
@@ -188,6 +189,15 @@ class FederatedDataModule(L.LightningDataModule):
         clients = torch.from_numpy(data.assignment[data.split.test.users])
         sums, counts = client_sums(per_user, clients, self.num_clients, names)
         self.popularity = summarize(sums, counts, names)
+        self.popularity["ci"] = confidence_intervals(per_user, clients, self.num_clients, names)
+
+    def eval_user_counts(self) -> dict[str, np.ndarray]:
+        """Validation and test users per client ``{"validation": (N,), "test": (N,)}``."""
+        data = self.data
+        return {
+            period: np.bincount(data.assignment[users.users], minlength=self.num_clients)
+            for period, users in (("validation", data.split.valid), ("test", data.split.test))
+        }
 
     def save_assignment(self, directory: str | Path) -> Path:
         """Write the user -> client map (original user ids) as ``directory/clients.csv``."""

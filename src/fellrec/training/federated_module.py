@@ -591,6 +591,9 @@ class FederatedModule(L.LightningModule):
         self.eval_names = metric_names()
         self.eval_sums = torch.zeros(num_clients, len(self.eval_names), dtype=torch.float64)
         self.eval_counts = torch.zeros(num_clients, dtype=torch.float64)
+        #: Per evaluated batch: the client of each user and their metric values (for the
+        #: bootstrap intervals over users).
+        self.eval_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_validation_epoch_start(self) -> None:
         """Start accumulating validation metrics."""
@@ -616,6 +619,7 @@ class FederatedModule(L.LightningModule):
         values = torch.stack([per_user[n].double().cpu() for n in self.eval_names], dim=1)
         self.eval_sums[client] += values.sum(0)
         self.eval_counts[client] += values.shape[0]
+        self.eval_rows.append((torch.full((values.shape[0],), client), values))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate ranking metrics of a batch of one client's validation users."""
@@ -624,6 +628,19 @@ class FederatedModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate ranking metrics of a batch of one client's test users."""
         self._evaluate(batch)
+
+    def collect_eval_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every evaluated user's client ``(U,)`` and metric values ``(U, M)``, all processes."""
+        rows = self.eval_rows
+        if self._trainer is not None and self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        if not rows:
+            empty = torch.zeros(0, len(self.eval_names), dtype=torch.float64)
+            return torch.zeros(0, dtype=torch.long), empty
+        clients = torch.cat([c for c, _ in rows])
+        return clients, torch.cat([v for _, v in rows])
 
     def collect_eval(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Per-client metric sums ``(N, M)`` and user counts ``(N,)``, summed over processes."""

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.summary import summarize
 from fellrec.reporting import wandb_log
 from fellrec.training.datamodule import federated_datamodule
@@ -42,11 +43,27 @@ class FederatedLoop(Callback):
         selection_metric: Validation metric for per-client model selection and the ``best_round``
             (logged overall as ``val/<metric>`` for early stopping and checkpointing).
         write_results: Write ``results.json`` and the per-client adapters after testing.
+        min_eval_users: Warn when a client has fewer validation or test users than this: its
+            metrics (and its selected round) are noise-dominated; ``results.json`` carries
+            bootstrap confidence intervals over users to show how much.
+        bootstrap_resamples: Resamples of the test users for those intervals (0: none).
     """
 
-    def __init__(self, selection_metric: str = "ndcg@10", write_results: bool = True) -> None:
+    def __init__(
+        self,
+        selection_metric: str = "ndcg@10",
+        write_results: bool = True,
+        min_eval_users: int = 20,
+        bootstrap_resamples: int = 1000,
+    ) -> None:
+        if min_eval_users < 0:
+            raise ValueError(f"loop.min_eval_users must be >= 0, got {min_eval_users}")
+        if bootstrap_resamples < 0:
+            raise ValueError(f"loop.bootstrap_resamples must be >= 0, got {bootstrap_resamples}")
         self.selection_metric = selection_metric
         self.write_results = write_results
+        self.min_eval_users = min_eval_users
+        self.bootstrap_resamples = bootstrap_resamples
         self.rounds_run = 0
         self.lr_scale: torch.Tensor | None = None
         self.best_scores: torch.Tensor | None = None
@@ -92,7 +109,20 @@ class FederatedLoop(Callback):
             datamodule = federated_datamodule(trainer)
             datamodule.save_assignment(directory)
             log.info("clients:\n%s", datamodule.partition_table())
+            self._warn_small_clients(datamodule)
         self._report_start(trainer)
+
+    def _warn_small_clients(self, datamodule: Any) -> None:
+        """Warn about clients whose validation or test users are too few to trust."""
+        for period, counts in datamodule.eval_user_counts().items():
+            small = [(c, int(n)) for c, n in enumerate(counts) if n < self.min_eval_users]
+            if small:
+                listed = ", ".join(f"client {c}: {n}" for c, n in small)
+                rank_zero_warn(
+                    f"few {period} users ({listed}; loop.min_eval_users={self.min_eval_users}): "
+                    "their metrics are noisy, see the confidence intervals under 'ci' in "
+                    "results.json"
+                )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start a round: per-client learning rates, optimizer resets, round statistics."""
@@ -228,6 +258,12 @@ class FederatedLoop(Callback):
         module = self._module(pl_module)
         sums, counts, names = module.collect_eval()
         summary = summarize(sums, counts, names)
+        if self.bootstrap_resamples > 0:
+            clients, values = module.collect_eval_values()
+            per_user = {name: values[:, j] for j, name in enumerate(names)}
+            summary["ci"] = confidence_intervals(
+                per_user, clients, module.num_clients, names, self.bootstrap_resamples
+            )
         overall = summary["overall"]
         assert isinstance(overall, dict)
         module.log_dict(
