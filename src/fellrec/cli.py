@@ -40,6 +40,7 @@ commands:
   validate    evaluate a saved run on the validation users   (--ckpt_path)
   test        evaluate a saved run on the test users         (--ckpt_path)
   data stats  load, split and partition the data; print statistics and the popularity baseline
+  data fetch  download MovieLens-100K (from the recbole wheel on PyPI) as RecBole files
   cost        client/server parameters, memory, FLOPs and bytes per step for a range of k_front
   attack      an honest-but-curious server's token recovery from hidden states, per k_front
   report      Markdown + HTML report comparing run directories
@@ -187,13 +188,43 @@ def describe_data(datamodule: FederatedDataModule) -> str:
     return "\n".join(lines)
 
 
+DATA_USAGE = """\
+usage: fellrec data stats --config FILE.yaml [--data.KEY VALUE ...]
+       fellrec data fetch ml-100k [--output DIR]
+
+  stats   load, split and partition the data; print statistics and the popularity baseline
+  fetch   download MovieLens-100K (inside the recbole wheel on PyPI; MovieLens may not be
+          redistributed, so fellrec does not ship it) as RecBole atomic files into DIR
+          (default $FELLREC_CACHE/datasets); read it with --data.dataset.format recbole
+          --data.dataset.path <printed directory>"""
+
+
+def run_fetch_command(args: list[str]) -> None:
+    """``fellrec data fetch ml-100k [--output DIR]``: print the directory of the files."""
+    from fellrec.data.fetch import fetch_ml100k
+    from fellrec.data.pipeline import default_cache_dir
+
+    if not args or args[0] != "ml-100k":
+        raise ValueError("fellrec data fetch knows one dataset: ml-100k")
+    output = default_cache_dir() / "datasets"
+    rest = args[1:]
+    if rest[:1] == ["--output"] and len(rest) == 2:
+        output = Path(rest[1]).expanduser()
+    elif rest:
+        raise ValueError(f"fellrec data fetch ml-100k: unexpected {' '.join(rest)!r}")
+    print(fetch_ml100k(output))
+
+
 def run_data_command(args: list[str]) -> None:
-    """``fellrec data stats --config X.yaml [--data.key value ...]``."""
+    """``fellrec data stats --config X.yaml [--data.key value ...]``, ``fellrec data fetch``."""
     if not args or args[0] in ("-h", "--help"):
-        print("usage: fellrec data stats --config FILE.yaml [--data.KEY VALUE ...]")
+        print(DATA_USAGE)
+        return
+    if args[0] == "fetch":
+        run_fetch_command(args[1:])
         return
     if args[0] != "stats":
-        raise ValueError(f"unknown command 'data {args[0]}'; available: data stats")
+        raise ValueError(f"unknown command 'data {args[0]}'; available: data stats, data fetch")
     parser = _data_parser()
     config = parser.parse_args(args[1:])
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes

@@ -245,21 +245,26 @@ def heating_weights(
     return w.to(p.dtype)
 
 
-def personalized_weights(similarity: Tensor, w: Tensor) -> Tensor:
+def personalized_weights(similarity: Tensor, w: Tensor, sizes: Tensor | None = None) -> Tensor:
     """Row-normalized mixing matrix a_ij = S_ij * w_i (j != i), a_ii = 1.
 
     A small w_i (a struggling client) shrinks what client i takes from the others, so it stays
-    close to its own adapter.
+    close to its own adapter. With ``sizes`` every entry is also weighted by the size of the
+    client it takes from: a_ij = S_ij * w_i * n_j, a_ii = n_i. With S = 1 and w = 1 that is
+    exactly FedAvg's size-weighted mean; a client that trained on 10x the data then counts 10x,
+    as in FedAvg, instead of as much as any other.
 
     Args:
         similarity: ``S`` of shape ``(N, N)``, non-negative.
         w: Heating weights of shape ``(N,)``, non-negative.
+        sizes: Optional training examples of each client ``(N,)``, positive.
 
     Returns:
         ``A`` of shape ``(N, N)`` with rows summing to 1, in the dtype of ``similarity``.
 
     Raises:
-        ValueError: If shapes do not match or an entry is negative or not finite.
+        ValueError: If shapes do not match, an entry is negative or not finite, or a size is not
+            positive.
     """
     n = w.shape[0] if w.ndim == 1 else -1
     if w.ndim != 1 or similarity.shape != (n, n):
@@ -274,7 +279,12 @@ def personalized_weights(similarity: Tensor, w: Tensor) -> Tensor:
         raise ValueError("similarity and w must be non-negative")
     a = s64 * w64.unsqueeze(1)  # (N, N): row i scaled by w_i
     a.fill_diagonal_(1.0)
-    # a_ii = 1 makes every row sum >= 1, so the normalization never divides by zero.
+    if sizes is not None:
+        n64 = sizes.to(torch.float64)
+        if n64.shape != (n,) or not bool((n64 > 0).all() and torch.isfinite(n64).all()):
+            raise ValueError(f"sizes must be {(n,)}, positive and finite, got {sizes.tolist()}")
+        a = a * n64.unsqueeze(0)  # column j scaled by n_j (the diagonal becomes n_i)
+    # a_ii > 0 makes every row sum positive, so the normalization never divides by zero.
     a = a / a.sum(dim=1, keepdim=True)
     out_dtype = similarity.dtype if similarity.is_floating_point() else torch.float32
     return a.to(out_dtype)
@@ -286,6 +296,7 @@ def personalized_aggregate(
     w: Tensor,
     order: str = "jacobi",
     inplace: bool = False,
+    sizes: Tensor | None = None,
 ) -> Tensor:
     """FELLRec's personalized aggregation: each client mixes in similar clients' adapters.
 
@@ -301,6 +312,8 @@ def personalized_aggregate(
         inplace: Overwrite ``theta`` with the result instead of allocating a new ``(N, P)``
             matrix. Saves one full copy (1.7 GB at LLaMA-7B scale) and its page faults; the
             result is the same because each column block only depends on the same columns.
+        sizes: Weight what a client takes from each other client by that client's training
+            examples (:func:`personalized_weights`); ``None``: the paper's unweighted mix.
 
     Returns:
         The personalized adapters, ``(N, P)`` in the dtype of ``theta`` (``theta`` itself when
@@ -318,7 +331,7 @@ def personalized_aggregate(
             f"for theta of shape {(n, p)} similarity must be {(n, n)} and w {(n,)}, got "
             f"{tuple(similarity.shape)} and {tuple(w.shape)}"
         )
-    mix = personalized_weights(similarity, w).to(dtype=theta.dtype, device=theta.device)  # (N, N)
+    mix = personalized_weights(similarity, w, sizes).to(dtype=theta.dtype, device=theta.device)
     out = theta if inplace else theta.clone()  # (N, P), overwritten below
     if order == "sequential":
         for i in range(n):

@@ -94,7 +94,11 @@ class EncoderBackend:
         recommender: The encoder recommender (its encoder is the peft model of ``adapters``).
         adapters: The per-slot adapters.
         item_batch_size: Items per forward pass when encoding the catalog.
-        num_negatives: Sampled negatives per example instead of the full-catalog softmax.
+        num_negatives: Sampled negatives per example instead of the full-catalog softmax (with
+            ``item_encoding="step"``: per batch, shared by its examples).
+        item_encoding: ``round``: the catalog is encoded once per round and fixed within it
+            (no item-side gradient); ``step``: each training step encodes the batch's targets
+            and sampled negatives with the adapter, so item-side gradients train it too.
     """
 
     def __init__(
@@ -103,17 +107,25 @@ class EncoderBackend:
         adapters: ClientAdapters,
         item_batch_size: int = 64,
         num_negatives: int | None = None,
+        item_encoding: str = "round",
     ) -> None:
+        if item_encoding == "step" and num_negatives is None:
+            raise ValueError(
+                "model.item_encoding=step encodes the targets and model.num_negatives sampled "
+                "items in every step; set model.num_negatives (e.g. 256)"
+            )
         self.recommender = recommender
         self.adapters = adapters
         self.item_batch_size = item_batch_size
         self.num_negatives = num_negatives
+        self.item_encoding = item_encoding
         self.item_tables: dict[int, torch.Tensor] = {}
         self._tables_shared = True  # all slots start from the same adapter
 
     def prepare(self, slot: int) -> None:
-        """Encode the catalog for ``slot`` if its table is not cached."""
-        self.item_table(slot)
+        """Encode the catalog for ``slot`` if its table is not cached (round encoding)."""
+        if self.item_encoding == "round":
+            self.item_table(slot)
 
     def item_table(self, slot: int) -> torch.Tensor:
         """The catalog encoded with ``slot``'s current adapter ``(I, H)``, cached."""
@@ -144,10 +156,35 @@ class EncoderBackend:
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Cross-entropy of each target over the catalog (or sampled negatives) ``(B,)``."""
+        if self.item_encoding == "step":
+            return self._step_losses(slot, histories, targets, generator)
         table = self.item_table(slot)
         self.adapters.activate(slot)
         users = self.recommender.encode_histories(histories)
         return self.recommender.loss(users, table, targets, self.num_negatives, generator)
+
+    def _step_losses(
+        self,
+        slot: int,
+        histories: torch.Tensor,
+        targets: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Targets and shared sampled negatives encoded in the step, with gradients."""
+        assert self.num_negatives is not None
+        self.adapters.activate(slot)
+        users = self.recommender.encode_histories(histories)
+        negatives = torch.randint(
+            self.recommender.renderer.num_items, (self.num_negatives,), generator=generator
+        )
+        candidates, inverse = torch.unique(
+            torch.cat([targets.cpu(), negatives]), return_inverse=True
+        )
+        vectors = self.recommender.encode_item_subset(candidates)  # (C, H), with gradients
+        positions = inverse[: len(targets)].to(users.device)
+        return self.recommender.candidate_loss(
+            users, candidates.to(users.device), vectors, positions
+        )
 
     def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
         """Temperature-scaled cosine scores of every item ``(B, I)``."""

@@ -1,13 +1,16 @@
-"""Sequence-encoder recommender (RecFormer-style, discriminative).
+"""Sequence-encoder recommender (RecFormer-style, discriminative; the paper's encoder backend).
 
 A user is the pooled encoding of their history rendered as text; an item is the pooled encoding of
-its
-own text; the score is the cosine similarity divided by a temperature, and the loss a cross-entropy
-over
-the whole catalog (or over sampled negatives for very large catalogs). The item table is encoded
-with a
-client's current model once per round and held fixed within the round, so gradients flow through the
-user side only.
+its own text; the score is the cosine similarity divided by a temperature, and the loss a
+cross-entropy over the whole catalog (or over sampled negatives for very large catalogs). By
+default the item table is encoded with a client's current model once per round and held fixed
+within the round, so gradients flow through the user side only (``item_encoding: round``).
+
+Switches measured in benchmarks/README.md ("Why the text-only recommender did not learn"):
+per-item components (:mod:`fellrec.models.item_components`: an ID embedding added to each item's
+text vector, an item bias, a learned temperature) and ``item_encoding: step``, which encodes the
+batch's targets and sampled negatives inside the training step, so item-side gradients reach the
+adapter.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
+from fellrec.models.item_components import ItemComponents
 from fellrec.models.text import HistoryRenderer
 
 POOLINGS = ("mean", "cls")
+#: When item vectors are encoded: once per round (fixed within it) or inside each training step.
+ITEM_ENCODINGS = ("round", "step")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -56,6 +62,9 @@ class SequenceEncoderRecommender(nn.Module):
         trunk: ``(input_ids, attention_mask) -> last hidden states (B, T, H)``; the split model
             (client front, server middle, client back) under flexible storage. Default: the
             encoder's own forward.
+        components: Returns the active client's per-item components, which then score (ID
+            vector added to the text vector, bias, learned temperature); ``None`` scores with the
+            plain cosine / temperature.
     """
 
     def __init__(
@@ -65,6 +74,7 @@ class SequenceEncoderRecommender(nn.Module):
         pooling: str = "mean",
         temperature: float = 0.05,
         trunk: Trunk | None = None,
+        components: Callable[[], ItemComponents] | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -78,6 +88,7 @@ class SequenceEncoderRecommender(nn.Module):
         # Not registered as a submodule: the trunk runs the encoder's own layers, whose weights
         # must appear once in state dicts and checkpoints.
         object.__setattr__(self, "trunk", trunk)
+        object.__setattr__(self, "components", components)
 
     @property
     def device(self) -> torch.device:
@@ -121,9 +132,40 @@ class SequenceEncoderRecommender(nn.Module):
         self.encoder.train(was_training)
         return table
 
+    def encode_item_subset(self, items: torch.Tensor) -> torch.Tensor:
+        """Encode some items ``(C, H)`` in the caller's mode, with gradients (step encoding)."""
+        ids, mask = self.renderer.render_items(items.tolist())
+        return self.encode(ids.to(self.device), mask.to(self.device))
+
+    def _components(self) -> ItemComponents | None:
+        provider: Callable[[], ItemComponents] | None = self.__dict__["components"]
+        return provider() if provider is not None else None
+
     def logits(self, users: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
         """Scores ``(B, I)`` of every item for every user vector."""
+        components = self._components()
+        if components is not None:
+            return components.logits(users, components.item_vectors(item_table))
         return users @ item_table.T / self.temperature
+
+    def candidate_loss(
+        self, users: torch.Tensor, candidates: torch.Tensor, vectors: torch.Tensor, targets: Tensor
+    ) -> torch.Tensor:
+        """Cross-entropy ``(B,)`` over shared candidate items (step encoding).
+
+        Args:
+            users: User vectors ``(B, H)``.
+            candidates: Item indices ``(C,)`` (unique), scored for every user.
+            vectors: Their text vectors ``(C, H)``, encoded in the step.
+            targets: Each user's target as a position in ``candidates`` ``(B,)``.
+        """
+        components = self._components()
+        if components is not None:
+            hybrid = components.item_vectors(vectors, candidates)
+            scores = components.logits(users, hybrid, candidates)
+        else:
+            scores = users @ vectors.T / self.temperature
+        return F.cross_entropy(scores, targets, reduction="none")
 
     def loss(
         self,
@@ -152,7 +194,12 @@ class SequenceEncoderRecommender(nn.Module):
             item_table.shape[0], (users.shape[0], num_negatives), generator=generator
         ).to(users.device)  # (B, K)
         candidates = torch.cat([targets.unsqueeze(1), negatives], dim=1)  # (B, 1 + K)
-        scores = torch.einsum("bh,bkh->bk", users, item_table[candidates]) / self.temperature
+        components = self._components()
+        if components is not None:
+            vectors = components.item_vectors(item_table[candidates], candidates)
+            scores = components.logits(users, vectors, candidates)
+        else:
+            scores = torch.einsum("bh,bkh->bk", users, item_table[candidates]) / self.temperature
         # A sampled negative equal to the target must not count as a competitor.
         scores[:, 1:] = scores[:, 1:].masked_fill(negatives == targets.unsqueeze(1), float("-inf"))
         zeros = torch.zeros(users.shape[0], dtype=torch.long, device=users.device)

@@ -158,17 +158,21 @@ class ItemComponents(nn.Module):
 
         Args:
             users: User vectors ``(B, H)``.
-            item_vectors: Item vectors ``(I, H)`` (all items) or ``(B, K, H)`` (per-row candidates).
-            items: With per-row candidates, their item indices ``(B, K)`` (for the biases).
+            item_vectors: Item vectors ``(I, H)`` (all items, or the items ``items`` names, shared
+                by every row) or ``(B, K, H)`` (per-row candidates).
+            items: The item indices of ``item_vectors``: ``(C,)`` for shared ones, ``(B, K)`` for
+                per-row candidates (for the biases); ``None`` with all items.
 
         Returns:
-            ``(B, I)`` or ``(B, K)``.
+            ``(B, I)``, ``(B, C)`` or ``(B, K)``.
         """
         users = F.normalize(users.float(), dim=-1)
         vectors = F.normalize(item_vectors.float(), dim=-1)
         if vectors.dim() == 2:
             scores = users @ vectors.T * self.scale
-            return scores + self.bias if self.bias is not None else scores
+            if self.bias is None:
+                return scores
+            return scores + (self.bias if items is None else self.bias[items])
         scores = torch.einsum("bh,bkh->bk", users, vectors) * self.scale
         if self.bias is not None:
             assert items is not None, "per-row candidates need their item indices"

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from torch import nn
 
 from fellrec.data.pipeline import default_cache_dir
 from fellrec.federation.aggregation import fedprox_penalty
@@ -40,7 +41,7 @@ from fellrec.models.backends import (
     SequentialBackend,
 )
 from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
-from fellrec.models.encoder import POOLINGS, SequenceEncoderRecommender
+from fellrec.models.encoder import ITEM_ENCODINGS, POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.item_components import (
     ItemComponents,
@@ -103,6 +104,10 @@ class FederatedModule(L.LightningModule):
             ``encoder`` only when ``model.item_components`` is on.
         item_components: Give the ``encoder`` recommender the per-item components of
             ``model.items`` too (off: the paper's RecFormer-style scoring, cosine / temperature).
+        item_encoding: ``encoder`` only: ``round`` (the paper's: the catalog is encoded once per
+            round and fixed within it, so no gradient reaches the adapter from the item side) or
+            ``step`` (the batch's targets and ``model.num_negatives`` sampled items are encoded
+            inside the step, with gradients).
         strategy: Federated strategy (default: FELLRec's dynamic balance).
         lora: LoRA settings shared by all clients.
         split_execution: Split execution (flexible storage): the client runs the embeddings, the
@@ -143,6 +148,7 @@ class FederatedModule(L.LightningModule):
         lora: LoRASettings | None = None,
         items: ItemSettings | None = None,
         item_components: bool = False,
+        item_encoding: str = "round",
         split_execution: bool = True,
         k_front: int = 1,
         k_back: int = 1,
@@ -203,6 +209,16 @@ class FederatedModule(L.LightningModule):
         self.items = items if items is not None else ItemSettings()
         self.items.validate()
         self.item_components = item_components
+        if item_encoding not in ITEM_ENCODINGS:
+            raise ValueError(
+                f"model.item_encoding must be one of {ITEM_ENCODINGS}, got {item_encoding!r}"
+            )
+        if item_encoding == "step" and num_negatives is None:
+            raise ValueError(
+                "model.item_encoding=step encodes the targets and model.num_negatives sampled "
+                "items in every step; set model.num_negatives (e.g. 256)"
+            )
+        self.item_encoding = item_encoding
         self.pooling = pooling
         self.temperature = temperature
         self.item_text = item_text
@@ -403,11 +419,28 @@ class FederatedModule(L.LightningModule):
             )
             self.recommender = sequential
             return SequentialBackend(sequential, self.adapters)
+        adapters = self.adapters
+
+        def active_items() -> ItemComponents:
+            module = adapters.active_module()
+            assert isinstance(module, ItemComponents)
+            return module
+
         encoder = SequenceEncoderRecommender(
-            self.adapters.model, renderer, self.pooling, self.temperature, trunk=self._trunk()
+            self.adapters.model,
+            renderer,
+            self.pooling,
+            self.temperature,
+            trunk=self._trunk(),
+            components=active_items if self.uses_item_components else None,
         )
         self.recommender = encoder
-        return EncoderBackend(encoder, self.adapters, self.item_batch_size, self.num_negatives)
+        if adapters.client_modules is not None:
+            # Registered under the recommender, so Lightning checkpoints them.
+            encoder.items = nn.ModuleList(adapters.client_modules)
+        return EncoderBackend(
+            encoder, adapters, self.item_batch_size, self.num_negatives, self.item_encoding
+        )
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """One AdamW per client.

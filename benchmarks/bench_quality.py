@@ -1,0 +1,300 @@
+"""Recommendation quality on real data: every strategy and baseline on MovieLens-100K, one table.
+
+Fetches MovieLens-100K from the recbole wheel on PyPI (``fellrec data fetch ml-100k``), then, for
+each split (``leave_one_out``, ``temporal``), on the same data, 5 k-means clients, seed and budget:
+
+- baselines through fellrec's own evaluation: popularity (in every run), BPR-MF and SASRec
+  (``fellrec baselines``, trained centrally on all training interactions);
+- ``fellrec fit`` of the recipe in ``configs/ml100k-minilm-base.yaml`` (the sequential
+  recommender) with centralized, local, FedAvg, FedProx, FELLRec and FELLRec's two ablations
+  (``attention: false``, ``heating: false``), each a separate process, run directory and log.
+
+Every model is selected on validation (per-client selection, best round) and reported on test.
+Writes ``<output>/quality.md`` (overall and worst-client NDCG@10 / Recall@10 with 95% bootstrap
+intervals, std and Jain's index across clients, best round, minutes; the issue's targets checked)
+and, per split, ``fellrec report`` into ``<output>/<split>/``. Finished runs are skipped, so an
+interrupted benchmark resumes where it stopped::
+
+    python benchmarks/bench_quality.py                       # the CPU budget, ~90 min on 2 cores
+    python benchmarks/bench_quality.py --budget gpu          # 20 rounds, early stopping, a GPU
+    python benchmarks/bench_quality.py --splits leave_one_out --strategies fellrec,fedavg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BASE_CONFIG = REPO / "configs" / "ml100k-minilm-base.yaml"
+STRATEGY_SPECS: dict[str, list[str]] = {
+    "centralized": ["--model.strategy", "fellrec.federation.strategies.Centralized"],
+    "local": ["--model.strategy", "fellrec.federation.strategies.Local"],
+    "fedavg": ["--model.strategy", "fellrec.federation.strategies.FedAvg"],
+    "fedprox": ["--model.strategy", "fellrec.federation.strategies.FedProx"],
+    "fellrec": ["--model.strategy", "fellrec.federation.strategies.FELLRec"],
+    "fellrec-no-attention": [
+        "--model.strategy",
+        "fellrec.federation.strategies.FELLRec",
+        "--model.strategy.init_args.attention",
+        "false",
+    ],
+    "fellrec-no-heating": [
+        "--model.strategy",
+        "fellrec.federation.strategies.FELLRec",
+        "--model.strategy.init_args.heating",
+        "false",
+    ],
+}
+FEDERATED = [name for name in STRATEGY_SPECS if name != "centralized"]
+BASELINE_NAMES = ("bpr", "sasrec")
+#: Per budget: the settings every strategy gets (the same for all of them).
+BUDGETS: dict[str, list[str]] = {
+    # 5 rounds of one local epoch over every training interaction (early stopping, patience
+    # 5, cannot end it sooner).
+    "cpu": ["--trainer.max_epochs", "5"],
+    # The config's 20 rounds with early stopping (patience 5) on a GPU in bf16.
+    "gpu": [
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.max_epochs",
+        "20",
+    ],
+}
+SPLITS = ("leave_one_out", "temporal")
+
+
+def fellrec(args: list[str], log: Path) -> float:
+    """Run ``fellrec <args>`` in a fresh process, output into ``log``; return its seconds."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        result = subprocess.run(
+            [sys.executable, "-m", "fellrec", *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        )
+    if result.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"fellrec {' '.join(args[:3])} failed (see {log}):\n{tail}")
+    return time.perf_counter() - started
+
+
+def data_arguments(data_dir: Path, split: str, cache: Path) -> list[str]:
+    """The data settings every run of a split shares."""
+    return [
+        "--data.dataset.format",
+        "recbole",
+        "--data.dataset.path",
+        str(data_dir),
+        "--data.split",
+        split,
+        "--data.cache_dir",
+        str(cache),
+    ]
+
+
+def run_split(
+    split: str,
+    data_dir: Path,
+    output: Path,
+    budget: str,
+    strategies: list[str],
+    baselines: list[str],
+) -> dict[str, Path]:
+    """Every baseline and strategy of one split; their run directories by name."""
+    root = output / split
+    shared = data_arguments(data_dir, split, output / "cache")
+    runs: dict[str, Path] = {}
+    timing_path = root / "seconds.json"
+    seconds: dict[str, float] = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    if baselines:
+        directories = [root / name for name in baselines]
+        if not all((d / "results.json").is_file() for d in directories):
+            args = ["baselines", "--config", str(BASE_CONFIG), *shared]
+            args += ["--baselines", ",".join(baselines), "--output", str(root)]
+            print(f"[{split}] baselines {', '.join(baselines)}", flush=True)
+            seconds["baselines"] = fellrec(args, root / "logs" / "baselines.log")
+        runs.update(zip(baselines, directories, strict=True))
+    for name in strategies:
+        directory = root / name
+        runs[name] = directory
+        if (directory / "results.json").is_file():
+            print(f"[{split}] {name}: finished before, skipped", flush=True)
+            continue
+        args = ["fit", "--config", str(BASE_CONFIG), *shared, *BUDGETS[budget]]
+        args += [*STRATEGY_SPECS[name], "--trainer.default_root_dir", str(directory)]
+        args += ["--checkpoint.dirpath", str(directory / "checkpoints")]
+        args += ["--trainer.enable_progress_bar", "false"]
+        if (directory / "checkpoints" / "last.ckpt").is_file():
+            args += ["--ckpt_path", str(directory / "checkpoints" / "last.ckpt")]
+        print(f"[{split}] {name}: fitting", flush=True)
+        seconds[name] = fellrec(args, root / "logs" / f"{name}.log")
+        print(f"[{split}] {name}: {seconds[name] / 60:.1f} min", flush=True)
+        timing_path.parent.mkdir(parents=True, exist_ok=True)
+        timing_path.write_text(json.dumps(seconds, indent=2))
+    timing_path.write_text(json.dumps(seconds, indent=2))
+    report = ["report", *(str(d) for d in runs.values()), "--output", str(root)]
+    fellrec(report, root / "logs" / "report.log")
+    return runs
+
+
+def _interval(results: dict[str, Any], metric: str) -> str:
+    bounds = ((results.get("ci") or {}).get("overall") or {}).get(metric)
+    return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else "-"
+
+
+def _row(name: str, results: dict[str, Any], minutes: float | None) -> list[str]:
+    overall, balance = results["overall"], results["balance"]
+    best = results.get("best_round")
+    cells = [
+        name,
+        f"{overall['ndcg@10']:.4f}",
+        _interval(results, "ndcg@10"),
+        f"{overall['recall@10']:.4f}",
+        f"{balance['ndcg@10']['min']:.4f}",
+        f"{balance['recall@10']['min']:.4f}",
+        f"{balance['ndcg@10']['std']:.4f}",
+        f"{balance['ndcg@10']['jain']:.3f}",
+        "-" if best is None else str(best),
+        "-" if minutes is None else f"{minutes:.1f}",
+    ]
+    return cells
+
+
+HEADER = [
+    "model",
+    "NDCG@10",
+    "95% CI",
+    "Recall@10",
+    "worst NDCG@10",
+    "worst Recall@10",
+    "std NDCG@10",
+    "Jain NDCG@10",
+    "best round",
+    "minutes",
+]
+
+
+def table(runs: dict[str, Path], seconds: dict[str, float]) -> tuple[list[str], dict[str, Any]]:
+    """The Markdown table of one split and the loaded results by name."""
+    loaded = {name: json.loads((d / "results.json").read_text()) for name, d in runs.items()}
+    first = next(iter(loaded.values()))
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    popularity = dict(first["popularity"])
+    popularity.setdefault("ci", popularity.get("ci"))
+    lines.append("| " + " | ".join(_row("popularity", popularity, None)) + " |")
+    for name, results in loaded.items():
+        minutes = seconds.get(name)
+        lines.append("| " + " | ".join(_row(name, results, minutes and minutes / 60)) + " |")
+    return lines, loaded
+
+
+def targets(loaded: dict[str, Any]) -> list[str]:
+    """The issue's targets, measured (leave_one_out, CPU budget)."""
+    lines = []
+    popularity = loaded[next(iter(loaded))]["popularity"]["overall"]["ndcg@10"]
+
+    def ndcg(name: str, stat: str | None = None) -> float | None:
+        if name not in loaded:
+            return None
+        if stat is None:
+            return float(loaded[name]["overall"]["ndcg@10"])
+        return float(loaded[name]["balance"]["ndcg@10"][stat])
+
+    def check(claim: str, ok: bool | None, detail: str) -> None:
+        mark = "n/a" if ok is None else ("met" if ok else "NOT met")
+        lines.append(f"- {claim}: **{mark}** ({detail})")
+
+    for name in ("centralized", *FEDERATED):
+        value = ndcg(name)
+        if value is not None:
+            check(
+                f"{name} >= 1.5 x popularity",
+                value >= 1.5 * popularity,
+                f"{value:.4f} vs {1.5 * popularity:.4f}",
+            )
+    central, sasrec = ndcg("centralized"), ndcg("sasrec")
+    if central is not None and sasrec is not None:
+        check("centralized >= SASRec", central >= sasrec, f"{central:.4f} vs {sasrec:.4f}")
+    fell, avg = ndcg("fellrec"), ndcg("fedavg")
+    if fell is not None and avg is not None:
+        check("FELLRec >= FedAvg overall", fell >= avg, f"{fell:.4f} vs {avg:.4f}")
+        worst_fell, worst_avg = ndcg("fellrec", "min"), ndcg("fedavg", "min")
+        assert worst_fell is not None and worst_avg is not None
+        check(
+            "FELLRec >= FedAvg, worst client",
+            worst_fell >= worst_avg,
+            f"{worst_fell:.4f} vs {worst_avg:.4f}",
+        )
+    if fell is not None and central is not None:
+        check("FELLRec >= 90% of centralized", fell >= 0.9 * central, f"{fell / central:.1%}")
+    for name in FEDERATED:
+        if name in loaded:
+            best = loaded[name]["best_round"]
+            check(f"{name}: best validation round > 0", best > 0, f"round {best}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--splits", default=",".join(SPLITS))
+    parser.add_argument("--strategies", default=",".join(STRATEGY_SPECS))
+    parser.add_argument("--baselines", default=",".join(BASELINE_NAMES))
+    parser.add_argument("--output", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--data", type=Path, default=None, help="ml-100k RecBole directory")
+    options = parser.parse_args()
+    strategies = [s for s in options.strategies.split(",") if s]
+    unknown = [s for s in strategies if s not in STRATEGY_SPECS]
+    if unknown:
+        raise SystemExit(f"unknown strategies {unknown}; choose from {list(STRATEGY_SPECS)}")
+    baselines = [b for b in options.baselines.split(",") if b]
+    output = options.output
+    if options.data is None:
+        from fellrec.data.fetch import fetch_ml100k
+
+        data_dir = fetch_ml100k(output / "data")
+    else:
+        data_dir = options.data
+    started = time.perf_counter()
+    document = [
+        "# Recommendation quality on MovieLens-100K",
+        "",
+        f"`python benchmarks/bench_quality.py --budget {options.budget}` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); the recipe of "
+        "`configs/ml100k-minilm-base.yaml` (sequential recommender, MiniLM + LoRA, per-item "
+        "components); 5 k-means clients; budget "
+        f"`{' '.join(BUDGETS[options.budget])}`. Selected on validation, reported on test; "
+        "worst = the lowest client; std and Jain's index across the 5 clients; 95% bootstrap "
+        "interval over test users.",
+    ]
+    for split in [s for s in options.splits.split(",") if s]:
+        runs = run_split(split, data_dir, output, options.budget, strategies, baselines)
+        seconds = json.loads((output / split / "seconds.json").read_text())
+        lines, loaded = table(runs, seconds)
+        document += ["", f"## {split}", "", *lines]
+        if split == "leave_one_out":
+            document += ["", "Targets (issue #9):", "", *targets(loaded)]
+    total = (time.perf_counter() - started) / 60
+    document += ["", f"Total wall time of this invocation: {total:.0f} min."]
+    path = output / "quality.md"
+    path.write_text("\n".join(document) + "\n")
+    print("\n".join(document))
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
