@@ -6,8 +6,9 @@ each split (``leave_one_out``, ``temporal``), on the same data, 5 k-means client
 - baselines through fellrec's own evaluation: popularity (in every run), BPR-MF and SASRec
   (``fellrec baselines``, trained centrally on all training interactions);
 - ``fellrec fit`` of the recipe in ``configs/ml100k-minilm-base.yaml`` (the sequential
-  recommender) with centralized, local, FedAvg, FedProx, FELLRec and FELLRec's two ablations
-  (``attention: false``, ``heating: false``), each a separate process, run directory and log.
+  recommender) with centralized, local, FedAvg, FedProx, FELLRec, FELLRec with the paper's
+  unweighted mix (``size_weighted: false``) and FELLRec's two ablations (``attention: false``,
+  ``heating: false``), each a separate process, run directory and log.
 
 Every model is selected on validation (per-client selection, best round) and reported on test.
 Writes ``<output>/quality.md`` (overall and worst-client NDCG@10 / Recall@10 with 95% bootstrap
@@ -15,7 +16,7 @@ intervals, std and Jain's index across clients, best round, minutes; the issue's
 and, per split, ``fellrec report`` into ``<output>/<split>/``. Finished runs are skipped, so an
 interrupted benchmark resumes where it stopped::
 
-    python benchmarks/bench_quality.py                       # the CPU budget, ~90 min on 2 cores
+    python benchmarks/bench_quality.py                       # the CPU budget, ~1.5 h on 2 cores
     python benchmarks/bench_quality.py --budget gpu          # 20 rounds, early stopping, a GPU
     python benchmarks/bench_quality.py --splits leave_one_out --strategies fellrec,fedavg
 """
@@ -39,6 +40,13 @@ STRATEGY_SPECS: dict[str, list[str]] = {
     "fedavg": ["--model.strategy", "fellrec.federation.strategies.FedAvg"],
     "fedprox": ["--model.strategy", "fellrec.federation.strategies.FedProx"],
     "fellrec": ["--model.strategy", "fellrec.federation.strategies.FELLRec"],
+    # The paper's mix, without weighting the other clients by their data (size_weighted: false).
+    "fellrec-unweighted": [
+        "--model.strategy",
+        "fellrec.federation.strategies.FELLRec",
+        "--model.strategy.init_args.size_weighted",
+        "false",
+    ],
     "fellrec-no-attention": [
         "--model.strategy",
         "fellrec.federation.strategies.FELLRec",
@@ -56,9 +64,9 @@ FEDERATED = [name for name in STRATEGY_SPECS if name != "centralized"]
 BASELINE_NAMES = ("bpr", "sasrec")
 #: Per budget: the settings every strategy gets (the same for all of them).
 BUDGETS: dict[str, list[str]] = {
-    # 5 rounds of one local epoch over every training interaction (early stopping, patience
-    # 5, cannot end it sooner).
-    "cpu": ["--trainer.max_epochs", "5"],
+    # 4 rounds of one local epoch over every training interaction (validation peaks within 1-3
+    # on ML-100K; early stopping, patience 5, cannot end it sooner).
+    "cpu": ["--trainer.max_epochs", "4"],
     # The config's 20 rounds with early stopping (patience 5) on a GPU in bf16.
     "gpu": [
         "--trainer.accelerator",
