@@ -57,6 +57,7 @@ def child(args: argparse.Namespace) -> None:
         max_train_examples=args.max_train_examples,
         partition=args.partition,
         validate=not args.no_val,
+        recommender=args.recommender,
         cache_dir=Path(args.cache),
         callbacks=[Probe()],
     )
@@ -95,6 +96,7 @@ def fmt(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[2, 50])
+    parser.add_argument("--recommender", default="sequential", help="sequential or encoder")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--users", type=int, default=600, help="synthetic users")
     parser.add_argument("--items", type=int, default=400, help="synthetic items")
@@ -130,6 +132,8 @@ def main() -> None:
             str(args.max_train_examples),
             "--partition",
             args.partition,
+            "--recommender",
+            args.recommender,
             "--threads",
             str(args.threads),
             "--cache",

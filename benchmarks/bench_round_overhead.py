@@ -111,7 +111,9 @@ class RoundTimer:
 
     def _instrument(self, module: Any, trainer: Any) -> None:
         # Instance attributes shadow the methods, so the module and loop call the timed versions.
-        module.recommender.encode_items = self._timed("encode", module.recommender.encode_items)
+        # (The sequential recommender encodes no catalog: its item vectors are a table add.)
+        if hasattr(module.recommender, "encode_items"):
+            module.recommender.encode_items = self._timed("encode", module.recommender.encode_items)
         step = module.training_step
 
         def training_step(*args: Any, **kwargs: Any) -> Any:
@@ -141,6 +143,7 @@ def run_once(
         partition=args.partition,
         batch_size=args.batch_size,
         validate=False,
+        recommender=args.recommender,
         cache_dir=work / "cache",
         first_callbacks=[timer.start],
         callbacks=[timer.end],
@@ -162,6 +165,7 @@ def summary(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--recommender", default="sequential", help="sequential or encoder")
     parser.add_argument("--strategy", default="fellrec", help="federated strategy (A)")
     parser.add_argument("--baseline", default="centralized", help="baseline strategy (B)")
     parser.add_argument("--repeats", type=int, default=3)

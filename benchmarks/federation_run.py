@@ -1,7 +1,8 @@
 """Shared set-up of the benchmarks that run a real federation (imported, not run).
 
-Builds the quickstart job (``configs/quickstart.yaml``: MiniLM backbone, synthetic catalog,
-history of 5 items, 64/16 history/item tokens, batch 16, lr 1e-3) with the Trainer API, laid
+Builds the quickstart job (``configs/quickstart.yaml``: MiniLM backbone, sequential recommender
+by default, synthetic catalog, history of 5 items, 64/16 history/item tokens for the encoder,
+batch 16, lr 1e-3) with the Trainer API, laid
 out like the CLI's, minus everything that is not training: no logger, no checkpoints, no
 progress bar. Offline: set ``HF_HUB_OFFLINE=1`` (the packaged MiniLM needs no network).
 """
@@ -69,6 +70,7 @@ def build_run(
     batch_size: int = 16,
     validate: bool = True,
     backbone: str = "minilm",
+    recommender: str = "sequential",
     cache_dir: Path | None = None,
     callbacks: list[Callback] | None = None,
     first_callbacks: list[Callback] | None = None,
@@ -90,6 +92,8 @@ def build_run(
         validate: Run validation after each round (False: ``limit_val_batches=0``, so the loop
             aggregates in ``on_train_epoch_end``).
         backbone: Encoder alias or directory.
+        recommender: ``sequential`` (the default recipe) or ``encoder`` (the paper's
+            RecFormer-style encoder).
         cache_dir: Prepared-data cache (default: ``root/cache``).
         callbacks: Extra callbacks, after the federated loop (their hooks run after its hooks).
         first_callbacks: Extra callbacks before the federated loop (their hooks run first).
@@ -113,6 +117,7 @@ def build_run(
     )
     model = FederatedModule(
         backbone=backbone,
+        recommender=recommender,
         strategy=strategy,
         lr=1e-3,
         max_history_tokens=64,

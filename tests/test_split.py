@@ -120,3 +120,22 @@ def test_split_dataset_unknown_method() -> None:
 def test_history_length_must_be_positive() -> None:
     with pytest.raises(ValueError, match="history_length"):
         leave_one_out_split(_dataset(LOO, 3, 4), history_length=0)
+
+
+def test_equal_timestamps_keep_the_file_order() -> None:
+    """Ties in time are broken by the order of the source rows (a stable sort), not by ids."""
+    import pandas as pd
+
+    from fellrec.data.schema import RawDataset, index_dataset
+
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "z"], "title": list("abcz")})
+    items["categories"] = [()] * 4
+    for order, last in ((["a", "z", "b", "c"], "c"), (["a", "z", "c", "b"], "b")):
+        # Four interactions of one user; the last three share a timestamp.
+        interactions = pd.DataFrame(
+            {"user_id": ["u"] * 4, "item_id": order, "timestamp": [1, 5, 5, 5]}
+        )
+        indexed = index_dataset(RawDataset("ties", interactions, items))
+        split = leave_one_out_split(indexed, history_length=3)
+        assert indexed.item_ids[int(split.test.targets[0][0])] == last
+        assert indexed.item_ids[int(split.valid.targets[0][0])] == order[2]
