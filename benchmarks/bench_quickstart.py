@@ -38,10 +38,12 @@ def fellrec_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "fellrec"]
 
 
-def run_once(config: Path, root: Path, log: Path, threads: int | None) -> dict[str, float]:
+def run_once(
+    config: Path, root: Path, log: Path, threads: int | None, extra: list[str] | None = None
+) -> dict[str, float]:
     """One whole-process run; its wall/user/sys seconds and peak RSS (MiB)."""
     command = [*fellrec_command(), "fit", "--config", str(config)]
-    command += ["--trainer.default_root_dir", str(root)]
+    command += ["--trainer.default_root_dir", str(root), *(extra or [])]
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("WANDB_MODE", "offline")

@@ -80,6 +80,15 @@ def test_results_json_schema(fellrec_run):
     }
     assert "ndcg@10" in results["popularity"]["overall"]
     assert (root / "clients.csv").read_text().startswith("user_id,client")
+    # Bootstrap intervals over the test users bracket every overall and per-client value.
+    intervals = results["ci"]
+    assert intervals["confidence"] == 0.95 and intervals["resamples"] == 1000
+    low, high = intervals["overall"]["ndcg@10"]
+    assert low <= results["overall"]["ndcg@10"] <= high
+    for client, row in results["clients"].items():
+        low, high = intervals["clients"][client]["recall@10"]
+        assert low <= row["recall@10"] <= high
+    assert set(results["popularity"]["ci"]["overall"]) == set(intervals["overall"])
 
 
 def test_adapters_saved_in_peft_format(fellrec_run, tiny_encoder_dir):
@@ -225,3 +234,10 @@ def test_client_without_examples_is_left_out_with_a_warning(tmp_path, tiny_encod
     assert torch.equal(theta[2], model.round_anchor[2])  # untouched and not mixed in
     assert loop.history[0]["train_loss"][2] is None
     assert not torch.equal(theta[0], model.round_anchor[0])
+
+
+def test_clients_with_few_evaluation_users_are_warned_about(tmp_path, tiny_encoder_dir):
+    trainer, model, data, loop = tiny_run(tmp_path, tiny_encoder_dir, FELLRec(), rounds=1)
+    loop.min_eval_users = 10_000  # more than any client has
+    with pytest.warns(UserWarning, match=r"few validation users \(client 0: \d+.*min_eval_users"):
+        trainer.fit(model, datamodule=data)

@@ -697,7 +697,8 @@ class FederatedModule(L.LightningModule):
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(
-                f"the checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]}); "
-                "was it written with another data.num_clients, model.backbone or model.lora?"
+                f"the checkpoint lacks {len(missing)} client tensors (e.g. {sorted(missing)[0]}); "
+                "was it written with another data.num_clients, model.backbone, model.lora, "
+                "model.recommender or model.items?"
             )
         self.invalidate_item_tables()
