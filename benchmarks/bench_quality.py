@@ -39,6 +39,14 @@ STRATEGY_SPECS: dict[str, list[str]] = {
     "local": ["--model.strategy", "fellrec.federation.strategies.Local"],
     "fedavg": ["--model.strategy", "fellrec.federation.strategies.FedAvg"],
     "fedprox": ["--model.strategy", "fellrec.federation.strategies.FedProx"],
+    # FedProx's mu is normally swept (0.001-1); the class default 0.01 restrains the sparse
+    # per-item rows strongly, so a smaller one is run too (pick by validation, see the table).
+    "fedprox-mu0.001": [
+        "--model.strategy",
+        "fellrec.federation.strategies.FedProx",
+        "--model.strategy.init_args.mu",
+        "0.001",
+    ],
     "fellrec": ["--model.strategy", "fellrec.federation.strategies.FELLRec"],
     # The paper's mix, without weighting the other clients by their data (size_weighted: false).
     "fellrec-unweighted": [
@@ -164,11 +172,22 @@ def _interval(results: dict[str, Any], metric: str) -> str:
     return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else "-"
 
 
+def best_validation(results: dict[str, Any]) -> float | None:
+    """The best overall validation NDCG@10 of a run (federated history or baseline training)."""
+    values = [h["val"]["overall"]["ndcg@10"] for h in results.get("history", []) if "val" in h]
+    if values:
+        return float(max(values))
+    training = results.get("training") or {}
+    return training.get("best_validation")
+
+
 def _row(name: str, results: dict[str, Any], minutes: float | None) -> list[str]:
     overall, balance = results["overall"], results["balance"]
     best = results.get("best_round")
+    validation = best_validation(results)
     cells = [
         name,
+        "-" if validation is None else f"{validation:.4f}",
         f"{overall['ndcg@10']:.4f}",
         _interval(results, "ndcg@10"),
         f"{overall['recall@10']:.4f}",
@@ -184,6 +203,7 @@ def _row(name: str, results: dict[str, Any], minutes: float | None) -> list[str]
 
 HEADER = [
     "model",
+    "best val NDCG@10",
     "NDCG@10",
     "95% CI",
     "Recall@10",
@@ -226,6 +246,12 @@ def targets(loaded: dict[str, Any]) -> list[str]:
         mark = "n/a" if ok is None else ("met" if ok else "NOT met")
         lines.append(f"- {claim}: **{mark}** ({detail})")
 
+    # FedProx's mu is a tuned hyper-parameter: the run with the better validation stands for it.
+    proximal = [n for n in ("fedprox", "fedprox-mu0.001") if n in loaded]
+    if len(proximal) == 2:
+        worse = min(proximal, key=lambda n: best_validation(loaded[n]) or 0.0)
+        lines.append(f"- FedProx: mu selected on validation; {worse} is left out of the checks")
+        loaded = {k: v for k, v in loaded.items() if k != worse}
     for name in ("centralized", *FEDERATED):
         value = ndcg(name)
         if value is not None:
