@@ -54,6 +54,17 @@ def deterministic_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_encoder(tmp_path_factory.mktemp("bert-seq"), dropout=0.0, num_layers=3)
 
 
+def test_only_the_active_clients_parameters_require_grad(deterministic_encoder: Path) -> None:
+    """Adapter and item components of one slot at a time: DDP's reducer sees all of them used."""
+    recommender = _recommender(AutoModel.from_pretrained(deterministic_encoder), split=False)
+    adapters = recommender.client_adapters
+    for active in (1, 0):
+        adapters.activate(active)
+        for slot in range(2):
+            flags = {p.requires_grad for p in adapters.parameters(slot)}
+            assert flags == {slot == active}
+
+
 def test_loss_is_the_mean_cross_entropy_over_positions(deterministic_encoder: Path) -> None:
     recommender = _recommender(AutoModel.from_pretrained(deterministic_encoder), split=False)
     histories = torch.tensor([[-1, 3, 4], [0, 1, 2]])

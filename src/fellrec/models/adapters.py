@@ -164,9 +164,17 @@ class ClientAdapters:
         return self._params[client]
 
     def activate(self, client: int) -> None:
-        """Route forward passes through slot ``client``'s adapter (only it requires grad)."""
+        """Route forward passes through slot ``client``'s adapter (only it requires grad).
+
+        Client modules follow the adapter: only the active slot's module requires grad, so the
+        trainable set is one client's parameters at a time (DDP's reducer, which registers the
+        parameters that require grad, then sees every one of them used in each step).
+        """
         if self.model.active_adapter != self.names[client]:
             self.model.set_adapter(self.names[client])
+        if self.client_modules is not None:
+            for slot, module in enumerate(self.client_modules):
+                module.requires_grad_(slot == client)
 
     def get_vector(self, client: int) -> torch.Tensor:
         """Return a client's adapter as one flat float32 CPU vector ``(P,)`` (a copy).

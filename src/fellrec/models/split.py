@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import transformers
+from packaging.version import Version
 from peft import PeftModel
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
@@ -136,6 +138,10 @@ def _hidden(output: Tensor | tuple[Tensor, ...]) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+#: transformers 5 encoders take a prepared 4-D mask as is; 4.x ones take 2-D or 3-D masks only.
+_ENCODERS_TAKE_4D_MASKS = Version(transformers.__version__) >= Version("5")
+
+
 def _causal_encoder_mask(attention_mask: Tensor, config: object, dtype: torch.dtype) -> Tensor:
     """The ``(B, 1, T, T)`` causal + key-padding mask of an encoder run causally.
 
@@ -185,9 +191,13 @@ class UnsplitTrunk:
                 use_cache=False,
             )
         elif self.causal:
-            # A 4-D mask passes through the encoder's mask preparation unchanged.
-            dtype = next(self.inner.parameters()).dtype
-            mask = _causal_encoder_mask(attention_mask, self.inner.config, dtype)
+            if _ENCODERS_TAKE_4D_MASKS:
+                # A 4-D mask passes through the encoder's mask preparation unchanged.
+                dtype = next(self.inner.parameters()).dtype
+                mask = _causal_encoder_mask(attention_mask, self.inner.config, dtype)
+            else:
+                # transformers 4.x encoders take a (B, T, T) 0/1 mask and make it additive.
+                mask = decoder_allowed(attention_mask)[:, 0].to(attention_mask.dtype)
             out = self.inner(**inputs, attention_mask=mask)
         else:
             out = self.inner(**inputs, attention_mask=attention_mask)
