@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,23 @@ def tiny_run(
         **(trainer_options or {}),
     )
     return trainer, model, data, loop
+
+
+class SlowRoundsFrom(Callback):
+    """Makes a run's rounds from ``first_round`` on slow, so that a signal lands inside one.
+
+    Used by the CLI's signal tests through the config (``trainer.callbacks``): at the first batch
+    of ``first_round`` it writes ``marker`` (the test then sends its signal), then sleeps
+    ``seconds`` after every batch.
+    """
+
+    def __init__(self, first_round: int, marker: str, seconds: float = 0.5) -> None:
+        self.first_round = first_round
+        self.marker = Path(marker)
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Mark the slow round's start, then sleep."""
+        if trainer.current_epoch >= self.first_round:
+            self.marker.touch()
+            time.sleep(self.seconds)

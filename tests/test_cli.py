@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,40 +81,63 @@ def test_fit_writes_results_checkpoints_config_and_assignment(fitted):
         assert (root / "adapters" / f"client_{client}" / "adapter_model.safetensors").exists()
 
 
-def test_test_subcommand_reproduces_the_fit_results(fitted, tmp_path):
+def test_fit_keeps_every_rounds_checkpoint(fitted):
+    _, root = fitted
+    names = sorted(p.name for p in (root / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "round-0.ckpt", "round-1.ckpt"]
+
+
+def test_fit_logs_round_times_that_add_up(fitted):
+    _, root = fitted
+    history = json.loads((root / RESULTS_FILE).read_text())["history"]
+    for record in history:
+        assert record["train_seconds"] > 0 and record["val_seconds"] > 0
+        assert record["seconds"] == pytest.approx(record["train_seconds"] + record["val_seconds"])
+
+
+def training_record(root: Path) -> dict[str, bytes]:
+    return {
+        name: (root / name).read_bytes() for name in ("metrics.csv", RESULTS_FILE, "config.yaml")
+    }
+
+
+def test_test_subcommand_writes_beside_the_run_and_keeps_its_record(fitted, caplog):
     config, root = fitted
     expected = json.loads((root / RESULTS_FILE).read_text())
-    again = tmp_path / "again"
-    main(
-        [
-            "test",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(again),
-            "--ckpt_path",
-            str(root / "checkpoints" / "last.ckpt"),
-        ]
-    )
-    results = json.loads((again / RESULTS_FILE).read_text())
-    assert results["overall"] == pytest.approx(expected["overall"], abs=1e-9)
-    assert results["best_round"] == expected["best_round"]
+    before = training_record(root)
+    args = ["test", "--config", str(config), "--trainer.default_root_dir", str(root)]
+    for n in range(2):
+        main([*args, "--ckpt_path", str(root / "checkpoints" / "last.ckpt")])
+        evaluated = root / f"test-{n}"
+        results = json.loads((evaluated / RESULTS_FILE).read_text())
+        assert results["overall"] == pytest.approx(expected["overall"], abs=1e-9)
+        assert results["best_round"] == expected["best_round"]
+        assert (evaluated / "metrics.csv").exists() and (evaluated / "config.yaml").exists()
+    assert training_record(root) == before
 
 
-def test_validate_subcommand_runs(fitted, tmp_path, capsys):
+def test_validate_subcommand_reports_the_validation_time(fitted, capsys, caplog):
     config, root = fitted
-    main(
-        [
-            "validate",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(tmp_path / "val"),
-            "--ckpt_path",
-            str(root / "checkpoints" / "last.ckpt"),
-        ]
-    )
+    before = training_record(root)
+    with caplog.at_level(logging.INFO):
+        main(
+            [
+                "validate",
+                "--config",
+                str(config),
+                "--trainer.default_root_dir",
+                str(root),
+                "--ckpt_path",
+                str(root / "checkpoints" / "round-0.ckpt"),
+            ]
+        )
     assert "val/ndcg@10" in capsys.readouterr().out
+    lines = [r.getMessage() for r in caplog.records if "val ndcg@10 mean" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("round 0 adapters: ")
+    seconds = float(lines[0].rsplit("(validation ", 1)[1].rstrip("s)"))
+    assert 0 <= seconds < 60  # the validation's own time, not the checkpoint's age
+    assert (root / "validate-0" / "metrics.csv").exists()
+    assert training_record(root) == before
 
 
 def test_print_config_shows_the_whole_schema(fitted, capsys):
@@ -176,8 +204,14 @@ def test_data_stats_prints_partition_and_popularity(fitted, capsys):
     assert "Jensen-Shannon" in out
 
 
+def cli_environment() -> dict[str, str]:
+    """The test process's environment, offline, with ``tests/`` importable (test callbacks)."""
+    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": path}
+
+
 def run_cli(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env = cli_environment()
     return subprocess.run(
         [sys.executable, "-m", "fellrec", *args],
         cwd=cwd,
@@ -249,3 +283,109 @@ def test_readme_quickstart_beats_popularity(tmp_path):
     assert results["rounds_run"] == 3
     assert len(results["clients"]) == 5
     assert results["overall"]["ndcg@10"] > 1.3 * results["popularity"]["overall"]["ndcg@10"]
+
+
+def metric_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def interrupt_fit(config: Path, root: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
+    """Run ``fellrec fit`` in a real process and send it ``sig`` inside its second round."""
+    marker = root.parent / f"{root.name}-in-round-1"
+    slow = yaml.safe_load(config.read_text())
+    slow["trainer"]["callbacks"] = [
+        {
+            "class_path": "federation_helpers.SlowRoundsFrom",
+            "init_args": {"first_round": 1, "marker": str(marker)},
+        }
+    ]
+    slow_config = root.parent / f"{root.name}.yaml"
+    slow_config.write_text(yaml.safe_dump(slow))
+    args = ["fit", "--config", str(slow_config), "--trainer.default_root_dir", str(root)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fellrec", *args],
+        env=cli_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_exits_non_zero_and_the_resumed_record_equals_the_uninterrupted(
+    fitted, tmp_path, sig
+):
+    config, uninterrupted = fitted
+    root = tmp_path / "stopped"
+    stopped = interrupt_fit(config, root, sig)
+    assert stopped.returncode == 128 + sig, stopped.stderr[-3000:]
+    assert f"fit stopped by {sig.name} during round 1" in stopped.stderr
+    assert "holds rounds 0-0" in stopped.stderr
+    assert "--ckpt_path last" in stopped.stderr
+    assert not (root / RESULTS_FILE).exists()
+    assert (root / "checkpoints" / "round-0.ckpt").exists()
+
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(root),
+            "--ckpt_path",
+            "last",
+        ]
+    )
+    resumed, expected = (
+        metric_rows(root / "metrics.csv"),
+        metric_rows(uninterrupted / "metrics.csv"),
+    )
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in expected]
+    for got, want in zip(resumed, expected, strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if value:
+                assert float(got[key]) == pytest.approx(float(value), abs=1e-6), key
+            else:
+                assert got[key] == value, key
+    results = json.loads((root / RESULTS_FILE).read_text())
+    want = json.loads((uninterrupted / RESULTS_FILE).read_text())
+    assert results["overall"] == pytest.approx(want["overall"], abs=1e-6)
+
+
+def test_a_log_that_is_a_file_stays_readable(fitted, tmp_path):
+    config, _ = fitted
+    shown = yaml.safe_load(config.read_text())
+    shown["trainer"]["enable_progress_bar"] = True
+    path = tmp_path / "shown.yaml"
+    path.write_text(yaml.safe_dump(shown))
+    result = run_cli(
+        ["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")],
+        tmp_path,
+        600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "\r" not in log  # no bar redraws in a file
+    for noise in ("Tip:", "LeafSpec", "Loading weights", "IterableDataset"):
+        assert noise not in log, noise
+    assert re.search(r"round 1 \(2/2\): batch \d+/\d+, client 0, [\d.]+ batches/s", log)
+    assert re.search(r"round 1: val ndcg@10 mean [\d.]+ worst [\d.]+ \(", log)
+
+
+def test_data_stats_help_shows_the_dataset_options(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["data", "stats", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("format", "path", "options", "min_rating", "kcore"):
+        assert f"--data.dataset.{option} " in out, option
+    assert "One of synthetic, movielens, recbole, amazon, tabular." in out
+    assert "Where prepared data is cached" in out  # every data option has its description

@@ -63,6 +63,8 @@ def test_cost_prints_the_table_for_a_tiny_decoder(tmp_path, tiny_llama_dir, caps
     rows = [line.split()[0] for line in lines[header + 2 : header + 6]]
     assert rows == ["unsplit", "0", "1", "2"]  # k_front <= L - 1 - k_back = 2
     assert "configured split (k_front=1, k_back=1)" in out
+    assert "padded to the maximum length (96 tokens)" in out  # what the estimate assumes
+    assert "resources.measured.bytes_per_step" in out
 
 
 def test_cost_of_an_encoder_with_given_k_fronts(tmp_path, tiny_encoder_dir, capsys):

@@ -106,6 +106,14 @@ def test_adapters_saved_in_peft_format(fellrec_run, tiny_encoder_dir):
         ]
     )
     assert torch.allclose(saved, model.adapters.get_vector(1))
+    folder = root / "adapters" / "client_1"
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(tiny_encoder_dir)  # the backbone setting as the run was given it
+    card = (folder / "README.md").read_text()
+    results = json.loads((root / RESULTS_FILE).read_text())
+    assert "# fellrec adapter: client 1 of 3" in card
+    assert f"round {results['client_best_rounds'][1]} of the 2 rounds run" in card
+    assert f"| test ndcg@10 | {results['clients']['1']['ndcg@10']:.4f} |" in card
 
 
 def test_fedavg_round_leaves_identical_adapters(tmp_path, tiny_encoder_dir):

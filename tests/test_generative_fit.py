@@ -64,7 +64,6 @@ def test_generative_run_is_tested_again_from_its_checkpoint(tmp_path, tiny_llama
     root = tmp_path / "run"
     main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root)])
     first = json.loads((root / RESULTS_FILE).read_text())
-    (root / RESULTS_FILE).unlink()
     checkpoint = root / "checkpoints" / "last.ckpt"
     main(
         [
@@ -77,7 +76,7 @@ def test_generative_run_is_tested_again_from_its_checkpoint(tmp_path, tiny_llama
             str(checkpoint),
         ]
     )
-    again = json.loads((root / RESULTS_FILE).read_text())
+    again = json.loads((root / "test-0" / RESULTS_FILE).read_text())
     assert again["config"]["model"]["prompt"]["num_beams"] == 2
     assert again["resources"]["split"] is True
     assert set(again["clients"]) == set(first["clients"])

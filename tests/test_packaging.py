@@ -107,3 +107,26 @@ def test_help_lists_the_subcommands() -> None:
     }
     for command in SUBCOMMANDS:
         assert command in listed, f"`fellrec --help` does not list '{command}':\n{result.stdout}"
+
+
+def _quickstart_commands() -> list[str]:
+    """The commands of the README's Install and Quickstart code blocks (comments stripped)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Install", 1)[1].split("## How a run works", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    lines = (line.split("#", 1)[0].strip() for block in blocks[:2] for line in block.splitlines())
+    return [line for line in lines if line]
+
+
+def test_the_readme_test_command_is_installed_by_the_dev_extra() -> None:
+    commands = _quickstart_commands()
+    assert any(c.startswith("pip install -e") and "[dev]" in c for c in commands), commands
+    test_command = commands[-1].split()[0]
+    dev = _requirements(_lines(_read_ini("setup.cfg")["options.extras_require"]["dev"]))
+    assert test_command in dev, (
+        f"the README's test command '{test_command}' is not installed by the dev extra"
+    )
+
+
+def test_the_readme_says_how_to_install_the_cpu_build_of_torch() -> None:
+    assert any("download.pytorch.org/whl/cpu" in c for c in _quickstart_commands())

@@ -7,9 +7,12 @@ All subcommands read the same YAML schema: ``model:`` (FederatedModule), ``data:
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import os
+import shlex
+import signal
 import sys
 import traceback
 import warnings
@@ -21,14 +24,22 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fellrec import __version__
 from fellrec.commands import COMMANDS
+from fellrec.config_errors import (
+    check_config_files,
+    explain_argument_error,
+    parse_checked,
+    parser_keys,
+)
 from fellrec.data.schema import DataFormatError
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.loop import FederatedLoop
-from fellrec.training.progress import FederatedProgressBar
+from fellrec.training.progress import FederatedProgressBar, FederatedProgressLog
 
 OVERVIEW = f"""\
 fellrec {__version__} -- federated fine-tuning of LLM-based recommenders (FELLRec)
@@ -51,6 +62,15 @@ Every command takes --config FILE.yaml (repeatable) and --help.
 Quickstart:  fellrec fit --config configs/quickstart.yaml
 """
 
+#: The subcommands LightningCLI runs.
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: Subcommands that evaluate a saved run; they write into a new directory inside the run's.
+EVALUATION_SUBCOMMANDS = ("validate", "test")
+#: Environment variable carrying the evaluation directory to the other processes of a run.
+EVALUATION_DIR_VARIABLE = "FELLREC_EVALUATION_DIR"
+#: Signals a scheduler (SIGTERM) or a person (SIGINT) stops a run with; exit status 128 + number.
+INTERRUPTING_SIGNALS = {"SIGTERM": int(signal.SIGTERM), "SIGINT": int(signal.SIGINT)}
+
 #: Config sections of the LightningCLI schema that ``fellrec data stats`` accepts and ignores.
 NON_DATA_SECTIONS = ("model", "trainer", "loop", "checkpoint", "seed_everything", "ckpt_path")
 
@@ -58,26 +78,46 @@ NON_DATA_SECTIONS = ("model", "trainer", "loop", "checkpoint", "seed_everything"
 class FellrecCLI(LightningCLI):
     """LightningCLI with the federated loop and round checkpoints always present."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        command = kwargs.get("args")
+        #: The command-line arguments, for the resume command printed after an interruption.
+        self.command_args = list(sys.argv[1:] if command is None else map(str, command))
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the ``loop:`` and ``checkpoint:`` sections and link the seeds."""
         parser.add_lightning_class_args(FederatedLoop, "loop")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "round-{epoch}"})
+        # Every round's checkpoint is kept (they hold adapters and optimizer states only, not the
+        # frozen base): any round can be evaluated or resumed from later.
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "round-{epoch}",
+                "checkpoint.save_top_k": -1,
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
         parser.link_arguments("data.seed", "model.seed")
 
     def before_instantiate_classes(self) -> None:
         """Log into ``default_root_dir`` itself and keep round checkpoints under it.
 
         A fixed directory (not ``version_N``) is what makes ``--ckpt_path last`` find the
-        interrupted run, and puts ``results.json`` where the config says.
+        interrupted run, and puts ``results.json`` where the config says. ``validate`` and
+        ``test`` write into a new ``<subcommand>-<n>/`` inside it, so that evaluating a run never
+        replaces its training record.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or os.getcwd()
         config.trainer.default_root_dir = root
+        log_dir = root
+        if self.subcommand in EVALUATION_SUBCOMMANDS:
+            log_dir = str(evaluation_directory(Path(root), self.subcommand))
         if config.trainer.logger in (None, True):
             config.trainer.logger = {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": root, "name": "", "version": ""},
+                "class_path": "fellrec.training.run_logger.RunCSVLogger",
+                "init_args": {"save_dir": log_dir, "name": "", "version": ""},
             }
         if not config.checkpoint.dirpath:
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
@@ -88,24 +128,105 @@ class FellrecCLI(LightningCLI):
             and logger.init_args.get("save_dir") in (None, ".")
         ):
             # WandbLogger's save_dir is the run's log directory (results.json, plots, adapters).
-            logger.init_args.save_dir = root
+            logger.init_args.save_dir = log_dir
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Show the round and the client in the progress bar, unless the config sets its own."""
+        """Show the round and the client as it goes, unless the config sets its own progress bar.
+
+        On a terminal that is a bar; when stderr is a file (CI, nohup, Slurm), where a bar's
+        carriage-return redraws pile up, it is an occasional log line.
+        """
         config = self._get(self.config_init, "trainer", default={})
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
-            kwargs["callbacks"] = [*callbacks, FederatedProgressBar()]
+            progress = FederatedProgressBar() if sys.stderr.isatty() else FederatedProgressLog()
+            kwargs["callbacks"] = [*callbacks, progress]
         return super().instantiate_trainer(**kwargs)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; a run stopped by a signal exits non-zero, saying how to resume."""
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit as stop:
+            if self.trainer.state.status != TrainerStatus.INTERRUPTED:
+                raise
+            signal_name = "SIGTERM" if isinstance(stop, SIGTERMException) else "SIGINT"
+            print(self._interruption_notice(subcommand, signal_name), file=sys.stderr)
+            raise SystemExit(128 + INTERRUPTING_SIGNALS[signal_name]) from None
+
+    def _interruption_notice(self, subcommand: str, signal_name: str) -> str:
+        """What was saved and the command that resumes (fit) or repeats (validate, test) the run."""
+        if subcommand != "fit":
+            return f"fellrec: {subcommand} stopped by {signal_name}; nothing was written"
+        loop = next(c for c in self.trainer.callbacks if isinstance(c, FederatedLoop))  # type: ignore[attr-defined]
+        last = Path(self.config[subcommand].checkpoint.dirpath) / "last.ckpt"
+        where = f"fellrec: fit stopped by {signal_name} during round {self.trainer.current_epoch}"
+        if loop.checkpointed_rounds == 0 or not last.exists():
+            return f"{where}; no round had finished, so there is no checkpoint: run it again"
+        command = resume_command(self.command_args)
+        return (
+            f"{where}; {last} holds rounds 0-{loop.checkpointed_rounds - 1} (an unfinished round "
+            f"runs again from its start). Resume with:\n  {command}"
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse; a config mistake becomes one line naming the file, the key and the nearest key."""
+        command = self.command_args[:1]
+        check_config_files(self.command_args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as error:
+            subcommands = parser._subcommands_action
+            known_parser = parser
+            if subcommands is not None and command and command[0] in subcommands.choices:
+                known_parser = subcommands.choices[command[0]]
+            raise explain_argument_error(
+                str(error),
+                parser_keys(known_parser),
+                self.command_args,
+                " ".join(["fellrec", *command]),
+            ) from None
 
     def after_fit(self) -> None:
         """Test each client's selected adapter and write ``results.json``."""
         if self.trainer.state.stopped and self.trainer.interrupted:
             return
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+
+
+def evaluation_directory(root: Path, subcommand: str) -> Path:
+    """The first free ``<root>/<subcommand>-<n>`` (the same one in every process of a run).
+
+    Lightning's multi-process launcher starts the other processes by running the command again;
+    they take the directory the first process chose (from the environment) rather than the next
+    free one.
+    """
+    chosen = os.environ.get(EVALUATION_DIR_VARIABLE)
+    if chosen and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(chosen)
+    n = 0
+    while (root / f"{subcommand}-{n}").exists():
+        n += 1
+    directory = root / f"{subcommand}-{n}"
+    os.environ[EVALUATION_DIR_VARIABLE] = str(directory)
+    return directory
+
+
+def resume_command(args: list[str]) -> str:
+    """The ``fellrec`` command line with ``--ckpt_path last`` in place of any other checkpoint."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["fellrec", *kept, "--ckpt_path", "last"])
 
 
 def run_lightning_cli(args: list[str] | None) -> None:
@@ -115,9 +236,12 @@ def run_lightning_cli(args: list[str] | None) -> None:
         args: Command-line arguments; ``None`` reads ``sys.argv`` (as the console script does, so
             that Lightning's multi-process launcher can re-run the same command).
     """
+    # Parse errors are raised (not printed after the whole usage) and explained by parse_arguments.
+    no_exit = {"exit_on_error": False}
     FellrecCLI(
         FederatedModule,
         FederatedDataModule,
+        parser_kwargs={**no_exit, **{name: no_exit for name in LIGHTNING_SUBCOMMANDS}},
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"num_sanity_val_steps": 0, "max_epochs": 3},
         seed_everything_default=0,
@@ -127,7 +251,13 @@ def run_lightning_cli(args: list[str] | None) -> None:
 
 
 def _data_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="fellrec data stats", description="Describe the prepared data.")
+    parser = ArgumentParser(
+        prog="fellrec data stats",
+        description="Load, split and partition the data; print statistics and the popularity "
+        "baseline. Real data: --data.dataset.format (movielens, recbole, amazon, tabular) and "
+        "--data.dataset.path; see 'Where the interactions come from' below.",
+        exit_on_error=False,
+    )
     parser.add_argument("--config", action=ActionConfigFile, help="a fellrec YAML config")
     parser.add_class_arguments(FederatedDataModule, "data")
     for section in NON_DATA_SECTIONS:
@@ -141,7 +271,7 @@ def run_config_parser(prog: str, description: str) -> ArgumentParser:
     Commands that read a run's config without training (``fellrec cost``, ``fellrec attack``)
     build on it: add their own flags, then call :func:`instantiate_run_config`.
     """
-    parser = ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a fellrec YAML config")
     parser.add_class_arguments(FederatedModule, "model")
     parser.add_class_arguments(FederatedDataModule, "data")
@@ -226,20 +356,53 @@ def run_data_command(args: list[str]) -> None:
     if args[0] != "stats":
         raise ValueError(f"unknown command 'data {args[0]}'; available: data stats, data fetch")
     parser = _data_parser()
-    config = parser.parse_args(args[1:])
+    config = parse_checked(parser, args[1:], "fellrec data stats")
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
     datamodule = instantiate(config).data
     datamodule.setup("fit")
     print(describe_data(datamodule))
 
 
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of the given prefixes."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record unless its message starts with a dropped prefix."""
+        return not record.getMessage().startswith(self.prefixes)
+
+
+#: Lightning's logger of rank-zero messages, and what of it a fellrec log leaves out.
+LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+_LIGHTNING_NOISE = _DropMessages("💡 Tip:")
+
+
+def quiet_third_party_output() -> None:
+    """Leave out of the log what is not about the run and that nobody can act on.
+
+    Lightning's advertisement for its cloud logger, its own deprecation warning about
+    ``LeafSpec`` (from inside Lightning, on every run), transformers' "Loading weights" bar and
+    Lightning's caution about the length of iterable datasets: batches are planned per round in
+    the main process (num_workers=0), so that length is exact.
+    """
+    rank_zero_logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    if _LIGHTNING_NOISE not in rank_zero_logger.filters:
+        rank_zero_logger.addFilter(_LIGHTNING_NOISE)
+    warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``fellrec`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # Batches are planned per round in the main process (num_workers=0), so the length of the
-    # iterable dataset is exact; Lightning's generic caution about it does not apply.
-    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+    quiet_third_party_output()
     if not args or args[0] in ("-h", "--help"):
         print(OVERVIEW)
         return

@@ -25,6 +25,7 @@ from jsonargparse import ArgumentParser
 
 from fellrec.cli import instantiate_run_config, run_config_parser
 from fellrec.commands.cost import parse_k_fronts
+from fellrec.config_errors import parse_checked
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.privacy import ATTACK, privacy_section
 
@@ -92,7 +93,7 @@ def main(args: list[str]) -> None:
     from fellrec.models.split import num_blocks
 
     parser = build_parser()
-    parsed = parser.parse_args(args)
+    parsed = parse_checked(parser, args, "fellrec attack")
     for flag in ("public_texts", "victims", "batch_size"):
         if parsed[flag] < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {parsed[flag]}")

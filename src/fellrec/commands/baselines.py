@@ -20,6 +20,7 @@ from fellrec.baselines.bpr import BPRSettings
 from fellrec.baselines.runs import BASELINES, baseline_results, write_results
 from fellrec.baselines.sasrec import SASRecSettings
 from fellrec.cli import run_config_parser
+from fellrec.config_errors import parse_checked
 
 
 def parse_baselines(text: str) -> list[str]:
@@ -115,6 +116,6 @@ def _run(parser: ArgumentParser, parsed: Any, names: list[str], output: Path | N
 def main(args: list[str]) -> None:
     """``fellrec baselines --config X.yaml [--baselines bpr,sasrec] [--output DIR]``."""
     parser = build_parser()
-    parsed = parser.parse_args(args)
+    parsed = parse_checked(parser, args, "fellrec baselines")
     names = parse_baselines(parsed.baselines)
     _run(parser, parsed, names, Path(parsed.output) if parsed.output else None)

@@ -19,8 +19,14 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from fellrec.cli import instantiate_run_config, run_config_parser
+from fellrec.config_errors import parse_checked
 from fellrec.federation.split_plan import plan_split
-from fellrec.models.resource_tables import format_cost_table, format_report, human_count
+from fellrec.models.resource_tables import (
+    format_cost_table,
+    format_report,
+    human_count,
+    padding_note,
+)
 from fellrec.models.resources import cost_table, count_parameters, lora_targets, resource_report
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
@@ -209,7 +215,7 @@ def build_parser() -> ArgumentParser:
 def main(args: list[str]) -> None:
     """``fellrec cost --config X.yaml [--k-fronts 0,1,2] [--architecture config.json]``."""
     parser = build_parser()
-    parsed = parser.parse_args(args)
+    parsed = parse_checked(parser, args, "fellrec cost")
     model, datamodule = instantiate_run_config(parser, parsed)
     if parsed.base_dtype is not None and parsed.base_dtype not in DTYPE_BYTES:
         raise ValueError(f"--base-dtype must be one of {sorted(DTYPE_BYTES)}")
@@ -250,6 +256,7 @@ def main(args: list[str]) -> None:
     if note:
         print(f"note: {note}")
     print(format_cost_table(rows))
+    print(padding_note(datamodule.batch_size, seq_len))
     if model.split and configured in k_fronts:
         print(f"\nconfigured split (k_front={model.k_front}, k_back={model.k_back}):")
         print(format_report(run_report(model, datamodule, config, dtype, act)))

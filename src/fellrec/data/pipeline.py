@@ -37,22 +37,25 @@ PARTITIONS = ("kmeans", "iid", "dirichlet", "attribute")
 PATH_OPTIONS = frozenset({"meta", "items", "users"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetSettings:
-    """Where the interactions come from."""
+    """Where the interactions come from.
+
+    Attributes:
+        format: One of synthetic, movielens, recbole, amazon, tabular.
+        path: movielens/recbole: the extracted directory; amazon: the reviews file; tabular: the
+            interactions file (CSV/TSV/Parquet). Not used by synthetic.
+        options: Extra reader options: amazon ``meta``; tabular ``items``, ``users`` and column
+            names; synthetic ``num_users``, ``num_items``, ``num_categories``; recbole ``name``.
+        min_rating: Keep only interactions rated at least this (when the source has ratings).
+        kcore: Iterative k-core filter on users and items (0 or 1: off; the reference uses 5).
+    """
 
     format: str = "synthetic"
-    """One of synthetic, movielens, recbole, amazon, tabular."""
     path: str | None = None
-    """movielens/recbole: the extracted directory; amazon: the reviews file; tabular: the
-    interactions file (CSV/TSV/Parquet). Not used by synthetic."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Extra reader options: amazon ``meta``; tabular ``items``, ``users`` and column names;
-    synthetic ``num_users``, ``num_items``, ``num_categories``; recbole ``name``."""
     min_rating: float | None = None
-    """Keep only interactions rated at least this (when the source has ratings)."""
     kcore: int = 0
-    """Iterative k-core filter on users and items (0 or 1: off; the reference uses 5)."""
 
 
 def default_cache_dir() -> Path:

@@ -45,6 +45,23 @@ PACKAGED_GGUF_MODELS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+#: The public Hugging Face Hub name of each packaged alias (what an exported adapter names as its
+#: base, so that it loads on machines without fellrec's packages).
+PUBLIC_NAMES: dict[str, str] = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+def public_base_name(name_or_path: str) -> str:
+    """A portable name for a backbone setting: the hub name of an alias, else the setting itself.
+
+    A packaged alias resolves to a directory inside a virtualenv, which means nothing on another
+    machine; its hub name does. Hub names and the paths a config gives are kept as written.
+    """
+    return PUBLIC_NAMES.get(name_or_path, name_or_path)
+
+
 def model_cache_dir() -> Path:
     """Where converted packaged models live: ``$FELLREC_CACHE/models`` or the user cache."""
     configured = os.environ.get("FELLREC_CACHE")

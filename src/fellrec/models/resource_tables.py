@@ -74,6 +74,21 @@ def _format_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
 
 
+def padding_note(batch_size: int, seq_len: int) -> str:
+    """What the estimates assume about sequence lengths, printed under every cost table.
+
+    Args:
+        batch_size: Sequences per micro-batch the estimate assumes.
+        seq_len: Tokens per sequence it assumes (the configured maximum).
+    """
+    return (
+        f"estimates assume every micro-batch full ({batch_size} sequences) and padded to the "
+        f"maximum length ({seq_len} tokens): memory, FLOPs and bytes sent are upper bounds. "
+        "Shorter sequences and a client's last, smaller batch cost less; a run records what it "
+        "sent under resources.measured.bytes_per_step in results.json."
+    )
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The ``table`` rows of a :func:`resource_report` as aligned text (client / server)."""
     rows = [(r["quantity"], r["client"], r["server"]) for r in report["table"]]

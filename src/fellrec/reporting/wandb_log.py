@@ -64,13 +64,17 @@ def _log_table(logger: WandbLogger, key: str, table: Table, step: int) -> None:
     logger.log_table(key=key, columns=table.columns, data=rows, step=step)
 
 
-def log_round(trainer: L.Trainer, record: Mapping[str, Any], clients: int) -> None:
+def log_round(
+    trainer: L.Trainer, record: Mapping[str, Any], clients: int, step: int | None = None
+) -> None:
     """Log one round's per-client table and (when the strategy has one) its similarity heatmap.
 
     Args:
         trainer: The trainer (its wandb loggers receive the round).
         record: The round's history record (see :mod:`fellrec.reporting.history`).
         clients: Number of clients.
+        step: The global step to log at; default the trainer's (a resumed run replays the
+            rounds before its checkpoint at their own steps).
     """
     loggers = wandb_loggers(trainer)
     if not loggers:
@@ -85,13 +89,14 @@ def log_round(trainer: L.Trainer, record: Mapping[str, Any], clients: int) -> No
 
         matrix = [[hist.as_float(v) for v in row] for row in similarity]
         image = rgb_array(similarity_figure(matrix, f"client similarity, round {round_index}"))
+    step = trainer.global_step if step is None else step
     for logger in loggers:
-        _log_table(logger, ROUND_TABLE_KEY, table, trainer.global_step)
+        _log_table(logger, ROUND_TABLE_KEY, table, step)
         if image is not None:
             logger.log_image(
                 key=SIMILARITY_KEY,
                 images=[image],
-                step=trainer.global_step,
+                step=step,
                 caption=[f"round {round_index}"],
             )
 

@@ -33,13 +33,14 @@ def resource_summary(module: FederatedModule) -> dict[str, Any]:
     plan = plan_split(num_blocks(base), module.k_front, module.k_back) if module.split else None
     datamodule = federated_datamodule(module.trainer)
     seq_len = module.tokens_per_example(datamodule.settings.history_length)
+    batch_size = max(1, datamodule.batch_size // module.trainer.world_size)
     weight = next(base.parameters())
     try:
         report = resource_report(
             base.config,
             plan,
             module.lora,
-            batch_size=max(1, datamodule.batch_size // module.trainer.world_size),
+            batch_size=batch_size,
             seq_len=seq_len,
             num_clients=module.num_clients,
             base_dtype_bytes=1 if module.load_in_8bit else min(4, weight.element_size()),
@@ -50,6 +51,7 @@ def resource_summary(module: FederatedModule) -> dict[str, Any]:
         # An architecture the accounting does not know still trains (unsplit); say why the
         # estimate is missing instead of failing the run.
         report = {"split": module.split, "unavailable": str(error)}
+    report["assumed"] = {"batch_size": batch_size, "seq_len": seq_len}
     steps = module.train_traffic["steps"]
     # Per process and per micro-batch: under DDP every process sends its own share of a batch.
     report["measured"] = {

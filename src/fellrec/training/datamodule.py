@@ -37,6 +37,10 @@ from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summa
 Batch = dict[str, Any]
 
 
+#: The default ``data.dataset``: the built-in synthetic catalog (frozen, so shareable).
+DEFAULT_DATASET = DatasetSettings()
+
+
 def _pad(rows: Sequence[np.ndarray], fill: int = -1) -> torch.Tensor:
     """Stack ragged int arrays into ``(len(rows), max_len)`` padded on the right with ``fill``."""
     width = max((len(r) for r in rows), default=0)
@@ -88,13 +92,13 @@ class FederatedDataModule(L.LightningDataModule):
         accumulate_grad_batches: Mini-batches per optimizer step (within one client).
         client: Serve only this client's data (a real client silo fitting ``ClientModule``).
         cache_dir: Where prepared data is cached (default ``$FELLREC_CACHE`` or
-        ``~/.cache/fellrec``).
+            ``~/.cache/fellrec``).
         seed: Seed of the data stages and the batch order.
     """
 
     def __init__(
         self,
-        dataset: DatasetSettings | None = None,
+        dataset: DatasetSettings = DEFAULT_DATASET,
         split: str = "temporal",
         valid_fraction: float = 0.1,
         test_fraction: float = 0.1,
@@ -115,7 +119,7 @@ class FederatedDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.settings = PipelineSettings(
-            dataset=dataset or DatasetSettings(),
+            dataset=dataset,
             split=split,
             valid_fraction=valid_fraction,
             test_fraction=test_fraction,

@@ -50,7 +50,7 @@ from fellrec.models.item_components import (
     item_component_parameters,
 )
 from fellrec.models.prompts import PromptSettings
-from fellrec.models.resource_tables import format_report
+from fellrec.models.resource_tables import format_report, padding_note
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.split import make_trunk
 from fellrec.models.text import HistoryRenderer, format_item_text
@@ -489,7 +489,12 @@ class FederatedModule(L.LightningModule):
         if self.trainer.is_global_zero:
             report = resource_summary(self)
             if "table" in report:
-                log.info("resources (estimated per step):\n%s", format_report(report))
+                assumed = report["assumed"]
+                log.info(
+                    "resources (estimated per step):\n%s\n%s",
+                    format_report(report),
+                    padding_note(assumed["batch_size"], assumed["seq_len"]),
+                )
             else:
                 log.info("resources: no estimate (%s)", report["unavailable"])
 

@@ -19,6 +19,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.metrics.bootstrap import confidence_intervals
@@ -27,8 +29,23 @@ from fellrec.reporting import wandb_log
 from fellrec.training.datamodule import federated_datamodule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.results import write_run_outputs
+from fellrec.training.round_metrics import aggregation_metrics, round_metrics, validation_metrics
+from fellrec.training.run_logger import RunCSVLogger
 
 log = logging.getLogger(__name__)
+
+
+def starts_a_new_record(logger: Logger) -> bool:
+    """Whether a logger's record of a resumed run would lack the rounds before the resume.
+
+    Lightning's ``CSVLogger`` deletes its file on opening and a wandb run that was not resumed
+    (``WandbLogger(id=..., resume=...)``) is a new one; TensorBoard keeps its event files.
+    """
+    if isinstance(logger, CSVLogger):
+        return True
+    if isinstance(logger, WandbLogger):
+        return not getattr(logger.experiment, "resumed", False)
+    return False
 
 
 def run_directory(trainer: L.Trainer) -> Path:
@@ -72,8 +89,11 @@ class FederatedLoop(Callback):
         self.best_round = -1
         self.best_overall = float("-inf")
         self.history: list[dict[str, Any]] = []
+        #: Rounds held by the newest checkpoint this process saved or resumed from.
+        self.checkpointed_rounds = 0
         self._pending = False
         self._round_started = 0.0
+        self._validation_started = 0.0
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -112,6 +132,28 @@ class FederatedLoop(Callback):
             self._warn_small_clients(datamodule)
         self._report_start(trainer)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Continue the record of a resumed run: every round it holds, in every logger.
+
+        Called once the checkpoint is fully restored. ``metrics.csv`` keeps its rows of the
+        checkpoint's rounds (and drops those of an unfinished round, which runs again); loggers
+        that start a new record on every run (wandb) get the finished rounds replayed from the
+        history, so a resumed run's record equals the uninterrupted one's.
+        """
+        self.checkpointed_rounds = self.rounds_run
+        if not trainer.is_global_zero:
+            return
+        finished = [r for r in self.history if r["round"] < self.rounds_run]
+        for logger in trainer.loggers:
+            if isinstance(logger, RunCSVLogger):
+                logger.start_at_round(self.rounds_run)
+            elif finished and starts_a_new_record(logger):
+                for record in finished:
+                    logger.log_metrics(round_metrics(record), step=record.get("step", 0))
+        module = self._module(pl_module)
+        for record in finished:
+            wandb_log.log_round(trainer, record, module.num_clients, step=record.get("step", 0))
+
     def _warn_small_clients(self, datamodule: Any) -> None:
         """Warn about clients whose validation or test users are too few to trust."""
         for period, counts in datamodule.eval_user_counts().items():
@@ -137,6 +179,7 @@ class FederatedLoop(Callback):
         """Aggregate first: validation already evaluates the round's personalized adapters."""
         if self._pending and not trainer.sanity_checking:
             self._aggregate(trainer, self._module(pl_module))
+        self._validation_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Aggregate here when validation did not run this round; report the round."""
@@ -181,21 +224,17 @@ class FederatedLoop(Callback):
             ],
             "lr": [module.lr * float(s) for s in self.lr_scale],
             "diverged": diverged.nonzero().flatten().tolist(),
-            "seconds": time.perf_counter() - self._round_started,
+            # Training and aggregation; validation adds `val_seconds`, `seconds` is the sum.
+            "train_seconds": time.perf_counter() - self._round_started,
+            "step": trainer.global_step,
         }
+        record["seconds"] = record["train_seconds"]
         if result.weights is not None:
             record["heating_weight"] = [float(w) for w in result.weights]
         if result.similarity is not None:
             record["similarity"] = result.similarity.tolist()
         self.history.append(record)
-        metrics = {"round": float(round_index)}
-        for slot, (loss, ok) in enumerate(zip(slot_losses, participants, strict=True)):
-            if ok:
-                metrics[f"client/{slot}/train/loss"] = float(loss)
-            metrics[f"client/{slot}/lr"] = record["lr"][slot]
-            if result.weights is not None and not torch.isnan(result.weights[slot]):
-                metrics[f"client/{slot}/heating_weight"] = float(result.weights[slot])
-        module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
+        module.log_dict(aggregation_metrics(record), on_step=False, on_epoch=True, sync_dist=True)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -224,26 +263,32 @@ class FederatedLoop(Callback):
         if overall[self.selection_metric] > self.best_overall:
             self.best_overall = float(overall[self.selection_metric])
             self.best_round = round_index
-        if self.history and self.history[-1]["round"] == round_index:
-            self.history[-1]["val"] = summary
-        metrics = {f"val/{k}": float(v) for k, v in overall.items() if k != "users"}
-        for client, row in summary["clients"].items():
-            for key, value in row.items():
-                if key != "users":
-                    metrics[f"client/{client}/val/{key}"] = float(value)
-        for metric, stats in summary["balance"].items():
-            for stat, value in stats.items():
-                metrics[f"balance/val/{metric}/{stat}"] = float(value)
-        module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
+        validation_seconds = time.perf_counter() - self._validation_started
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and self.history and self.history[-1]["round"] == round_index:
+            record = self.history[-1]
+            record["val"] = summary
+            record["val_seconds"] = validation_seconds
+            record["seconds"] = record["train_seconds"] + validation_seconds
+        module.log_dict(validation_metrics(summary), on_step=False, on_epoch=True, sync_dist=True)
         balance = summary["balance"][self.selection_metric]
-        log.info(
-            "round %d: val %s mean %.4f worst %.4f (%.1fs)",
-            round_index,
-            self.selection_metric,
-            balance["mean"],
-            balance["min"],
-            time.perf_counter() - self._round_started,
+        scores = (
+            f"val {self.selection_metric} mean {balance['mean']:.4f} worst {balance['min']:.4f}"
         )
+        if fitting:
+            train_seconds = self.history[-1]["train_seconds"] if self.history else 0.0
+            log.info(
+                "round %d: %s (%.1fs: training %.1fs, validation %.1fs)",
+                round_index,
+                scores,
+                train_seconds + validation_seconds,
+                train_seconds,
+                validation_seconds,
+            )
+        else:
+            log.info(
+                "round %d adapters: %s (validation %.1fs)", round_index, scores, validation_seconds
+            )
 
     # ------------------------------------------------------------------ test
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -316,6 +361,12 @@ class FederatedLoop(Callback):
             log.info("plots written to %s", paths[0].parent if paths else results_path.parent)
 
     # ------------------------------------------------------------------ checkpoint state
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Remember how many rounds the newest checkpoint holds (for the interruption notice)."""
+        self.checkpointed_rounds = self.rounds_run
+
     def state_dict(self) -> dict[str, Any]:
         """Plain values and tensors: everything a resumed run needs."""
         return {

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fellrec.training.accounting import privacy_summary, resource_summary
+from fellrec.training.adapter_cards import describe_adapters
 from fellrec.training.datamodule import federated_datamodule
 
 if TYPE_CHECKING:
@@ -82,4 +83,13 @@ def write_run_outputs(
     path.write_text(json.dumps(_finite(results), indent=2))
     if module.adapters is not None:
         module.adapters.save(directory / "adapters")
+        describe_adapters(
+            directory / "adapters",
+            backbone_setting=str(module.hparams.get("backbone", "")),
+            strategy=module.strategy.name,
+            recommender=str(module.hparams.get("recommender", "")),
+            selected_rounds=results["client_best_rounds"] or [-1] * module.num_clients,
+            rounds_run=loop.rounds_run,
+            client_metrics=test_summary.get("clients", {}),
+        )
     return path

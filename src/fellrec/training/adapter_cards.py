@@ -1,0 +1,139 @@
+"""What an exported client adapter is: its model card and a portable reference to its base.
+
+peft writes ``adapter_config.json`` with ``base_model_name_or_path`` set to wherever the base was
+loaded from (for a packaged alias, a directory inside the virtualenv) and, in some versions, an
+empty template card. :func:`describe_adapters` replaces the first with the base's public name and
+writes a short ``README.md`` per client: which client, which round was selected, its test
+metrics, the base model and how to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fellrec.models.backbone import public_base_name
+
+#: The metrics a card lists (when the run computed them).
+CARD_METRICS = ("ndcg@10", "recall@10", "hit@10", "mrr@10")
+
+
+def adapter_card(
+    *,
+    client: int,
+    num_clients: int,
+    base_model: str,
+    backbone_setting: str,
+    strategy: str,
+    recommender: str,
+    selected_round: int,
+    rounds_run: int,
+    test_metrics: Mapping[str, Any],
+    has_item_components: bool,
+) -> str:
+    """The ``README.md`` (Hugging Face model card) of one client's adapter.
+
+    Args:
+        client: The client the adapter belongs to.
+        num_clients: Clients in the federation.
+        base_model: The base's public name (the card's ``base_model``).
+        backbone_setting: ``model.backbone`` as the config gave it.
+        strategy: The federated strategy's name.
+        recommender: ``model.recommender``.
+        selected_round: The round selected on the client's validation users (-1: none).
+        rounds_run: Rounds the run trained.
+        test_metrics: The client's test metrics (``users`` and ``<metric>@<k>`` values).
+        has_item_components: Whether ``item_components.safetensors`` lies beside the adapter.
+    """
+    rows = [
+        f"| test {name} | {float(test_metrics[name]):.4f} |"
+        for name in CARD_METRICS
+        if isinstance(test_metrics.get(name), int | float)
+    ]
+    if "users" in test_metrics:
+        rows.append(f"| test users | {int(test_metrics['users'])} |")
+    selected = f"round {selected_round}" if selected_round >= 0 else "no round (never validated)"
+    components = (
+        "\n`item_components.safetensors` holds the client's own item and scoring modules "
+        "(the layers that stay on the client); fellrec loads them with the adapter.\n"
+        if has_item_components
+        else ""
+    )
+    return f"""---
+library_name: peft
+base_model: {base_model}
+tags:
+- fellrec
+- federated-learning
+- recommendation
+- lora
+---
+
+# fellrec adapter: client {client} of {num_clients}
+
+The LoRA adapter of client {client} in a federated fine-tuning run of fellrec
+(strategy `{strategy}`, recommender `{recommender}`), as selected on the client's own
+validation users: {selected} of the {rounds_run} rounds run.
+
+| | |
+| --- | --- |
+{chr(10).join(rows)}
+
+Base model: `{base_model}` (fellrec's `model.backbone: {backbone_setting}`).
+{components}
+```python
+from peft import PeftModel
+from transformers import AutoModel
+
+base = AutoModel.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "client_{client}")
+```
+"""
+
+
+def describe_adapters(
+    directory: Path,
+    *,
+    backbone_setting: str,
+    strategy: str,
+    recommender: str,
+    selected_rounds: Sequence[int],
+    rounds_run: int,
+    client_metrics: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Write each ``client_<i>/README.md`` and point its ``adapter_config.json`` at the base.
+
+    Args:
+        directory: The ``adapters/`` directory holding ``client_<i>/``.
+        backbone_setting: ``model.backbone`` as the config gave it.
+        strategy: The federated strategy's name.
+        recommender: ``model.recommender``.
+        selected_rounds: The selected round of each client.
+        rounds_run: Rounds the run trained.
+        client_metrics: Test metrics per client id (``results.json``'s ``clients``).
+    """
+    base_model = public_base_name(backbone_setting)
+    num_clients = len(selected_rounds)
+    for client in range(num_clients):
+        folder = directory / f"client_{client}"
+        config_path = folder / "adapter_config.json"
+        if not config_path.is_file():
+            continue
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base_model
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        card = adapter_card(
+            client=client,
+            num_clients=num_clients,
+            base_model=base_model,
+            backbone_setting=backbone_setting,
+            strategy=strategy,
+            recommender=recommender,
+            selected_round=int(selected_rounds[client]),
+            rounds_run=rounds_run,
+            test_metrics=client_metrics.get(str(client), {}),
+            has_item_components=(folder / "item_components.safetensors").is_file(),
+        )
+        (folder / "README.md").write_text(card)

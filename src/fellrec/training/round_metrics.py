@@ -1,0 +1,57 @@
+"""The scalar keys a federated round logs, computed from its history record and evaluation.
+
+One function per moment of the round, shared by the live run (``FederatedLoop`` logs them through
+``log_dict``) and a resumed one (which replays the finished rounds from the checkpoint's history
+into loggers that cannot keep their own record, such as a new wandb run), so that both carry the
+same keys with the same values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+def aggregation_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """``round``, ``client/<slot>/train/loss``, ``client/<slot>/lr`` and heating weights.
+
+    Args:
+        record: A round's history record (``round``, ``train_loss``, ``lr`` and optionally
+            ``heating_weight``); a slot that did not take part has ``None`` as its loss.
+    """
+    metrics = {"round": float(record["round"])}
+    weights = record.get("heating_weight")
+    for slot, lr in enumerate(record["lr"]):
+        loss = record["train_loss"][slot]
+        if loss is not None:
+            metrics[f"client/{slot}/train/loss"] = float(loss)
+        metrics[f"client/{slot}/lr"] = float(lr)
+        if weights is not None and weights[slot] is not None and not math.isnan(weights[slot]):
+            metrics[f"client/{slot}/heating_weight"] = float(weights[slot])
+    return metrics
+
+
+def validation_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """``val/<metric>``, ``client/<i>/val/<metric>`` and ``balance/val/<metric>/<stat>``.
+
+    Args:
+        summary: ``summarize()`` output of a validation pass.
+    """
+    metrics = {f"val/{k}": float(v) for k, v in summary["overall"].items() if k != "users"}
+    for client, row in summary["clients"].items():
+        for key, value in row.items():
+            if key != "users":
+                metrics[f"client/{client}/val/{key}"] = float(value)
+    for metric, stats in summary["balance"].items():
+        for stat, value in stats.items():
+            metrics[f"balance/val/{metric}/{stat}"] = float(value)
+    return metrics
+
+
+def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """Every scalar a finished round logged: aggregation and, when it ran, validation."""
+    metrics = aggregation_metrics(record)
+    if isinstance(record.get("val"), Mapping):
+        metrics.update(validation_metrics(record["val"]))
+    return metrics

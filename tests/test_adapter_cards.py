@@ -1,0 +1,59 @@
+"""Exported adapters: a model card that says what they are, and a portable base reference."""
+
+from __future__ import annotations
+
+import json
+
+from fellrec.models.backbone import public_base_name
+from fellrec.training.adapter_cards import adapter_card, describe_adapters
+
+
+def test_public_base_name_replaces_aliases_and_keeps_the_rest():
+    assert public_base_name("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert public_base_name("smollm2") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert public_base_name("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
+    assert public_base_name("models/my-encoder") == "models/my-encoder"
+
+
+def test_card_names_client_round_metrics_and_base():
+    card = adapter_card(
+        client=2,
+        num_clients=5,
+        base_model="sentence-transformers/all-MiniLM-L6-v2",
+        backbone_setting="minilm",
+        strategy="fellrec",
+        recommender="sequential",
+        selected_round=1,
+        rounds_run=3,
+        test_metrics={"users": 59, "ndcg@10": 0.21234, "recall@10": 0.3},
+        has_item_components=True,
+    )
+    assert card.startswith("---\nlibrary_name: peft\nbase_model: sentence-transformers/")
+    assert "# fellrec adapter: client 2 of 5" in card
+    assert "round 1 of the 3 rounds run" in card
+    assert "| test ndcg@10 | 0.2123 |" in card and "| test users | 59 |" in card
+    assert "item_components.safetensors" in card
+    assert "More Information Needed" not in card
+
+
+def test_describe_adapters_rewrites_the_base_and_writes_cards(tmp_path):
+    folder = tmp_path / "client_0"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "/venv/lib/site-packages/x/model", "r": 8})
+    )
+    (folder / "README.md").write_text("[More Information Needed]")
+    describe_adapters(
+        tmp_path,
+        backbone_setting="minilm",
+        strategy="fedavg",
+        recommender="encoder",
+        selected_rounds=[0],
+        rounds_run=2,
+        client_metrics={"0": {"users": 10, "ndcg@10": 0.5}},
+    )
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config == {"base_model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2", "r": 8}
+    card = (folder / "README.md").read_text()
+    assert "client 0 of 1" in card and "| test ndcg@10 | 0.5000 |" in card
+    assert "item_components" not in card
