@@ -110,3 +110,56 @@ def test_history_series_fill_gaps_with_nan():
     assert hist.slot_series(HISTORY, "train_loss", 2) is None
     assert hist.last_similarity(HISTORY) == (1, [[1.0, 0.2], [0.2, 1.0]])
     assert hist.num_clients({"history": HISTORY}) == 2
+
+
+def test_clients_with_identical_values_stay_distinguishable(fitted_run):
+    _, results = fitted_run
+    from fellrec.reporting.plots import client_metric_figure, learning_rate_figure
+
+    for figure in (client_metric_figure(results), learning_rate_figure(results)):
+        lines = [line for line in figure.axes[0].lines if line.get_label().startswith("client")]
+        assert len(lines) == 3
+        assert len({line.get_marker() for line in lines}) == 3  # a shape per client
+        assert all(line.get_markerfacecolor() == "none" for line in lines)  # open: overlaps show
+
+
+@pytest.mark.parametrize(
+    ("stat", "values", "expected"),
+    [
+        ("jain", [0.98875, 0.99], (0.9 - 0.005, 1.002)),  # noise near 1 stays flat near the top
+        ("std", [0.017, 0.023], (0.0, 0.05 * 1.05)),  # a small spread on a scale from 0
+        ("gap", [0.2, 0.3], (0.0, 0.3 * 1.05)),  # larger values widen the range
+        ("jain", [0.7, 0.8], (0.7 - 0.015, 1.006)),
+    ],
+)
+def test_balance_axes_never_zoom_into_noise(stat, values, expected):
+    from fellrec.reporting.plots import balance_limits
+
+    assert balance_limits(stat, values) == pytest.approx(expected)
+
+
+def test_balance_figure_uses_those_limits(fitted_run):
+    _, results = fitted_run
+    from fellrec.reporting.plots import BALANCE_STATS, balance_figure, balance_limits
+
+    figure = balance_figure(results)
+    for axes, stat in zip(figure.axes, BALANCE_STATS, strict=True):
+        values = hist.balance_series(results["history"], "ndcg@10", stat)
+        assert axes.get_ylim() == pytest.approx(balance_limits(stat, values))
+
+
+def test_similarity_colours_span_the_off_diagonal_values():
+    figure = similarity_figure([[1.0, 0.91, 0.95], [0.91, 1.0, 0.93], [0.95, 0.93, 1.0]])
+    image = figure.axes[0].images[0]
+    assert image.get_clim() == pytest.approx((0.91, 0.95))
+    assert image.get_array().mask.diagonal().all()  # the diagonal is drawn apart (grey)
+
+
+def test_comparison_chart_includes_popularity():
+    from fellrec.reporting.plots import comparison_figure
+
+    clients = {"0": {"ndcg@10": 0.2}, "1": {"ndcg@10": 0.3}}
+    run = {"clients": clients, "popularity": {"clients": {"0": {"ndcg@10": 0.1}}}}
+    figure = comparison_figure({"fellrec": run})
+    labels = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert labels == ["fellrec", "popularity"]

@@ -233,3 +233,13 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
         assert colours is not None and len(colours) > 50, "the page rendered (nearly) blank"
         # Mostly white page with dark text and coloured table cells.
         assert picture.convert("L").getextrema() == (pytest.approx(0, abs=60), 255)
+
+
+def test_bold_is_promised_only_when_runs_compete(runs, report, tmp_path):
+    root, _ = runs
+    assert "Best run per column in bold" in report[0].read_text()
+    single = tmp_path / "single"
+    shutil.copytree(root / "fellrec", single)
+    markdown, _ = write_report([single], tmp_path / "out")
+    text = markdown.read_text()
+    assert "in bold" not in text and "**" not in text.split("## Plots")[0]

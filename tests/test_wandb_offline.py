@@ -68,17 +68,17 @@ class OfflineRun:
         return json.loads((self.directory / "files" / row[f"{key}/path"]).read_text())
 
 
-def read_offline_run(root: Path, timeout: float = 20.0) -> OfflineRun:
-    """Parse ``<root>/wandb/offline-run-*/run-*.wandb`` with wandb's own protobuf records.
+def read_offline_run(root: Path, timeout: float = 20.0, expected_runs: int = 1) -> OfflineRun:
+    """Parse the newest ``<root>/wandb/offline-run-*/run-*.wandb`` with wandb's own records.
 
     wandb's service may still be writing the file for a moment after ``finish()`` returns: read
     until the run's ``exit`` record is there.
     """
     runs = sorted((root / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, f"expected one offline run under {root}/wandb, found {runs}"
+    assert len(runs) == expected_runs, f"expected {expected_runs} runs in {root}/wandb: {runs}"
     deadline = time.monotonic() + timeout
     while True:
-        result, finished = _parse_run(runs[0])
+        result, finished = _parse_run(runs[-1])
         if finished or time.monotonic() > deadline:
             assert finished, f"{runs[0]} has no exit record after {timeout} s"
             return result
@@ -274,3 +274,28 @@ def test_runs_without_a_wandb_logger_log_nothing():
     wandb_log.log_test(trainer, {"overall": {}, "clients": {}, "balance": {}})
     wandb_log.log_round(trainer, {"round": 0, "similarity": [[1.0]]}, 1)
     wandb_log.use_round_axis(trainer)
+
+
+def test_a_resumed_run_has_every_round_in_its_new_wandb_run(tmp_path, tiny_encoder_dir):
+    config = write_tiny_config(tmp_path, tiny_encoder_dir)
+    settings = yaml.safe_load(config.read_text())
+    root = tmp_path / "run"
+    settings["trainer"]["logger"] = wandb_logger_config()
+    settings["trainer"]["logger"]["init_args"]["save_dir"] = str(root)
+    config.write_text(yaml.safe_dump(settings))
+    args = ["fit", "--config", str(config), "--trainer.default_root_dir", str(root)]
+    try:  # round 0, then a resume that runs round 1 in a new wandb run
+        main([*args, "--trainer.max_epochs", "1"])
+        finish_wandb_run()
+        main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    finally:
+        finish_wandb_run()
+    run = read_offline_run(root, expected_runs=2)
+    history = json.loads((root / RESULTS_FILE).read_text())["history"]
+    rows = [row for row in run.history if "val/ndcg@10" in row]
+    assert [row["round"] for row in rows] == [0, 1]
+    for row, record in zip(rows, history, strict=True):
+        assert row["val/ndcg@10"] == pytest.approx(record["val"]["overall"]["ndcg@10"], abs=1e-6)
+        assert row["client/0/train/loss"] == pytest.approx(record["train_loss"][0], rel=1e-5)
+    tables = [row for row in run.history if f"{wandb_log.ROUND_TABLE_KEY}/path" in row]
+    assert len(tables) == 2  # the replayed round's table, then the new round's

@@ -51,6 +51,42 @@ def _round_axis(axes: Axes) -> None:
     axes.grid(alpha=0.3)
 
 
+#: Marker shapes cycled over clients: lines of clients with identical values (which happens, e.g.
+#: under FedAvg) stay visible as overlapping, different open shapes.
+CLIENT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+#: The least y range of each balance statistic's plot, so that noise does not look dramatic
+#: (lower limit 0, or for Jain's index the range ending at its maximum, 1).
+BALANCE_MIN_SPAN = {"std": 0.05, "gap": 0.1, "gini": 0.1, "jain": 0.1}
+
+
+def client_style(client: int, color: Any) -> dict[str, Any]:
+    """Line style of one client: its colour, and an open marker of its own shape."""
+    return {
+        "color": color,
+        "marker": CLIENT_MARKERS[client % len(CLIENT_MARKERS)],
+        "mfc": "none",
+        "ms": 6,
+        "mew": 1.3,
+        "lw": 1.2,
+    }
+
+
+def balance_limits(stat: str, values: Sequence[float]) -> tuple[float, float]:
+    """The y range of a balance statistic's plot: from its ideal value, at least the least span.
+
+    ``std``, ``gap`` and ``gini`` start at 0 (perfect balance); Jain's index ends at 1 (perfect
+    balance). The range grows to show larger values, never shrinks below
+    :data:`BALANCE_MIN_SPAN`.
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    span = BALANCE_MIN_SPAN[stat]
+    if stat == "jain":
+        low = min([1.0 - span, *finite])
+        return low - 0.05 * (1.0 - low), 1.0 + 0.02 * (1.0 - low)
+    high = max([span, *finite])
+    return 0.0, high * 1.05
+
+
 def _client_colors(count: int) -> list[Any]:
     import matplotlib
 
@@ -75,9 +111,7 @@ def client_metric_figure(results: Mapping[str, Any], metric: str = PLOT_METRIC) 
     for client, (values, color) in enumerate(
         zip(hist.client_val_series(history, metric, clients), _client_colors(clients), strict=True)
     ):
-        axes.plot(
-            xs, values, marker="o", lw=1.2, ms=3, color=color, alpha=0.8, label=f"client {client}"
-        )
+        axes.plot(xs, values, alpha=0.85, label=f"client {client}", **client_style(client, color))
     axes.plot(
         xs, hist.balance_series(history, metric, "mean"), "k--", lw=2.2, label="mean of clients"
     )
@@ -105,7 +139,9 @@ def balance_figure(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> Fig
     figure = _new_figure(8.5, 5.2)
     grid = figure.subplots(2, 2, sharex=True)
     for axes, stat in zip(grid.flat, BALANCE_STATS, strict=True):
-        axes.plot(xs, hist.balance_series(history, metric, stat), marker="o", color="teal")
+        values = hist.balance_series(history, metric, stat)
+        axes.plot(xs, values, marker="o", color="teal")
+        axes.set_ylim(*balance_limits(stat, values))
         axes.set_title(_STAT_TITLES[stat], fontsize=9)
         _round_axis(axes)
     for axes in grid[1]:
@@ -117,28 +153,45 @@ def balance_figure(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> Fig
 def similarity_figure(
     matrix: Sequence[Sequence[float]], title: str = "client similarity"
 ) -> Figure:
-    """Heatmap of an ``(N, N)`` client similarity matrix (values annotated for small N)."""
+    """Heatmap of an ``(N, N)`` client similarity matrix (values annotated for small N).
+
+    The colour scale spans the off-diagonal values only: the diagonal (each client with itself,
+    1) would otherwise take the top of the scale and paint the differences that matter alike.
+    The diagonal is drawn grey.
+    """
     values = np.asarray(matrix, dtype=float)
     n = values.shape[0]
+    off_diagonal = ~np.eye(n, dtype=bool)
+    others = values[off_diagonal & np.isfinite(values)]
     figure = _new_figure(min(4.0 + 0.35 * n, 9.0), min(3.4 + 0.35 * n, 8.5))
     axes = figure.add_subplot()
-    image = axes.imshow(values, cmap="viridis")
-    figure.colorbar(image, ax=axes, shrink=0.85)
+    cmap = _colormap("viridis").with_extremes(bad="lightgray")
+    shown = np.ma.masked_array(values, mask=~off_diagonal | ~np.isfinite(values))
+    low, high = (float(others.min()), float(others.max())) if others.size else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    image = axes.imshow(shown, cmap=cmap, vmin=low, vmax=high)
+    figure.colorbar(image, ax=axes, shrink=0.85, label="similarity (off-diagonal)")
     axes.set_xticks(range(n))
     axes.set_yticks(range(n))
     axes.set(xlabel="client", ylabel="client", title=title)
     if n <= 10:
-        finite = values[np.isfinite(values)]
-        middle = float(finite.mean()) if finite.size else 0.0
+        middle = (low + high) / 2
         # Similarities are often close to each other: show enough digits to tell them apart.
-        spread = float(finite.max() - finite.min()) if finite.size else 1.0
+        spread = high - low
         digits = 2 if spread >= 0.1 else 3 if spread >= 0.01 else 4
         for i, j in np.ndindex(values.shape):
             if math.isfinite(values[i, j]):
-                color = "black" if values[i, j] > middle else "white"
+                color = "black" if i == j or values[i, j] > middle else "white"
                 text = f"{values[i, j]:.{digits}f}"
                 axes.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
     return figure
+
+
+def _colormap(name: str) -> Any:
+    import matplotlib
+
+    return matplotlib.colormaps[name]
 
 
 def learning_rate_figure(results: Mapping[str, Any]) -> Figure | None:
@@ -154,13 +207,13 @@ def learning_rate_figure(results: Mapping[str, Any]) -> Figure | None:
     figure = _new_figure(9.0, 4.0)
     left, right = figure.subplots(1, 2, sharex=True)
     for client, values in enumerate(lrs):
-        left.plot(xs, values, marker="o", ms=3, color=colors[client], label=f"client {client}")
+        left.plot(xs, values, label=f"client {client}", **client_style(client, colors[client]))
     left.set(xlabel="round", ylabel="learning rate", title="learning rate of the next round")
     # Plain tick labels: a shared "1e-3" offset label would collide with the title.
     left.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     if weights is not None and not all(hist.all_nan(v) for v in weights):
         for client, values in enumerate(weights):
-            right.plot(xs, values, marker="o", ms=3, color=colors[client], label=f"client {client}")
+            right.plot(xs, values, label=f"client {client}", **client_style(client, colors[client]))
         right.set(ylim=(0, 1.05))
     else:
         right.text(
@@ -209,16 +262,29 @@ def run_figures(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> dict[s
 
 
 def comparison_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = PLOT_METRIC) -> Figure:
-    """Grouped bars of each client's test ``metric``, one bar colour per run."""
+    """Grouped bars of each client's test ``metric``, one bar colour per run, then popularity.
+
+    The popularity baseline (from the first run that recorded it) is the last, hatched bar of
+    each client: the reference every learned model has to beat.
+    """
     clients = max(hist.num_clients(results) for results in runs.values())
+    baseline = next(
+        (r["popularity"] for r in runs.values() if isinstance(r.get("popularity"), Mapping)), None
+    )
+    bars: list[tuple[str, Mapping[str, Any], dict[str, Any]]] = [
+        (label, results, {}) for label, results in runs.items()
+    ]
+    if baseline is not None:
+        style: dict[str, Any] = {"color": "lightgray", "hatch": "//", "edgecolor": "gray"}
+        bars.append(("popularity", baseline, style))
     figure = _new_figure(max(7.5, 1.0 + 0.9 * clients), 4.2)
     axes = figure.add_subplot()
-    width = 0.8 / max(1, len(runs))
-    for index, (label, results) in enumerate(runs.items()):
+    width = 0.8 / max(1, len(bars))
+    for index, (label, results, style) in enumerate(bars):
         rows = results.get("clients") or {}
         values = [hist.as_float((rows.get(str(c)) or {}).get(metric)) for c in range(clients)]
         positions = [c - 0.4 + width * (index + 0.5) for c in range(clients)]
-        axes.bar(positions, values, width=width, label=label)
+        axes.bar(positions, values, width=width, label=label, **style)
     axes.set_xticks(range(clients))
     axes.set(xlabel="client", ylabel=f"test {metric}", title=f"test {metric} per client and run")
     axes.grid(axis="y", alpha=0.3)

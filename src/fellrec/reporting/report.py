@@ -29,12 +29,14 @@ def _image(title: str, name: str, figure: Any) -> Image:
 
 
 def _summary_blocks(runs: Mapping[str, Mapping[str, Any]]) -> list[Block]:
+    # Bold marks the best of several runs; one run has nothing to be best against.
+    best = " Best run per column in bold;" if len(runs) > 1 else ""
     blocks: list[Block] = [
         Heading("Test results"),
         Text(
             "Each client is evaluated on its own test users with its selected adapter (its best "
-            "validation round). Best run per column in bold; the popularity baseline (same data "
-            "and clients) is shown for reference."
+            f"validation round).{best} The popularity baseline (same data and clients) is shown "
+            "for reference."
         ),
     ]
     for title, stat, best in tables.SUMMARY_VIEWS:
