@@ -29,6 +29,7 @@ from fellrec.models.resource_tables import (
 from fellrec.models.resources import cost_table, count_parameters, lora_parameters, resource_report
 from fellrec.models.split import SplitModel
 from fellrec.models.transport import LocalTransport
+from split_families import FAMILIES, build_family, needs_transformers_5
 
 
 def llama_config(tied: bool = True, **overrides) -> LlamaConfig:
@@ -130,7 +131,7 @@ def test_lora_default_targets_are_peft_defaults():
 
 def test_unknown_model_type_and_lora_target_are_clear_errors():
     with pytest.raises(ValueError, match=r"supports the model types.*llama"):
-        count_parameters(type("Config", (), {"model_type": "gpt2"})())
+        count_parameters(type("Config", (), {"model_type": "longformer"})())
     with pytest.raises(ValueError, match=r"model\.lora\.target_modules.*query"):
         lora_parameters(count_parameters(llama_config()), LoRASettings(target_modules=["query"]))
 
@@ -241,3 +242,50 @@ def test_human_units():
     assert human_bytes(12) == "12 B" and human_bytes(0) == "0"
     assert human_count(134_515_008) == "134.52 M" and human_count(6_738_415_616) == "6.74 B"
     assert human_flops(2.5e12) == "2.50 TFLOP" and human_flops(3e9) == "3.00 GFLOP"
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_supported_family_is_counted_exactly(family):
+    model = build_family(family, lora=False)
+    counts = count_parameters(model.config)
+    assert counts.total == numel(model)
+    inner = getattr(model, model.base_model_prefix, model)
+    blocks = (
+        inner.h
+        if family == "gpt2"
+        else (inner.transformer.layer if family == "distilbert" else inner.layers)
+    )
+    assert counts.num_layers == len(blocks) == 4
+    assert counts.per_block == numel(blocks[0])
+    targets = FAMILIES[family][1] or ["q_proj", "v_proj"]
+    per_block, outside = lora_parameters(counts, LoRASettings(r=4, target_modules=targets))
+    assert counts.num_layers * per_block + outside == lora_numel(model, targets, 4)
+    report = resource_report(
+        model.config,
+        plan_split(4, 1, 1),
+        LoRASettings(r=4, target_modules=targets),
+        batch_size=2,
+        seq_len=8,
+        num_clients=3,
+    )
+    assert report["client"]["blocks"] == 2 and report["server"]["blocks"] == 2
+    assert report["client"]["frozen_parameters"] + report["server"]["frozen_parameters"] == (
+        counts.total
+    )
+    fresh = build_family(family, lora=False)  # lora_numel put adapters into `model`
+    split = SplitModel(fresh, plan_split(4, 1, 1), LocalTransport())
+    assert report["server"]["frozen_parameters"] == sum(numel(m) for m in split.server_modules())
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_has_default_lora_targets_that_peft_accepts(family):
+    from fellrec.models.adapters import default_lora_targets
+
+    model = build_family(family, lora=False)
+    targets = default_lora_targets(model.config.model_type)
+    assert targets, family
+    counts = count_parameters(model.config)
+    per_block, outside = lora_parameters(counts, LoRASettings(r=4))  # the default targets
+    assert counts.num_layers * per_block + outside == lora_numel(model, targets, 4)

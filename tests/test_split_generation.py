@@ -11,6 +11,7 @@ from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.split import SplitModel, make_trunk
 from fellrec.models.transport import LocalTransport
+from split_families import DECODER_FAMILIES, build_family, needs_transformers_5
 from test_split_model import _batch, _llama
 
 ALLOWED = {
@@ -78,3 +79,29 @@ def test_recommender_generates_through_the_split(model, tiny_llama_dir):
     )
     assert split.generate_titles(histories) == unsplit.generate_titles(histories)
     assert transport.calls > 0
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_every_decoder_family_generates_through_the_split_token_for_token(family, beams):
+    model = build_family(family)
+    model.eval()
+    input_ids, attention_mask = _batch("left", length=12)
+    config = GenerationConfig(
+        num_beams=beams, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=2
+    )
+    with torch.inference_mode():
+        expected = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+        )
+    for k_front, k_back in [(1, 1), (0, 2)]:
+        transport = LocalTransport()
+        split = make_trunk(model, True, k_front, k_back, transport)
+        assert isinstance(split, SplitModel)
+        with torch.inference_mode(), split.generating():
+            got = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+            )
+        assert torch.equal(got, expected), (k_front, k_back)
+        assert transport.calls == got.shape[1] - input_ids.shape[1]

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from conftest import build_tiny_encoder
@@ -25,6 +24,14 @@ from fellrec.models.split import (
     split_family,
 )
 from fellrec.models.transport import LocalTransport
+from split_families import (
+    ENCODER_FAMILIES,
+    FAMILIES,
+    TRANSFORMERS_5,
+    build_family,
+    needs_transformers_5,
+    with_lora,
+)
 
 ATOL = 1e-6
 SPLITS = [(0, 1), (1, 1), (2, 1), (1, 2), (0, 0), (0, 3)]
@@ -36,28 +43,16 @@ def tiny_bert4_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert4"), dropout=0.0, num_layers=4)
 
 
-def _with_lora(model: nn.Module, targets: list[str]) -> nn.Module:
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets)
-    torch.manual_seed(0)  # peft draws the A matrices from the global generator
-    peft_model = get_peft_model(model, lora)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:  # peft starts B at zero; make every adapter contribute.
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    return peft_model
-
-
 def _llama(directory: Path) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    return _with_lora(AutoModelForCausalLM.from_pretrained(directory), ["q_proj", "v_proj"])
+    return with_lora(AutoModelForCausalLM.from_pretrained(directory), ["q_proj", "v_proj"])
 
 
 def _bert(directory: Path) -> nn.Module:
     from transformers import AutoModel
 
-    return _with_lora(AutoModel.from_pretrained(directory), ["query", "value"])
+    return with_lora(AutoModel.from_pretrained(directory), ["query", "value"])
 
 
 def _batch(padding: str, seed: int = 0, length: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,10 +205,19 @@ def test_families_and_blocks(tiny_llama_dir: Path, tiny_bert4_dir: Path) -> None
     )
 
 
-def _gpt2() -> nn.Module:
-    from transformers import GPT2Config, GPT2Model
+def _opt() -> nn.Module:
+    from transformers import OPTConfig, OPTModel
 
-    return GPT2Model(GPT2Config(vocab_size=100, n_positions=16, n_embd=16, n_layer=2, n_head=2))
+    config = OPTConfig(
+        vocab_size=100,
+        hidden_size=16,
+        ffn_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=40,
+        word_embed_proj_dim=16,
+    )
+    return OPTModel(config)
 
 
 def _longformer() -> nn.Module:
@@ -231,7 +235,7 @@ def _longformer() -> nn.Module:
     return LongformerModel(config)
 
 
-@pytest.mark.parametrize("build", [_gpt2, _longformer])
+@pytest.mark.parametrize("build", [_opt, _longformer])
 def test_unsupported_architectures(build: Callable[[], nn.Module]) -> None:
     model = build()
     supported = ", ".join(repr(t) for t in sorted(SUPPORTED_MODEL_TYPES))
@@ -360,7 +364,7 @@ def _other_family(name: str) -> tuple[nn.Module, list[str], str]:
 )
 def test_other_families_split_equals_unsplit(name: str) -> None:
     model, targets, padding = _other_family(name)
-    model = _with_lora(model, targets)
+    model = with_lora(model, targets)
     _compare(model, _pooled_loss, [_batch(padding), _batch("none", 1)], 1, 1)
 
 
@@ -407,3 +411,56 @@ def test_sdpa_masks_are_boolean_so_autocast_cannot_mismatch_them(
     real = attention_mask.bool()
     assert torch.isfinite(got).all()
     assert torch.allclose(got[real].float(), expected[real].float(), atol=2e-2)
+
+
+@needs_transformers_5
+@pytest.mark.parametrize(("k_front", "k_back"), [(1, 1), (0, 0), (2, 1), (0, 3)])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_split_equals_unsplit(family: str, k_front: int, k_back: int) -> None:
+    model = build_family(family)
+    paddings = ["right", "none"] if family in ENCODER_FAMILIES else ["left", "right", "none"]
+    batches = [_batch(padding, seed) for seed, padding in enumerate(paddings)]
+    _compare(model, _pooled_loss, batches, k_front, k_back)
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_padded_rows_equal_each_row_alone(family: str) -> None:
+    """Every real token of a padded batch equals that row run alone through the model's forward."""
+    model = build_family(family)
+    model.eval()
+    padding = FAMILIES[family][2]
+    input_ids, mask = _batch(padding)
+    trunk = make_trunk(model, True, 1, 1, None)
+    with torch.no_grad():
+        batched = trunk(input_ids, mask)
+        for row in range(input_ids.shape[0]):
+            real = mask[row].bool()
+            alone = input_ids[row : row + 1, real]
+            want = UnsplitTrunk(model)(alone, torch.ones_like(alone))[0]
+            assert (batched[row, real] - want).abs().max().item() <= 1e-5, row
+
+
+@pytest.mark.skipif(TRANSFORMERS_5, reason="transformers 4.x only")
+def test_newer_families_are_refused_on_transformers_4() -> None:
+    model = build_family("qwen3", lora=False)
+    with pytest.raises(ValueError, match=r"needs transformers>=5.*split_execution: false"):
+        make_trunk(model, True, 1, 1, None)
+
+
+@pytest.mark.parametrize(
+    ("family", "setting", "message"),
+    [
+        ("gemma3", {"use_bidirectional_attention": True}, "bidirectional attention"),
+        ("qwen3", {"layer_types": ["chunked_attention"] * 4}, r"chunked_attention"),
+        ("gpt2", {"add_cross_attention": True}, "cross-attention"),
+    ],
+)
+@needs_transformers_5
+def test_settings_the_split_cannot_reproduce_are_refused(family, setting, message) -> None:
+    model = build_family(family, lora=False)
+    inner = model.model if hasattr(model, "model") else model.transformer
+    for key, value in setting.items():
+        setattr(inner.config, key, value)
+    with pytest.raises(ValueError, match=rf"{message}.*model\.split_execution: false"):
+        make_trunk(model, True, 1, 1, None)

@@ -31,10 +31,16 @@ class LoRASettings:
     """Dropout on the adapter input."""
     target_modules: list[str] | None = None
     """Names of the linear layers to adapt; None takes peft's default for the architecture
-    (BERT: query, value; LLaMA/Qwen2/Mistral: q_proj, v_proj), as FELLRec's reference does."""
+    (BERT: query, value; LLaMA/Qwen2/Mistral: q_proj, v_proj), as FELLRec's reference does, or
+    fellrec's where peft has none (Phi-3: qkv_proj; DistilBERT: q_lin, v_lin; ModernBERT: Wqkv)."""
 
-    def to_peft(self) -> LoraConfig:
-        """Return the equivalent peft ``LoraConfig``."""
+    def to_peft(self, model_type: str | None = None) -> LoraConfig:
+        """Return the equivalent peft ``LoraConfig``.
+
+        Args:
+            model_type: The backbone's ``config.model_type``: without ``target_modules``, the
+                targets are :func:`default_lora_targets` of it (peft's default when it has one).
+        """
         if self.r < 1:
             raise ValueError(f"model.lora.r must be >= 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -43,8 +49,35 @@ class LoRASettings:
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=list(self.target_modules) if self.target_modules else None,
+            target_modules=(
+                list(self.target_modules)
+                if self.target_modules
+                else default_lora_targets(model_type)
+            ),
         )
+
+
+#: LoRA targets for model types peft has no default for (attention query and value, as peft's
+#: defaults are elsewhere; Phi-3 and ModernBERT fuse them into one projection).
+EXTRA_DEFAULT_TARGETS: dict[str, list[str]] = {
+    "phi3": ["qkv_proj"],
+    "distilbert": ["q_lin", "v_lin"],
+    "modernbert": ["Wqkv"],
+}
+
+
+def default_lora_targets(model_type: str | None) -> list[str] | None:
+    """The modules LoRA adapts when ``model.lora.target_modules`` is not set.
+
+    peft's default for the model type, else :data:`EXTRA_DEFAULT_TARGETS`; ``None`` leaves the
+    choice to peft (which refuses a model type it has no default for, naming the setting).
+    """
+    if model_type is None:
+        return None
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    targets = PEFT_DEFAULTS.get(model_type) or EXTRA_DEFAULT_TARGETS.get(model_type)
+    return list(targets) if targets else None
 
 
 def adapter_name(client: int) -> str:
@@ -93,7 +126,7 @@ class ClientAdapters:
             raise ValueError(f"{len(client_modules)} client modules for {num_clients} adapters")
         self.client_modules = list(client_modules) if client_modules is not None else None
         self.names = [adapter_name(c) for c in self.client_ids]
-        config = lora.to_peft()
+        config = lora.to_peft(getattr(getattr(backbone, "config", None), "model_type", None))
         with warnings.catch_warnings():
             # peft still calls a transformers helper deprecated in v5; nothing for users to do.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

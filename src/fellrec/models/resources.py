@@ -42,21 +42,16 @@ Estimates (upper bounds of a plain PyTorch step; no activation checkpointing):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
+from torch import nn
+
 from fellrec.models.resource_tables import report_rows
 
-#: Model types this accounting knows, and their family (those split execution supports).
-FAMILIES: dict[str, str] = {
-    "llama": "decoder",
-    "mistral": "decoder",
-    "qwen2": "decoder",
-    "bert": "encoder",
-    "roberta": "encoder",
-    "xlm-roberta": "encoder",
-}
 #: Bytes of the hidden states kept for the backward pass / sent on the wire, per base dtype bytes:
 #: 8-bit and 16-bit bases compute in 16 bits.
 ACTIVATION_BYTES = {4: 4, 2: 2, 1: 2}
@@ -119,12 +114,14 @@ class ParameterCounts:
         attention_width: ``heads * head_dim`` (the query width).
         vocab_size: ``V``.
         embeddings: Embedding tables (and, for encoders, the embedding LayerNorm).
-        per_block: One transformer block.
+        per_block: One transformer block (block 0).
         final_norm: The final norm (decoders; 0 for BERT-style encoders).
         head: The LM head (0 if tied to the input embeddings, or for an encoder).
         pooler: An encoder's pooler (0 for decoders).
         block_modules: Adaptable modules of block 0 (every block is the same).
         outer_modules: Adaptable modules outside the blocks (embeddings, head, pooler).
+        block_sizes: Parameters of every block, in order (ModernBERT's first block has no
+            attention norm); empty means every block has ``per_block``.
     """
 
     model_type: str
@@ -141,11 +138,18 @@ class ParameterCounts:
     pooler: int
     block_modules: tuple[Module, ...]
     outer_modules: tuple[Module, ...]
+    block_sizes: tuple[int, ...] = ()
+
+    def blocks_parameters(self, blocks: Sequence[int]) -> int:
+        """Parameters of the given blocks (by index)."""
+        if not self.block_sizes:
+            return len(blocks) * self.per_block
+        return sum(self.block_sizes[i] for i in blocks)
 
     @property
     def total(self) -> int:
         """All parameters of the base model (``model.parameters()``, tied weights once)."""
-        blocks = self.num_layers * self.per_block
+        blocks = self.blocks_parameters(range(self.num_layers))
         return self.embeddings + blocks + self.final_norm + self.head + self.pooler
 
     @property
@@ -154,98 +158,65 @@ class ParameterCounts:
         return sum(m.in_features * m.out_features for m in self.block_modules)
 
 
-def _decoder_counts(config: Any, model_type: str) -> ParameterCounts:
-    hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
+def _meta_model(config: Any, family: str) -> nn.Module:
+    """The model a config describes, on the meta device: shapes without weights or memory.
+
+    Decoders as ``AutoModelForCausalLM`` builds them (with the LM head), encoders as ``AutoModel``
+    does (with BERT's pooler).
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cls = AutoModelForCausalLM if family == "decoder" else AutoModel
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. special-token ids outside a tiny vocabulary
+        return cls.from_config(config)
+
+
+def _numel(module: nn.Module | None) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def _adaptable(root: nn.Module, prefix: str, skip: nn.Module | None = None) -> list[Module]:
+    """The linear layers and embedding tables under ``root`` (outside ``skip``), as Modules.
+
+    GPT-2's ``Conv1D`` is a linear layer with its weight stored transposed (in x out).
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    skipped = {id(m) for m in skip.modules()} if skip is not None else set()
+    found = []
+    for name, module in root.named_modules():
+        if id(module) in skipped:
+            continue
+        full = f"{prefix}{name}" if name else prefix.rstrip(".")
+        if isinstance(module, nn.Linear):
+            found.append(
+                Module(full, module.in_features, module.out_features, module.bias is not None)
+            )
+        elif isinstance(module, Conv1D):
+            rows, columns = module.weight.shape
+            found.append(Module(full, int(rows), int(columns), module.bias is not None))
+        elif isinstance(module, nn.Embedding):
+            found.append(Module(full, module.num_embeddings, module.embedding_dim, embedding=True))
+    return found
+
+
+def _attention_width(config: Any) -> tuple[int, int]:
+    """``(heads, heads * head_dim)`` of the query projection."""
     heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
-    inter, vocab = int(config.intermediate_size), int(config.vocab_size)
-    # Qwen2 always has q/k/v biases; LLaMA has them when attention_bias is set; Mistral never.
-    qkv_bias = model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
-    o_bias = model_type == "llama" and bool(getattr(config, "attention_bias", False))
-    mlp_bias = bool(getattr(config, "mlp_bias", False))
-    prefix = "model.layers.0."
-    blocks = (
-        Module(prefix + "self_attn.q_proj", hidden, heads * head_dim, qkv_bias),
-        Module(prefix + "self_attn.k_proj", hidden, kv_heads * head_dim, qkv_bias),
-        Module(prefix + "self_attn.v_proj", hidden, kv_heads * head_dim, qkv_bias),
-        Module(prefix + "self_attn.o_proj", heads * head_dim, hidden, o_bias),
-        Module(prefix + "mlp.gate_proj", hidden, inter, mlp_bias),
-        Module(prefix + "mlp.up_proj", hidden, inter, mlp_bias),
-        Module(prefix + "mlp.down_proj", inter, hidden, mlp_bias),
-    )
-    tied = bool(getattr(config, "tie_word_embeddings", True))
-    outer = (
-        Module("model.embed_tokens", vocab, hidden, embedding=True),
-        Module("lm_head", hidden, vocab),
-    )
-    return ParameterCounts(
-        model_type=model_type,
-        family="decoder",
-        num_layers=layers,
-        hidden_size=hidden,
-        num_heads=heads,
-        attention_width=heads * head_dim,
-        vocab_size=vocab,
-        embeddings=vocab * hidden,
-        per_block=sum(m.parameters for m in blocks) + 2 * hidden,  # two RMSNorm weights
-        final_norm=hidden,
-        head=0 if tied else vocab * hidden,
-        pooler=0,
-        block_modules=blocks,
-        outer_modules=outer,
-    )
-
-
-def _encoder_counts(config: Any, model_type: str) -> ParameterCounts:
-    hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
-    heads, inter = int(config.num_attention_heads), int(config.intermediate_size)
-    vocab, positions = int(config.vocab_size), int(config.max_position_embeddings)
-    types = int(getattr(config, "type_vocab_size", 0) or 0)
-    prefix = "encoder.layer.0."
-    blocks = (
-        Module(prefix + "attention.self.query", hidden, hidden, True),
-        Module(prefix + "attention.self.key", hidden, hidden, True),
-        Module(prefix + "attention.self.value", hidden, hidden, True),
-        Module(prefix + "attention.output.dense", hidden, hidden, True),
-        Module(prefix + "intermediate.dense", hidden, inter, True),
-        Module(prefix + "output.dense", inter, hidden, True),
-    )
-    outer = [
-        Module("embeddings.word_embeddings", vocab, hidden, embedding=True),
-        Module("embeddings.position_embeddings", positions, hidden, embedding=True),
-    ]
-    if types:
-        outer.append(Module("embeddings.token_type_embeddings", types, hidden, embedding=True))
-    pooler = Module("pooler.dense", hidden, hidden, True)  # AutoModel builds the pooler
-    outer.append(pooler)
-    return ParameterCounts(
-        model_type=model_type,
-        family="encoder",
-        num_layers=layers,
-        hidden_size=hidden,
-        num_heads=heads,
-        attention_width=hidden,
-        vocab_size=vocab,
-        embeddings=(vocab + positions + types) * hidden + 2 * hidden,  # + LayerNorm
-        per_block=sum(m.parameters for m in blocks) + 4 * hidden,  # + two LayerNorms
-        final_norm=0,
-        head=0,
-        pooler=pooler.parameters,
-        block_modules=blocks,
-        outer_modules=tuple(outer),
-    )
+    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
+    return heads, heads * int(head_dim)
 
 
 def count_parameters(config: Any) -> ParameterCounts:
-    """Exact parameter counts of the model a config describes.
+    """Exact parameter counts of the model a config describes, by part.
 
-    Decoders are counted as ``AutoModelForCausalLM`` builds them (with the LM head), encoders as
-    ``AutoModel`` does (with the pooler).
+    One path for every supported family: the model is built on the meta device (no weights, no
+    memory) and its parts are found as split execution finds them (blocks, embeddings, final
+    norm); the counts are ``numel()`` of those modules, tied weights once.
 
     Args:
-        config: A transformers ``PretrainedConfig`` (LLaMA, Mistral, Qwen2, BERT, RoBERTa,
-            XLM-RoBERTa).
+        config: A transformers ``PretrainedConfig`` of a model type split execution supports.
 
     Returns:
         The counts by part.
@@ -253,16 +224,47 @@ def count_parameters(config: Any) -> ParameterCounts:
     Raises:
         ValueError: For another model type; the message lists the supported ones.
     """
+    from fellrec.models.split import SUPPORTED_MODEL_TYPES, model_parts
+
     model_type = str(getattr(config, "model_type", ""))
-    family = FAMILIES.get(model_type)
+    family = SUPPORTED_MODEL_TYPES.get(model_type)
     if family is None:
         raise ValueError(
-            f"resource accounting supports the model types {sorted(FAMILIES)}, got "
+            f"resource accounting supports the model types {sorted(SUPPORTED_MODEL_TYPES)}, got "
             f"{model_type!r} (model.backbone)"
         )
-    if family == "decoder":
-        return _decoder_counts(config, model_type)
-    return _encoder_counts(config, model_type)
+    model = _meta_model(config, family)
+    parts = model_parts(model)
+    blocks = parts["blocks"]
+    assert isinstance(blocks, nn.ModuleList)
+    prefix = {id(m): n for n, m in model.named_modules()}
+    block_prefix = f"{prefix[id(blocks[0])]}."
+    embeddings = _numel(parts["embeddings"]) + _numel(parts.get("positions"))
+    per_block = _numel(blocks[0])
+    final_norm = _numel(parts.get("norm"))
+    pooler = _numel(getattr(parts["inner"], "pooler", None))
+    total = sum(p.numel() for p in model.parameters())  # tied weights once
+    block_sizes = tuple(_numel(block) for block in blocks)
+    head = total - embeddings - sum(block_sizes) - final_norm - pooler
+    heads, width = _attention_width(config)
+    outer = _adaptable(model, "", skip=blocks)
+    return ParameterCounts(
+        model_type=model_type,
+        family=family,
+        num_layers=len(blocks),
+        hidden_size=int(config.hidden_size),
+        num_heads=heads,
+        attention_width=width,
+        vocab_size=int(config.vocab_size),
+        embeddings=embeddings,
+        per_block=per_block,
+        final_norm=final_norm,
+        head=head,
+        pooler=pooler,
+        block_modules=tuple(_adaptable(blocks[0], block_prefix)),
+        outer_modules=tuple(outer),
+        block_sizes=block_sizes,
+    )
 
 
 def _targeted(module: Module, targets: Sequence[str]) -> bool:
@@ -271,14 +273,20 @@ def _targeted(module: Module, targets: Sequence[str]) -> bool:
 
 
 def lora_targets(counts: ParameterCounts, lora: _LoRA | None) -> list[str]:
-    """The module names LoRA adapts: the configured ones, or peft's default for the model type."""
+    """The module names LoRA adapts: the configured ones, or the default for the model type."""
     if lora is None:
         return []
     if lora.target_modules:
         return list(lora.target_modules)
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    from fellrec.models.adapters import default_lora_targets
 
-    return list(DEFAULTS[counts.model_type])
+    targets = default_lora_targets(counts.model_type)
+    if targets is None:
+        raise ValueError(
+            f"no default LoRA targets for a {counts.model_type} model; "
+            "set model.lora.target_modules"
+        )
+    return targets
 
 
 def lora_parameters(counts: ParameterCounts, lora: _LoRA | None) -> tuple[int, int]:
@@ -301,9 +309,7 @@ def lora_parameters(counts: ParameterCounts, lora: _LoRA | None) -> tuple[int, i
     every = (*counts.block_modules, *counts.outer_modules)
     unmatched = [t for t in targets if not any(_targeted(m, [t]) for m in every)]
     if unmatched:
-        names = sorted(
-            {m.name.removeprefix("model.layers.0.").removeprefix("encoder.layer.0.") for m in every}
-        )
+        names = sorted({m.name.split(".0.", 1)[-1] for m in every})
         raise ValueError(
             f"model.lora.target_modules {unmatched} match no layer of a {counts.model_type} "
             f"model; its adaptable modules are {names}"
@@ -339,11 +345,17 @@ class _Step:
     base_dtype_bytes: int
 
     def side(
-        self, blocks: int, frozen_extra: int, trainable: int, activations: int, head: bool
+        self,
+        held: Sequence[int],
+        frozen_extra: int,
+        trainable: int,
+        activations: int,
+        head: bool,
     ) -> dict[str, int]:
-        """Parameters, memory and FLOPs of a side holding ``blocks`` blocks plus extras."""
+        """Parameters, memory and FLOPs of a side holding the blocks ``held`` plus extras."""
         counts, tokens = self.counts, self.tokens
-        frozen = blocks * counts.per_block + frozen_extra
+        blocks = len(held)
+        frozen = counts.blocks_parameters(held) + frozen_extra
         weight_bytes = frozen * self.base_dtype_bytes
         if self.base_dtype_bytes == 1:  # LLM.int8: block linears in 8 bits, the rest 16-bit
             linear = blocks * counts.block_linear_weights
@@ -441,9 +453,11 @@ def resource_report(
     logits = 4 * tokens * counts.vocab_size if decoder else 0
     outside = counts.embeddings + counts.final_norm + counts.head + counts.pooler
     trainable = on_client * lora_block + lora_outer + client_module_parameters
-    client = step.side(on_client, outside, trainable, on_client * per_block + logits, decoder)
+    client_blocks = [*range(k_front), *range(layers - k_back, layers)]
+    server_blocks = list(range(k_front, layers - k_back))
+    client = step.side(client_blocks, outside, trainable, on_client * per_block + logits, decoder)
     server_lora = num_clients * on_server * lora_block
-    server = step.side(on_server, 0, server_lora, on_server * per_block, False)
+    server = step.side(server_blocks, 0, server_lora, on_server * per_block, False)
     targets = lora_targets(counts, lora)
     embedding_lora = any(m.embedding and _targeted(m, targets) for m in counts.outer_modules)
     front_trainable = k_front * lora_block > 0 or embedding_lora or trainable_inputs

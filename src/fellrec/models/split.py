@@ -25,7 +25,7 @@ import transformers
 from packaging.version import Version
 from peft import PeftModel
 from torch import Tensor, nn
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
 from fellrec.federation.split_plan import SplitPlan, plan_split
 from fellrec.models.attention_masks import (
@@ -36,15 +36,51 @@ from fellrec.models.attention_masks import (
 )
 from fellrec.models.transport import LocalTransport, Transport
 
-#: Model types split execution supports, and their family.
+#: Model types split execution supports (each verified exact against the unsplit model by the
+#: tests), and their kind. The pieces are found generically (:data:`DECODER_PARTS`,
+#: :data:`ENCODER_PARTS`); a type is listed once its split equals its own forward.
 SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "llama": "decoder",
     "qwen2": "decoder",
     "mistral": "decoder",
+    "qwen3": "decoder",
+    "phi3": "decoder",
+    "gemma": "decoder",
+    "gemma2": "decoder",
+    "gemma3_text": "decoder",
+    "gpt2": "decoder",
     "bert": "encoder",
     "roberta": "encoder",
     "xlm-roberta": "encoder",
+    "distilbert": "encoder",
+    "modernbert": "encoder",
 }
+#: Model types verified on transformers 5 only; on 4.x their forwards differ (Gemma scales the
+#: embeddings in the model's forward, Gemma 3 has two rotary modules, ...), so they are refused.
+NEEDS_TRANSFORMERS_5 = frozenset(
+    {"qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "gpt2", "distilbert", "modernbert"}
+)
+_TRANSFORMERS_5 = Version(transformers.__version__) >= Version("5")
+#: Where each piece of a decoder lives, first match wins (LLaMA-style names, then GPT-2's):
+#: token embeddings, learned absolute positions, embedding dropout, blocks, final norm, rotary.
+DECODER_PARTS: dict[str, tuple[str, ...]] = {
+    "embeddings": ("embed_tokens", "wte"),
+    "positions": ("wpe",),
+    "dropout": ("drop",),
+    "blocks": ("layers", "h"),
+    "norm": ("norm", "ln_f"),
+    "rotary": ("rotary_emb",),
+}
+#: Where each piece of an encoder lives: the embeddings (positions included), the blocks and,
+#: where the family has them (ModernBERT), a final norm and a rotary module.
+ENCODER_PARTS: dict[str, tuple[str, ...]] = {
+    "embeddings": ("embeddings",),
+    "blocks": ("encoder.layer", "transformer.layer", "layers"),
+    "norm": ("final_norm",),
+    "rotary": ("rotary_emb",),
+}
+#: Per-layer attention kinds whose masks the split builds (``config.layer_types``).
+LAYER_TYPES = ("full_attention", "sliding_attention")
 #: Attention implementations that accept the additive float masks built here.
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
@@ -82,24 +118,60 @@ def split_family(model: nn.Module) -> str:
             f"{sorted(SUPPORTED_MODEL_TYPES)}, got {model_type!r}; set "
             "model.split_execution: false to run this backbone unsplit"
         )
+    if model_type in NEEDS_TRANSFORMERS_5 and not _TRANSFORMERS_5:
+        raise ValueError(
+            f"split execution of {model_type!r} needs transformers>=5 (installed: "
+            f"{transformers.__version__}); upgrade transformers, or set "
+            "model.split_execution: false"
+        )
     return SUPPORTED_MODEL_TYPES[model_type]
 
 
-def _module(owner: nn.Module, path: str) -> nn.Module:
-    """The submodule at dotted ``path`` (e.g. ``encoder.layer``), with a clear error if absent."""
+def _find(owner: nn.Module, path: str) -> nn.Module | None:
+    """The submodule at dotted ``path`` (e.g. ``encoder.layer``), or ``None``."""
     found: object = owner
     for name in path.split("."):
         found = getattr(found, name, None)
-    if not isinstance(found, nn.Module):
-        raise ValueError(f"{type(owner).__name__} has no module {path!r} to split")
-    return found
+    return found if isinstance(found, nn.Module) else None
+
+
+def _part(inner: nn.Module, family: str, part: str, required: bool = True) -> nn.Module | None:
+    """A piece of the model (:data:`DECODER_PARTS`, :data:`ENCODER_PARTS`) by its known names."""
+    names = (DECODER_PARTS if family == "decoder" else ENCODER_PARTS).get(part, ())
+    for name in names:
+        found = _find(inner, name)
+        if found is not None:
+            return found
+    if required:
+        raise ValueError(
+            f"{type(inner).__name__} has no {part} module (looked for {', '.join(names)}) to split"
+        )
+    return None
 
 
 def _blocks(inner: nn.Module, family: str) -> nn.ModuleList:
-    blocks = _module(inner, "layers" if family == "decoder" else "encoder.layer")
+    blocks = _part(inner, family, "blocks")
     if not isinstance(blocks, nn.ModuleList):
         raise ValueError(f"{type(inner).__name__}'s blocks are not an nn.ModuleList")
     return blocks
+
+
+def model_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """The pieces split execution cuts a supported model into, by name.
+
+    ``inner`` (the bare transformer), ``blocks``, ``embeddings`` and, where the model has them,
+    ``positions`` (learned absolute positions), ``norm`` (a decoder's final norm) and ``rotary``.
+    """
+    family = split_family(model)
+    inner = _inner_model(model)
+    parts: dict[str, nn.Module] = {"inner": inner, "blocks": _blocks(inner, family)}
+    names = DECODER_PARTS if family == "decoder" else ENCODER_PARTS
+    for part in names:
+        if part != "blocks":
+            found = _part(inner, family, part, required=part == "embeddings")
+            if found is not None:
+                parts[part] = found
+    return parts
 
 
 def num_blocks(model: nn.Module) -> int:
@@ -118,6 +190,27 @@ def _sliding_windows(config: object, count: int) -> list[int | None]:
         use = getattr(config, "use_sliding_window", False)
         return [window if use and i >= first else None for i in range(count)]
     return [window] * count
+
+
+def _check_config(config: object) -> None:
+    """Refuse settings that change masking or positions in a way the split does not rebuild."""
+    refused = {
+        "use_bidirectional_attention": "bidirectional attention",
+        "add_cross_attention": "cross-attention to an encoder",
+        "is_encoder_decoder": "an encoder-decoder model",
+    }
+    for flag, what in refused.items():
+        if getattr(config, flag, False):
+            raise ValueError(
+                f"split execution does not rebuild {what} ({flag}=True in the backbone's "
+                "config); set model.split_execution: false"
+            )
+    kinds = set(getattr(config, "layer_types", None) or ()) - set(LAYER_TYPES)
+    if kinds:
+        raise ValueError(
+            f"split execution builds {list(LAYER_TYPES)} masks; the backbone's config.layer_types "
+            f"has {sorted(kinds)}; set model.split_execution: false"
+        )
 
 
 def _check_attention(config: object) -> str | None:
@@ -151,6 +244,33 @@ def _causal_encoder_mask(attention_mask: Tensor, config: object, dtype: torch.dt
     if _check_attention(config) == "sdpa":
         return sdpa_mask(allowed)
     return additive_mask(allowed, dtype)
+
+
+def _bidirectional_window(attention_mask: Tensor, window: int) -> Tensor:
+    """``(B, 1, T, T)``: key ``j`` is real and at most ``window`` positions from query ``i``.
+
+    ModernBERT's local attention, as transformers builds it (``|i - j| <= window``, where the
+    config's ``sliding_window`` is half of ``local_attention``).
+    """
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    band = (positions[:, None] - positions[None, :]).abs() <= window
+    return band[None, None] & attention_mask.bool()[:, None, None, :]
+
+
+def _cached_key_columns(mask: Tensor, cache: Any, block: int, query_length: int) -> Tensor:
+    """The mask's columns of the keys ``block``'s cache layer will attend to.
+
+    A sliding-window cache layer (transformers 5) keeps only its last ``window - 1`` keys, so the
+    keys a new token sees are the last columns of the full mask, at the offset the cache reports;
+    a full layer keeps every key and the mask is unchanged.
+    """
+    sizes = getattr(cache, "get_mask_sizes", None)
+    if sizes is None or "query_length" not in inspect.signature(sizes).parameters:
+        return mask  # transformers 4.x caches keep every key
+    length, offset = sizes(query_length, block)
+    if offset == 0 and length == mask.shape[-1]:
+        return mask
+    return mask[..., offset : offset + length]
 
 
 class UnsplitTrunk:
@@ -244,16 +364,26 @@ class SplitModel:
             )
         config = self.inner.config
         _check_attention(config)
+        _check_config(config)
         self.plan = plan
         self.transport = transport
         self.embed = embed
         self.causal = causal
-        decoder = self.family == "decoder"
-        self.embeddings = _module(self.inner, "embed_tokens" if decoder else "embeddings")
-        self.norm = _module(self.inner, "norm") if decoder else None
-        self.rotary = _module(self.inner, "rotary_emb") if decoder else None
-        count = len(self.blocks)
-        self._windows = _sliding_windows(config, count) if decoder else [None] * count
+        family = self.family
+        embeddings = _part(self.inner, family, "embeddings")
+        assert embeddings is not None  # required parts raise when absent
+        self.embeddings: nn.Module = embeddings
+        decoder = family == "decoder"
+        self.positions = _part(self.inner, family, "positions", required=False)
+        self.dropout = _part(self.inner, family, "dropout", required=False)
+        self.norm = _part(self.inner, family, "norm", required=decoder)
+        self.rotary = _part(self.inner, family, "rotary", required=False)
+        self._windows = _sliding_windows(config, len(self.blocks))
+        # Rotary modules with one frequency table per attention kind (Gemma 3) take the kind.
+        self._rotary_by_kind = self.rotary is not None and "layer_type" in (
+            inspect.signature(self.rotary.forward).parameters
+        )
+        self._layer_types: list[str] = list(getattr(config, "layer_types", None) or [])
         names = inspect.signature(self.blocks[0].forward).parameters
         # A block's KV-cache argument: `cache` (recent transformers 5), `past_key_values` (5.0),
         # `past_key_value` (4.x); only the older ones also take a `cache_position`.
@@ -262,21 +392,34 @@ class SplitModel:
         )
         self._takes_cache_position = "cache_position" in names
 
+    def _decoder_inputs(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        """Input vectors of a decoder: token (or item) embeddings, learned positions, dropout."""
+        vectors = self.embed(input_ids) if self.embed is not None else None
+        hidden = vectors if vectors is not None else self.embeddings(input_ids)
+        if self.positions is not None:  # GPT-2: learned absolute positions
+            hidden = hidden + self.positions(position_ids)
+        if self.dropout is not None:
+            hidden = self.dropout(hidden)
+        return hidden
+
     def front(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Client: embeddings and front blocks.
 
         Returns:
             ``(hidden_states, attention_mask, position_ids)``: what crosses to the server.
         """
-        position_ids = position_ids_from_mask(attention_mask)
-        vectors = self.embed(input_ids) if self.embed is not None else None
         if self.family == "decoder":
-            hidden = vectors if vectors is not None else self.embeddings(input_ids)
-        elif vectors is not None:
-            # Encoders add their own absolute positions, exactly as their forward does.
-            hidden = self.embeddings(inputs_embeds=vectors)
+            position_ids = position_ids_from_mask(attention_mask)
+            hidden = self._decoder_inputs(input_ids, position_ids)
         else:
-            hidden = self.embeddings(input_ids=input_ids)
+            # Encoders count positions from the first token, padded or not, as their forward does.
+            length = input_ids.shape[1]
+            position_ids = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+            if self.embed is not None:
+                # Encoders add their own absolute positions, exactly as their forward does.
+                hidden = self.embeddings(input_ids=None, inputs_embeds=self.embed(input_ids))
+            else:
+                hidden = self.embeddings(input_ids=input_ids)
         hidden = self._run(self.plan.front, hidden, attention_mask, position_ids)
         return hidden, attention_mask, position_ids
 
@@ -298,10 +441,9 @@ class SplitModel:
         return self.back(hidden, attention_mask, position_ids)
 
     def client_modules(self) -> list[nn.Module]:
-        """Modules the client holds: embeddings, front and back blocks (and the final norm)."""
+        """Client modules: embeddings (and learned positions), front and back blocks, final norm."""
         modules = [self.embeddings, *(self.blocks[i] for i in (*self.plan.front, *self.plan.back))]
-        if self.norm is not None:
-            modules.append(self.norm)
+        modules += [m for m in (self.positions, self.norm) if m is not None]
         return modules
 
     def server_modules(self) -> list[nn.Module]:
@@ -326,26 +468,50 @@ class SplitModel:
         if not blocks:
             return hidden
         masks = self._masks(blocks, attention_mask, hidden.dtype, hidden.shape[1])
-        if self.rotary is None:
+        rotary = self._rotary(blocks, hidden, position_ids)
+        if self.family == "encoder":
             for i in blocks:
-                hidden = _hidden(self.blocks[i](hidden, attention_mask=masks[None]))
+                rotating = (
+                    {} if rotary is None else {"position_embeddings": rotary[self._rotary_kind(i)]}
+                )
+                block = self.blocks[i]
+                hidden = _hidden(block(hidden, attention_mask=masks[self._windows[i]], **rotating))
             return hidden
-        rotary = self.rotary(hidden, position_ids)
         caching: dict[str, Any] = {"use_cache": False}
         if cache is not None:
             caching = {self._cache_argument: cache, "use_cache": True}
             if cache_position is not None and self._takes_cache_position:
                 caching["cache_position"] = cache_position
         for i in blocks:
+            if rotary is not None:
+                caching["position_embeddings"] = rotary[self._rotary_kind(i)]
+            mask = masks[self._windows[i]]
+            if cache is not None and mask is not None:
+                mask = _cached_key_columns(mask, cache, i, hidden.shape[1])
             out = self.blocks[i](
                 hidden,
-                attention_mask=masks[self._windows[i]],
+                attention_mask=mask,
                 position_ids=position_ids,
-                position_embeddings=rotary,
                 **caching,
             )
             hidden = _hidden(out)
         return hidden
+
+    def _rotary_kind(self, block: int) -> str | None:
+        """The attention kind whose rotary table ``block`` uses (``None``: a single table)."""
+        return self._layer_types[block] if self._rotary_by_kind else None
+
+    def _rotary(
+        self, blocks: range, hidden: Tensor, position_ids: Tensor
+    ) -> dict[str | None, Any] | None:
+        """The rotary embeddings ``blocks`` need, per attention kind (``None`` if no rotary)."""
+        rotary = self.rotary
+        if rotary is None:
+            return None
+        if not self._rotary_by_kind:
+            return {None: rotary(hidden, position_ids)}
+        kinds = {self._layer_types[i] for i in blocks}
+        return {kind: rotary(hidden, position_ids, kind) for kind in kinds}
 
     @contextlib.contextmanager
     def generating(self) -> Iterator[None]:
@@ -371,7 +537,7 @@ class SplitModel:
         inputs_embeds: Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
         # transformers 5.x (later releases) passes the KV cache as `cache`, earlier releases as
         # `past_key_values` (with a `cache_position`); the output field is named alike.
         cache_key = "cache" if "cache" in kwargs else "past_key_values"
@@ -388,7 +554,7 @@ class SplitModel:
         positions = position_ids_from_mask(attention_mask)[:, -new:]
         if use_cache is False:
             cache = None
-        hidden = self.embeddings(input_ids)
+        hidden = self._decoder_inputs(input_ids, positions)
         hidden = self._run(
             self.plan.front, hidden, attention_mask, positions, cache, cache_position
         )
@@ -400,7 +566,8 @@ class SplitModel:
         hidden = self._run(self.plan.back, hidden, attention_mask, positions, cache, cache_position)
         assert self.norm is not None
         fields = {"last_hidden_state": self.norm(hidden), cache_key: kwargs.get(cache_key)}
-        return BaseModelOutputWithPast(**fields)
+        # The output type with every field a causal-LM head reads (GPT-2's reads cross_attentions).
+        return BaseModelOutputWithPastAndCrossAttentions(**fields)
 
     def _masks(
         self,
@@ -419,9 +586,11 @@ class SplitModel:
         masks: dict[int | None, Tensor | None] = {}
         for window in {self._windows[i] for i in blocks}:
             allowed: Tensor | None
-            if self.rotary is None and self.causal:
+            if self.family == "encoder" and self.causal:
                 allowed = decoder_allowed(attention_mask)
-            elif self.rotary is None:  # encoder: eager and sdpa both read None as "attend to all"
+            elif self.family == "encoder" and window is not None:
+                allowed = _bidirectional_window(attention_mask, window)
+            elif self.family == "encoder":  # eager and sdpa both read None as "attend to all"
                 allowed = None if no_padding else attention_mask.bool()[:, None, None, :]
             elif no_padding and sdpa and (window is None or length < window):
                 allowed = None
