@@ -105,3 +105,22 @@ def test_every_decoder_family_generates_through_the_split_token_for_token(family
             )
         assert torch.equal(got, expected), (k_front, k_back)
         assert transport.calls == got.shape[1] - input_ids.shape[1]
+
+
+@needs_transformers_5
+def test_a_cache_the_split_does_not_rebuild_is_refused(model):
+    input_ids, attention_mask = _batch("left", length=12)
+    config = GenerationConfig(
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=102,
+        cache_implementation="static",
+    )
+    split = make_trunk(model, True, 1, 1, LocalTransport())
+    with (
+        pytest.raises(ValueError, match=r"StaticCache.*split_execution: false"),
+        torch.inference_mode(),
+        split.generating(),
+    ):
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)

@@ -25,7 +25,6 @@ from fellrec.models.split import (
 )
 from fellrec.models.transport import LocalTransport
 from split_families import (
-    ENCODER_FAMILIES,
     FAMILIES,
     TRANSFORMERS_5,
     build_family,
@@ -418,8 +417,7 @@ def test_sdpa_masks_are_boolean_so_autocast_cannot_mismatch_them(
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_split_equals_unsplit(family: str, k_front: int, k_back: int) -> None:
     model = build_family(family)
-    paddings = ["right", "none"] if family in ENCODER_FAMILIES else ["left", "right", "none"]
-    batches = [_batch(padding, seed) for seed, padding in enumerate(paddings)]
+    batches = [_batch(padding, seed) for seed, padding in enumerate(["left", "right", "none"])]
     _compare(model, _pooled_loss, batches, k_front, k_back)
 
 

@@ -79,6 +79,8 @@ ENCODER_PARTS: dict[str, tuple[str, ...]] = {
     "norm": ("final_norm",),
     "rotary": ("rotary_emb",),
 }
+#: KV cache classes split generation supports (per-side, growing or sliding key windows).
+SPLIT_CACHES = ("DynamicCache",)
 #: Per-layer attention kinds whose masks the split builds (``config.layer_types``).
 LAYER_TYPES = ("full_attention", "sliding_attention")
 #: Attention implementations that accept the additive float masks built here.
@@ -545,6 +547,14 @@ class SplitModel:
         cache_position = kwargs.get("cache_position")
         if input_ids is None:
             raise ValueError("split generation needs input_ids (inputs_embeds are not supported)")
+        if cache is not None and type(cache).__name__ not in SPLIT_CACHES:
+            # Static, quantized or offloaded caches lay keys out otherwise than the masks built
+            # here assume: refuse rather than generate differently.
+            raise ValueError(
+                f"split generation keeps a dynamic KV cache per side; generate() passed a "
+                f"{type(cache).__name__} (generation_config.cache_implementation). Use the "
+                "default cache, or set model.split_execution: false"
+            )
         new = input_ids.shape[1]
         if attention_mask is None:
             past = cache.get_seq_length() if cache is not None else 0
