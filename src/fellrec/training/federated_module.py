@@ -50,12 +50,10 @@ from fellrec.models.item_components import (
     item_component_parameters,
 )
 from fellrec.models.prompts import PromptSettings
-from fellrec.models.resource_tables import format_report, padding_note
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.split import make_trunk
 from fellrec.models.text import HistoryRenderer, format_item_text
 from fellrec.models.transport import TRANSPORTS, Transport, make_transport
-from fellrec.training.accounting import resource_summary
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
 
 log = logging.getLogger(__name__)
@@ -483,20 +481,6 @@ class FederatedModule(L.LightningModule):
 
     def _bytes_sent(self) -> int:
         return self.transport.stats()["bytes_total"] if self.transport is not None else 0
-
-    def on_fit_start(self) -> None:
-        """Log what this configuration costs on the client and on the server."""
-        if self.trainer.is_global_zero:
-            report = resource_summary(self)
-            if "table" in report:
-                assumed = report["assumed"]
-                log.info(
-                    "resources (estimated per step):\n%s\n%s",
-                    format_report(report),
-                    padding_note(assumed["batch_size"], assumed["seq_len"]),
-                )
-            else:
-                log.info("resources: no estimate (%s)", report["unavailable"])
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._trainer is None or self.trainer.world_size == 1:

@@ -25,14 +25,30 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.summary import summarize
+from fellrec.models.resource_tables import format_report, padding_note
 from fellrec.reporting import wandb_log
+from fellrec.training.accounting import resource_summary
 from fellrec.training.datamodule import federated_datamodule
 from fellrec.training.federated_module import FederatedModule
-from fellrec.training.results import write_run_outputs
+from fellrec.training.results import RunRecord, write_run_outputs
 from fellrec.training.round_metrics import aggregation_metrics, round_metrics, validation_metrics
 from fellrec.training.run_logger import RunCSVLogger
 
 log = logging.getLogger(__name__)
+
+
+def log_resources(module: FederatedModule) -> None:
+    """Log what this configuration costs on the client and on the server (rank zero)."""
+    report = resource_summary(module)
+    if "table" not in report:
+        log.info("resources: no estimate (%s)", report["unavailable"])
+        return
+    assumed = report["assumed"]
+    log.info(
+        "resources (estimated per step):\n%s\n%s",
+        format_report(report),
+        padding_note(assumed["batch_size"], assumed["seq_len"]),
+    )
 
 
 def starts_a_new_record(logger: Logger) -> bool:
@@ -130,6 +146,7 @@ class FederatedLoop(Callback):
             datamodule.save_assignment(directory)
             log.info("clients:\n%s", datamodule.partition_table())
             self._warn_small_clients(datamodule)
+            log_resources(module)
         self._report_start(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -318,7 +335,7 @@ class FederatedLoop(Callback):
         directory = run_directory(trainer)  # a collective: every process must ask
         path = None
         if self.write_results and trainer.is_global_zero:
-            path = write_run_outputs(directory, module, self, summary)
+            path = write_run_outputs(directory, module, self.run_record(), summary)
             log.info("results written to %s", path)
         self._report_test(trainer, summary, path)
 
@@ -359,6 +376,11 @@ class FederatedLoop(Callback):
             rank_zero_warn(f"could not write the plots ({error}); `fellrec report` redraws them")
         else:
             log.info("plots written to %s", paths[0].parent if paths else results_path.parent)
+
+    def run_record(self) -> RunRecord:
+        """The rounds run, the selected rounds and the history, as plain values."""
+        best_rounds = [int(r) for r in self.best_rounds] if self.best_rounds is not None else []
+        return RunRecord(self.rounds_run, self.best_round, best_rounds, self.history)
 
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,6 @@ from fellrec.training.datamodule import federated_datamodule
 
 if TYPE_CHECKING:
     from fellrec.training.federated_module import FederatedModule
-    from fellrec.training.loop import FederatedLoop
 
 RESULTS_FILE = "results.json"
 
@@ -45,10 +45,27 @@ def run_config(directory: Path, module: FederatedModule) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What the round loop knows about a finished run, as plain values.
+
+    Attributes:
+        rounds_run: Rounds trained.
+        best_round: The round of the best overall validation score (-1: none).
+        client_best_rounds: Each client's selected round.
+        history: The rounds' records (losses, learning rates, weights, validation).
+    """
+
+    rounds_run: int
+    best_round: int
+    client_best_rounds: list[int]
+    history: list[dict[str, Any]]
+
+
 def write_run_outputs(
     directory: Path,
     module: FederatedModule,
-    loop: FederatedLoop,
+    record: RunRecord,
     test_summary: dict[str, Any],
 ) -> Path:
     """Write ``results.json`` and ``adapters/client_<i>/`` (peft format) into ``directory``.
@@ -56,7 +73,7 @@ def write_run_outputs(
     Args:
         directory: The run's log directory.
         module: The evaluated module (holding the selected adapters).
-        loop: The loop (rounds run, best round, history).
+        record: The loop's record of the run (rounds run, selected rounds, history).
         test_summary: ``summarize()`` output of the test metrics.
 
     Returns:
@@ -68,16 +85,14 @@ def write_run_outputs(
         "strategy": module.strategy.name,
         "strategy_settings": module.strategy.describe(),
         "config": run_config(directory, module),
-        "rounds_run": loop.rounds_run,
-        "best_round": loop.best_round,
-        "client_best_rounds": (
-            [int(r) for r in loop.best_rounds] if loop.best_rounds is not None else []
-        ),
+        "rounds_run": record.rounds_run,
+        "best_round": record.best_round,
+        "client_best_rounds": record.client_best_rounds,
         **test_summary,
         "popularity": datamodule.popularity,
         "resources": resource_summary(module),
         "privacy": privacy_summary(module),
-        "history": loop.history,
+        "history": record.history,
     }
     path = directory / RESULTS_FILE
     path.write_text(json.dumps(_finite(results), indent=2))
@@ -89,7 +104,7 @@ def write_run_outputs(
             strategy=module.strategy.name,
             recommender=str(module.hparams.get("recommender", "")),
             selected_rounds=results["client_best_rounds"] or [-1] * module.num_clients,
-            rounds_run=loop.rounds_run,
+            rounds_run=record.rounds_run,
             client_metrics=test_summary.get("clients", {}),
         )
     return path
