@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from fellrec.data.pipeline import DatasetSettings
 from fellrec.federation.strategies import Strategy
+from fellrec.reporting.run_reporter import RunReporter
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.loop import FederatedLoop
@@ -66,6 +67,7 @@ def tiny_run(
         logger=CSVLogger(str(root), name="", version=""),
         callbacks=[
             loop,
+            RunReporter(),
             ModelCheckpoint(dirpath=str(root / "checkpoints"), save_last=True),
             *(extra_callbacks or []),
         ],

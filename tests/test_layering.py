@@ -75,3 +75,14 @@ def test_the_package_has_no_import_cycles():
     graph = import_graph()
     assert "fellrec.training.loop" in graph  # the walk found the package
     assert cycles(graph) == []
+
+
+def test_the_lightning_layer_does_not_import_reporting():
+    graph = import_graph()
+    training = {name: deps for name, deps in graph.items() if name.startswith("fellrec.training")}
+    assert training, "no fellrec.training modules found"
+    leaks = {
+        n: sorted(d for d in deps if d.startswith("fellrec.reporting"))
+        for n, deps in training.items()
+    }
+    assert {n: d for n, d in leaks.items() if d} == {}

@@ -36,6 +36,7 @@ from fellrec.config_errors import (
     parser_keys,
 )
 from fellrec.data.schema import DataFormatError
+from fellrec.reporting.run_reporter import RunReporter
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.loop import FederatedLoop
@@ -131,7 +132,7 @@ class FellrecCLI(LightningCLI):
             logger.init_args.save_dir = log_dir
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Show the round and the client as it goes, unless the config sets its own progress bar.
+        """Add the progress display (unless the config sets one) and the run's reporting.
 
         On a terminal that is a bar; when stderr is a file (CI, nohup, Slurm), where a bar's
         carriage-return redraws pile up, it is an occasional log line.
@@ -143,7 +144,11 @@ class FellrecCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in callbacks
         ):
             progress = FederatedProgressBar() if sys.stderr.isatty() else FederatedProgressLog()
-            kwargs["callbacks"] = [*callbacks, progress]
+            callbacks = [*callbacks, progress]
+        if not any(isinstance(c, RunReporter) for c in callbacks):
+            # Reads what the loop recorded (wandb tables and images, plots); order-independent.
+            callbacks = [*callbacks, RunReporter()]
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def _run_subcommand(self, subcommand: str) -> None:

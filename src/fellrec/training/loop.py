@@ -10,7 +10,6 @@ clients. Its state is plain values and tensors, saved in checkpoints, so a run r
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.summary import summarize
 from fellrec.models.resource_tables import format_report, padding_note
-from fellrec.reporting import wandb_log
 from fellrec.training.accounting import resource_summary
 from fellrec.training.datamodule import federated_datamodule
 from fellrec.training.federated_module import FederatedModule
@@ -107,6 +105,10 @@ class FederatedLoop(Callback):
         self.history: list[dict[str, Any]] = []
         #: Rounds held by the newest checkpoint this process saved or resumed from.
         self.checkpointed_rounds = 0
+        #: The last test's summary and the ``results.json`` it was written to (reporting reads
+        #: them: :class:`fellrec.reporting.run_reporter.RunReporter`).
+        self.test_summary: dict[str, Any] | None = None
+        self.results_path: Path | None = None
         self._pending = False
         self._round_started = 0.0
         self._validation_started = 0.0
@@ -147,7 +149,6 @@ class FederatedLoop(Callback):
             log.info("clients:\n%s", datamodule.partition_table())
             self._warn_small_clients(datamodule)
             log_resources(module)
-        self._report_start(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Continue the record of a resumed run: every round it holds, in every logger.
@@ -167,9 +168,6 @@ class FederatedLoop(Callback):
             elif finished and starts_a_new_record(logger):
                 for record in finished:
                     logger.log_metrics(round_metrics(record), step=record.get("step", 0))
-        module = self._module(pl_module)
-        for record in finished:
-            wandb_log.log_round(trainer, record, module.num_clients, step=record.get("step", 0))
 
     def _warn_small_clients(self, datamodule: Any) -> None:
         """Warn about clients whose validation or test users are too few to trust."""
@@ -202,7 +200,6 @@ class FederatedLoop(Callback):
         """Aggregate here when validation did not run this round; report the round."""
         if self._pending:
             self._aggregate(trainer, self._module(pl_module))
-        self._report_round(trainer, self._module(pl_module))
 
     def _aggregate(self, trainer: L.Trainer, module: FederatedModule) -> None:
         self._pending = False
@@ -333,49 +330,10 @@ class FederatedLoop(Callback):
             sync_dist=True,
         )
         directory = run_directory(trainer)  # a collective: every process must ask
-        path = None
+        self.test_summary, self.results_path = summary, None
         if self.write_results and trainer.is_global_zero:
-            path = write_run_outputs(directory, module, self.run_record(), summary)
-            log.info("results written to %s", path)
-        self._report_test(trainer, summary, path)
-
-    # ------------------------------------------------------------------ reporting (wandb, plots)
-    # Rank zero only. The scalar keys above go to every logger through ``log_dict``; these add
-    # wandb's round axis, tables and images (through Lightning's WandbLogger, when configured) and
-    # the PNG plots next to ``results.json``.
-    def _report_start(self, trainer: L.Trainer) -> None:
-        """Make the round the x-axis of wandb charts."""
-        if trainer.is_global_zero:
-            wandb_log.use_round_axis(trainer)
-
-    def _report_round(self, trainer: L.Trainer, module: FederatedModule) -> None:
-        """Log the finished round's per-client table and similarity heatmap to wandb."""
-        if not trainer.is_global_zero or trainer.sanity_checking or not self.history:
-            return
-        record = self.history[-1]
-        if record["round"] == trainer.current_epoch:
-            wandb_log.log_round(trainer, record, module.num_clients)
-
-    def _report_test(
-        self, trainer: L.Trainer, summary: dict[str, Any], results_path: Path | None
-    ) -> None:
-        """Log the test results to wandb and write the run's plots from ``results.json``."""
-        if not trainer.is_global_zero:
-            return
-        results = json.loads(results_path.read_text()) if results_path is not None else summary
-        wandb_log.log_test(trainer, results)
-        if results_path is None:
-            return
-        # A plotting failure must not fail a finished run: the results are already written.
-        try:
-            # matplotlib loads here, once per run, not with every `fellrec` command.
-            from fellrec.reporting.plots import save_plots
-
-            paths = save_plots(results, results_path.parent)
-        except Exception as error:
-            rank_zero_warn(f"could not write the plots ({error}); `fellrec report` redraws them")
-        else:
-            log.info("plots written to %s", paths[0].parent if paths else results_path.parent)
+            self.results_path = write_run_outputs(directory, module, self.run_record(), summary)
+            log.info("results written to %s", self.results_path)
 
     def run_record(self) -> RunRecord:
         """The rounds run, the selected rounds and the history, as plain values."""
