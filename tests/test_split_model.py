@@ -28,6 +28,7 @@ from split_families import (
     FAMILIES,
     TRANSFORMERS_5,
     build_family,
+    decoder_config,
     needs_transformers_5,
     with_lora,
 )
@@ -311,19 +312,6 @@ def test_lightning_manual_backward(tiny_llama_dir: Path) -> None:
     assert moved == 16
 
 
-def _decoder_config(cls: type, **extra: object) -> object:
-    return cls(
-        vocab_size=3000,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        **extra,
-    )
-
-
 def _encoder_config(cls: type) -> object:
     return cls(
         vocab_size=3000,
@@ -343,15 +331,15 @@ def _other_family(name: str) -> tuple[nn.Module, list[str], str]:
 
     torch.manual_seed(0)
     if name == "qwen2-sliding":  # blocks 2 and 3 use a window of 3 tokens
-        config = _decoder_config(
+        config = decoder_config(
             tf.Qwen2Config, use_sliding_window=True, sliding_window=3, max_window_layers=2
         )
         return tf.Qwen2ForCausalLM(config), ["q_proj", "v_proj"], "left"
     if name == "mistral-sliding-eager":
-        config = _decoder_config(tf.MistralConfig, sliding_window=3, attn_implementation="eager")
+        config = decoder_config(tf.MistralConfig, sliding_window=3, attn_implementation="eager")
         return tf.MistralForCausalLM(config), ["q_proj", "v_proj"], "left"
     if name == "llama-eager":
-        config = _decoder_config(tf.LlamaConfig, attn_implementation="eager")
+        config = decoder_config(tf.LlamaConfig, attn_implementation="eager")
         return tf.LlamaModel(config), ["q_proj", "v_proj"], "left"
     if name == "roberta":
         return tf.RobertaModel(_encoder_config(tf.RobertaConfig)), ["query", "value"], "right"
