@@ -223,6 +223,39 @@ def test_client_module_fits_one_client_alone(tmp_path, tiny_encoder_dir):
     assert (tmp_path / "adapters" / "client_1" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize("recommender", ["encoder", "sequential"])
+def test_a_client_alone_takes_the_steps_it_takes_in_the_federation(
+    tmp_path, tiny_encoder_dir, recommender
+):
+    """A silo's batches, seeds and initial adapter are the simulation's: same adapter after it."""
+    from fellrec.training.client_module import ClientModule
+
+    settings = {
+        "recommender": recommender,
+        "lr": 5e-3,
+        "max_history_tokens": 48,
+        "max_item_tokens": 8,
+    }
+    trainer, model, data, _ = tiny_run(
+        tmp_path / "all", tiny_encoder_dir, Local(), rounds=1, model_options=settings
+    )
+    trainer.fit(model, datamodule=data)
+    for client in (0, 2):
+        trainer, _, data, _ = tiny_run(
+            tmp_path / f"alone-{client}",
+            tiny_encoder_dir,
+            Local(),
+            rounds=1,
+            data_options={"client": client},
+            model_options=settings,
+        )
+        alone = ClientModule(client=client, backbone=str(tiny_encoder_dir), **settings)
+        trainer.fit(alone, datamodule=data)
+        torch.testing.assert_close(
+            alone.adapters.get_matrix()[0], model.adapters.get_matrix()[client], rtol=0, atol=1e-7
+        )
+
+
 def test_client_module_refuses_another_clients_data(tmp_path, tiny_encoder_dir):
     from fellrec.training.client_module import ClientModule
 

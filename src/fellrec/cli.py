@@ -241,17 +241,34 @@ def run_lightning_cli(args: list[str] | None) -> None:
         args: Command-line arguments; ``None`` reads ``sys.argv`` (as the console script does, so
             that Lightning's multi-process launcher can re-run the same command).
     """
+    make_cli(args)
+
+
+def make_cli(args: list[str] | None, run: bool = True) -> FellrecCLI:
+    """The ``fellrec`` LightningCLI over the given arguments.
+
+    Args:
+        args: Command-line arguments (``None``: ``sys.argv``).
+        run: Run the subcommand the arguments name; ``False`` parses a config (``--config``
+            files and ``--section.key`` overrides, no subcommand) and only instantiates the
+            model, data module and trainer, as a deployed client or server does.
+
+    Returns:
+        The CLI, with ``model``, ``datamodule`` and ``trainer`` instantiated.
+    """
     # Parse errors are raised (not printed after the whole usage) and explained by parse_arguments.
     no_exit = {"exit_on_error": False}
-    FellrecCLI(
+    subcommand_kwargs = {name: no_exit for name in LIGHTNING_SUBCOMMANDS} if run else {}
+    return FellrecCLI(
         FederatedModule,
         FederatedDataModule,
-        parser_kwargs={**no_exit, **{name: no_exit for name in LIGHTNING_SUBCOMMANDS}},
+        parser_kwargs={**no_exit, **subcommand_kwargs},
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"num_sanity_val_steps": 0, "max_epochs": 3},
         seed_everything_default=0,
         auto_configure_optimizers=False,
         args=args,
+        run=run,
     )
 
 

@@ -1,16 +1,16 @@
 """Federated strategies: thin classes over the pure aggregation functions.
 
-A strategy answers one question at each round boundary: given every client's adapter after local
-training (an ``(N, P)`` matrix), its mean training loss and its data size, what adapter does each
-client
-start the next round with, and how fast should it learn? Strategies hold settings only, no state, so
-a
-run resumes from the loop's checkpointed state alone.
+A strategy speaks the round protocol of :mod:`fellrec.federation.protocol`. Before a round,
+``configure_round`` says how each client trains (learning-rate scale, proximal weight, whether it
+trains); after it, ``aggregate`` answers: given every client's parameters after local training (an
+``(N, P)`` matrix), its mean training loss and its data size, what does each client start the next
+round with, and how fast should it learn? Strategies hold settings only, no state, so a run resumes
+from the caller's checkpointed state alone, and the same strategy runs in simulation and in a
+deployment.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -23,23 +23,19 @@ from fellrec.federation.aggregation import (
     personalized_aggregate,
     uniform_similarity,
 )
+from fellrec.federation.protocol import RoundConfig, RoundInputs, RoundResult
 
-
-@dataclass
-class RoundResult:
-    """What a strategy decides at a round boundary.
-
-    Attributes:
-        theta: Each client's adapter for the next round ``(N, P)``.
-        lr_scale: Multiplier of the base learning rate for each client's next round ``(N,)``.
-        similarity: The client similarity matrix used ``(N, N)``, if the strategy has one.
-        weights: The heating (learning-speed) weights ``(N,)``, if the strategy has them.
-    """
-
-    theta: torch.Tensor
-    lr_scale: torch.Tensor
-    similarity: torch.Tensor | None = None
-    weights: torch.Tensor | None = None
+__all__ = [
+    "STRATEGIES",
+    "Centralized",
+    "FELLRec",
+    "FedAvg",
+    "FedProx",
+    "Local",
+    "RoundResult",
+    "Strategy",
+    "strategy_from_name",
+]
 
 
 class Strategy:
@@ -56,27 +52,39 @@ class Strategy:
         """Weight of FedProx's proximal term in the local loss (0 disables it)."""
         return 0.0
 
-    def aggregate(
-        self,
-        theta: torch.Tensor,
-        losses: torch.Tensor,
-        sizes: torch.Tensor,
-        round_index: int,
-        participants: torch.Tensor,
-    ) -> RoundResult:
-        """Combine the clients' adapters after round ``round_index``.
+    def configure_round(
+        self, round_index: int, num_clients: int, lr_scale: torch.Tensor | None = None
+    ) -> RoundConfig:
+        """How each client trains in round ``round_index``.
 
         Args:
-            theta: Adapters after local training ``(N, P)``.
-            losses: Mean local training loss of each client ``(N,)`` (undefined for
-                non-participants).
-            sizes: Training examples of each client in the round ``(N,)``.
-            round_index: The round that just ended, counted from 0.
-            participants: ``(N,)`` bool; clients that trained and stayed finite this round. The
-                others keep their adapters and do not influence anyone.
+            round_index: The round about to start, counted from 0.
+            num_clients: N.
+            lr_scale: The learning-rate scales the previous :meth:`aggregate` returned
+                (``None`` before the first round: 1 for everyone).
 
         Returns:
-            The next round's adapters and learning-rate scales.
+            Every client trains, at its scaled learning rate, with this strategy's proximal weight.
+        """
+        scale = torch.ones(num_clients, dtype=torch.float64) if lr_scale is None else lr_scale
+        if len(scale) != num_clients:
+            raise ValueError(f"{len(scale)} learning-rate scales for {num_clients} clients")
+        return RoundConfig(
+            round=round_index,
+            lr_scale=scale.double(),
+            proximal_mu=self.proximal_mu,
+            trains=torch.ones(num_clients, dtype=torch.bool),
+        )
+
+    def aggregate(self, inputs: RoundInputs) -> RoundResult:
+        """Combine the clients' parameters after round ``inputs.round``.
+
+        Args:
+            inputs: Parameters after local training ``(N, P)``, mean losses, example counts and
+                participation (see :class:`~fellrec.federation.protocol.RoundInputs`).
+
+        Returns:
+            The next round's parameters and learning-rate scales.
         """
         raise NotImplementedError
 
@@ -103,16 +111,9 @@ class Local(Strategy):
 
     name = "local"
 
-    def aggregate(
-        self,
-        theta: torch.Tensor,
-        losses: torch.Tensor,
-        sizes: torch.Tensor,
-        round_index: int,
-        participants: torch.Tensor,
-    ) -> RoundResult:
-        """Return the adapters unchanged."""
-        return RoundResult(theta=theta.clone(), lr_scale=_ones(theta))
+    def aggregate(self, inputs: RoundInputs) -> RoundResult:
+        """Return the parameters unchanged."""
+        return RoundResult(theta=inputs.parameters.clone(), lr_scale=_ones(inputs.parameters))
 
 
 class FedAvg(Strategy):
@@ -121,15 +122,9 @@ class FedAvg(Strategy):
     name = "fedavg"
     shares_model = True
 
-    def aggregate(
-        self,
-        theta: torch.Tensor,
-        losses: torch.Tensor,
-        sizes: torch.Tensor,
-        round_index: int,
-        participants: torch.Tensor,
-    ) -> RoundResult:
-        """Average the participants' adapters weighted by their training examples."""
+    def aggregate(self, inputs: RoundInputs) -> RoundResult:
+        """Average the participants' parameters weighted by their training examples."""
+        theta, participants, sizes = inputs.parameters, inputs.participants, inputs.examples
         if not bool(participants.any()):
             return RoundResult(theta=theta.clone(), lr_scale=_ones(theta))
         mean = fedavg(theta[participants], sizes[participants].to(theta.dtype))  # (P,)
@@ -163,15 +158,9 @@ class Centralized(Strategy):
     pools_clients = True
     shares_model = True
 
-    def aggregate(
-        self,
-        theta: torch.Tensor,
-        losses: torch.Tensor,
-        sizes: torch.Tensor,
-        round_index: int,
-        participants: torch.Tensor,
-    ) -> RoundResult:
+    def aggregate(self, inputs: RoundInputs) -> RoundResult:
         """Copy the single trained adapter (client 0's slot) to every client for evaluation."""
+        theta = inputs.parameters
         return RoundResult(theta=theta[0].expand_as(theta).clone(), lr_scale=_ones(theta))
 
 
@@ -234,16 +223,10 @@ class FELLRec(Strategy):
         self.lr_heating = lr_heating
         self.size_weighted = size_weighted
 
-    def aggregate(
-        self,
-        theta: torch.Tensor,
-        losses: torch.Tensor,
-        sizes: torch.Tensor,
-        round_index: int,
-        participants: torch.Tensor,
-    ) -> RoundResult:
+    def aggregate(self, inputs: RoundInputs) -> RoundResult:
         """Personalized aggregation among the participants; the others keep their adapters."""
-        index = participants.nonzero().flatten()
+        theta, losses, sizes = inputs.parameters, inputs.losses, inputs.examples
+        index = inputs.participants.nonzero().flatten()
         result = theta.clone()
         lr_scale = _ones(theta)
         n = theta.shape[0]
@@ -255,7 +238,7 @@ class FELLRec(Strategy):
         similarity = adapter_similarity(sub) if self.attention else uniform_similarity(len(index))
         if self.heating:
             p = loss_distribution(losses[index].float(), self.temperature)
-            weights = heating_weights(p, round_index, self.alpha, self.beta, self.exponent)
+            weights = heating_weights(p, inputs.round, self.alpha, self.beta, self.exponent)
         else:
             weights = torch.ones(len(index), device=theta.device)
         # `sub` is already a copy (advanced indexing), so mixing in place saves a full allocation.

@@ -70,7 +70,7 @@ class RunReporter(Callback):
         loop = federated_loop(trainer)
         if loop is None or not trainer.is_global_zero or trainer.sanity_checking:
             return
-        clients = len(loop.best_scores) if loop.best_scores is not None else 0
+        clients = len(loop.selection.best_scores) if loop.selection is not None else 0
         for record in loop.history[self.logged_rounds :]:
             wandb_log.log_round(trainer, record, clients, step=record.get("step"))
         self.logged_rounds = len(loop.history)

@@ -151,6 +151,10 @@ class FederatedDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.seed = seed
         self.pool_clients = False
+        #: The round the training loader serves; ``None``: the trainer's current epoch (one
+        #: Lightning epoch per round). A deployed client, fitted afresh for every round it is
+        #: sent, sets it.
+        self.train_round: int | None = None
         self._data: FederatedData | None = None
         self.popularity: dict[str, object] | None = None
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
@@ -240,17 +244,16 @@ class FederatedDataModule(L.LightningDataModule):
         return np.bincount(self.data.example_clients(), minlength=self.num_clients)
 
     # ------------------------------------------------------------------ training
-    def _example_clients(self) -> np.ndarray:
-        clients = self.data.example_clients()
-        if self.client is not None:
-            # Other clients' examples are not this silo's: mark them with an unused id.
-            clients = np.where(clients == self.client, clients, -1)
-        return clients
-
     def round_plan(self, round_index: int) -> list[PlannedBatch]:
-        """The global batches of one round."""
-        return plan_round(
-            self._example_clients(),
+        """The global batches of one round (only this silo's when ``client`` is set).
+
+        A silo's batches are exactly those the whole federation's plan gives it, so a client
+        trained on its own (``ClientModule``, a Flower ClientApp) takes the same steps as in the
+        one-process simulation. The plan is drawn over the whole partition, which every process
+        derives from the same data, ``data.num_clients`` and ``data.seed``.
+        """
+        plan = plan_round(
+            self.data.example_clients(),
             self.num_clients,
             self.batch_size,
             self.local_epochs,
@@ -259,10 +262,16 @@ class FederatedDataModule(L.LightningDataModule):
             round_index,
             pooled=self.pool_clients,
         )
+        if self.client is None:
+            return plan
+        return [batch for batch in plan if batch.client == self.client]
 
     def _train_batches(self) -> list[Batch]:
         trainer = self.trainer
-        round_index = trainer.current_epoch if trainer is not None else 0
+        if self.train_round is not None:
+            round_index = self.train_round
+        else:
+            round_index = trainer.current_epoch if trainer is not None else 0
         rank, world = self._rank_world()
         examples = self.data.examples
         batches = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from torch import nn
 
 from fellrec.data.pipeline import default_cache_dir
 from fellrec.federation.aggregation import fedprox_penalty
+from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import FELLRec, Strategy
 from fellrec.metrics.ranking import ranking_metrics
 from fellrec.metrics.summary import DEFAULT_KS, metric_names
@@ -253,6 +254,8 @@ class FederatedModule(L.LightningModule):
         self._generator = torch.Generator().manual_seed(seed)
         self.round_anchor: torch.Tensor | None = None
         self._anchors: dict[int, torch.Tensor] = {}
+        #: This round's config of each slot (set by :meth:`start_round`).
+        self._round_configs: dict[int, ClientRoundConfig] = {}
         self._reset_round_stats(0)
         self._reset_eval(0)
 
@@ -294,13 +297,19 @@ class FederatedModule(L.LightningModule):
             model, tokenizer = load_encoder(self.backbone_name)
         self.tokenizer = tokenizer
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)  # same seed, same initial adapters, in every process
+            # Same seed, same initial parameters, in every process and whatever the number of
+            # slots: the item components and the adapters are each drawn right after seeding
+            # (slot 0's draws are broadcast), so a one-client host starts where the simulation's
+            # client does.
+            torch.manual_seed(self.seed)
+            components = self._item_components(int(model.config.hidden_size))
+            torch.manual_seed(self.seed)
             self.adapters = ClientAdapters(
                 model,
                 self.lora,
                 self.num_slots,
                 [self.slot_client(s) for s in range(self.num_slots)],
-                client_modules=self._item_components(int(model.config.hidden_size)),
+                client_modules=components,
             )
         self.transport = make_transport(self.transport_name) if self.split else None
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
@@ -494,17 +503,25 @@ class FederatedModule(L.LightningModule):
         self.round_examples = torch.zeros(num_clients, dtype=torch.float64)
         self.round_diverged = torch.zeros(num_clients, dtype=torch.bool)
 
-    def start_round(self, round_index: int, lr_scale: torch.Tensor) -> None:
-        """Reset round statistics and set each client's learning rate for the round.
+    def start_round(self, round_index: int, configs: Mapping[int, ClientRoundConfig]) -> None:
+        """Start a round: reset its statistics and set up each client as its config says.
 
         Args:
             round_index: The round about to start.
-            lr_scale: Per-client multiplier of the base learning rate ``(N,)``.
+            configs: Each client's round config (learning-rate scale, proximal weight, whether it
+                trains), by client id: the protocol's
+                :meth:`~fellrec.federation.protocol.RoundConfig.for_client`. Every client this
+                module holds needs one.
         """
         assert self.adapters is not None
+        missing = [self.slot_client(s) for s in range(self.num_slots)]
+        missing = [c for c in missing if c not in configs]
+        if missing:
+            raise ValueError(f"round {round_index}: no round config for clients {missing}")
         self._reset_round_stats(self.num_clients)
         self.round_anchor = self.adapters.get_matrix()
         self._anchors = {}
+        self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
         plan = federated_datamodule(self.trainer).round_plan(round_index)
         self._steps_total = {}
         for batch in plan:
@@ -515,8 +532,9 @@ class FederatedModule(L.LightningModule):
         for slot, optimizer in enumerate(self.client_optimizers()):
             if self.reset_optimizer_each_round:
                 optimizer.optimizer.state.clear()
+            scale = self._round_configs[slot].lr_scale
             for group in optimizer.param_groups:
-                group["round_lr"] = group.get("base_lr", self.lr) * float(lr_scale[slot])
+                group["round_lr"] = group.get("base_lr", self.lr) * scale
                 group["lr"] = group["round_lr"]
 
     def _anchor_on_device(self, slot: int, device: torch.device) -> torch.Tensor:
@@ -545,8 +563,12 @@ class FederatedModule(L.LightningModule):
         assert self.adapters is not None and self.recommender is not None
         client = int(batch["client"])
         slot = self.slot(client)
+        config = self._round_configs.get(slot)
+        if config is not None and not config.trains:
+            return  # this round's config leaves the client out
         if batch["client_start"]:
             self._begin_client(client, int(batch["round"]))
+        proximal_mu = config.proximal_mu if config is not None else 0.0
         targets = batch["targets"]
         if targets.numel() > 0:
             assert self.backend is not None
@@ -556,12 +578,12 @@ class FederatedModule(L.LightningModule):
             if torch.isfinite(losses.detach()).all():
                 scale = self.trainer.world_size / float(batch["step_examples"])
                 loss = losses.sum() * scale
-                if self.strategy.proximal_mu > 0 and batch["step_end"]:
+                if proximal_mu > 0 and batch["step_end"]:
                     anchor = self._anchor_on_device(slot, losses.device)
                     loss = loss + fedprox_penalty(
                         [torch.cat([p.reshape(-1) for p in self.adapters.parameters(slot)])],
                         [anchor],
-                        self.strategy.proximal_mu,
+                        proximal_mu,
                     )
                 self.manual_backward(loss)
                 self.train_traffic["bytes"] += self._bytes_sent() - sent_before

@@ -22,6 +22,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from fellrec.federation.protocol import round_inputs, round_record
+from fellrec.federation.selection import ModelSelection
 from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.summary import summarize
 from fellrec.models.resource_tables import format_report, padding_note
@@ -97,11 +99,8 @@ class FederatedLoop(Callback):
         self.bootstrap_resamples = bootstrap_resamples
         self.rounds_run = 0
         self.lr_scale: torch.Tensor | None = None
-        self.best_scores: torch.Tensor | None = None
-        self.best_rounds: torch.Tensor | None = None
-        self.best_adapters: torch.Tensor | None = None
-        self.best_round = -1
-        self.best_overall = float("-inf")
+        #: Per-client model selection on validation (built once the clients are known).
+        self.selection: ModelSelection | None = None
         self.history: list[dict[str, Any]] = []
         #: Rounds held by the newest checkpoint this process saved or resumed from.
         self.checkpointed_rounds = 0
@@ -124,9 +123,9 @@ class FederatedLoop(Callback):
         n = module.num_slots
         if self.lr_scale is None or len(self.lr_scale) != n:
             self.lr_scale = torch.ones(n, dtype=torch.float64)
-        if self.best_scores is None or len(self.best_scores) != module.num_clients:
-            self.best_scores = torch.full((module.num_clients,), float("-inf"), dtype=torch.float64)
-            self.best_rounds = torch.full((module.num_clients,), -1, dtype=torch.long)
+        if self.selection is None or len(self.selection.best_scores) != module.num_clients:
+            held = [module.slot_client(s) for s in range(n)]
+            self.selection = ModelSelection(module.num_clients, held)
 
     # ------------------------------------------------------------------ fit
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -186,7 +185,13 @@ class FederatedLoop(Callback):
         module = self._module(pl_module)
         self._ensure_state(module)
         assert self.lr_scale is not None
-        module.start_round(trainer.current_epoch, self.lr_scale)
+        config = module.strategy.configure_round(
+            trainer.current_epoch, module.num_slots, self.lr_scale
+        )
+        slot_configs = {
+            module.slot_client(s): config.for_client(s) for s in range(module.num_slots)
+        }
+        module.start_round(config.round, slot_configs)
         self._pending = True
         self._round_started = time.perf_counter()
 
@@ -218,35 +223,25 @@ class FederatedLoop(Callback):
                 f"round {round_index}: client {client}'s loss became NaN/inf; it keeps its "
                 "adapter from the round start and is left out of the aggregation"
             )
-        theta = module.adapters.get_matrix()  # (S, P)
-        slot_examples = examples[slot_clients]
-        slot_losses = loss_sums[slot_clients] / slot_examples.clamp_min(1)
-        slot_diverged = diverged[slot_clients]
-        theta[slot_diverged] = module.round_anchor[slot_diverged]
-        participants = (slot_examples > 0) & ~slot_diverged
-        result = module.strategy.aggregate(
-            theta, slot_losses.float(), slot_examples, round_index, participants
+        inputs = round_inputs(
+            round_index,
+            module.adapters.get_matrix(),  # (S, P)
+            module.round_anchor,
+            loss_sums[slot_clients],
+            examples[slot_clients],
+            diverged[slot_clients],
         )
+        result = module.strategy.aggregate(inputs)
         module.adapters.set_matrix(result.theta)
         module.invalidate_item_tables(identical_adapters=module.strategy.shares_model)
         self.lr_scale = result.lr_scale.double()
         self.rounds_run = round_index + 1
-        record: dict[str, Any] = {
-            "round": round_index,
-            "train_loss": [
-                float(x) if p else None for x, p in zip(slot_losses, participants, strict=True)
-            ],
-            "lr": [module.lr * float(s) for s in self.lr_scale],
-            "diverged": diverged.nonzero().flatten().tolist(),
-            # Training and aggregation; validation adds `val_seconds`, `seconds` is the sum.
-            "train_seconds": time.perf_counter() - self._round_started,
-            "step": trainer.global_step,
-        }
+        record = round_record(round_index, inputs, result, module.lr)
+        record["diverged"] = diverged.nonzero().flatten().tolist()
+        # Training and aggregation; validation adds `val_seconds`, `seconds` is the sum.
+        record["train_seconds"] = time.perf_counter() - self._round_started
+        record["step"] = trainer.global_step
         record["seconds"] = record["train_seconds"]
-        if result.weights is not None:
-            record["heating_weight"] = [float(w) for w in result.weights]
-        if result.similarity is not None:
-            record["similarity"] = result.similarity.tolist()
         self.history.append(record)
         module.log_dict(aggregation_metrics(record), on_step=False, on_epoch=True, sync_dist=True)
 
@@ -258,25 +253,20 @@ class FederatedLoop(Callback):
         module = self._module(pl_module)
         self._ensure_state(module)
         assert module.adapters is not None
-        assert self.best_scores is not None and self.best_rounds is not None
+        assert self.selection is not None
         sums, counts, names = module.collect_eval()
         summary = summarize(sums, counts, names)
         round_index = self.rounds_run - 1
         column = names.index(self.selection_metric)
-        per_client = sums[:, column] / counts.clamp_min(1)
-        theta = module.adapters.get_matrix()
-        if self.best_adapters is None:
-            self.best_adapters = theta.clone()
-        for client in range(module.num_clients):
-            if counts[client] > 0 and per_client[client] > self.best_scores[client]:
-                self.best_scores[client] = per_client[client]
-                self.best_rounds[client] = round_index
-                self.best_adapters[module.slot(client)] = theta[module.slot(client)]
         overall = summary["overall"]
         assert isinstance(overall, dict)
-        if overall[self.selection_metric] > self.best_overall:
-            self.best_overall = float(overall[self.selection_metric])
-            self.best_round = round_index
+        self.selection.update(
+            round_index,
+            sums[:, column] / counts.clamp_min(1),
+            counts,
+            module.adapters.get_matrix(),
+            float(overall[self.selection_metric]),
+        )
         validation_seconds = time.perf_counter() - self._validation_started
         fitting = trainer.state.fn == TrainerFn.FITTING
         if fitting and self.history and self.history[-1]["round"] == round_index:
@@ -308,8 +298,9 @@ class FederatedLoop(Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Evaluate each client with its selected (best validation) adapter."""
         module = self._module(pl_module)
-        if self.best_adapters is not None and module.adapters is not None:
-            module.adapters.set_matrix(self.best_adapters)
+        best = self.selection.best_parameters if self.selection is not None else None
+        if best is not None and module.adapters is not None:
+            module.adapters.set_matrix(best)
             module.invalidate_item_tables()
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -337,8 +328,10 @@ class FederatedLoop(Callback):
 
     def run_record(self) -> RunRecord:
         """The rounds run, the selected rounds and the history, as plain values."""
-        best_rounds = [int(r) for r in self.best_rounds] if self.best_rounds is not None else []
-        return RunRecord(self.rounds_run, self.best_round, best_rounds, self.history)
+        if self.selection is None:
+            return RunRecord(self.rounds_run, -1, [], self.history)
+        best_rounds = [int(r) for r in self.selection.best_rounds]
+        return RunRecord(self.rounds_run, self.selection.best_round, best_rounds, self.history)
 
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(
@@ -349,18 +342,22 @@ class FederatedLoop(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values and tensors: everything a resumed run needs."""
-        return {
+        state: dict[str, Any] = {
             "rounds_run": self.rounds_run,
             "lr_scale": self.lr_scale,
-            "best_scores": self.best_scores,
-            "best_rounds": self.best_rounds,
-            "best_adapters": self.best_adapters,
-            "best_round": self.best_round,
-            "best_overall": self.best_overall,
             "history": self.history,
         }
+        if self.selection is not None:
+            state.update(self.selection.state_dict())
+            state["selection_held"] = self.selection.held
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the state saved by :meth:`state_dict`."""
-        for key, value in state_dict.items():
-            setattr(self, key, value)
+        self.rounds_run = state_dict["rounds_run"]
+        self.lr_scale = state_dict["lr_scale"]
+        self.history = state_dict["history"]
+        if state_dict.get("best_scores") is not None:
+            scores = state_dict["best_scores"]
+            held = state_dict.get("selection_held", list(range(len(scores))))
+            self.selection = ModelSelection.from_state_dict(state_dict, held)

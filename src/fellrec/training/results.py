@@ -20,14 +20,14 @@ if TYPE_CHECKING:
 RESULTS_FILE = "results.json"
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN/inf: replace them with None, recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -95,7 +95,7 @@ def write_run_outputs(
         "history": record.history,
     }
     path = directory / RESULTS_FILE
-    path.write_text(json.dumps(_finite(results), indent=2))
+    path.write_text(json.dumps(json_safe(results), indent=2))
     if module.adapters is not None:
         module.adapters.save(directory / "adapters")
         describe_adapters(

@@ -1,0 +1,158 @@
+"""One deployed client: its ClientModule and data, built once per process, driven per message.
+
+Every message is one short Lightning run (a fit of one round, or a validation or test pass) on the
+same module, so the base model is loaded once per process, and the client keeps nothing between
+rounds that the server does not send it again: a round's result depends only on the parameters and
+round config it is sent (and on the data, the config and the seed), exactly as in the one-process
+simulation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from fellrec.deploy.messages import STAGES, EvaluationReport, TrainReport
+from fellrec.deploy.run_config import RunSettings, load_run
+from fellrec.federation.protocol import ClientRoundConfig
+from fellrec.training.client_module import ClientModule
+from fellrec.training.federated_module import FederatedModule
+
+
+def client_module_like(model: FederatedModule, client: int) -> ClientModule:
+    """A :class:`ClientModule` for ``client`` with the settings of a federation's module."""
+    nested = {"lora": model.lora, "prompt": model.prompt, "items": model.items}
+    plain = {
+        key: value
+        for key, value in model.hparams.items()
+        if not key.startswith("_") and key not in {"strategy", "client", *nested}
+    }
+    return ClientModule(client=client, **plain, **nested)
+
+
+class _StartRound(Callback):
+    """Starts the fitted epoch as the server's round: its learning rate and proximal weight."""
+
+    def __init__(self, client: int, config: ClientRoundConfig) -> None:
+        self.client = client
+        self.config = config
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, ClientModule)
+        pl_module.start_round(self.config.round, {self.client: self.config})
+
+
+class ClientSession:
+    """A client silo of a deployed federation.
+
+    Args:
+        settings: The fellrec config files and overrides (the same as the server's).
+        client: This client's partition id (Flower node config ``partition-id``).
+
+    Raises:
+        ValueError: For settings a deployment cannot run (naming the setting).
+    """
+
+    def __init__(self, settings: RunSettings, client: int) -> None:
+        run = load_run(settings, "--data.client", str(client))
+        check_deployable(run.model)
+        self.client = client
+        self.module = client_module_like(run.model, client)
+        self.datamodule = run.datamodule
+        self.trainer_settings = run.trainer_settings
+        self._built = False
+
+    def _build(self) -> None:
+        if not self._built:
+            self.datamodule.setup("fit")
+            self.module.build(self.datamodule)
+            self._built = True
+
+    def _trainer(self, callbacks: list[Callback], **options: Any) -> L.Trainer:
+        return L.Trainer(
+            devices=1,
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=callbacks,
+            **self.trainer_settings,  # type: ignore[arg-type]
+            **options,
+        )
+
+    def _load(self, parameters: torch.Tensor) -> None:
+        assert self.module.adapters is not None
+        self.module.adapters.set_vector(0, parameters)
+        self.module.invalidate_item_tables()
+
+    def initial_parameters(self) -> torch.Tensor:
+        """The client's parameters before any round (the same in every process: seeded)."""
+        self._build()
+        assert self.module.adapters is not None
+        return self.module.adapters.get_vector(0)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The evaluation metrics, in the order of the reports' columns."""
+        return list(self.module.eval_names)
+
+    def train(self, parameters: torch.Tensor, config: ClientRoundConfig) -> TrainReport:
+        """Train one round from ``parameters`` as ``config`` says."""
+        self._build()
+        self._load(parameters)
+        self.datamodule.train_round = config.round
+        trainer = self._trainer([_StartRound(self.client, config)], limit_val_batches=0)
+        trainer.fit(self.module, datamodule=self.datamodule)
+        loss_sums, examples, diverged = self.module.collect_round_stats()
+        assert self.module.adapters is not None
+        return TrainReport(
+            client=self.client,
+            parameters=self.module.adapters.get_vector(0),
+            loss_sum=float(loss_sums[self.client]),
+            examples=float(examples[self.client]),
+            diverged=bool(diverged[self.client]),
+        )
+
+    def evaluate(self, parameters: torch.Tensor, stage: str) -> EvaluationReport:
+        """Evaluate ``parameters`` on this client's validation or test users."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self._build()
+        self._load(parameters)
+        trainer = self._trainer([])
+        if stage == "validation":
+            trainer.validate(self.module, datamodule=self.datamodule, verbose=False)
+        else:
+            trainer.test(self.module, datamodule=self.datamodule, verbose=False)
+        sums, counts, _ = self.module.collect_eval()
+        _, values = self.module.collect_eval_values()
+        return EvaluationReport(
+            client=self.client,
+            sums=sums[self.client],
+            users=float(counts[self.client]),
+            values=values,
+        )
+
+
+def check_deployable(model: FederatedModule) -> None:
+    """Refuse settings that a deployment cannot run as the simulation does.
+
+    Raises:
+        ValueError: Naming the setting and what to do instead.
+    """
+    if model.strategy.pools_clients:
+        raise ValueError(
+            f"model.strategy {model.strategy.name!r} trains all users' data as one model; it is "
+            "not a federation and cannot be deployed (run it with fellrec fit)"
+        )
+    if not model.reset_optimizer_each_round:
+        raise ValueError(
+            "model.reset_optimizer_each_round=false keeps optimizer moments between rounds, which "
+            "a deployed client does not keep (a round depends only on what the server sends); "
+            "set it to true"
+        )

@@ -1,0 +1,110 @@
+"""Reading a fellrec config the way ``fellrec fit`` does, for the deployed server and clients."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fellrec.federation.strategies import Strategy
+from fellrec.training.datamodule import FederatedDataModule
+from fellrec.training.federated_module import FederatedModule
+from fellrec.training.loop import FederatedLoop
+
+#: Keys of a Flower run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``).
+CONFIG_KEY = "fellrec-config"
+OVERRIDES_KEY = "fellrec-overrides"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where a deployed run's settings come from: fellrec config files and overrides.
+
+    Attributes:
+        config_files: fellrec YAML files, in order (as ``fellrec fit --config A --config B``).
+        overrides: ``--section.key value`` arguments applied after them.
+    """
+
+    config_files: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, object]) -> RunSettings:
+        """Read ``fellrec-config`` (comma-separated files) and ``fellrec-overrides`` (a shell line).
+
+        Raises:
+            ValueError: Naming the missing key.
+        """
+        files = str(run_config.get(CONFIG_KEY, "")).strip()
+        if not files:
+            raise ValueError(
+                f"the Flower run config has no {CONFIG_KEY!r}: set it to a fellrec config file, "
+                f"e.g. flwr run . --run-config \"{CONFIG_KEY}='configs/quickstart.yaml'\""
+            )
+        overrides = shlex.split(str(run_config.get(OVERRIDES_KEY, "")))
+        return cls(tuple(f.strip() for f in files.split(",") if f.strip()), tuple(overrides))
+
+    def arguments(self, *extra: str) -> list[str]:
+        """Command-line arguments of ``fellrec fit`` for these settings (plus ``extra``)."""
+        arguments = [arg for path in self.config_files for arg in ("--config", path)]
+        return [*arguments, *self.overrides, *extra]
+
+
+@dataclass
+class LoadedRun:
+    """The objects ``fellrec fit`` would build from a config, not set up (nothing loaded yet).
+
+    Attributes:
+        model: The federation's module (its settings; its base model loads in ``setup``).
+        datamodule: The data module.
+        loop: The round loop's settings (selection metric, bootstrap, warnings).
+        rounds: ``trainer.max_epochs``.
+        root: ``trainer.default_root_dir`` (where results are written).
+        trainer_settings: The accelerator and precision a client's trainer uses.
+    """
+
+    model: FederatedModule
+    datamodule: FederatedDataModule
+    loop: FederatedLoop
+    rounds: int
+    root: str
+    trainer_settings: dict[str, object]
+
+    @property
+    def strategy(self) -> Strategy:
+        """The configured strategy."""
+        return self.model.strategy
+
+
+def load_run(settings: RunSettings, *extra: str) -> LoadedRun:
+    """Parse and instantiate a fellrec config (as ``fellrec fit`` does, without running it).
+
+    Args:
+        settings: Config files and overrides.
+        *extra: More ``--section.key value`` arguments (e.g. ``--data.client 2``).
+    """
+    from fellrec.cli import make_cli, quiet_third_party_output
+
+    quiet_third_party_output()
+    cli = make_cli(settings.arguments(*extra), run=False)
+    trainer = cli.trainer
+    loop = next(c for c in trainer.callbacks if isinstance(c, FederatedLoop))  # type: ignore[attr-defined]
+    if trainer.max_epochs is None or trainer.max_epochs < 1:
+        raise ValueError("trainer.max_epochs (the number of rounds) must be >= 1 for a deployment")
+    model = cli.model
+    if not isinstance(model, FederatedModule) or not isinstance(
+        cli.datamodule, FederatedDataModule
+    ):
+        raise TypeError("a fellrec config builds a FederatedModule and a FederatedDataModule")
+    accelerator = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+    return LoadedRun(
+        model=model,
+        datamodule=cli.datamodule,
+        loop=loop,
+        rounds=int(trainer.max_epochs),
+        root=str(trainer.default_root_dir),
+        trainer_settings={
+            "accelerator": "gpu" if accelerator == "cuda" else accelerator,
+            "precision": trainer.precision,
+        },
+    )

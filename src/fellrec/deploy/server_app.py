@@ -1,0 +1,44 @@
+"""The Flower ServerApp: runs a fellrec federation's rounds over the connected client nodes.
+
+``app`` reads the fellrec config from the Flower run config (``fellrec-config``, optionally
+``fellrec-overrides``, ``round-timeout`` and ``wait-timeout`` in seconds); :func:`server_app`
+builds one with settings given in Python.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fellrec.deploy.client_session import check_deployable
+from fellrec.deploy.run_config import RunSettings, load_run
+from fellrec.deploy.server import FederationServer
+
+
+def server_app(
+    settings: RunSettings | None = None,
+    round_timeout: float | None = None,
+    wait_timeout: float = 600.0,
+) -> ServerApp:
+    """A ServerApp; with ``settings`` None it reads them from the Flower run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = context.run_config
+        chosen = settings if settings is not None else RunSettings.from_flower(run_config)
+        run = load_run(chosen)
+        check_deployable(run.model)
+        timeout = run_config.get("round-timeout", round_timeout)
+        FederationServer(
+            run,
+            grid,
+            round_timeout=float(timeout) if timeout is not None else None,
+            wait_timeout=float(run_config.get("wait-timeout", wait_timeout)),
+        ).fit()
+
+    return app
+
+
+#: The ServerApp ``flwr run`` starts (``[tool.flwr.app.components] serverapp``).
+app = server_app()

@@ -1,0 +1,199 @@
+"""Flower deployment: messages, refusals, and a simulation equal to the in-process run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fellrec.deploy.client_session import check_deployable
+from fellrec.deploy.messages import (
+    EvaluationReport,
+    TrainReport,
+    evaluate_content,
+    parameters_from,
+    round_config_from,
+    train_content,
+)
+from fellrec.deploy.run_config import CONFIG_KEY, RunSettings
+from fellrec.deploy.server import PARAMETERS_FILE
+from fellrec.federation.protocol import ClientRoundConfig
+from fellrec.federation.strategies import Centralized, FedAvg
+from fellrec.training.federated_module import FederatedModule
+from test_cli import write_tiny_config
+
+
+def test_a_train_message_carries_the_parameters_and_the_round_config_only():
+    vector = torch.linspace(-1, 1, 7)
+    config = ClientRoundConfig(round=3, lr_scale=0.25, proximal_mu=0.01, trains=True)
+    content = train_content(vector, config)
+    assert set(content) == {"parameters", "config"}
+    assert torch.equal(parameters_from(content), vector)
+    assert round_config_from(content) == config
+    assert set(content["config"]) == {"round", "lr-scale", "proximal-mu", "trains"}
+
+
+def test_reports_round_trip():
+    train = TrainReport(
+        client=2, parameters=torch.arange(4.0), loss_sum=3.5, examples=7.0, diverged=False
+    )
+    back = TrainReport.from_content(train.content())
+    assert back.client == 2 and back.loss_sum == 3.5 and back.examples == 7.0
+    assert not back.diverged and torch.equal(back.parameters, train.parameters)
+    values = torch.rand(5, 3, dtype=torch.float64)
+    evaluation = EvaluationReport(client=1, sums=values.sum(0), users=5.0, values=values)
+    again = EvaluationReport.from_content(evaluation.content())
+    assert again.client == 1 and again.users == 5.0
+    assert torch.equal(again.values, values) and torch.equal(again.sums, values.sum(0))
+    with pytest.raises(ValueError, match="stage"):
+        evaluate_content(torch.zeros(2), "training")
+
+
+def test_run_settings_come_from_the_flower_run_config():
+    settings = RunSettings.from_flower(
+        {CONFIG_KEY: "a.yaml, b.yaml", "fellrec-overrides": "--model.lr 0.01"}
+    )
+    assert settings.arguments("--data.client", "1") == [
+        "--config",
+        "a.yaml",
+        "--config",
+        "b.yaml",
+        "--model.lr",
+        "0.01",
+        "--data.client",
+        "1",
+    ]
+    with pytest.raises(ValueError, match="fellrec-config"):
+        RunSettings.from_flower({})
+
+
+def test_settings_a_deployment_cannot_run_are_refused():
+    with pytest.raises(ValueError, match="not a federation"):
+        check_deployable(FederatedModule(strategy=Centralized()))
+    with pytest.raises(ValueError, match="reset_optimizer_each_round"):
+        check_deployable(FederatedModule(strategy=FedAvg(), reset_optimizer_each_round=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["FELLRec", "FedAvg"])
+def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_dir, strategy):
+    """3 clients x 2 rounds: the same per-client test metrics and selected parameters."""
+    from fellrec.cli import make_cli
+    from fellrec.deploy.simulation import simulate
+    from fellrec.training.loop import FederatedLoop
+
+    config = write_tiny_config(tmp_path, tiny_encoder_dir)
+    chosen = ["--model.strategy", f"fellrec.federation.strategies.{strategy}"]
+    in_process = tmp_path / "in-process"
+    cli = make_cli(
+        ["fit", "--config", str(config), *chosen, "--trainer.default_root_dir", str(in_process)]
+    )
+    loop = next(c for c in cli.trainer.callbacks if isinstance(c, FederatedLoop))
+    flower = tmp_path / "flower"
+    simulate(RunSettings((str(config),), (*chosen, "--trainer.default_root_dir", str(flower))))
+
+    expected = json.loads((in_process / "results.json").read_text())
+    got = json.loads((flower / "results.json").read_text())
+    assert got["deployment"]["engine"] == "flower" and got["strategy"] == expected["strategy"]
+    assert got["client_best_rounds"] == expected["client_best_rounds"]
+    for client in ("0", "1", "2"):
+        assert got["clients"][client] == pytest.approx(expected["clients"][client], abs=1e-6)
+    for record, reference in zip(got["history"], expected["history"], strict=True):
+        assert record["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-6)
+        assert record["lr"] == pytest.approx(reference["lr"], abs=1e-9)
+    selected = load_file(str(flower / PARAMETERS_FILE))
+    assert loop.selection is not None and loop.selection.best_parameters is not None
+    for client in range(3):
+        torch.testing.assert_close(
+            selected[f"client_{client}"],
+            loop.selection.best_parameters[client],
+            rtol=0,
+            atol=1e-6,
+        )
+
+
+class FakeGrid:
+    """A grid whose clients answer at once with fixed reports; ``silent`` maps round -> clients."""
+
+    def __init__(self, num_clients: int, size: int, silent: dict[int, set[int]]):
+        self.num_clients, self.size, self.silent = num_clients, size, silent
+        self.sent: list[tuple[str, int, dict]] = []
+
+    def get_node_ids(self):
+        return [100 + c for c in range(self.num_clients)]
+
+    def send_and_receive(self, messages, timeout=None):
+        from fellrec.deploy.messages import describe_content
+        from fellrec.metrics.summary import metric_names
+
+        replies = []
+        for message in messages:
+            client = message.metadata.dst_node_id - 100
+            kind = message.metadata.message_type
+            self.sent.append((kind, client, message.content))
+            if kind == "query":
+                content = describe_content(client, torch.zeros(self.size), metric_names())
+            elif kind == "train":
+                config = round_config_from(message.content)
+                if client in self.silent.get(config.round, set()):
+                    continue  # disconnected: no answer this round
+                trained = parameters_from(message.content) + (client + 1)
+                content = TrainReport(client, trained, 2.0 * (client + 1), 2.0, False).content()
+            else:
+                values = torch.full(
+                    (3, len(metric_names())), 0.1 * (client + 1), dtype=torch.float64
+                )
+                content = EvaluationReport(client, values.sum(0), 3.0, values).content()
+            reply = FakeReply(content, message.metadata.dst_node_id)
+            replies.append(reply)
+        return replies
+
+
+class FakeMessage:
+    def __init__(self, content, node, kind):
+        self.content = content
+        self.metadata = type("Metadata", (), {"dst_node_id": node, "message_type": kind})()
+
+
+class FakeReply:
+    def __init__(self, content, node):
+        self.content = content
+        self.metadata = type("Metadata", (), {"src_node_id": node})()
+        self.error = None
+
+    def has_error(self):
+        return False
+
+
+def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path):
+    from fellrec.deploy.run_config import LoadedRun
+    from fellrec.deploy.server import FederationServer
+    from fellrec.training.datamodule import FederatedDataModule
+    from fellrec.training.loop import FederatedLoop
+
+    run = LoadedRun(
+        model=FederatedModule(strategy=FedAvg(), lr=0.1),
+        datamodule=FederatedDataModule(num_clients=3),
+        loop=FederatedLoop(bootstrap_resamples=0),
+        rounds=3,
+        root=str(tmp_path),
+        trainer_settings={},
+    )
+    grid = FakeGrid(num_clients=3, size=4, silent={1: {2}})
+    results = json.loads(
+        FederationServer(run, grid, sleep=lambda s: None, make_message=FakeMessage)
+        .fit()
+        .read_text()
+    )
+    history = results["history"]
+    assert [r["absent"] for r in history] == [[], [2], []]
+    assert history[1]["train_loss"] == [1.0, 2.0, None]  # mean loss = loss sum / examples
+    # Round 0: FedAvg of 0+1, 0+2, 0+3 (equal sizes) = 2 for everyone; round 1 without client 2:
+    # mean of 2+1 and 2+2 = 3.5 for everyone; round 2: 3.5 + mean(1, 2, 3) = 5.5.
+    trains = [content for kind, _, content in grid.sent if kind == "train"]
+    assert [float(parameters_from(c)[0]) for c in trains] == [0, 0, 0, 2, 2, 2, 3.5, 3.5, 3.5]
+    assert results["clients"]["2"]["users"] == 3
+    selected = load_file(str(tmp_path / PARAMETERS_FILE))
+    assert torch.equal(selected["client_0"], torch.full((4,), 2.0))  # ties keep the first round
