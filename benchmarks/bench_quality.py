@@ -35,36 +35,36 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO / "configs" / "ml100k-minilm-base.yaml"
 STRATEGY_SPECS: dict[str, list[str]] = {
-    "centralized": ["--model.strategy", "fellrec.federation.strategies.Centralized"],
-    "local": ["--model.strategy", "fellrec.federation.strategies.Local"],
-    "fedavg": ["--model.strategy", "fellrec.federation.strategies.FedAvg"],
-    "fedprox": ["--model.strategy", "fellrec.federation.strategies.FedProx"],
+    "centralized": ["--loop.strategy", "fellrec.federation.strategies.Centralized"],
+    "local": ["--loop.strategy", "fellrec.federation.strategies.Local"],
+    "fedavg": ["--loop.strategy", "fellrec.federation.strategies.FedAvg"],
+    "fedprox": ["--loop.strategy", "fellrec.federation.strategies.FedProx"],
     # FedProx's mu is normally swept (0.001-1); the class default 0.01 restrains the sparse
     # per-item rows strongly, so a smaller one is run too (pick by validation, see the table).
     "fedprox-mu0.001": [
-        "--model.strategy",
+        "--loop.strategy",
         "fellrec.federation.strategies.FedProx",
-        "--model.strategy.init_args.mu",
+        "--loop.strategy.init_args.mu",
         "0.001",
     ],
-    "fellrec": ["--model.strategy", "fellrec.federation.strategies.FELLRec"],
+    "fellrec": ["--loop.strategy", "fellrec.federation.strategies.FELLRec"],
     # The paper's mix, without weighting the other clients by their data (size_weighted: false).
     "fellrec-unweighted": [
-        "--model.strategy",
+        "--loop.strategy",
         "fellrec.federation.strategies.FELLRec",
-        "--model.strategy.init_args.size_weighted",
+        "--loop.strategy.init_args.size_weighted",
         "false",
     ],
     "fellrec-no-attention": [
-        "--model.strategy",
+        "--loop.strategy",
         "fellrec.federation.strategies.FELLRec",
-        "--model.strategy.init_args.attention",
+        "--loop.strategy.init_args.attention",
         "false",
     ],
     "fellrec-no-heating": [
-        "--model.strategy",
+        "--loop.strategy",
         "fellrec.federation.strategies.FELLRec",
-        "--model.strategy.init_args.heating",
+        "--loop.strategy.init_args.heating",
         "false",
     ],
 }

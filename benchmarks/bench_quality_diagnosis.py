@@ -42,7 +42,7 @@ CONFIGS = REPO / "configs"
 BASE = [
     "--config",
     str(CONFIGS / "ml100k-minilm-base.yaml"),
-    "--model.strategy",
+    "--loop.strategy",
     "fellrec.federation.strategies.Centralized",
     "--data.split",
     "leave_one_out",

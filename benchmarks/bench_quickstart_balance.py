@@ -50,7 +50,7 @@ def run(strategy: str, seed: int, rounds: int, root: Path) -> dict[str, Any]:
             "fit",
             "--config",
             str(CONFIG),
-            "--model.strategy",
+            "--loop.strategy",
             STRATEGIES[strategy],
             "--data.seed",
             str(seed),

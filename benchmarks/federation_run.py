@@ -118,13 +118,12 @@ def build_run(
     model = FederatedModule(
         backbone=backbone,
         recommender=recommender,
-        strategy=strategy,
         lr=1e-3,
         max_history_tokens=64,
         max_item_tokens=16,
         seed=seed,
     )
-    loop = FederatedLoop(write_results=False)
+    loop = FederatedLoop(strategy=strategy, write_results=False)
     options: dict[str, Any] = {} if validate else {"limit_val_batches": 0}
     trainer = L.Trainer(
         accelerator="cpu",

@@ -57,8 +57,8 @@ def tiny_run(
         "max_item_tokens": 8,
         **(model_options or {}),
     }
-    model = FederatedModule(backbone=str(encoder_dir), strategy=strategy, **model_settings)
-    loop = FederatedLoop()
+    model = FederatedModule(backbone=str(encoder_dir), **model_settings)
+    loop = FederatedLoop(strategy=strategy)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -146,7 +146,8 @@ def test_print_config_shows_the_whole_schema(fitted, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["strategy"]["class_path"].endswith("FELLRec")
+    assert printed["loop"]["strategy"]["class_path"].endswith("FELLRec")
+    assert printed["model"]["strategy"] is None  # deprecated, unset
     assert printed["loop"]["selection_metric"] == "ndcg@10"
     assert printed["data"]["num_clients"] == 3
 
@@ -154,8 +155,8 @@ def test_print_config_shows_the_whole_schema(fitted, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model.strategy.init_args.alpha", "-1"], "model.strategy.alpha must be > 0"),
-        (["--model.strategy.init_args.beta", "0"], "model.strategy.beta must be > 0"),
+        (["--loop.strategy.init_args.alpha", "-1"], "loop.strategy.alpha must be > 0"),
+        (["--loop.strategy.init_args.beta", "0"], "loop.strategy.beta must be > 0"),
         (["--data.num_clients", "500"], "more clients than users"),
         (["--data.partition", "random"], "data.partition='random' is unknown"),
         (["--loop.selection_metric", "auc"], "selection_metric='auc' is unknown"),
@@ -190,7 +191,7 @@ def test_invalid_settings_fail_before_training_naming_the_setting(
 def test_unknown_strategy_is_rejected(fitted, tmp_path, capsys):
     config, _ = fitted
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--model.strategy", "FedMagic"])
+        main(["fit", "--config", str(config), "--loop.strategy", "FedMagic"])
     assert exit_info.value.code == 2
     assert "FedMagic" in capsys.readouterr().err
 
@@ -389,3 +390,22 @@ def test_data_stats_help_shows_the_dataset_options(capsys):
         assert f"--data.dataset.{option} " in out, option
     assert "One of synthetic, movielens, recbole, amazon, tabular." in out
     assert "Where prepared data is cached" in out  # every data option has its description
+
+
+def test_the_deprecated_model_strategy_still_runs_with_a_warning(fitted, tmp_path):
+    config, _ = fitted
+    with pytest.warns(DeprecationWarning, match=r"set the strategy as loop\.strategy"):
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--model.strategy",
+                "fellrec.federation.strategies.FedAvg",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
+    assert json.loads((tmp_path / "results.json").read_text())["strategy"] == "fedavg"

@@ -127,7 +127,7 @@ def test_fit_arguments_switch_only_the_strategy_and_directories(tmp_path):
     run = tmp_path / "runs" / "fedprox"
     args = fit_arguments([config], ["--data.seed", "3"], "fedprox", run, group="g")
     assert args[:3] == ["fit", "--config", str(config)]
-    assert args[args.index("--model.strategy") + 1] == "fellrec.federation.strategies.FedProx"
+    assert args[args.index("--loop.strategy") + 1] == "fellrec.federation.strategies.FedProx"
     assert args[args.index("--trainer.default_root_dir") + 1] == str(run)
     assert args[args.index("--checkpoint.dirpath") + 1] == str(run / "checkpoints")
     assert args[args.index("--trainer.logger.init_args.group") + 1] == "g"

@@ -90,8 +90,8 @@ def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
     [
         (["--model.lrr", "0.1"], "unknown key '--model.lrr'; did you mean '--model.lr'?"),
         (
-            ["--model.strategy.init_args.alpah", "0.1"],
-            "did you mean '--model.strategy.alpha'?",
+            ["--loop.strategy.init_args.alpah", "0.1"],
+            "did you mean '--loop.strategy.alpha'?",
         ),
     ],
 )

@@ -151,13 +151,14 @@ def test_ml100k_strategies_differ_only_in_strategy(capsys: pytest.CaptureFixture
     for name, cls in ML100K_STRATEGIES.items():
         config = CONFIGS / f"ml100k-minilm-{name}.yaml"
         fragment = yaml.safe_load(config.read_text())
-        assert set(fragment) == {"trainer", "model"}, f"{config.name} sets more than its strategy"
+        assert set(fragment) == {"trainer", "loop"}, f"{config.name} sets more than its strategy"
         assert set(fragment["trainer"]) == {"default_root_dir"}
-        assert set(fragment["model"]) == {"strategy"}
+        assert set(fragment["loop"]) == {"strategy"}
         result = print_config([*config_args(config), "--data.dataset.path", DUMMY_PATH], capsys)
-        assert result["model"]["strategy"]["class_path"] == f"fellrec.federation.strategies.{cls}"
+        assert result["loop"]["strategy"]["class_path"] == f"fellrec.federation.strategies.{cls}"
+        assert result["model"]["strategy"] is None  # the deprecated key stays unset
         assert result["trainer"]["default_root_dir"] == f"runs/ml100k-minilm-{name}"
-        result["model"].pop("strategy")
+        result["loop"].pop("strategy")
         result["trainer"].pop("default_root_dir")
         printed[name] = result
     reference = printed.pop("fellrec")
@@ -177,9 +178,10 @@ def test_amazon_mirrors_recformer_reference(capsys: pytest.CaptureFixture[str]) 
     assert model["backbone"] == "allenai/longformer-base-4096"
     assert model["lora"]["target_modules"] == ["query", "value"]
     assert model["lr"] == pytest.approx(5e-5)
-    assert model["strategy"]["class_path"].endswith(".FELLRec")
-    assert model["strategy"]["init_args"]["alpha"] == pytest.approx(0.7)
-    assert model["strategy"]["init_args"]["beta"] == pytest.approx(5.0)
+    strategy = printed["loop"]["strategy"]
+    assert strategy["class_path"].endswith(".FELLRec")
+    assert strategy["init_args"]["alpha"] == pytest.approx(0.7)
+    assert strategy["init_args"]["beta"] == pytest.approx(5.0)
     assert data["dataset"] == {
         "format": "amazon",
         "path": DUMMY_PATH,

@@ -282,3 +282,16 @@ def test_clients_with_few_evaluation_users_are_warned_about(tmp_path, tiny_encod
     loop.min_eval_users = 10_000  # more than any client has
     with pytest.warns(UserWarning, match=r"few validation users \(client 0: \d+.*min_eval_users"):
         trainer.fit(model, datamodule=data)
+
+
+def test_the_loop_strategy_is_settled_against_the_deprecated_key_and_the_host():
+    from fellrec.training.loop import DEFAULT_STRATEGY, resolve_strategy
+
+    assert resolve_strategy(FedAvg(), None).name == "fedavg"
+    assert resolve_strategy(DEFAULT_STRATEGY, FedAvg()).name == "fedavg"  # old configs
+    assert resolve_strategy(FedAvg(), FedAvg()).name == "fedavg"
+    with pytest.raises(ValueError, match=r"disagree; set loop\.strategy only"):
+        resolve_strategy(FedAvg(), Local())
+    assert resolve_strategy(DEFAULT_STRATEGY, None, host=Local()).name == "local"
+    with pytest.raises(ValueError, match="runs only the 'local' strategy"):
+        resolve_strategy(FedAvg(), None, host=Local())

@@ -71,9 +71,9 @@ def test_run_settings_come_from_the_flower_run_config():
 
 def test_settings_a_deployment_cannot_run_are_refused():
     with pytest.raises(ValueError, match="not a federation"):
-        check_deployable(FederatedModule(strategy=Centralized()))
+        check_deployable(FederatedModule(), Centralized())
     with pytest.raises(ValueError, match="reset_optimizer_each_round"):
-        check_deployable(FederatedModule(strategy=FedAvg(), reset_optimizer_each_round=False))
+        check_deployable(FederatedModule(reset_optimizer_each_round=False), FedAvg())
 
 
 @pytest.mark.slow
@@ -85,7 +85,7 @@ def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_di
     from fellrec.training.loop import FederatedLoop
 
     config = write_tiny_config(tmp_path, tiny_encoder_dir)
-    chosen = ["--model.strategy", f"fellrec.federation.strategies.{strategy}"]
+    chosen = ["--loop.strategy", f"fellrec.federation.strategies.{strategy}"]
     in_process = tmp_path / "in-process"
     cli = make_cli(
         ["fit", "--config", str(config), *chosen, "--trainer.default_root_dir", str(in_process)]
@@ -174,9 +174,9 @@ def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path):
     from fellrec.training.loop import FederatedLoop
 
     run = LoadedRun(
-        model=FederatedModule(strategy=FedAvg(), lr=0.1),
+        model=FederatedModule(lr=0.1),
         datamodule=FederatedDataModule(num_clients=3),
-        loop=FederatedLoop(bootstrap_resamples=0),
+        loop=FederatedLoop(strategy=FedAvg(), bootstrap_resamples=0),
         rounds=3,
         root=str(tmp_path),
         trainer_settings={},

@@ -82,7 +82,7 @@ def check_config_files(args: Sequence[str]) -> None:
 def dotted_keys(tree: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
     """Every key path of a nested mapping (``model``, ``model.lr``, ...).
 
-    ``init_args`` levels are also listed without that level (``model.strategy.alpha``), the
+    ``init_args`` levels are also listed without that level (``loop.strategy.alpha``), the
     form jsonargparse reports.
     """
     for key, value in tree.items():
@@ -108,7 +108,7 @@ def unknown_keys(message: str) -> list[str]:
     """The keys an argument error complains about (``model.lrr``), if it is about unknown keys.
 
     An option a ``class_path``'s class does not take is reported under the key of the class
-    (``model.strategy``): the unknown key is that key and the option (``model.strategy.alpah``).
+    (``loop.strategy``): the unknown key is that key and the option (``loop.strategy.alpah``).
     """
     parent, option = _PARSER_KEY.search(message), _CLASS_OPTION.search(message)
     if parent and option:
@@ -124,7 +124,7 @@ def unknown_keys(message: str) -> list[str]:
 
 
 def class_option_keys(message: str) -> list[str]:
-    """The keys of the options of the class an error names (``model.strategy.alpha``, ...)."""
+    """The keys of the options of the class an error names (``loop.strategy.alpha``, ...)."""
     parent, option = _PARSER_KEY.search(message), _CLASS_OPTION.search(message)
     if not (parent and option):
         return []

@@ -1,6 +1,6 @@
 """``fellrec compare``: several strategies on the same data, clients and seed, then one report.
 
-Each strategy is an ordinary ``fellrec fit`` of the same config(s) with only ``model.strategy``
+Each strategy is an ordinary ``fellrec fit`` of the same config(s) with only ``loop.strategy``
 switched, run in this process one after another, in ``<root>/<strategy>``. A strategy whose
 directory already holds ``results.json`` is skipped; one with a ``checkpoints/last.ckpt`` but no
 results resumes from it. The settings of the strategy the config names are kept when that strategy
@@ -90,7 +90,7 @@ def parse_strategies(text: str) -> list[str]:
 
 
 def strategy_class_path(name: str) -> str:
-    """The import path of a strategy class, as ``--model.strategy`` takes it."""
+    """The import path of a strategy class, as ``--loop.strategy`` takes it."""
     return str(strategy_from_name(name).class_spec()["class_path"])
 
 
@@ -162,7 +162,7 @@ def fit_arguments(
     args = ["fit"]
     for path in configs:
         args += ["--config", str(path)]
-    args += ["--model.strategy", strategy_class_path(strategy), *overrides]
+    args += ["--loop.strategy", strategy_class_path(strategy), *overrides]
     args += ["--trainer.default_root_dir", str(run_dir)]
     args += ["--checkpoint.dirpath", str(run_dir / "checkpoints")]
     if group is not None:

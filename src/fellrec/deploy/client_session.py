@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from fellrec.deploy.messages import STAGES, EvaluationReport, TrainReport
 from fellrec.deploy.run_config import RunSettings, load_run
 from fellrec.federation.protocol import ClientRoundConfig
+from fellrec.federation.strategies import Strategy
 from fellrec.training.client_module import ClientModule
 from fellrec.training.federated_module import FederatedModule
 
@@ -58,7 +59,7 @@ class ClientSession:
 
     def __init__(self, settings: RunSettings, client: int) -> None:
         run = load_run(settings, "--data.client", str(client))
-        check_deployable(run.model)
+        check_deployable(run.model, run.strategy)
         self.client = client
         self.module = client_module_like(run.model, client)
         self.datamodule = run.datamodule
@@ -139,15 +140,15 @@ class ClientSession:
         )
 
 
-def check_deployable(model: FederatedModule) -> None:
+def check_deployable(model: FederatedModule, strategy: Strategy) -> None:
     """Refuse settings that a deployment cannot run as the simulation does.
 
     Raises:
         ValueError: Naming the setting and what to do instead.
     """
-    if model.strategy.pools_clients:
+    if strategy.pools_clients:
         raise ValueError(
-            f"model.strategy {model.strategy.name!r} trains all users' data as one model; it is "
+            f"loop.strategy {strategy.name!r} trains all users' data as one model; it is "
             "not a federation and cannot be deployed (run it with fellrec fit)"
         )
     if not model.reset_optimizer_each_round:

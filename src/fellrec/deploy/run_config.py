@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from fellrec.federation.strategies import Strategy
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
-from fellrec.training.loop import FederatedLoop
+from fellrec.training.loop import FederatedLoop, resolve_strategy
 
 #: Keys of a Flower run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``).
 CONFIG_KEY = "fellrec-config"
@@ -72,8 +72,8 @@ class LoadedRun:
 
     @property
     def strategy(self) -> Strategy:
-        """The configured strategy."""
-        return self.model.strategy
+        """The configured strategy (``loop.strategy``, or the deprecated ``model.strategy``)."""
+        return resolve_strategy(self.loop.configured_strategy, self.model.legacy_strategy)
 
 
 def load_run(settings: RunSettings, *extra: str) -> LoadedRun:

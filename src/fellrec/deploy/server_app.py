@@ -28,7 +28,7 @@ def server_app(
         run_config = context.run_config
         chosen = settings if settings is not None else RunSettings.from_flower(run_config)
         run = load_run(chosen)
-        check_deployable(run.model)
+        check_deployable(run.model, run.strategy)
         timeout = run_config.get("round-timeout", round_timeout)
         FederationServer(
             run,

@@ -142,7 +142,7 @@ class FedProx(FedAvg):
 
     def __init__(self, mu: float = 0.01) -> None:
         if mu <= 0:
-            raise ValueError(f"model.strategy.mu must be > 0 for fedprox, got {mu}")
+            raise ValueError(f"loop.strategy.mu must be > 0 for fedprox, got {mu}")
         self.mu = mu
 
     @property
@@ -200,19 +200,15 @@ class FELLRec(Strategy):
         size_weighted: bool = True,
     ) -> None:
         if alpha <= 0:
-            raise ValueError(f"model.strategy.alpha must be > 0, got {alpha}")
+            raise ValueError(f"loop.strategy.alpha must be > 0, got {alpha}")
         if beta <= 0:
-            raise ValueError(f"model.strategy.beta must be > 0, got {beta}")
+            raise ValueError(f"loop.strategy.beta must be > 0, got {beta}")
         if temperature <= 0:
-            raise ValueError(f"model.strategy.temperature must be > 0, got {temperature}")
+            raise ValueError(f"loop.strategy.temperature must be > 0, got {temperature}")
         if exponent not in ("code", "scaled"):
-            raise ValueError(
-                f"model.strategy.exponent must be 'code' or 'scaled', got {exponent!r}"
-            )
+            raise ValueError(f"loop.strategy.exponent must be 'code' or 'scaled', got {exponent!r}")
         if order not in ("jacobi", "sequential"):
-            raise ValueError(
-                f"model.strategy.order must be 'jacobi' or 'sequential', got {order!r}"
-            )
+            raise ValueError(f"loop.strategy.order must be 'jacobi' or 'sequential', got {order!r}")
         self.alpha = alpha
         self.beta = beta
         self.temperature = temperature

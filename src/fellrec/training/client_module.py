@@ -23,15 +23,16 @@ class ClientModule(FederatedModule):
 
     Args:
         client: The client id this module belongs to.
-        **kwargs: The model settings of :class:`FederatedModule` (backbone, lora, lr, ...). The
-            strategy is always :class:`~fellrec.federation.strategies.Local`: aggregation happens
-            elsewhere (the server).
+        **kwargs: The model settings of :class:`FederatedModule` (backbone, lora, lr, ...). Its
+            round loop always runs :class:`~fellrec.federation.strategies.Local`: aggregation
+            happens elsewhere (the server).
     """
 
     def __init__(self, client: int = 0, **kwargs: Any) -> None:
         if "strategy" in kwargs:
             raise ValueError("ClientModule trains locally; aggregation is the server's job")
-        super().__init__(strategy=Local(), **kwargs)
+        super().__init__(**kwargs)
+        self.host_strategy = Local()
         if client < 0:
             raise ValueError(f"client must be >= 0, got {client}")
         self.client = client

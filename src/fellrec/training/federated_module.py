@@ -23,14 +23,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import lazy_instance
+from lightning.pytorch.utilities import rank_zero_deprecation
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import nn
 
 from fellrec.data.pipeline import default_cache_dir
 from fellrec.federation.aggregation import fedprox_penalty
 from fellrec.federation.protocol import ClientRoundConfig
-from fellrec.federation.strategies import FELLRec, Strategy
+from fellrec.federation.strategies import Strategy
 from fellrec.metrics.ranking import ranking_metrics
 from fellrec.metrics.summary import DEFAULT_KS, metric_names
 from fellrec.models.adapters import CLIENT_MODULE_PREFIX, ClientAdapters, LoRASettings
@@ -60,8 +60,6 @@ from fellrec.training.datamodule import FederatedDataModule, federated_datamodul
 log = logging.getLogger(__name__)
 LR_DECAYS = ("none", "linear", "cosine")
 RECOMMENDERS = ("sequential", "encoder", "generative")
-#: Strategies hold settings only, so one default instance can be shared.
-DEFAULT_STRATEGY: Strategy = lazy_instance(FELLRec)
 
 
 def padded_mask(padded: torch.Tensor, num_items: int) -> torch.Tensor:
@@ -107,7 +105,8 @@ class FederatedModule(L.LightningModule):
             round and fixed within it, so no gradient reaches the adapter from the item side) or
             ``step`` (the batch's targets and ``model.num_negatives`` sampled items are encoded
             inside the step, with gradients).
-        strategy: Federated strategy (default: FELLRec's dynamic balance).
+        strategy: Deprecated: set ``loop.strategy`` (the round loop runs the strategy). Still read,
+            with a warning, when ``loop.strategy`` is not set.
         lora: LoRA settings shared by all clients.
         split_execution: Split execution (flexible storage): the client runs the embeddings, the
             first ``k_front`` and the last ``k_back`` blocks and the head; the server runs the
@@ -143,7 +142,7 @@ class FederatedModule(L.LightningModule):
         self,
         backbone: str = "minilm",
         recommender: str = "sequential",
-        strategy: Strategy = DEFAULT_STRATEGY,
+        strategy: Strategy | None = None,
         lora: LoRASettings | None = None,
         items: ItemSettings | None = None,
         item_components: bool = False,
@@ -203,7 +202,16 @@ class FederatedModule(L.LightningModule):
         self.prompt = prompt if prompt is not None else PromptSettings()
         self.prompt.validate()
         self.privacy_probe = privacy_probe
-        self.strategy = strategy
+        if strategy is not None:
+            rank_zero_deprecation(
+                "model.strategy is deprecated and will be removed: set the strategy as "
+                "loop.strategy (the round loop runs it; the same class_path and init_args)"
+            )
+        #: ``model.strategy`` where an old config or checkpoint still sets it (the loop uses it
+        #: when ``loop.strategy`` is not set).
+        self.legacy_strategy = strategy
+        #: The only strategy this host can run (None: any; a one-client host trains locally).
+        self.host_strategy: Strategy | None = None
         self.lora = lora if lora is not None else LoRASettings()
         self.items = items if items is not None else ItemSettings()
         self.items.validate()
@@ -233,8 +241,9 @@ class FederatedModule(L.LightningModule):
         self.seed = seed
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["strategy", "lora", "prompt", "items"])
-        # The same spec the config uses, so LightningCLI can re-read it from a checkpoint.
-        self.hparams["strategy"] = self.strategy.class_spec()
+        if strategy is not None:
+            # The same spec the config used, so LightningCLI can re-read it from a checkpoint.
+            self.hparams["strategy"] = strategy.class_spec()
         self.hparams["lora"] = asdict(self.lora)
         self.hparams["prompt"] = asdict(self.prompt)
         self.hparams["items"] = asdict(self.items)
@@ -282,7 +291,6 @@ class FederatedModule(L.LightningModule):
 
         What :meth:`setup` does, for a set-up data module without a trainer (``fellrec attack``).
         """
-        datamodule.pool_clients = self.strategy.pools_clients
         if self.adapters is not None:
             return
         self.num_clients = datamodule.num_clients

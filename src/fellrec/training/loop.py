@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
@@ -24,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.federation.protocol import round_inputs, round_record
 from fellrec.federation.selection import ModelSelection
+from fellrec.federation.strategies import FELLRec, Strategy
 from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.summary import summarize
 from fellrec.models.resource_tables import format_report, padding_note
@@ -35,6 +37,42 @@ from fellrec.training.round_metrics import aggregation_metrics, round_metrics, v
 from fellrec.training.run_logger import RunCSVLogger
 
 log = logging.getLogger(__name__)
+
+
+#: ``loop.strategy``'s default. Strategies hold settings only, so one instance can be shared.
+DEFAULT_STRATEGY: Strategy = lazy_instance(FELLRec)
+
+
+def resolve_strategy(
+    configured: Strategy, legacy: Strategy | None, host: Strategy | None = None
+) -> Strategy:
+    """The strategy of a run: ``loop.strategy``, or the deprecated ``model.strategy``.
+
+    Args:
+        configured: ``loop.strategy`` (FELLRec with its default settings when not set).
+        legacy: The deprecated ``model.strategy`` (None: not set). It is used when
+            ``loop.strategy`` is left at its default.
+        host: The only strategy the module can run (a one-client host trains locally).
+
+    Raises:
+        ValueError: When the settings disagree.
+    """
+    default = FELLRec().describe()
+    if host is not None:
+        if configured.describe() not in (default, host.describe()):
+            raise ValueError(
+                f"this module runs only the {host.name!r} strategy (aggregation is the server's "
+                f"job), but loop.strategy is {configured.name!r}"
+            )
+        return host
+    if legacy is None or configured.describe() == legacy.describe():
+        return configured
+    if configured.describe() == default:
+        return legacy
+    raise ValueError(
+        f"loop.strategy ({configured.describe()}) and the deprecated model.strategy "
+        f"({legacy.describe()}) disagree; set loop.strategy only"
+    )
 
 
 def log_resources(module: FederatedModule) -> None:
@@ -73,6 +111,7 @@ class FederatedLoop(Callback):
     """Runs rounds, aggregation, per-client learning rates, selection and balance logging.
 
     Args:
+        strategy: The federated strategy the rounds run (default: FELLRec's dynamic balance).
         selection_metric: Validation metric for per-client model selection and the ``best_round``
             (logged overall as ``val/<metric>`` for early stopping and checkpointing).
         write_results: Write ``results.json`` and the per-client adapters after testing.
@@ -84,6 +123,7 @@ class FederatedLoop(Callback):
 
     def __init__(
         self,
+        strategy: Strategy = DEFAULT_STRATEGY,
         selection_metric: str = "ndcg@10",
         write_results: bool = True,
         min_eval_users: int = 20,
@@ -93,6 +133,9 @@ class FederatedLoop(Callback):
             raise ValueError(f"loop.min_eval_users must be >= 0, got {min_eval_users}")
         if bootstrap_resamples < 0:
             raise ValueError(f"loop.bootstrap_resamples must be >= 0, got {bootstrap_resamples}")
+        #: As configured (``loop.strategy``); :meth:`setup` settles it against the module.
+        self.configured_strategy = strategy
+        self._strategy = strategy
         self.selection_metric = selection_metric
         self.write_results = write_results
         self.min_eval_users = min_eval_users
@@ -127,10 +170,19 @@ class FederatedLoop(Callback):
             held = [module.slot_client(s) for s in range(n)]
             self.selection = ModelSelection(module.num_clients, held)
 
+    @property
+    def strategy(self) -> Strategy:
+        """The strategy the rounds run (settled by :meth:`setup`)."""
+        return self._strategy
+
     # ------------------------------------------------------------------ fit
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Check the selection metric against what evaluation produces."""
+        """Settle the strategy, tell the data whether it pools clients, check the metric."""
         module = self._module(pl_module)
+        self._strategy = resolve_strategy(
+            self.configured_strategy, module.legacy_strategy, module.host_strategy
+        )
+        federated_datamodule(trainer).pool_clients = self.strategy.pools_clients
         if self.selection_metric not in module.eval_names:
             raise ValueError(
                 f"selection_metric={self.selection_metric!r} is unknown; "
@@ -185,7 +237,7 @@ class FederatedLoop(Callback):
         module = self._module(pl_module)
         self._ensure_state(module)
         assert self.lr_scale is not None
-        config = module.strategy.configure_round(
+        config = self.strategy.configure_round(
             trainer.current_epoch, module.num_slots, self.lr_scale
         )
         slot_configs = {
@@ -215,7 +267,7 @@ class FederatedLoop(Callback):
         # tags every batch with client 0, whose slot 0 then holds all examples.
         slot_clients = torch.tensor([module.slot_client(s) for s in range(module.num_slots)])
         trained = examples > 0
-        if not module.strategy.pools_clients:
+        if not self.strategy.pools_clients:
             for client in slot_clients[~trained[slot_clients]].tolist():
                 rank_zero_warn(f"round {round_index}: client {client} had no training example")
         for client in diverged.nonzero().flatten().tolist():
@@ -231,9 +283,9 @@ class FederatedLoop(Callback):
             examples[slot_clients],
             diverged[slot_clients],
         )
-        result = module.strategy.aggregate(inputs)
+        result = self.strategy.aggregate(inputs)
         module.adapters.set_matrix(result.theta)
-        module.invalidate_item_tables(identical_adapters=module.strategy.shares_model)
+        module.invalidate_item_tables(identical_adapters=self.strategy.shares_model)
         self.lr_scale = result.lr_scale.double()
         self.rounds_run = round_index + 1
         record = round_record(round_index, inputs, result, module.lr)
@@ -328,10 +380,13 @@ class FederatedLoop(Callback):
 
     def run_record(self) -> RunRecord:
         """The rounds run, the selected rounds and the history, as plain values."""
-        if self.selection is None:
-            return RunRecord(self.rounds_run, -1, [], self.history)
-        best_rounds = [int(r) for r in self.selection.best_rounds]
-        return RunRecord(self.rounds_run, self.selection.best_round, best_rounds, self.history)
+        best_round, best_rounds = -1, []
+        if self.selection is not None:
+            best_round = self.selection.best_round
+            best_rounds = [int(r) for r in self.selection.best_rounds]
+        return RunRecord(
+            self.strategy.describe(), self.rounds_run, best_round, best_rounds, self.history
+        )
 
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(

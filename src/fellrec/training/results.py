@@ -50,12 +50,14 @@ class RunRecord:
     """What the round loop knows about a finished run, as plain values.
 
     Attributes:
+        strategy: The strategy's name and settings (``Strategy.describe()``).
         rounds_run: Rounds trained.
         best_round: The round of the best overall validation score (-1: none).
         client_best_rounds: Each client's selected round.
         history: The rounds' records (losses, learning rates, weights, validation).
     """
 
+    strategy: dict[str, Any]
     rounds_run: int
     best_round: int
     client_best_rounds: list[int]
@@ -82,8 +84,8 @@ def write_run_outputs(
     directory.mkdir(parents=True, exist_ok=True)
     datamodule = federated_datamodule(module.trainer)
     results = {
-        "strategy": module.strategy.name,
-        "strategy_settings": module.strategy.describe(),
+        "strategy": record.strategy["name"],
+        "strategy_settings": record.strategy,
         "config": run_config(directory, module),
         "rounds_run": record.rounds_run,
         "best_round": record.best_round,
@@ -101,7 +103,7 @@ def write_run_outputs(
         describe_adapters(
             directory / "adapters",
             backbone_setting=str(module.hparams.get("backbone", "")),
-            strategy=module.strategy.name,
+            strategy=str(record.strategy["name"]),
             recommender=str(module.hparams.get("recommender", "")),
             selected_rounds=results["client_best_rounds"] or [-1] * module.num_clients,
             rounds_run=record.rounds_run,
