@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fellrec.federation.strategies import Local
-from fellrec.training.datamodule import federated_datamodule
+from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 
 
 class ClientModule(FederatedModule):
-    """A single client's recommender (one adapter slot), trained locally.
+    """A single client's recommender, trained locally: the host holding that one client.
 
-    Pair it with ``FederatedDataModule(client=<id>, ...)``, which serves only that client's data.
+    Any :class:`FederatedModule` whose data module serves one client
+    (``FederatedDataModule(client=<id>)``) holds only that client's adapter and optimizer; this
+    class names the client and checks that the data are its own.
 
     Args:
         client: The client id this module belongs to.
@@ -31,37 +32,17 @@ class ClientModule(FederatedModule):
     def __init__(self, client: int = 0, **kwargs: Any) -> None:
         if "strategy" in kwargs:
             raise ValueError("ClientModule trains locally; aggregation is the server's job")
-        super().__init__(**kwargs)
-        self.host_strategy = Local()
         if client < 0:
             raise ValueError(f"client must be >= 0, got {client}")
+        super().__init__(**kwargs)
         self.client = client
         self.hparams["client"] = client
 
-    @property
-    def num_slots(self) -> int:
-        """A client holds one adapter: its own."""
-        return 1
-
-    def slot(self, client: int) -> int:
-        """Every batch must be this client's."""
-        if client != self.client:
-            raise ValueError(
-                f"ClientModule for client {self.client} received a batch of client {client}; "
-                f"use FederatedDataModule(client={self.client})"
-            )
-        return 0
-
-    def slot_client(self, slot: int) -> int:
-        """The only slot holds this client's adapter."""
-        return self.client
-
-    def setup(self, stage: str) -> None:
+    def build(self, datamodule: FederatedDataModule) -> None:
         """Check that the data module serves this client only, then build the model."""
-        datamodule = federated_datamodule(self.trainer)
         if datamodule.client != self.client:
             raise ValueError(
                 f"ClientModule(client={self.client}) needs FederatedDataModule(client="
                 f"{self.client}), got client={datamodule.client}"
             )
-        super().setup(stage)
+        super().build(datamodule)

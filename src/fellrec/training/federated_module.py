@@ -210,8 +210,6 @@ class FederatedModule(L.LightningModule):
         #: ``model.strategy`` where an old config or checkpoint still sets it (the loop uses it
         #: when ``loop.strategy`` is not set).
         self.legacy_strategy = strategy
-        #: The only strategy this host can run (None: any; a one-client host trains locally).
-        self.host_strategy: Strategy | None = None
         self.lora = lora if lora is not None else LoRASettings()
         self.items = items if items is not None else ItemSettings()
         self.items.validate()
@@ -257,6 +255,9 @@ class FederatedModule(L.LightningModule):
         #: Bytes the transport carried for training micro-batches, and how many there were.
         self.train_traffic = {"bytes": 0, "steps": 0}
         self.num_clients = 0
+        #: The clients whose parameters this host holds (known once built).
+        self.held_clients: list[int] = []
+        self._slots: dict[int, int] = {}
         self.num_items = 0
         self._steps_done: dict[int, int] = {}
         self._steps_total: dict[int, int] = {}
@@ -271,16 +272,27 @@ class FederatedModule(L.LightningModule):
     # ------------------------------------------------------------------ construction
     @property
     def num_slots(self) -> int:
-        """Adapters this module holds (one per client)."""
-        return self.num_clients
+        """Adapters this module holds: one per held client."""
+        return len(self.held_clients)
 
     def slot(self, client: int) -> int:
-        """Adapter slot that trains and evaluates ``client``."""
-        return client
+        """Adapter slot that trains and evaluates ``client``.
+
+        Raises:
+            ValueError: For a client this module does not hold.
+        """
+        if client not in self._slots:
+            raise ValueError(
+                f"this module holds clients {self.held_clients} and received a batch of client "
+                f"{client}; use FederatedDataModule(client={self.held_clients[0]})"
+                if len(self.held_clients) == 1
+                else f"this module holds clients {self.held_clients}, not client {client}"
+            )
+        return self._slots[client]
 
     def slot_client(self, slot: int) -> int:
         """The client whose adapter lives in ``slot``."""
-        return slot
+        return self.held_clients[slot]
 
     def setup(self, stage: str) -> None:
         """Load the base model once, attach one adapter per client, build the recommender."""
@@ -294,6 +306,13 @@ class FederatedModule(L.LightningModule):
         if self.adapters is not None:
             return
         self.num_clients = datamodule.num_clients
+        # A data module that serves one client's data makes this a one-client host (what a
+        # client silo runs); otherwise it holds every client. Rows of every per-host matrix
+        # (parameters, optimizers) follow `held_clients`.
+        self.held_clients = (
+            list(range(self.num_clients)) if datamodule.client is None else [datamodule.client]
+        )
+        self._slots = {client: slot for slot, client in enumerate(self.held_clients)}
         titles, categories = datamodule.item_texts()
         texts = [
             format_item_text(self.item_text, t, c) for t, c in zip(titles, categories, strict=True)

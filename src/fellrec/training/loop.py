@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.federation.protocol import round_inputs, round_record
 from fellrec.federation.selection import ModelSelection
-from fellrec.federation.strategies import FELLRec, Strategy
+from fellrec.federation.strategies import FELLRec, Local, Strategy
 from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.summary import summarize
 from fellrec.models.resource_tables import format_report, padding_note
@@ -179,10 +179,11 @@ class FederatedLoop(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Settle the strategy, tell the data whether it pools clients, check the metric."""
         module = self._module(pl_module)
-        self._strategy = resolve_strategy(
-            self.configured_strategy, module.legacy_strategy, module.host_strategy
-        )
-        federated_datamodule(trainer).pool_clients = self.strategy.pools_clients
+        datamodule = federated_datamodule(trainer)
+        # A host of one client's data (a silo) trains it locally: the server aggregates.
+        host = Local() if datamodule.client is not None else None
+        self._strategy = resolve_strategy(self.configured_strategy, module.legacy_strategy, host)
+        datamodule.pool_clients = self.strategy.pools_clients
         if self.selection_metric not in module.eval_names:
             raise ValueError(
                 f"selection_metric={self.selection_metric!r} is unknown; "
