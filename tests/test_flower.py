@@ -197,3 +197,48 @@ def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path):
     assert results["clients"]["2"]["users"] == 3
     selected = load_file(str(tmp_path / PARAMETERS_FILE))
     assert torch.equal(selected["client_0"], torch.full((4,), 2.0))  # ties keep the first round
+
+
+def test_only_parameters_round_configs_losses_counts_and_metrics_cross(tmp_path):
+    """Record every payload of a deployed run: nothing but what the protocol names crosses."""
+    from fellrec.deploy.run_config import LoadedRun
+    from fellrec.deploy.server import FederationServer
+    from fellrec.training.datamodule import FederatedDataModule
+    from fellrec.training.loop import FederatedLoop
+
+    run = LoadedRun(
+        model=FederatedModule(lr=0.1),
+        datamodule=FederatedDataModule(num_clients=2),
+        loop=FederatedLoop(bootstrap_resamples=0),
+        rounds=2,
+        root=str(tmp_path),
+        trainer_settings={},
+    )
+    grid = FakeGrid(num_clients=2, size=5, silent={})
+    FederationServer(run, grid, sleep=lambda s: None, make_message=FakeMessage).fit()
+    layouts: dict[str, list[dict]] = {}
+    for kind, _, content in grid.sent:
+        layout = {
+            key: {name: tuple(getattr(value, "shape", ())) for name, value in record.items()}
+            for key, record in content.items()
+        }
+        layouts.setdefault(kind, []).append(layout)
+    assert layouts["query"] == [{}, {}]  # the server asks who is who, and sends nothing
+    scalar = ()
+    config = {"round": scalar, "lr-scale": scalar, "proximal-mu": scalar, "trains": scalar}
+    # Per round and client: one parameter vector (P = 5) and the round config.
+    assert layouts["train"] == [{"parameters": {"0": (5,)}, "config": config}] * 4
+    assert layouts["evaluate"] == [{"parameters": {"0": (5,)}, "config": {"stage": scalar}}] * 6
+    # Replies: the parameters plus a loss sum, an example count and a divergence flag (train);
+    # metric sums, per-user values and a user count (evaluate).
+    reply = TrainReport(0, torch.zeros(5), 1.0, 2.0, False).content()
+    assert {key: sorted(record) for key, record in reply.items()} == {
+        "parameters": ["0"],
+        "report": ["diverged", "examples", "loss-sum", "partition-id"],
+    }
+    values = torch.zeros(3, 2, dtype=torch.float64)
+    reply = EvaluationReport(0, values.sum(0), 3.0, values).content()
+    assert {key: sorted(record) for key, record in reply.items()} == {
+        "values": ["0", "1"],
+        "report": ["partition-id", "users"],
+    }
