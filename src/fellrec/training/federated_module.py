@@ -15,7 +15,6 @@ parameters, which per-client routing breaks).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +32,7 @@ from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
 from fellrec.metrics.ranking import ranking_metrics
 from fellrec.metrics.summary import DEFAULT_KS, metric_names
-from fellrec.models.adapters import CLIENT_MODULE_PREFIX, ClientAdapters, LoRASettings
+from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_causal_lm, load_encoder
 from fellrec.models.backends import (
     EncoderBackend,
@@ -55,10 +54,16 @@ from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.split import make_trunk
 from fellrec.models.text import HistoryRenderer, format_item_text
 from fellrec.models.transport import TRANSPORTS, Transport, make_transport
+from fellrec.training.client_optimization import (
+    LR_DECAYS,
+    average_gradients,
+    client_param_groups,
+    schedule_factor,
+)
+from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
 
 log = logging.getLogger(__name__)
-LR_DECAYS = ("none", "linear", "cosine")
 RECOMMENDERS = ("sequential", "encoder", "generative")
 
 
@@ -73,17 +78,6 @@ def padded_mask(padded: torch.Tensor, num_items: int) -> torch.Tensor:
 def is_client_key(key: str) -> bool:
     """Whether a state-dict key holds a client parameter (adapter or item component)."""
     return "lora_" in key or key.startswith("recommender.items.")
-
-
-def schedule_factor(step: int, total: int, warmup_steps: int, decay: str) -> float:
-    """Learning-rate multiplier at optimizer ``step`` (0-based) of ``total`` steps in a round."""
-    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    if decay == "none" or total <= 1:
-        return factor
-    progress = min(1.0, step / (total - 1))
-    if decay == "linear":
-        return factor * (1.0 - progress)
-    return factor * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class FederatedModule(L.LightningModule):
@@ -266,8 +260,9 @@ class FederatedModule(L.LightningModule):
         self._anchors: dict[int, torch.Tensor] = {}
         #: This round's config of each slot (set by :meth:`start_round`).
         self._round_configs: dict[int, ClientRoundConfig] = {}
-        self._reset_round_stats(0)
-        self._reset_eval(0)
+        self.round_stats = RoundStatistics(0)
+        self.eval_names = metric_names()
+        self.evaluation = EvaluationSums(0, self.eval_names)
 
     # ------------------------------------------------------------------ construction
     @property
@@ -341,8 +336,8 @@ class FederatedModule(L.LightningModule):
         self.transport = make_transport(self.transport_name) if self.split else None
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
         self.backend = self._build_backend(tokenizer, texts, cache / "item-embeddings")
-        self._reset_round_stats(self.num_clients)
-        self._reset_eval(self.num_clients)
+        self.round_stats = RoundStatistics(self.num_clients)
+        self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
         sizes = datamodule.client_sizes()
         log.info(
             "model: %s (%s%s), %d clients x %d trainable parameters, %d items",
@@ -490,14 +485,9 @@ class FederatedModule(L.LightningModule):
 
     def _param_groups(self, slot: int) -> list[dict[str, Any]]:
         assert self.adapters is not None
-        pairs = list(zip(self.adapters.keys, self.adapters.parameters(slot), strict=True))
-        adapter = [p for key, p in pairs if not key.startswith(CLIENT_MODULE_PREFIX)]
-        items = [p for key, p in pairs if key.startswith(CLIENT_MODULE_PREFIX)]
-        groups: list[dict[str, Any]] = [{"params": adapter, "lr": self.lr, "base_lr": self.lr}]
-        if items:
-            item_lr = self.items.lr if self.items.lr is not None else self.lr
-            groups.append({"params": items, "lr": item_lr, "base_lr": item_lr})
-        return groups
+        return client_param_groups(
+            self.adapters.keys, self.adapters.parameters(slot), self.lr, self.items.lr
+        )
 
     def client_optimizers(self) -> list[Any]:
         """The per-slot optimizers as a list (Lightning returns a bare one when there is one)."""
@@ -518,6 +508,13 @@ class FederatedModule(L.LightningModule):
     def _bytes_sent(self) -> int:
         return self.transport.stats()["bytes_total"] if self.transport is not None else 0
 
+    def _gather_objects(self, obj: Any) -> list[Any]:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [obj]
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._trainer is None or self.trainer.world_size == 1:
             return tensor
@@ -525,11 +522,6 @@ class FederatedModule(L.LightningModule):
         return reduced.cpu() if isinstance(reduced, torch.Tensor) else tensor
 
     # ------------------------------------------------------------------ training
-    def _reset_round_stats(self, num_clients: int) -> None:
-        self.round_loss_sum = torch.zeros(num_clients, dtype=torch.float64)
-        self.round_examples = torch.zeros(num_clients, dtype=torch.float64)
-        self.round_diverged = torch.zeros(num_clients, dtype=torch.bool)
-
     def start_round(self, round_index: int, configs: Mapping[int, ClientRoundConfig]) -> None:
         """Start a round: reset its statistics and set up each client as its config says.
 
@@ -545,7 +537,7 @@ class FederatedModule(L.LightningModule):
         missing = [c for c in missing if c not in configs]
         if missing:
             raise ValueError(f"round {round_index}: no round config for clients {missing}")
-        self._reset_round_stats(self.num_clients)
+        self.round_stats = RoundStatistics(self.num_clients)
         self.round_anchor = self.adapters.get_matrix()
         self._anchors = {}
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
@@ -573,11 +565,7 @@ class FederatedModule(L.LightningModule):
 
     def collect_round_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss sums, example counts and divergence flags of the round, summed over processes."""
-        stats = torch.stack(
-            [self.round_loss_sum, self.round_examples, self.round_diverged.double()]
-        )  # (3, N)
-        stats = self._reduce_sum(stats)
-        return stats[0], stats[1], stats[2] > 0
+        return self.round_stats.collect(self._reduce_sum)
 
     def _begin_client(self, client: int, round_index: int) -> None:
         # Seed dropout and negatives per (round, client): a resumed run replays the same noise.
@@ -615,38 +603,24 @@ class FederatedModule(L.LightningModule):
                 self.manual_backward(loss)
                 self.train_traffic["bytes"] += self._bytes_sent() - sent_before
                 self.train_traffic["steps"] += 1
-                self.round_loss_sum[client] += float(losses.detach().sum())
-                self.round_examples[client] += targets.numel()
+                self.round_stats.add(client, float(losses.detach().sum()), targets.numel())
             else:
-                self.round_diverged[client] = True
+                self.round_stats.diverged[client] = True
         if batch["step_end"]:
             self._optimizer_step(client, slot)
 
     def _optimizer_step(self, client: int, slot: int) -> None:
         assert self.adapters is not None
         optimizer = self.client_optimizers()[slot]
-        params = self.adapters.parameters(slot)
-        grads = torch.cat(
-            [
-                p.grad.reshape(-1)
-                if p.grad is not None
-                else torch.zeros(p.numel(), device=p.device)
-                for p in params
-            ]
-            + [self.round_diverged[client : client + 1].to(params[0].device, torch.float32)]
+        diverged = average_gradients(
+            self.adapters.parameters(slot),
+            bool(self.round_stats.diverged[client]),
+            self.trainer.world_size,
+            lambda flat: self.trainer.strategy.reduce(flat, reduce_op="sum"),
         )
-        if self.trainer.world_size > 1:
-            grads = self.trainer.strategy.reduce(grads, reduce_op="sum")
-            grads[:-1] /= self.trainer.world_size
-        diverged = bool(grads[-1] > 0)
         if diverged:
-            self.round_diverged[client] = True
+            self.round_stats.diverged[client] = True
         else:
-            offset = 0
-            for p in params:
-                size = p.numel()
-                p.grad = grads[offset : offset + size].view_as(p).to(p.dtype)
-                offset += size
             step = self._steps_done.get(slot, 0)
             factor = schedule_factor(
                 step, self._steps_total.get(slot, 1), self.warmup_steps, self.lr_decay
@@ -658,21 +632,13 @@ class FederatedModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ evaluation
-    def _reset_eval(self, num_clients: int) -> None:
-        self.eval_names = metric_names()
-        self.eval_sums = torch.zeros(num_clients, len(self.eval_names), dtype=torch.float64)
-        self.eval_counts = torch.zeros(num_clients, dtype=torch.float64)
-        #: Per evaluated batch: the client of each user and their metric values (for the
-        #: bootstrap intervals over users).
-        self.eval_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
-
     def on_validation_epoch_start(self) -> None:
         """Start accumulating validation metrics."""
-        self._reset_eval(self.num_clients)
+        self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
 
     def on_test_epoch_start(self) -> None:
         """Start accumulating test metrics."""
-        self._reset_eval(self.num_clients)
+        self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
 
     def _evaluate(self, batch: dict[str, Any]) -> None:
         assert self.adapters is not None and self.recommender is not None
@@ -688,9 +654,7 @@ class FederatedModule(L.LightningModule):
             DEFAULT_KS,
         )
         values = torch.stack([per_user[n].double().cpu() for n in self.eval_names], dim=1)
-        self.eval_sums[client] += values.sum(0)
-        self.eval_counts[client] += values.shape[0]
-        self.eval_rows.append((torch.full((values.shape[0],), client), values))
+        self.evaluation.add(client, values)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate ranking metrics of a batch of one client's validation users."""
@@ -702,22 +666,12 @@ class FederatedModule(L.LightningModule):
 
     def collect_eval_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every evaluated user's client ``(U,)`` and metric values ``(U, M)``, all processes."""
-        rows = self.eval_rows
-        if self._trainer is not None and self.trainer.world_size > 1:
-            gathered: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [row for part in gathered for row in part]
-        if not rows:
-            empty = torch.zeros(0, len(self.eval_names), dtype=torch.float64)
-            return torch.zeros(0, dtype=torch.long), empty
-        clients = torch.cat([c for c, _ in rows])
-        return clients, torch.cat([v for _, v in rows])
+        return self.evaluation.user_values(self._gather_objects)
 
     def collect_eval(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Per-client metric sums ``(N, M)`` and user counts ``(N,)``, summed over processes."""
-        stacked = torch.cat([self.eval_sums, self.eval_counts.unsqueeze(1)], dim=1)
-        stacked = self._reduce_sum(stacked)
-        return stacked[:, :-1], stacked[:, -1], self.eval_names
+        sums, counts = self.evaluation.collect(self._reduce_sum)
+        return sums, counts, self.eval_names
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,86 @@
+"""How a client's optimizer steps: its parameter groups, the in-round schedule, averaged gradients.
+
+Each client has its own AdamW over its adapter (at ``model.lr``) and its item components (at
+``model.items.lr``). Under data parallelism every process computes a share of each global batch;
+the gradients are averaged across processes here rather than by DDP's bucketed hooks, which assume
+one fixed set of trainable parameters that per-client routing breaks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fellrec.models.adapters import CLIENT_MODULE_PREFIX
+
+LR_DECAYS = ("none", "linear", "cosine")
+
+
+def schedule_factor(step: int, total: int, warmup_steps: int, decay: str) -> float:
+    """Learning-rate multiplier at optimizer ``step`` (0-based) of ``total`` steps in a round."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if decay == "none" or total <= 1:
+        return factor
+    progress = min(1.0, step / (total - 1))
+    if decay == "linear":
+        return factor * (1.0 - progress)
+    return factor * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def client_param_groups(
+    keys: Sequence[str], params: Sequence[nn.Parameter], lr: float, item_lr: float | None
+) -> list[dict[str, Any]]:
+    """A client's AdamW groups: the adapter at ``lr``, its item components at ``item_lr``.
+
+    Each group keeps its ``base_lr``, which a round's learning-rate scale multiplies.
+    """
+    pairs = list(zip(keys, params, strict=True))
+    adapter = [p for key, p in pairs if not key.startswith(CLIENT_MODULE_PREFIX)]
+    items = [p for key, p in pairs if key.startswith(CLIENT_MODULE_PREFIX)]
+    groups: list[dict[str, Any]] = [{"params": adapter, "lr": lr, "base_lr": lr}]
+    if items:
+        item_lr = item_lr if item_lr is not None else lr
+        groups.append({"params": items, "lr": item_lr, "base_lr": item_lr})
+    return groups
+
+
+def average_gradients(
+    params: Sequence[nn.Parameter],
+    diverged: bool,
+    world_size: int,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+) -> bool:
+    """Replace the gradients by their mean over the processes; whether any process diverged.
+
+    Args:
+        params: One client's parameters (a missing gradient counts as zeros).
+        diverged: Whether this process saw a NaN/inf loss for the client in this step.
+        world_size: Number of processes.
+        reduce_sum: Sums a tensor over the processes.
+
+    Returns:
+        True when some process diverged (the gradients are then left as they are).
+    """
+    device = params[0].device
+    flat = torch.cat(
+        [
+            p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device)
+            for p in params
+        ]
+        + [torch.tensor([float(diverged)], device=device)]
+    )
+    if world_size > 1:
+        flat = reduce_sum(flat)
+        flat[:-1] /= world_size
+    if bool(flat[-1] > 0):
+        return True
+    offset = 0
+    for p in params:
+        size = p.numel()
+        p.grad = flat[offset : offset + size].view_as(p).to(p.dtype)
+        offset += size
+    return False
