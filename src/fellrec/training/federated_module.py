@@ -15,7 +15,7 @@ parameters, which per-client routing breaks).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_deprecation
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
-from torch import nn
 
 from fellrec.data.pipeline import default_cache_dir
 from fellrec.federation.aggregation import fedprox_penalty
@@ -35,24 +34,17 @@ from fellrec.metrics.summary import DEFAULT_KS, metric_names
 from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_causal_lm, load_encoder
 from fellrec.models.backends import (
-    EncoderBackend,
-    GenerativeBackend,
     RecommenderBackend,
-    SequentialBackend,
 )
-from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
 from fellrec.models.encoder import ITEM_ENCODINGS, POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.item_components import (
-    ItemComponents,
     ItemSettings,
-    centered_text_table,
     item_component_parameters,
 )
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
-from fellrec.models.split import make_trunk
-from fellrec.models.text import HistoryRenderer, format_item_text
+from fellrec.models.text import format_item_text
 from fellrec.models.transport import TRANSPORTS, Transport, make_transport
 from fellrec.training.client_optimization import (
     LR_DECAYS,
@@ -62,6 +54,11 @@ from fellrec.training.client_optimization import (
 )
 from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
+from fellrec.training.recommender_assembly import (
+    RecommenderSettings,
+    assemble_recommender,
+    item_components,
+)
 
 log = logging.getLogger(__name__)
 RECOMMENDERS = ("sequential", "encoder", "generative")
@@ -324,7 +321,12 @@ class FederatedModule(L.LightningModule):
             # (slot 0's draws are broadcast), so a one-client host starts where the simulation's
             # client does.
             torch.manual_seed(self.seed)
-            components = self._item_components(int(model.config.hidden_size))
+            components = item_components(
+                self.recommender_settings(),
+                self.num_items,
+                int(model.config.hidden_size),
+                self.num_slots,
+            )
             torch.manual_seed(self.seed)
             self.adapters = ClientAdapters(
                 model,
@@ -335,7 +337,14 @@ class FederatedModule(L.LightningModule):
             )
         self.transport = make_transport(self.transport_name) if self.split else None
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
-        self.backend = self._build_backend(tokenizer, texts, cache / "item-embeddings")
+        self.recommender, self.backend = assemble_recommender(
+            self.recommender_settings(),
+            self.adapters,
+            tokenizer,
+            texts,
+            self.transport,
+            cache / "item-embeddings",
+        )
         self.round_stats = RoundStatistics(self.num_clients)
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
         sizes = datamodule.client_sizes()
@@ -353,9 +362,7 @@ class FederatedModule(L.LightningModule):
     @property
     def uses_item_components(self) -> bool:
         """Whether each client has per-item components (``model.items``) besides its adapter."""
-        if self.recommender_kind == "sequential":
-            return True
-        return self.recommender_kind == "encoder" and self.item_components
+        return self.recommender_settings().uses_item_components
 
     def tokens_per_example(self, history_length: int) -> int:
         """Sequence length ``T`` of one training example at most (for cost estimates).
@@ -375,100 +382,23 @@ class FederatedModule(L.LightningModule):
             return 0
         return item_component_parameters(num_items, hidden, self.items)
 
-    def _item_components(self, hidden: int) -> list[ItemComponents] | None:
-        """One module of per-item components per slot, or ``None`` when they are off."""
-        if not self.uses_item_components:
-            return None
-        return [
-            ItemComponents(self.num_items, hidden, self.items, self.temperature)
-            for _ in range(self.num_slots)
-        ]
-
-    def _trunk(
-        self, embed: Callable[[torch.Tensor], torch.Tensor] | None = None, causal: bool = False
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        assert self.adapters is not None
-        return make_trunk(
-            self.adapters.model,
-            self.split,
-            self.k_front,
-            self.k_back,
-            self.transport,
-            embed=embed,
-            causal=causal,
-        )
-
-    def _text_table(self, renderer: HistoryRenderer, cache_dir: Path) -> torch.Tensor:
-        """Item-text vectors of the base model without adapters, centered ``(I, H)``, cached.
-
-        Computed with the model's own (unsplit) forward, like grounding embeddings: the catalog
-        and the base model are public.
-        """
-        assert self.adapters is not None
-        peft_model = self.adapters.model
-        reader = SequenceEncoderRecommender(peft_model, renderer, self.pooling)
-        key = [
-            *model_fingerprint(peft_model.get_base_model()),
-            self.pooling,
-            renderer.item_tokens,
-        ]
-
-        def encode() -> torch.Tensor:
-            with peft_model.disable_adapter():
-                return reader.encode_items(self.item_batch_size)
-
-        table = load_or_compute(cache_path(cache_dir, "item-text", key), encode, reader.device)
-        return centered_text_table(table)
-
-    def _build_backend(
-        self, tokenizer: Any, texts: list[str], embedding_cache: Path
-    ) -> RecommenderBackend:
-        assert self.adapters is not None
-        if self.recommender_kind == "generative":
-            generative = GenerativeRecommender(
-                self.adapters.model,
-                tokenizer,
-                texts,
-                self.prompt,
-                trunk=self._trunk(),
-                item_batch_size=self.item_batch_size,
-                # Title embeddings depend on the base model and titles only: reuse across runs.
-                embedding_cache=embedding_cache,
-            )
-            self.recommender = generative
-            return GenerativeBackend(generative, self.adapters)
-        renderer = HistoryRenderer(tokenizer, texts, self.max_item_tokens, self.max_history_tokens)
-        if self.recommender_kind == "sequential":
-            text = self._text_table(renderer, embedding_cache) if self.items.text else None
-            sequential = SequentialRecommender(
-                self.adapters,
-                text,
-                lambda embed: self._trunk(embed, causal=True),
-                self.num_negatives,
-            )
-            self.recommender = sequential
-            return SequentialBackend(sequential, self.adapters)
-        adapters = self.adapters
-
-        def active_items() -> ItemComponents:
-            module = adapters.active_module()
-            assert isinstance(module, ItemComponents)
-            return module
-
-        encoder = SequenceEncoderRecommender(
-            self.adapters.model,
-            renderer,
-            self.pooling,
-            self.temperature,
-            trunk=self._trunk(),
-            components=active_items if self.uses_item_components else None,
-        )
-        self.recommender = encoder
-        if adapters.client_modules is not None:
-            # Registered under the recommender, so Lightning checkpoints them.
-            encoder.items = nn.ModuleList(adapters.client_modules)
-        return EncoderBackend(
-            encoder, adapters, self.item_batch_size, self.num_negatives, self.item_encoding
+    def recommender_settings(self) -> RecommenderSettings:
+        """The settings that decide which recommender is built."""
+        return RecommenderSettings(
+            kind=self.recommender_kind,
+            items=self.items,
+            item_components=self.item_components,
+            item_encoding=self.item_encoding,
+            pooling=self.pooling,
+            temperature=self.temperature,
+            max_item_tokens=self.max_item_tokens,
+            max_history_tokens=self.max_history_tokens,
+            num_negatives=self.num_negatives,
+            item_batch_size=self.item_batch_size,
+            prompt=self.prompt,
+            split=self.split,
+            k_front=self.k_front,
+            k_back=self.k_back,
         )
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
