@@ -16,6 +16,7 @@ from fellrec.reporting.run_reporter import RunReporter
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.loop import FederatedLoop
+from fellrec.training.privacy_probe import PrivacyProbe
 
 SMALL_SYNTHETIC = {"num_users": 90, "num_items": 60, "num_categories": 4}
 
@@ -68,6 +69,7 @@ def tiny_run(
         callbacks=[
             loop,
             RunReporter(),
+            PrivacyProbe(),
             ModelCheckpoint(dirpath=str(root / "checkpoints"), save_last=True),
             *(extra_callbacks or []),
         ],

@@ -289,3 +289,44 @@ def test_every_family_has_default_lora_targets_that_peft_accepts(family):
     counts = count_parameters(model.config)
     per_block, outside = lora_parameters(counts, LoRASettings(r=4))  # the default targets
     assert counts.num_layers * per_block + outside == lora_numel(model, targets, 4)
+
+
+def test_the_resource_summary_is_a_function_of_its_facts():
+    from transformers import BertConfig
+
+    from fellrec.federation.split_plan import plan_split
+    from fellrec.models.adapters import LoRASettings
+    from fellrec.training.accounting import ResourceFacts, resource_summary_of
+
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+    )
+    facts = ResourceFacts(
+        config=config,
+        plan=plan_split(3, 1, 1),
+        lora=LoRASettings(),
+        batch_size=4,
+        seq_len=8,
+        num_clients=2,
+        base_dtype_bytes=4,
+        client_module_parameters=0,
+        trainable_inputs=False,
+        traffic_bytes=1000,
+        traffic_steps=4,
+    )
+    report = resource_summary_of(facts)
+    assert report == resource_summary_of(facts)  # no hidden state
+    assert report["assumed"] == {"batch_size": 4, "seq_len": 8}
+    assert report["measured"] == {
+        "training_microbatches": 4,
+        "training_bytes": 1000,
+        "bytes_per_step": 250.0,
+    }
+    unknown = resource_summary_of(
+        ResourceFacts(**{**facts.__dict__, "config": type("Config", (), {})(), "plan": None})
+    )
+    assert unknown["split"] is False and "unavailable" in unknown

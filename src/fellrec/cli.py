@@ -40,6 +40,7 @@ from fellrec.reporting.run_reporter import RunReporter
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.loop import FederatedLoop
+from fellrec.training.privacy_probe import PrivacyProbe
 from fellrec.training.progress import FederatedProgressBar, FederatedProgressLog
 
 OVERVIEW = f"""\
@@ -148,6 +149,9 @@ class FellrecCLI(LightningCLI):
         if not any(isinstance(c, RunReporter) for c in callbacks):
             # Reads what the loop recorded (wandb tables and images, plots); order-independent.
             callbacks = [*callbacks, RunReporter()]
+        if not any(isinstance(c, PrivacyProbe) for c in callbacks):
+            # The honest-but-curious server at the end of a split run (model.privacy_probe).
+            callbacks = [*callbacks, PrivacyProbe()]
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 

@@ -112,7 +112,8 @@ class FederatedModule(L.LightningModule):
         privacy_probe: At the end of a split run, play the honest-but-curious server (linear
             inversion of ``h_front``, :mod:`fellrec.training.privacy`) at ``k_front`` in
             {0, 1, 2, model.k_front} and store the token recovery under ``"privacy"`` in
-            ``results.json``. ``fellrec attack`` measures the whole curve.
+            ``results.json`` (the :class:`~fellrec.training.privacy_probe.PrivacyProbe`
+            callback, which ``fellrec fit`` adds). ``fellrec attack`` measures the whole curve.
         pooling: ``mean`` or ``cls`` pooling of token states.
         temperature: Cosine-score temperature.
         item_text: Template of an item's text (fields ``{title}``, ``{categories}``).

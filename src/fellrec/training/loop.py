@@ -32,7 +32,7 @@ from fellrec.models.resource_tables import format_report, padding_note
 from fellrec.training.accounting import resource_summary
 from fellrec.training.datamodule import federated_datamodule
 from fellrec.training.federated_module import FederatedModule
-from fellrec.training.results import RunRecord, write_run_outputs
+from fellrec.training.results import RunRecord, RunSection, write_run_outputs
 from fellrec.training.round_metrics import aggregation_metrics, round_metrics, validation_metrics
 from fellrec.training.run_logger import RunCSVLogger
 
@@ -376,7 +376,14 @@ class FederatedLoop(Callback):
         directory = run_directory(trainer)  # a collective: every process must ask
         self.test_summary, self.results_path = summary, None
         if self.write_results and trainer.is_global_zero:
-            self.results_path = write_run_outputs(directory, module, self.run_record(), summary)
+            sections = {
+                callback.section_name: callback.section(trainer, module)
+                for callback in trainer.callbacks  # type: ignore[attr-defined]
+                if isinstance(callback, RunSection)
+            }
+            self.results_path = write_run_outputs(
+                directory, module, self.run_record(), summary, sections
+            )
             log.info("results written to %s", self.results_path)
 
     def run_record(self) -> RunRecord:

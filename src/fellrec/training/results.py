@@ -6,15 +6,17 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import yaml
 
-from fellrec.training.accounting import privacy_summary, resource_summary
+from fellrec.training.accounting import resource_summary
 from fellrec.training.adapter_cards import describe_adapters
 from fellrec.training.datamodule import federated_datamodule
 
 if TYPE_CHECKING:
+    import lightning as L
+
     from fellrec.training.federated_module import FederatedModule
 
 RESULTS_FILE = "results.json"
@@ -45,6 +47,21 @@ def run_config(directory: Path, module: FederatedModule) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
+@runtime_checkable
+class RunSection(Protocol):
+    """A callback that contributes a section of ``results.json`` (e.g. the privacy probe).
+
+    The round loop asks every callback of this kind for its section after testing and writes
+    them with the rest, once.
+    """
+
+    section_name: str
+
+    def section(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any] | None:
+        """The section's content (None: nothing to report)."""
+        ...
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What the round loop knows about a finished run, as plain values.
@@ -69,6 +86,7 @@ def write_run_outputs(
     module: FederatedModule,
     record: RunRecord,
     test_summary: dict[str, Any],
+    sections: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``results.json`` and ``adapters/client_<i>/`` (peft format) into ``directory``.
 
@@ -77,6 +95,8 @@ def write_run_outputs(
         module: The evaluated module (holding the selected adapters).
         record: The loop's record of the run (rounds run, selected rounds, history).
         test_summary: ``summarize()`` output of the test metrics.
+        sections: More sections by name, from :class:`RunSection` callbacks (``"privacy"`` is
+            always present, None when no probe ran).
 
     Returns:
         The path of ``results.json``.
@@ -93,7 +113,8 @@ def write_run_outputs(
         **test_summary,
         "popularity": datamodule.popularity,
         "resources": resource_summary(module),
-        "privacy": privacy_summary(module),
+        "privacy": None,
+        **(sections or {}),
         "history": record.history,
     }
     path = directory / RESULTS_FILE
