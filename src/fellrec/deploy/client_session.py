@@ -87,15 +87,12 @@ class ClientSession:
         )
 
     def _load(self, parameters: torch.Tensor) -> None:
-        assert self.module.adapters is not None
-        self.module.adapters.set_vector(0, parameters)
-        self.module.invalidate_item_tables()
+        self.module.load_client_parameters(parameters.unsqueeze(0))
 
     def initial_parameters(self) -> torch.Tensor:
         """The client's parameters before any round (the same in every process: seeded)."""
         self._build()
-        assert self.module.adapters is not None
-        return self.module.adapters.get_vector(0)
+        return self.module.client_parameters()[0]
 
     @property
     def metric_names(self) -> list[str]:
@@ -110,10 +107,9 @@ class ClientSession:
         trainer = self._trainer([_StartRound(self.client, config)], limit_val_batches=0)
         trainer.fit(self.module, datamodule=self.datamodule)
         loss_sums, examples, diverged = self.module.collect_round_stats()
-        assert self.module.adapters is not None
         return TrainReport(
             client=self.client,
-            parameters=self.module.adapters.get_vector(0),
+            parameters=self.module.client_parameters()[0],
             loss_sum=float(loss_sums[self.client]),
             examples=float(examples[self.client]),
             diverged=bool(diverged[self.client]),

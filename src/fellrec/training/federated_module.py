@@ -287,6 +287,29 @@ class FederatedModule(L.LightningModule):
         """The client whose adapter lives in ``slot``."""
         return self.held_clients[slot]
 
+    # ------------------------------------------------------------------ host interface
+    def client_parameters(self) -> torch.Tensor:
+        """The held clients' parameters (adapter and item components), one row each ``(S, P)``."""
+        assert self.adapters is not None, "the module is not built yet"
+        return self.adapters.get_matrix()
+
+    def load_client_parameters(self, parameters: torch.Tensor, identical: bool = False) -> None:
+        """Load every held client's parameters ``(S, P)`` (after aggregation or selection).
+
+        Args:
+            parameters: One row per held client, in :attr:`held_clients` order.
+            identical: All rows are the same (a shared-model strategy broadcast one), so one item
+                encoding can serve every client.
+        """
+        assert self.adapters is not None, "the module is not built yet"
+        self.adapters.set_matrix(parameters)
+        self.invalidate_item_tables(identical_adapters=identical)
+
+    def round_start_parameters(self) -> torch.Tensor:
+        """The held clients' parameters when the current round started ``(S, P)``."""
+        assert self.round_anchor is not None, "no round has started"
+        return self.round_anchor
+
     def setup(self, stage: str) -> None:
         """Load the base model once, attach one adapter per client, build the recommender."""
         self.build(federated_datamodule(self.trainer))

@@ -261,7 +261,6 @@ class FederatedLoop(Callback):
 
     def _aggregate(self, trainer: L.Trainer, module: FederatedModule) -> None:
         self._pending = False
-        assert module.adapters is not None and module.round_anchor is not None
         round_index = trainer.current_epoch
         loss_sums, examples, diverged = module.collect_round_stats()
         # Each slot (adapter) is trained by the client it belongs to; centralized training
@@ -278,15 +277,14 @@ class FederatedLoop(Callback):
             )
         inputs = round_inputs(
             round_index,
-            module.adapters.get_matrix(),  # (S, P)
-            module.round_anchor,
+            module.client_parameters(),  # (S, P)
+            module.round_start_parameters(),
             loss_sums[slot_clients],
             examples[slot_clients],
             diverged[slot_clients],
         )
         result = self.strategy.aggregate(inputs)
-        module.adapters.set_matrix(result.theta)
-        module.invalidate_item_tables(identical_adapters=self.strategy.shares_model)
+        module.load_client_parameters(result.theta, identical=self.strategy.shares_model)
         self.lr_scale = result.lr_scale.double()
         self.rounds_run = round_index + 1
         record = round_record(round_index, inputs, result, module.lr)
@@ -305,7 +303,6 @@ class FederatedLoop(Callback):
             return
         module = self._module(pl_module)
         self._ensure_state(module)
-        assert module.adapters is not None
         assert self.selection is not None
         sums, counts, names = module.collect_eval()
         summary = summarize(sums, counts, names)
@@ -317,7 +314,7 @@ class FederatedLoop(Callback):
             round_index,
             sums[:, column] / counts.clamp_min(1),
             counts,
-            module.adapters.get_matrix(),
+            module.client_parameters(),
             float(overall[self.selection_metric]),
         )
         validation_seconds = time.perf_counter() - self._validation_started
@@ -352,9 +349,8 @@ class FederatedLoop(Callback):
         """Evaluate each client with its selected (best validation) adapter."""
         module = self._module(pl_module)
         best = self.selection.best_parameters if self.selection is not None else None
-        if best is not None and module.adapters is not None:
-            module.adapters.set_matrix(best)
-            module.invalidate_item_tables()
+        if best is not None:
+            module.load_client_parameters(best)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Summarize the test metrics, log them and write the run's outputs."""
