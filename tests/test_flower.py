@@ -242,3 +242,64 @@ def test_only_parameters_round_configs_losses_counts_and_metrics_cross(tmp_path)
         "values": ["0", "1"],
         "report": ["partition-id", "users"],
     }
+
+
+class CrashingGrid(FakeGrid):
+    """A grid whose server dies (raises) when round ``crash_round`` is sent out."""
+
+    def __init__(self, crash_round: int, **kwargs):
+        super().__init__(**kwargs)
+        self.crash_round = crash_round
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        for message in messages:
+            kind = message.metadata.message_type
+            if kind == "train" and round_config_from(message.content).round == self.crash_round:
+                raise KeyboardInterrupt("the server process dies")
+        return super().send_and_receive(messages, timeout)
+
+
+def _deployed_run(root, rounds=3):
+    from fellrec.deploy.run_config import LoadedRun
+    from fellrec.training.datamodule import FederatedDataModule
+    from fellrec.training.loop import FederatedLoop
+
+    return LoadedRun(
+        model=FederatedModule(lr=0.1),
+        datamodule=FederatedDataModule(num_clients=2),
+        loop=FederatedLoop(bootstrap_resamples=0),
+        rounds=rounds,
+        root=str(root),
+        trainer_settings={},
+    )
+
+
+def test_a_server_that_dies_resumes_after_its_last_round_and_ends_as_if_uninterrupted(tmp_path):
+    from fellrec.deploy.server import STATE_FILE, FederationServer
+
+    def serve(root, grid, **options):
+        server = FederationServer(
+            _deployed_run(root), grid, sleep=lambda s: None, make_message=FakeMessage, **options
+        )
+        return server.fit()
+
+    whole = json.loads(serve(tmp_path / "whole", FakeGrid(2, 4, {1: {1}})).read_text())
+    with pytest.raises(KeyboardInterrupt):
+        serve(tmp_path / "resumed", CrashingGrid(2, num_clients=2, size=4, silent={1: {1}}))
+    assert (tmp_path / "resumed" / STATE_FILE).exists()
+    with pytest.raises(FileExistsError, match="resume it"):
+        serve(tmp_path / "resumed", FakeGrid(2, 4, {}))  # never overwrites a run's state
+    grid = FakeGrid(2, 4, {1: {1}})
+    resumed = json.loads(serve(tmp_path / "resumed", grid, resume=True).read_text())
+    assert [r for k, _, c in grid.sent if k == "train" for r in [round_config_from(c).round]] == [
+        2,
+        2,
+    ]
+    timing = {"train_seconds", "val_seconds", "seconds"}
+    strip = [{k: v for k, v in r.items() if k not in timing} for r in resumed["history"]]
+    assert strip == [{k: v for k, v in r.items() if k not in timing} for r in whole["history"]]
+    for key in ("clients", "overall", "client_best_rounds", "best_round"):
+        assert resumed[key] == whole[key]
+    with pytest.raises(FileNotFoundError, match=r"there is no .*server_state\.pt"):
+        serve(tmp_path / "fresh", FakeGrid(2, 4, {}), resume=True)

@@ -40,6 +40,8 @@ from fellrec.training.results import RESULTS_FILE, json_safe
 log = logging.getLogger(__name__)
 #: The selected parameters of every client, one flat vector each (``client_<i>``).
 PARAMETERS_FILE = "client_parameters.safetensors"
+#: The server's state after its last finished round (parameters, learning rates, selection).
+STATE_FILE = "server_state.pt"
 
 
 def flower_message(content: RecordDict, node: int, kind: str) -> Message:
@@ -55,6 +57,9 @@ class FederationServer:
         grid: The Flower grid the ServerApp was given.
         round_timeout: Seconds to wait for the clients' answers to one message (None: no limit).
         wait_timeout: Seconds to wait for every client's node to connect at the start.
+        resume: Continue the run whose state (``server_state.pt``, saved after every round) lies
+            in ``trainer.default_root_dir``; without it an existing state is refused, not
+            overwritten.
         sleep: Pause between polls for nodes (tests pass a fake).
         make_message: Builds a message from content, destination node and type (Flower's
             ``Message`` by default; it needs a running Flower run, so unit tests pass their own).
@@ -66,6 +71,7 @@ class FederationServer:
         grid: Grid,
         round_timeout: float | None = None,
         wait_timeout: float = 600.0,
+        resume: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         make_message: Callable[[RecordDict, int, str], Message] | None = None,
     ) -> None:
@@ -73,6 +79,7 @@ class FederationServer:
         self.grid = grid
         self.round_timeout = round_timeout
         self.wait_timeout = wait_timeout
+        self.resume = resume
         self.sleep = sleep
         self.make_message = make_message or flower_message
         self.num_clients = run.datamodule.num_clients
@@ -211,7 +218,19 @@ class FederationServer:
         selection = ModelSelection(self.num_clients)
         metric = self.run.loop.selection_metric
         lr_scale: torch.Tensor | None = None
-        for round_index in range(self.run.rounds):
+        first = 0
+        state = self._state_path()
+        if state.exists():
+            if not self.resume:
+                raise FileExistsError(
+                    f"{state} holds a deployed run's state: resume it (run config resume=true) "
+                    "or choose another trainer.default_root_dir"
+                )
+            first, theta, lr_scale, selection = self._load_state(state)
+            log.info("resuming after round %d from %s", first - 1, state)
+        elif self.resume:
+            raise FileNotFoundError(f"resume=true, but there is no {state} to resume from")
+        for round_index in range(first, self.run.rounds):
             theta, lr_scale, record = self._train_round(round_index, theta, lr_scale)
             started = time.perf_counter()
             sums, users, _, _ = self._evaluate(theta, "validation")
@@ -226,6 +245,7 @@ class FederationServer:
             record["val_seconds"] = time.perf_counter() - started
             record["seconds"] = record["train_seconds"] + record["val_seconds"]
             self.history.append(record)
+            self._save_state(state, round_index + 1, theta, lr_scale, selection)
             balance = summary["balance"][metric]
             log.info(
                 "round %d: val %s mean %.4f worst %.4f (%.1fs)",
@@ -248,6 +268,44 @@ class FederationServer:
                 self.run.loop.bootstrap_resamples,
             )
         return self._write(selection, summary)
+
+    # ------------------------------------------------------------------ state
+    def _state_path(self) -> Path:
+        return Path(self.run.root) / STATE_FILE
+
+    def _save_state(
+        self,
+        path: Path,
+        rounds_run: int,
+        theta: torch.Tensor,
+        lr_scale: torch.Tensor,
+        selection: ModelSelection,
+    ) -> None:
+        """Everything the next round needs (clients keep nothing between rounds)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "rounds_run": rounds_run,
+            "theta": theta,
+            "lr_scale": lr_scale,
+            "selection": selection.state_dict(),
+            "history": self.history,
+        }
+        partial = path.with_suffix(".tmp")
+        torch.save(state, partial)
+        partial.replace(path)  # a crash while saving leaves the previous state whole
+
+    def _load_state(self, path: Path) -> tuple[int, torch.Tensor, torch.Tensor, ModelSelection]:
+        state = torch.load(path, weights_only=True)
+        if state["theta"].shape[0] != self.num_clients:
+            raise ValueError(
+                f"{path} holds {state['theta'].shape[0]} clients, the config "
+                f"data.num_clients={self.num_clients}"
+            )
+        self.history = state["history"]
+        selection = ModelSelection.from_state_dict(
+            state["selection"], list(range(self.num_clients))
+        )
+        return int(state["rounds_run"]), state["theta"], state["lr_scale"], selection
 
     def _write(self, selection: ModelSelection, summary: dict[str, Any]) -> Path:
         directory = Path(self.run.root)

@@ -1,8 +1,8 @@
 """The Flower ServerApp: runs a fellrec federation's rounds over the connected client nodes.
 
 ``app`` reads the fellrec config from the Flower run config (``fellrec-config``, optionally
-``fellrec-overrides``, ``round-timeout`` and ``wait-timeout`` in seconds); :func:`server_app`
-builds one with settings given in Python.
+``fellrec-overrides``, ``round-timeout`` and ``wait-timeout`` in seconds, ``resume`` to continue
+a run from its ``server_state.pt``); :func:`server_app` builds one with settings given in Python.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ def server_app(
     settings: RunSettings | None = None,
     round_timeout: float | None = None,
     wait_timeout: float = 600.0,
+    resume: bool = False,
 ) -> ServerApp:
     """A ServerApp; with ``settings`` None it reads them from the Flower run config."""
     app = ServerApp()
@@ -35,6 +36,7 @@ def server_app(
             grid,
             round_timeout=float(timeout) if timeout is not None else None,
             wait_timeout=float(run_config.get("wait-timeout", wait_timeout)),
+            resume=str(run_config.get("resume", resume)).lower() in ("true", "1"),
         ).fit()
 
     return app
