@@ -115,22 +115,29 @@ def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_di
 
 
 class FakeGrid:
-    """A grid whose clients answer at once with fixed reports; ``silent`` maps round -> clients."""
+    """A grid whose clients answer at once with fixed reports; ``silent`` maps round -> clients.
+
+    A client that is silent in a round comes back on a new node (a restarted SuperNode).
+    """
 
     def __init__(self, num_clients: int, size: int, silent: dict[int, set[int]]):
         self.num_clients, self.size, self.silent = num_clients, size, silent
         self.sent: list[tuple[str, int, dict]] = []
+        self.node_of = {c: 100 + c for c in range(num_clients)}
 
     def get_node_ids(self):
-        return [100 + c for c in range(self.num_clients)]
+        return list(self.node_of.values())
 
     def send_and_receive(self, messages, timeout=None):
         from fellrec.deploy.messages import describe_content
         from fellrec.metrics.summary import metric_names
 
         replies = []
+        client_of = {node: client for client, node in self.node_of.items()}
         for message in messages:
-            client = message.metadata.dst_node_id - 100
+            client = client_of.get(message.metadata.dst_node_id)
+            if client is None:
+                continue  # a node that is gone
             kind = message.metadata.message_type
             self.sent.append((kind, client, message.content))
             if kind == "query":
@@ -138,7 +145,8 @@ class FakeGrid:
             elif kind == "train":
                 config = round_config_from(message.content)
                 if client in self.silent.get(config.round, set()):
-                    continue  # disconnected: no answer this round
+                    self.node_of[client] += 100  # disconnected; restarts on a new node
+                    continue
                 trained = parameters_from(message.content) + (client + 1)
                 content = TrainReport(client, trained, 2.0 * (client + 1), 2.0, False).content()
             else:
@@ -146,7 +154,7 @@ class FakeGrid:
                     (3, len(metric_names())), 0.1 * (client + 1), dtype=torch.float64
                 )
                 content = EvaluationReport(client, values.sum(0), 3.0, values).content()
-            reply = FakeReply(content, message.metadata.dst_node_id)
+            reply = FakeReply(content, self.node_of[client])
             replies.append(reply)
         return replies
 
@@ -167,7 +175,8 @@ class FakeReply:
         return False
 
 
-def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path):
+def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path, caplog):
+    caplog.set_level("INFO", logger="fellrec.deploy.server")
     from fellrec.deploy.run_config import LoadedRun
     from fellrec.deploy.server import FederationServer
     from fellrec.training.datamodule import FederatedDataModule
@@ -188,8 +197,11 @@ def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path):
         .read_text()
     )
     history = results["history"]
-    assert [r["absent"] for r in history] == [[], [2], []]
+    assert [r["absent"] for r in history] == [[], [2], []]  # it rejoined on a new node
     assert history[1]["train_loss"] == [1.0, 2.0, None]  # mean loss = loss sum / examples
+    assert history[2]["train_loss"][2] == 3.0  # back in round 2, from its new node
+    assert "round 1: clients [2] did not report" in caplog.text
+    assert "client 2 rejoined (node 202)" in caplog.text
     # Round 0: FedAvg of 0+1, 0+2, 0+3 (equal sizes) = 2 for everyone; round 1 without client 2:
     # mean of 2+1 and 2+2 = 3.5 for everyone; round 2: 3.5 + mean(1, 2, 3) = 5.5.
     trains = [content for kind, _, content in grid.sent if kind == "train"]

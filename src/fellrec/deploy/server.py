@@ -91,17 +91,26 @@ class FederationServer:
     # ------------------------------------------------------------------ messaging
     def _send(self, contents: dict[int, RecordDict], kind: str) -> dict[int, RecordDict]:
         """Send each client its own message; the answers that came, by client."""
-        messages = [
-            self.make_message(content, self.nodes[client], kind)
+        messages = {
+            client: self.make_message(content, self.nodes[client], kind)
             for client, content in contents.items()
-        ]
+        }
         replies: Iterable[Message] = self.grid.send_and_receive(
-            messages, timeout=self.round_timeout
+            list(messages.values()), timeout=self.round_timeout
         )
+        # Pushing gives every message its id; a reply names the message it answers (an error
+        # reply about an unreachable node comes from the SuperLink, not from the node).
+        by_message = {
+            message_id: client
+            for client, message in messages.items()
+            if (message_id := getattr(message.metadata, "message_id", None))
+        }
+        by_node = {node: client for client, node in self.nodes.items()}
         answers: dict[int, RecordDict] = {}
-        clients_of = {node: client for client, node in self.nodes.items()}
         for reply in replies:
-            client = clients_of.get(reply.metadata.src_node_id)
+            client = by_message.get(getattr(reply.metadata, "reply_to_message_id", None))
+            if client is None:
+                client = by_node.get(reply.metadata.src_node_id)
             if client is None:
                 continue
             if reply.has_error():
@@ -109,6 +118,20 @@ class FederationServer:
                 continue
             answers[client] = reply.content
         return answers
+
+    def _rejoin(self) -> None:
+        """Learn which clients the nodes that connected since the last round are (rejoins)."""
+        unknown = sorted(set(self.grid.get_node_ids()) - set(self.nodes.values()))
+        if not unknown:
+            return
+        queries = [self.make_message(RecordDict(), node, MessageType.QUERY) for node in unknown]
+        for reply in self.grid.send_and_receive(queries, timeout=self.round_timeout):
+            if reply.has_error():
+                continue
+            client = int(reply.content[REPORT]["partition-id"])  # type: ignore[arg-type]
+            if 0 <= client < self.num_clients:
+                log.info("client %d rejoined (node %d)", client, reply.metadata.src_node_id)
+                self.nodes[client] = reply.metadata.src_node_id
 
     def _connect(self) -> torch.Tensor:
         """Wait for every client's node; learn which node is which client; initial parameters."""
@@ -149,6 +172,7 @@ class FederationServer:
         self, round_index: int, theta: torch.Tensor, lr_scale: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         started = time.perf_counter()
+        self._rejoin()
         config = self.strategy.configure_round(round_index, self.num_clients, lr_scale)
         answers = self._send(
             {
