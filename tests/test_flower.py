@@ -315,3 +315,43 @@ def test_a_server_that_dies_resumes_after_its_last_round_and_ends_as_if_uninterr
         assert resumed[key] == whole[key]
     with pytest.raises(FileNotFoundError, match=r"there is no .*server_state\.pt"):
         serve(tmp_path / "fresh", FakeGrid(2, 4, {}), resume=True)
+
+
+@pytest.mark.slow
+def test_a_loopback_deployment_runs_the_federation_as_the_simulation_does(
+    tmp_path, tiny_encoder_dir
+):
+    """SuperLink and two SuperNodes as real processes, `flwr run` of the shipped app: 1 round."""
+    from pathlib import Path
+
+    from fellrec.cli import make_cli
+    from flower_deployment import Deployment
+
+    config = write_tiny_config(tmp_path, tiny_encoder_dir, num_clients=2)
+    common = ["--trainer.max_epochs", "1"]
+    in_process = tmp_path / "in-process"
+    make_cli(
+        ["fit", "--config", str(config), *common, "--trainer.default_root_dir", str(in_process)]
+    )
+    deployed = tmp_path / "deployed"
+    app = Path(__file__).resolve().parent.parent / "flower-app"
+    with Deployment(tmp_path / "flower") as deployment:
+        deployment.start_superlink()
+        for partition in (0, 1):
+            deployment.start_supernode(partition, 2)
+        deployment.wait_online(2)
+        overrides = " ".join([*common, "--trainer.default_root_dir", str(deployed)])
+        run_id, output = deployment.run(
+            app,
+            {"fellrec-config": str(config), "fellrec-overrides": overrides, "wait-timeout": 120.0},
+        )
+        status = deployment.status(run_id)
+        assert status["status"] == "finished:completed", (
+            f"{status}\n{output}\n{deployment.log('supernode-0')}"
+        )
+    assert deployment.alive() == []  # no stray process
+    expected = json.loads((in_process / "results.json").read_text())
+    got = json.loads((deployed / "results.json").read_text())
+    assert got["deployment"]["engine"] == "flower" and len(got["deployment"]["nodes"]) == 2
+    for client in ("0", "1"):
+        assert got["clients"][client] == pytest.approx(expected["clients"][client], abs=1e-6)

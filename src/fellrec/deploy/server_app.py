@@ -1,8 +1,9 @@
 """The Flower ServerApp: runs a fellrec federation's rounds over the connected client nodes.
 
 ``app`` reads the fellrec config from the Flower run config (``fellrec-config``, optionally
-``fellrec-overrides``, ``round-timeout`` and ``wait-timeout`` in seconds, ``resume`` to continue
-a run from its ``server_state.pt``); :func:`server_app` builds one with settings given in Python.
+``fellrec-overrides``, ``round-timeout`` (0: none) and ``wait-timeout`` in seconds, ``resume`` to
+continue a run from its ``server_state.pt``); :func:`server_app` builds one with settings given in
+Python.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def server_app(
         run = load_run(chosen)
         check_deployable(run.model, run.strategy)
         timeout = run_config.get("round-timeout", round_timeout)
+        timeout = None if timeout is None or float(timeout) <= 0 else timeout
         FederationServer(
             run,
             grid,

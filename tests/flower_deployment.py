@@ -1,0 +1,204 @@
+"""A real Flower deployment on loopback for the tests: a SuperLink and SuperNodes as processes.
+
+Each process gets its own process group and the deployment its own ``FLWR_HOME``; stopping sends
+SIGTERM to every group (SuperNodes first) and kills whatever descendant is left, so a test leaves
+no stray process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+#: flower-superlink, flower-supernode, flwr: the helper processes they start are found by name.
+BIN = Path(sys.executable).parent
+CONNECTION = "fellrec-test"
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Deployment:
+    """SuperLink + SuperNodes on 127.0.0.1, driven through the ``flwr`` command."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.logs = directory / "logs"
+        self.home = directory / "flwr-home"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(self.home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.port = 0
+        self.processes: list[subprocess.Popen] = []
+        self.nodes: dict[int, subprocess.Popen] = {}
+        self.descendants: set[int] = set()
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def start_superlink(self, timeout: float = 60.0) -> None:
+        self.port = free_port()
+        superlink = self._spawn(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if superlink.poll() is not None:
+                raise RuntimeError(f"the SuperLink exited: {self.log('superlink')}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the SuperLink did not come up") from None
+                time.sleep(0.2)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+
+    def start_supernode(self, partition: int, partitions: int) -> None:
+        self.nodes[partition] = self._spawn(
+            f"supernode-{partition}",
+            [
+                str(BIN / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"partition-id={partition} num-partitions={partitions}",
+            ],
+        )
+
+    def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def wait_online(self, count: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            listed = self.flwr("supernode", "ls", CONNECTION, "--format", "json")
+            nodes = json.loads(listed.stdout or "{}").get("nodes", [])
+            if sum(node["status"] == "online" for node in nodes) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"SuperNodes not online: {listed.stdout}{listed.stderr}")
+            time.sleep(0.5)
+
+    def run(self, app: Path, config: dict[str, Any], timeout: float = 600) -> tuple[int, str]:
+        """``flwr run`` with ``config`` overrides; the run id and its streamed output."""
+        lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
+        overrides = self.directory / "run-config.toml"
+        overrides.write_text("\n".join(lines) + "\n")
+        done = self.flwr(
+            "run",
+            str(app),
+            CONNECTION,
+            "--stream",
+            "--run-config",
+            str(overrides),
+            timeout=timeout,
+        )
+        output = done.stdout + done.stderr
+        if done.returncode != 0 or "Successfully started run " not in output:
+            raise RuntimeError(f"flwr run failed ({done.returncode}):\n{output}")
+        return int(output.split("Successfully started run ")[1].split()[0]), output
+
+    def status(self, run_id: int) -> dict[str, Any]:
+        listed = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        return dict(json.loads(listed.stdout)["runs"][0])
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def _remember_descendants(self) -> None:
+        for process in self.processes:
+            try:
+                children = psutil.Process(process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            self.descendants.update(child.pid for child in children)
+
+    def stop(self) -> None:
+        self._remember_descendants()
+        for process in [*self.nodes.values(), *self.processes]:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(10)
+                except ProcessLookupError:
+                    pass
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(0.2)
+        for pid in self.alive():
+            psutil.Process(pid).kill()
+
+    def alive(self) -> list[int]:
+        """Processes of this deployment still running (not zombies)."""
+        pids = {p.pid for p in self.processes} | self.descendants
+        running = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    running.append(pid)
+            except psutil.NoSuchProcess:
+                continue
+        return running
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
