@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -86,7 +87,11 @@ def load_run(settings: RunSettings, *extra: str) -> LoadedRun:
     from fellrec.cli import make_cli, quiet_third_party_output
 
     quiet_third_party_output()
-    cli = make_cli(settings.arguments(*extra), run=False)
+    with warnings.catch_warnings():
+        # A deployed app's process has Flower's own command line in sys.argv, which LightningCLI
+        # warns about next to explicit arguments; the explicit ones are the config's.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        cli = make_cli(settings.arguments(*extra), run=False)
     trainer = cli.trainer
     loop = next(c for c in trainer.callbacks if isinstance(c, FederatedLoop))  # type: ignore[attr-defined]
     if trainer.max_epochs is None or trainer.max_epochs < 1:
