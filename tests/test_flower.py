@@ -8,6 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+# The `flower` extra installs Flower where it runs: Python >= 3.11 (flwr >= 1.31 needs it).
+pytest.importorskip("flwr", reason="Flower (the flower extra) needs Python >= 3.11")
+
 from fellrec.deploy.client_session import check_deployable
 from fellrec.deploy.messages import (
     EvaluationReport,

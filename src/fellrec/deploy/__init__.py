@@ -7,3 +7,12 @@ round config; each ClientApp (:mod:`fellrec.deploy.client_app`) trains and evalu
 fellrec YAML config as ``fellrec fit``. Needs the ``flower`` extra
 (``pip install fellrec[flower]``).
 """
+
+import importlib.util
+import sys
+
+if importlib.util.find_spec("flwr") is None:
+    raise ImportError(
+        "fellrec.deploy needs Flower: pip install 'fellrec[flower]' (flwr >= 1.42, which needs "
+        f"Python >= 3.11; this is Python {sys.version_info.major}.{sys.version_info.minor})"
+    )
