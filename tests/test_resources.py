@@ -292,21 +292,12 @@ def test_every_family_has_default_lora_targets_that_peft_accepts(family):
 
 
 def test_the_resource_summary_is_a_function_of_its_facts():
-    from transformers import BertConfig
-
     from fellrec.federation.split_plan import plan_split
     from fellrec.models.adapters import LoRASettings
     from fellrec.training.accounting import ResourceFacts, resource_summary_of
 
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-    )
     facts = ResourceFacts(
-        config=config,
+        config=bert_config(),
         plan=plan_split(3, 1, 1),
         lora=LoRASettings(),
         batch_size=4,

@@ -129,8 +129,10 @@ def round_inputs(
     Returns:
         The :class:`RoundInputs` (mean losses, participation, reset parameters).
     """
-    parameters = parameters.clone()
-    parameters[diverged] = round_start[diverged]
+    if bool(diverged.any()):
+        # Copy only then: at LLaMA scale (N, P) is gigabytes, and usually nobody diverged.
+        parameters = parameters.clone()
+        parameters[diverged] = round_start[diverged]
     return RoundInputs(
         round=round_index,
         parameters=parameters,
