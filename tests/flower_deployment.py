@@ -48,10 +48,12 @@ class Deployment:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
+            "FELLREC_WORKER_KEY": "fellrec-test-key",
         }
         self.port = 0
         self.processes: list[subprocess.Popen] = []
         self.nodes: dict[int, subprocess.Popen] = {}
+        self.workers: dict[int, str] = {}
         self.descendants: set[int] = set()
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -97,7 +99,21 @@ class Deployment:
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
 
+    def start_worker(self, partition: int, timeout: float = 60.0) -> str:
+        """A fellrec client worker for ``partition``'s SuperNode; its address."""
+        address = f"127.0.0.1:{free_port()}"
+        name = f"worker-{partition}"
+        worker = self._spawn(
+            name, [sys.executable, "-m", "fellrec.deploy.client_worker", "--address", address]
+        )
+        self.wait_for_log(name, "listening", timeout, worker)
+        self.workers[partition] = address
+        return address
+
     def start_supernode(self, partition: int, partitions: int) -> None:
+        node_config = f"partition-id={partition} num-partitions={partitions}"
+        if partition in self.workers:
+            node_config += f" fellrec-worker='{self.workers[partition]}'"
         self.nodes[partition] = self._spawn(
             f"supernode-{partition}",
             [
@@ -108,9 +124,28 @@ class Deployment:
                 "--port",
                 str(free_port()),
                 "--node-config",
-                f"partition-id={partition} num-partitions={partitions}",
+                node_config,
             ],
         )
+
+    def stop_supernode(self, partition: int) -> None:
+        """SIGTERM a SuperNode's process group (it and the ClientApp it runs), as a node stops."""
+        node = self.nodes.pop(partition)
+        self._remember_descendants()
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(30)
+
+    def wait_for_log(
+        self, name: str, text: str, timeout: float, process: subprocess.Popen | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        path = self.logs / f"{name}.log"
+        while text not in path.read_text(errors="replace"):
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{name} exited: {self.log(name)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not in {name}'s log: {self.log(name)}")
+            time.sleep(0.1)
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -133,20 +168,19 @@ class Deployment:
                 raise TimeoutError(f"SuperNodes not online: {listed.stdout}{listed.stderr}")
             time.sleep(0.5)
 
-    def run(self, app: Path, config: dict[str, Any], timeout: float = 600) -> tuple[int, str]:
-        """``flwr run`` with ``config`` overrides; the run id and its streamed output."""
+    def _run_arguments(self, app: Path, config: dict[str, Any]) -> list[str]:
         lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
         overrides = self.directory / "run-config.toml"
         overrides.write_text("\n".join(lines) + "\n")
-        done = self.flwr(
-            "run",
-            str(app),
-            CONNECTION,
-            "--stream",
-            "--run-config",
-            str(overrides),
-            timeout=timeout,
-        )
+        return ["run", str(app), CONNECTION, "--stream", "--run-config", str(overrides)]
+
+    def start_run(self, app: Path, config: dict[str, Any]) -> subprocess.Popen:
+        """``flwr run`` in the background; its streamed output goes to the ``run`` log."""
+        return self._spawn("run", [str(BIN / "flwr"), *self._run_arguments(app, config)])
+
+    def run(self, app: Path, config: dict[str, Any], timeout: float = 600) -> tuple[int, str]:
+        """``flwr run`` with ``config`` overrides; the run id and its streamed output."""
+        done = self.flwr(*self._run_arguments(app, config), timeout=timeout)
         output = done.stdout + done.stderr
         if done.returncode != 0 or "Successfully started run " not in output:
             raise RuntimeError(f"flwr run failed ({done.returncode}):\n{output}")

@@ -243,7 +243,11 @@ def test_only_parameters_round_configs_losses_counts_and_metrics_cross(tmp_path)
     config = {"round": scalar, "lr-scale": scalar, "proximal-mu": scalar, "trains": scalar}
     # Per round and client: one parameter vector (P = 5) and the round config.
     assert layouts["train"] == [{"parameters": {"0": (5,)}, "config": config}] * 4
-    assert layouts["evaluate"] == [{"parameters": {"0": (5,)}, "config": {"stage": scalar}}] * 6
+    validation = {"parameters": {"0": (5,)}, "config": {"stage": scalar}}
+    # The final test also names each client's selected round (for the card of its adapter).
+    selected = {"stage": scalar, "selected-round": scalar, "rounds-run": scalar}
+    test = {"parameters": {"0": (5,)}, "config": selected}
+    assert layouts["evaluate"] == [validation] * 4 + [test] * 2
     # Replies: the parameters plus a loss sum, an example count and a divergence flag (train);
     # metric sums, per-user values and a user count (evaluate).
     reply = TrainReport(0, torch.zeros(5), 1.0, 2.0, False).content()
@@ -358,3 +362,56 @@ def test_a_loopback_deployment_runs_the_federation_as_the_simulation_does(
     assert got["deployment"]["engine"] == "flower" and len(got["deployment"]["nodes"]) == 2
     for client in ("0", "1"):
         assert got["clients"][client] == pytest.approx(expected["clients"][client], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_node_that_stops_mid_round_sits_it_out_and_rejoins_with_its_worker_still_warm(
+    tmp_path, tiny_encoder_dir
+):
+    """Real processes: client workers keep the model across messages; a SuperNode stopped while
+    its client trains round 0 is left out of that round, restarts on a new node id and takes part
+    again; each client exports its selected adapter."""
+    from pathlib import Path
+
+    from flower_deployment import Deployment
+
+    config = write_tiny_config(tmp_path, tiny_encoder_dir, num_clients=2)
+    deployed = tmp_path / "deployed"
+    app = Path(__file__).resolve().parent.parent / "flower-app"
+    with Deployment(tmp_path / "flower") as deployment:
+        deployment.start_superlink()
+        for partition in (0, 1):
+            deployment.start_worker(partition)
+            deployment.start_supernode(partition, 2)
+        deployment.wait_online(2)
+        overrides = f"--trainer.max_epochs 3 --trainer.default_root_dir {deployed}"
+        run = deployment.start_run(
+            app,
+            {
+                "fellrec-config": str(config),
+                "fellrec-overrides": overrides,
+                "round-timeout": 120.0,
+                "wait-timeout": 120.0,
+            },
+        )
+        deployment.wait_for_log("worker-1", "client 1: train", 180, run)
+        deployment.stop_supernode(1)  # while client 1 trains round 0
+        deployment.start_supernode(1, 2)
+        run.wait(420)
+        workers = [(deployment.logs / f"worker-{c}.log").read_text() for c in (0, 1)]
+        server_output = deployment.log("run")
+    assert deployment.alive() == []  # no stray process
+    results = json.loads((deployed / "results.json").read_text())
+    absent = [record["absent"] for record in results["history"]]
+    assert absent[0] == [1] and absent[-1] == [], f"{absent}\n{server_output}"
+    assert results["history"][-1]["train_loss"][1] is not None  # client 1 trained again
+    assert results["clients"]["1"]["users"] > 0
+    for client, log in enumerate(workers):
+        # Every message of the run, one model load per worker (the restart included).
+        assert log.count(f"client {client}: loading its model and data") == 1
+        assert log.count(f"client {client}: train") >= 2
+    for client in (0, 1):
+        folder = deployed / "adapters" / f"client_{client}"
+        assert (folder / "adapter_config.json").is_file()
+        card = (folder / "README.md").read_text()
+        assert f"round {results['client_best_rounds'][client]}" in card

@@ -2,30 +2,29 @@
 
 ``app`` reads the fellrec config from the Flower run config (``fellrec-config``, optionally
 ``fellrec-overrides``) and its client id from the node config (``partition-id``), as
-``flower-supernode --node-config "partition-id=0"`` or the simulation sets it. :func:`client_app`
-builds one with the settings given in Python instead.
+``flower-supernode --node-config "partition-id=0"`` or the simulation sets it. With
+``fellrec-worker='host:port'`` in the node config the message is answered by that long-lived
+client worker (:mod:`fellrec.deploy.client_worker`), which keeps the base model loaded across
+messages; otherwise by a session of this process. :func:`client_app` builds one with the
+settings given in Python instead.
 """
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fellrec.deploy.client_session import ClientSession
+from fellrec.deploy.client_session import ClientRequest, answer
+from fellrec.deploy.client_worker import NODE_CONFIG_KEY, ask_worker
 from fellrec.deploy.messages import (
-    CONFIG,
-    TrainReport,
     describe_content,
+    evaluation_request_from,
     parameters_from,
     round_config_from,
 )
 from fellrec.deploy.run_config import RunSettings
-
-log = logging.getLogger(__name__)
-#: Sessions of this process, by (settings, client): the base model loads once per process.
-_SESSIONS: dict[tuple[RunSettings, int], ClientSession] = {}
 
 
 def partition_id(context: Context) -> int:
@@ -42,42 +41,48 @@ def partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def session_for(settings: RunSettings, client: int) -> ClientSession:
-    """This process's session of ``client`` (built on first use)."""
-    key = (settings, client)
-    if key not in _SESSIONS:
-        log.info("client %d: loading its model and data", client)
-        _SESSIONS[key] = ClientSession(settings, client)
-    return _SESSIONS[key]
+def answer_on_node(request: ClientRequest, context: Context) -> Any:
+    """Answer in the node's worker when its node config names one, else in this process."""
+    worker = context.node_config.get(NODE_CONFIG_KEY)
+    if worker:
+        return ask_worker(str(worker), request)
+    return answer(request)
 
 
 def client_app(settings: RunSettings | None = None) -> ClientApp:
     """A ClientApp; with ``settings`` None it reads them from the Flower run config."""
     app = ClientApp()
 
-    def session(context: Context) -> ClientSession:
+    def request(context: Context, kind: str, **fields: Any) -> ClientRequest:
         chosen = settings if settings is not None else RunSettings.from_flower(context.run_config)
-        return session_for(chosen, partition_id(context))
+        return ClientRequest(kind, chosen, partition_id(context), **fields)
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:
-        client = session(context)
-        content = describe_content(client.client, client.initial_parameters(), client.metric_names)
-        return Message(content=content, reply_to=message)
+        client, parameters, names = answer_on_node(request(context, "describe"), context)
+        return Message(content=describe_content(client, parameters, names), reply_to=message)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        client = session(context)
-        config = round_config_from(message.content)
-        report: TrainReport = client.train(parameters_from(message.content), config)
-        return Message(content=report.content(), reply_to=message)
+        asked = request(
+            context,
+            "train",
+            parameters=parameters_from(message.content),
+            config=round_config_from(message.content),
+        )
+        return Message(content=answer_on_node(asked, context).content(), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        client = session(context)
-        stage = str(message.content[CONFIG]["stage"])
-        report = client.evaluate(parameters_from(message.content), stage)
-        return Message(content=report.content(), reply_to=message)
+        stage, selection = evaluation_request_from(message.content)
+        asked = request(
+            context,
+            "evaluate",
+            parameters=parameters_from(message.content),
+            stage=stage,
+            selection=selection,
+        )
+        return Message(content=answer_on_node(asked, context).content(), reply_to=message)
 
     return app
 

@@ -9,6 +9,9 @@ simulation.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,8 +22,13 @@ from fellrec.deploy.messages import STAGES, EvaluationReport, TrainReport
 from fellrec.deploy.run_config import RunSettings, load_run
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
+from fellrec.training.adapter_cards import describe_adapters
 from fellrec.training.client_module import ClientModule
 from fellrec.training.federated_module import FederatedModule
+
+log = logging.getLogger(__name__)
+#: Request kinds a client answers (one per Flower message type it handles).
+REQUEST_KINDS = ("describe", "train", "evaluate")
 
 
 def client_module_like(model: FederatedModule, client: int) -> ClientModule:
@@ -64,6 +72,9 @@ class ClientSession:
         self.module = client_module_like(run.model, client)
         self.datamodule = run.datamodule
         self.trainer_settings = run.trainer_settings
+        self.root = Path(run.root)
+        self.backbone_setting = str(run.model.hparams.get("backbone", ""))
+        self.strategy_name = run.strategy.name
         self._built = False
 
     def _build(self) -> None:
@@ -115,8 +126,18 @@ class ClientSession:
             diverged=bool(diverged[self.client]),
         )
 
-    def evaluate(self, parameters: torch.Tensor, stage: str) -> EvaluationReport:
-        """Evaluate ``parameters`` on this client's validation or test users."""
+    def evaluate(
+        self, parameters: torch.Tensor, stage: str, selection: tuple[int, int] | None = None
+    ) -> EvaluationReport:
+        """Evaluate ``parameters`` on this client's validation or test users.
+
+        Args:
+            parameters: The client's flat parameter vector.
+            stage: ``"validation"`` or ``"test"``.
+            selection: For the test of the selected parameters: (selected round, rounds run);
+                the client then exports its adapter (peft format) with a card into
+                ``<trainer.default_root_dir>/adapters/client_<i>/``, on its own machine.
+        """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self._build()
@@ -128,12 +149,101 @@ class ClientSession:
             trainer.test(self.module, datamodule=self.datamodule, verbose=False)
         sums, counts, _ = self.module.collect_eval()
         _, values = self.module.collect_eval_values()
-        return EvaluationReport(
+        report = EvaluationReport(
             client=self.client,
             sums=sums[self.client],
             users=float(counts[self.client]),
             values=values,
         )
+        if stage == "test" and selection is not None:
+            self._export(report, *selection)
+        return report
+
+    def _export(self, report: EvaluationReport, selected_round: int, rounds_run: int) -> None:
+        """Save the loaded (selected) adapter and its card, as ``fellrec fit`` does."""
+        if self.module.adapters is None:
+            return
+        directory = self.root / "adapters"
+        self.module.adapters.save(directory)
+        users = max(report.users, 1.0)
+        metrics = {name: float(report.sums[j]) / users for j, name in enumerate(self.metric_names)}
+        selected_rounds = [-1] * self.datamodule.num_clients
+        selected_rounds[self.client] = selected_round
+        describe_adapters(
+            directory,
+            backbone_setting=self.backbone_setting,
+            strategy=self.strategy_name,
+            recommender=str(self.module.hparams.get("recommender", "")),
+            selected_rounds=selected_rounds,
+            rounds_run=rounds_run,
+            client_metrics={str(self.client): {**metrics, "users": report.users}},
+            clients=[self.client],
+        )
+        written = directory / f"client_{self.client}"
+        log.info("client %d: adapter written to %s", self.client, written)
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """One message for a client, as plain values (what a ClientApp hands its session).
+
+    Attributes:
+        kind: ``"describe"`` (partition id, initial parameters, metric names), ``"train"`` or
+            ``"evaluate"``.
+        settings: The run's fellrec settings (from the Flower run config).
+        client: The node's partition id.
+        parameters: The parameters sent (train, evaluate).
+        config: The round config (train).
+        stage: ``"validation"`` or ``"test"`` (evaluate).
+        selection: (selected round, rounds run) with the final test (evaluate).
+    """
+
+    kind: str
+    settings: RunSettings
+    client: int
+    parameters: torch.Tensor | None = None
+    config: ClientRoundConfig | None = None
+    stage: str = ""
+    selection: tuple[int, int] | None = None
+
+
+#: Sessions of this process, by (settings, client): the base model loads once per process.
+_SESSIONS: dict[tuple[RunSettings, int], ClientSession] = {}
+
+
+def session_for(settings: RunSettings, client: int) -> ClientSession:
+    """This process's session of ``client`` (built on first use)."""
+    key = (settings, client)
+    if key not in _SESSIONS:
+        log.info("client %d: loading its model and data", client)
+        _SESSIONS[key] = ClientSession(settings, client)
+    return _SESSIONS[key]
+
+
+def answer(request: ClientRequest) -> Any:
+    """Answer a request with this process's session of its client.
+
+    Returns:
+        For ``describe`` ``(client, initial parameters, metric names)``; a :class:`TrainReport`
+        for ``train``; an :class:`EvaluationReport` for ``evaluate``.
+
+    Raises:
+        ValueError: For an unknown kind or a request missing what its kind needs.
+    """
+    if request.kind not in REQUEST_KINDS:
+        raise ValueError(f"request kind must be one of {REQUEST_KINDS}, got {request.kind!r}")
+    if request.kind != "describe" and request.parameters is None:
+        raise ValueError(f"a {request.kind} request needs parameters")
+    if request.kind == "train" and request.config is None:
+        raise ValueError("a train request needs its round config")
+    session = session_for(request.settings, request.client)
+    if request.kind == "describe":
+        return session.client, session.initial_parameters(), session.metric_names
+    assert request.parameters is not None
+    if request.kind == "train":
+        assert request.config is not None
+        return session.train(request.parameters, request.config)
+    return session.evaluate(request.parameters, request.stage, request.selection)
 
 
 def check_deployable(model: FederatedModule, strategy: Strategy) -> None:

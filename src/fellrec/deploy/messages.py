@@ -64,13 +64,32 @@ def round_config_from(content: RecordDict) -> ClientRoundConfig:
     )
 
 
-def evaluate_content(vector: torch.Tensor, stage: str) -> RecordDict:
-    """An ``evaluate`` message: the parameters to evaluate and the stage (validation or test)."""
+def evaluate_content(
+    vector: torch.Tensor, stage: str, selection: tuple[int, int] | None = None
+) -> RecordDict:
+    """An ``evaluate`` message: the parameters to evaluate and the stage (validation or test).
+
+    Args:
+        vector: The client's parameters.
+        stage: ``"validation"`` or ``"test"``.
+        selection: With the final test: (the client's selected round, rounds run), so the client
+            can describe the adapter it exports.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    return RecordDict(
-        {PARAMETERS: parameters_record(vector), CONFIG: ConfigRecord({"stage": stage})}
-    )
+    config = ConfigRecord({"stage": stage})
+    if selection is not None:
+        config["selected-round"], config["rounds-run"] = selection
+    return RecordDict({PARAMETERS: parameters_record(vector), CONFIG: config})
+
+
+def evaluation_request_from(content: RecordDict) -> tuple[str, tuple[int, int] | None]:
+    """The stage and (for the final test) the selection of an ``evaluate`` message."""
+    config = content.config_records[CONFIG]
+    selection = None
+    if "selected-round" in config:
+        selection = (int(config["selected-round"]), int(config["rounds-run"]))  # type: ignore[arg-type]
+    return str(config["stage"]), selection
 
 
 @dataclass(frozen=True)

@@ -206,11 +206,22 @@ class FederationServer:
         return result.theta, result.lr_scale.double(), record
 
     def _evaluate(
-        self, theta: torch.Tensor, stage: str
+        self, theta: torch.Tensor, stage: str, selected_rounds: list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-client metric sums ``(N, M)``, users ``(N,)``; every user's client and values."""
+        """Per-client metric sums ``(N, M)``, users ``(N,)``; every user's client and values.
+
+        With ``selected_rounds`` (the final test) each client is told its selected round, and
+        exports the adapter it is sent.
+        """
         answers = self._send(
-            {c: evaluate_content(theta[c], stage) for c in range(self.num_clients)},
+            {
+                c: evaluate_content(
+                    theta[c],
+                    stage,
+                    None if selected_rounds is None else (selected_rounds[c], self.run.rounds),
+                )
+                for c in range(self.num_clients)
+            },
             MessageType.EVALUATE,
         )
         sums = torch.zeros(self.num_clients, len(self.metric_names), dtype=torch.float64)
@@ -280,7 +291,9 @@ class FederationServer:
                 record["seconds"],
             )
         assert selection.best_parameters is not None
-        sums, users, clients, values = self._evaluate(selection.best_parameters, "test")
+        sums, users, clients, values = self._evaluate(
+            selection.best_parameters, "test", [int(r) for r in selection.best_rounds]
+        )
         summary = summarize(sums, users, self.metric_names)
         if self.run.loop.bootstrap_resamples > 0:
             per_user = {name: values[:, j] for j, name in enumerate(self.metric_names)}

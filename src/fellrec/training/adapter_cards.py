@@ -102,6 +102,7 @@ def describe_adapters(
     selected_rounds: Sequence[int],
     rounds_run: int,
     client_metrics: Mapping[str, Mapping[str, Any]],
+    clients: Sequence[int] | None = None,
 ) -> None:
     """Write each ``client_<i>/README.md`` and point its ``adapter_config.json`` at the base.
 
@@ -113,10 +114,12 @@ def describe_adapters(
         selected_rounds: The selected round of each client.
         rounds_run: Rounds the run trained.
         client_metrics: Test metrics per client id (``results.json``'s ``clients``).
+        clients: Describe only these clients (default: every client with an adapter folder; a
+            deployed client describes only its own, beside the others' in a shared directory).
     """
     base_model = public_base_name(backbone_setting)
     num_clients = len(selected_rounds)
-    for client in range(num_clients):
+    for client in range(num_clients) if clients is None else clients:
         folder = directory / f"client_{client}"
         config_path = folder / "adapter_config.json"
         if not config_path.is_file():
