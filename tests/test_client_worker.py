@@ -14,7 +14,8 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower (the flower extra) needs Python >= 3.11")
 
-from fellrec.deploy.client_session import ClientRequest, answer
+from fellrec.deploy.client_requests import ClientRequest
+from fellrec.deploy.client_session import answer
 from fellrec.deploy.client_worker import KEY_ENV, ask_worker, parse_address, serve, worker_key
 from fellrec.deploy.run_config import RunSettings
 from fellrec.federation.protocol import ClientRoundConfig

@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fellrec.deploy.client_session import ClientRequest, answer
+from fellrec.deploy.client_requests import ClientRequest
 from fellrec.deploy.client_worker import NODE_CONFIG_KEY, ask_worker
 from fellrec.deploy.messages import (
     describe_content,
@@ -46,6 +46,9 @@ def answer_on_node(request: ClientRequest, context: Context) -> Any:
     worker = context.node_config.get(NODE_CONFIG_KEY)
     if worker:
         return ask_worker(str(worker), request)
+    # Imported here: a ClientApp that forwards to a worker never loads Lightning or model code.
+    from fellrec.deploy.client_session import answer
+
     return answer(request)
 
 

@@ -10,7 +10,6 @@ simulation.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from fellrec.deploy.client_requests import REQUEST_KINDS, ClientRequest
 from fellrec.deploy.messages import STAGES, EvaluationReport, TrainReport
 from fellrec.deploy.run_config import RunSettings, load_run
 from fellrec.federation.protocol import ClientRoundConfig
@@ -27,8 +27,6 @@ from fellrec.training.client_module import ClientModule
 from fellrec.training.federated_module import FederatedModule
 
 log = logging.getLogger(__name__)
-#: Request kinds a client answers (one per Flower message type it handles).
-REQUEST_KINDS = ("describe", "train", "evaluate")
 
 
 def client_module_like(model: FederatedModule, client: int) -> ClientModule:
@@ -181,30 +179,6 @@ class ClientSession:
         )
         written = directory / f"client_{self.client}"
         log.info("client %d: adapter written to %s", self.client, written)
-
-
-@dataclass(frozen=True)
-class ClientRequest:
-    """One message for a client, as plain values (what a ClientApp hands its session).
-
-    Attributes:
-        kind: ``"describe"`` (partition id, initial parameters, metric names), ``"train"`` or
-            ``"evaluate"``.
-        settings: The run's fellrec settings (from the Flower run config).
-        client: The node's partition id.
-        parameters: The parameters sent (train, evaluate).
-        config: The round config (train).
-        stage: ``"validation"`` or ``"test"`` (evaluate).
-        selection: (selected round, rounds run) with the final test (evaluate).
-    """
-
-    kind: str
-    settings: RunSettings
-    client: int
-    parameters: torch.Tensor | None = None
-    config: ClientRoundConfig | None = None
-    stage: str = ""
-    selection: tuple[int, int] | None = None
 
 
 #: Sessions of this process, by (settings, client): the base model loads once per process.

@@ -30,7 +30,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from fellrec.deploy.client_session import ClientRequest, answer
+from fellrec.deploy.client_requests import ClientRequest
 
 log = logging.getLogger(__name__)
 #: Environment variable holding the key shared by a worker and the ClientApps that use it.
@@ -91,6 +91,8 @@ def serve(address: str, key: bytes, max_requests: int | None = None) -> int:
     Returns:
         The number of requests answered.
     """
+    from fellrec.deploy.client_session import answer  # the worker's side: the model code
+
     served = 0
     with Listener(parse_address(address), authkey=key) as listener:
         log.info("fellrec client worker listening on %s", address)

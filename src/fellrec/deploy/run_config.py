@@ -6,11 +6,13 @@ import shlex
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fellrec.federation.strategies import Strategy
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.loop import FederatedLoop, resolve_strategy
+if TYPE_CHECKING:  # the training layer (Lightning) loads only where a run is loaded
+    from fellrec.federation.strategies import Strategy
+    from fellrec.training.datamodule import FederatedDataModule
+    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.loop import FederatedLoop
 
 #: Keys of a Flower run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``).
 CONFIG_KEY = "fellrec-config"
@@ -74,6 +76,8 @@ class LoadedRun:
     @property
     def strategy(self) -> Strategy:
         """The configured strategy (``loop.strategy``, or the deprecated ``model.strategy``)."""
+        from fellrec.training.loop import resolve_strategy
+
         return resolve_strategy(self.loop.configured_strategy, self.model.legacy_strategy)
 
 
@@ -85,6 +89,9 @@ def load_run(settings: RunSettings, *extra: str) -> LoadedRun:
         *extra: More ``--section.key value`` arguments (e.g. ``--data.client 2``).
     """
     from fellrec.cli import make_cli, quiet_third_party_output
+    from fellrec.training.datamodule import FederatedDataModule
+    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.loop import FederatedLoop
 
     quiet_third_party_output()
     with warnings.catch_warnings():
