@@ -10,7 +10,7 @@ the SuperNode::
         --node-config "partition-id=0 fellrec-worker='127.0.0.1:7101'"
 
 The ClientApp of each message then hands the worker the message as a
-:class:`~fellrec.deploy.client_session.ClientRequest` over a local
+:class:`~fellrec.deploy.client_requests.ClientRequest` over a local
 :mod:`multiprocessing.connection` (HMAC-authenticated with ``FELLREC_WORKER_KEY``) and relays its
 answer; the worker keeps its sessions (model, data) between messages and runs. What it computes
 is exactly what the ClientApp would compute in its own process.
