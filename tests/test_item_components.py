@@ -12,6 +12,7 @@ from fellrec.models.item_components import (
     ItemSettings,
     centered_text_table,
     item_component_parameters,
+    rows_of,
 )
 
 
@@ -92,3 +93,21 @@ def test_invalid_settings_name_the_setting() -> None:
         ItemSettings(id_dim=0).validate()
     with pytest.raises(ValueError, match=r"model\.items\.lr"):
         ItemSettings(lr=0.0).validate()
+
+
+def test_row_gradients_sum_repeated_items_in_index_order() -> None:
+    # float32 addition is not associative: 1e8 + 1 - 1e8 is 0 left to right, 1 in other orders.
+    # rows_of must give the left-to-right sum, whatever the thread count (plain indexing adds
+    # repeated rows with atomic adds in thread order on a multi-threaded CPU).
+    table = torch.zeros(3, 2, requires_grad=True)
+    items = torch.tensor([1, 0, 1, 1])
+    upstream = torch.tensor([[1e8, 1.0], [5.0, 5.0], [1.0, 1e8], [-1e8, -1e8]])
+    (rows_of(table, items) * upstream).sum().backward()
+    assert table.grad is not None
+    assert table.grad.tolist() == [[5.0, 5.0], [0.0, 0.0], [0.0, 0.0]]
+
+
+def test_rows_of_a_bias_vector_keep_the_index_shape() -> None:
+    bias = torch.tensor([0.5, -1.0, 2.0])
+    picked = rows_of(bias, torch.tensor([[2, 0], [1, 1]]))
+    assert picked.tolist() == [[2.0, 0.5], [-1.0, -1.0]]
