@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from flower_credentials import TlsFiles
 
 #: flower-superlink, flower-supernode, flwr: the helper processes they start are found by name.
 BIN = Path(sys.executable).parent
@@ -33,9 +36,21 @@ def free_port() -> int:
 
 
 class Deployment:
-    """SuperLink + SuperNodes on 127.0.0.1, driven through the ``flwr`` command."""
+    """SuperLink + SuperNodes on 127.0.0.1, driven through the ``flwr`` command.
 
-    def __init__(self, directory: Path) -> None:
+    Without ``tls`` every connection is plaintext (``--insecure``); with it the SuperLink serves
+    its Fleet and Control APIs over TLS and SuperNodes and ``flwr`` verify it against the CA.
+    ``node_auth`` (needs ``tls``) starts the SuperLink with ``--enable-supernode-auth``: only
+    SuperNodes whose public key was registered (:meth:`register_node`) may connect.
+    """
+
+    def __init__(
+        self, directory: Path, tls: TlsFiles | None = None, node_auth: bool = False
+    ) -> None:
+        if node_auth and tls is None:
+            raise ValueError("SuperNode authentication needs TLS")
+        self.tls = tls
+        self.node_auth = node_auth
         self.directory = directory
         self.logs = directory / "logs"
         self.home = directory / "flwr-home"
@@ -71,11 +86,19 @@ class Deployment:
 
     def start_superlink(self, timeout: float = 60.0) -> None:
         self.port = free_port()
+        if self.tls is None:
+            security = ["--insecure"]
+        else:
+            security = ["--ssl-ca-certfile", str(self.tls.ca)]
+            security += ["--ssl-certfile", str(self.tls.certificate)]
+            security += ["--ssl-keyfile", str(self.tls.key)]
+            if self.node_auth:
+                security.append("--enable-supernode-auth")
         superlink = self._spawn(
             "superlink",
             [
                 str(BIN / "flower-superlink"),
-                "--insecure",
+                *security,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -83,21 +106,32 @@ class Deployment:
                 "--disable-runtime-dependency-installation",
             ],
         )
+        scheme, context = "http", None
+        if self.tls is not None:
+            scheme, context = "https", ssl.create_default_context(cafile=str(self.tls.ca))
         deadline = time.monotonic() + timeout
         while True:
             if superlink.poll() is not None:
                 raise RuntimeError(f"the SuperLink exited: {self.log('superlink')}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                health = f"{scheme}://127.0.0.1:{self.port}/health"
+                with urllib.request.urlopen(health, timeout=1, context=context):
                     break
             except OSError:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the SuperLink did not come up") from None
                 time.sleep(0.2)
+        trust = "insecure = true" if self.tls is None else f'root-certificates = "{self.tls.ca}"'
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'address = "127.0.0.1:{self.port}"\n{trust}\n'
         )
+
+    def register_node(self, public_key: Path) -> None:
+        """``flwr supernode register``: admit the SuperNode holding ``public_key``'s private key."""
+        done = self.flwr("supernode", "register", str(public_key), CONNECTION)
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr supernode register failed: {done.stdout}{done.stderr}")
 
     def start_worker(self, partition: int, timeout: float = 60.0) -> str:
         """A fellrec client worker for ``partition``'s SuperNode; its address."""
@@ -110,15 +144,29 @@ class Deployment:
         self.workers[partition] = address
         return address
 
-    def start_supernode(self, partition: int, partitions: int) -> None:
+    def start_supernode(
+        self,
+        partition: int,
+        partitions: int,
+        private_key: Path | None = None,
+        name: str | None = None,
+    ) -> subprocess.Popen:
+        """A SuperNode for ``partition``; ``private_key`` authenticates it (``node_auth``).
+
+        Args:
+            name: Its log's name (default ``supernode-<partition>``).
+        """
         node_config = f"partition-id={partition} num-partitions={partitions}"
         if partition in self.workers:
             node_config += f" fellrec-worker='{self.workers[partition]}'"
-        self.nodes[partition] = self._spawn(
-            f"supernode-{partition}",
+        security = ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca)]
+        if private_key is not None:
+            security += ["--auth-supernode-private-key", str(private_key)]
+        node = self._spawn(
+            name or f"supernode-{partition}",
             [
                 str(BIN / "flower-supernode"),
-                "--insecure",
+                *security,
                 "--superlink",
                 f"127.0.0.1:{self.port}",
                 "--port",
@@ -127,6 +175,9 @@ class Deployment:
                 node_config,
             ],
         )
+        if name is None:
+            self.nodes[partition] = node
+        return node
 
     def stop_supernode(self, partition: int) -> None:
         """SIGTERM a SuperNode's process group (it and the ClientApp it runs), as a node stops."""

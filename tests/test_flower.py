@@ -415,3 +415,48 @@ def test_a_node_that_stops_mid_round_sits_it_out_and_rejoins_with_its_worker_sti
         assert (folder / "adapter_config.json").is_file()
         card = (folder / "README.md").read_text()
         assert f"round {results['client_best_rounds'][client]}" in card
+
+
+@pytest.mark.slow
+def test_a_tls_deployment_with_node_authentication_admits_only_registered_nodes(
+    tmp_path, tiny_encoder_dir
+):
+    """The README's across-machines setup on loopback: TLS with a CA made here, SuperNode
+    authentication; the registered nodes run one round, an unregistered one is turned away."""
+    from pathlib import Path
+
+    from flower_credentials import make_node_key, make_tls
+    from flower_deployment import CONNECTION, Deployment
+
+    config = write_tiny_config(tmp_path, tiny_encoder_dir, num_clients=2)
+    credentials = tmp_path / "credentials"
+    tls = make_tls(credentials)
+    keys = [make_node_key(credentials, f"node-{partition}") for partition in (0, 1)]
+    stranger, _ = make_node_key(credentials, "stranger")
+    deployed = tmp_path / "deployed"
+    app = Path(__file__).resolve().parent.parent / "flower-app"
+    with Deployment(tmp_path / "flower", tls=tls, node_auth=True) as deployment:
+        deployment.start_superlink()
+        for partition, (private, public) in enumerate(keys):
+            deployment.register_node(public)
+            deployment.start_supernode(partition, 2, private_key=private)
+        intruder = deployment.start_supernode(1, 2, private_key=stranger, name="stranger")
+        deployment.wait_online(2)
+        overrides = f"--trainer.max_epochs 1 --trainer.default_root_dir {deployed}"
+        run_id, output = deployment.run(
+            app,
+            {"fellrec-config": str(config), "fellrec-overrides": overrides, "wait-timeout": 120.0},
+        )
+        status = deployment.status(run_id)
+        listed = deployment.flwr("supernode", "ls", CONNECTION, "--format", "json")
+        intruder_exit = intruder.poll()
+        intruder_log = deployment.log("stranger")
+    assert deployment.alive() == []  # no stray process
+    assert status["status"] == "finished:completed", f"{status}\n{output}"
+    nodes = json.loads(listed.stdout)["nodes"]
+    assert sorted(node["status"] for node in nodes) == ["online", "online"], listed.stdout
+    assert intruder_exit is not None and intruder_exit != 0, intruder_log
+    assert "Failed to activate SuperNode" in intruder_log
+    results = json.loads((deployed / "results.json").read_text())
+    assert len(results["deployment"]["nodes"]) == 2
+    assert all(results["clients"][client]["users"] > 0 for client in ("0", "1"))
