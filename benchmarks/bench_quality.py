@@ -11,6 +11,11 @@ each split (``leave_one_out``, ``temporal``), on the same data, 5 k-means client
   ``heating: false``), each a separate process, run directory and log.
 
 Every model is selected on validation (per-client selection, best round) and reported on test.
+With ``--seeds 0,1,2`` the strategies named by ``--seed-strategies`` are run again for each further
+seed (``data.seed``: the k-means partition, subsample, initial draws and batch order, and
+``seed_everything``) into ``<output>/<split>/seed-<s>/``, and the document gains a table of the
+mean and spread over seeds and the paired FELLRec - FedAvg differences: the comparison a single
+seed cannot settle (benchmarks/README.md, "Run-to-run noise").
 Writes ``<output>/quality.md`` (overall and worst-client NDCG@10 / Recall@10 with 95% bootstrap
 intervals, std and Jain's index across clients, best round, minutes; the issue's targets checked)
 and, per split, ``fellrec report`` into ``<output>/<split>/``. Finished runs are skipped, so an
@@ -19,6 +24,7 @@ interrupted benchmark resumes where it stopped::
     python benchmarks/bench_quality.py                       # the CPU budget, ~1.5 h on 2 cores
     python benchmarks/bench_quality.py --budget gpu          # 20 rounds, early stopping, a GPU
     python benchmarks/bench_quality.py --splits leave_one_out --strategies fellrec,fedavg
+    python benchmarks/bench_quality.py --splits leave_one_out --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -70,6 +77,8 @@ STRATEGY_SPECS: dict[str, list[str]] = {
 }
 FEDERATED = [name for name in STRATEGY_SPECS if name != "centralized"]
 BASELINE_NAMES = ("bpr", "sasrec")
+#: The strategies run again for every further seed (``--seed-strategies``).
+SEED_STRATEGIES = ("centralized", "local", "fedavg", "fellrec")
 #: Per budget: the settings every strategy gets (the same for all of them).
 BUDGETS: dict[str, list[str]] = {
     # 3 rounds of one local epoch over every training interaction: validation peaks within
@@ -122,6 +131,16 @@ def data_arguments(data_dir: Path, split: str, cache: Path) -> list[str]:
     ]
 
 
+def split_root(output: Path, split: str, seed: int | None) -> Path:
+    """Where the runs of one split (and one further seed) go."""
+    return output / split if seed is None else output / split / f"seed-{seed}"
+
+
+def load_results(runs: dict[str, Path]) -> dict[str, Any]:
+    """The results.json of each run by name."""
+    return {name: json.loads((d / "results.json").read_text()) for name, d in runs.items()}
+
+
 def run_split(
     split: str,
     data_dir: Path,
@@ -129,10 +148,18 @@ def run_split(
     budget: str,
     strategies: list[str],
     baselines: list[str],
+    seed: int | None = None,
 ) -> dict[str, Path]:
-    """Every baseline and strategy of one split; their run directories by name."""
-    root = output / split
+    """Every baseline and strategy of one split; their run directories by name.
+
+    Args:
+        seed: ``None`` runs the config's seed into ``<output>/<split>/``; a number runs that
+            seed (``data.seed`` and ``seed_everything``) into ``<output>/<split>/seed-<n>/``.
+    """
+    root = split_root(output, split, seed)
     shared = data_arguments(data_dir, split, output / "cache")
+    if seed is not None:
+        shared += ["--data.seed", str(seed), "--seed_everything", str(seed)]
     runs: dict[str, Path] = {}
     timing_path = root / "seconds.json"
     seconds: dict[str, float] = json.loads(timing_path.read_text()) if timing_path.exists() else {}
@@ -141,14 +168,14 @@ def run_split(
         if not all((d / "results.json").is_file() for d in directories):
             args = ["baselines", "--config", str(BASE_CONFIG), *shared]
             args += ["--baselines", ",".join(baselines), "--output", str(root)]
-            print(f"[{split}] baselines {', '.join(baselines)}", flush=True)
+            print(f"[{root.relative_to(output)}] baselines {', '.join(baselines)}", flush=True)
             seconds["baselines"] = fellrec(args, root / "logs" / "baselines.log")
         runs.update(zip(baselines, directories, strict=True))
     for name in strategies:
         directory = root / name
         runs[name] = directory
         if (directory / "results.json").is_file():
-            print(f"[{split}] {name}: finished before, skipped", flush=True)
+            print(f"[{root.relative_to(output)}] {name}: finished before, skipped", flush=True)
             continue
         args = ["fit", "--config", str(BASE_CONFIG), *shared, *BUDGETS[budget]]
         args += [*STRATEGY_SPECS[name], "--trainer.default_root_dir", str(directory)]
@@ -156,9 +183,9 @@ def run_split(
         args += ["--trainer.enable_progress_bar", "false"]
         if (directory / "checkpoints" / "last.ckpt").is_file():
             args += ["--ckpt_path", str(directory / "checkpoints" / "last.ckpt")]
-        print(f"[{split}] {name}: fitting", flush=True)
+        print(f"[{root.relative_to(output)}] {name}: fitting", flush=True)
         seconds[name] = fellrec(args, root / "logs" / f"{name}.log")
-        print(f"[{split}] {name}: {seconds[name] / 60:.1f} min", flush=True)
+        print(f"[{root.relative_to(output)}] {name}: {seconds[name] / 60:.1f} min", flush=True)
         timing_path.parent.mkdir(parents=True, exist_ok=True)
         timing_path.write_text(json.dumps(seconds, indent=2))
     timing_path.write_text(json.dumps(seconds, indent=2))
@@ -218,7 +245,7 @@ HEADER = [
 
 def table(runs: dict[str, Path], seconds: dict[str, float]) -> tuple[list[str], dict[str, Any]]:
     """The Markdown table of one split and the loaded results by name."""
-    loaded = {name: json.loads((d / "results.json").read_text()) for name, d in runs.items()}
+    loaded = load_results(runs)
     first = next(iter(loaded.values()))
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     popularity = dict(first["popularity"])
@@ -282,6 +309,55 @@ def targets(loaded: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def seed_summary(per_seed: dict[int, dict[str, Any]], popularity: float) -> list[str]:
+    """Mean and spread over seeds per strategy, and the paired FELLRec - FedAvg differences.
+
+    Args:
+        per_seed: Per seed, the loaded results by strategy name.
+        popularity: Popularity's overall test NDCG@10 (the same for every seed: the split does
+            not depend on it).
+    """
+    seeds = sorted(per_seed)
+    names = [n for n in STRATEGY_SPECS if all(n in per_seed[s] for s in seeds)]
+
+    def values(name: str, stat: str | None = None) -> list[float]:
+        picked = []
+        for seed in seeds:
+            results = per_seed[seed][name]
+            if stat is None:
+                picked.append(float(results["overall"]["ndcg@10"]))
+            else:
+                picked.append(float(results["balance"]["ndcg@10"][stat]))
+        return picked
+
+    header = ["model", "seeds", "NDCG@10 mean ± std", "worst NDCG@10 mean ± std"]
+    header += [f"seed {s}" for s in seeds]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        overall = values(name)
+        cells = [name, str(len(seeds)), _spread(overall), _spread(values(name, "min"))]
+        lines.append("| " + " | ".join(cells + [f"{v:.4f}" for v in overall]) + " |")
+    lines += ["", f"Popularity: {popularity:.4f} (1.5 x = {1.5 * popularity:.4f})."]
+    if "fellrec" in names and "fedavg" in names:
+        for label, stat in (("overall", None), ("worst client", "min")):
+            pairs = zip(values("fellrec", stat), values("fedavg", stat), strict=True)
+            gaps = [a - b for a, b in pairs]
+            ahead = sum(gap >= 0 for gap in gaps)
+            listed = ", ".join(f"{gap:+.4f}" for gap in gaps)
+            mean = statistics.mean(gaps)
+            lines.append(
+                f"- FELLRec - FedAvg, {label}, per seed: {listed}; mean {mean:+.4f}; "
+                f"FELLRec >= FedAvg in {ahead} of {len(gaps)} seeds"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
@@ -290,12 +366,29 @@ def main() -> None:
     parser.add_argument("--baselines", default=",".join(BASELINE_NAMES))
     parser.add_argument("--output", type=Path, default=Path("runs/quality"))
     parser.add_argument("--data", type=Path, default=None, help="ml-100k RecBole directory")
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds; the first runs everything, the others --seed-strategies",
+    )
+    parser.add_argument("--seed-strategies", default=",".join(SEED_STRATEGIES))
     options = parser.parse_args()
+    try:
+        seeds = [int(s) for s in options.seeds.split(",") if s]
+    except ValueError as error:
+        message = f"--seeds must be comma-separated integers, got {options.seeds!r}"
+        raise SystemExit(message) from error
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds must name distinct seeds, got {options.seeds!r}")
     strategies = [s for s in options.strategies.split(",") if s]
     unknown = [s for s in strategies if s not in STRATEGY_SPECS]
     if unknown:
         raise SystemExit(f"unknown strategies {unknown}; choose from {list(STRATEGY_SPECS)}")
     baselines = [b for b in options.baselines.split(",") if b]
+    seed_strategies = [s for s in options.seed_strategies.split(",") if s]
+    unknown = [s for s in seed_strategies if s not in STRATEGY_SPECS]
+    if unknown:
+        raise SystemExit(f"unknown --seed-strategies {unknown}; choose from {list(STRATEGY_SPECS)}")
     output = options.output
     if options.data is None:
         from fellrec.data.fetch import fetch_ml100k
@@ -307,7 +400,7 @@ def main() -> None:
     document = [
         "# Recommendation quality on MovieLens-100K",
         "",
-        f"`python benchmarks/bench_quality.py --budget {options.budget}` "
+        f"`python benchmarks/bench_quality.py --budget {options.budget} --seeds {options.seeds}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); the recipe of "
         "`configs/ml100k-minilm-base.yaml` (sequential recommender, MiniLM + LoRA, per-item "
         "components); 5 k-means clients; budget "
@@ -316,12 +409,23 @@ def main() -> None:
         "interval over test users.",
     ]
     for split in [s for s in options.splits.split(",") if s]:
-        runs = run_split(split, data_dir, output, options.budget, strategies, baselines)
-        seconds = json.loads((output / split / "seconds.json").read_text())
+        first = None if seeds[0] == 0 else seeds[0]  # seed 0 is the config's own
+        runs = run_split(split, data_dir, output, options.budget, strategies, baselines, first)
+        root = split_root(output, split, first)
+        seconds = json.loads((root / "seconds.json").read_text())
         lines, loaded = table(runs, seconds)
         document += ["", f"## {split}", "", *lines]
         if split == "leave_one_out":
             document += ["", "Targets (issue #9):", "", *targets(loaded)]
+        if len(seeds) > 1:
+            per_seed = {seeds[0]: loaded}
+            again = [s for s in strategies if s in seed_strategies]
+            for seed in seeds[1:]:
+                extra = run_split(split, data_dir, output, options.budget, again, [], seed)
+                per_seed[seed] = load_results(extra)
+            popularity = float(next(iter(loaded.values()))["popularity"]["overall"]["ndcg@10"])
+            document += ["", f"### {split}: over seeds {options.seeds}", ""]
+            document += seed_summary(per_seed, popularity)
     total = (time.perf_counter() - started) / 60
     document += ["", f"Total wall time of this invocation: {total:.0f} min."]
     path = output / "quality.md"
