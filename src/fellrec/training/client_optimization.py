@@ -31,6 +31,64 @@ def schedule_factor(step: int, total: int, warmup_steps: int, decay: str) -> flo
     return factor * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class RoundSchedule:
+    """Each client's optimizer steps within a round: round learning rates, warm-up and decay.
+
+    At a round's start every optimizer group's rate becomes its ``base_lr`` times the client's
+    learning-rate scale (FELLRec's heating); each step then multiplies that by
+    :func:`schedule_factor` of the step's position among the client's steps of the round.
+
+    Args:
+        warmup_steps: ``model.warmup_steps``.
+        lr_decay: ``model.lr_decay``.
+        reset_optimizer_each_round: Clear the optimizers' moments at each round start.
+        lr: ``model.lr``: the base rate of a group that carries no ``base_lr`` of its own.
+    """
+
+    def __init__(
+        self, warmup_steps: int, lr_decay: str, reset_optimizer_each_round: bool, lr: float
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"model.lr must be > 0, got {lr}")
+        if lr_decay not in LR_DECAYS:
+            raise ValueError(f"model.lr_decay must be one of {LR_DECAYS}, got {lr_decay!r}")
+        self.warmup_steps = warmup_steps
+        self.lr_decay = lr_decay
+        self.reset_optimizer_each_round = reset_optimizer_each_round
+        self.lr = lr
+        self.steps_total: dict[int, int] = {}
+        self.steps_done: dict[int, int] = {}
+
+    def start(
+        self, optimizers: Sequence[Any], lr_scales: Sequence[float], steps_total: dict[int, int]
+    ) -> None:
+        """Start a round: each slot's optimizer at its scaled rates, ``steps_total`` steps ahead.
+
+        Args:
+            optimizers: One per slot (Lightning's wrappers or plain torch optimizers).
+            lr_scales: Each slot's learning-rate scale this round.
+            steps_total: Each slot's optimizer steps this round (slots without steps: 1).
+        """
+        self.steps_total = dict(steps_total)
+        self.steps_done = {}
+        for optimizer, scale in zip(optimizers, lr_scales, strict=True):
+            if self.reset_optimizer_each_round:
+                getattr(optimizer, "optimizer", optimizer).state.clear()
+            for group in optimizer.param_groups:
+                group["round_lr"] = group.get("base_lr", self.lr) * scale
+                group["lr"] = group["round_lr"]
+
+    def step(self, slot: int, optimizer: Any) -> None:
+        """Set the slot's rates for its next step of the round, then step ``optimizer``."""
+        step = self.steps_done.get(slot, 0)
+        total = self.steps_total.get(slot, 1)
+        factor = schedule_factor(step, total, self.warmup_steps, self.lr_decay)
+        for group in optimizer.param_groups:
+            group["lr"] = group.get("round_lr", self.lr) * factor
+        optimizer.step()
+        self.steps_done[slot] = step + 1
+
+
 def client_param_groups(
     keys: Sequence[str], params: Sequence[nn.Parameter], lr: float, item_lr: float | None
 ) -> list[dict[str, Any]]:

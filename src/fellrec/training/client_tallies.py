@@ -11,10 +11,21 @@ from typing import Any
 
 import torch
 
+from fellrec.metrics.ranking import ranking_metrics
+from fellrec.metrics.summary import DEFAULT_KS
+
 #: Sums a tensor over the run's processes (the identity in one process).
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
 #: Gathers a picklable object from every process into a list (``[obj]`` in one process).
 GatherObjects = Callable[[Any], list[Any]]
+
+
+def padded_mask(padded: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Dense ``(B, I)`` bool mask from item indices ``(B, L)`` padded with ``-1``."""
+    mask = torch.zeros(padded.shape[0], num_items, dtype=torch.bool, device=padded.device)
+    rows, cols = (padded >= 0).nonzero(as_tuple=True)
+    mask[rows, padded[rows, cols]] = True
+    return mask
 
 
 class RoundStatistics:
@@ -61,6 +72,24 @@ class EvaluationSums:
         self.sums[client] += values.sum(0)
         self.counts[client] += values.shape[0]
         self.rows.append((torch.full((values.shape[0],), client), values))
+
+    def add_scores(
+        self, client: int, scores: torch.Tensor, targets: torch.Tensor, consumed: torch.Tensor
+    ) -> None:
+        """Rank a batch of ``client``'s users and count their metrics.
+
+        Args:
+            client: Whose users.
+            scores: Every item's score per user ``(b, I)``.
+            targets: Each user's held-out items, padded with ``-1`` ``(b, L)``.
+            consumed: Each user's already-consumed items (excluded from the ranking), padded
+                with ``-1``.
+        """
+        num_items = scores.shape[1]
+        per_user = ranking_metrics(
+            scores, padded_mask(targets, num_items), padded_mask(consumed, num_items), DEFAULT_KS
+        )
+        self.add(client, torch.stack([per_user[n].double().cpu() for n in self.names], dim=1))
 
     def collect(self, reduce_sum: ReduceSum) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-client metric sums ``(N, M)`` and user counts ``(N,)``, all processes."""

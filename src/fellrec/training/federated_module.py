@@ -29,47 +29,30 @@ from fellrec.data.pipeline import default_cache_dir
 from fellrec.federation.aggregation import fedprox_penalty
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
-from fellrec.metrics.ranking import ranking_metrics
-from fellrec.metrics.summary import DEFAULT_KS, metric_names
+from fellrec.metrics.summary import metric_names
 from fellrec.models.adapters import ClientAdapters, LoRASettings
-from fellrec.models.backbone import load_causal_lm, load_encoder
-from fellrec.models.backends import (
-    RecommenderBackend,
-)
-from fellrec.models.encoder import ITEM_ENCODINGS, POOLINGS, SequenceEncoderRecommender
+from fellrec.models.backends import RecommenderBackend
+from fellrec.models.encoder import SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
-from fellrec.models.item_components import (
-    ItemSettings,
-    item_component_parameters,
-)
+from fellrec.models.item_components import ItemSettings, item_component_parameters
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import TRANSPORTS, Transport, make_transport
 from fellrec.training.client_optimization import (
-    LR_DECAYS,
+    RoundSchedule,
     average_gradients,
     client_param_groups,
-    schedule_factor,
 )
 from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
 from fellrec.training.recommender_assembly import (
     RecommenderSettings,
     assemble_recommender,
-    item_components,
+    build_adapters,
 )
 
 log = logging.getLogger(__name__)
-RECOMMENDERS = ("sequential", "encoder", "generative")
-
-
-def padded_mask(padded: torch.Tensor, num_items: int) -> torch.Tensor:
-    """Dense ``(B, I)`` bool mask from item indices ``(B, L)`` padded with ``-1``."""
-    mask = torch.zeros(padded.shape[0], num_items, dtype=torch.bool, device=padded.device)
-    rows, cols = (padded >= 0).nonzero(as_tuple=True)
-    mask[rows, padded[rows, cols]] = True
-    return mask
 
 
 def is_client_key(key: str) -> bool:
@@ -161,26 +144,13 @@ class FederatedModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"model.lr must be > 0, got {lr}")
-        if lr_decay not in LR_DECAYS:
-            raise ValueError(f"model.lr_decay must be one of {LR_DECAYS}, got {lr_decay!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {pooling!r}")
-        if num_negatives is not None and num_negatives < 1:
-            raise ValueError(f"model.num_negatives must be >= 1, got {num_negatives}")
-        format_item_text(item_text, "title", ["category"])  # fail now on an unknown field
+        # Every setting is checked here, before the data and the model are loaded.
+        self.schedule = RoundSchedule(warmup_steps, lr_decay, reset_optimizer_each_round, lr)
+        format_item_text(item_text, "title", ["category"])  # an unknown field fails now
         self.automatic_optimization = False
         # Checkpoints hold adapters only; the frozen base is rebuilt from `backbone`.
         self.strict_loading = False
-        if recommender not in RECOMMENDERS:
-            raise ValueError(
-                f"model.recommender must be one of {RECOMMENDERS}, got {recommender!r}"
-            )
-        for name, value in (("k_front", k_front), ("k_back", k_back)):
-            if value < 0:
-                raise ValueError(f"model.{name} must be >= 0, got {value}")
-        if transport not in TRANSPORTS:  # fail before the data and the model are loaded
+        if transport not in TRANSPORTS:
             raise ValueError(
                 f"model.transport must be one of {sorted(TRANSPORTS)}, got {transport!r}"
             )
@@ -192,7 +162,6 @@ class FederatedModule(L.LightningModule):
         self.transport_name = transport
         self.load_in_8bit = load_in_8bit
         self.prompt = prompt if prompt is not None else PromptSettings()
-        self.prompt.validate()
         self.privacy_probe = privacy_probe
         if strategy is not None:
             rank_zero_deprecation(
@@ -204,17 +173,7 @@ class FederatedModule(L.LightningModule):
         self.legacy_strategy = strategy
         self.lora = lora if lora is not None else LoRASettings()
         self.items = items if items is not None else ItemSettings()
-        self.items.validate()
         self.item_components = item_components
-        if item_encoding not in ITEM_ENCODINGS:
-            raise ValueError(
-                f"model.item_encoding must be one of {ITEM_ENCODINGS}, got {item_encoding!r}"
-            )
-        if item_encoding == "step" and num_negatives is None:
-            raise ValueError(
-                "model.item_encoding=step encodes the targets and model.num_negatives sampled "
-                "items in every step; set model.num_negatives (e.g. 256)"
-            )
         self.item_encoding = item_encoding
         self.pooling = pooling
         self.temperature = temperature
@@ -229,6 +188,7 @@ class FederatedModule(L.LightningModule):
         self.num_negatives = num_negatives
         self.item_batch_size = item_batch_size
         self.seed = seed
+        self.recommender_settings().validate()
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["strategy", "lora", "prompt", "items"])
         if strategy is not None:
@@ -251,8 +211,6 @@ class FederatedModule(L.LightningModule):
         self.held_clients: list[int] = []
         self._slots: dict[int, int] = {}
         self.num_items = 0
-        self._steps_done: dict[int, int] = {}
-        self._steps_total: dict[int, int] = {}
         self._generator = torch.Generator().manual_seed(seed)
         self.round_anchor: torch.Tensor | None = None
         self._anchors: dict[int, torch.Tensor] = {}
@@ -334,37 +292,21 @@ class FederatedModule(L.LightningModule):
             format_item_text(self.item_text, t, c) for t, c in zip(titles, categories, strict=True)
         ]
         self.num_items = len(texts)
-        if self.recommender_kind == "generative":
-            model, tokenizer = load_causal_lm(self.backbone_name, self.load_in_8bit)
-        else:
-            model, tokenizer = load_encoder(self.backbone_name)
-        self.tokenizer = tokenizer
-        with torch.random.fork_rng(devices=[]):
-            # Same seed, same initial parameters, in every process and whatever the number of
-            # slots: the item components and the adapters are each drawn right after seeding
-            # (slot 0's draws are broadcast), so a one-client host starts where the simulation's
-            # client does.
-            torch.manual_seed(self.seed)
-            components = item_components(
-                self.recommender_settings(),
-                self.num_items,
-                int(model.config.hidden_size),
-                self.num_slots,
-            )
-            torch.manual_seed(self.seed)
-            self.adapters = ClientAdapters(
-                model,
-                self.lora,
-                self.num_slots,
-                [self.slot_client(s) for s in range(self.num_slots)],
-                client_modules=components,
-            )
+        self.adapters, self.tokenizer = build_adapters(
+            self.recommender_settings(),
+            self.backbone_name,
+            self.lora,
+            self.held_clients,
+            self.num_items,
+            self.seed,
+            self.load_in_8bit,
+        )
         self.transport = make_transport(self.transport_name) if self.split else None
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
         self.recommender, self.backend = assemble_recommender(
             self.recommender_settings(),
             self.adapters,
-            tokenizer,
+            self.tokenizer,
             texts,
             self.transport,
             cache / "item-embeddings",
@@ -495,20 +437,13 @@ class FederatedModule(L.LightningModule):
         self.round_anchor = self.adapters.get_matrix()
         self._anchors = {}
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
-        plan = federated_datamodule(self.trainer).round_plan(round_index)
-        self._steps_total = {}
-        for batch in plan:
+        steps: dict[int, int] = {}
+        for batch in federated_datamodule(self.trainer).round_plan(round_index):
             if batch.step_end:
                 slot = self.slot(batch.client)
-                self._steps_total[slot] = self._steps_total.get(slot, 0) + 1
-        self._steps_done = {}
-        for slot, optimizer in enumerate(self.client_optimizers()):
-            if self.reset_optimizer_each_round:
-                optimizer.optimizer.state.clear()
-            scale = self._round_configs[slot].lr_scale
-            for group in optimizer.param_groups:
-                group["round_lr"] = group.get("base_lr", self.lr) * scale
-                group["lr"] = group["round_lr"]
+                steps[slot] = steps.get(slot, 0) + 1
+        scales = [self._round_configs[slot].lr_scale for slot in range(self.num_slots)]
+        self.schedule.start(self.client_optimizers(), scales, steps)
 
     def _anchor_on_device(self, slot: int, device: torch.device) -> torch.Tensor:
         """The slot's round-start adapter (FedProx anchor), moved to ``device`` once per round."""
@@ -575,14 +510,7 @@ class FederatedModule(L.LightningModule):
         if diverged:
             self.round_stats.diverged[client] = True
         else:
-            step = self._steps_done.get(slot, 0)
-            factor = schedule_factor(
-                step, self._steps_total.get(slot, 1), self.warmup_steps, self.lr_decay
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = group.get("round_lr", self.lr) * factor
-            optimizer.step()
-            self._steps_done[slot] = step + 1
+            self.schedule.step(slot, optimizer)
         optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ evaluation
@@ -601,14 +529,7 @@ class FederatedModule(L.LightningModule):
             return
         assert self.backend is not None
         scores = self.backend.scores(self.slot(client), batch["histories"])  # (b, I)
-        per_user = ranking_metrics(
-            scores,
-            padded_mask(batch["targets"], self.num_items),
-            padded_mask(batch["consumed"], self.num_items),
-            DEFAULT_KS,
-        )
-        values = torch.stack([per_user[n].double().cpu() for n in self.eval_names], dim=1)
-        self.evaluation.add(client, values)
+        self.evaluation.add_scores(client, scores, batch["targets"], batch["consumed"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate ranking metrics of a batch of one client's validation users."""

@@ -1,8 +1,9 @@
-"""Putting a recommender together over a host's adapters: trunk, item tables, backend.
+"""Putting a host's model together: base model, clients' adapters, trunk, item tables, backend.
 
-:class:`RecommenderSettings` is the part of the model settings that decides what is built; the
-:class:`~fellrec.training.federated_module.FederatedModule` passes it in with the adapters, the
-tokenizer and the catalog texts, and gets the recommender and the backend it trains through.
+:class:`RecommenderSettings` is the part of the model settings that decides what is built (and
+checks itself); the :class:`~fellrec.training.federated_module.FederatedModule` gets its clients'
+adapters over the frozen base from :func:`build_adapters`, then the recommender and the backend
+it trains through from :func:`assemble_recommender`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fellrec.models.adapters import ClientAdapters
+from fellrec.models.adapters import ClientAdapters, LoRASettings
+from fellrec.models.backbone import load_causal_lm, load_encoder
 from fellrec.models.backends import (
     EncoderBackend,
     GenerativeBackend,
@@ -23,7 +25,7 @@ from fellrec.models.backends import (
     SequentialBackend,
 )
 from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
-from fellrec.models.encoder import SequenceEncoderRecommender
+from fellrec.models.encoder import ITEM_ENCODINGS, POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.item_components import ItemComponents, ItemSettings, centered_text_table
 from fellrec.models.prompts import PromptSettings
@@ -33,6 +35,7 @@ from fellrec.models.text import HistoryRenderer
 from fellrec.models.transport import Transport
 
 Recommender = SequentialRecommender | SequenceEncoderRecommender | GenerativeRecommender
+RECOMMENDERS = ("sequential", "encoder", "generative")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,35 @@ class RecommenderSettings:
         """Whether each client has per-item components besides its adapter."""
         return self.kind == "sequential" or (self.kind == "encoder" and self.item_components)
 
+    def validate(self) -> None:
+        """Refuse settings no recommender can be built from, naming the ``model.*`` key.
+
+        Raises:
+            ValueError: For an unknown recommender, pooling or item encoding, a negative block
+                count or negatives count, ``item_encoding: step`` without sampled negatives, or
+                invalid ``model.items`` / ``model.prompt`` settings.
+        """
+        if self.kind not in RECOMMENDERS:
+            raise ValueError(f"model.recommender must be one of {RECOMMENDERS}, got {self.kind!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.num_negatives is not None and self.num_negatives < 1:
+            raise ValueError(f"model.num_negatives must be >= 1, got {self.num_negatives}")
+        for name, value in (("k_front", self.k_front), ("k_back", self.k_back)):
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value}")
+        if self.item_encoding not in ITEM_ENCODINGS:
+            raise ValueError(
+                f"model.item_encoding must be one of {ITEM_ENCODINGS}, got {self.item_encoding!r}"
+            )
+        if self.item_encoding == "step" and self.num_negatives is None:
+            raise ValueError(
+                "model.item_encoding=step encodes the targets and model.num_negatives sampled "
+                "items in every step; set model.num_negatives (e.g. 256)"
+            )
+        self.items.validate()
+        self.prompt.validate()
+
 
 def item_components(
     settings: RecommenderSettings, num_items: int, hidden: int, count: int
@@ -87,6 +119,48 @@ def item_components(
         ItemComponents(num_items, hidden, settings.items, settings.temperature)
         for _ in range(count)
     ]
+
+
+def build_adapters(
+    settings: RecommenderSettings,
+    backbone: str,
+    lora: LoRASettings,
+    clients: list[int],
+    num_items: int,
+    seed: int,
+    load_in_8bit: bool = False,
+) -> tuple[ClientAdapters, Any]:
+    """Load the frozen base model once and attach each held client's adapter and item components.
+
+    Same seed, same initial parameters, in every process and whatever the number of clients held:
+    the item components and the adapters are each drawn right after seeding (the first slot's
+    draws are copied to the others), so a one-client host starts where the simulation's client
+    does. Torch's global random state is left as it was.
+
+    Args:
+        settings: What the recommender needs (item components or not; causal LM or encoder).
+        backbone: ``model.backbone`` (alias, directory or hub name).
+        lora: The adapters' settings.
+        clients: The client ids held, one slot each, in slot order.
+        num_items: Catalog size (rows of the per-item components).
+        seed: ``model.seed``.
+        load_in_8bit: Load a causal LM's frozen base in 8 bits.
+
+    Returns:
+        The adapters (over the base model) and the base model's tokenizer.
+    """
+    if settings.kind == "generative":
+        model, tokenizer = load_causal_lm(backbone, load_in_8bit)
+    else:
+        model, tokenizer = load_encoder(backbone)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        components = item_components(
+            settings, num_items, int(model.config.hidden_size), len(clients)
+        )
+        torch.manual_seed(seed)
+        adapters = ClientAdapters(model, lora, len(clients), clients, client_modules=components)
+    return adapters, tokenizer
 
 
 def text_table(

@@ -1,0 +1,72 @@
+"""A client's in-round learning-rate schedule, against hand-computed rates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fellrec.training.client_optimization import RoundSchedule, schedule_factor
+
+
+def test_warmup_then_linear_and_cosine_decay() -> None:
+    # Warm-up over 2 steps: 1/2, then 1.
+    assert [schedule_factor(s, 5, 2, "none") for s in range(3)] == [0.5, 1.0, 1.0]
+    # Linear over 5 steps: progress s / 4.
+    assert [schedule_factor(s, 5, 0, "linear") for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert schedule_factor(2, 5, 0, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+    assert schedule_factor(0, 1, 0, "linear") == 1.0  # a one-step round is not decayed
+
+
+def _optimizer(item_lr: float = 0.01) -> torch.optim.Optimizer:
+    adapter, items = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    groups = [
+        {"params": [adapter], "lr": 0.1, "base_lr": 0.1},
+        {"params": [items], "lr": item_lr, "base_lr": item_lr},
+    ]
+    return torch.optim.AdamW(groups)
+
+
+def _step(schedule: RoundSchedule, slot: int, optimizer: torch.optim.Optimizer) -> list[float]:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.ones_like(p)
+    schedule.step(slot, optimizer)
+    return [group["lr"] for group in optimizer.param_groups]
+
+
+def test_a_round_scales_each_groups_base_rate_and_then_follows_the_schedule() -> None:
+    schedule = RoundSchedule(
+        warmup_steps=0, lr_decay="linear", reset_optimizer_each_round=True, lr=1
+    )
+    first, second = _optimizer(), _optimizer()
+    schedule.start([first, second], lr_scales=[2.0, 0.5], steps_total={0: 3, 1: 1})
+    assert [g["lr"] for g in first.param_groups] == [0.2, 0.02]
+    assert [g["lr"] for g in second.param_groups] == [0.05, 0.005]
+    # Slot 0 has 3 steps: factors 1, 1/2, 0 of its round rates.
+    assert _step(schedule, 0, first) == [0.2, 0.02]
+    assert _step(schedule, 0, first) == [0.1, 0.01]
+    assert _step(schedule, 0, first) == [0.0, 0.0]
+    assert _step(schedule, 1, second) == [0.05, 0.005]  # one step: not decayed
+    assert schedule.steps_done == {0: 3, 1: 1}
+
+
+def test_the_next_round_starts_again_and_clears_the_moments_when_asked() -> None:
+    for reset in (True, False):
+        schedule = RoundSchedule(0, "none", reset_optimizer_each_round=reset, lr=1.0)
+        optimizer = _optimizer()
+        schedule.start([optimizer], [1.0], {0: 1})
+        _step(schedule, 0, optimizer)
+        assert len(optimizer.state) == 2
+        schedule.start([optimizer], [3.0], {0: 1})
+        assert schedule.steps_done == {}
+        assert len(optimizer.state) == (0 if reset else 2)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.3, 0.03])
+
+
+def test_invalid_schedule_settings_name_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"model\.lr_decay must be one of"):
+        RoundSchedule(0, "step", True, lr=1e-3)
+    with pytest.raises(ValueError, match=r"model\.lr must be > 0"):
+        RoundSchedule(0, "none", True, lr=0.0)
