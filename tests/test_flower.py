@@ -16,6 +16,7 @@ from fellrec.deploy.messages import (
     EvaluationReport,
     TrainReport,
     evaluate_content,
+    evaluation_request_from,
     parameters_from,
     round_config_from,
     train_content,
@@ -50,6 +51,10 @@ def test_reports_round_trip():
     again = EvaluationReport.from_content(evaluation.content())
     assert again.client == 1 and again.users == 5.0
     assert torch.equal(again.values, values) and torch.equal(again.sums, values.sum(0))
+    assert again.popularity is None
+    evaluation = EvaluationReport(1, values.sum(0), 5.0, values, popularity=values.sum(0) / 2)
+    again = EvaluationReport.from_content(evaluation.content())
+    assert again.popularity is not None and torch.equal(again.popularity, values.sum(0) / 2)
     with pytest.raises(ValueError, match="stage"):
         evaluate_content(torch.zeros(2), "training")
 
@@ -103,6 +108,8 @@ def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_di
     assert got["client_best_rounds"] == expected["client_best_rounds"]
     for client in ("0", "1", "2"):
         assert got["clients"][client] == pytest.approx(expected["clients"][client], abs=1e-6)
+    for section in ("overall", "clients", "balance"):  # the same baseline, summed the same way
+        assert got["popularity"][section] == expected["popularity"][section]
     for record, reference in zip(got["history"], expected["history"], strict=True):
         assert record["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-6)
         assert record["lr"] == pytest.approx(reference["lr"], abs=1e-9)
@@ -156,7 +163,11 @@ class FakeGrid:
                 values = torch.full(
                     (3, len(metric_names())), 0.1 * (client + 1), dtype=torch.float64
                 )
-                content = EvaluationReport(client, values.sum(0), 3.0, values).content()
+                stage, _ = evaluation_request_from(message.content)
+                # At the test the client also reports the popularity baseline: half its scores.
+                popularity = values.sum(0) / 2 if stage == "test" else None
+                content = EvaluationReport(client, values.sum(0), 3.0, values, popularity)
+                content = content.content()
             reply = FakeReply(content, self.node_of[client])
             replies.append(reply)
         return replies
@@ -210,6 +221,10 @@ def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path, 
     trains = [content for kind, _, content in grid.sent if kind == "train"]
     assert [float(parameters_from(c)[0]) for c in trains] == [0, 0, 0, 2, 2, 2, 3.5, 3.5, 3.5]
     assert results["clients"]["2"]["users"] == 3
+    # Each client's popularity baseline over its 3 test users: 0.05 x (client + 1) per user.
+    popularity = results["popularity"]
+    assert [popularity["clients"][c]["ndcg@10"] for c in "012"] == pytest.approx([0.05, 0.1, 0.15])
+    assert popularity["overall"]["users"] == 9
     selected = load_file(str(tmp_path / PARAMETERS_FILE))
     assert torch.equal(selected["client_0"], torch.full((4,), 2.0))  # ties keep the first round
 
@@ -261,6 +276,13 @@ def test_only_parameters_round_configs_losses_counts_and_metrics_cross(tmp_path)
         "values": ["0", "1"],
         "report": ["partition-id", "users"],
     }
+    # The final test adds the popularity baseline's sums (M,) over the same users.
+    reply = EvaluationReport(0, values.sum(0), 3.0, values, values.sum(0)).content()
+    assert [array.shape for array in reply.array_records["values"].to_numpy_ndarrays()] == [
+        (2,),
+        (3, 2),
+        (2,),
+    ]
 
 
 class CrashingGrid(FakeGrid):
@@ -362,6 +384,7 @@ def test_a_loopback_deployment_runs_the_federation_as_the_simulation_does(
     assert got["deployment"]["engine"] == "flower" and len(got["deployment"]["nodes"]) == 2
     for client in ("0", "1"):
         assert got["clients"][client] == pytest.approx(expected["clients"][client], abs=1e-6)
+    assert got["popularity"]["clients"] == expected["popularity"]["clients"]
 
 
 @pytest.mark.slow

@@ -147,11 +147,16 @@ class ClientSession:
             trainer.test(self.module, datamodule=self.datamodule, verbose=False)
         sums, counts, _ = self.module.collect_eval()
         _, values = self.module.collect_eval_values()
+        popularity = None
+        if stage == "test" and self.datamodule.popularity_sums is not None:
+            # The baseline over the same test users, for the results' popularity section.
+            popularity = self.datamodule.popularity_sums[0][self.client]
         report = EvaluationReport(
             client=self.client,
             sums=sums[self.client],
             users=float(counts[self.client]),
             values=values,
+            popularity=popularity,
         )
         if stage == "test" and selection is not None:
             self._export(report, *selection)

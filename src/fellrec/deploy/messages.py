@@ -4,7 +4,7 @@ Per round only this crosses: the client's parameters (adapter and item component
 vector), its round config (round, learning-rate scale, proximal weight, whether it trains) and,
 back, its parameters after training, summed loss, example count and divergence flag; for
 evaluation, the per-client metric sums, user count and per-user metric values (for the bootstrap
-intervals).
+intervals) and, with the final test, the popularity baseline's metric sums over the same users.
 """
 
 from __future__ import annotations
@@ -148,18 +148,24 @@ class EvaluationReport:
         sums: Metric sums over its users ``(M,)``.
         users: Users evaluated.
         values: Each user's metric values ``(U, M)``.
+        popularity: The popularity baseline's metric sums over the same users ``(M,)`` (the
+            final test only), for the popularity section of the results.
     """
 
     client: int
     sums: torch.Tensor
     users: float
     values: torch.Tensor
+    popularity: torch.Tensor | None = None
 
     def content(self) -> RecordDict:
         """As a reply's content."""
+        arrays = [self.sums.double().numpy(), self.values.double().numpy()]
+        if self.popularity is not None:
+            arrays.append(self.popularity.double().numpy())
         return RecordDict(
             {
-                VALUES: ArrayRecord([self.sums.double().numpy(), self.values.double().numpy()]),
+                VALUES: ArrayRecord(arrays),
                 REPORT: MetricRecord({"partition-id": self.client, "users": self.users}),
             }
         )
@@ -167,13 +173,14 @@ class EvaluationReport:
     @classmethod
     def from_content(cls, content: RecordDict) -> EvaluationReport:
         """Read a reply's content."""
-        sums, values = content.array_records[VALUES].to_numpy_ndarrays()
+        sums, values, *popularity = content.array_records[VALUES].to_numpy_ndarrays()
         report = content.metric_records[REPORT]
         return cls(
             client=int(report["partition-id"]),  # type: ignore[arg-type]
             sums=torch.from_numpy(np.array(sums, copy=True)),
             users=float(report["users"]),  # type: ignore[arg-type]
             values=torch.from_numpy(np.array(values, copy=True)),
+            popularity=torch.from_numpy(np.array(popularity[0], copy=True)) if popularity else None,
         )
 
 

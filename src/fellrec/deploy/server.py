@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from flwr.app import Message, MessageType, RecordDict
@@ -47,6 +47,25 @@ STATE_FILE = "server_state.pt"
 def flower_message(content: RecordDict, node: int, kind: str) -> Message:
     """A Flower message of type ``kind`` for node ``node``."""
     return Message(content=content, dst_node_id=node, message_type=kind)
+
+
+class Evaluated(NamedTuple):
+    """The clients' reports of one evaluation, gathered.
+
+    Attributes:
+        sums: Per-client metric sums ``(N, M)``.
+        users: Per-client users ``(N,)``.
+        clients: Every evaluated user's client ``(U,)``.
+        values: Every evaluated user's metric values ``(U, M)``.
+        popularity: The popularity baseline's per-client sums over the same users ``(N, M)``,
+            when every client that answered reported it (the final test).
+    """
+
+    sums: torch.Tensor
+    users: torch.Tensor
+    clients: torch.Tensor
+    values: torch.Tensor
+    popularity: torch.Tensor | None
 
 
 class FederationServer:
@@ -207,8 +226,8 @@ class FederationServer:
 
     def _evaluate(
         self, theta: torch.Tensor, stage: str, selected_rounds: list[int] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-client metric sums ``(N, M)``, users ``(N,)``; every user's client and values.
+    ) -> Evaluated:
+        """What the clients report for ``stage`` (absent clients count no users).
 
         With ``selected_rounds`` (the final test) each client is told its selected round, and
         exports the adapter it is sent.
@@ -226,21 +245,27 @@ class FederationServer:
         )
         sums = torch.zeros(self.num_clients, len(self.metric_names), dtype=torch.float64)
         users = torch.zeros(self.num_clients, dtype=torch.float64)
+        popularity: torch.Tensor | None = torch.zeros_like(sums)
         clients, values = [], []
         for client, content in sorted(answers.items()):
             report = EvaluationReport.from_content(content)
             sums[client], users[client] = report.sums, report.users
             clients.append(torch.full((report.values.shape[0],), client))
             values.append(report.values)
+            if popularity is not None and report.popularity is not None:
+                popularity[client] = report.popularity
+            else:
+                popularity = None
         absent = [c for c in range(self.num_clients) if c not in answers]
         if absent:
             log.warning("%s: clients %s did not report", stage, absent)
         width = len(self.metric_names)
-        return (
+        return Evaluated(
             sums,
             users,
             torch.cat(clients) if clients else torch.zeros(0, dtype=torch.long),
             torch.cat(values) if values else torch.zeros(0, width, dtype=torch.float64),
+            popularity if answers else None,
         )
 
     def fit(self) -> Path:
@@ -268,7 +293,7 @@ class FederationServer:
         for round_index in range(first, self.run.rounds):
             theta, lr_scale, record = self._train_round(round_index, theta, lr_scale)
             started = time.perf_counter()
-            sums, users, _, _ = self._evaluate(theta, "validation")
+            sums, users, *_ = self._evaluate(theta, "validation")
             summary = summarize(sums, users, self.metric_names)
             column = self.metric_names.index(metric)
             overall = summary["overall"]
@@ -291,15 +316,19 @@ class FederationServer:
                 record["seconds"],
             )
         assert selection.best_parameters is not None
-        sums, users, clients, values = self._evaluate(
+        test = self._evaluate(
             selection.best_parameters, "test", [int(r) for r in selection.best_rounds]
         )
-        summary = summarize(sums, users, self.metric_names)
+        summary = summarize(test.sums, test.users, self.metric_names)
+        if test.popularity is not None:
+            # The clients' popularity baseline on the same test users (without intervals:
+            # its per-user values stay on the clients).
+            summary["popularity"] = summarize(test.popularity, test.users, self.metric_names)
         if self.run.loop.bootstrap_resamples > 0:
-            per_user = {name: values[:, j] for j, name in enumerate(self.metric_names)}
+            per_user = {name: test.values[:, j] for j, name in enumerate(self.metric_names)}
             summary["ci"] = confidence_intervals(
                 per_user,
-                clients,
+                test.clients,
                 self.num_clients,
                 self.metric_names,
                 self.run.loop.bootstrap_resamples,

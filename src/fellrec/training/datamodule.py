@@ -157,6 +157,7 @@ class FederatedDataModule(L.LightningDataModule):
         self.train_round: int | None = None
         self._data: FederatedData | None = None
         self.popularity: dict[str, object] | None = None
+        self.popularity_sums: tuple[torch.Tensor, torch.Tensor] | None = None
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["dataset"])
         self.hparams["dataset"] = asdict(self.settings.dataset)
@@ -196,6 +197,8 @@ class FederatedDataModule(L.LightningDataModule):
         names = metric_names()
         clients = torch.from_numpy(data.assignment[data.split.test.users])
         sums, counts = client_sums(per_user, clients, self.num_clients, names)
+        # Per-client sums, which a deployed client reports for its own users.
+        self.popularity_sums = (sums, counts)
         self.popularity = summarize(sums, counts, names)
         self.popularity["ci"] = confidence_intervals(per_user, clients, self.num_clients, names)
 
