@@ -310,6 +310,10 @@ def interrupt_fit(config: Path, root: Path, sig: signal.Signals) -> subprocess.C
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell starts background jobs with SIGINT ignored, and the child would inherit that
+        # (Python then never raises KeyboardInterrupt): give it the default disposition, as a
+        # terminal would, whoever started the tests.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
