@@ -11,11 +11,12 @@ each split (``leave_one_out``, ``temporal``), on the same data, 5 k-means client
   ``heating: false``), each a separate process, run directory and log.
 
 Every model is selected on validation (per-client selection, best round) and reported on test.
-With ``--seeds 0,1,2`` the strategies named by ``--seed-strategies`` are run again for each further
-seed (``data.seed``: the k-means partition, subsample, initial draws and batch order, and
-``seed_everything``) into ``<output>/<split>/seed-<s>/``, and the document gains a table of the
-mean and spread over seeds and the paired FELLRec - FedAvg differences: the comparison a single
-seed cannot settle (benchmarks/README.md, "Run-to-run noise").
+With ``--seeds 0,1,2`` the strategies named by ``--seed-strategies`` (and the baselines of
+``--seed-baselines``, with their own seeds) are run again for each further seed (``data.seed``:
+the k-means partition, subsample, initial draws and batch order, and ``seed_everything``) into
+``<output>/<split>/seed-<s>/``, and the document gains a table of the mean and spread over seeds
+and the paired FELLRec - FedAvg differences: the comparison a single seed cannot settle
+(benchmarks/README.md, "Run-to-run noise").
 Writes ``<output>/quality.md`` (overall and worst-client NDCG@10 / Recall@10 with 95% bootstrap
 intervals, std and Jain's index across clients, best round, minutes; the issue's targets checked)
 and, per split, ``fellrec report`` into ``<output>/<split>/``. Finished runs are skipped, so an
@@ -168,6 +169,9 @@ def run_split(
         if not all((d / "results.json").is_file() for d in directories):
             args = ["baselines", "--config", str(BASE_CONFIG), *shared]
             args += ["--baselines", ",".join(baselines), "--output", str(root)]
+            if seed is not None:  # the baselines have their own seeds (sasrec.seed, bpr.seed)
+                for name in baselines:
+                    args += [f"--{name}.seed", str(seed)]
             print(f"[{root.relative_to(output)}] baselines {', '.join(baselines)}", flush=True)
             seconds["baselines"] = fellrec(args, root / "logs" / "baselines.log")
         runs.update(zip(baselines, directories, strict=True))
@@ -324,7 +328,7 @@ def seed_summary(per_seed: dict[int, dict[str, Any]], popularity: float) -> list
             not depend on it).
     """
     seeds = sorted(per_seed)
-    names = [n for n in STRATEGY_SPECS if all(n in per_seed[s] for s in seeds)]
+    names = [n for n in (*BASELINE_NAMES, *STRATEGY_SPECS) if all(n in per_seed[s] for s in seeds)]
 
     def values(name: str, stat: str | None = None) -> list[float]:
         picked = []
@@ -372,6 +376,9 @@ def main() -> None:
         help="comma-separated seeds; the first runs everything, the others --seed-strategies",
     )
     parser.add_argument("--seed-strategies", default=",".join(SEED_STRATEGIES))
+    parser.add_argument(
+        "--seed-baselines", default="sasrec", help="baselines run again per further seed"
+    )
     options = parser.parse_args()
     try:
         seeds = [int(s) for s in options.seeds.split(",") if s]
@@ -389,6 +396,7 @@ def main() -> None:
     unknown = [s for s in seed_strategies if s not in STRATEGY_SPECS]
     if unknown:
         raise SystemExit(f"unknown --seed-strategies {unknown}; choose from {list(STRATEGY_SPECS)}")
+    seed_baselines = [b for b in options.seed_baselines.split(",") if b]
     output = options.output
     if options.data is None:
         from fellrec.data.fetch import fetch_ml100k
@@ -420,8 +428,11 @@ def main() -> None:
         if len(seeds) > 1:
             per_seed = {seeds[0]: loaded}
             again = [s for s in strategies if s in seed_strategies]
+            again_baselines = [b for b in baselines if b in seed_baselines]
             for seed in seeds[1:]:
-                extra = run_split(split, data_dir, output, options.budget, again, [], seed)
+                extra = run_split(
+                    split, data_dir, output, options.budget, again, again_baselines, seed
+                )
                 per_seed[seed] = load_results(extra)
             popularity = float(next(iter(loaded.values()))["popularity"]["overall"]["ndcg@10"])
             document += ["", f"### {split}: over seeds {options.seeds}", ""]
