@@ -55,3 +55,18 @@ def test_shards_partition_a_global_batch():
 def test_invalid_sizes_fail():
     with pytest.raises(ValueError, match="batch_size"):
         plan_round(np.zeros(3, dtype=int), 1, 0, 1, 1, 0, 0)
+
+
+def test_a_process_without_rows_of_a_global_batch_gets_a_stand_in():
+    import numpy as np
+
+    from fellrec.training.datamodule import _rows_of
+
+    indices = np.array([7, 8, 9])
+    assert _rows_of(indices, 0, 2)[0].tolist() == [7, 9] and not _rows_of(indices, 0, 2)[1]
+    assert _rows_of(indices, 1, 2)[0].tolist() == [8] and not _rows_of(indices, 1, 2)[1]
+    rows, stand_in = _rows_of(np.array([5]), 1, 2)  # one row, two processes
+    assert rows.tolist() == [5] and stand_in
+    rows, stand_in = _rows_of(np.array([5]), 0, 2)
+    assert rows.tolist() == [5] and not stand_in
+    assert _rows_of(np.array([], dtype=np.int64), 0, 2)[0].size == 0  # nothing to stand in for

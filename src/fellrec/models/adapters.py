@@ -9,14 +9,18 @@ into an ``(N, P)`` matrix.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+
+from fellrec.models.sharding import copy_into, full_tensor, is_sharded
 
 
 @dataclass
@@ -144,25 +148,33 @@ class ClientAdapters:
         self.num_clients = num_clients
         self._params: list[list[nn.Parameter]] = []
         self.keys: list[str] = []
+        #: Each slot's adapter parameters by their peft name (what ``save_pretrained`` writes).
+        self._peft_names: list[dict[str, nn.Parameter]] = []
+        self.collect_parameters()
+        initial = self.get_vector(0)
+        for client in range(1, num_clients):
+            self.set_vector(client, initial)
+        self.activate(0)
+
+    def collect_parameters(self) -> None:
+        """Find every slot's parameters in the model, in the fixed key order.
+
+        Called again after something replaced the model's parameter objects (sharding does).
+        """
+        self._params, self._peft_names = [], []
         for client, name in enumerate(self.names):
             tag = f".{name}."
-            named = sorted(
-                (name.replace(tag, "."), param)
-                for name, param in self.model.named_parameters()
-                if tag in name
-            )
+            peft_named = {key: p for key, p in self.model.named_parameters() if tag in key}
+            self._peft_names.append(peft_named)
+            named = sorted((key.replace(tag, "."), param) for key, param in peft_named.items())
             if self.client_modules is not None:
                 named += [
                     (CLIENT_MODULE_PREFIX + key, param)
                     for key, param in self.client_modules[client].named_parameters()
                 ]
             if client == 0:
-                self.keys = [name for name, _ in named]
+                self.keys = [key for key, _ in named]
             self._params.append([param for _, param in named])
-        initial = self.get_vector(0)
-        for client in range(1, num_clients):
-            self.set_vector(client, initial)
-        self.activate(0)
 
     @property
     def num_parameters(self) -> int:
@@ -209,13 +221,32 @@ class ClientAdapters:
             for slot, module in enumerate(self.client_modules):
                 module.requires_grad_(slot == client)
 
+    @contextlib.contextmanager
+    def all_trainable(self) -> Iterator[None]:
+        """Every slot's parameters require grad inside (then only the active slot's again)."""
+        active = self.names.index(str(self.model.active_adapter))
+        try:
+            for params in self._params:
+                for param in params:
+                    param.requires_grad_(True)
+            yield
+        finally:
+            for params in self._params:
+                for param in params:
+                    param.requires_grad_(False)
+            self.model.set_adapter(self.names[active])
+            self.activate(active)
+
     def get_vector(self, client: int) -> torch.Tensor:
         """Return a client's adapter as one flat float32 CPU vector ``(P,)`` (a copy).
 
         Aggregation runs on the CPU: it is one Gram matrix and one matmul, and keeping N copies
-        of the adapters off the accelerator leaves its memory to the model.
+        of the adapters off the accelerator leaves its memory to the model. Sharded parameters
+        are gathered whole: with sharded blocks every process must call this at once.
         """
-        return torch.cat([p.detach().reshape(-1).float().cpu() for p in self._params[client]])
+        return torch.cat(
+            [full_tensor(p.detach()).reshape(-1).float().cpu() for p in self._params[client]]
+        )
 
     def get_matrix(self) -> torch.Tensor:
         """Return all clients' adapters stacked ``(N, P)`` (float32, CPU)."""
@@ -231,7 +262,7 @@ class ClientAdapters:
         offset = 0
         for param in self._params[client]:
             size = param.numel()
-            param.copy_(vector[offset : offset + size].view_as(param))  # casts dtype and device
+            copy_into(param, vector[offset : offset + size].view(param.shape))  # casts dtype
             offset += size
 
     def set_matrix(self, matrix: torch.Tensor) -> None:
@@ -241,23 +272,49 @@ class ClientAdapters:
 
     def state_dict(self, client: int) -> dict[str, torch.Tensor]:
         """Return a client's parameters as ``{key: tensor}`` with the adapter name removed."""
-        return {k: p.detach().clone() for k, p in zip(self.keys, self._params[client], strict=True)}
+        return {
+            k: full_tensor(p.detach()).clone()
+            for k, p in zip(self.keys, self._params[client], strict=True)
+        }
 
-    def save(self, directory: str | Path) -> None:
+    @property
+    def sharded(self) -> bool:
+        """Whether some adapter parameters are sharded across processes."""
+        return any(is_sharded(p) for p in self._params[0])
+
+    def gathered_state(self) -> dict[str, torch.Tensor] | None:
+        """Every slot's adapter, whole, by peft name, for :meth:`save` (``None`` if not sharded).
+
+        A collective when sharded: every process calls it, one of them saves.
+        """
+        if not self.sharded:
+            return None
+        return {
+            key: full_tensor(p.detach()).cpu()
+            for named in self._peft_names
+            for key, p in named.items()
+        }
+
+    def save(self, directory: str | Path, gathered: dict[str, torch.Tensor] | None = None) -> None:
         """Export every client into ``<directory>/client_<id>/``.
 
         The adapter in peft format, plus the client module's parameters (when there is one) as
         ``item_components.safetensors`` beside it.
+
+        Args:
+            directory: Where the ``client_<id>`` folders go.
+            gathered: :meth:`gathered_state`, taken on every process, when the adapters are
+                sharded (one process cannot gather them alone).
         """
         from safetensors.torch import save_file  # a transformers dependency
 
-        self.model.save_pretrained(str(directory), selected_adapters=self.names)
+        if self.sharded and gathered is None:
+            raise ValueError("sharded adapters save from gathered_state(), taken on every rank")
+        extra: dict[str, Any] = {"state_dict": gathered} if gathered is not None else {}
+        self.model.save_pretrained(str(directory), selected_adapters=self.names, **extra)
         if self.client_modules is None:
             return
-        for client, name in enumerate(self.names):
-            tensors = {
-                key[len(CLIENT_MODULE_PREFIX) :]: value.contiguous()
-                for key, value in self.state_dict(client).items()
-                if key.startswith(CLIENT_MODULE_PREFIX)
-            }
+        for module, name in zip(self.client_modules, self.names, strict=True):
+            # Client modules are never sharded: this process holds them whole.
+            tensors = {key: p.detach().contiguous() for key, p in module.named_parameters()}
             save_file(tensors, str(Path(directory) / name / CLIENT_MODULE_FILE))

@@ -16,6 +16,7 @@ to know whether items are scored by an encoder's item table or found by generati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -49,6 +50,15 @@ class RecommenderBackend(Protocol):
 
     def invalidate(self, identical_adapters: bool = False) -> None:
         """Forget what was computed with the previous adapters."""
+        ...
+
+    def lockstep(self, max_over_processes: Callable[[int], int]) -> None:
+        """From now on run the model equally often on every process (its blocks get sharded).
+
+        Called before the blocks are sharded. ``max_over_processes(n)`` is the largest ``n`` any
+        process passes (a collective); a backend whose number of model calls depends on its
+        rows uses it to pad with extra calls.
+        """
         ...
 
 
@@ -85,6 +95,9 @@ class SequentialBackend:
 
     def invalidate(self, identical_adapters: bool = False) -> None:
         """Nothing to forget."""
+
+    def lockstep(self, max_over_processes: Callable[[int], int]) -> None:
+        """Nothing to do: one trunk call per batch, whatever its rows."""
 
 
 class EncoderBackend:
@@ -147,6 +160,9 @@ class EncoderBackend:
         """
         self.item_tables.clear()
         self._tables_shared = identical_adapters
+
+    def lockstep(self, max_over_processes: Callable[[int], int]) -> None:
+        """Nothing to do: the catalog, a batch's histories and its items are one call each."""
 
     def losses(
         self,
@@ -226,3 +242,7 @@ class GenerativeBackend:
 
     def invalidate(self, identical_adapters: bool = False) -> None:
         """Nothing to forget: item-title embeddings come from the base model, not the adapters."""
+
+    def lockstep(self, max_over_processes: Callable[[int], int]) -> None:
+        """Beam search and grounding run the model equally often on every process."""
+        self.recommender.lockstep(max_over_processes)

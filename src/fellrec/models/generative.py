@@ -70,6 +70,8 @@ class GenerativeRecommender(nn.Module):
         self.embedding_cache = Path(embedding_cache) if embedding_cache is not None else None
         # A plain attribute, not a submodule: a split trunk may hold modules owned elsewhere.
         self.__dict__["_trunk"] = trunk
+        #: Set by :meth:`lockstep`: the largest count over the processes (sharded blocks).
+        self._max_over_processes: Callable[[int], int] | None = None
         self.eos_id = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_id
@@ -225,15 +227,32 @@ class GenerativeRecommender(nn.Module):
             return self.model.disable_adapter()
         return contextlib.nullcontext()
 
+    def lockstep(self, max_over_processes: Callable[[int], int]) -> None:
+        """Run the model equally often on every process from now on (sharded blocks).
+
+        Beam search keeps stepping on a process whose beams finished until all have
+        (``synced_gpus``); grounding pads with extra batches. The item-title table is computed
+        now, before the blocks are sharded, so no process computes it alone later.
+        """
+        self.item_embeddings()
+        self._max_over_processes = max_over_processes
+
     def _embed(self, sequences: list[list[int]]) -> torch.Tensor:
         """Last-token, last-layer states ``(N, H)`` of the base model without adapters."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        starts = range(0, len(order), self.item_batch_size)
+        calls = len(starts)
+        if self._max_over_processes is not None:
+            calls = self._max_over_processes(calls)
         chunks = []
         with self._eval_mode(), self._without_adapters(), torch.inference_mode():
-            for start in range(0, len(order), self.item_batch_size):
+            for start in starts:
                 batch = [sequences[i] for i in order[start : start + self.item_batch_size]]
                 input_ids, attention_mask = self._pad(batch, left=True)
                 chunks.append(self._decode(input_ids, attention_mask)[:, -1].float())
+            for _ in range(calls - len(starts)):
+                # Another process has more batches: run its sharded blocks along (discarded).
+                self._decode(*self._pad([[self.eos_id]], left=True))
             encoded = torch.cat(chunks)
         # Copied out of inference mode so callers may keep it around autograd.
         table = torch.empty(encoded.shape, dtype=encoded.dtype, device=encoded.device)
@@ -290,7 +309,11 @@ class GenerativeRecommender(nn.Module):
         with self._eval_mode(), torch.inference_mode(), routing() if routing else nullcontext():
             generate: Any = self.model.generate
             output = generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                # Sharded blocks: every process steps until all processes' beams are done.
+                synced_gpus=self._max_over_processes is not None,
             )
         texts = self.tokenizer.batch_decode(
             output[:, input_ids.shape[1] :], skip_special_tokens=True

@@ -37,6 +37,8 @@ class ResourceFacts:
             with item ids), so gradients flow into the front.
         traffic_bytes: Bytes the transport carried for training micro-batches so far.
         traffic_steps: Training micro-batches those bytes were carried for.
+        sharding: Under ``--trainer.strategy model_parallel``: the sharded blocks, processes and
+            their parameter bytes in this process and whole (measured); None otherwise.
     """
 
     config: Any
@@ -50,6 +52,7 @@ class ResourceFacts:
     trainable_inputs: bool
     traffic_bytes: int
     traffic_steps: int
+    sharding: dict[str, int] | None = None
 
 
 def resource_summary_of(facts: ResourceFacts) -> dict[str, Any]:
@@ -83,6 +86,8 @@ def resource_summary_of(facts: ResourceFacts) -> dict[str, Any]:
         "training_bytes": facts.traffic_bytes,
         "bytes_per_step": facts.traffic_bytes / steps if steps else 0.0,
     }
+    if facts.sharding is not None:
+        report["measured"]["sharding"] = dict(facts.sharding)
     return report
 
 
@@ -104,6 +109,7 @@ def resource_facts(module: FederatedModule) -> ResourceFacts:
         trainable_inputs=module.recommender_kind == "sequential" and module.items.ids,
         traffic_bytes=int(module.train_traffic["bytes"]),
         traffic_steps=int(module.train_traffic["steps"]),
+        sharding=module.sharding_measured,
     )
 
 

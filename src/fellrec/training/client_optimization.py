@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fellrec.models.adapters import CLIENT_MODULE_PREFIX
+from fellrec.models.sharding import is_sharded
 
 LR_DECAYS = ("none", "linear", "cosine")
 
@@ -94,12 +95,18 @@ def client_param_groups(
 ) -> list[dict[str, Any]]:
     """A client's AdamW groups: the adapter at ``lr``, its item components at ``item_lr``.
 
-    Each group keeps its ``base_lr``, which a round's learning-rate scale multiplies.
+    Each group keeps its ``base_lr``, which a round's learning-rate scale multiplies. Sharded
+    adapter parameters (DTensors) get a group of their own: AdamW's multi-tensor kernels refuse a
+    group that mixes them with plain tensors.
     """
     pairs = list(zip(keys, params, strict=True))
     adapter = [p for key, p in pairs if not key.startswith(CLIENT_MODULE_PREFIX)]
     items = [p for key, p in pairs if key.startswith(CLIENT_MODULE_PREFIX)]
-    groups: list[dict[str, Any]] = [{"params": adapter, "lr": lr, "base_lr": lr}]
+    plain = [p for p in adapter if not is_sharded(p)]
+    sharded = [p for p in adapter if is_sharded(p)]
+    groups: list[dict[str, Any]] = [
+        {"params": group, "lr": lr, "base_lr": lr} for group in (plain, sharded) if group
+    ]
     if items:
         item_lr = item_lr if item_lr is not None else lr
         groups.append({"params": items, "lr": item_lr, "base_lr": item_lr})
@@ -114,6 +121,8 @@ def average_gradients(
 ) -> bool:
     """Replace the gradients by their mean over the processes; whether any process diverged.
 
+    Sharded parameters are left alone: FSDP's reduce-scatter already averaged their gradients.
+
     Args:
         params: One client's parameters (a missing gradient counts as zeros).
         diverged: Whether this process saw a NaN/inf loss for the client in this step.
@@ -124,6 +133,7 @@ def average_gradients(
         True when some process diverged (the gradients are then left as they are).
     """
     device = params[0].device
+    params = [p for p in params if not is_sharded(p)]
     flat = torch.cat(
         [
             p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device)

@@ -50,6 +50,19 @@ def _pad(rows: Sequence[np.ndarray], fill: int = -1) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def _rows_of(indices: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, bool]:
+    """This process's rows of a global batch, and whether they are a stand-in.
+
+    A process with none of the batch's rows gets its first row as a stand-in, which weighs
+    nothing: every process still runs the model on every batch, as sharded blocks need (their
+    collectives hang when one process skips a call).
+    """
+    rows = shard(indices, rank, world)
+    if len(rows) == 0 and len(indices) > 0:
+        return indices[:1], True
+    return rows, False
+
+
 class _PlannedBatches(IterableDataset):
     """Yields this process's share of each planned batch, drawing the plan lazily."""
 
@@ -279,9 +292,10 @@ class FederatedDataModule(L.LightningDataModule):
         examples = self.data.examples
         batches = []
         for planned in self.round_plan(round_index):
-            rows = shard(planned.indices, rank, world)
+            rows, stand_in = _rows_of(planned.indices, rank, world)
             batches.append(
                 {
+                    "stand_in": stand_in,
                     "client": planned.client,
                     "histories": torch.from_numpy(examples.histories[rows]),
                     "targets": torch.from_numpy(examples.targets[rows]),
@@ -308,7 +322,8 @@ class FederatedDataModule(L.LightningDataModule):
                 continue
             members = np.flatnonzero(clients == client)
             for start in range(0, len(members), self.eval_batch_size):
-                rows = shard(members[start : start + self.eval_batch_size], rank, world)
+                batch_members = members[start : start + self.eval_batch_size]
+                rows, stand_in = _rows_of(batch_members, rank, world)
                 history_matrix = np.full(
                     (len(rows), self.settings.history_length), -1, dtype=np.int64
                 )
@@ -319,6 +334,7 @@ class FederatedDataModule(L.LightningDataModule):
                 batches.append(
                     {
                         "client": client,
+                        "stand_in": stand_in,
                         "users": torch.from_numpy(users.users[rows]),
                         "histories": torch.from_numpy(history_matrix),
                         "targets": _pad([users.targets[r] for r in rows]),

@@ -15,13 +15,14 @@ parameters, which per-client routing breaks).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_deprecation
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
@@ -37,6 +38,7 @@ from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.item_components import ItemSettings, item_component_parameters
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
+from fellrec.models.sharding import is_sharded, local_part
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import TRANSPORTS, Transport, make_transport
 from fellrec.training.client_optimization import (
@@ -51,6 +53,7 @@ from fellrec.training.recommender_assembly import (
     assemble_recommender,
     build_adapters,
 )
+from fellrec.training.server_sharding import ShardingRequest, shard_server_blocks
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,9 @@ class FederatedModule(L.LightningModule):
         k_front: Blocks after the embeddings that stay on the client.
         k_back: Last blocks (before the final norm and head) that stay on the client.
         transport: How hidden states cross between client and server (``local``: in process).
+        shard_client_blocks: Under ``--trainer.strategy ModelParallelStrategy`` (which shards
+            the server's middle blocks across the processes), shard the client's front and back
+            blocks too; off: they stay replicated, like the embeddings and the head.
         load_in_8bit: Load the frozen base in 8 bits (generative; needs bitsandbytes and a GPU).
         prompt: Prompt wording, cutoff and decoding of the generative recommender.
         privacy_probe: At the end of a split run, play the honest-but-curious server (linear
@@ -126,6 +132,7 @@ class FederatedModule(L.LightningModule):
         k_front: int = 1,
         k_back: int = 1,
         transport: str = "local",
+        shard_client_blocks: bool = False,
         load_in_8bit: bool = False,
         prompt: PromptSettings | None = None,
         privacy_probe: bool = True,
@@ -160,6 +167,11 @@ class FederatedModule(L.LightningModule):
         self.k_front = k_front
         self.k_back = k_back
         self.transport_name = transport
+        self.shard_client_blocks = shard_client_blocks
+        #: The blocks sharded across the processes (empty unless under ModelParallelStrategy).
+        self.sharded_blocks: list[torch.nn.Module] = []
+        #: What sharding measured (blocks, processes, parameter bytes here and whole), or None.
+        self.sharding_measured: dict[str, int] | None = None
         self.load_in_8bit = load_in_8bit
         self.prompt = prompt if prompt is not None else PromptSettings()
         self.privacy_probe = privacy_probe
@@ -263,6 +275,15 @@ class FederatedModule(L.LightningModule):
         self.adapters.set_matrix(parameters)
         self.invalidate_item_tables(identical_adapters=identical)
 
+    def gathered_adapters(self) -> dict[str, torch.Tensor] | None:
+        """Sharded adapters gathered whole for export (``None`` unless sharded; a collective)."""
+        return self.adapters.gathered_state() if self.adapters is not None else None
+
+    @property
+    def sharded(self) -> bool:
+        """Whether blocks of the model are sharded across the processes."""
+        return bool(self.sharded_blocks)
+
     def round_start_parameters(self) -> torch.Tensor:
         """The held clients' parameters when the current round started ``(S, P)``."""
         assert self.round_anchor is not None, "no round has started"
@@ -324,6 +345,39 @@ class FederatedModule(L.LightningModule):
             self.num_items,
         )
         self._client_sizes = torch.as_tensor(sizes, dtype=torch.float64)
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: shard the server's middle blocks across the processes.
+
+        Runs after :meth:`setup` (the model is built; catalog tables are computed unsharded) and
+        before the optimizers are built. Other strategies replicate the model as before.
+        """
+        if self._trainer is None or self.sharded or self.adapters is None:
+            return
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, ModelParallelStrategy):
+            return
+        request = ShardingRequest(
+            split=self.split,
+            k_front=self.k_front,
+            k_back=self.k_back,
+            client_blocks=self.shard_client_blocks,
+            load_in_8bit=self.load_in_8bit,
+            precision=str(self.trainer.precision),
+            world_size=self.trainer.world_size,
+            device_type=strategy.root_device.type,
+        )
+        if self.backend is not None:
+            self.backend.lockstep(self._max_over_processes)
+        self.sharded_blocks, self.sharding_measured = shard_server_blocks(self.adapters, request)
+
+    def _max_over_processes(self, value: int) -> int:
+        """The largest ``value`` any process has (how often all of them must run a block)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return value
+        count = torch.tensor([value], dtype=torch.long, device=self.device)
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        return int(count.item())
 
     @property
     def uses_item_components(self) -> bool:
@@ -445,6 +499,31 @@ class FederatedModule(L.LightningModule):
         scales = [self._round_configs[slot].lr_scale for slot in range(self.num_slots)]
         self.schedule.start(self.client_optimizers(), scales, steps)
 
+    def _proximal_term(self, slot: int, mu: float, device: torch.device) -> torch.Tensor:
+        """FedProx's mu/2 ||w - w_round_start||^2 of the slot's parameters.
+
+        A sharded parameter contributes its own rows (this process's part of the whole term);
+        unlike the loss, the term is not averaged over processes, and no process needs another's
+        rows for its part of the gradient.
+        """
+        assert self.adapters is not None
+        anchor = self._anchor_on_device(slot, device)
+        params = self.adapters.parameters(slot)
+        if not self.sharded:
+            flat = torch.cat([p.reshape(-1) for p in params])
+            return fedprox_penalty([flat], [anchor], mu)
+        current, start, offset = [], [], 0
+        for param in params:
+            whole = anchor[offset : offset + param.numel()].view(param.shape)
+            offset += param.numel()
+            if is_sharded(param):
+                current.append(param.to_local())  # type: ignore[attr-defined]
+                start.append(local_part(whole, param))
+            else:
+                current.append(param)
+                start.append(whole)
+        return fedprox_penalty(current, start, mu)
+
     def _anchor_on_device(self, slot: int, device: torch.device) -> torch.Tensor:
         """The slot's round-start adapter (FedProx anchor), moved to ``device`` once per round."""
         if slot not in self._anchors:
@@ -479,22 +558,24 @@ class FederatedModule(L.LightningModule):
             self.backend.prepare(slot)
             sent_before = self._bytes_sent()
             losses = self.backend.losses(slot, batch["histories"], targets, self._generator)  # (b,)
-            if torch.isfinite(losses.detach()).all():
-                scale = self.trainer.world_size / float(batch["step_examples"])
+            # A stand-in row (this process had none of the global batch) only keeps every
+            # process's collectives in step: it weighs nothing.
+            stand_in = bool(batch.get("stand_in", False))
+            finite = bool(torch.isfinite(losses.detach()).all())
+            if not finite:
+                self.round_stats.diverged[client] = True
+            # Sharded blocks reduce their gradients in backward: every process runs it, even
+            # for a diverged loss (the step is then skipped everywhere).
+            if finite or self.sharded:
+                scale = 0.0 if stand_in else self.trainer.world_size / float(batch["step_examples"])
                 loss = losses.sum() * scale
                 if proximal_mu > 0 and batch["step_end"]:
-                    anchor = self._anchor_on_device(slot, losses.device)
-                    loss = loss + fedprox_penalty(
-                        [torch.cat([p.reshape(-1) for p in self.adapters.parameters(slot)])],
-                        [anchor],
-                        proximal_mu,
-                    )
+                    loss = loss + self._proximal_term(slot, proximal_mu, losses.device)
                 self.manual_backward(loss)
+            if finite and not stand_in:
                 self.train_traffic["bytes"] += self._bytes_sent() - sent_before
                 self.train_traffic["steps"] += 1
                 self.round_stats.add(client, float(losses.detach().sum()), targets.numel())
-            else:
-                self.round_stats.diverged[client] = True
         if batch["step_end"]:
             self._optimizer_step(client, slot)
 
@@ -529,7 +610,8 @@ class FederatedModule(L.LightningModule):
             return
         assert self.backend is not None
         scores = self.backend.scores(self.slot(client), batch["histories"])  # (b, I)
-        self.evaluation.add_scores(client, scores, batch["targets"], batch["consumed"])
+        if not batch.get("stand_in", False):  # a stand-in only keeps the processes in step
+            self.evaluation.add_scores(client, scores, batch["targets"], batch["consumed"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate ranking metrics of a batch of one client's validation users."""
@@ -558,14 +640,19 @@ class FederatedModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapters do not match this federation."""
         self.train_traffic = dict(checkpoint.get("fellrec_train_traffic", self.train_traffic))
+        if "state_dict" in checkpoint:  # ModelParallelStrategy loaded (and checked) it already
+            self.check_checkpoint_keys(checkpoint["state_dict"])
+        self.invalidate_item_tables()
+
+    def check_checkpoint_keys(self, keys: Iterable[str]) -> None:
+        """Refuse a checkpoint (its state-dict ``keys``) that lacks one of this host's tensors."""
         if self.adapters is None:
             return
         expected = {k for k in self.state_dict() if is_client_key(k)}
-        missing = expected - set(checkpoint["state_dict"])
+        missing = expected - set(keys)
         if missing:
             raise ValueError(
                 f"the checkpoint lacks {len(missing)} client tensors (e.g. {sorted(missing)[0]}); "
                 "was it written with another data.num_clients, model.backbone, model.lora, "
                 "model.recommender or model.items?"
             )
-        self.invalidate_item_tables()

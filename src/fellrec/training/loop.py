@@ -370,6 +370,8 @@ class FederatedLoop(Callback):
             sync_dist=True,
         )
         directory = run_directory(trainer)  # a collective: every process must ask
+        # Sharded adapters are gathered by every process at once; one of them writes.
+        gathered = module.gathered_adapters()
         self.test_summary, self.results_path = summary, None
         if self.write_results and trainer.is_global_zero:
             sections = {
@@ -378,7 +380,7 @@ class FederatedLoop(Callback):
                 if isinstance(callback, RunSection)
             }
             self.results_path = write_run_outputs(
-                directory, module, self.run_record(), summary, sections
+                directory, module, self.run_record(), summary, sections, gathered
             )
             log.info("results written to %s", self.results_path)
 

@@ -45,6 +45,12 @@ class PrivacyProbe(Callback):
             return None
         if not (module.split and module.privacy_probe) or module.adapters is None:
             return None
+        if module.sharded:
+            # The probe runs in one process; sharded blocks run only in all of them at once.
+            rank_zero_warn(
+                "the privacy probe does not run on sharded blocks; `fellrec attack` runs it alone"
+            )
+            return {"attack": ATTACK, "error": "not run: the server blocks were sharded"}
         peft_model = module.adapters.model
         try:
             layers = num_blocks(peft_model)

@@ -87,6 +87,7 @@ def write_run_outputs(
     record: RunRecord,
     test_summary: dict[str, Any],
     sections: dict[str, Any] | None = None,
+    gathered_adapters: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``results.json`` and ``adapters/client_<i>/`` (peft format) into ``directory``.
 
@@ -97,6 +98,9 @@ def write_run_outputs(
         test_summary: ``summarize()`` output of the test metrics.
         sections: More sections by name, from :class:`RunSection` callbacks (``"privacy"`` is
             always present, None when no probe ran).
+        gathered_adapters: The adapters gathered whole on every process
+            (:meth:`~fellrec.models.adapters.ClientAdapters.gathered_state`) when the module's
+            blocks are sharded.
 
     Returns:
         The path of ``results.json``.
@@ -120,7 +124,7 @@ def write_run_outputs(
     path = directory / RESULTS_FILE
     path.write_text(json.dumps(json_safe(results), indent=2))
     if module.adapters is not None:
-        module.adapters.save(directory / "adapters")
+        module.adapters.save(directory / "adapters", gathered_adapters)
         describe_adapters(
             directory / "adapters",
             backbone_setting=str(module.hparams.get("backbone", "")),
