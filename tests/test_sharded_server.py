@@ -1,6 +1,7 @@
-"""Claim: sharding the server's middle blocks over 2 processes (``--trainer.strategy model_parallel``,
-FSDP2 on CPU/gloo) trains and evaluates exactly like one process, and holds half their parameters
-per process.
+"""Claim: the server's middle blocks sharded over 2 processes train like one process.
+
+``--trainer.strategy model_parallel`` (FSDP2 on CPU/gloo) trains and evaluates exactly like one
+process, and each process holds half the middle blocks' parameters.
 
 Real ``fellrec fit`` processes on a tiny BERT (the sequential recommender, the default) and a tiny
 LLaMA (the generative one: training, beam search and grounding through sharded blocks). Batch
@@ -75,6 +76,28 @@ def test_sharded_server_blocks_train_like_one_process_and_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_sharded_encoder_with_fedprox_trains_like_one_process(tmp_path):
+    # The RecFormer-style encoder encodes the catalog with every client's adapter each round
+    # (through the sharded blocks); FedProx adds its proximal term, whose sharded rows each
+    # process computes for its own part.
+    encoder = build_tiny_encoder(tmp_path / "encoder", dropout=0.0, num_layers=4)
+    config = write_tiny_config(tmp_path, encoder, batch_size=3, eval_batch_size=17)
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["recommender"] = "encoder"
+    settings["loop"] = {
+        "strategy": {
+            "class_path": "fellrec.federation.strategies.FedProx",
+            "init_args": {"mu": 0.5},
+        }
+    }
+    config.write_text(yaml.safe_dump(settings))
+    one = fit(config, "one")
+    two = fit(config, "two", *SHARDED)
+    assert one["strategy"] == "fedprox"
+    assert_same_run(one, two, tmp_path)
+
+
+@pytest.mark.slow
 def test_sharded_generative_backend_trains_and_generates_like_one_process(tmp_path):
     llama = build_tiny_llama(tmp_path / "llama", num_layers=4)
     config = write_tiny_config(
@@ -109,8 +132,8 @@ def test_sharding_refuses_an_unsplit_run(tmp_path):
         world_size=2,
         device_type="cpu",
     )
-    with pytest.raises(ValueError, match="model.split_execution: true"):
+    with pytest.raises(ValueError, match=r"model\.split_execution: true"):
         shard_server_blocks(None, request)  # type: ignore[arg-type]
     eight_bit = ShardingRequest(**{**request.__dict__, "split": True, "load_in_8bit": True})
-    with pytest.raises(ValueError, match="model.load_in_8bit"):
+    with pytest.raises(ValueError, match=r"model\.load_in_8bit"):
         shard_server_blocks(ClientAdapters.__new__(ClientAdapters), eight_bit)
