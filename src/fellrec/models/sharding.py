@@ -94,6 +94,13 @@ def shard_blocks(
     )
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=True, mp_policy=policy)
+    with torch.inference_mode(False):
+        for block in blocks:
+            # FSDP allocates a block's gathered weights at its first gather and reuses them: made
+            # under inference mode (evaluation, catalog encoding) they could never be written
+            # again in training. Gather once now, outside it.
+            block.unshard()  # type: ignore[operator]
+            block.reshard()  # type: ignore[operator]
 
 
 def local_parameter_bytes(modules: Iterable[nn.Module]) -> int:

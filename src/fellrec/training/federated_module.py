@@ -27,7 +27,6 @@ from lightning.pytorch.utilities import rank_zero_deprecation
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
 from fellrec.data.pipeline import default_cache_dir
-from fellrec.federation.aggregation import fedprox_penalty
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
 from fellrec.metrics.summary import metric_names
@@ -38,11 +37,11 @@ from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.item_components import ItemSettings, item_component_parameters
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
-from fellrec.models.sharding import is_sharded, local_part
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import TRANSPORTS, Transport, make_transport
 from fellrec.training.client_optimization import (
     RoundSchedule,
+    add_proximal_gradient,
     average_gradients,
     client_param_groups,
 )
@@ -499,31 +498,6 @@ class FederatedModule(L.LightningModule):
         scales = [self._round_configs[slot].lr_scale for slot in range(self.num_slots)]
         self.schedule.start(self.client_optimizers(), scales, steps)
 
-    def _proximal_term(self, slot: int, mu: float, device: torch.device) -> torch.Tensor:
-        """FedProx's mu/2 ||w - w_round_start||^2 of the slot's parameters.
-
-        A sharded parameter contributes its own rows (this process's part of the whole term);
-        unlike the loss, the term is not averaged over processes, and no process needs another's
-        rows for its part of the gradient.
-        """
-        assert self.adapters is not None
-        anchor = self._anchor_on_device(slot, device)
-        params = self.adapters.parameters(slot)
-        if not self.sharded:
-            flat = torch.cat([p.reshape(-1) for p in params])
-            return fedprox_penalty([flat], [anchor], mu)
-        current, start, offset = [], [], 0
-        for param in params:
-            whole = anchor[offset : offset + param.numel()].view(param.shape)
-            offset += param.numel()
-            if is_sharded(param):
-                current.append(param.to_local())  # type: ignore[attr-defined]
-                start.append(local_part(whole, param))
-            else:
-                current.append(param)
-                start.append(whole)
-        return fedprox_penalty(current, start, mu)
-
     def _anchor_on_device(self, slot: int, device: torch.device) -> torch.Tensor:
         """The slot's round-start adapter (FedProx anchor), moved to ``device`` once per round."""
         if slot not in self._anchors:
@@ -551,7 +525,6 @@ class FederatedModule(L.LightningModule):
             return  # this round's config leaves the client out
         if batch["client_start"]:
             self._begin_client(client, int(batch["round"]))
-        proximal_mu = config.proximal_mu if config is not None else 0.0
         targets = batch["targets"]
         if targets.numel() > 0:
             assert self.backend is not None
@@ -569,21 +542,20 @@ class FederatedModule(L.LightningModule):
             if finite or self.sharded:
                 scale = 0.0 if stand_in else self.trainer.world_size / float(batch["step_examples"])
                 loss = losses.sum() * scale
-                if proximal_mu > 0 and batch["step_end"]:
-                    loss = loss + self._proximal_term(slot, proximal_mu, losses.device)
                 self.manual_backward(loss)
             if finite and not stand_in:
                 self.train_traffic["bytes"] += self._bytes_sent() - sent_before
                 self.train_traffic["steps"] += 1
                 self.round_stats.add(client, float(losses.detach().sum()), targets.numel())
         if batch["step_end"]:
-            self._optimizer_step(client, slot)
+            self._optimizer_step(client, slot, config.proximal_mu if config is not None else 0.0)
 
-    def _optimizer_step(self, client: int, slot: int) -> None:
+    def _optimizer_step(self, client: int, slot: int, proximal_mu: float) -> None:
         assert self.adapters is not None
         optimizer = self.client_optimizers()[slot]
+        params = self.adapters.parameters(slot)
         diverged = average_gradients(
-            self.adapters.parameters(slot),
+            params,
             bool(self.round_stats.diverged[client]),
             self.trainer.world_size,
             lambda flat: self.trainer.strategy.reduce(flat, reduce_op="sum"),
@@ -591,6 +563,9 @@ class FederatedModule(L.LightningModule):
         if diverged:
             self.round_stats.diverged[client] = True
         else:
+            if proximal_mu > 0:
+                anchor = self._anchor_on_device(slot, params[0].device)
+                add_proximal_gradient(params, anchor, proximal_mu)
             self.schedule.step(slot, optimizer)
         optimizer.zero_grad(set_to_none=True)
 
