@@ -93,7 +93,7 @@ def sequence_length(
     if model.recommender_kind == "generative" and getattr(model, "prompt", None) is None:
         note = f"model.prompt is not set; assuming {DEFAULT_PROMPT_TOKENS} tokens per sequence"
         return DEFAULT_PROMPT_TOKENS, note
-    return model.tokens_per_example(datamodule.settings.history_length), None
+    return model.recommender_settings().tokens_per_example(datamodule.settings.history_length), None
 
 
 def client_module_settings(
@@ -107,7 +107,7 @@ def client_module_settings(
     if not model.uses_item_components:
         return {}
     datamodule.setup("fit")
-    parameters = model.client_module_parameters(
+    parameters = model.recommender_settings().client_module_parameters(
         datamodule.data.dataset.num_items, int(config.hidden_size)
     )
     return {

@@ -102,7 +102,9 @@ def resource_facts(module: FederatedModule) -> ResourceFacts:
         plan=plan_split(num_blocks(base), module.k_front, module.k_back) if module.split else None,
         lora=module.lora,
         batch_size=max(1, datamodule.batch_size // module.trainer.world_size),
-        seq_len=module.tokens_per_example(datamodule.settings.history_length),
+        seq_len=module.recommender_settings().tokens_per_example(
+            datamodule.settings.history_length
+        ),
         num_clients=module.num_clients,
         base_dtype_bytes=1 if module.load_in_8bit else min(4, weight.element_size()),
         client_module_parameters=module.adapters.num_module_parameters,

@@ -34,11 +34,12 @@ from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backends import RecommenderBackend
 from fellrec.models.encoder import SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
-from fellrec.models.item_components import ItemSettings, item_component_parameters
+from fellrec.models.item_components import ItemSettings
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import TRANSPORTS, Transport, make_transport
+from fellrec.training.client_checkpoints import check_client_keys, client_state
 from fellrec.training.client_optimization import (
     RoundSchedule,
     add_proximal_gradient,
@@ -47,6 +48,7 @@ from fellrec.training.client_optimization import (
 )
 from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
+from fellrec.training.process_group import gather_objects, max_over_processes, reduce_sum
 from fellrec.training.recommender_assembly import (
     RecommenderSettings,
     assemble_recommender,
@@ -55,11 +57,6 @@ from fellrec.training.recommender_assembly import (
 from fellrec.training.server_sharding import ShardingRequest, shard_server_blocks
 
 log = logging.getLogger(__name__)
-
-
-def is_client_key(key: str) -> bool:
-    """Whether a state-dict key holds a client parameter (adapter or item component)."""
-    return "lora_" in key or key.startswith("recommender.items.")
 
 
 class FederatedModule(L.LightningModule):
@@ -367,39 +364,13 @@ class FederatedModule(L.LightningModule):
             device_type=strategy.root_device.type,
         )
         if self.backend is not None:
-            self.backend.lockstep(self._max_over_processes)
+            self.backend.lockstep(lambda n: max_over_processes(self._trainer, n, self.device))
         self.sharded_blocks, self.sharding_measured = shard_server_blocks(self.adapters, request)
-
-    def _max_over_processes(self, value: int) -> int:
-        """The largest ``value`` any process has (how often all of them must run a block)."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return value
-        count = torch.tensor([value], dtype=torch.long, device=self.device)
-        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
-        return int(count.item())
 
     @property
     def uses_item_components(self) -> bool:
         """Whether each client has per-item components (``model.items``) besides its adapter."""
         return self.recommender_settings().uses_item_components
-
-    def tokens_per_example(self, history_length: int) -> int:
-        """Sequence length ``T`` of one training example at most (for cost estimates).
-
-        Sequential: one token per history item; encoder: ``model.max_history_tokens``;
-        generative: ``model.prompt.max_prompt_tokens``.
-        """
-        if self.recommender_kind == "sequential":
-            return history_length
-        if self.recommender_kind == "generative":
-            return int(self.prompt.max_prompt_tokens)
-        return int(self.max_history_tokens)
-
-    def client_module_parameters(self, num_items: int, hidden: int) -> int:
-        """Trainable parameters of one client outside its adapter (per-item components)."""
-        if not self.uses_item_components:
-            return 0
-        return item_component_parameters(num_items, hidden, self.items)
 
     def recommender_settings(self) -> RecommenderSettings:
         """The settings that decide which recommender is built."""
@@ -458,17 +429,10 @@ class FederatedModule(L.LightningModule):
         return self.transport.stats()["bytes_total"] if self.transport is not None else 0
 
     def _gather_objects(self, obj: Any) -> list[Any]:
-        if self._trainer is None or self.trainer.world_size == 1:
-            return [obj]
-        gathered: list[Any] = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(gathered, obj)
-        return gathered
+        return gather_objects(self._trainer, obj)
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self._trainer is None or self.trainer.world_size == 1:
-            return tensor
-        reduced = self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum")
-        return reduced.cpu() if isinstance(reduced, torch.Tensor) else tensor
+        return reduce_sum(self._trainer, tensor, self.device)
 
     # ------------------------------------------------------------------ training
     def start_round(self, round_index: int, configs: Mapping[int, ClientRoundConfig]) -> None:
@@ -608,8 +572,7 @@ class FederatedModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only adapter weights: the frozen base is rebuilt from ``backbone``."""
-        state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {k: v for k, v in state.items() if is_client_key(k)}
+        checkpoint["state_dict"] = client_state(checkpoint["state_dict"])
         checkpoint["fellrec_train_traffic"] = dict(self.train_traffic)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -621,13 +584,5 @@ class FederatedModule(L.LightningModule):
 
     def check_checkpoint_keys(self, keys: Iterable[str]) -> None:
         """Refuse a checkpoint (its state-dict ``keys``) that lacks one of this host's tensors."""
-        if self.adapters is None:
-            return
-        expected = {k for k in self.state_dict() if is_client_key(k)}
-        missing = expected - set(keys)
-        if missing:
-            raise ValueError(
-                f"the checkpoint lacks {len(missing)} client tensors (e.g. {sorted(missing)[0]}); "
-                "was it written with another data.num_clients, model.backbone, model.lora, "
-                "model.recommender or model.items?"
-            )
+        if self.adapters is not None:
+            check_client_keys(self.state_dict(), keys)

@@ -27,7 +27,12 @@ from fellrec.models.backends import (
 from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
 from fellrec.models.encoder import ITEM_ENCODINGS, POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
-from fellrec.models.item_components import ItemComponents, ItemSettings, centered_text_table
+from fellrec.models.item_components import (
+    ItemComponents,
+    ItemSettings,
+    centered_text_table,
+    item_component_parameters,
+)
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.split import make_trunk
@@ -78,6 +83,24 @@ class RecommenderSettings:
     def uses_item_components(self) -> bool:
         """Whether each client has per-item components besides its adapter."""
         return self.kind == "sequential" or (self.kind == "encoder" and self.item_components)
+
+    def tokens_per_example(self, history_length: int) -> int:
+        """Sequence length ``T`` of one training example at most (for cost estimates).
+
+        Sequential: one token per history item; encoder: ``model.max_history_tokens``;
+        generative: ``model.prompt.max_prompt_tokens``.
+        """
+        if self.kind == "sequential":
+            return history_length
+        if self.kind == "generative":
+            return int(self.prompt.max_prompt_tokens)
+        return int(self.max_history_tokens)
+
+    def client_module_parameters(self, num_items: int, hidden: int) -> int:
+        """Trainable parameters of one client outside its adapter (per-item components)."""
+        if not self.uses_item_components:
+            return 0
+        return item_component_parameters(num_items, hidden, self.items)
 
     def validate(self) -> None:
         """Refuse settings no recommender can be built from, naming the ``model.*`` key.
