@@ -71,6 +71,7 @@ def test_sharded_server_blocks_train_like_one_process_and_resume(tmp_path):
     assert sharding["blocks"] == 2 and sharding["processes"] == 2  # 4 blocks, 1 front, 1 back
     ratio = sharding["parameter_bytes_per_process"] / sharding["parameter_bytes_whole"]
     assert ratio == pytest.approx(0.5, abs=0.02)
+    assert sharding["gather_dtype"] == "float32"
     assert "sharding" not in one["resources"]["measured"]
     assert two["privacy"]["error"].startswith("not run")
     resumed = fit(
@@ -78,6 +79,14 @@ def test_sharded_server_blocks_train_like_one_process_and_resume(tmp_path):
     )
     assert resumed["overall"] == pytest.approx(two["overall"], abs=1e-7)
     assert resumed["history"][-1]["train_loss"] == two["history"][-1]["train_loss"]
+    # bf16 mixed precision: the sharded blocks gather and compute in bfloat16; the run stays
+    # within bfloat16's rounding of the float32 one.
+    bf16 = fit(config, "bf16", *SHARDED, "--trainer.precision", "bf16-mixed")
+    assert bf16["resources"]["measured"]["sharding"]["gather_dtype"] == "bfloat16"
+    for a, b in zip(
+        one["history"][-1]["train_loss"], bf16["history"][-1]["train_loss"], strict=True
+    ):
+        assert b == pytest.approx(a, rel=2e-2)
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ class ResourceFacts:
     trainable_inputs: bool
     traffic_bytes: int
     traffic_steps: int
-    sharding: dict[str, int] | None = None
+    sharding: dict[str, Any] | None = None
 
 
 def resource_summary_of(facts: ResourceFacts) -> dict[str, Any]:

@@ -167,7 +167,7 @@ class FederatedModule(L.LightningModule):
         #: The blocks sharded across the processes (empty unless under ModelParallelStrategy).
         self.sharded_blocks: list[torch.nn.Module] = []
         #: What sharding measured (blocks, processes, parameter bytes here and whole), or None.
-        self.sharding_measured: dict[str, int] | None = None
+        self.sharding_measured: dict[str, Any] | None = None
         self.load_in_8bit = load_in_8bit
         self.prompt = prompt if prompt is not None else PromptSettings()
         self.privacy_probe = privacy_probe

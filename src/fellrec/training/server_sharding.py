@@ -114,12 +114,13 @@ class ShardingRequest:
 
 def shard_server_blocks(
     adapters: ClientAdapters, request: ShardingRequest
-) -> tuple[list[nn.Module], dict[str, int]]:
+) -> tuple[list[nn.Module], dict[str, Any]]:
     """Shard the blocks ``request`` names across every process.
 
     Returns:
         The sharded blocks, and what was measured: ``blocks``, ``processes``,
-        ``parameter_bytes_whole`` (before) and ``parameter_bytes_per_process`` (this one's part).
+        ``parameter_bytes_whole`` (before), ``parameter_bytes_per_process`` (this one's part)
+        and ``gather_dtype`` (what the blocks gather and compute in).
 
     The adapters then find their (replaced) parameter objects again; optimizers must be built
     afterwards (Lightning builds them after ``configure_model``).
@@ -146,17 +147,19 @@ def shard_server_blocks(
     param_dtype = torch.bfloat16 if request.precision in BF16_PRECISIONS else None
     shard_blocks(blocks, mesh, param_dtype)
     adapters.collect_parameters()
-    measured = {
+    here = local_parameter_bytes(blocks)
+    measured: dict[str, Any] = {
         "blocks": len(blocks),
         "processes": request.world_size,
         "parameter_bytes_whole": before,
-        "parameter_bytes_per_process": local_parameter_bytes(blocks),
+        "parameter_bytes_per_process": here,
+        "gather_dtype": str(param_dtype or next(blocks[0].parameters()).dtype).split(".")[-1],
     }
     log.info(
         "sharded %d blocks over %d processes: %s of their parameters in this one (of %s)",
         len(blocks),
         request.world_size,
-        human_bytes(measured["parameter_bytes_per_process"]),
+        human_bytes(here),
         human_bytes(before),
     )
     return blocks, measured
