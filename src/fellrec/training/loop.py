@@ -329,6 +329,8 @@ class FederatedLoop(Callback):
         scores = (
             f"val {self.selection_metric} mean {balance['mean']:.4f} worst {balance['min']:.4f}"
         )
+        if not trainer.is_global_zero:
+            return  # every process holds the same summary: one line per round
         if fitting:
             train_seconds = self.history[-1]["train_seconds"] if self.history else 0.0
             log.info(

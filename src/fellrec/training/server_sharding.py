@@ -156,10 +156,11 @@ def shard_server_blocks(
         "gather_dtype": str(param_dtype or next(blocks[0].parameters()).dtype).split(".")[-1],
     }
     log.info(
-        "sharded %d blocks over %d processes: %s of their parameters in this one (of %s)",
+        "sharded %d blocks over %d processes: %s of their parameters in process %d (of %s)",
         len(blocks),
         request.world_size,
         human_bytes(here),
+        torch.distributed.get_rank(),
         human_bytes(before),
     )
     return blocks, measured
