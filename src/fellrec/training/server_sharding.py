@@ -130,9 +130,9 @@ def shard_server_blocks(
     """
     if not request.split:
         raise ValueError(
-            "--trainer.strategy ModelParallelStrategy shards the server's middle blocks, which "
-            "exist only under split execution: set model.split_execution: true (or use "
-            "--trainer.strategy ddp to replicate the whole model)"
+            "--trainer.strategy model_parallel (ModelParallelStrategy) shards the server's "
+            "middle blocks, which exist only under split execution: set "
+            "model.split_execution: true (or use --trainer.strategy ddp to replicate the model)"
         )
     if request.load_in_8bit:
         raise ValueError(
