@@ -36,11 +36,17 @@ def fit(config: Path, root: str, *extra: str) -> dict:
 
 
 def assert_same_run(
-    one: dict, two: dict, directory: Path, tolerance: float = 1e-5, adapters_of: str = "one"
+    one: dict,
+    two: dict,
+    directory: Path,
+    tolerance: float = 1e-5,
+    adapters_of: str = "one",
+    run: str = "two",
 ) -> None:
     """Same losses, per-client and overall metrics and exported adapters, to ``tolerance``.
 
-    ``adapters_of`` names the run whose adapters ``two``'s must equal (default ``one``).
+    ``two`` is the run in ``directory / run``; ``adapters_of`` names the run whose adapters its
+    adapters must equal (default ``one``).
     """
     assert two["rounds_run"] == one["rounds_run"]
     for a, b in zip(one["history"], two["history"], strict=True):
@@ -52,7 +58,7 @@ def assert_same_run(
     assert files
     for file in files:
         a = load_file(file)
-        b = load_file(directory / "two" / file.relative_to(directory / adapters_of))
+        b = load_file(directory / run / file.relative_to(directory / adapters_of))
         assert set(a) == set(b)
         for key in a:
             assert (a[key] - b[key]).abs().max() <= tolerance, (file, key)
@@ -73,6 +79,10 @@ def test_sharded_server_blocks_train_like_one_process_and_resume(tmp_path):
     assert ratio == pytest.approx(0.5, abs=0.02)
     assert sharding["gather_dtype"] == "float32"
     assert "sharding" not in one["resources"]["measured"]
+    # The client's front and back blocks sharded too (the item-token inputs train through them).
+    both = fit(config, "both", *SHARDED, "--model.shard_client_blocks", "true")
+    assert both["resources"]["measured"]["sharding"]["blocks"] == 4
+    assert_same_run(one, both, tmp_path, run="both")
     assert two["privacy"]["error"].startswith("not run")
     resumed = fit(
         config, "resumed", *SHARDED, "--ckpt_path", str(tmp_path / "two/checkpoints/round-0.ckpt")
