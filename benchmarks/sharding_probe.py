@@ -16,20 +16,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.distributed.tensor import DTensor
 
 from fellrec.federation.split_plan import plan_split
 from fellrec.models.sharding import local_parameter_bytes
 from fellrec.models.split import model_parts, num_blocks
-
-
-def parameter_bytes(module: torch.nn.Module) -> int:
-    """Bytes of the parameters this process holds (its shard of a sharded one)."""
-    total = 0
-    for param in module.parameters():
-        local = param.to_local() if isinstance(param, DTensor) else param
-        total += local.numel() * local.element_size()
-    return total
 
 
 class ShardingProbe(Callback):
@@ -60,7 +50,7 @@ class ShardingProbe(Callback):
             "world_size": trainer.world_size,
             "strategy": type(trainer.strategy).__name__,
             "step_seconds": self.steps,
-            "parameter_bytes": parameter_bytes(pl_module),
+            "parameter_bytes": local_parameter_bytes([pl_module]),
             "middle_block_bytes": local_parameter_bytes(middle),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "peak_device_bytes": (

@@ -60,6 +60,21 @@ def write_tiny_config(directory: Path, encoder: Path, **data_overrides) -> Path:
     return path
 
 
+def write_tiny_generative_config(directory: Path, llama: Path, **data_overrides) -> Path:
+    """:func:`write_tiny_config` for the generative recommender: one round, 2 beams, 4 tokens."""
+    config = write_tiny_config(directory, llama, **data_overrides)
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"]["max_epochs"] = 1
+    settings["model"].update(
+        {
+            "recommender": "generative",
+            "prompt": {"num_beams": 2, "max_new_tokens": 4, "max_prompt_tokens": 96},
+        }
+    )
+    config.write_text(yaml.safe_dump(settings))
+    return config
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_encoder_dir):
     directory = tmp_path_factory.mktemp("cli")

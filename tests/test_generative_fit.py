@@ -46,21 +46,12 @@ def test_generative_federation_two_clients_two_rounds(tmp_path, tiny_llama_dir, 
 def test_generative_run_is_tested_again_from_its_checkpoint(tmp_path, tiny_llama_dir):
     # The prompt settings and the split travel in the checkpoint's hyper-parameters, which
     # LightningCLI parses back into the model config for `fellrec test --ckpt_path`.
-    import yaml
-
     from fellrec.cli import main
-    from test_cli import write_tiny_config
+    from test_cli import write_tiny_generative_config
 
-    config = write_tiny_config(tmp_path, tiny_llama_dir, num_clients=2, max_train_examples=16)
-    settings = yaml.safe_load(config.read_text())
-    settings["trainer"]["max_epochs"] = 1
-    settings["model"].update(
-        {
-            "recommender": "generative",
-            "prompt": {"num_beams": 2, "max_new_tokens": 4, "max_prompt_tokens": 96},
-        }
+    config = write_tiny_generative_config(
+        tmp_path, tiny_llama_dir, num_clients=2, max_train_examples=16
     )
-    config.write_text(yaml.safe_dump(settings))
     root = tmp_path / "run"
     main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root)])
     first = json.loads((root / RESULTS_FILE).read_text())

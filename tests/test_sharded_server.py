@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from conftest import build_tiny_encoder, build_tiny_llama
 from fellrec.training.results import RESULTS_FILE
-from test_cli import run_cli, write_tiny_config
+from test_cli import run_cli, write_tiny_config, write_tiny_generative_config
 
 SHARDED = ["--trainer.devices", "2", "--trainer.strategy", "model_parallel"]
 
@@ -127,18 +127,9 @@ def test_sharded_encoder_with_fedprox_trains_like_one_process(tmp_path):
 @pytest.mark.slow
 def test_sharded_generative_backend_trains_and_generates_like_one_process(tmp_path):
     llama = build_tiny_llama(tmp_path / "llama", num_layers=4)
-    config = write_tiny_config(
+    config = write_tiny_generative_config(
         tmp_path, llama, num_clients=2, max_train_examples=30, batch_size=4, eval_batch_size=5
     )
-    settings = yaml.safe_load(config.read_text())
-    settings["trainer"]["max_epochs"] = 1
-    settings["model"].update(
-        {
-            "recommender": "generative",
-            "prompt": {"num_beams": 2, "max_new_tokens": 4, "max_prompt_tokens": 96},
-        }
-    )
-    config.write_text(yaml.safe_dump(settings))
     one = fit(config, "one")
     two = fit(config, "two", *SHARDED)
     assert_same_run(one, two, tmp_path)

@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_deprecation
+from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_warn
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
 from fellrec.data.pipeline import default_cache_dir
@@ -89,7 +89,7 @@ class FederatedModule(L.LightningModule):
         k_front: Blocks after the embeddings that stay on the client.
         k_back: Last blocks (before the final norm and head) that stay on the client.
         transport: How hidden states cross between client and server (``local``: in process).
-        shard_client_blocks: Under ``--trainer.strategy ModelParallelStrategy`` (which shards
+        shard_client_blocks: Under ``--trainer.strategy model_parallel`` (which shards
             the server's middle blocks across the processes), shard the client's front and back
             blocks too; off: they stay replicated, like the embeddings and the head.
         load_in_8bit: Load the frozen base in 8 bits (generative; needs bitsandbytes and a GPU).
@@ -352,6 +352,11 @@ class FederatedModule(L.LightningModule):
             return
         strategy = self.trainer.strategy
         if not isinstance(strategy, ModelParallelStrategy):
+            if self.shard_client_blocks:
+                rank_zero_warn(
+                    "model.shard_client_blocks has no effect without --trainer.strategy "
+                    "model_parallel (nothing is sharded)"
+                )
             return
         request = ShardingRequest(
             split=self.split,
