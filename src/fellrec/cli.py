@@ -36,6 +36,7 @@ from fellrec.config_errors import (
     parser_keys,
 )
 from fellrec.data.schema import DataFormatError
+from fellrec.models.process_transport import BlockServerError
 from fellrec.reporting.run_reporter import RunReporter
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
@@ -59,6 +60,7 @@ commands:
   report      Markdown + HTML report comparing run directories
   compare     run several strategies on the same data, clients and seed, then report
   baselines   train BPR-MF and SASRec on the same data, split and clients (run directories)
+  serve-blocks  a block server: the middle blocks of runs with model.transport: process
 
 Every command takes --config FILE.yaml (repeatable) and --help.
 Quickstart:  fellrec fit --config configs/quickstart.yaml
@@ -159,6 +161,16 @@ class FellrecCLI(LightningCLI):
         """Run the subcommand; a run stopped by a signal exits non-zero, saying how to resume."""
         try:
             super()._run_subcommand(subcommand)
+        except BlockServerError as error:
+            # The server's state went with it; the run's checkpoints hold everything to go on.
+            print(f"fellrec: error: {error}", file=sys.stderr)
+            if subcommand == "fit":
+                print(
+                    "Resume (a run's own block server starts again with it) with:\n  "
+                    + resume_command(self.command_args),
+                    file=sys.stderr,
+                )
+            raise SystemExit(1) from None
         except SystemExit as stop:
             if self.trainer.state.status != TrainerStatus.INTERRUPTED:
                 raise

@@ -11,4 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("fellrec.commands.report", "Markdown + HTML report comparing run directories"),
     "compare": ("fellrec.commands.compare", "run several strategies on the same data, then report"),
     "baselines": ("fellrec.commands.baselines", "BPR-MF and SASRec on the same data and clients"),
+    "serve-blocks": (
+        "fellrec.serving.block_server",
+        "host split models' middle blocks for runs with model.transport: process",
+    ),
 }

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import pickle
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Client, Listener
 from typing import Any
 
+from fellrec import process_links
 from fellrec.deploy.client_requests import ClientRequest
+from fellrec.process_links import receive as _receive
+from fellrec.process_links import send as _send
 
 log = logging.getLogger(__name__)
 #: Environment variable holding the key shared by a worker and the ClientApps that use it.
@@ -45,10 +46,7 @@ def parse_address(address: str) -> tuple[str, int]:
     Raises:
         ValueError: Naming the address when it is not ``host:port`` with a numeric port.
     """
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"a fellrec worker address is host:port, got {address!r}")
-    return host, int(port)
+    return process_links.parse_address(address, "a fellrec worker address")
 
 
 def worker_key() -> bytes:
@@ -57,24 +55,9 @@ def worker_key() -> bytes:
     Raises:
         RuntimeError: When it is unset or empty (naming the variable).
     """
-    key = os.environ.get(KEY_ENV, "")
-    if not key:
-        raise RuntimeError(
-            f"{KEY_ENV} is not set: the client worker and the SuperNode that uses it need the "
-            "same secret in it (e.g. export FELLREC_WORKER_KEY=$(openssl rand -hex 16))"
-        )
-    return key.encode()
-
-
-def _send(connection: Connection, value: object) -> None:
-    # Plain pickle, not the connection's own send(): torch registers reducers with
-    # multiprocessing's pickler that pass tensors as shared-memory handles, which another process
-    # can only fetch with the sender's own process key. Plain pickle copies the data.
-    connection.send_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _receive(connection: Connection) -> Any:
-    return pickle.loads(connection.recv_bytes())
+    return process_links.key_from_environment(
+        KEY_ENV, "the client worker and the SuperNode that uses it"
+    )
 
 
 def serve(address: str, key: bytes, max_requests: int | None = None) -> int:

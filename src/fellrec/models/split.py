@@ -34,7 +34,7 @@ from fellrec.models.attention_masks import (
     position_ids_from_mask,
     sdpa_mask,
 )
-from fellrec.models.transport import LocalTransport, Transport
+from fellrec.models.transport import LocalTransport, MiddleCall, Transport
 
 #: Model types split execution supports (each verified exact against the unsplit model by the
 #: tests), and their kind. The pieces are found generically (:data:`DECODER_PARTS`,
@@ -176,9 +176,14 @@ def model_parts(model: nn.Module) -> dict[str, nn.Module]:
     return parts
 
 
+def model_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a supported model (possibly peft-wrapped), in order."""
+    return _blocks(_inner_model(model), split_family(model))
+
+
 def num_blocks(model: nn.Module) -> int:
     """Number of transformer blocks ``L`` of a supported model."""
-    return len(_blocks(_inner_model(model), split_family(model)))
+    return len(model_blocks(model))
 
 
 def _sliding_windows(config: object, count: int) -> list[int | None]:
@@ -425,9 +430,21 @@ class SplitModel:
         hidden = self._run(self.plan.front, hidden, attention_mask, position_ids)
         return hidden, attention_mask, position_ids
 
-    def middle(self, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
-        """Server: the middle blocks (rebuilding masks and rotary embeddings from its inputs)."""
-        return self._run(self.plan.middle, hidden, attention_mask, position_ids)
+    def middle(
+        self,
+        hidden: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        cache: Any = None,
+        cache_position: Tensor | None = None,
+    ) -> Tensor:
+        """Server: the middle blocks (rebuilding masks and rotary embeddings from its inputs).
+
+        With a ``cache`` (generation), the blocks keep their keys and values in it.
+        """
+        return self._run(
+            self.plan.middle, hidden, attention_mask, position_ids, cache, cache_position
+        )
 
     def back(self, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
         """Client: back blocks and, for decoders, the final norm."""
@@ -439,7 +456,9 @@ class SplitModel:
     def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Final hidden states ``(B, T, H)``, equal to :class:`UnsplitTrunk` on real tokens."""
         hidden, attention_mask, position_ids = self.front(input_ids, attention_mask)
-        hidden = self.transport.call_server(self.middle, hidden, attention_mask, position_ids)
+        hidden = self.transport.call_server(
+            MiddleCall(self.middle), hidden, attention_mask, position_ids
+        )
         return self.back(hidden, attention_mask, position_ids)
 
     def client_modules(self) -> list[nn.Module]:
@@ -530,6 +549,7 @@ class SplitModel:
             yield
         finally:
             del self.inner.forward
+            self.transport.finish_generation()
 
     def _generation_forward(
         self,
@@ -568,10 +588,7 @@ class SplitModel:
         hidden = self._run(
             self.plan.front, hidden, attention_mask, positions, cache, cache_position
         )
-
-        def server(h: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
-            return self._run(self.plan.middle, h, mask, pos, cache, cache_position)
-
+        server = MiddleCall(self.middle, cache, cache_position)
         hidden = self.transport.call_server(server, hidden, attention_mask, positions)
         hidden = self._run(self.plan.back, hidden, attention_mask, positions, cache, cache_position)
         assert self.norm is not None

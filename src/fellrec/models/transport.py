@@ -29,6 +29,34 @@ from torch import Tensor
 #: A server: ``(hidden_states, attention_mask, position_ids) -> hidden_states``.
 Server = Callable[[Tensor, Tensor, Tensor], Tensor]
 
+
+@dataclass
+class MiddleCall:
+    """A call of a split model's middle blocks: a :data:`Server` that says what it runs.
+
+    In process it is simply called; a transport to another process sends what it names instead
+    (the server there holds the same blocks): the generation KV cache the call continues (the
+    server keeps its own blocks' part of it) and the cache positions.
+
+    Attributes:
+        run: ``(hidden_states, attention_mask, position_ids, cache, cache_position) -> h``.
+        cache: The client's KV cache of this generation (None: no cache, e.g. training).
+        cache_position: The new tokens' cache positions (older transformers), or None.
+    """
+
+    run: Callable[[Tensor, Tensor, Tensor, Any, Tensor | None], Tensor]
+    cache: Any = None
+    cache_position: Tensor | None = None
+
+    def __call__(
+        self, hidden_states: Tensor, attention_mask: Tensor, position_ids: Tensor
+    ) -> Tensor:
+        """Run the middle blocks in this process."""
+        return self.run(
+            hidden_states, attention_mask, position_ids, self.cache, self.cache_position
+        )
+
+
 DIRECTIONS = ("to_server", "to_client")
 PHASES = ("forward", "backward")
 
@@ -90,6 +118,13 @@ class Transport(ABC):
         """Count (and, in subclasses, deliver) a payload; returns what arrives."""
         self.bytes_sent[payload.direction, payload.phase] += payload.nbytes
         return payload
+
+    # Optional hooks: a transport in process keeps nothing on a server, so they do nothing.
+    def finish_generation(self) -> None:  # noqa: B027
+        """A generation ended: free what the server kept for it (nothing, in process)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release the connection to the server, if any (nothing, in process)."""
 
     @abstractmethod
     def call_server(
@@ -229,22 +264,12 @@ class _ServerCall(torch.autograd.Function):
         return grad_input, None, None, None, None, None
 
 
-#: Transports by ``model.transport`` name.
-TRANSPORTS: dict[str, type[Transport]] = {"local": LocalTransport}
+#: ``model.transport`` names: ``local`` (in process) and ``process`` (a block server process,
+#: :class:`~fellrec.models.process_transport.ProcessTransport`).
+TRANSPORTS = ("local", "process")
 
 
-def make_transport(name: str) -> Transport:
-    """Build a transport by name.
-
-    Args:
-        name: A key of :data:`TRANSPORTS` (``model.transport``).
-
-    Returns:
-        A fresh transport.
-
-    Raises:
-        ValueError: If the name is unknown; the message lists the known ones.
-    """
+def check_transport_name(name: str) -> None:
+    """Refuse an unknown ``model.transport``, listing the known ones."""
     if name not in TRANSPORTS:
         raise ValueError(f"model.transport must be one of {sorted(TRANSPORTS)}, got {name!r}")
-    return TRANSPORTS[name]()

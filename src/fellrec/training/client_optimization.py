@@ -59,6 +59,7 @@ class RoundSchedule:
         self.lr = lr
         self.steps_total: dict[int, int] = {}
         self.steps_done: dict[int, int] = {}
+        self.lr_scales: list[float] = []
 
     def start(
         self, optimizers: Sequence[Any], lr_scales: Sequence[float], steps_total: dict[int, int]
@@ -72,12 +73,23 @@ class RoundSchedule:
         """
         self.steps_total = dict(steps_total)
         self.steps_done = {}
+        self.lr_scales = list(lr_scales)
         for optimizer, scale in zip(optimizers, lr_scales, strict=True):
             if self.reset_optimizer_each_round:
                 getattr(optimizer, "optimizer", optimizer).state.clear()
             for group in optimizer.param_groups:
                 group["round_lr"] = group.get("base_lr", self.lr) * scale
                 group["lr"] = group["round_lr"]
+
+    def next_rate(self, slot: int, base_lr: float) -> float:
+        """The rate a group with ``base_lr`` gets at the slot's next step (what :meth:`step` sets).
+
+        For parameters stepped elsewhere in the same rhythm (a block server's share).
+        """
+        step = self.steps_done.get(slot, 0)
+        total = self.steps_total.get(slot, 1)
+        factor = schedule_factor(step, total, self.warmup_steps, self.lr_decay)
+        return base_lr * self.lr_scales[slot] * factor
 
     def step(self, slot: int, optimizer: Any) -> None:
         """Set the slot's rates for its next step of the round, then step ``optimizer``."""

@@ -35,10 +35,11 @@ from fellrec.models.backends import RecommenderBackend
 from fellrec.models.encoder import SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.item_components import ItemSettings
+from fellrec.models.process_transport import BlockServerSettings, ProcessTransport
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.text import format_item_text
-from fellrec.models.transport import TRANSPORTS, Transport, make_transport
+from fellrec.models.transport import Transport, check_transport_name
 from fellrec.training.client_checkpoints import check_client_keys, client_state
 from fellrec.training.client_optimization import (
     RoundSchedule,
@@ -53,7 +54,9 @@ from fellrec.training.recommender_assembly import (
     RecommenderSettings,
     assemble_recommender,
     build_adapters,
+    make_transport,
 )
+from fellrec.training.server_blocks import RemoteServerBlocks
 from fellrec.training.server_sharding import ShardingRequest, shard_server_blocks
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,11 @@ class FederatedModule(L.LightningModule):
             merges both modules' hyper-parameters into one namespace.)
         k_front: Blocks after the embeddings that stay on the client.
         k_back: Last blocks (before the final norm and head) that stay on the client.
-        transport: How hidden states cross between client and server (``local``: in process).
+        transport: How hidden states cross between client and server: ``local`` (in process)
+            or ``process`` (the middle blocks, with every client's LoRA on them, in a block
+            server process: :mod:`fellrec.models.process_transport`).
+        block_server: Where the ``process`` transport's block server runs (default: a child
+            process of the run).
         shard_client_blocks: Under ``--trainer.strategy model_parallel`` (which shards
             the server's middle blocks across the processes), shard the client's front and back
             blocks too; off: they stay replicated, like the embeddings and the head.
@@ -128,6 +135,7 @@ class FederatedModule(L.LightningModule):
         k_front: int = 1,
         k_back: int = 1,
         transport: str = "local",
+        block_server: BlockServerSettings | None = None,
         shard_client_blocks: bool = False,
         load_in_8bit: bool = False,
         prompt: PromptSettings | None = None,
@@ -153,9 +161,18 @@ class FederatedModule(L.LightningModule):
         self.automatic_optimization = False
         # Checkpoints hold adapters only; the frozen base is rebuilt from `backbone`.
         self.strict_loading = False
-        if transport not in TRANSPORTS:
+        check_transport_name(transport)
+        self.block_server = block_server if block_server is not None else BlockServerSettings()
+        self.block_server.validate()
+        if transport == "process" and not split_execution:
             raise ValueError(
-                f"model.transport must be one of {sorted(TRANSPORTS)}, got {transport!r}"
+                "model.transport: process runs the server's middle blocks of a split model; "
+                "set model.split_execution: true (or model.transport: local)"
+            )
+        if transport == "process" and load_in_8bit:
+            raise ValueError(
+                "model.transport: process loads the base in full precision on the server; "
+                "model.load_in_8bit is not supported with it"
             )
         self.backbone_name = backbone
         self.recommender_kind = recommender
@@ -198,13 +215,14 @@ class FederatedModule(L.LightningModule):
         self.seed = seed
         self.recommender_settings().validate()
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["strategy", "lora", "prompt", "items"])
+        self.save_hyperparameters(ignore=["strategy", "lora", "prompt", "items", "block_server"])
         if strategy is not None:
             # The same spec the config used, so LightningCLI can re-read it from a checkpoint.
             self.hparams["strategy"] = strategy.class_spec()
         self.hparams["lora"] = asdict(self.lora)
         self.hparams["prompt"] = asdict(self.prompt)
         self.hparams["items"] = asdict(self.items)
+        self.hparams["block_server"] = asdict(self.block_server)
         self.adapters: ClientAdapters | None = None
         self.recommender: (
             SequentialRecommender | SequenceEncoderRecommender | GenerativeRecommender | None
@@ -212,6 +230,8 @@ class FederatedModule(L.LightningModule):
         self.backend: RecommenderBackend | None = None
         self.tokenizer: Any = None
         self.transport: Transport | None = None
+        #: The server-held LoRA in a block server process (``model.transport: process``).
+        self.remote: RemoteServerBlocks | None = None
         #: Bytes the transport carried for training micro-batches, and how many there were.
         self.train_traffic = {"bytes": 0, "steps": 0}
         self.num_clients = 0
@@ -257,7 +277,11 @@ class FederatedModule(L.LightningModule):
     def client_parameters(self) -> torch.Tensor:
         """The held clients' parameters (adapter and item components), one row each ``(S, P)``."""
         assert self.adapters is not None, "the module is not built yet"
-        return self.adapters.get_matrix()
+        matrix = self.adapters.get_matrix()
+        if self.remote is not None:
+            # The server trained the middle blocks' LoRA: its values are the ones aggregated.
+            matrix[:, self.remote.mask] = self.remote.pull()
+        return matrix
 
     def load_client_parameters(self, parameters: torch.Tensor, identical: bool = False) -> None:
         """Load every held client's parameters ``(S, P)`` (after aggregation or selection).
@@ -269,6 +293,8 @@ class FederatedModule(L.LightningModule):
         """
         assert self.adapters is not None, "the module is not built yet"
         self.adapters.set_matrix(parameters)
+        if self.remote is not None:
+            self.remote.push()
         self.invalidate_item_tables(identical_adapters=identical)
 
     def gathered_adapters(self) -> dict[str, torch.Tensor] | None:
@@ -318,7 +344,21 @@ class FederatedModule(L.LightningModule):
             self.seed,
             self.load_in_8bit,
         )
-        self.transport = make_transport(self.transport_name) if self.split else None
+        self.transport = (
+            make_transport(self.transport_name, self.block_server) if self.split else None
+        )
+        if isinstance(self.transport, ProcessTransport):
+            self.remote = RemoteServerBlocks(
+                self.adapters, self.transport, self.k_front, self.k_back
+            )
+            self.remote.attach(
+                self.backbone_name,
+                causal_lm=self.recommender_kind == "generative",
+                lora=self.lora,
+                causal=self.recommender_kind == "sequential",
+                weight_decay=self.weight_decay,
+                device=self.device,
+            )
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
         self.recommender, self.backend = assemble_recommender(
             self.recommender_settings(),
@@ -351,6 +391,11 @@ class FederatedModule(L.LightningModule):
         if self._trainer is None or self.sharded or self.adapters is None:
             return
         strategy = self.trainer.strategy
+        if self.remote is not None and self.trainer.world_size > 1:
+            raise ValueError(
+                "model.transport: process serves one training process; run it with "
+                "--trainer.devices 1 (or model.transport: local for data parallelism)"
+            )
         if not isinstance(strategy, ModelParallelStrategy):
             if self.shard_client_blocks:
                 rank_zero_warn(
@@ -409,10 +454,15 @@ class FederatedModule(L.LightningModule):
         ]
 
     def _param_groups(self, slot: int) -> list[dict[str, Any]]:
+        keys, params = self._own_keys_and_parameters(slot)
+        return client_param_groups(keys, params, self.lr, self.items.lr)
+
+    def _own_keys_and_parameters(self, slot: int) -> tuple[list[str], list[torch.nn.Parameter]]:
+        """What the slot's optimizer steps here: all but what a block server process holds."""
         assert self.adapters is not None
-        return client_param_groups(
-            self.adapters.keys, self.adapters.parameters(slot), self.lr, self.items.lr
-        )
+        if self.remote is not None:
+            return self.remote.client_keys_and_parameters(slot)
+        return self.adapters.keys, self.adapters.parameters(slot)
 
     def client_optimizers(self) -> list[Any]:
         """The per-slot optimizers as a list (Lightning returns a bare one when there is one)."""
@@ -456,7 +506,9 @@ class FederatedModule(L.LightningModule):
         if missing:
             raise ValueError(f"round {round_index}: no round config for clients {missing}")
         self.round_stats = RoundStatistics(self.num_clients)
-        self.round_anchor = self.adapters.get_matrix()
+        if self.remote is not None:
+            self.remote.begin_round(self.schedule.reset_optimizer_each_round)
+        self.round_anchor = self.client_parameters()
         self._anchors = {}
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
         steps: dict[int, int] = {}
@@ -468,10 +520,13 @@ class FederatedModule(L.LightningModule):
         self.schedule.start(self.client_optimizers(), scales, steps)
 
     def _anchor_on_device(self, slot: int, device: torch.device) -> torch.Tensor:
-        """The slot's round-start adapter (FedProx anchor), moved to ``device`` once per round."""
+        """The slot's round-start values of what it steps here (FedProx anchor), on ``device``."""
         if slot not in self._anchors:
             assert self.round_anchor is not None
-            self._anchors[slot] = self.round_anchor[slot].to(device)
+            anchor = self.round_anchor[slot]
+            if self.remote is not None:
+                anchor = anchor[~self.remote.mask]
+            self._anchors[slot] = anchor.to(device)
         return self._anchors[slot]
 
     def collect_round_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -522,7 +577,7 @@ class FederatedModule(L.LightningModule):
     def _optimizer_step(self, client: int, slot: int, proximal_mu: float) -> None:
         assert self.adapters is not None
         optimizer = self.client_optimizers()[slot]
-        params = self.adapters.parameters(slot)
+        _, params = self._own_keys_and_parameters(slot)
         diverged = average_gradients(
             params,
             bool(self.round_stats.diverged[client]),
@@ -531,10 +586,14 @@ class FederatedModule(L.LightningModule):
         )
         if diverged:
             self.round_stats.diverged[client] = True
+            if self.remote is not None:  # the server skips its part too
+                self.remote.step(slot, None, proximal_mu)
         else:
             if proximal_mu > 0:
                 anchor = self._anchor_on_device(slot, params[0].device)
                 add_proximal_gradient(params, anchor, proximal_mu)
+            if self.remote is not None:  # the server steps its part at the same rate
+                self.remote.step(slot, self.schedule.next_rate(slot, self.lr), proximal_mu)
             self.schedule.step(slot, optimizer)
         optimizer.zero_grad(set_to_none=True)
 
@@ -542,10 +601,14 @@ class FederatedModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         """Start accumulating validation metrics."""
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
+        if self.remote is not None:
+            self.remote.sync_if_stale()
 
     def on_test_epoch_start(self) -> None:
         """Start accumulating test metrics."""
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
+        if self.remote is not None:
+            self.remote.sync_if_stale()
 
     def _evaluate(self, batch: dict[str, Any]) -> None:
         assert self.adapters is not None and self.recommender is not None
@@ -579,12 +642,21 @@ class FederatedModule(L.LightningModule):
         """Keep only adapter weights: the frozen base is rebuilt from ``backbone``."""
         checkpoint["state_dict"] = client_state(checkpoint["state_dict"])
         checkpoint["fellrec_train_traffic"] = dict(self.train_traffic)
+        if self.remote is not None:
+            # The server's values of the middle blocks' LoRA, and its optimizers' moments.
+            checkpoint["fellrec_block_server"] = self.remote.checkpoint_state()
+            names = {id(p): name for name, p in self.named_parameters()}
+            for param in self.remote.held_parameters():
+                checkpoint["state_dict"][names[id(param)]] = param.detach().clone()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapters do not match this federation."""
         self.train_traffic = dict(checkpoint.get("fellrec_train_traffic", self.train_traffic))
         if "state_dict" in checkpoint:  # ModelParallelStrategy loaded (and checked) it already
             self.check_checkpoint_keys(checkpoint["state_dict"])
+        if self.remote is not None:
+            # Lightning loads the state dict after this hook: push it before the server's next use.
+            self.remote.restore(checkpoint.get("fellrec_block_server"))
         self.invalidate_item_tables()
 
     def check_checkpoint_keys(self, keys: Iterable[str]) -> None:

@@ -33,11 +33,12 @@ from fellrec.models.item_components import (
     centered_text_table,
     item_component_parameters,
 )
+from fellrec.models.process_transport import BlockServerSettings, ProcessTransport
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.split import make_trunk
 from fellrec.models.text import HistoryRenderer
-from fellrec.models.transport import Transport
+from fellrec.models.transport import LocalTransport, Transport, check_transport_name
 
 Recommender = SequentialRecommender | SequenceEncoderRecommender | GenerativeRecommender
 RECOMMENDERS = ("sequential", "encoder", "generative")
@@ -130,6 +131,22 @@ class RecommenderSettings:
             )
         self.items.validate()
         self.prompt.validate()
+
+
+def make_transport(name: str, block_server: BlockServerSettings | None = None) -> Transport:
+    """The wire between the clients' and the server's blocks, by ``model.transport`` name.
+
+    Args:
+        name: ``local`` (in process) or ``process`` (a block server process).
+        block_server: Where the ``process`` transport's server runs.
+
+    Raises:
+        ValueError: If the name is unknown; the message lists the known ones.
+    """
+    check_transport_name(name)
+    if name == "process":
+        return ProcessTransport(block_server)
+    return LocalTransport()
 
 
 def item_components(

@@ -1,0 +1,140 @@
+"""A host's link to its block server: the server-held LoRA, its round start and its steps.
+
+With ``model.transport: process`` the block server process holds and trains every client's LoRA
+on the middle blocks (:mod:`fellrec.serving.block_host`). The host keeps a copy of those values
+only where the federation needs them whole: in the parameter matrix it hands the strategy (the
+server's rows, fetched at each round end: the server's adapters are the ones aggregated), in
+checkpoints and in exported adapters. Its own optimizers leave them out; each client step is
+mirrored by a step on the server at the same learning rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from fellrec.federation.split_plan import plan_split
+from fellrec.models.adapters import ClientAdapters, LoRASettings
+from fellrec.models.process_transport import ProcessTransport
+from fellrec.models.server_side import ServerSide
+from fellrec.models.split import model_blocks, num_blocks
+
+
+class RemoteServerBlocks:
+    """The part of every held client's parameters that lives in the block server.
+
+    Args:
+        adapters: The host's adapters (the server-held values in them are a copy).
+        transport: The connection to the block server.
+        k_front: ``model.k_front``.
+        k_back: ``model.k_back``.
+    """
+
+    def __init__(
+        self, adapters: ClientAdapters, transport: ProcessTransport, k_front: int, k_back: int
+    ) -> None:
+        self.adapters = adapters
+        self.transport = transport
+        self.plan = plan_split(num_blocks(adapters.model), k_front, k_back)
+        self.side = ServerSide(adapters, self.plan)
+        #: ``(P,)``: the server-held positions of a client's flat parameter vector.
+        self.mask = self.side.mask
+        first_middle = model_blocks(adapters.model)[self.plan.middle[0]]
+        self._first_middle: nn.Module = first_middle
+        #: Whether the server's values must be loaded from here before they are used next.
+        self.stale = False
+        self._pending_optimizers: list[dict[str, Any]] | None = None
+
+    def attach(
+        self,
+        backbone: str,
+        causal_lm: bool,
+        lora: LoRASettings,
+        causal: bool,
+        weight_decay: float,
+        device: torch.device,
+    ) -> None:
+        """Have the server build this host's middle blocks, then load the host's values there.
+
+        Raises:
+            ValueError: When the server's blocks hold other LoRA tensors than this host's.
+        """
+        spec: dict[str, Any] = {
+            "backbone": backbone,
+            "causal_lm": causal_lm,
+            "lora": asdict(lora),
+            "clients": tuple(self.adapters.client_ids),
+            "k_front": self.plan.k_front,
+            "k_back": self.plan.k_back,
+            "causal": causal,
+            "weight_decay": weight_decay,
+            "device": str(device),
+        }
+        described = self.transport.attach(
+            spec,
+            adapter_name=lambda: self.adapters.model.active_adapter,
+            training=lambda: self._first_middle.training,
+        )
+        if described["keys"] != self.side.keys:
+            raise ValueError(
+                f"the block server at {self.transport.address} built other middle-block LoRA "
+                f"tensors ({len(described['keys'])}) than this run holds ({len(self.side.keys)}):"
+                " are both on the same versions of fellrec, transformers and peft?"
+            )
+        self.push()
+
+    def push(self) -> None:
+        """Load the host's copy of the server-held values into the server."""
+        self.transport.request("load_rows", rows=self.side.rows())
+        self.stale = False
+
+    def pull(self) -> torch.Tensor:
+        """The server's values ``(S, Pm)``, also written into the host's copy."""
+        rows: torch.Tensor = self.transport.request("rows")
+        self.side.load_rows(rows)
+        return rows
+
+    def client_keys_and_parameters(self, slot: int) -> tuple[list[str], list[nn.Parameter]]:
+        """What the slot's own optimizer steps: everything but the server-held values."""
+        return self.side.client_keys_and_parameters(slot)
+
+    def begin_round(self, reset_optimizers: bool) -> None:
+        """Start a round on the server: its FedProx anchors, and fresh moments if asked."""
+        self.sync_if_stale()
+        self.transport.request("begin_round", reset_optimizers=reset_optimizers)
+
+    def step(self, slot: int, lr: float | None, proximal_mu: float) -> None:
+        """Step the slot's server-held values at ``lr`` (None: the client skipped its step)."""
+        self.transport.request(
+            "step",
+            adapter=self.adapters.names[slot],
+            lr=lr,
+            proximal_mu=proximal_mu,
+        )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The server's optimizer states (its values go into the host's state dict)."""
+        self.pull()
+        return {"optimizers": self.transport.request("optimizers")}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """After a checkpoint loaded: push its values (and optimizer states) before the next use."""
+        self.stale = True
+        if state is not None:
+            self._pending_optimizers = state["optimizers"]
+
+    def sync_if_stale(self) -> None:
+        """Load restored values (and optimizer states) into the server before it is used."""
+        if not self.stale:
+            return
+        self.push()
+        if self._pending_optimizers is not None:
+            self.transport.request("load_optimizers", states=self._pending_optimizers)
+            self._pending_optimizers = None
+
+    def held_parameters(self) -> list[nn.Parameter]:
+        """The host's copies of every slot's server-held parameters."""
+        return [p for s in range(self.adapters.num_clients) for p in self.side.parameters(s)]
