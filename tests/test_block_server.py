@@ -145,7 +145,9 @@ def test_a_host_steps_a_client_at_the_rate_it_is_sent(dropout_encoder):
     moved = (after[0] - before[0]).abs()
     assert float(moved.max()) == pytest.approx(0.1, rel=1e-4)
     b_values = sum(
-        p.numel() for k, p in zip(host.side.keys, host.side.parameters(0)) if "lora_B" in k
+        p.numel()
+        for k, p in zip(host.side.keys, host.side.parameters(0), strict=True)
+        if "lora_B" in k
     )
     assert int((moved > 0.099).sum()) == b_values
 

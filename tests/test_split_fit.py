@@ -61,7 +61,7 @@ def test_split_run_gives_the_unsplit_results(tmp_path, deterministic_encoder):
 def test_unknown_transport_fails_at_construction():
     from fellrec.training.federated_module import FederatedModule
 
-    with pytest.raises(ValueError, match=r"model\.transport must be one of \['local'\]"):
+    with pytest.raises(ValueError, match=r"model\.transport must be one of \['local', 'process'\]"):
         FederatedModule(transport="carrier-pigeon")
 
 

@@ -9,14 +9,10 @@ from torch import nn
 
 from fellrec.federation.split_plan import plan_split
 from fellrec.models.attention_masks import position_ids_from_mask
+from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.split import SplitModel, num_blocks
-from fellrec.models.transport import (
-    TRANSPORTS,
-    LocalTransport,
-    Payload,
-    Transport,
-    make_transport,
-)
+from fellrec.models.transport import TRANSPORTS, LocalTransport, Payload, Transport
+from fellrec.training.recommender_assembly import make_transport
 
 ALLOWED = {
     ("to_server", "forward"): {"hidden_states", "attention_mask", "position_ids"},
@@ -160,9 +156,10 @@ def test_second_backward_through_the_transport_is_refused() -> None:
 
 def test_make_transport() -> None:
     assert isinstance(make_transport("local"), LocalTransport)
-    assert set(TRANSPORTS) == {"local"}
-    assert issubclass(TRANSPORTS["local"], Transport)
-    with pytest.raises(ValueError, match=r"model\.transport must be one of \['local'\]"):
+    assert isinstance(make_transport("process"), ProcessTransport)  # connects on first use
+    assert set(TRANSPORTS) == {"local", "process"}
+    assert issubclass(ProcessTransport, Transport)
+    with pytest.raises(ValueError, match=r"model\.transport must be one of \['local', 'process'\]"):
         make_transport("carrier-pigeon")
 
 

@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 def client_module_like(model: FederatedModule, client: int) -> ClientModule:
     """A :class:`ClientModule` for ``client`` with the settings of a federation's module."""
-    nested = {"lora": model.lora, "prompt": model.prompt, "items": model.items}
+    nested = {
+        "lora": model.lora,
+        "prompt": model.prompt,
+        "items": model.items,
+        "block_server": model.block_server,
+    }
     plain = {
         key: value
         for key, value in model.hparams.items()

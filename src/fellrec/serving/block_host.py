@@ -186,7 +186,8 @@ class BlockHost:
         if request["cache"] is not None:
             key = request["cache"]
             if key not in self.caches:
-                self.caches[key] = _Kept(_new_cache(self.adapters.model.config), owner, self.clock())
+                cache_of_call = _new_cache(self.adapters.model.config)
+                self.caches[key] = _Kept(cache_of_call, owner, self.clock())
             cache = self.caches[key].value
         position = request["cache_position"]
         inputs = [request[k].to(self.device) for k in ("hidden", "mask", "positions")]
