@@ -252,14 +252,19 @@ def test_the_process_transport_refuses_what_it_cannot_serve(options, message):
 
 # ---------------------------------------------------------------------------------- claims
 class PoisonTheHostsCopy(Callback):
-    """Fills the host's copy of the server-held LoRA with NaN once training starts.
+    """Fills the host's copy of the server-held LoRA with NaN when round 1 starts.
 
     With the in-process transport that would make every loss NaN; through a block server the
-    copy is never read for computing, only overwritten with the server's values.
+    copy is never read for computing, only overwritten with the server's values at the round's
+    end. (The server is built at the first request, in round 0, from the host's initial draw.)
+    Runs after the loop's round start (callbacks run in order), which fetched the server's
+    round-start values.
     """
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, FederatedModule) and pl_module.remote is not None
+        if trainer.current_epoch != 1:
+            return
         with torch.no_grad():
             for param in pl_module.remote.held_parameters():
                 param.fill_(float("nan"))
@@ -380,3 +385,79 @@ def test_generation_through_a_block_server_equals_in_process(tmp_path):
             assert isinstance(model.transport, ProcessTransport)
             assert model.transport.request("stats") == {"graphs": 0, "caches": 0}
     _assert_same_run(results["local"], results["process"])
+
+
+# ---------------------------------------------------------------------------------- the CLI
+def test_fit_against_a_server_that_is_not_there_says_how_to_start_one(
+    tmp_path, tiny_encoder_dir, unused_port, monkeypatch, capsys
+):
+    from fellrec.cli import main
+    from test_cli import write_tiny_config
+
+    monkeypatch.setenv(SERVER_KEY_ENV, "s3cret")
+    config = write_tiny_config(tmp_path, tiny_encoder_dir)
+    address = f"127.0.0.1:{unused_port}"
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--trainer.default_root_dir",
+                str(tmp_path / "run"),
+                "--model.transport",
+                "process",
+                "--model.block_server.address",
+                address,
+            ]
+        )
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert f"no fellrec block server at {address}" in err
+    assert f"fellrec serve-blocks --address {address}" in err
+    assert "Resume" not in err  # no round finished: nothing to resume from
+
+
+@pytest.mark.slow
+def test_a_long_lived_block_server_serves_runs_one_after_another(
+    tmp_path, tiny_encoder_dir, monkeypatch
+):
+    import signal
+    import subprocess
+    import sys
+
+    from fellrec.models.process_transport import LISTENING
+    from test_cli import cli_environment, run_cli, write_tiny_config
+
+    config = write_tiny_config(tmp_path, tiny_encoder_dir)
+    monkeypatch.setenv(SERVER_KEY_ENV, "s3cret")  # the server's and the runs' (run_cli's)
+    env = cli_environment()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fellrec", "serve-blocks", "--address", "127.0.0.1:0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        address = server.stdout.readline().removeprefix(LISTENING).strip()
+        results = {}
+        for name, extra in [
+            ("local", []),
+            ("first", ["--model.transport", "process", "--model.block_server.address", address]),
+            ("second", ["--model.transport", "process", "--model.block_server.address", address]),
+        ]:
+            root = tmp_path / name
+            done = run_cli(
+                ["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *extra],
+                tmp_path,
+                timeout=600,
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+            results[name] = json.loads((root / RESULTS_FILE).read_text())
+        _assert_same_run(results["local"], results["first"])
+        _assert_same_run(results["local"], results["second"])
+        assert server.poll() is None  # still serving
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)

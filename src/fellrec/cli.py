@@ -164,10 +164,11 @@ class FellrecCLI(LightningCLI):
         except BlockServerError as error:
             # The server's state went with it; the run's checkpoints hold everything to go on.
             print(f"fellrec: error: {error}", file=sys.stderr)
-            if subcommand == "fit":
+            last = Path(self.config[subcommand].checkpoint.dirpath) / "last.ckpt"
+            if subcommand == "fit" and last.exists():
                 print(
-                    "Resume (a run's own block server starts again with it) with:\n  "
-                    + resume_command(self.command_args),
+                    "Resume once the server is back (a run's own block server starts again "
+                    f"with it):\n  {resume_command(self.command_args)}",
                     file=sys.stderr,
                 )
             raise SystemExit(1) from None

@@ -27,6 +27,7 @@ import secrets
 import subprocess
 import sys
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
@@ -108,10 +109,12 @@ class ProcessTransport(Transport):
         self._ids = itertools.count()
         self._caches: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._session: dict[str, Any] | None = None
+        self._spec: Callable[[], dict[str, Any]] | None = None
+        self._on_attach: Callable[[dict[str, Any]], None] = lambda described: None
         #: Why the connection was lost (a run does not reconnect: the server's state is gone).
         self._lost: str | None = None
-        self._adapter_name: Any = None
-        self._training: Any = None
+        self._adapter_name: Callable[[], str] = lambda: ""
+        self._training: Callable[[], bool] = lambda: False
         #: Bytes that went over the connection (pickled messages, both ways).
         self.wire_bytes = 0
 
@@ -180,13 +183,18 @@ class ProcessTransport(Transport):
         self._connection, self._child = None, None
 
     def request(self, kind: str, **fields: Any) -> Any:
-        """Send one request and return the server's answer.
+        """Send one request and return the server's answer (attaching first, once).
 
         Raises:
             BlockServerError: When the server is gone or does not answer in time.
             RuntimeError: With the server's error when the request failed there.
         """
         self.connect()
+        if self._session is None:
+            self._attach()
+        return self._request(kind, **fields)
+
+    def _request(self, kind: str, **fields: Any) -> Any:
         assert self._connection is not None
         try:
             self.wire_bytes += process_links.send(self._connection, {"kind": kind, **fields})
@@ -209,20 +217,31 @@ class ProcessTransport(Transport):
         return value
 
     # ------------------------------------------------------------------ session
-    def attach(self, spec: dict[str, Any], adapter_name: Any, training: Any) -> dict[str, Any]:
-        """Have the server build the middle blocks this run needs.
+    def bind(
+        self,
+        spec: Callable[[], dict[str, Any]],
+        adapter_name: Callable[[], str],
+        training: Callable[[], bool],
+        attached: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """Say what the server is to build; it is built at the first request (lazily).
 
         Args:
-            spec: What to build (:class:`fellrec.serving.block_host.BlockHostSpec` fields).
+            spec: ``() -> dict``: what to build (:class:`fellrec.serving.block_host.BlockHostSpec`
+                fields), asked at the first request (the model is on its device by then).
             adapter_name: ``() -> str``: the client adapter the next call runs.
             training: ``() -> bool``: whether the middle blocks run in training mode.
-
-        Returns:
-            What the server built: its server-held ``keys`` and their ``parameters`` per client.
+            attached: Called once the server built them, with what it built (its server-held
+                ``keys`` and their ``parameters`` per client), before any other request.
         """
-        self._adapter_name, self._training = adapter_name, training
-        self._session = self.request("attach", spec=spec)
-        return self._session
+        self._spec, self._adapter_name, self._training = spec, adapter_name, training
+        self._on_attach = attached
+
+    def _attach(self) -> None:
+        if self._spec is None:
+            raise RuntimeError("the process transport is not bound to a model yet (bind())")
+        self._session = self._request("attach", spec=self._spec())
+        self._on_attach(self._session)
 
     # ------------------------------------------------------------------ the contract
     def call_server(
@@ -235,8 +254,6 @@ class ProcessTransport(Transport):
         """Run the middle blocks in the server process; see :meth:`Transport.call_server`."""
         if not isinstance(server, MiddleCall):
             raise TypeError("model.transport: process runs the middle blocks of a split model")
-        if self._session is None:
-            raise RuntimeError("the process transport is not attached to a block server yet")
         self.calls += 1
         if not torch.is_grad_enabled():
             received = self._count_forward(hidden_states, attention_mask, position_ids)

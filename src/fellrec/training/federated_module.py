@@ -313,6 +313,11 @@ class FederatedModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Load the base model once, attach one adapter per client, build the recommender."""
+        if self.transport_name == "process" and self.trainer.world_size > 1:
+            raise ValueError(
+                "model.transport: process serves one training process; run it with "
+                "--trainer.devices 1 (or model.transport: local for data parallelism)"
+            )
         self.build(federated_datamodule(self.trainer))
 
     def build(self, datamodule: FederatedDataModule) -> None:
@@ -351,13 +356,12 @@ class FederatedModule(L.LightningModule):
             self.remote = RemoteServerBlocks(
                 self.adapters, self.transport, self.k_front, self.k_back
             )
-            self.remote.attach(
+            self.remote.bind(
                 self.backbone_name,
                 causal_lm=self.recommender_kind == "generative",
                 lora=self.lora,
                 causal=self.recommender_kind == "sequential",
                 weight_decay=self.weight_decay,
-                device=self.device,
             )
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
         self.recommender, self.backend = assemble_recommender(
@@ -391,11 +395,6 @@ class FederatedModule(L.LightningModule):
         if self._trainer is None or self.sharded or self.adapters is None:
             return
         strategy = self.trainer.strategy
-        if self.remote is not None and self.trainer.world_size > 1:
-            raise ValueError(
-                "model.transport: process serves one training process; run it with "
-                "--trainer.devices 1 (or model.transport: local for data parallelism)"
-            )
         if not isinstance(strategy, ModelParallelStrategy):
             if self.shard_client_blocks:
                 rank_zero_warn(

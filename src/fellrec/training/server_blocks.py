@@ -48,36 +48,44 @@ class RemoteServerBlocks:
         self.stale = False
         self._pending_optimizers: list[dict[str, Any]] | None = None
 
-    def attach(
-        self,
-        backbone: str,
-        causal_lm: bool,
-        lora: LoRASettings,
-        causal: bool,
-        weight_decay: float,
-        device: torch.device,
+    def bind(
+        self, backbone: str, causal_lm: bool, lora: LoRASettings, causal: bool, weight_decay: float
     ) -> None:
-        """Have the server build this host's middle blocks, then load the host's values there.
+        """Say what the server is to build for this host; it does at the first request.
 
-        Raises:
-            ValueError: When the server's blocks hold other LoRA tensors than this host's.
+        Once built, the server gets the host's values (:meth:`push`) before anything else.
+
+        Args:
+            backbone: ``model.backbone``.
+            causal_lm: The base is a causal LM (the generative recommender).
+            lora: The adapters' settings.
+            causal: An encoder runs causally (the sequential recommender).
+            weight_decay: ``model.weight_decay``.
         """
-        spec: dict[str, Any] = {
-            "backbone": backbone,
-            "causal_lm": causal_lm,
-            "lora": asdict(lora),
-            "clients": tuple(self.adapters.client_ids),
-            "k_front": self.plan.k_front,
-            "k_back": self.plan.k_back,
-            "causal": causal,
-            "weight_decay": weight_decay,
-            "device": str(device),
-        }
-        described = self.transport.attach(
+
+        def spec() -> dict[str, Any]:
+            return {
+                "backbone": backbone,
+                "causal_lm": causal_lm,
+                "lora": asdict(lora),
+                "clients": tuple(self.adapters.client_ids),
+                "k_front": self.plan.k_front,
+                "k_back": self.plan.k_back,
+                "causal": causal,
+                "weight_decay": weight_decay,
+                # Where the model is now (Lightning moves it after setup): the server runs there.
+                "device": str(next(self.adapters.model.parameters()).device),
+            }
+
+        self.transport.bind(
             spec,
-            adapter_name=lambda: self.adapters.model.active_adapter,
+            adapter_name=lambda: str(self.adapters.model.active_adapter),
             training=lambda: self._first_middle.training,
+            attached=self._attached,
         )
+
+    def _attached(self, described: dict[str, Any]) -> None:
+        """Check what the server built, then load the host's values into it."""
         if described["keys"] != self.side.keys:
             raise ValueError(
                 f"the block server at {self.transport.address} built other middle-block LoRA "
