@@ -1,0 +1,207 @@
+"""ModuleSettings: the ``model.*`` settings of a federated recommender, checked and recorded.
+
+Its ``__init__`` is the ``model:`` section of every config: LightningCLI reads the parameters, their
+defaults and (from the class docstring) their help texts. Every setting is checked here, before the
+data and the model are loaded, kept as an attribute and recorded as a plain-valued hyper-parameter
+(checkpoints load with ``torch.load(weights_only=True)``). The host that trains and evaluates the
+clients, :class:`~fellrec.training.federated_module.FederatedModule`, subclasses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_deprecation
+
+from fellrec.federation.strategies import Strategy
+from fellrec.models.adapters import LoRASettings
+from fellrec.models.item_components import ItemSettings
+from fellrec.models.process_transport import BlockServerSettings
+from fellrec.models.prompts import PromptSettings
+from fellrec.models.text import format_item_text
+from fellrec.models.transport import check_transport_name
+from fellrec.training.client_optimization import RoundSchedule
+from fellrec.training.recommender_assembly import RecommenderSettings
+
+
+class ModuleSettings(L.LightningModule):
+    """The ``model.*`` settings of a federated recommender, checked and kept as hyper-parameters.
+
+    Args:
+        backbone: Model by packaged alias (``minilm``, ``smollm2``), local directory or hub name.
+        recommender: ``sequential`` (the default: the LLM reads the history as item tokens,
+            text embedding plus ID embedding each, and predicts the next item at every
+            position; :mod:`fellrec.models.sequential`), ``encoder`` (RecFormer-style, the
+            paper's: the history rendered as text, scored against every item's text) or
+            ``generative`` (causal LM, BIGRec-style: beam search, then grounding to items).
+        items: Trainable per-item components (ID embeddings, biases, learned temperature), client
+            parameters exchanged and aggregated with the adapter. Used by ``sequential``; for
+            ``encoder`` only when ``model.item_components`` is on.
+        item_components: Give the ``encoder`` recommender the per-item components of
+            ``model.items`` too (off: the paper's RecFormer-style scoring, cosine / temperature).
+        item_encoding: ``encoder`` only: ``round`` (the paper's: the catalog is encoded once per
+            round and fixed within it, so no gradient reaches the adapter from the item side) or
+            ``step`` (the batch's targets and ``model.num_negatives`` sampled items are encoded
+            inside the step, with gradients).
+        strategy: Deprecated: set ``loop.strategy`` (the round loop runs the strategy). Still read,
+            with a warning, when ``loop.strategy`` is not set.
+        lora: LoRA settings shared by all clients.
+        split_execution: Split execution (flexible storage): the client runs the embeddings, the
+            first ``k_front`` and the last ``k_back`` blocks and the head; the server runs the
+            middle blocks. Numerically the same as ``false``; only where the work runs changes.
+            (Not named ``split``: ``data.split`` is the train/valid/test split, and Lightning
+            merges both modules' hyper-parameters into one namespace.)
+        k_front: Blocks after the embeddings that stay on the client.
+        k_back: Last blocks (before the final norm and head) that stay on the client.
+        transport: How hidden states cross between client and server: ``local`` (in process)
+            or ``process`` (the middle blocks, with every client's LoRA on them, in a block
+            server process: :mod:`fellrec.models.process_transport`).
+        block_server: Where the ``process`` transport's block server runs (default: a child
+            process of the run).
+        shard_client_blocks: Under ``--trainer.strategy model_parallel`` (which shards
+            the server's middle blocks across the processes), shard the client's front and back
+            blocks too; off: they stay replicated, like the embeddings and the head.
+        load_in_8bit: Load the frozen base in 8 bits (generative; needs bitsandbytes and a GPU).
+        prompt: Prompt wording, cutoff and decoding of the generative recommender.
+        privacy_probe: At the end of a split run, play the honest-but-curious server (linear
+            inversion of ``h_front``, :mod:`fellrec.training.privacy`) at ``k_front`` in
+            {0, 1, 2, model.k_front} and store the token recovery under ``"privacy"`` in
+            ``results.json`` (the :class:`~fellrec.training.privacy_probe.PrivacyProbe`
+            callback, which ``fellrec fit`` adds). ``fellrec attack`` measures the whole curve.
+        pooling: ``mean`` or ``cls`` pooling of token states.
+        temperature: Cosine-score temperature.
+        item_text: Template of an item's text (fields ``{title}``, ``{categories}``).
+        max_history_tokens: Token budget of a rendered history.
+        max_item_tokens: Tokens kept per item text.
+        lr: Base learning rate (scaled per client by the strategy's heating weights).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps at the start of each client's round.
+        lr_decay: ``none``, ``linear`` or ``cosine`` decay over each client's round.
+        reset_optimizer_each_round: Clear AdamW moments at each round start (the aggregated adapter
+            is a new point, so stale moments would push it back toward the client's own).
+        num_negatives: Sampled negatives per example instead of the full-catalog softmax.
+        item_batch_size: Items per forward pass when encoding the catalog.
+        seed: Seed of dropout and negative sampling (set per client and round, so resumes replay).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "minilm",
+        recommender: str = "sequential",
+        strategy: Strategy | None = None,
+        lora: LoRASettings | None = None,
+        items: ItemSettings | None = None,
+        item_components: bool = False,
+        item_encoding: str = "round",
+        split_execution: bool = True,
+        k_front: int = 1,
+        k_back: int = 1,
+        transport: str = "local",
+        block_server: BlockServerSettings | None = None,
+        shard_client_blocks: bool = False,
+        load_in_8bit: bool = False,
+        prompt: PromptSettings | None = None,
+        privacy_probe: bool = True,
+        pooling: str = "mean",
+        temperature: float = 0.05,
+        item_text: str = "{title}",
+        max_history_tokens: int = 128,
+        max_item_tokens: int = 32,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        lr_decay: str = "none",
+        reset_optimizer_each_round: bool = True,
+        num_negatives: int | None = None,
+        item_batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        # Every setting is checked here, before the data and the model are loaded.
+        #: Each client's round schedule (warm-up, decay, moment resets); built first, it
+        #: checks ``lr`` and ``lr_decay``.
+        self.schedule = RoundSchedule(warmup_steps, lr_decay, reset_optimizer_each_round, lr)
+        format_item_text(item_text, "title", ["category"])  # an unknown field fails now
+        check_transport_name(transport)
+        self.block_server = block_server if block_server is not None else BlockServerSettings()
+        self.block_server.validate()
+        if transport == "process" and not split_execution:
+            raise ValueError(
+                "model.transport: process runs the server's middle blocks of a split model; "
+                "set model.split_execution: true (or model.transport: local)"
+            )
+        if transport == "process" and load_in_8bit:
+            raise ValueError(
+                "model.transport: process loads the base in full precision on the server; "
+                "model.load_in_8bit is not supported with it"
+            )
+        self.backbone_name = backbone
+        self.recommender_kind = recommender
+        self.split = split_execution
+        self.k_front = k_front
+        self.k_back = k_back
+        self.transport_name = transport
+        self.shard_client_blocks = shard_client_blocks
+        self.load_in_8bit = load_in_8bit
+        self.prompt = prompt if prompt is not None else PromptSettings()
+        self.privacy_probe = privacy_probe
+        if strategy is not None:
+            rank_zero_deprecation(
+                "model.strategy is deprecated and will be removed: set the strategy as "
+                "loop.strategy (the round loop runs it; the same class_path and init_args)"
+            )
+        #: ``model.strategy`` where an old config or checkpoint still sets it (the loop uses it
+        #: when ``loop.strategy`` is not set).
+        self.legacy_strategy = strategy
+        self.lora = lora if lora is not None else LoRASettings()
+        self.items = items if items is not None else ItemSettings()
+        self.item_components = item_components
+        self.item_encoding = item_encoding
+        self.pooling = pooling
+        self.temperature = temperature
+        self.item_text = item_text
+        self.max_history_tokens = max_history_tokens
+        self.max_item_tokens = max_item_tokens
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.lr_decay = lr_decay
+        self.reset_optimizer_each_round = reset_optimizer_each_round
+        self.num_negatives = num_negatives
+        self.item_batch_size = item_batch_size
+        self.seed = seed
+        self.recommender_settings().validate()
+        # Plain values only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["strategy", "lora", "prompt", "items", "block_server"])
+        if strategy is not None:
+            # The same spec the config used, so LightningCLI can re-read it from a checkpoint.
+            self.hparams["strategy"] = strategy.class_spec()
+        self.hparams["lora"] = asdict(self.lora)
+        self.hparams["prompt"] = asdict(self.prompt)
+        self.hparams["items"] = asdict(self.items)
+        self.hparams["block_server"] = asdict(self.block_server)
+
+    @property
+    def uses_item_components(self) -> bool:
+        """Whether each client has per-item components (``model.items``) besides its adapter."""
+        return self.recommender_settings().uses_item_components
+
+    def recommender_settings(self) -> RecommenderSettings:
+        """The settings that decide which recommender is built."""
+        return RecommenderSettings(
+            kind=self.recommender_kind,
+            items=self.items,
+            item_components=self.item_components,
+            item_encoding=self.item_encoding,
+            pooling=self.pooling,
+            temperature=self.temperature,
+            max_item_tokens=self.max_item_tokens,
+            max_history_tokens=self.max_history_tokens,
+            num_negatives=self.num_negatives,
+            item_batch_size=self.item_batch_size,
+            prompt=self.prompt,
+            split=self.split,
+            k_front=self.k_front,
+            k_back=self.k_back,
+        )
