@@ -4,9 +4,11 @@ Runs the same ``fellrec fit`` job (the quickstart config: synthetic catalog, 5 c
 no validation) with the middle blocks in process and in a block server process started by the
 run, alternating over ``--repeats`` so machine drift hits both alike, and prints one Markdown
 table: median training step, the per-repeat ratio of medians (process / local), tensor bytes per
-step (what the transport contract carries; equal for both) and bytes per step on the connection
-(pickled messages: the tensors, control values such as the random state, parameter rows at round
-ends), and the fit's wall time (the process run's includes starting its server).
+step (what the transport contract carries; equal for both), bytes on the connection per step
+(pickled forward, backward and step messages: the tensors and control values such as the random
+state) and per round (the server-held LoRA rows fetched at the round's end and loaded after the
+aggregation, the round start, optimizer states for the checkpoint), and the fit's wall time (the
+process run's includes starting its server and building the middle blocks there).
 
     HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_block_server.py \\
         --backbone minilm --repeats 3
@@ -29,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSPORTS = ("local", "process")
+#: Requests a training step sends; the others happen once per round (or once per run).
+STEP_REQUESTS = ("forward", "backward", "step")
 
 
 def run(transport: str, args: argparse.Namespace, directory: Path) -> dict:
@@ -108,20 +112,25 @@ def main() -> None:
     print(f"backbone {args.backbone}, {args.examples} examples, {args.repeats} repeats\n")
     print(
         "| transport | median step (s) | process / local per repeat | tensor bytes per step "
-        "| connection bytes per step | fit wall time (s) |"
+        "| connection bytes per step | connection bytes per round | fit wall time (s) |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for transport in TRANSPORTS:
         runs = records[transport]
         steps = [median_step(r) for r in runs]
         count = len(runs[-1]["step_seconds"])
         wire = runs[-1]["wire_bytes"]
+        per_step = per_round = "-"
+        if wire is not None:
+            stepping = sum(v for k, v in wire.items() if k in STEP_REQUESTS)
+            per_step = f"{stepping / count / 1024:.0f} KiB"
+            per_round = f"{(sum(wire.values()) - stepping) / 1024:.0f} KiB"  # one round
         print(
             f"| {transport} | {statistics.median(steps):.3f} "
             f"(min {min(steps):.3f}, max {max(steps):.3f})"
             f" | {', '.join(f'{r:.2f}' for r in ratios) if transport == 'process' else '-'}"
             f" | {runs[-1]['tensor_bytes'] / count / 1024:.0f} KiB"
-            f" | {'-' if wire is None else f'{wire / count / 1024:.0f} KiB'}"
+            f" | {per_step} | {per_round}"
             f" | {statistics.median(r['fit_seconds'] for r in runs):.1f} |"
         )
 

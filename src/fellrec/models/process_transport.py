@@ -27,6 +27,7 @@ import secrets
 import subprocess
 import sys
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
@@ -115,8 +116,9 @@ class ProcessTransport(Transport):
         self._lost: str | None = None
         self._adapter_name: Callable[[], str] = lambda: ""
         self._training: Callable[[], bool] = lambda: False
-        #: Bytes that went over the connection (pickled messages, both ways).
+        #: Bytes that went over the connection (pickled messages, both ways), and by request.
         self.wire_bytes = 0
+        self.wire_bytes_by_request: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -197,7 +199,7 @@ class ProcessTransport(Transport):
     def _request(self, kind: str, **fields: Any) -> Any:
         assert self._connection is not None
         try:
-            self.wire_bytes += process_links.send(self._connection, {"kind": kind, **fields})
+            sent = process_links.send(self._connection, {"kind": kind, **fields})
             if not self._connection.poll(self.settings.timeout):
                 raise TimeoutError(f"no answer in {self.settings.timeout:g} s")
             data = self._connection.recv_bytes()
@@ -210,7 +212,8 @@ class ProcessTransport(Transport):
                 "from it (--ckpt_path last) once the server is back"
             )
             raise BlockServerError(self._lost) from error
-        self.wire_bytes += len(data)
+        self.wire_bytes += sent + len(data)
+        self.wire_bytes_by_request[kind] += sent + len(data)
         status, value = pickle.loads(data)
         if status != "ok":
             raise RuntimeError(f"the block server at {self.address} failed: {value}")

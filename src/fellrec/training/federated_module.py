@@ -132,11 +132,10 @@ class FederatedModule(ModuleSettings):
     def client_parameters(self) -> torch.Tensor:
         """The held clients' parameters (adapter and item components), one row each ``(S, P)``."""
         assert self.adapters is not None, "the module is not built yet"
-        matrix = self.adapters.get_matrix()
         if self.remote is not None:
             # The server trained the middle blocks' LoRA: its values are the ones aggregated.
-            matrix[:, self.remote.mask] = self.remote.pull()
-        return matrix
+            self.remote.fetch()
+        return self.adapters.get_matrix()
 
     def load_client_parameters(self, parameters: torch.Tensor, identical: bool = False) -> None:
         """Load every held client's parameters ``(S, P)`` (after aggregation or selection).

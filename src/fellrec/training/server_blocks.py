@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-import torch
 from torch import nn
 
 from fellrec.federation.split_plan import plan_split
@@ -46,6 +45,8 @@ class RemoteServerBlocks:
         self._first_middle: nn.Module = first_middle
         #: Whether the server's values must be loaded from here before they are used next.
         self.stale = False
+        #: Whether the server trained since the host's copy was last loaded or fetched.
+        self.trained = False
         self._pending_optimizers: list[dict[str, Any]] | None = None
 
     def bind(
@@ -97,13 +98,13 @@ class RemoteServerBlocks:
     def push(self) -> None:
         """Load the host's copy of the server-held values into the server."""
         self.transport.request("load_rows", rows=self.side.rows())
-        self.stale = False
+        self.stale = self.trained = False
 
-    def pull(self) -> torch.Tensor:
-        """The server's values ``(S, Pm)``, also written into the host's copy."""
-        rows: torch.Tensor = self.transport.request("rows")
-        self.side.load_rows(rows)
-        return rows
+    def fetch(self) -> None:
+        """Bring the server's values into the host's copy, if the server trained since."""
+        if self.trained:
+            self.side.load_rows(self.transport.request("rows"))
+            self.trained = False
 
     def client_keys_and_parameters(self, slot: int) -> tuple[list[str], list[nn.Parameter]]:
         """What the slot's own optimizer steps: everything but the server-held values."""
@@ -122,10 +123,11 @@ class RemoteServerBlocks:
             lr=lr,
             proximal_mu=proximal_mu,
         )
+        self.trained = self.trained or lr is not None
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The server's optimizer states (its values go into the host's state dict)."""
-        self.pull()
+        self.fetch()
         return {"optimizers": self.transport.request("optimizers")}
 
     def restore(self, state: dict[str, Any] | None) -> None:
