@@ -473,7 +473,9 @@ class FederatedModule(ModuleSettings):
         checkpoint["fellrec_train_traffic"] = dict(self.train_traffic)
         if self.remote is not None:
             # The server's values of the middle blocks' LoRA, and its optimizers' moments.
-            checkpoint["fellrec_block_server"] = self.remote.checkpoint_state()
+            checkpoint["fellrec_block_server"] = self.remote.checkpoint_state(
+                optimizers=not self.schedule.reset_optimizer_each_round
+            )
             names = {id(p): name for name, p in self.named_parameters()}
             for param in self.remote.held_parameters():
                 checkpoint["state_dict"][names[id(param)]] = param.detach().clone()

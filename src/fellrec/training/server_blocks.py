@@ -125,15 +125,20 @@ class RemoteServerBlocks:
         )
         self.trained = self.trained or lr is not None
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The server's optimizer states (its values go into the host's state dict)."""
+    def checkpoint_state(self, optimizers: bool) -> dict[str, Any]:
+        """What a checkpoint needs of the server; its values go into the host's state dict.
+
+        Args:
+            optimizers: Include the server's optimizer states (needed when moments carry over
+                to the next round; cleared at each round start otherwise).
+        """
         self.fetch()
-        return {"optimizers": self.transport.request("optimizers")}
+        return {"optimizers": self.transport.request("optimizers") if optimizers else None}
 
     def restore(self, state: dict[str, Any] | None) -> None:
         """After a checkpoint loaded: push its values (and optimizer states) before the next use."""
         self.stale = True
-        if state is not None:
+        if state is not None and state["optimizers"] is not None:
             self._pending_optimizers = state["optimizers"]
 
     def sync_if_stale(self) -> None:
