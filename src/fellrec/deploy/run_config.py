@@ -76,7 +76,7 @@ class LoadedRun:
     @property
     def strategy(self) -> Strategy:
         """The configured strategy (``loop.strategy``, or the deprecated ``model.strategy``)."""
-        from fellrec.training.loop import resolve_strategy
+        from fellrec.training.run_strategy import resolve_strategy
 
         return resolve_strategy(self.loop.configured_strategy, self.model.legacy_strategy)
 

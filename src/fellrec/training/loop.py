@@ -1,11 +1,16 @@
 """FederatedLoop: the round boundaries of a federated run, as a Lightning callback.
 
 One Lightning epoch is one federated round. At each round start the loop sets every client's
-learning
-rate (the strategy's heating), at each round end it collects the adapters and losses, calls the
-strategy and loads every client's new adapter, then it evaluates each client on its own users, keeps
-each client's best adapter by validation (per-client model selection) and logs the balance across
-clients. Its state is plain values and tensors, saved in checkpoints, so a run resumes exactly.
+learning rate (the strategy's heating), at each round end it collects the adapters and losses, calls
+the strategy and loads every client's new adapter, then it evaluates each client on its own users,
+keeps each client's best adapter by validation (per-client model selection) and logs the balance
+across clients. Its state is plain values and tensors, saved in checkpoints, so a run resumes
+exactly.
+
+Beside it lives what is not running the rounds, in ``fellrec.training``: the strategy's resolution
+(``run_strategy``), what fitting records first (``run_start``), a resumed run's record in its
+loggers (``resumed_record``), the test's summary (``evaluation_summary``) and the run's outputs
+(``results``).
 """
 
 from __future__ import annotations
@@ -17,94 +22,24 @@ from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.federation.protocol import round_inputs, round_record
 from fellrec.federation.selection import ModelSelection
-from fellrec.federation.strategies import FELLRec, Local, Strategy
-from fellrec.metrics.bootstrap import confidence_intervals
+from fellrec.federation.strategies import Local, Strategy
 from fellrec.metrics.summary import summarize
-from fellrec.models.resource_tables import format_report, padding_note
-from fellrec.training.accounting import resource_summary
 from fellrec.training.datamodule import federated_datamodule
+from fellrec.training.evaluation_summary import logged_test_metrics, summarize_test
 from fellrec.training.federated_module import FederatedModule
-from fellrec.training.results import RunRecord, RunSection, write_run_outputs
-from fellrec.training.round_metrics import aggregation_metrics, round_metrics, validation_metrics
-from fellrec.training.run_logger import RunCSVLogger
+from fellrec.training.results import RunRecord, run_directory, run_sections, write_run_outputs
+from fellrec.training.resumed_record import continue_record
+from fellrec.training.round_metrics import aggregation_metrics, validation_metrics
+from fellrec.training.run_start import record_fit_start
+from fellrec.training.run_strategy import DEFAULT_STRATEGY, resolve_strategy
 
 log = logging.getLogger(__name__)
-
-
-#: ``loop.strategy``'s default. Strategies hold settings only, so one instance can be shared.
-DEFAULT_STRATEGY: Strategy = lazy_instance(FELLRec)
-
-
-def resolve_strategy(
-    configured: Strategy, legacy: Strategy | None, host: Strategy | None = None
-) -> Strategy:
-    """The strategy of a run: ``loop.strategy``, or the deprecated ``model.strategy``.
-
-    Args:
-        configured: ``loop.strategy`` (FELLRec with its default settings when not set).
-        legacy: The deprecated ``model.strategy`` (None: not set). It is used when
-            ``loop.strategy`` is left at its default.
-        host: The only strategy the module can run (a one-client host trains locally).
-
-    Raises:
-        ValueError: When the settings disagree.
-    """
-    default = FELLRec().describe()
-    if host is not None:
-        if configured.describe() not in (default, host.describe()):
-            raise ValueError(
-                f"this module runs only the {host.name!r} strategy (aggregation is the server's "
-                f"job), but loop.strategy is {configured.name!r}"
-            )
-        return host
-    if legacy is None or configured.describe() == legacy.describe():
-        return configured
-    if configured.describe() == default:
-        return legacy
-    raise ValueError(
-        f"loop.strategy ({configured.describe()}) and the deprecated model.strategy "
-        f"({legacy.describe()}) disagree; set loop.strategy only"
-    )
-
-
-def log_resources(module: FederatedModule) -> None:
-    """Log what this configuration costs on the client and on the server (rank zero)."""
-    report = resource_summary(module)
-    if "table" not in report:
-        log.info("resources: no estimate (%s)", report["unavailable"])
-        return
-    assumed = report["assumed"]
-    log.info(
-        "resources (estimated per step):\n%s\n%s",
-        format_report(report),
-        padding_note(assumed["batch_size"], assumed["seq_len"]),
-    )
-
-
-def starts_a_new_record(logger: Logger) -> bool:
-    """Whether a logger's record of a resumed run would lack the rounds before the resume.
-
-    Lightning's ``CSVLogger`` deletes its file on opening and a wandb run that was not resumed
-    (``WandbLogger(id=..., resume=...)``) is a new one; TensorBoard keeps its event files.
-    """
-    if isinstance(logger, CSVLogger):
-        return True
-    if isinstance(logger, WandbLogger):
-        return not getattr(logger.experiment, "resumed", False)
-    return False
-
-
-def run_directory(trainer: L.Trainer) -> Path:
-    """The run's log directory. Under DDP this broadcasts, so call it on every process."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 class FederatedLoop(Callback):
@@ -194,13 +129,7 @@ class FederatedLoop(Callback):
         """Save the user -> client map next to the run."""
         module = self._module(pl_module)
         self._ensure_state(module)
-        directory = run_directory(trainer)  # a collective: every process must ask
-        if trainer.is_global_zero:
-            datamodule = federated_datamodule(trainer)
-            datamodule.save_assignment(directory)
-            log.info("clients:\n%s", datamodule.partition_table())
-            self._warn_small_clients(datamodule)
-            log_resources(module)
+        record_fit_start(trainer, module, self.min_eval_users)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Continue the record of a resumed run: every round it holds, in every logger.
@@ -211,27 +140,8 @@ class FederatedLoop(Callback):
         history, so a resumed run's record equals the uninterrupted one's.
         """
         self.checkpointed_rounds = self.rounds_run
-        if not trainer.is_global_zero:
-            return
-        finished = [r for r in self.history if r["round"] < self.rounds_run]
-        for logger in trainer.loggers:
-            if isinstance(logger, RunCSVLogger):
-                logger.start_at_round(self.rounds_run)
-            elif finished and starts_a_new_record(logger):
-                for record in finished:
-                    logger.log_metrics(round_metrics(record), step=record.get("step", 0))
-
-    def _warn_small_clients(self, datamodule: Any) -> None:
-        """Warn about clients whose validation or test users are too few to trust."""
-        for period, counts in datamodule.eval_user_counts().items():
-            small = [(c, int(n)) for c, n in enumerate(counts) if n < self.min_eval_users]
-            if small:
-                listed = ", ".join(f"client {c}: {n}" for c, n in small)
-                rank_zero_warn(
-                    f"few {period} users ({listed}; loop.min_eval_users={self.min_eval_users}): "
-                    "their metrics are noisy, see the confidence intervals under 'ci' in "
-                    "results.json"
-                )
+        if trainer.is_global_zero:
+            continue_record(trainer.loggers, self.history, self.rounds_run)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start a round: per-client learning rates, optimizer resets, round statistics."""
@@ -357,30 +267,14 @@ class FederatedLoop(Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Summarize the test metrics, log them and write the run's outputs."""
         module = self._module(pl_module)
-        sums, counts, names = module.collect_eval()
-        summary = summarize(sums, counts, names)
-        if self.bootstrap_resamples > 0:
-            clients, values = module.collect_eval_values()
-            per_user = {name: values[:, j] for j, name in enumerate(names)}
-            summary["ci"] = confidence_intervals(
-                per_user, clients, module.num_clients, names, self.bootstrap_resamples
-            )
-        overall = summary["overall"]
-        assert isinstance(overall, dict)
-        module.log_dict(
-            {f"test/{k}": float(v) for k, v in overall.items() if k != "users"},
-            sync_dist=True,
-        )
+        summary = summarize_test(module, self.bootstrap_resamples)
+        module.log_dict(logged_test_metrics(summary), sync_dist=True)
         directory = run_directory(trainer)  # a collective: every process must ask
         # Sharded adapters are gathered by every process at once; one of them writes.
         gathered = module.gathered_adapters()
         self.test_summary, self.results_path = summary, None
         if self.write_results and trainer.is_global_zero:
-            sections = {
-                callback.section_name: callback.section(trainer, module)
-                for callback in trainer.callbacks  # type: ignore[attr-defined]
-                if isinstance(callback, RunSection)
-            }
+            sections = run_sections(trainer, module)
             self.results_path = write_run_outputs(
                 directory, module, self.run_record(), summary, sections, gathered
             )

@@ -1,4 +1,8 @@
-"""A run's outputs: ``results.json`` and each client's adapter in Hugging Face peft format."""
+"""A run's outputs: ``results.json`` and each client's adapter in Hugging Face peft format.
+
+They go into the run's log directory (:func:`run_directory`); callbacks other than the round loop
+add their sections to ``results.json`` (:class:`RunSection`, gathered by :func:`run_sections`).
+"""
 
 from __future__ import annotations
 
@@ -60,6 +64,20 @@ class RunSection(Protocol):
     def section(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any] | None:
         """The section's content (None: nothing to report)."""
         ...
+
+
+def run_sections(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+    """Every :class:`RunSection` callback's section of ``results.json``, by section name."""
+    return {
+        callback.section_name: callback.section(trainer, module)
+        for callback in trainer.callbacks  # type: ignore[attr-defined]
+        if isinstance(callback, RunSection)
+    }
+
+
+def run_directory(trainer: L.Trainer) -> Path:
+    """The run's log directory. Under DDP this broadcasts, so call it on every process."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,77 @@
+"""What a run records and announces once when fitting starts, before its first round.
+
+The user -> client map is saved next to the run (``clients.csv``), the partition is logged as a
+table, clients with too few evaluation users to trust are warned about, and the estimate of what
+the configuration costs is logged (all on rank zero).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from lightning.pytorch.utilities import rank_zero_warn
+
+from fellrec.models.resource_tables import format_report, padding_note
+from fellrec.training.accounting import resource_summary
+from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
+from fellrec.training.results import run_directory
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from fellrec.training.federated_module import FederatedModule
+
+log = logging.getLogger(__name__)
+
+
+def log_resources(module: FederatedModule) -> None:
+    """Log what this configuration costs on the client and on the server (rank zero)."""
+    report = resource_summary(module)
+    if "table" not in report:
+        log.info("resources: no estimate (%s)", report["unavailable"])
+        return
+    assumed = report["assumed"]
+    log.info(
+        "resources (estimated per step):\n%s\n%s",
+        format_report(report),
+        padding_note(assumed["batch_size"], assumed["seq_len"]),
+    )
+
+
+def warn_small_clients(datamodule: FederatedDataModule, min_eval_users: int) -> None:
+    """Warn about clients whose validation or test users are too few to trust.
+
+    Args:
+        datamodule: The run's data (its per-client evaluation user counts).
+        min_eval_users: ``loop.min_eval_users``: fewer users than this are warned about.
+    """
+    for period, counts in datamodule.eval_user_counts().items():
+        small = [(c, int(n)) for c, n in enumerate(counts) if n < min_eval_users]
+        if small:
+            listed = ", ".join(f"client {c}: {n}" for c, n in small)
+            rank_zero_warn(
+                f"few {period} users ({listed}; loop.min_eval_users={min_eval_users}): "
+                "their metrics are noisy, see the confidence intervals under 'ci' in "
+                "results.json"
+            )
+
+
+def record_fit_start(trainer: L.Trainer, module: FederatedModule, min_eval_users: int) -> None:
+    """Save the user -> client map, log the partition and the resources, warn on small clients.
+
+    Call it on every process: finding the run's directory is a collective under DDP.
+
+    Args:
+        trainer: The trainer starting to fit.
+        module: The federated module it fits.
+        min_eval_users: ``loop.min_eval_users`` (see :func:`warn_small_clients`).
+    """
+    directory = run_directory(trainer)  # a collective: every process must ask
+    if not trainer.is_global_zero:
+        return
+    datamodule = federated_datamodule(trainer)
+    datamodule.save_assignment(directory)
+    log.info("clients:\n%s", datamodule.partition_table())
+    warn_small_clients(datamodule, min_eval_users)
+    log_resources(module)
