@@ -38,7 +38,14 @@ import torch
 from torch import Tensor
 
 from fellrec import process_links
-from fellrec.models.transport import MiddleCall, Payload, Server, Transport
+from fellrec.models.transport import (
+    MiddleCall,
+    Payload,
+    Server,
+    Transport,
+    gradient_to_client,
+    gradient_to_server,
+)
 
 #: Environment variable with the key a block server and its clients share.
 SERVER_KEY_ENV = "FELLREC_SERVER_KEY"
@@ -390,18 +397,6 @@ class _RemoteCall(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         transport: ProcessTransport = ctx.transport
-        grad = transport.send(
-            Payload("to_server", "backward", {"grad_hidden_states": grad_output})
-        ).tensors["grad_hidden_states"]
-        if ctx.consumed:
-            raise RuntimeError(
-                "the server graph of this split call was already backpropagated: a second "
-                "backward through a transport (retain_graph=True) is not supported"
-            )
-        ctx.consumed = True
+        grad = gradient_to_server(transport, ctx, grad_output)
         grad_input = transport._backward(ctx.call, grad) if ctx.has_graph else None
-        if grad_input is not None:
-            grad_input = transport.send(
-                Payload("to_client", "backward", {"grad_hidden_states": grad_input})
-            ).tensors["grad_hidden_states"]
-        return grad_input, None, None, None, None, None
+        return gradient_to_client(transport, grad_input), None, None, None, None, None

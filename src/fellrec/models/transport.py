@@ -240,28 +240,45 @@ class _ServerCall(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         transport: Transport = ctx.transport
-        grad = transport.send(
-            Payload("to_server", "backward", {"grad_hidden_states": grad_output})
-        ).tensors["grad_hidden_states"]
-        if ctx.consumed:
-            raise RuntimeError(
-                "the server graph of this split call was already backpropagated: a second "
-                "backward through a transport (retain_graph=True) is not supported"
-            )
+        grad = gradient_to_server(transport, ctx, grad_output)
         server_input, server_output = ctx.server_input, ctx.server_output
         # Free the server graph with this call, whatever happens below.
         ctx.server_input = ctx.server_output = None
-        ctx.consumed = True
         grad_input = None
         if server_output is not None:
             # Accumulates the server's parameter grads (and the input's grad) on its own graph.
             torch.autograd.backward(server_output, grad)
             grad_input = server_input.grad if server_input.requires_grad else None
-        if grad_input is not None:
-            grad_input = transport.send(
-                Payload("to_client", "backward", {"grad_hidden_states": grad_input})
-            ).tensors["grad_hidden_states"]
-        return grad_input, None, None, None, None, None
+        return gradient_to_client(transport, grad_input), None, None, None, None, None
+
+
+def gradient_to_server(transport: Transport, ctx: Any, grad_output: Tensor) -> Tensor:
+    """Send dL/dh_middle to the server (counted); refuse a second backward of the same call.
+
+    Args:
+        transport: The call's transport.
+        ctx: The call's autograd context (its ``consumed`` flag is set here).
+        grad_output: The client's gradient of the server's output.
+    """
+    grad = transport.send(
+        Payload("to_server", "backward", {"grad_hidden_states": grad_output})
+    ).tensors["grad_hidden_states"]
+    if ctx.consumed:
+        raise RuntimeError(
+            "the server graph of this split call was already backpropagated: a second "
+            "backward through a transport (retain_graph=True) is not supported"
+        )
+    ctx.consumed = True
+    return grad
+
+
+def gradient_to_client(transport: Transport, grad_input: Tensor | None) -> Tensor | None:
+    """Send dL/dh_front back to the client (counted), when the client's input needs it."""
+    if grad_input is None:
+        return None
+    return transport.send(
+        Payload("to_client", "backward", {"grad_hidden_states": grad_input})
+    ).tensors["grad_hidden_states"]
 
 
 #: ``model.transport`` names: ``local`` (in process) and ``process`` (a block server process,
