@@ -26,6 +26,7 @@ import pickle
 import secrets
 import subprocess
 import sys
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable
@@ -175,8 +176,11 @@ class ProcessTransport(Transport):
         env = {**os.environ, SERVER_KEY_ENV: key}
         self._child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
         assert self._child.stdout is not None
-        for line in self._child.stdout:
+        stdout = self._child.stdout
+        for line in stdout:
             if line.startswith(LISTENING):
+                # Keep reading what else it prints, so a full pipe never blocks the server.
+                threading.Thread(target=stdout.read, daemon=True).start()
                 return line[len(LISTENING) :].strip(), key.encode()
         code = self._child.wait()
         raise BlockServerError(f"the block server process exited with status {code} at start")
