@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor
@@ -179,8 +179,9 @@ class ProcessTransport(Transport):
         stdout = self._child.stdout
         for line in stdout:
             if line.startswith(LISTENING):
-                # Keep reading what else it prints, so a full pipe never blocks the server.
-                threading.Thread(target=stdout.read, daemon=True).start()
+                # Keep reading (and dropping) what else it prints, so a full pipe never blocks
+                # the server; line by line, so nothing accumulates here.
+                threading.Thread(target=_discard_lines, args=(stdout,), daemon=True).start()
                 return line[len(LISTENING) :].strip(), key.encode()
         code = self._child.wait()
         raise BlockServerError(f"the block server process exited with status {code} at start")
@@ -360,6 +361,12 @@ class ProcessTransport(Transport):
     def new_call_id(self) -> str:
         """A fresh id for a call whose graph the server keeps until its backward."""
         return f"call-{next(self._ids)}"
+
+
+def _discard_lines(stream: IO[str]) -> None:
+    """Read a child's output to its end, dropping every line."""
+    for _ in stream:
+        pass
 
 
 def _close(connection: Connection | None, child: subprocess.Popen[str] | None) -> None:
