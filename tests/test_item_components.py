@@ -12,6 +12,7 @@ from fellrec.models.item_components import (
     ItemSettings,
     centered_text_table,
     item_component_parameters,
+    log_popularity_bias,
     rows_of,
 )
 
@@ -93,6 +94,36 @@ def test_invalid_settings_name_the_setting() -> None:
         ItemSettings(id_dim=0).validate()
     with pytest.raises(ValueError, match=r"model\.items\.lr"):
         ItemSettings(lr=0.0).validate()
+    with pytest.raises(ValueError, match=r"model\.items\.bias_init .*log_popularity"):
+        ItemSettings(bias_init="popular").validate()
+    with pytest.raises(ValueError, match=r"model\.items\.bias: true"):
+        ItemSettings(bias=False, bias_init="log_popularity").validate()
+
+
+def test_log_popularity_biases_are_centered_log_counts() -> None:
+    # log(1 + (0, 1, 3, 7)) = (0, ln 2, ln 4, ln 8) = ln 2 * (0, 1, 2, 3); mean ln 2 * 1.5
+    expected = math.log(2.0) * torch.tensor([-1.5, -0.5, 0.5, 1.5])
+    torch.testing.assert_close(log_popularity_bias(torch.tensor([0.0, 1.0, 3.0, 7.0])), expected)
+    # Alone, the biases' softmax is the add-one smoothed popularity distribution.
+    counts = torch.tensor([0.0, 2.0, 5.0])
+    torch.testing.assert_close(
+        torch.softmax(log_popularity_bias(counts), 0), (counts + 1) / (counts + 1).sum()
+    )
+    with pytest.raises(ValueError, match=">= 0"):
+        log_popularity_bias(torch.tensor([1.0, -1.0]))
+
+
+def test_biases_start_from_popularity_only_with_matching_counts() -> None:
+    items = ItemComponents(3, 2, ItemSettings(bias_init="log_popularity"), temperature=0.05)
+    items.start_from_popularity(torch.tensor([0.0, 0.0, 3.0]))
+    torch.testing.assert_close(
+        items.bias.detach(), log_popularity_bias(torch.tensor([0.0, 0.0, 3.0]))
+    )
+    with pytest.raises(ValueError, match="3 items"):
+        items.start_from_popularity(torch.ones(4))
+    without = ItemComponents(3, 2, ItemSettings(bias=False), temperature=0.05)
+    with pytest.raises(ValueError, match=r"model\.items\.bias"):
+        without.start_from_popularity(torch.ones(3))
 
 
 def test_row_gradients_sum_repeated_items_in_index_order() -> None:

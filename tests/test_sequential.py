@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,9 +13,9 @@ from transformers import AutoModel, BertConfig, BertModel
 
 from conftest import build_tiny_encoder
 from federation_helpers import tiny_run
-from fellrec.federation.strategies import FELLRec
+from fellrec.federation.strategies import Centralized, FELLRec
 from fellrec.models.adapters import CLIENT_MODULE_FILE, ClientAdapters, LoRASettings
-from fellrec.models.item_components import ItemComponents, ItemSettings
+from fellrec.models.item_components import ItemComponents, ItemSettings, log_popularity_bias
 from fellrec.models.sequential import SequentialRecommender, next_item_targets
 from fellrec.models.split import SplitModel, make_trunk
 from fellrec.training.results import RESULTS_FILE
@@ -217,3 +218,41 @@ def test_federated_run_trains_scores_and_exports_item_components(tmp_path, tiny_
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(key.startswith("recommender.items.0.") for key in state)
     assert not any("word_embeddings" in key for key in state)  # the frozen base is not saved
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_biases_start_from_the_popularity_of_the_data_each_slot_trains_on(
+    tmp_path, tiny_encoder_dir, pooled: bool
+) -> None:
+    from fellrec.metrics.popularity import popularity_scores
+
+    strategy = Centralized() if pooled else FELLRec()
+    starts: list[torch.Tensor] = []
+
+    class RecordStart(L.Callback):
+        def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            starts.extend(items.bias.detach().clone() for items in pl_module.recommender.items)
+
+    trainer, model, data, _ = tiny_run(
+        tmp_path,
+        tiny_encoder_dir,
+        strategy,
+        rounds=1,
+        extra_callbacks=[RecordStart()],
+        data_options={"window_stride": 4},
+        model_options={
+            "recommender": "sequential",
+            "items": ItemSettings(bias_init="log_popularity"),
+        },
+    )
+    trainer.fit(model, datamodule=data)
+    sequences = data.data.split.train_sequences
+    num_items = data.data.dataset.num_items
+    assert len(starts) == 3
+    for client in range(3):
+        users = range(len(sequences)) if pooled else (data.data.assignment == client).nonzero()[0]
+        counts = popularity_scores([sequences[u] for u in users], num_items)
+        assert counts.sum() > 0
+        torch.testing.assert_close(starts[client], log_popularity_bias(counts))
+    if not pooled:  # each client starts from its own data's ranking
+        assert not torch.equal(starts[0], starts[1])

@@ -46,6 +46,32 @@ def rows_of(table: Tensor, items: Tensor) -> Tensor:
     return F.embedding(items, table)
 
 
+#: The choices of ``model.items.bias_init``.
+BIAS_INITS = ("zeros", "log_popularity")
+
+
+def log_popularity_bias(counts: Tensor) -> Tensor:
+    """Item biases that rank by popularity: ``log(1 + count)``, centered on their mean.
+
+    A softmax over these alone is the (add-one smoothed) popularity distribution; the centering
+    keeps the biases' scale next to the cosine scores' (only differences between items count).
+
+    Args:
+        counts: Training interactions per item ``(I,)``.
+
+    Returns:
+        ``(I,)`` float32.
+
+    Raises:
+        ValueError: For a count below zero.
+    """
+    counts = counts.to(torch.float64)
+    if counts.numel() and counts.min() < 0:
+        raise ValueError("item counts must be >= 0")
+    logs = torch.log1p(counts)
+    return (logs - logs.mean()).to(torch.float32)
+
+
 @dataclass
 class ItemSettings:
     """Trainable per-item components of a recommender (client parameters, aggregated)."""
@@ -60,6 +86,12 @@ class ItemSettings:
     computed once). False leaves the ID embeddings alone (an ablation: what the text buys)."""
     bias: bool = True
     """A trainable bias per item, added to its scores (learns popularity)."""
+    bias_init: str = "zeros"
+    """Starting value of the item biases: ``zeros``, or ``log_popularity``: each client's biases
+    start at ``log(1 + count)`` of the items in the data it trains on (its own; all clients' under
+    centralized training), centered on their mean, so a model starts from the popularity ranking
+    instead of having to learn it. With Adam a bias moves at most about ``items.lr`` per step, so
+    a client with few steps per round cannot learn the popularity spread (~5 on ML-100K) itself."""
     learn_temperature: bool = True
     """Learn the temperature of the cosine scores (starting from ``model.temperature``)."""
     lr: float | None = 5e-3
@@ -80,6 +112,15 @@ class ItemSettings:
             raise ValueError(f"model.items.lr must be > 0, got {self.lr}")
         if self.init_std <= 0:
             raise ValueError(f"model.items.init_std must be > 0, got {self.init_std}")
+        if self.bias_init not in BIAS_INITS:
+            raise ValueError(
+                f"model.items.bias_init must be one of {', '.join(BIAS_INITS)}, "
+                f"got {self.bias_init!r}"
+            )
+        if self.bias_init != "zeros" and not self.bias:
+            raise ValueError(
+                f"model.items.bias_init={self.bias_init!r} needs model.items.bias: true"
+            )
 
     @property
     def trainable(self) -> bool:
@@ -143,6 +184,19 @@ class ItemComponents(nn.Module):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale, persistent=False)
+
+    @torch.no_grad()
+    def start_from_popularity(self, counts: Tensor) -> None:
+        """Set the item biases to :func:`log_popularity_bias` of ``counts`` (``(I,)``).
+
+        Raises:
+            ValueError: Without item biases, or for counts of another catalog size.
+        """
+        if self.bias is None:
+            raise ValueError("these item components have no biases (model.items.bias)")
+        if counts.shape != self.bias.shape:
+            raise ValueError(f"{tuple(counts.shape)} item counts for {self.num_items} items")
+        self.bias.copy_(log_popularity_bias(counts))
 
     def id_vectors(self, items: Tensor | None = None) -> Tensor | None:
         """ID embeddings (projected to ``H``) of ``items`` (any shape) or of every item."""

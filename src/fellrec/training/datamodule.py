@@ -31,7 +31,7 @@ from fellrec.data.schema import EvalUsers
 from fellrec.data.stats import format_partition_table, partition_statistics
 from fellrec.federation.schedule import PlannedBatch, plan_round, shard
 from fellrec.metrics.bootstrap import confidence_intervals
-from fellrec.metrics.popularity import evaluate_popularity
+from fellrec.metrics.popularity import evaluate_popularity, popularity_scores
 from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summarize
 
 Batch = dict[str, Any]
@@ -247,6 +247,19 @@ class FederatedDataModule(L.LightningDataModule):
     def item_texts(self) -> tuple[list[str], list[tuple[str, ...]]]:
         """Titles and categories of every item index."""
         return self.data.dataset.titles, self.data.dataset.categories
+
+    def training_item_counts(self, client: int) -> torch.Tensor:
+        """Training interactions per item ``(I,)`` of the data client ``client``'s slot trains on.
+
+        Its own users' training sequences; every user's when the strategy pools the clients
+        (centralized training, where one model trains on all of them).
+        """
+        data = self.data
+        sequences = data.split.train_sequences
+        if not self.pool_clients:
+            members = np.flatnonzero(data.assignment == client)
+            sequences = [sequences[user] for user in members]
+        return popularity_scores(sequences, data.dataset.num_items)
 
     # ------------------------------------------------------------------ process layout
     def _rank_world(self) -> tuple[int, int]:

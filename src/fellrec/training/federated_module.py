@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -31,6 +31,7 @@ from fellrec.models.adapters import ClientAdapters
 from fellrec.models.backends import RecommenderBackend
 from fellrec.models.encoder import SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.item_components import ItemComponents
 from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.text import format_item_text
@@ -203,6 +204,10 @@ class FederatedModule(ModuleSettings):
             self.seed,
             self.load_in_8bit,
         )
+        if self.items.bias_init == "log_popularity" and self.uses_item_components:
+            for slot, client in enumerate(self.held_clients):
+                counts = datamodule.training_item_counts(client)
+                cast(ItemComponents, self.adapters.module(slot)).start_from_popularity(counts)
         self.transport = (
             make_transport(self.transport_name, self.block_server) if self.split else None
         )
