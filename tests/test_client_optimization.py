@@ -6,8 +6,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from fellrec.training.client_optimization import RoundSchedule, schedule_factor
+from fellrec.training.client_optimization import (
+    RoundSchedule,
+    client_param_groups,
+    schedule_factor,
+)
 
 
 def test_warmup_then_linear_and_cosine_decay() -> None:
@@ -86,3 +91,33 @@ def test_the_proximal_gradient_is_the_gradient_of_fedprox_penalty():
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     fedprox_penalty([x], [anchor], 0.1).backward()
     assert x.grad.tolist() == pytest.approx([0.1, 0.1, 0.2])
+
+
+def test_item_weight_decay_gives_the_id_rows_a_group_of_their_own() -> None:
+    names = [
+        "lora_A",
+        "items.id_embedding",
+        "items.id_projection.weight",
+        "items.bias",
+        "items.log_scale",
+    ]
+    params = [nn.Parameter(torch.ones(2)) for _ in names]
+    merged = client_param_groups(names, params, lr=0.1, item_lr=0.5)
+    assert [len(g["params"]) for g in merged] == [1, 4]  # as before the switch
+    assert all("weight_decay" not in g for g in merged)
+    groups = client_param_groups(names, params, lr=0.1, item_lr=0.5, id_weight_decay=2.0)
+    assert [g["params"] for g in groups] == [params[:1], params[1:3], params[3:]]
+    assert [g["base_lr"] for g in groups] == [0.1, 0.5, 0.5]
+    assert [g.get("weight_decay") for g in groups] == [None, 2.0, None]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    for p in params:
+        p.grad = torch.zeros(2)
+    optimizer.step()
+    # Decoupled decay only: p <- p * (1 - lr * wd) on the ID rows, nothing elsewhere.
+    assert [p.tolist() for p in params] == [
+        [1.0, 1.0],
+        [0.0, 0.0],
+        [0.0, 0.0],
+        [1.0, 1.0],
+        [1.0, 1.0],
+    ]

@@ -98,6 +98,8 @@ def test_invalid_settings_name_the_setting() -> None:
         ItemSettings(bias_init="popular").validate()
     with pytest.raises(ValueError, match=r"model\.items\.bias: true"):
         ItemSettings(bias=False, bias_init="log_popularity").validate()
+    with pytest.raises(ValueError, match=r"model\.items\.weight_decay"):
+        ItemSettings(weight_decay=-0.1).validate()
 
 
 def test_log_popularity_biases_are_centered_log_counts() -> None:

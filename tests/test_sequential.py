@@ -256,3 +256,25 @@ def test_biases_start_from_the_popularity_of_the_data_each_slot_trains_on(
         torch.testing.assert_close(starts[client], log_popularity_bias(counts))
     if not pooled:  # each client starts from its own data's ranking
         assert not torch.equal(starts[0], starts[1])
+
+
+def test_item_weight_decay_reaches_only_the_id_rows_in_a_real_fit(tmp_path, tiny_encoder_dir):
+    trainer, model, data, _ = tiny_run(
+        tmp_path,
+        tiny_encoder_dir,
+        FELLRec(),
+        rounds=1,
+        data_options={"window_stride": 4},
+        model_options={"recommender": "sequential", "items": ItemSettings(weight_decay=0.5)},
+    )
+    trainer.fit(model, datamodule=data)
+    for slot, optimizer in enumerate(model.client_optimizers()):
+        items = model.recommender.items[slot]
+        decays = {
+            id(p): group["weight_decay"]
+            for group in optimizer.param_groups
+            for p in group["params"]
+        }
+        assert decays[id(items.id_embedding)] == 0.5
+        assert decays[id(items.bias)] == decays[id(items.log_scale)] == model.weight_decay == 0.0
+        assert len(decays) == len(model.adapters.parameters(slot))  # every parameter, once

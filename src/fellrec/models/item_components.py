@@ -99,6 +99,10 @@ class ItemSettings:
     only when their item appears, so they need a larger rate than the adapter."""
     init_std: float = 0.02
     """Standard deviation of the ID embeddings' initialisation."""
+    weight_decay: float | None = None
+    """AdamW weight decay of the ID embeddings (and their projection) only; None gives them
+    ``model.weight_decay`` like every other parameter. It pulls rarely seen items' rows back to
+    their text vectors. The biases and the temperature are never decayed by it."""
 
     def validate(self) -> None:
         """Check ranges, naming the setting.
@@ -110,6 +114,8 @@ class ItemSettings:
             raise ValueError(f"model.items.id_dim must be >= 1, got {self.id_dim}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"model.items.lr must be > 0, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"model.items.weight_decay must be >= 0, got {self.weight_decay}")
         if self.init_std <= 0:
             raise ValueError(f"model.items.init_std must be > 0, got {self.init_std}")
         if self.bias_init not in BIAS_INITS:

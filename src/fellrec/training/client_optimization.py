@@ -19,6 +19,12 @@ from fellrec.models.adapters import CLIENT_MODULE_PREFIX
 from fellrec.models.sharding import is_sharded, local_part
 
 LR_DECAYS = ("none", "linear", "cosine")
+#: Names of the item ID parameters (``model.items.weight_decay`` decays these only: decaying the
+#: biases would pull them from the popularity they start at, and the temperature toward 1).
+ID_PARAMETER_PREFIXES = (
+    f"{CLIENT_MODULE_PREFIX}id_embedding",
+    f"{CLIENT_MODULE_PREFIX}id_projection",
+)
 
 
 def schedule_factor(step: int, total: int, warmup_steps: int, decay: str) -> float:
@@ -103,25 +109,53 @@ class RoundSchedule:
 
 
 def client_param_groups(
-    keys: Sequence[str], params: Sequence[nn.Parameter], lr: float, item_lr: float | None
+    keys: Sequence[str],
+    params: Sequence[nn.Parameter],
+    lr: float,
+    item_lr: float | None,
+    id_weight_decay: float | None = None,
 ) -> list[dict[str, Any]]:
     """A client's AdamW groups: the adapter at ``lr``, its item components at ``item_lr``.
 
     Each group keeps its ``base_lr``, which a round's learning-rate scale multiplies. Sharded
     adapter parameters (DTensors) get a group of their own: AdamW's multi-tensor kernels refuse a
-    group that mixes them with plain tensors.
+    group that mixes them with plain tensors. With ``id_weight_decay`` the item ID embeddings (and
+    their projection) get a group of their own with that decay; the other groups keep the
+    optimizer's default (``model.weight_decay``). Without it the item components stay one group,
+    as checkpoints written before the switch existed expect.
+
+    Args:
+        keys: The client's parameter names (item components start with ``items.``).
+        params: The parameters, in the same order.
+        lr: ``model.lr``.
+        item_lr: ``model.items.lr`` (None: ``lr``).
+        id_weight_decay: ``model.items.weight_decay`` (None: no group of its own).
+
+    Returns:
+        The groups, each with ``params``, ``lr`` and ``base_lr`` (and ``weight_decay`` for the
+        ID group).
     """
     pairs = list(zip(keys, params, strict=True))
     adapter = [p for key, p in pairs if not key.startswith(CLIENT_MODULE_PREFIX)]
-    items = [p for key, p in pairs if key.startswith(CLIENT_MODULE_PREFIX)]
+    items = [(key, p) for key, p in pairs if key.startswith(CLIENT_MODULE_PREFIX)]
     plain = [p for p in adapter if not is_sharded(p)]
     sharded = [p for p in adapter if is_sharded(p)]
     groups: list[dict[str, Any]] = [
         {"params": group, "lr": lr, "base_lr": lr} for group in (plain, sharded) if group
     ]
-    if items:
-        item_lr = item_lr if item_lr is not None else lr
-        groups.append({"params": items, "lr": item_lr, "base_lr": item_lr})
+    item_lr = item_lr if item_lr is not None else lr
+    if id_weight_decay is None:
+        if items:
+            groups.append({"params": [p for _, p in items], "lr": item_lr, "base_lr": item_lr})
+        return groups
+    ids = [p for key, p in items if key.startswith(ID_PARAMETER_PREFIXES)]
+    rest = [p for key, p in items if not key.startswith(ID_PARAMETER_PREFIXES)]
+    if ids:
+        groups.append(
+            {"params": ids, "lr": item_lr, "base_lr": item_lr, "weight_decay": id_weight_decay}
+        )
+    if rest:
+        groups.append({"params": rest, "lr": item_lr, "base_lr": item_lr})
     return groups
 
 

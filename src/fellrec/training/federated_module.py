@@ -289,7 +289,7 @@ class FederatedModule(ModuleSettings):
 
     def _param_groups(self, slot: int) -> list[dict[str, Any]]:
         keys, params = self._own_keys_and_parameters(slot)
-        return client_param_groups(keys, params, self.lr, self.items.lr)
+        return client_param_groups(keys, params, self.lr, self.items.lr, self.items.weight_decay)
 
     def _own_keys_and_parameters(self, slot: int) -> tuple[list[str], list[torch.nn.Parameter]]:
         """What the slot's optimizer steps here: all but what a block server process holds."""
