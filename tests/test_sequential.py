@@ -187,15 +187,24 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(deterministic_encoder: Path
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_federated_run_trains_scores_and_exports_item_components(tmp_path, tiny_encoder_dir):
-    trainer, model, data, loop = tiny_run(
+def _sequential_run(tmp_path, tiny_encoder_dir, strategy, rounds, items=None, callbacks=()):
+    """A tiny federated run of the sequential recommender (windows of stride 4)."""
+    model_options: dict = {"recommender": "sequential"}
+    if items is not None:
+        model_options["items"] = items
+    return tiny_run(
         tmp_path,
         tiny_encoder_dir,
-        FELLRec(),
-        rounds=2,
+        strategy,
+        rounds=rounds,
+        extra_callbacks=list(callbacks),
         data_options={"window_stride": 4},
-        model_options={"recommender": "sequential"},
+        model_options=model_options,
     )
+
+
+def test_federated_run_trains_scores_and_exports_item_components(tmp_path, tiny_encoder_dir):
+    trainer, model, data, loop = _sequential_run(tmp_path, tiny_encoder_dir, FELLRec(), rounds=2)
     trainer.fit(model, datamodule=data)
     trainer.test(model, datamodule=data, verbose=False)
     results = json.loads((tmp_path / RESULTS_FILE).read_text())
@@ -233,17 +242,13 @@ def test_biases_start_from_the_popularity_of_the_data_each_slot_trains_on(
         def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             starts.extend(items.bias.detach().clone() for items in pl_module.recommender.items)
 
-    trainer, model, data, _ = tiny_run(
+    trainer, model, data, _ = _sequential_run(
         tmp_path,
         tiny_encoder_dir,
         strategy,
         rounds=1,
-        extra_callbacks=[RecordStart()],
-        data_options={"window_stride": 4},
-        model_options={
-            "recommender": "sequential",
-            "items": ItemSettings(bias_init="log_popularity"),
-        },
+        items=ItemSettings(bias_init="log_popularity"),
+        callbacks=[RecordStart()],
     )
     trainer.fit(model, datamodule=data)
     sequences = data.data.split.train_sequences
@@ -259,13 +264,8 @@ def test_biases_start_from_the_popularity_of_the_data_each_slot_trains_on(
 
 
 def test_item_weight_decay_reaches_only_the_id_rows_in_a_real_fit(tmp_path, tiny_encoder_dir):
-    trainer, model, data, _ = tiny_run(
-        tmp_path,
-        tiny_encoder_dir,
-        FELLRec(),
-        rounds=1,
-        data_options={"window_stride": 4},
-        model_options={"recommender": "sequential", "items": ItemSettings(weight_decay=0.5)},
+    trainer, model, data, _ = _sequential_run(
+        tmp_path, tiny_encoder_dir, FELLRec(), rounds=1, items=ItemSettings(weight_decay=0.5)
     )
     trainer.fit(model, datamodule=data)
     for slot, optimizer in enumerate(model.client_optimizers()):
