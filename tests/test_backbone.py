@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from fellrec.models import backbone
-from fellrec.models.backbone import load_causal_lm, resolve_backbone
+from fellrec.models.backbone import load_causal_lm, load_encoder, resolve_backbone
 
 
 def hide_packages(monkeypatch, *names):
@@ -25,6 +25,29 @@ def test_load_causal_lm_from_a_local_directory(tiny_llama_dir):
     assert isinstance(model, LlamaForCausalLM)
     assert model.config.num_hidden_layers == 4
     assert tokenizer.eos_token == "[SEP]"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_checkpoints_load_in_float32(tmp_path, tiny_encoder_dir, tiny_llama_dir, dtype):
+    # transformers 5 loads a checkpoint's own dtype by default; fellrec trains float32 weights
+    # (mixed precision keeps float32 masters), so a half checkpoint must be upcast on load.
+    originals = {
+        "encoder": load_encoder(str(tiny_encoder_dir)),
+        "llama": load_causal_lm(str(tiny_llama_dir)),
+    }
+    for name, (model, tokenizer) in originals.items():
+        model.to(dtype).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+
+    loaded = {
+        "encoder": load_encoder(str(tmp_path / "encoder")),
+        "llama": load_causal_lm(str(tmp_path / "llama")),
+    }
+
+    for name, (model, _) in loaded.items():
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        # the values are the half checkpoint's, upcast (not re-initialised)
+        assert torch.equal(next(model.parameters()), next(originals[name][0].parameters()).float())
 
 
 def test_missing_model_offline_names_the_setting(tmp_path):

@@ -70,6 +70,9 @@ def model_cache_dir() -> Path:
 
 
 def _fp32_kwargs() -> dict[str, Any]:
+    # Weights load in float32 whatever dtype the checkpoint was saved in: transformers 5 loads
+    # ``dtype="auto"`` by default (a bf16/fp16 checkpoint would train in half precision even
+    # under ``trainer.precision: 32``), while mixed precision needs float32 master weights.
     # ``dtype=`` replaced ``torch_dtype=`` in transformers 4.56; 4.53 only knows the old name.
     if Version(transformers.__version__) >= Version("4.56"):
         return {"dtype": torch.float32}
@@ -168,7 +171,8 @@ def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenize
         name_or_path: Packaged alias, local directory or hub name.
 
     Returns:
-        The model (without a task head) and its tokenizer.
+        The model (without a task head, weights in float32 whatever dtype they were saved in)
+        and its tokenizer.
 
     Raises:
         ValueError: If the model cannot be found; the message names ``model.backbone``.
@@ -176,7 +180,7 @@ def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenize
     resolved = resolve_backbone(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
-        model = AutoModel.from_pretrained(resolved)
+        model = AutoModel.from_pretrained(resolved, **_fp32_kwargs())
     except OSError as error:
         raise ValueError(_offline_hint(name_or_path)) from error
     return model, tokenizer
@@ -192,14 +196,14 @@ def load_causal_lm(
         load_in_8bit: Quantize the weights to 8 bits with bitsandbytes (needs a CUDA GPU).
 
     Returns:
-        The model with its LM head, and its tokenizer (unchanged; callers handle a missing pad
-        token).
+        The model with its LM head (float32 weights unless quantized), and its tokenizer
+        (unchanged; callers handle a missing pad token).
 
     Raises:
         ValueError: If the model cannot be found (naming ``model.backbone``), or 8-bit loading
             lacks bitsandbytes or a GPU (naming ``model.load_in_8bit``).
     """
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = _fp32_kwargs()
     if load_in_8bit:
         missing = []
         if importlib.util.find_spec("bitsandbytes") is None:
