@@ -24,7 +24,7 @@ interrupted benchmark resumes where it stopped::
 
     python benchmarks/bench_quality.py                       # the CPU budget, ~1.5 h on 2 cores
     python benchmarks/bench_quality.py --budget full         # 20 rounds, early stopping, any device
-    python benchmarks/bench_quality.py --budget gpu          # the same on a GPU in bf16
+    python benchmarks/bench_quality.py --budget gpu --jobs 4 # the same on a GPU in bf16, 4 at once
     python benchmarks/bench_quality.py --splits leave_one_out --strategies fellrec,fedavg
     python benchmarks/bench_quality.py --splits leave_one_out --seeds 0,1,2
 """
@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +150,12 @@ def run_split(
     strategies: list[str],
     baselines: list[str],
     seed: int | None = None,
+    jobs: int = 1,
 ) -> dict[str, Path]:
     """Every baseline and strategy of one split; their run directories by name.
 
     Args:
+        jobs: How many strategy runs go at once (each its own process).
         seed: ``None`` runs the config's seed into ``<output>/<split>/``; a number runs that
             seed (``data.seed`` and ``seed_everything``) into ``<output>/<split>/seed-<n>/``.
     """
@@ -174,6 +177,7 @@ def run_split(
             print(f"[{root.relative_to(output)}] baselines {', '.join(baselines)}", flush=True)
             seconds["baselines"] = fellrec(args, root / "logs" / "baselines.log")
         runs.update(zip(baselines, directories, strict=True))
+    pending: dict[str, list[str]] = {}
     for name in strategies:
         directory = root / name
         runs[name] = directory
@@ -186,11 +190,25 @@ def run_split(
         args += ["--trainer.enable_progress_bar", "false"]
         if (directory / "checkpoints" / "last.ckpt").is_file():
             args += ["--ckpt_path", str(directory / "checkpoints" / "last.ckpt")]
-        print(f"[{root.relative_to(output)}] {name}: fitting", flush=True)
-        seconds[name] = fellrec(args, root / "logs" / f"{name}.log")
-        print(f"[{root.relative_to(output)}] {name}: {seconds[name] / 60:.1f} min", flush=True)
-        timing_path.parent.mkdir(parents=True, exist_ok=True)
-        timing_path.write_text(json.dumps(seconds, indent=2))
+        pending[name] = args
+    # Each run is its own process; with jobs > 1 several share the machine (a GPU is far from
+    # busy with one MiniLM run). The split is prepared into the data cache first, so the
+    # concurrent runs load it instead of each computing the same partition.
+    if jobs > 1 and len(pending) > 1:
+        fellrec(
+            ["data", "stats", "--config", str(BASE_CONFIG), *shared], root / "logs" / "data.log"
+        )
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {}
+        for name, args in pending.items():
+            print(f"[{root.relative_to(output)}] {name}: fitting", flush=True)
+            futures[pool.submit(fellrec, args, root / "logs" / f"{name}.log")] = name
+        for future in as_completed(futures):
+            name = futures[future]
+            seconds[name] = future.result()
+            print(f"[{root.relative_to(output)}] {name}: {seconds[name] / 60:.1f} min", flush=True)
+            timing_path.parent.mkdir(parents=True, exist_ok=True)
+            timing_path.write_text(json.dumps(seconds, indent=2))
     timing_path.write_text(json.dumps(seconds, indent=2))
     report = ["report", *(str(d) for d in runs.values()), "--output", str(root)]
     fellrec(report, root / "logs" / "report.log")
@@ -376,6 +394,13 @@ def main() -> None:
     )
     parser.add_argument("--seed-strategies", default=",".join(SEED_STRATEGIES))
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="strategy runs at once, each its own process (for a GPU; 'minutes' then are "
+        "wall times of runs sharing the machine)",
+    )
+    parser.add_argument(
         "--seed-baselines", default="sasrec", help="baselines run again per further seed"
     )
     options = parser.parse_args()
@@ -386,6 +411,8 @@ def main() -> None:
         raise SystemExit(message) from error
     if not seeds or len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds must name distinct seeds, got {options.seeds!r}")
+    if options.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {options.jobs}")
     strategies = [s for s in options.strategies.split(",") if s]
     unknown = [s for s in strategies if s not in STRATEGY_SPECS]
     if unknown:
@@ -417,7 +444,9 @@ def main() -> None:
     ]
     for split in [s for s in options.splits.split(",") if s]:
         first = None if seeds[0] == 0 else seeds[0]  # seed 0 is the config's own
-        runs = run_split(split, data_dir, output, options.budget, strategies, baselines, first)
+        runs = run_split(
+            split, data_dir, output, options.budget, strategies, baselines, first, options.jobs
+        )
         root = split_root(output, split, first)
         seconds = json.loads((root / "seconds.json").read_text())
         lines, loaded = table(runs, seconds)
@@ -430,7 +459,14 @@ def main() -> None:
             again_baselines = [b for b in baselines if b in seed_baselines]
             for seed in seeds[1:]:
                 extra = run_split(
-                    split, data_dir, output, options.budget, again, again_baselines, seed
+                    split,
+                    data_dir,
+                    output,
+                    options.budget,
+                    again,
+                    again_baselines,
+                    seed,
+                    options.jobs,
                 )
                 per_seed[seed] = load_results(extra)
             popularity = float(next(iter(loaded.values()))["popularity"]["overall"]["ndcg@10"])
