@@ -155,9 +155,9 @@ def run_split(
     """Every baseline and strategy of one split; their run directories by name.
 
     Args:
-        jobs: How many strategy runs go at once (each its own process).
         seed: ``None`` runs the config's seed into ``<output>/<split>/``; a number runs that
             seed (``data.seed`` and ``seed_everything``) into ``<output>/<split>/seed-<n>/``.
+        jobs: How many strategy runs go at once (each its own process).
     """
     root = split_root(output, split, seed)
     shared = data_arguments(data_dir, split, output / "cache")
@@ -198,17 +198,28 @@ def run_split(
         fellrec(
             ["data", "stats", "--config", str(BASE_CONFIG), *shared], root / "logs" / "data.log"
         )
+
+    def fit(name: str, args: list[str]) -> float:
+        print(f"[{root.relative_to(output)}] {name}: fitting", flush=True)
+        return fellrec(args, root / "logs" / f"{name}.log")
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {}
-        for name, args in pending.items():
-            print(f"[{root.relative_to(output)}] {name}: fitting", flush=True)
-            futures[pool.submit(fellrec, args, root / "logs" / f"{name}.log")] = name
-        for future in as_completed(futures):
-            name = futures[future]
-            seconds[name] = future.result()
-            print(f"[{root.relative_to(output)}] {name}: {seconds[name] / 60:.1f} min", flush=True)
-            timing_path.parent.mkdir(parents=True, exist_ok=True)
-            timing_path.write_text(json.dumps(seconds, indent=2))
+        futures = {pool.submit(fit, name, args): name for name, args in pending.items()}
+        try:
+            for future in as_completed(futures):
+                name = futures[future]
+                seconds[name] = future.result()
+                print(
+                    f"[{root.relative_to(output)}] {name}: {seconds[name] / 60:.1f} min", flush=True
+                )
+                timing_path.parent.mkdir(parents=True, exist_ok=True)
+                timing_path.write_text(json.dumps(seconds, indent=2))
+        except BaseException:
+            # A failed run stops the benchmark as before: the runs not yet started are dropped
+            # (leaving the pool would otherwise start every one of them first).
+            for future in futures:
+                future.cancel()
+            raise
     timing_path.write_text(json.dumps(seconds, indent=2))
     report = ["report", *(str(d) for d in runs.values()), "--output", str(root)]
     fellrec(report, root / "logs" / "report.log")
