@@ -86,10 +86,13 @@ def test_a_worker_process_answers_as_this_process_would_and_loads_the_model_once
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         describe = ClientRequest("describe", settings, 1)
-        remote_client, remote_start, remote_names = ask_worker(address, describe, key=KEY)
-        local_client, local_start, local_names = answer(describe)
-        assert (remote_client, remote_names) == (local_client, local_names) == (1, local_names)
-        assert torch.equal(remote_start, local_start)
+        remote_described, local_described = ask_worker(address, describe, key=KEY), answer(describe)
+        assert remote_described.client == local_described.client == 1
+        assert remote_described.metric_names == local_described.metric_names
+        assert remote_described.config_hash == local_described.config_hash is not None
+        assert remote_described.catalog_hash == local_described.catalog_hash is not None
+        local_start = local_described.parameters
+        assert torch.equal(remote_described.parameters, local_start)
         config = ClientRoundConfig(round=0, lr_scale=1.0, proximal_mu=0.0, trains=True)
         train = ClientRequest("train", settings, 1, parameters=local_start, config=config)
         remote, local = ask_worker(address, train, key=KEY), answer(train)

@@ -11,6 +11,7 @@ from peft import PeftModel
 from transformers import AutoModel
 
 from federation_helpers import tiny_run
+from fellrec.federation.engine import RESULTS_KEYS
 from fellrec.federation.strategies import Centralized, FedAvg, FedProx, FELLRec, Local
 from fellrec.training.results import RESULTS_FILE
 
@@ -61,6 +62,8 @@ def test_fellrec_round_personalizes_and_heats_learning_rates(fellrec_run):
 def test_results_json_schema(fellrec_run):
     root, *_ = fellrec_run
     results = json.loads((root / RESULTS_FILE).read_text())
+    # The one schema a deployed server writes too (tests/test_flower.py checks its side).
+    assert list(results) == list(RESULTS_KEYS) and results["deployment"] is None
     assert results["strategy"] == "fellrec"
     assert results["rounds_run"] == 2 and results["best_round"] in (0, 1)
     assert isinstance(results["config"], dict)

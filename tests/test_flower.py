@@ -21,8 +21,9 @@ from fellrec.deploy.messages import (
     round_config_from,
     train_content,
 )
-from fellrec.deploy.run_config import CONFIG_KEY, RunSettings
+from fellrec.deploy.run_config import CONFIG_KEY, RunSettings, config_fingerprint
 from fellrec.deploy.server import PARAMETERS_FILE
+from fellrec.federation.engine import RESULTS_KEYS
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Centralized, FedAvg
 from fellrec.training.federated_module import FederatedModule
@@ -52,9 +53,12 @@ def test_reports_round_trip():
     assert again.client == 1 and again.users == 5.0
     assert torch.equal(again.values, values) and torch.equal(again.sums, values.sum(0))
     assert again.popularity is None
-    evaluation = EvaluationReport(1, values.sum(0), 5.0, values, popularity=values.sum(0) / 2)
+    evaluation = EvaluationReport(1, values.sum(0), 5.0, values, values.sum(0) / 2, values / 2)
     again = EvaluationReport.from_content(evaluation.content())
     assert again.popularity is not None and torch.equal(again.popularity, values.sum(0) / 2)
+    assert again.popularity_values is not None and torch.equal(again.popularity_values, values / 2)
+    with pytest.raises(ValueError, match="go together"):
+        EvaluationReport(1, values.sum(0), 5.0, values, popularity=values.sum(0))
     with pytest.raises(ValueError, match="stage"):
         evaluate_content(torch.zeros(2), "training")
 
@@ -104,12 +108,16 @@ def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_di
 
     expected = json.loads((in_process / "results.json").read_text())
     got = json.loads((flower / "results.json").read_text())
+    assert list(got) == list(expected)  # one schema
     assert got["deployment"]["engine"] == "flower" and got["strategy"] == expected["strategy"]
     assert got["client_best_rounds"] == expected["client_best_rounds"]
     for client in ("0", "1", "2"):
         assert got["clients"][client] == pytest.approx(expected["clients"][client], abs=1e-6)
-    for section in ("overall", "clients", "balance"):  # the same baseline, summed the same way
+    for section in ("overall", "clients", "balance", "ci"):  # the same baseline, intervals too
         assert got["popularity"][section] == expected["popularity"][section]
+    for client in ("0", "1", "2"):  # intervals over the same users, resampled the same way
+        for metric, interval in expected["ci"]["clients"][client].items():
+            assert got["ci"]["clients"][client][metric] == pytest.approx(interval, abs=1e-6)
     for record, reference in zip(got["history"], expected["history"], strict=True):
         assert record["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-6)
         assert record["lr"] == pytest.approx(reference["lr"], abs=1e-9)
@@ -130,16 +138,27 @@ class FakeGrid:
     A client that is silent in a round comes back on a new node (a restarted SuperNode).
     """
 
-    def __init__(self, num_clients: int, size: int, silent: dict[int, set[int]]):
+    def __init__(
+        self,
+        num_clients: int,
+        size: int,
+        silent: dict[int, set[int]],
+        claims: dict[int, int] | None = None,
+        hashes: dict[int, tuple[str, str]] | None = None,
+    ):
         self.num_clients, self.size, self.silent = num_clients, size, silent
         self.sent: list[tuple[str, int, dict]] = []
         self.node_of = {c: 100 + c for c in range(num_clients)}
+        #: The partition id a client's node claims (default its own), and the config and
+        #: catalog fingerprints it describes (default none).
+        self.claims = claims or {}
+        self.hashes = hashes or {}
 
     def get_node_ids(self):
         return list(self.node_of.values())
 
     def send_and_receive(self, messages, timeout=None):
-        from fellrec.deploy.messages import describe_content
+        from fellrec.deploy.messages import NodeDescription
         from fellrec.metrics.summary import metric_names
 
         replies = []
@@ -151,7 +170,13 @@ class FakeGrid:
             kind = message.metadata.message_type
             self.sent.append((kind, client, message.content))
             if kind == "query":
-                content = describe_content(client, torch.zeros(self.size), metric_names())
+                described = NodeDescription(
+                    self.claims.get(client, client),
+                    torch.zeros(self.size),
+                    metric_names(),
+                    *self.hashes.get(client, (None, None)),
+                )
+                content = described.content()
             elif kind == "train":
                 config = round_config_from(message.content)
                 if client in self.silent.get(config.round, set()):
@@ -165,8 +190,15 @@ class FakeGrid:
                 )
                 stage, _ = evaluation_request_from(message.content)
                 # At the test the client also reports the popularity baseline: half its scores.
-                popularity = values.sum(0) / 2 if stage == "test" else None
-                content = EvaluationReport(client, values.sum(0), 3.0, values, popularity)
+                popularity = values / 2 if stage == "test" else None
+                content = EvaluationReport(
+                    client,
+                    values.sum(0),
+                    3.0,
+                    values,
+                    None if popularity is None else popularity.sum(0),
+                    popularity,
+                )
                 content = content.content()
             reply = FakeReply(content, self.node_of[client])
             replies.append(reply)
@@ -190,7 +222,7 @@ class FakeReply:
 
 
 def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path, caplog):
-    caplog.set_level("INFO", logger="fellrec.deploy.server")
+    caplog.set_level("INFO", logger="fellrec.deploy")
     from fellrec.deploy.run_config import LoadedRun
     from fellrec.deploy.server import FederationServer
     from fellrec.training.datamodule import FederatedDataModule
@@ -210,6 +242,8 @@ def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path, 
         .fit()
         .read_text()
     )
+    # The one schema `fellrec fit` writes too (tests/test_federated_fit.py checks its side).
+    assert list(results) == list(RESULTS_KEYS) and results["resources"] is None
     history = results["history"]
     assert [r["absent"] for r in history] == [[], [2], []]  # it rejoined on a new node
     assert history[1]["train_loss"] == [1.0, 2.0, None]  # mean loss = loss sum / examples
@@ -276,12 +310,14 @@ def test_only_parameters_round_configs_losses_counts_and_metrics_cross(tmp_path)
         "values": ["0", "1"],
         "report": ["partition-id", "users"],
     }
-    # The final test adds the popularity baseline's sums (M,) over the same users.
-    reply = EvaluationReport(0, values.sum(0), 3.0, values, values.sum(0)).content()
+    # The final test adds the popularity baseline's sums (M,) and per-user values (U, M) over
+    # the same users.
+    reply = EvaluationReport(0, values.sum(0), 3.0, values, values.sum(0), values).content()
     assert [array.shape for array in reply.array_records["values"].to_numpy_ndarrays()] == [
         (2,),
         (3, 2),
         (2,),
+        (3, 2),
     ]
 
 
@@ -483,3 +519,54 @@ def test_a_tls_deployment_with_node_authentication_admits_only_registered_nodes(
     results = json.loads((deployed / "results.json").read_text())
     assert len(results["deployment"]["nodes"]) == 2
     assert all(results["clients"][client]["users"] > 0 for client in ("0", "1"))
+
+
+def test_nodes_that_claim_one_partition_or_differ_in_config_or_catalog_are_refused(tmp_path):
+    from fellrec.deploy.server import FederationServer
+
+    def serve(grid, config=None):
+        run = _deployed_run(tmp_path / "run")
+        if config is not None:
+            run.config = config
+        return FederationServer(run, grid, sleep=lambda s: None, make_message=FakeMessage).fit()
+
+    with pytest.raises(ValueError, match=r"nodes 100 and 101 both say they are client 0"):
+        serve(FakeGrid(2, 4, {}, claims={1: 0}))
+    with pytest.raises(ValueError, match=r"node 101 says it is client 5 .*clients 0-1"):
+        serve(FakeGrid(2, 4, {}, claims={1: 5}))
+    config = {"model": {"lr": 0.1}, "data": {"num_clients": 2}, "trainer": {"max_epochs": 3}}
+    server_hash = config_fingerprint(config)
+    with pytest.raises(ValueError, match=r"node 101 \(client 1\) runs another fellrec config"):
+        serve(FakeGrid(2, 4, {}, hashes={0: (server_hash, "a"), 1: ("other", "a")}), config)
+    with pytest.raises(ValueError, match=r"node 101 \(client 1\) indexes another item catalog"):
+        serve(FakeGrid(2, 4, {}, hashes={0: (server_hash, "a"), 1: (server_hash, "b")}), config)
+    done = serve(FakeGrid(2, 4, {}, hashes={0: (server_hash, "a"), 1: (server_hash, "a")}), config)
+    assert json.loads(done.read_text())["config"] == config
+
+
+def test_the_config_fingerprint_ignores_what_each_party_keeps_for_itself():
+    config = {
+        "model": {"lr": 0.1},
+        "data": {"num_clients": 2, "client": None, "dataset": {"format": "tabular", "path": "a"}},
+        "loop": {},
+        "trainer": {"max_epochs": 3, "default_root_dir": "runs/a", "accelerator": "cpu"},
+    }
+    node = {
+        **config,
+        "data": {
+            "num_clients": 2,
+            "client": 1,
+            "silo": "my-silo",
+            "catalog": "/elsewhere/catalog.csv",
+            "cache_dir": "/tmp/cache",
+            "dataset": {"format": "tabular", "path": "b"},
+        },
+        "trainer": {"max_epochs": 3, "default_root_dir": "runs/b", "accelerator": "gpu"},
+    }
+    assert config_fingerprint(node) == config_fingerprint(config)
+    for changed in (
+        {**config, "model": {"lr": 0.2}},
+        {**config, "data": {**config["data"], "num_clients": 3}},
+        {**config, "trainer": {**config["trainer"], "max_epochs": 4}},
+    ):
+        assert config_fingerprint(changed) != config_fingerprint(config)

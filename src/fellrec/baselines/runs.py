@@ -8,10 +8,8 @@ selected on the validation users, evaluated on each client's test users.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,6 @@ from fellrec.metrics.summary import client_sums, metric_names, summarize
 
 #: Baselines that train (popularity is in every run's results already).
 BASELINES = ("bpr", "sasrec")
-RESULTS_FILE = "results.json"
 #: The validation metric the baselines are selected by (as the federated runs' default).
 SELECTION_METRIC = "ndcg@10"
 
@@ -104,11 +101,3 @@ def baseline_results(
         "training": {**record, "selection_metric": SELECTION_METRIC},
         "seconds": time.perf_counter() - started,
     }
-
-
-def write_results(directory: Path, results: dict[str, Any]) -> Path:
-    """Write ``results.json`` into ``directory`` (created if needed)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / RESULTS_FILE
-    path.write_text(json.dumps(results, indent=2))
-    return path

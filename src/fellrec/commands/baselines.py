@@ -17,10 +17,11 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from fellrec.baselines.bpr import BPRSettings
-from fellrec.baselines.runs import BASELINES, baseline_results, write_results
+from fellrec.baselines.runs import BASELINES, baseline_results
 from fellrec.baselines.sasrec import SASRecSettings
 from fellrec.cli import run_config_parser
 from fellrec.config_errors import parse_checked
+from fellrec.federation.results_file import write_results
 
 
 def parse_baselines(text: str) -> list[str]:

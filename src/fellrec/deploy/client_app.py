@@ -2,7 +2,9 @@
 
 ``app`` reads the fellrec config from the Flower run config (``fellrec-config``, optionally
 ``fellrec-overrides``) and its client id from the node config (``partition-id``), as
-``flower-supernode --node-config "partition-id=0"`` or the simulation sets it. With
+``flower-supernode --node-config "partition-id=0"`` or the simulation sets it, and its own data
+from ``fellrec-silo`` (a silo: only this client's interaction files; without it the client
+derives its partition from the config's whole dataset, as a simulation does). With
 ``fellrec-worker='host:port'`` in the node config the message is answered by that long-lived
 client worker (:mod:`fellrec.deploy.client_worker`), which keeps the base model loaded across
 messages; otherwise by a session of this process. :func:`client_app` builds one with the
@@ -19,12 +21,15 @@ from flwr.clientapp import ClientApp
 from fellrec.deploy.client_requests import ClientRequest
 from fellrec.deploy.client_worker import NODE_CONFIG_KEY, ask_worker
 from fellrec.deploy.messages import (
-    describe_content,
     evaluation_request_from,
     parameters_from,
     round_config_from,
 )
 from fellrec.deploy.run_config import RunSettings
+
+#: Node-config key naming a SuperNode's own data (its silo: interaction files, read with the
+#: config's ``data.dataset`` format; a relative path resolves where the client runs).
+SILO_KEY = "fellrec-silo"
 
 
 def partition_id(context: Context) -> int:
@@ -58,12 +63,15 @@ def client_app(settings: RunSettings | None = None) -> ClientApp:
 
     def request(context: Context, kind: str, **fields: Any) -> ClientRequest:
         chosen = settings if settings is not None else RunSettings.from_flower(context.run_config)
-        return ClientRequest(kind, chosen, partition_id(context), **fields)
+        silo = context.node_config.get(SILO_KEY)
+        return ClientRequest(
+            kind, chosen, partition_id(context), silo=str(silo) if silo else None, **fields
+        )
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:
-        client, parameters, names = answer_on_node(request(context, "describe"), context)
-        return Message(content=describe_content(client, parameters, names), reply_to=message)
+        described = answer_on_node(request(context, "describe"), context)
+        return Message(content=described.content(), reply_to=message)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:

@@ -31,6 +31,9 @@ class ClientRequest:
         config: The round config (train).
         stage: ``"validation"`` or ``"test"`` (evaluate).
         selection: (selected round, rounds run) with the final test (evaluate).
+        silo: The node's own data (node config ``fellrec-silo``: its interaction files, read
+            with the config's ``data.dataset`` format), or None when the client derives its
+            data from the config's dataset (a simulated partition).
     """
 
     kind: str
@@ -40,3 +43,4 @@ class ClientRequest:
     config: ClientRoundConfig | None = None
     stage: str = ""
     selection: tuple[int, int] | None = None
+    silo: str | None = None

@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from fellrec.deploy.client_requests import REQUEST_KINDS, ClientRequest
-from fellrec.deploy.messages import STAGES, EvaluationReport, TrainReport
-from fellrec.deploy.run_config import RunSettings, load_run
+from fellrec.deploy.messages import STAGES, EvaluationReport, NodeDescription, TrainReport
+from fellrec.deploy.run_config import RunSettings, catalog_fingerprint, load_run
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
 from fellrec.training.adapter_cards import describe_adapters
@@ -63,13 +63,16 @@ class ClientSession:
     Args:
         settings: The fellrec config files and overrides (the same as the server's).
         client: This client's partition id (Flower node config ``partition-id``).
+        silo: This client's own interaction files (node config ``fellrec-silo``); None derives
+            its users from the config's whole dataset (a simulated partition).
 
     Raises:
         ValueError: For settings a deployment cannot run (naming the setting).
     """
 
-    def __init__(self, settings: RunSettings, client: int) -> None:
-        run = load_run(settings, "--data.client", str(client))
+    def __init__(self, settings: RunSettings, client: int, silo: str | None = None) -> None:
+        own_data = ("--data.silo", silo) if silo else ()
+        run = load_run(settings, "--data.client", str(client), *own_data)
         check_deployable(run.model, run.strategy)
         self.client = client
         self.module = client_module_like(run.model, client)
@@ -78,6 +81,7 @@ class ClientSession:
         self.root = Path(run.root)
         self.backbone_setting = str(run.model.hparams.get("backbone", ""))
         self.strategy_name = run.strategy.name
+        self.config_hash = run.config_hash
         self._built = False
 
     def _build(self) -> None:
@@ -112,6 +116,18 @@ class ClientSession:
     def metric_names(self) -> list[str]:
         """The evaluation metrics, in the order of the reports' columns."""
         return list(self.module.eval_names)
+
+    def describe(self) -> NodeDescription:
+        """Who this client is, what it starts from, and the fingerprints the server compares."""
+        parameters = self.initial_parameters()
+        dataset = self.datamodule.data.dataset
+        return NodeDescription(
+            self.client,
+            parameters,
+            self.metric_names,
+            self.config_hash,
+            catalog_fingerprint(list(dataset.item_ids), dataset.titles, dataset.categories),
+        )
 
     def train(self, parameters: torch.Tensor, config: ClientRoundConfig) -> TrainReport:
         """Train one round from ``parameters`` as ``config`` says."""
@@ -152,16 +168,18 @@ class ClientSession:
             trainer.test(self.module, datamodule=self.datamodule, verbose=False)
         sums, counts, _ = self.module.collect_eval()
         _, values = self.module.collect_eval_values()
-        popularity = None
-        if stage == "test" and self.datamodule.popularity_sums is not None:
+        popularity = popularity_values = None
+        if stage == "test":
             # The baseline over the same test users, for the results' popularity section.
-            popularity = self.datamodule.popularity_sums[0][self.client]
+            popularity_sums, _, popularity_values = self.datamodule.popularity_of([self.client])
+            popularity = popularity_sums[self.client]
         report = EvaluationReport(
             client=self.client,
             sums=sums[self.client],
             users=float(counts[self.client]),
             values=values,
             popularity=popularity,
+            popularity_values=popularity_values,
         )
         if stage == "test" and selection is not None:
             self._export(report, *selection)
@@ -191,16 +209,16 @@ class ClientSession:
         log.info("client %d: adapter written to %s", self.client, written)
 
 
-#: Sessions of this process, by (settings, client): the base model loads once per process.
-_SESSIONS: dict[tuple[RunSettings, int], ClientSession] = {}
+#: Sessions of this process, by (settings, client, silo): the base model loads once per process.
+_SESSIONS: dict[tuple[RunSettings, int, str | None], ClientSession] = {}
 
 
-def session_for(settings: RunSettings, client: int) -> ClientSession:
-    """This process's session of ``client`` (built on first use)."""
-    key = (settings, client)
+def session_for(settings: RunSettings, client: int, silo: str | None = None) -> ClientSession:
+    """This process's session of ``client`` on its silo (built on first use)."""
+    key = (settings, client, silo)
     if key not in _SESSIONS:
-        log.info("client %d: loading its model and data", client)
-        _SESSIONS[key] = ClientSession(settings, client)
+        log.info("client %d: loading its model and data%s", client, f" ({silo})" if silo else "")
+        _SESSIONS[key] = ClientSession(settings, client, silo)
     return _SESSIONS[key]
 
 
@@ -208,8 +226,8 @@ def answer(request: ClientRequest) -> Any:
     """Answer a request with this process's session of its client.
 
     Returns:
-        For ``describe`` ``(client, initial parameters, metric names)``; a :class:`TrainReport`
-        for ``train``; an :class:`EvaluationReport` for ``evaluate``.
+        A :class:`NodeDescription` for ``describe``; a :class:`TrainReport` for ``train``; an
+        :class:`EvaluationReport` for ``evaluate``.
 
     Raises:
         ValueError: For an unknown kind or a request missing what its kind needs.
@@ -220,9 +238,9 @@ def answer(request: ClientRequest) -> Any:
         raise ValueError(f"a {request.kind} request needs parameters")
     if request.kind == "train" and request.config is None:
         raise ValueError("a train request needs its round config")
-    session = session_for(request.settings, request.client)
+    session = session_for(request.settings, request.client, request.silo)
     if request.kind == "describe":
-        return session.client, session.initial_parameters(), session.metric_names
+        return session.describe()
     assert request.parameters is not None
     if request.kind == "train":
         assert request.config is not None

@@ -150,6 +150,8 @@ class EvaluationReport:
         values: Each user's metric values ``(U, M)``.
         popularity: The popularity baseline's metric sums over the same users ``(M,)`` (the
             final test only), for the popularity section of the results.
+        popularity_values: The baseline's per-user values ``(U, M)`` (with ``popularity``),
+            for its intervals.
     """
 
     client: int
@@ -157,12 +159,17 @@ class EvaluationReport:
     users: float
     values: torch.Tensor
     popularity: torch.Tensor | None = None
+    popularity_values: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.popularity is None) != (self.popularity_values is None):
+            raise ValueError("popularity sums and per-user values go together")
 
     def content(self) -> RecordDict:
         """As a reply's content."""
         arrays = [self.sums.double().numpy(), self.values.double().numpy()]
-        if self.popularity is not None:
-            arrays.append(self.popularity.double().numpy())
+        if self.popularity is not None and self.popularity_values is not None:
+            arrays += [self.popularity.double().numpy(), self.popularity_values.double().numpy()]
         return RecordDict(
             {
                 VALUES: ArrayRecord(arrays),
@@ -175,20 +182,55 @@ class EvaluationReport:
         """Read a reply's content."""
         sums, values, *popularity = content.array_records[VALUES].to_numpy_ndarrays()
         report = content.metric_records[REPORT]
+        baseline = [torch.from_numpy(np.array(a, copy=True)) for a in popularity]
         return cls(
             client=int(report["partition-id"]),  # type: ignore[arg-type]
             sums=torch.from_numpy(np.array(sums, copy=True)),
             users=float(report["users"]),  # type: ignore[arg-type]
             values=torch.from_numpy(np.array(values, copy=True)),
-            popularity=torch.from_numpy(np.array(popularity[0], copy=True)) if popularity else None,
+            popularity=baseline[0] if baseline else None,
+            popularity_values=baseline[1] if baseline else None,
         )
 
 
-def describe_content(client: int, vector: torch.Tensor, names: list[str]) -> RecordDict:
-    """A client's answer to ``query``: its partition id, initial parameters and metric names."""
-    return RecordDict(
-        {
-            PARAMETERS: parameters_record(vector),
-            REPORT: ConfigRecord({"partition-id": client, "metrics": names}),
-        }
-    )
+@dataclass(frozen=True)
+class NodeDescription:
+    """A client's answer to ``query``: who it is and what it starts from.
+
+    Attributes:
+        client: Its partition id.
+        parameters: Its initial parameters ``(P,)`` (the same on every node: seeded).
+        metric_names: The evaluation metrics, in the order of its reports' columns.
+        config_hash: The fingerprint of its fellrec config, which must equal the server's.
+        catalog_hash: The fingerprint of its item catalog (ids, titles, categories in index
+            order), which must equal every other client's.
+    """
+
+    client: int
+    parameters: torch.Tensor
+    metric_names: list[str]
+    config_hash: str | None = None
+    catalog_hash: str | None = None
+
+    def content(self) -> RecordDict:
+        """As a reply's content."""
+        described = ConfigRecord({"partition-id": self.client, "metrics": list(self.metric_names)})
+        if self.config_hash is not None:
+            described["config-hash"] = self.config_hash
+        if self.catalog_hash is not None:
+            described["catalog-hash"] = self.catalog_hash
+        return RecordDict({PARAMETERS: parameters_record(self.parameters), REPORT: described})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> NodeDescription:
+        """Read a reply's content."""
+        described = content.config_records[REPORT]
+        config_hash = described.get("config-hash")
+        catalog_hash = described.get("catalog-hash")
+        return cls(
+            client=int(described["partition-id"]),  # type: ignore[arg-type]
+            parameters=parameters_from(content),
+            metric_names=list(described["metrics"]),  # type: ignore[arg-type]
+            config_hash=str(config_hash) if config_hash is not None else None,
+            catalog_hash=str(catalog_hash) if catalog_hash is not None else None,
+        )

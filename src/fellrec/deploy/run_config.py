@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 if TYPE_CHECKING:  # the training layer (Lightning) loads only where a run is loaded
     from fellrec.federation.strategies import Strategy
@@ -17,6 +21,52 @@ if TYPE_CHECKING:  # the training layer (Lightning) loads only where a run is lo
 #: Keys of a Flower run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``).
 CONFIG_KEY = "fellrec-config"
 OVERRIDES_KEY = "fellrec-overrides"
+#: Settings that may differ between the parties of one federation: where each keeps its files
+#: and which client it is. Everything else must be the same everywhere (the config fingerprint).
+PER_PARTY_SETTINGS = {
+    "data": ("client", "silo", "silos", "catalog", "cache_dir", "dataset.path"),
+}
+#: Config sections that decide a federation's results (the trainer's are the node's own
+#: business, but the number of rounds).
+FINGERPRINTED_SECTIONS = ("model", "data", "loop", "seed_everything")
+
+
+def config_fingerprint(config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
+    """A short hash of what must be equal on the server and every client of a federation.
+
+    Args:
+        config: The resolved config (``fellrec fit --print_config`` as a dict).
+        extra: More values that must agree (e.g. the public catalog's content fingerprint).
+
+    Returns:
+        16 hex digits.
+    """
+    shared: dict[str, Any] = {key: config.get(key) for key in FINGERPRINTED_SECTIONS}
+    data = json.loads(json.dumps(shared.get("data") or {}, default=str))
+    for dotted in PER_PARTY_SETTINGS["data"]:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    shared["data"] = data
+    shared["rounds"] = (config.get("trainer") or {}).get("max_epochs")
+    shared["extra"] = dict(extra or {})
+    payload = json.dumps(shared, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def catalog_fingerprint(
+    item_ids: Sequence[object], titles: Sequence[str], categories: Sequence[Sequence[str]]
+) -> str:
+    """A short hash of the item catalog in index order (ids, titles, categories).
+
+    Every party must index the same items the same way, or their item rows (ID embeddings,
+    biases, title vectors) would not line up when the server aggregates them.
+    """
+    payload = json.dumps([[str(i) for i in item_ids], list(titles), [list(c) for c in categories]])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -64,6 +114,7 @@ class LoadedRun:
         rounds: ``trainer.max_epochs``.
         root: ``trainer.default_root_dir`` (where results are written).
         trainer_settings: The accelerator and precision a client's trainer uses.
+        config: The resolved config, as ``fellrec fit`` saves it (``config.yaml``).
     """
 
     model: FederatedModule
@@ -72,6 +123,12 @@ class LoadedRun:
     rounds: int
     root: str
     trainer_settings: dict[str, object]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_hash(self) -> str:
+        """The fingerprint the server and its clients compare (:func:`config_fingerprint`)."""
+        return config_fingerprint(self.config)
 
     @property
     def strategy(self) -> Strategy:
@@ -119,4 +176,12 @@ def load_run(settings: RunSettings, *extra: str) -> LoadedRun:
             "accelerator": "gpu" if accelerator == "cuda" else accelerator,
             "precision": trainer.precision,
         },
+        config=resolved_config(cli),
     )
+
+
+def resolved_config(cli: Any) -> dict[str, Any]:
+    """The parsed config as plain values (what ``config.yaml`` holds)."""
+    dumped = cli.parser.dump(cli.config, skip_none=False, skip_check=True)
+    loaded = yaml.safe_load(dumped)
+    return loaded if isinstance(loaded, dict) else {}

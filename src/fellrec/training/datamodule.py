@@ -171,6 +171,7 @@ class FederatedDataModule(L.LightningDataModule):
         self._data: FederatedData | None = None
         self.popularity: dict[str, object] | None = None
         self.popularity_sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._popularity_users: tuple[torch.Tensor, torch.Tensor] | None = None
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["dataset"])
         self.hparams["dataset"] = asdict(self.settings.dataset)
@@ -212,8 +213,41 @@ class FederatedDataModule(L.LightningDataModule):
         sums, counts = client_sums(per_user, clients, self.num_clients, names)
         # Per-client sums, which a deployed client reports for its own users.
         self.popularity_sums = (sums, counts)
+        # Per-user values in client-major order, the order evaluation passes visit the users.
+        order = torch.argsort(clients, stable=True)
+        self._popularity_users = (
+            clients[order],
+            torch.stack([per_user[name][order].double() for name in names], dim=1),
+        )
         self.popularity = summarize(sums, counts, names)
-        self.popularity["ci"] = confidence_intervals(per_user, clients, self.num_clients, names)
+        ordered_clients, ordered_values = self._popularity_users
+        self.popularity["ci"] = confidence_intervals(
+            {name: ordered_values[:, j] for j, name in enumerate(names)},
+            ordered_clients,
+            self.num_clients,
+            names,
+        )
+
+    def popularity_of(
+        self, held_clients: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The popularity baseline on the held clients' test users (after :meth:`setup`).
+
+        Args:
+            held_clients: The clients whose users count (the others' rows are zero).
+
+        Returns:
+            Metric sums by client ``(N, M)``, and each held user's client ``(U,)`` and metric
+            values ``(U, M)``, client-major (the order of the test batches).
+        """
+        if self.popularity_sums is None or self._popularity_users is None:
+            raise RuntimeError("FederatedDataModule.setup() has not run yet")
+        sums = torch.zeros_like(self.popularity_sums[0])
+        held = torch.tensor(list(held_clients), dtype=torch.long)
+        sums[held] = self.popularity_sums[0][held]
+        clients, values = self._popularity_users
+        kept = torch.isin(clients, held)
+        return sums, clients[kept], values[kept]
 
     def eval_user_counts(self) -> dict[str, np.ndarray]:
         """Validation and test users per client ``{"validation": (N,), "test": (N,)}``."""

@@ -7,34 +7,22 @@ add their sections to ``results.json`` (:class:`RunSection`, gathered by :func:`
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import yaml
 
+from fellrec.federation.results_file import RESULTS_FILE, write_results
 from fellrec.training.accounting import resource_summary
 from fellrec.training.adapter_cards import describe_adapters
-from fellrec.training.datamodule import federated_datamodule
+
+__all__ = ["RESULTS_FILE", "RunSection", "run_directory", "run_sections", "write_run_outputs"]
 
 if TYPE_CHECKING:
     import lightning as L
 
+    from fellrec.federation.engine import RoundEngine
     from fellrec.training.federated_module import FederatedModule
-
-RESULTS_FILE = "results.json"
-
-
-def json_safe(value: Any) -> Any:
-    """JSON has no NaN/inf: replace them with None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def run_config(directory: Path, module: FederatedModule) -> dict[str, Any]:
@@ -80,29 +68,10 @@ def run_directory(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """What the round loop knows about a finished run, as plain values.
-
-    Attributes:
-        strategy: The strategy's name and settings (``Strategy.describe()``).
-        rounds_run: Rounds trained.
-        best_round: The round of the best overall validation score (-1: none).
-        client_best_rounds: Each client's selected round.
-        history: The rounds' records (losses, learning rates, weights, validation).
-    """
-
-    strategy: dict[str, Any]
-    rounds_run: int
-    best_round: int
-    client_best_rounds: list[int]
-    history: list[dict[str, Any]]
-
-
 def write_run_outputs(
     directory: Path,
     module: FederatedModule,
-    record: RunRecord,
+    engine: RoundEngine,
     test_summary: dict[str, Any],
     sections: dict[str, Any] | None = None,
     gathered_adapters: dict[str, Any] | None = None,
@@ -112,8 +81,8 @@ def write_run_outputs(
     Args:
         directory: The run's log directory.
         module: The evaluated module (holding the selected adapters).
-        record: The loop's record of the run (rounds run, selected rounds, history).
-        test_summary: ``summarize()`` output of the test metrics.
+        engine: The round engine of the run (its record and the results' schema).
+        test_summary: The engine's test summary (metrics, intervals, popularity baseline).
         sections: More sections by name, from :class:`RunSection` callbacks (``"privacy"`` is
             always present, None when no probe ran).
         gathered_adapters: The adapters gathered whole on every process
@@ -123,33 +92,22 @@ def write_run_outputs(
     Returns:
         The path of ``results.json``.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    datamodule = federated_datamodule(module.trainer)
-    results = {
-        "strategy": record.strategy["name"],
-        "strategy_settings": record.strategy,
-        "config": run_config(directory, module),
-        "rounds_run": record.rounds_run,
-        "best_round": record.best_round,
-        "client_best_rounds": record.client_best_rounds,
-        **test_summary,
-        "popularity": datamodule.popularity,
-        "resources": resource_summary(module),
-        "privacy": None,
+    results = engine.results(
+        test_summary,
+        config=run_config(directory, module),
+        resources=resource_summary(module),
         **(sections or {}),
-        "history": record.history,
-    }
-    path = directory / RESULTS_FILE
-    path.write_text(json.dumps(json_safe(results), indent=2))
+    )
+    path = write_results(directory, results)
     if module.adapters is not None:
         module.adapters.save(directory / "adapters", gathered_adapters)
         describe_adapters(
             directory / "adapters",
             backbone_setting=str(module.hparams.get("backbone", "")),
-            strategy=str(record.strategy["name"]),
+            strategy=engine.strategy.name,
             recommender=str(module.hparams.get("recommender", "")),
             selected_rounds=results["client_best_rounds"] or [-1] * module.num_clients,
-            rounds_run=record.rounds_run,
+            rounds_run=engine.rounds_run,
             client_metrics=test_summary.get("clients", {}),
         )
     return path

@@ -55,3 +55,14 @@ def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     if isinstance(record.get("val"), Mapping):
         metrics.update(validation_metrics(record["val"]))
     return metrics
+
+
+def logged_test_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """``test/<metric>`` of the test summary's overall row (the user count left out).
+
+    Args:
+        summary: The round engine's test summary.
+    """
+    overall = summary["overall"]
+    assert isinstance(overall, dict)
+    return {f"test/{k}": float(v) for k, v in overall.items() if k != "users"}

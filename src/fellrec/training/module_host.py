@@ -1,0 +1,81 @@
+"""A FederatedModule as the round engine's host (simulation: every client in one process).
+
+Lightning trains and evaluates between the engine's calls; this adapter only hands the engine
+what the module collected (losses, parameters, metric sums) and loads what the engine decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from fellrec.federation.engine import Evaluation, TrainingReport, UserValues
+from fellrec.federation.protocol import ClientRoundConfig
+from fellrec.training.datamodule import federated_datamodule
+from fellrec.training.federated_module import FederatedModule
+
+
+class ModuleHost:
+    """:class:`~fellrec.federation.engine.FederationHost` over a built :class:`FederatedModule`.
+
+    Args:
+        module: The module (its trainer's data module serves the popularity baseline).
+    """
+
+    def __init__(self, module: FederatedModule) -> None:
+        self.module = module
+
+    @property
+    def num_clients(self) -> int:
+        """N."""
+        return self.module.num_clients
+
+    @property
+    def held_clients(self) -> list[int]:
+        """The module's clients, one adapter slot each."""
+        return list(self.module.held_clients)
+
+    def start_round(self, round_index: int, configs: Mapping[int, ClientRoundConfig]) -> None:
+        """Set each client's learning rate and proximal weight; Lightning then trains."""
+        self.module.start_round(round_index, configs)
+
+    def training_report(self) -> TrainingReport:
+        """Losses, example counts and divergence (summed over processes), and the parameters."""
+        loss_sums, examples, diverged = self.module.collect_round_stats()
+        return TrainingReport(
+            parameters=self.module.client_parameters(),  # (S, P)
+            round_start=self.module.round_start_parameters(),
+            loss_sums=loss_sums,
+            examples=examples,
+            diverged=diverged,
+        )
+
+    def load_parameters(self, parameters: torch.Tensor, identical: bool = False) -> None:
+        """Load every slot's parameters ``(S, P)``."""
+        self.module.load_client_parameters(parameters, identical=identical)
+
+    def parameters(self) -> torch.Tensor:
+        """Every slot's current parameters ``(S, P)``."""
+        return self.module.client_parameters()
+
+    def evaluation(self, stage: str, selected_rounds: list[int] | None = None) -> Evaluation:
+        """What Lightning's validation or test pass collected (a collective under DDP).
+
+        The test adds every user's values and the popularity baseline on the same users.
+        """
+        sums, users, names = self.module.collect_eval()
+        if stage != "test":
+            return Evaluation(sums, users, list(names))
+        clients, values = self.module.collect_eval_values()
+        popularity_sums, popularity_clients, popularity_values = federated_datamodule(
+            self.module.trainer
+        ).popularity_of(self.module.held_clients)
+        return Evaluation(
+            sums,
+            users,
+            list(names),
+            values=UserValues(clients, values),
+            popularity_sums=popularity_sums,
+            popularity_values=UserValues(popularity_clients, popularity_values),
+        )
