@@ -71,11 +71,24 @@ class Deployment:
         self.workers: dict[int, str] = {}
         self.descendants: set[int] = set()
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
+        """Start ``argv`` in its own process group, logging to ``logs/<name>.log``.
+
+        Args:
+            cwd: Its working directory (default: this process's).
+            env: Variables set on top of the deployment's environment.
+        """
         with open(self.logs / f"{name}.log", "ab") as log:
             process = subprocess.Popen(
                 argv,
-                env=self.env,
+                env={**self.env, **(env or {})},
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -84,7 +97,8 @@ class Deployment:
         self.processes.append(process)
         return process
 
-    def start_superlink(self, timeout: float = 60.0) -> None:
+    def start_superlink(self, timeout: float = 60.0, cwd: Path | None = None) -> None:
+        """The SuperLink; the ServerApp it starts runs in ``cwd`` (relative config paths)."""
         self.port = free_port()
         if self.tls is None:
             security = ["--insecure"]
@@ -105,6 +119,7 @@ class Deployment:
                 str(self.port),
                 "--disable-runtime-dependency-installation",
             ],
+            cwd=cwd,
         )
         scheme, context = "http", None
         if self.tls is not None:
@@ -133,12 +148,26 @@ class Deployment:
         if done.returncode != 0:
             raise RuntimeError(f"flwr supernode register failed: {done.stdout}{done.stderr}")
 
-    def start_worker(self, partition: int, timeout: float = 60.0) -> str:
-        """A fellrec client worker for ``partition``'s SuperNode; its address."""
+    def start_worker(
+        self,
+        partition: int,
+        timeout: float = 60.0,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
+        """A fellrec client worker for ``partition``'s SuperNode; its address.
+
+        Args:
+            cwd: Its working directory: where it resolves relative data and config paths.
+            env: More environment variables (e.g. its own ``FELLREC_CACHE``).
+        """
         address = f"127.0.0.1:{free_port()}"
         name = f"worker-{partition}"
         worker = self._spawn(
-            name, [sys.executable, "-m", "fellrec.deploy.client_worker", "--address", address]
+            name,
+            [sys.executable, "-m", "fellrec.deploy.client_worker", "--address", address],
+            cwd=cwd,
+            env=env,
         )
         self.wait_for_log(name, "listening", timeout, worker)
         self.workers[partition] = address
@@ -150,15 +179,23 @@ class Deployment:
         partitions: int,
         private_key: Path | None = None,
         name: str | None = None,
+        silo: str | None = None,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         """A SuperNode for ``partition``; ``private_key`` authenticates it (``node_auth``).
 
         Args:
             name: Its log's name (default ``supernode-<partition>``).
+            silo: Its own data (node config ``fellrec-silo``).
+            cwd: Its working directory (its ClientApps run there).
+            env: More environment variables.
         """
         node_config = f"partition-id={partition} num-partitions={partitions}"
         if partition in self.workers:
             node_config += f" fellrec-worker='{self.workers[partition]}'"
+        if silo is not None:
+            node_config += f" fellrec-silo='{silo}'"
         security = ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca)]
         if private_key is not None:
             security += ["--auth-supernode-private-key", str(private_key)]
@@ -174,6 +211,8 @@ class Deployment:
                 "--node-config",
                 node_config,
             ],
+            cwd=cwd,
+            env=env,
         )
         if name is None:
             self.nodes[partition] = node
