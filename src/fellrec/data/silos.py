@@ -261,6 +261,15 @@ def announce_silos(reports: Sequence[SiloReport], catalog: str) -> None:
                 )
 
 
+def format_silo_table(reports: Sequence[SiloReport]) -> str:
+    """What reading each silo found, one line per silo."""
+    return "\n".join(
+        f"client {r.client}: {r.source}: {r.interactions} interactions read, {r.unknown_items} "
+        f"with items outside the catalog (left out), {r.kept} kept, {r.users} users"
+        for r in reports
+    )
+
+
 def merge_silos(
     parts: Sequence[tuple[IndexedDataset, Split, TrainExamples]],
     clients: Sequence[int],

@@ -297,6 +297,8 @@ class FederatedDataModule(L.LightningDataModule):
             data.num_clients,
             against_catalog=self.settings.uses_silos and self.client is not None,
         )
+        if self.settings.uses_silos and self.client is not None:  # a silo shows itself only
+            stats["clients"] = [row for row in stats["clients"] if row["client"] == self.client]
         return format_partition_table(stats)
 
     def item_texts(self) -> tuple[list[str], list[tuple[str, ...]]]:
