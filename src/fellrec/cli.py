@@ -336,7 +336,13 @@ def describe_data(datamodule: FederatedDataModule) -> str:
     lines = [
         f"dataset {ds.name}: {ds.num_users} users, {ds.num_items} items, "
         f"{ds.num_interactions} interactions (density {density:.4%})",
-        f"split {data.split.method}: {train_interactions} train interactions, "
+        f"split {data.split.method}"
+        + (
+            f" (cut-offs [{data.split.cutoffs[0]}, {data.split.cutoffs[1]}])"
+            if data.split.cutoffs is not None
+            else ""
+        )
+        + f": {train_interactions} train interactions, "
         f"{len(data.examples)} training examples, {len(data.split.valid)} validation users, "
         f"{len(data.split.test)} test users",
         "",
@@ -405,9 +411,8 @@ def run_data_command(args: list[str]) -> None:
         run_fetch_command(args[1:])
         return
     if args[0] == "export-silos":
-        from fellrec.commands.export_silos import main as export_main
-
-        export_main(args[1:])
+        # By name, as the other commands: the command module builds on this one's parser.
+        importlib.import_module("fellrec.commands.export_silos").main(args[1:])
         return
     if args[0] != "stats":
         raise ValueError(
