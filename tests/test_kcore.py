@@ -71,3 +71,11 @@ def test_k_at_most_one_returns_data_unchanged() -> None:
 def test_nothing_survives_raises() -> None:
     with pytest.raises(ValueError, match="k=3"):
         kcore_filter(_dataset(CASCADE, 4, 4), 3)
+
+
+def test_kcore_can_keep_the_catalog_and_reindex_only_users() -> None:
+    core = kcore_filter(_dataset(CASCADE, num_users=4, num_items=4), 2, keep_catalog=True)
+    np.testing.assert_array_equal(core.items, [1, 1, 3, 3])  # catalog indices unchanged
+    np.testing.assert_array_equal(core.users, [0, 1, 0, 1])  # old users 1 and 3
+    assert core.num_items == 4 and core.titles == [f"title {k}" for k in range(4)]
+    assert core.user_ids.tolist() == ["u1", "u3"]

@@ -71,3 +71,17 @@ def test_errors() -> None:
         evaluate_popularity(_train(), _eval_users(), 5, batch_size=0)
     with pytest.raises(ValueError, match="K=10"):
         evaluate_popularity(_train(), _eval_users(), 5, ks=(10,))
+
+
+def test_local_popularity_ranks_by_each_clients_own_training_data() -> None:
+    from fellrec.metrics.popularity import evaluate_local_popularity
+
+    # Client 0 = user 0 (counts [1, 2, 0, 0, 0]), client 1 = users 1, 2 (counts [0, 1, 1, 0, 0]).
+    clients = np.array([0, 1, 1])
+    m = evaluate_local_popularity(_train(), _eval_users(), 5, clients, ks=(1, 2))
+    # User 0 (consumed 0, 1): its client's ranking 1, 0, 2, 3, 4 -> 2, 3, 4: target 3 at rank 2.
+    assert m["recall@1"][0].item() == 0.0 and m["recall@2"][0].item() == 1.0
+    # User 1 (client 1): ranking 1, 2, 0, 3, 4 -> targets {2, 4}: 2 at rank 2.
+    assert m["recall@1"][1].item() == 0.0 and m["recall@2"][1].item() == 0.5
+    # The global ranking (counts [1, 3, 1, 0, 0]: 1, 0, 2, ...) puts 2 at rank 3 for user 1.
+    assert evaluate_popularity(_train(), _eval_users(), 5, ks=(2,))["recall@2"][1].item() == 0.0

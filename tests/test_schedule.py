@@ -70,3 +70,37 @@ def test_a_process_without_rows_of_a_global_batch_gets_a_stand_in():
     rows, stand_in = _rows_of(np.array([5]), 0, 2)
     assert rows.tolist() == [5] and not stand_in
     assert _rows_of(np.array([], dtype=np.int64), 0, 2)[0].size == 0  # nothing to stand in for
+
+
+def test_a_clients_plan_does_not_depend_on_the_other_clients():
+    """Client 1's batches are the same whatever the other clients hold, and planned alone."""
+
+    def client_batches(example_clients, client, **kwargs):
+        plan = plan_round(example_clients, 3, 3, 2, 2, seed=4, round_index=1, **kwargs)
+        members = np.flatnonzero(example_clients == client)
+        # Positions among the client's own examples: what a silo holding only them sees.
+        position = {int(e): p for p, e in enumerate(members)}
+        return [
+            ([position[int(e)] for e in b.indices], b.step_examples, b.step_end, b.client_start)
+            for b in plan
+            if b.client == client
+        ]
+
+    small = np.array([0, 1, 1, 2, 1, 1, 1, 2, 1])
+    large = np.array([0] * 7 + [1, 1, 2, 1, 1, 1, 2, 2, 2, 1, 0])  # more examples elsewhere
+    alone = np.ones(6, dtype=int)  # a silo with only client 1's examples
+    reference = client_batches(small, 1)
+    assert len(reference) == 4  # 6 examples, batches of 3, 2 local epochs
+    assert client_batches(large, 1) == reference
+    assert client_batches(alone, 1) == reference
+    assert client_batches(alone, 1, clients=[1]) == reference
+    assert {b.client for b in plan_round(small, 3, 3, 1, 1, 0, 0, clients=[2])} == {2}
+
+
+def test_the_plan_draws_each_client_from_its_own_generator():
+    """Hand-computed: client c permutes its examples with default_rng([seed, round, c])."""
+    clients = np.array([1, 0, 1, 1])
+    plan = plan_round(clients, 2, batch_size=8, local_epochs=1, accumulate=1, seed=3, round_index=2)
+    members = np.array([0, 2, 3])
+    expected = members[np.random.default_rng([3, 2, 1]).permutation(3)]
+    assert [b.indices.tolist() for b in plan] == [[1], expected.tolist()]

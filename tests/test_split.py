@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,41 @@ def test_equal_timestamps_keep_the_file_order() -> None:
         split = leave_one_out_split(indexed, history_length=3)
         assert indexed.item_ids[int(split.test.targets[0][0])] == last
         assert indexed.item_ids[int(split.valid.targets[0][0])] == order[2]
+
+
+def test_temporal_split_cuts_by_time_and_ties_go_to_the_later_period() -> None:
+    from fellrec.data.split import temporal_cutoffs
+
+    # Timestamps 10..200; give positions 15 and 16 (around the positional test cut at 16 for
+    # 0.2/0.2) the same time: both go to the test period.
+    data = _dataset(TEMPORAL, 6, 8)
+    times = data.timestamps.copy()
+    times[15] = times[16]
+    tied = dataclasses.replace(data, timestamps=times)
+    assert temporal_cutoffs(tied.timestamps, 0.2, 0.2) == (130, 170)
+    split = temporal_split(tied, 2, valid_fraction=0.2, test_fraction=0.2)
+    assert split.cutoffs == (130, 170)
+    # Position 15 (u5, i1) moved from validation to test: u5 had no history either way, so the
+    # periods' users stay; the validation period now holds 3 interactions.
+    assert sum(len(s) for s in split.train_sequences) == 12
+    assert _as_lists(split.valid) == {0: ([2, 6], [3, 4], [0, 1, 2, 6])}
+
+
+def test_temporal_split_with_given_cutoffs() -> None:
+    data = _dataset(TEMPORAL, 6, 8)  # timestamps 10, 20, ..., 200
+    split = temporal_split(data, 2, cutoffs=(125, 165))  # train 10-120, valid 130-160
+    assert split.cutoffs == (125, 165)
+    assert [len(s) for s in split.train_sequences] == [4, 4, 2, 1, 1, 0]
+    assert _as_lists(split.valid) == {0: ([2, 6], [3, 4], [0, 1, 2, 6])}
+    by_name = split_dataset(data, "temporal", 2, cutoffs=(125, 165))
+    assert _as_lists(by_name.test) == _as_lists(split.test)
+    with pytest.raises(ValueError, match="valid_start < test_start"):
+        temporal_split(data, 2, cutoffs=(165, 125))
+
+
+def test_an_empty_period_is_allowed_for_one_silo() -> None:
+    data = _dataset([(0, 0), (0, 1), (1, 0), (2, 1), (0, 2)], 3, 3)
+    split = temporal_split(data, 2, valid_fraction=0.2, test_fraction=0.2, allow_empty=True)
+    assert len(split.valid) == 0 and split.valid.users.dtype == np.int64
+    loo = leave_one_out_split(_dataset([(0, 0), (0, 1)], 1, 2), 2, allow_empty=True)
+    assert len(loo.valid) == 0 and len(loo.test) == 0

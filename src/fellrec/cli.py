@@ -55,6 +55,7 @@ commands:
   test        evaluate a saved run on the test users         (--ckpt_path)
   data stats  load, split and partition the data; print statistics and the popularity baseline
   data fetch  download MovieLens-100K (from the recbole wheel on PyPI) as RecBole files
+  data export-silos  write a simulated partition as silo files (one directory per client)
   cost        client/server parameters, memory, FLOPs and bytes per step for a range of k_front
   attack      an honest-but-curious server's token recovery from hidden states, per k_front
   report      Markdown + HTML report comparing run directories
@@ -289,14 +290,9 @@ def make_cli(args: list[str] | None, run: bool = True) -> FellrecCLI:
     )
 
 
-def _data_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="fellrec data stats",
-        description="Load, split and partition the data; print statistics and the popularity "
-        "baseline. Real data: --data.dataset.format (movielens, recbole, amazon, tabular) and "
-        "--data.dataset.path; see 'Where the interactions come from' below.",
-        exit_on_error=False,
-    )
+def data_parser(prog: str, description: str) -> ArgumentParser:
+    """A parser of a fit config's ``data:`` section; the other sections are accepted, ignored."""
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a fellrec YAML config")
     parser.add_class_arguments(FederatedDataModule, "data")
     for section in NON_DATA_SECTIONS:
@@ -340,14 +336,32 @@ def describe_data(datamodule: FederatedDataModule) -> str:
     lines = [
         f"dataset {ds.name}: {ds.num_users} users, {ds.num_items} items, "
         f"{ds.num_interactions} interactions (density {density:.4%})",
-        f"split {data.split.method}: {train_interactions} train interactions, "
+        f"split {data.split.method}"
+        + (
+            f" (cut-offs [{data.split.cutoffs[0]}, {data.split.cutoffs[1]}])"
+            if data.split.cutoffs is not None
+            else ""
+        )
+        + f": {train_interactions} train interactions, "
         f"{len(data.examples)} training examples, {len(data.split.valid)} validation users, "
         f"{len(data.split.test)} test users",
         "",
         datamodule.partition_table(),
         "",
-        "popularity baseline (test):",
     ]
+    if data.silos:
+        from fellrec.data.silos import format_silo_table
+
+        lines += [
+            f"silos (catalog {datamodule.settings.catalog}):",
+            format_silo_table(data.silos),
+            "",
+        ]
+    lines.append(
+        "popularity baseline (test"
+        + (", each silo ranking by its own training data" if data.silos else "")
+        + "):"
+    )
     popularity = datamodule.popularity or {}
     overall = popularity.get("overall", {})
     assert isinstance(overall, dict)
@@ -360,12 +374,16 @@ def describe_data(datamodule: FederatedDataModule) -> str:
 DATA_USAGE = """\
 usage: fellrec data stats --config FILE.yaml [--data.KEY VALUE ...]
        fellrec data fetch ml-100k [--output DIR]
+       fellrec data export-silos --config FILE.yaml --output DIR [--force]
 
   stats   load, split and partition the data; print statistics and the popularity baseline
   fetch   download MovieLens-100K (inside the recbole wheel on PyPI; MovieLens may not be
           redistributed, so fellrec does not ship it) as RecBole atomic files into DIR
           (default $FELLREC_CACHE/datasets); read it with --data.dataset.format recbole
-          --data.dataset.path <printed directory>"""
+          --data.dataset.path <printed directory>
+  export-silos  write each client of the configured (simulated) partition as a silo:
+          DIR/client_<i>/interactions.csv, DIR/catalog.csv and DIR/silos.yaml, an overlay
+          for `fellrec fit --config FILE.yaml --config DIR/silos.yaml`"""
 
 
 def run_fetch_command(args: list[str]) -> None:
@@ -392,9 +410,21 @@ def run_data_command(args: list[str]) -> None:
     if args[0] == "fetch":
         run_fetch_command(args[1:])
         return
+    if args[0] == "export-silos":
+        # By name, as the other commands: the command module builds on this one's parser.
+        importlib.import_module("fellrec.commands.export_silos").main(args[1:])
+        return
     if args[0] != "stats":
-        raise ValueError(f"unknown command 'data {args[0]}'; available: data stats, data fetch")
-    parser = _data_parser()
+        raise ValueError(
+            f"unknown command 'data {args[0]}'; available: data stats, data fetch, "
+            "data export-silos"
+        )
+    parser = data_parser(
+        "fellrec data stats",
+        "Load, split and partition the data; print statistics and the popularity baseline. "
+        "Real data: --data.dataset.format (movielens, recbole, amazon, tabular) and "
+        "--data.dataset.path; see 'Where the interactions come from' below.",
+    )
     config = parse_checked(parser, args[1:], "fellrec data stats")
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
     datamodule = instantiate(config).data

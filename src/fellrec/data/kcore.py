@@ -7,7 +7,7 @@ import numpy as np
 from fellrec.data.schema import IndexedDataset
 
 
-def kcore_filter(data: IndexedDataset, k: int) -> IndexedDataset:
+def kcore_filter(data: IndexedDataset, k: int, keep_catalog: bool = False) -> IndexedDataset:
     """Keep only the k-core: users and items with at least ``k`` interactions each.
 
     Removing a sparse item can push a user below ``k`` and vice versa, so removal is repeated
@@ -18,6 +18,9 @@ def kcore_filter(data: IndexedDataset, k: int) -> IndexedDataset:
     Args:
         data: The dataset to filter.
         k: Minimum number of interactions per user and per item. ``k <= 1`` keeps everything.
+        keep_catalog: Keep every item and its index (a silo filtered against a shared catalog:
+            an item sparse in this silo loses its interactions here, not its place in the
+            catalog); only users are re-indexed.
 
     Returns:
         The filtered, densely re-indexed dataset (``data`` itself when ``k <= 1``).
@@ -33,7 +36,7 @@ def kcore_filter(data: IndexedDataset, k: int) -> IndexedDataset:
             f"k-core filter with k={k} removed every interaction of {data.name!r} "
             f"({data.num_users} users, {data.num_items} items); use a smaller k"
         )
-    return _reindex(data, keep)
+    return _reindex(data, keep, keep_catalog)
 
 
 def _kcore_mask(
@@ -50,11 +53,11 @@ def _kcore_mask(
         keep = dense
 
 
-def _reindex(data: IndexedDataset, keep: np.ndarray) -> IndexedDataset:
-    """Restrict ``data`` to the kept interactions and renumber users and items densely."""
+def _reindex(data: IndexedDataset, keep: np.ndarray, keep_catalog: bool) -> IndexedDataset:
+    """Restrict ``data`` to the kept interactions and renumber users (and items) densely."""
     users, items = data.users[keep], data.items[keep]
     kept_users = np.unique(users)
-    kept_items = np.unique(items)
+    kept_items = np.arange(data.num_items) if keep_catalog else np.unique(items)
     # ``searchsorted`` on the sorted survivors is a monotone old->new id map.
     new_users = np.searchsorted(kept_users, users).astype(np.int64)
     new_items = np.searchsorted(kept_items, items).astype(np.int64)

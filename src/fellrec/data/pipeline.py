@@ -1,61 +1,73 @@
-"""Read -> filter -> split -> windows -> partition, cached on disk keyed by the data settings.
+"""Read -> filter -> split -> windows -> clients, cached on disk keyed by the data settings.
 
-This is the one place that runs the pure data stages in order. The result (:class:`FederatedData`)
-is
-what the Lightning data module serves and what ``fellrec data stats`` prints.
+This is the one place that runs the pure data stages in order, in one of two ways to the same
+:class:`FederatedData` (what the Lightning data module serves and ``fellrec data stats`` prints):
+
+* **central** -- all data in one place: read, filter, k-core, split, windows, then partition the
+  users into clients (k-means, iid, Dirichlet, attribute);
+* **silos** (``data.silos`` or ``data.silo``) -- each client's own files read against the public
+  catalog; every stage runs per silo on that silo's data alone, and the silos are put side by side
+  (client ``i`` = silo ``i``). Serving one client (``data.client``) reads only its silo, which is
+  what a deployed client does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import pickle
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from fellrec.data.catalog import CATALOG_OPTIONS, read_catalog
 from fellrec.data.examples import sliding_window_examples
 from fellrec.data.kcore import kcore_filter
 from fellrec.data.partition import partition_users
-from fellrec.data.readers import read_dataset
-from fellrec.data.schema import IndexedDataset, RawDataset, Split, TrainExamples, index_dataset
+from fellrec.data.schema import IndexedDataset, Split, TrainExamples, index_dataset
+from fellrec.data.silos import (
+    UNKNOWN_ITEM_POLICIES,
+    SiloReport,
+    announce_silos,
+    merge_silos,
+    read_silo,
+)
+from fellrec.data.sources import (
+    FORMATS,
+    PATH_OPTIONS,
+    DatasetSettings,
+    files_fingerprint,
+    filter_min_rating,
+    option_paths,
+    read_raw,
+)
 from fellrec.data.split import split_dataset
-from fellrec.data.synthetic import generate_synthetic
 
 log = logging.getLogger(__name__)
 
 #: Bump when the preprocessing output changes, so stale caches are not reused.
-PIPELINE_VERSION = 2  # 2: equal timestamps keep the file order
-FORMATS = ("synthetic", "movielens", "recbole", "amazon", "tabular")
+PIPELINE_VERSION = 3  # 2: equal timestamps keep the file order; 3: temporal split cuts by time
 SPLITS = ("temporal", "leave_one_out")
 PARTITIONS = ("kmeans", "iid", "dirichlet", "attribute")
-#: Reader options that name files (expanded like ``path``).
-PATH_OPTIONS = frozenset({"meta", "items", "users"})
 
-
-@dataclass(frozen=True)
-class DatasetSettings:
-    """Where the interactions come from.
-
-    Attributes:
-        format: One of synthetic, movielens, recbole, amazon, tabular.
-        path: movielens/recbole: the extracted directory; amazon: the reviews file; tabular: the
-            interactions file (CSV/TSV/Parquet). Not used by synthetic.
-        options: Extra reader options: amazon ``meta``; tabular ``items``, ``users`` and column
-            names; synthetic ``num_users``, ``num_items``, ``num_categories``; recbole ``name``.
-        min_rating: Keep only interactions rated at least this (when the source has ratings).
-        kcore: Iterative k-core filter on users and items (0 or 1: off; the reference uses 5).
-    """
-
-    format: str = "synthetic"
-    path: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    min_rating: float | None = None
-    kcore: int = 0
+__all__ = [
+    "FORMATS",
+    "PARTITIONS",
+    "PATH_OPTIONS",
+    "PIPELINE_VERSION",
+    "SPLITS",
+    "DatasetSettings",
+    "FederatedData",
+    "PipelineSettings",
+    "build_federated_data",
+    "default_cache_dir",
+    "load_federated_data",
+    "read_raw",
+]
 
 
 def default_cache_dir() -> Path:
@@ -73,6 +85,7 @@ class FederatedData:
         examples: Sliding-window training examples (possibly subsampled).
         assignment: Client of every user ``(num_users,)``.
         num_clients: N.
+        silos: With silos, what reading each one found (one per silo read); empty otherwise.
     """
 
     dataset: IndexedDataset
@@ -80,60 +93,11 @@ class FederatedData:
     examples: TrainExamples
     assignment: np.ndarray
     num_clients: int
+    silos: tuple[SiloReport, ...] = ()
 
     def example_clients(self) -> np.ndarray:
         """Client of every training example ``(E,)``."""
         return np.asarray(self.assignment[self.examples.users], dtype=np.int64)
-
-
-def read_raw(settings: DatasetSettings, seed: int) -> RawDataset:
-    """Read the configured source into a :class:`RawDataset`.
-
-    Raises:
-        ValueError: For an unknown format or a missing ``path``, naming the setting.
-    """
-    fmt = settings.format
-    if fmt not in FORMATS:
-        raise ValueError(
-            f"data.dataset.format={fmt!r} is unknown; choose from {', '.join(FORMATS)}"
-        )
-    if fmt == "synthetic":
-        return generate_synthetic(seed=seed, **settings.options)
-    if not settings.path:
-        raise ValueError(f"data.dataset.path is required for data.dataset.format={fmt!r}")
-    path = str(Path(settings.path).expanduser())
-    options = dict(settings.options)
-    for key in PATH_OPTIONS.intersection(options):
-        value = options[key]
-        if value is not None and not isinstance(value, str):
-            raise ValueError(
-                f"data.dataset.options.{key} must be a file path, got {type(value).__name__} "
-                f"{value!r} (quote it in YAML if it contains ': ')"
-            )
-        if value is not None:
-            options[key] = str(Path(value).expanduser())
-    if fmt == "amazon":
-        if not options.get("meta"):
-            log.warning(
-                "data: no data.dataset.options.meta for the Amazon reviews; item ids stand in for "
-                "titles, which gives a text recommender almost nothing to read"
-            )
-        return read_dataset(fmt, reviews=path, **options)
-    if fmt == "tabular":
-        return read_dataset(fmt, interactions=path, **options)
-    return read_dataset(fmt, path=path, **options)
-
-
-def _source_fingerprint(settings: DatasetSettings) -> list[Any]:
-    """Sizes and modification times of the input files, so edited data invalidates the cache."""
-    paths = [settings.path] if settings.path else []
-    paths += [v for k, v in settings.options.items() if k in PATH_OPTIONS and isinstance(v, str)]
-    found: list[Any] = []
-    for raw in paths:
-        root = Path(str(raw)).expanduser()
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        found += [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()]
-    return found
 
 
 @dataclass(frozen=True)
@@ -152,6 +116,25 @@ class PipelineSettings:
     dirichlet_concentration: float
     seed: int
     window_stride: int = 1
+    catalog: str | None = None
+    silos: tuple[str, ...] = ()
+    silo: str | None = None
+    client: int | None = None
+    unknown_items: str = "report"
+    temporal_cutoffs: tuple[int, int] | None = None
+
+    @property
+    def uses_silos(self) -> bool:
+        """Whether the clients are silos (``data.silos`` or ``data.silo``)."""
+        return bool(self.silos) or self.silo is not None
+
+    def served_silos(self) -> list[tuple[int, str]]:
+        """``(client, path)`` of the silos to read: one when a single client is served."""
+        if self.silo is not None:
+            return [(int(self.client or 0), self.silo)]
+        if self.client is not None:
+            return [(self.client, self.silos[self.client])]
+        return list(enumerate(self.silos))
 
     def validate(self) -> None:
         """Check ranges before any work, naming the offending setting."""
@@ -177,11 +160,58 @@ class PipelineSettings:
                 raise ValueError(f"data.{name} must be in (0, 0.5), got {value}")
         if self.partition == "attribute" and not self.partition_attribute:
             raise ValueError("data.partition_attribute is required with data.partition=attribute")
+        if self.unknown_items not in UNKNOWN_ITEM_POLICIES:
+            raise ValueError(
+                f"data.unknown_items={self.unknown_items!r} is unknown; choose from "
+                f"{', '.join(UNKNOWN_ITEM_POLICIES)}"
+            )
+        cutoffs = self.temporal_cutoffs
+        if cutoffs is not None and (len(cutoffs) != 2 or not cutoffs[0] < cutoffs[1]):
+            raise ValueError(
+                "data.temporal_cutoffs must be [valid_start, test_start] (timestamps) with "
+                f"valid_start < test_start, got {list(cutoffs)}"
+            )
+        if self.uses_silos:
+            self._validate_silos()
+        elif self.catalog is not None:
+            raise ValueError(
+                "data.catalog is used with data.silos or data.silo (clients that are silos); "
+                "remove it, or list the silos"
+            )
+
+    def _validate_silos(self) -> None:
+        if not self.catalog:
+            raise ValueError(
+                "data.catalog is required with data.silos / data.silo: the public item file "
+                "(item id, title, categories) that fixes the item indices of every silo"
+            )
+        if self.split == "temporal" and self.temporal_cutoffs is None:
+            raise ValueError(
+                "data.split=temporal with silos needs data.temporal_cutoffs: [valid_start, "
+                "test_start] (timestamps agreed before training; a silo cannot derive them "
+                "from everyone's data), or use data.split=leave_one_out"
+            )
+        if self.silo is not None and self.client is None:
+            raise ValueError("data.silo needs data.client: the client id this silo serves")
+        if self.silos and len(self.silos) != self.num_clients:
+            raise ValueError(
+                f"data.num_clients={self.num_clients} but data.silos lists {len(self.silos)} "
+                f"silos; set data.num_clients: {len(self.silos)} (client i is data.silos[i])"
+            )
+        repeated = sorted({p for p in self.silos if self.silos.count(p) > 1})
+        if repeated:
+            raise ValueError(f"data.silos lists {', '.join(repeated)} more than once")
 
     def cache_key(self) -> str:
         """A hash of the settings, the input files and the pipeline version."""
+        if self.uses_silos:
+            paths = [path for _, path in self.served_silos()] + [str(self.catalog)]
+            fingerprint = files_fingerprint(paths + option_paths(self.dataset), resolve=True)
+        else:
+            paths = [self.dataset.path] if self.dataset.path else []
+            fingerprint = files_fingerprint(paths + option_paths(self.dataset))
         payload = json.dumps(
-            [PIPELINE_VERSION, asdict(self), _source_fingerprint(self.dataset)],
+            [PIPELINE_VERSION, asdict(self), fingerprint],
             sort_keys=True,
             default=str,
         )
@@ -191,34 +221,16 @@ class PipelineSettings:
 def build_federated_data(settings: PipelineSettings) -> FederatedData:
     """Run the whole data pipeline (no cache)."""
     settings.validate()
-    raw = read_raw(settings.dataset, settings.seed)
-    if settings.dataset.min_rating is not None:
-        if "rating" not in raw.interactions.columns:
-            raise ValueError(
-                f"data.dataset.min_rating is set but {raw.name} has no ratings; remove the setting"
-            )
-        keep = raw.interactions["rating"] >= settings.dataset.min_rating
-        raw = RawDataset(raw.name, raw.interactions[keep], raw.items, raw.users)
+    if settings.uses_silos:
+        return _build_from_silos(settings)
+    raw = filter_min_rating(read_raw(settings.dataset, settings.seed), settings.dataset.min_rating)
     dataset = kcore_filter(index_dataset(raw), settings.dataset.kcore)
     if settings.num_clients > dataset.num_users:
         raise ValueError(
             f"more clients than users: data.num_clients={settings.num_clients} but only "
             f"{dataset.num_users} users remain in {dataset.name}"
         )
-    split = split_dataset(
-        dataset,
-        settings.split,
-        settings.history_length,
-        valid_fraction=settings.valid_fraction,
-        test_fraction=settings.test_fraction,
-    )
-    examples = sliding_window_examples(
-        split.train_sequences,
-        settings.history_length,
-        max_examples=settings.max_train_examples,
-        seed=settings.seed,
-        stride=settings.window_stride,
-    )
+    split, examples = split_and_window(dataset, settings)
     if len(examples) == 0:
         raise ValueError(f"{dataset.name}: the training split yields no training example")
     assignment = partition_users(
@@ -233,6 +245,89 @@ def build_federated_data(settings: PipelineSettings) -> FederatedData:
         concentration=settings.dirichlet_concentration,
     )
     return FederatedData(dataset, split, examples, assignment, settings.num_clients)
+
+
+def split_and_window(
+    dataset: IndexedDataset, settings: PipelineSettings, allow_empty: bool = False
+) -> tuple[Split, TrainExamples]:
+    """Split ``dataset`` and cut its training sequences into examples, as ``settings`` say.
+
+    Args:
+        dataset: All data (central) or one silo's.
+        settings: Split, fractions or cut-offs, history length, stride and subsampling.
+        allow_empty: Let an evaluation period be empty (one silo may have no such user).
+    """
+    split = split_dataset(
+        dataset,
+        settings.split,
+        settings.history_length,
+        valid_fraction=settings.valid_fraction,
+        test_fraction=settings.test_fraction,
+        cutoffs=settings.temporal_cutoffs,
+        allow_empty=allow_empty,
+    )
+    examples = sliding_window_examples(
+        split.train_sequences,
+        settings.history_length,
+        max_examples=settings.max_train_examples,
+        seed=settings.seed,
+        stride=settings.window_stride,
+    )
+    return split, examples
+
+
+def _build_from_silos(settings: PipelineSettings) -> FederatedData:
+    """Every served silo read, filtered, split and windowed on its own, then side by side."""
+    assert settings.catalog is not None  # validated
+    options = settings.dataset.options if settings.dataset.format == "tabular" else {}
+    catalog = read_catalog(
+        settings.catalog, {k: options[k] for k in CATALOG_OPTIONS if k in options}
+    )
+    served = settings.served_silos()
+    parts, reports = [], []
+    for client, path in served:
+        dataset, report = read_silo(settings.dataset, path, catalog, client, settings.unknown_items)
+        split, examples = split_and_window(dataset, settings, allow_empty=True)
+        _check_trainable(report, split, examples)
+        parts.append((dataset, split, examples))
+        reports.append(
+            dataclasses.replace(report, valid_users=len(split.valid), test_users=len(split.test))
+        )
+    name = served[0][1] if len(served) == 1 else f"{len(served)} silos"
+    dataset, split, examples, assignment = merge_silos(parts, [c for c, _ in served], name)
+    if settings.client is None:  # the whole federation is here: it must be evaluable
+        for period, users in (("validation", split.valid), ("test", split.test)):
+            if len(users) == 0:
+                raise ValueError(
+                    f"empty split: no silo has a user with a history and a new item in the "
+                    f"{period} period (data.split={settings.split}"
+                    + (
+                        f", data.temporal_cutoffs={list(settings.temporal_cutoffs)}"
+                        if settings.temporal_cutoffs is not None and settings.split == "temporal"
+                        else ""
+                    )
+                    + ")"
+                )
+    return FederatedData(
+        dataset, split, examples, assignment, settings.num_clients, silos=tuple(reports)
+    )
+
+
+def _check_trainable(report: SiloReport, split: Split, examples: TrainExamples) -> None:
+    """Refuse a silo that would give its client nothing to train on, naming it."""
+    label = f"silo {report.path} (client {report.client})"
+    if sum(len(sequence) for sequence in split.train_sequences) == 0:
+        where = (
+            f"before data.temporal_cutoffs[0]={split.cutoffs[0]}"
+            if split.cutoffs is not None
+            else "in its training split"
+        )
+        raise ValueError(f"{label}: no training interactions {where}")
+    if len(examples) == 0:
+        raise ValueError(
+            f"{label}: its training split yields no training example (no user has two "
+            "training interactions)"
+        )
 
 
 def load_federated_data(settings: PipelineSettings, cache_dir: str | Path | None) -> FederatedData:
@@ -254,10 +349,12 @@ def load_federated_data(settings: PipelineSettings, cache_dir: str | Path | None
                 cached = pickle.load(handle)
             if isinstance(cached, FederatedData):
                 log.info("data: loaded prepared data from cache %s", path)
+                _announce(settings, cached)
                 return cached
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as error:
             log.warning("data: ignoring unreadable cache %s (%s)", path, error)
     data = build_federated_data(settings)
+    _announce(settings, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".tmp{os.getpid()}")
     with partial.open("wb") as handle:
@@ -265,3 +362,9 @@ def load_federated_data(settings: PipelineSettings, cache_dir: str | Path | None
     partial.replace(path)  # atomic: concurrent processes never read half a file
     log.info("data: prepared %s and cached it at %s", data.dataset.name, path)
     return data
+
+
+def _announce(settings: PipelineSettings, data: FederatedData) -> None:
+    """Warn about what reading the silos found (every time the data is loaded)."""
+    if data.silos:
+        announce_silos(data.silos, str(settings.catalog))

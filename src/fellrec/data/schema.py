@@ -12,6 +12,7 @@ All
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,12 +40,17 @@ class RawDataset:
             (a tuple of str, possibly empty); optionally more text columns such as ``brand``.
         users: Optional user attributes: ``user_id`` (str, unique) plus str columns
             (e.g. ``gender``, ``age``, ``occupation``).
+        source: The file the interactions were read from, for messages about them.
+        locate: Maps an interaction's label in ``interactions.index`` (its row position in the
+            file's data) to its location, e.g. ``"u.data, line 12"``; ``None`` when unknown.
     """
 
     name: str
     interactions: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame | None = None
+    source: str | None = None
+    locate: Callable[[int], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,38 +132,61 @@ def index_dataset(raw: RawDataset) -> IndexedDataset:
             f"{raw.name}: no interaction refers to an item with metadata (check that item ids in "
             "the interaction file match those in the item file)"
         )
-    user_ids = np.array(sorted(inter["user_id"].unique()), dtype=object)
     item_ids = np.array(sorted(inter["item_id"].unique()), dtype=object)
-    user_index = pd.Series(np.arange(len(user_ids)), index=user_ids)
-    item_index = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    users = user_index.loc[inter["user_id"].to_numpy()].to_numpy(dtype=np.int64)
-    items = item_index.loc[inter["item_id"].to_numpy()].to_numpy(dtype=np.int64)
-    timestamps = inter["timestamp"].to_numpy(dtype=np.int64)
-    # Stable: equal timestamps keep the file order. Breaking ties by item index instead would
-    # follow the id strings' order, which on ML-100K (low ids = old, popular movies) biases which
-    # item is held out (popularity's leave-one-out NDCG@10 ranges 0.026-0.057 over tie orders).
-    order = np.argsort(timestamps, kind="stable")
     meta = raw.items.astype({"item_id": str}).drop_duplicates("item_id").set_index("item_id")
     meta = meta.loc[item_ids]
     titles = [str(t) for t in meta["title"].tolist()]
     categories = [
         tuple(str(c) for c in cats) if cats is not None else () for cats in meta["categories"]
     ]
+    return index_interactions(raw.name, inter, item_ids, titles, categories, raw.users)
+
+
+def index_interactions(
+    name: str,
+    interactions: pd.DataFrame,
+    item_ids: np.ndarray,
+    titles: list[str],
+    categories: list[tuple[str, ...]],
+    users: pd.DataFrame | None = None,
+) -> IndexedDataset:
+    """Index interactions against a fixed item list and sort them chronologically.
+
+    Args:
+        name: Dataset name.
+        interactions: ``user_id`` and ``item_id`` (str) and ``timestamp`` columns; every item id
+            is one of ``item_ids``.
+        item_ids: The item of each index (their order fixes the item indices).
+        titles: Title of each item index.
+        categories: Categories of each item index.
+        users: Optional user attributes (``user_id`` plus str columns).
+
+    Returns:
+        The indexed dataset; user indices follow the sorted user ids.
+    """
+    user_ids = np.array(sorted(interactions["user_id"].unique()), dtype=object)
+    user_index = pd.Index(user_ids).get_indexer(interactions["user_id"].to_numpy())
+    item_index = pd.Index(item_ids).get_indexer(interactions["item_id"].to_numpy())
+    timestamps = interactions["timestamp"].to_numpy(dtype=np.int64)
+    # Stable: equal timestamps keep the file order. Breaking ties by item index instead would
+    # follow the id strings' order, which on ML-100K (low ids = old, popular movies) biases which
+    # item is held out (popularity's leave-one-out NDCG@10 ranges 0.026-0.057 over tie orders).
+    order = np.argsort(timestamps, kind="stable")
     user_attributes: dict[str, np.ndarray] = {}
-    if raw.users is not None and not raw.users.empty:
-        attrs = raw.users.astype({"user_id": str}).drop_duplicates("user_id").set_index("user_id")
+    if users is not None and not users.empty:
+        attrs = users.astype({"user_id": str}).drop_duplicates("user_id").set_index("user_id")
         attrs = attrs.reindex(user_ids)
         for column in attrs.columns:
             user_attributes[str(column)] = attrs[column].fillna("unknown").astype(str).to_numpy()
     return IndexedDataset(
-        name=raw.name,
+        name=name,
         user_ids=user_ids,
-        item_ids=item_ids,
-        users=users[order],
-        items=items[order],
+        item_ids=np.asarray(item_ids, dtype=object),
+        users=user_index.astype(np.int64)[order],
+        items=item_index.astype(np.int64)[order],
         timestamps=timestamps[order],
-        titles=titles,
-        categories=categories,
+        titles=list(titles),
+        categories=list(categories),
         user_attributes=user_attributes,
     )
 
@@ -183,6 +212,15 @@ class EvalUsers:
     def __len__(self) -> int:
         return len(self.users)
 
+    def select(self, positions: np.ndarray) -> EvalUsers:
+        """The users at ``positions`` (indices into :attr:`users`), in that order."""
+        return EvalUsers(
+            users=self.users[positions],
+            histories=[self.histories[p] for p in positions],
+            targets=[self.targets[p] for p in positions],
+            consumed=[self.consumed[p] for p in positions],
+        )
+
 
 @dataclass(frozen=True)
 class Split:
@@ -194,12 +232,16 @@ class Split:
             of that user's training interactions (int64, possibly empty).
         valid: Validation users.
         test: Test users.
+        cutoffs: Temporal split: the ``(valid_start, test_start)`` timestamps it cut at (an
+            interaction at ``t`` is in training when ``t < valid_start``, in test when
+            ``t >= test_start``); ``None`` for leave-one-out.
     """
 
     method: str
     train_sequences: list[np.ndarray]
     valid: EvalUsers
     test: EvalUsers
+    cutoffs: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Train / validation / test splits: global temporal and per-user leave-one-out."""
+"""Train / validation / test splits: temporal (cut by time) and per-user leave-one-out."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def split_dataset(
     history_length: int,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    cutoffs: tuple[int, int] | None = None,
+    allow_empty: bool = False,
 ) -> Split:
     """Split ``data`` with the named method.
 
@@ -23,8 +25,13 @@ def split_dataset(
         data: The dataset to split.
         method: ``"temporal"`` or ``"leave_one_out"``.
         history_length: Maximum number of history items ``H`` kept per evaluated user.
-        valid_fraction: Share of interactions in the validation period (temporal only).
-        test_fraction: Share of interactions in the test period (temporal only).
+        valid_fraction: Share of interactions in the validation period (temporal only, when
+            ``cutoffs`` is not given).
+        test_fraction: Share of interactions in the test period (same).
+        cutoffs: Temporal only: ``(valid_start, test_start)`` timestamps; ``None`` derives them
+            from the fractions (:func:`temporal_cutoffs`).
+        allow_empty: Return an empty period instead of raising when no user is evaluable in it
+            (one silo of a federation may have none).
 
     Returns:
         The split.
@@ -33,10 +40,51 @@ def split_dataset(
         ValueError: If ``method`` is unknown, or as raised by the chosen split.
     """
     if method == "temporal":
-        return temporal_split(data, history_length, valid_fraction, test_fraction)
+        return temporal_split(
+            data, history_length, valid_fraction, test_fraction, cutoffs, allow_empty
+        )
     if method == "leave_one_out":
-        return leave_one_out_split(data, history_length)
+        return leave_one_out_split(data, history_length, allow_empty)
     raise ValueError(f"unknown split method {method!r}; split must be one of {SPLIT_METHODS}")
+
+
+def temporal_cutoffs(
+    timestamps: np.ndarray, valid_fraction: float = 0.1, test_fraction: float = 0.1
+) -> tuple[int, int]:
+    """The ``(valid_start, test_start)`` times at the positional cut points of a timeline.
+
+    The last ``test_fraction`` of the (chronologically sorted) interactions would form the test
+    period and the ``valid_fraction`` before them the validation period; the cut-offs are the
+    timestamps of the first interaction of each period. Applied as time cuts, interactions that
+    share a boundary's timestamp all go to the later period.
+
+    Args:
+        timestamps: Timestamps of all interactions, sorted ascending.
+        valid_fraction: Share of interactions in the validation period, in ``(0, 1)``.
+        test_fraction: Share of interactions in the test period, in ``(0, 1)``.
+
+    Returns:
+        ``(valid_start, test_start)``; a cut at the very end is one past the last timestamp.
+
+    Raises:
+        ValueError: If the fractions are out of range or there is no interaction.
+    """
+    if not (valid_fraction > 0 and test_fraction > 0 and valid_fraction + test_fraction < 1):
+        raise ValueError(
+            "temporal split needs valid_fraction > 0, test_fraction > 0 and their sum < 1, got "
+            f"valid_fraction={valid_fraction}, test_fraction={test_fraction}"
+        )
+    n = len(timestamps)
+    if n == 0:
+        raise ValueError("temporal split of an empty dataset")
+    test_start = n - round(n * test_fraction)
+    valid_start = test_start - round(n * valid_fraction)
+    end = int(timestamps[-1]) + 1
+
+    def at(position: int) -> int:
+        return int(timestamps[position]) if position < n else end
+
+    return at(valid_start), at(test_start)
 
 
 def temporal_split(
@@ -44,53 +92,72 @@ def temporal_split(
     history_length: int,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    cutoffs: tuple[int, int] | None = None,
+    allow_empty: bool = False,
 ) -> Split:
-    """Split the global timeline: train, then a validation period, then a test period.
+    """Split by time: train, then a validation period, then a test period.
 
-    Interactions are sorted by timestamp (equal timestamps in file order, see
-    :class:`~fellrec.data.schema.IndexedDataset`), so the periods are cut by position:
-    the last ``test_fraction`` of the interactions form the test period and the
-    ``valid_fraction`` before them the validation period. A user's targets in a period are all the
-    distinct items they consumed in it and never before.
+    An interaction at time ``t`` is in training when ``t < valid_start``, in validation when
+    ``valid_start <= t < test_start`` and in test when ``t >= test_start``. The cut-offs are a
+    protocol parameter (every silo applies the same ones to its own data); without them they are
+    derived from the fractions over all of ``data`` (:func:`temporal_cutoffs`). A user's targets
+    in a period are all the distinct items they consumed in it and never before.
 
     Args:
         data: The dataset to split.
         history_length: Maximum number of history items ``H`` kept per evaluated user.
-        valid_fraction: Share of interactions in the validation period, in ``(0, 1)``.
-        test_fraction: Share of interactions in the test period, in ``(0, 1)``.
+        valid_fraction: Share of the interactions in the validation period (without ``cutoffs``).
+        test_fraction: Share of the interactions in the test period (without ``cutoffs``).
+        cutoffs: ``(valid_start, test_start)`` timestamps, ``valid_start < test_start``.
+        allow_empty: Return an empty period instead of raising when no user is evaluable in it.
 
     Returns:
-        The split; ``train_sequences`` holds each user's train-period items.
+        The split (with its cut-offs); ``train_sequences`` holds each user's train-period items.
 
     Raises:
-        ValueError: If the arguments are out of range or a period has no evaluable user.
+        ValueError: If the arguments are out of range or (unless ``allow_empty``) a period has
+            no evaluable user.
     """
     _check_history_length(history_length)
-    if not (valid_fraction > 0 and test_fraction > 0 and valid_fraction + test_fraction < 1):
-        raise ValueError(
-            "temporal split needs valid_fraction > 0, test_fraction > 0 and their sum < 1, got "
-            f"valid_fraction={valid_fraction}, test_fraction={test_fraction}"
+    if cutoffs is None:
+        cutoffs = temporal_cutoffs(data.timestamps, valid_fraction, test_fraction)
+        context = (
+            f"split='temporal', valid_fraction={valid_fraction}, test_fraction={test_fraction}, "
+            f"cut-offs {cutoffs[0]} and {cutoffs[1]}"
         )
-    n = data.num_interactions
-    test_start = n - round(n * test_fraction)
-    valid_start = test_start - round(n * valid_fraction)
-    users, items = data.users, data.items
-    before_valid = _group_by_user(users[:valid_start], items[:valid_start], data.num_users)
-    before_test = _group_by_user(users[:test_start], items[:test_start], data.num_users)
-    valid_items = _group_by_user(
-        users[valid_start:test_start], items[valid_start:test_start], data.num_users
-    )
-    test_items = _group_by_user(users[test_start:], items[test_start:], data.num_users)
-    context = f"split='temporal', valid_fraction={valid_fraction}, test_fraction={test_fraction}"
+    else:
+        context = f"split='temporal', temporal_cutoffs=[{cutoffs[0]}, {cutoffs[1]}]"
+    valid_start, test_start = (int(c) for c in cutoffs)
+    if valid_start >= test_start:
+        raise ValueError(
+            f"temporal cut-offs must satisfy valid_start < test_start, got [{valid_start}, "
+            f"{test_start}]"
+        )
+    users, items, times = data.users, data.items, data.timestamps
+    train = times < valid_start
+    before_test = times < test_start
+    in_valid = before_test & ~train
+    in_test = ~before_test
+    before_valid = _group_by_user(users[train], items[train], data.num_users)
+    before_test_items = _group_by_user(users[before_test], items[before_test], data.num_users)
+    valid_items = _group_by_user(users[in_valid], items[in_valid], data.num_users)
+    test_items = _group_by_user(users[in_test], items[in_test], data.num_users)
     return Split(
         method="temporal",
         train_sequences=before_valid,
-        valid=_eval_users(before_valid, valid_items, history_length, "validation", context),
-        test=_eval_users(before_test, test_items, history_length, "test", context),
+        valid=_eval_users(
+            before_valid, valid_items, history_length, "validation", context, allow_empty
+        ),
+        test=_eval_users(
+            before_test_items, test_items, history_length, "test", context, allow_empty
+        ),
+        cutoffs=(valid_start, test_start),
     )
 
 
-def leave_one_out_split(data: IndexedDataset, history_length: int) -> Split:
+def leave_one_out_split(
+    data: IndexedDataset, history_length: int, allow_empty: bool = False
+) -> Split:
     """Hold out each user's last item for test and second-last item for validation.
 
     Users with fewer than 3 interactions keep everything in train and are not evaluated. A
@@ -100,12 +167,14 @@ def leave_one_out_split(data: IndexedDataset, history_length: int) -> Split:
     Args:
         data: The dataset to split.
         history_length: Maximum number of history items ``H`` kept per evaluated user.
+        allow_empty: Return an empty period instead of raising when no user is evaluable in it.
 
     Returns:
         The split.
 
     Raises:
-        ValueError: If ``history_length < 1`` or a period has no evaluable user.
+        ValueError: If ``history_length < 1`` or (unless ``allow_empty``) a period has no
+            evaluable user.
     """
     _check_history_length(history_length)
     sequences = _group_by_user(data.users, data.items, data.num_users)
@@ -126,8 +195,8 @@ def leave_one_out_split(data: IndexedDataset, history_length: int) -> Split:
     return Split(
         method="leave_one_out",
         train_sequences=train,
-        valid=_eval_users(train, valid_items, history_length, "validation", context),
-        test=_eval_users(before_test, test_items, history_length, "test", context),
+        valid=_eval_users(train, valid_items, history_length, "validation", context, allow_empty),
+        test=_eval_users(before_test, test_items, history_length, "test", context, allow_empty),
     )
 
 
@@ -151,11 +220,13 @@ def _eval_users(
     history_length: int,
     period_name: str,
     context: str,
+    allow_empty: bool = False,
 ) -> EvalUsers:
     """Evaluation users of one period from the items before it and the items in it.
 
     Raises:
-        ValueError: If no user has both a history and a new item in the period.
+        ValueError: If no user has both a history and a new item in the period (unless
+            ``allow_empty``).
     """
     users, histories, targets, consumed = [], [], [], []
     for user, (seen, new) in enumerate(zip(before, period, strict=True)):
@@ -169,7 +240,7 @@ def _eval_users(
         histories.append(seen[-history_length:])
         targets.append(fresh)
         consumed.append(seen_set)
-    if not users:
+    if not users and not allow_empty:
         raise ValueError(
             f"empty split: no user has a history and a new item in the {period_name} period "
             f"({context}); use more data or larger fractions"

@@ -27,12 +27,14 @@ def partition_statistics(
     examples: TrainExamples,
     item_categories: Sequence[tuple[str, ...]],
     num_clients: int,
+    against_catalog: bool = False,
 ) -> dict[str, Any]:
     """Count each client's users, examples and interactions and measure category skew.
 
     Heterogeneity is measured on the first category of each train interaction: every client's
-    category distribution is compared with the global one by the Jensen-Shannon divergence
-    (base 2, so in ``[0, 1]``; 0 means identical distributions).
+    category distribution is compared with the global one (all clients' train interactions
+    together) by the Jensen-Shannon divergence (base 2, so in ``[0, 1]``; 0 means identical
+    distributions).
 
     Args:
         assignment: Client of each user, shape ``(num_users,)``.
@@ -40,13 +42,15 @@ def partition_statistics(
         examples: The training examples.
         item_categories: Categories of each item index.
         num_clients: Number of clients.
+        against_catalog: Compare with the catalog's categories instead (every item once): what a
+            silo alone can compare with.
 
     Returns:
         A JSON-serialisable dict with ``clients`` (one row per client: the
         :data:`COUNT_COLUMNS` plus ``js_divergence``), ``categories`` (names),
         ``global_distribution``, ``client_distributions`` (one list per client, all zeros for a
-        client without train interactions) and ``mean_js_divergence`` (mean over clients with
-        train interactions).
+        client without train interactions), ``mean_js_divergence`` (mean over clients with
+        train interactions) and ``reference`` (``"all clients"`` or ``"catalog"``).
     """
     assignment = np.asarray(assignment, dtype=np.int64)
     item_category, names = first_category_index(item_categories)
@@ -54,7 +58,10 @@ def partition_statistics(
     counts = _category_counts(
         split.train_sequences, assignment, item_category, len(names), num_clients
     )
-    global_dist = _normalise(counts.sum(0))
+    if against_catalog:
+        global_dist = _normalise(np.bincount(item_category, minlength=len(names)))
+    else:
+        global_dist = _normalise(counts.sum(0))
     client_dists = np.array([_normalise(row) for row in counts])
     has_data = counts.sum(1) > 0
     divergences = np.array(
@@ -87,6 +94,7 @@ def partition_statistics(
         "global_distribution": global_dist.tolist(),
         "client_distributions": client_dists.tolist(),
         "mean_js_divergence": float(divergences[has_data].mean()) if has_data.any() else 0.0,
+        "reference": "catalog" if against_catalog else "all clients",
     }
 
 
@@ -130,9 +138,14 @@ def format_partition_table(stats: dict[str, Any]) -> str:
 
     separator = "  ".join("-" * w for w in widths)
     body = [line(header), separator, *map(line, rows[:-1]), separator, line(rows[-1])]
+    reference = (
+        "the catalog's (every item once)"
+        if stats.get("reference") == "catalog"
+        else "the global one"
+    )
     summary = (
-        "mean Jensen-Shannon divergence (base 2) of client category distributions to the "
-        f"global one: {stats['mean_js_divergence']:.4f}"
+        "mean Jensen-Shannon divergence (base 2) of client category distributions to "
+        f"{reference}: {stats['mean_js_divergence']:.4f}"
     )
     return "\n".join([*body, summary])
 

@@ -2,12 +2,15 @@
 
 A round visits clients one after another (client-major order). Each client runs ``local_epochs``
 passes over its own shuffled examples in mini-batches; ``accumulate`` consecutive mini-batches of a
-client form one optimizer step. The plan depends only on ``(seed, round)``, so a resumed run replays
-exactly the round it was interrupted in.
+client form one optimizer step. A client's batches depend only on ``(seed, round, client)`` and its
+own number of examples (each client draws from its own generator), so a silo plans its batches
+alone and gets exactly those the simulation gives it, and a resumed run replays exactly the round it
+was interrupted in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +45,7 @@ def plan_round(
     seed: int,
     round_index: int,
     pooled: bool = False,
+    clients: Sequence[int] | None = None,
 ) -> list[PlannedBatch]:
     """Plan one round of local training.
 
@@ -54,25 +58,33 @@ def plan_round(
         seed: Run seed.
         round_index: Round counted from 0.
         pooled: Train all examples as one client (client 0), for the centralized baseline.
+        clients: Plan only these clients (a silo plans its own); ``None``: all.
 
     Returns:
         The mini-batches in training order.
     """
     if batch_size < 1 or local_epochs < 1 or accumulate < 1:
         raise ValueError("batch_size, local_epochs and accumulate must all be >= 1")
-    rng = np.random.default_rng([seed, round_index])
     if pooled:
-        groups = [(0, np.arange(len(example_clients)))]
+        # The pooled (centralized) plan keeps its historical generator: one client, all examples.
+        size = len(example_clients) if clients is None or 0 in clients else 0
+        groups = [(0, np.arange(size), np.random.default_rng([seed, round_index]))]
     else:
-        groups = [(c, np.flatnonzero(example_clients == c)) for c in range(num_clients)]
+        # One generator per client: its order must not depend on the other clients' sizes.
+        planned = range(num_clients) if clients is None else clients
+        groups = [
+            (c, np.flatnonzero(example_clients == c), np.random.default_rng([seed, round_index, c]))
+            for c in planned
+        ]
     plan: list[PlannedBatch] = []
-    for client, members in groups:
+    for client, members, rng in groups:
         if len(members) == 0:
             continue
+        # Shuffle positions, not example indices: a silo's local positions are the same numbers.
         chunks = [
             order[start : start + batch_size]
             for _ in range(local_epochs)
-            for order in [rng.permutation(members)]
+            for order in [members[rng.permutation(len(members))]]
             for start in range(0, len(order), batch_size)
         ]
         for step_start in range(0, len(chunks), accumulate):

@@ -78,6 +78,44 @@ def evaluate_popularity(
     return evaluate_scorer(score, eval_users, num_items, ks, batch_size)
 
 
+def evaluate_local_popularity(
+    train_sequences: Sequence[np.ndarray],
+    eval_users: EvalUsers,
+    num_items: int,
+    user_clients: np.ndarray,
+    ks: Sequence[int] = (5, 10, 20),
+) -> dict[str, Tensor]:
+    """Per-user metrics of a popularity baseline that every client computes on its own data.
+
+    Each client ranks items by its own users' training interactions (what a silo can count
+    without anyone else's data) and evaluates its own users with it.
+
+    Args:
+        train_sequences: Per user, the item indices of their training interactions.
+        eval_users: The evaluated users (of every client).
+        num_items: Number of items ``I``.
+        user_clients: The client of every user ``(num_users,)``.
+        ks: Cut-offs K.
+
+    Returns:
+        As :func:`evaluate_popularity`, each tensor ``(U,)`` aligned with ``eval_users.users``.
+    """
+    eval_clients = np.asarray(user_clients)[eval_users.users]
+    result = {
+        f"{name}@{k}": torch.zeros(len(eval_users))
+        for k in check_ks(ks, num_items)
+        for name in METRIC_NAMES
+    }
+    for client in np.unique(eval_clients):
+        members = np.flatnonzero(np.asarray(user_clients) == client)
+        positions = np.flatnonzero(eval_clients == client)
+        own = [train_sequences[int(user)] for user in members]
+        local = evaluate_popularity(own, eval_users.select(positions), num_items, ks)
+        for name, values in local.items():
+            result[name][torch.from_numpy(positions)] = values
+    return result
+
+
 #: Scores every item for a batch of evaluated users: ``(user indices (B,), their histories)``
 #: -> ``(B, I)``, higher is better.
 Scorer = Callable[[np.ndarray, Sequence[np.ndarray]], Tensor]

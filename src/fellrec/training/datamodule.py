@@ -31,7 +31,11 @@ from fellrec.data.schema import EvalUsers
 from fellrec.data.stats import format_partition_table, partition_statistics
 from fellrec.federation.schedule import PlannedBatch, plan_round, shard
 from fellrec.metrics.bootstrap import confidence_intervals
-from fellrec.metrics.popularity import evaluate_popularity, popularity_scores
+from fellrec.metrics.popularity import (
+    evaluate_local_popularity,
+    evaluate_popularity,
+    popularity_scores,
+)
 from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summarize
 
 Batch = dict[str, Any]
@@ -39,6 +43,15 @@ Batch = dict[str, Any]
 
 #: The default ``data.dataset``: the built-in synthetic catalog (frozen, so shareable).
 DEFAULT_DATASET = DatasetSettings()
+
+
+def _cutoffs(values: Sequence[int]) -> tuple[int, int]:
+    """``data.temporal_cutoffs`` as a pair, or an error naming the setting."""
+    if len(values) != 2:
+        raise ValueError(
+            f"data.temporal_cutoffs must be [valid_start, test_start], got {list(values)}"
+        )
+    return int(values[0]), int(values[1])
 
 
 def _pad(rows: Sequence[np.ndarray], fill: int = -1) -> torch.Tensor:
@@ -104,9 +117,24 @@ class FederatedDataModule(L.LightningDataModule):
         local_epochs: Passes over each client's examples per round.
         accumulate_grad_batches: Mini-batches per optimizer step (within one client).
         client: Serve only this client's data (a real client silo fitting ``ClientModule``).
+            With silos, only its silo is read.
         cache_dir: Where prepared data is cached (default ``$FELLREC_CACHE`` or
             ``~/.cache/fellrec``).
         seed: Seed of the data stages and the batch order.
+        catalog: The public item catalog (a table with item id, title and categories columns,
+            or a RecBole ``.item``, MovieLens ``u.item``/``movies.dat`` or Amazon metadata
+            file); its order fixes the item indices of every silo. Required with silos.
+        silos: Clients from silo files: client ``i`` is ``silos[i]``, each a directory or file
+            of interactions in ``data.dataset.format`` (``data.num_clients`` must equal their
+            number). No partition, BPR or global k-core: every stage runs per silo.
+        silo: This process serves one silo, read from this path (with ``data.client``): a
+            deployed client, which reads only its silo and the catalog.
+        unknown_items: Interactions whose item is not in the catalog: ``report`` (counted,
+            warned about and left out) or ``error`` (refused, naming the file and line).
+        temporal_cutoffs: ``[valid_start, test_start]`` timestamps of the temporal split
+            (train ``< valid_start <=`` validation ``< test_start <=`` test); required with silos
+            and ``split: temporal``. Without silos they default to the timestamps at the
+            fractions' cut points.
     """
 
     def __init__(
@@ -129,8 +157,14 @@ class FederatedDataModule(L.LightningDataModule):
         client: int | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
+        catalog: str | None = None,
+        silos: list[str] | None = None,
+        silo: str | None = None,
+        unknown_items: str = "report",
+        temporal_cutoffs: list[int] | None = None,
     ) -> None:
         super().__init__()
+        uses_silos = bool(silos) or silo is not None
         self.settings = PipelineSettings(
             dataset=dataset,
             split=split,
@@ -144,7 +178,16 @@ class FederatedDataModule(L.LightningDataModule):
             partition_attribute=partition_attribute,
             dirichlet_concentration=dirichlet_concentration,
             seed=seed,
+            catalog=catalog,
+            silos=tuple(silos or ()),
+            silo=silo,
+            # Which client is served changes silo data (only its silo is read), not central data.
+            client=client if uses_silos else None,
+            unknown_items=unknown_items,
+            temporal_cutoffs=None if temporal_cutoffs is None else _cutoffs(temporal_cutoffs),
         )
+        if client is not None and not 0 <= client < num_clients:
+            raise ValueError(f"data.client must be in [0, {num_clients}), got {client}")
         self.settings.validate()
         for name, value in (
             ("batch_size", batch_size),
@@ -154,8 +197,6 @@ class FederatedDataModule(L.LightningDataModule):
         ):
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
-        if client is not None and not 0 <= client < num_clients:
-            raise ValueError(f"data.client must be in [0, {num_clients}), got {client}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.local_epochs = local_epochs
@@ -205,9 +246,14 @@ class FederatedDataModule(L.LightningDataModule):
                 f"metric cut-off K={max(DEFAULT_KS)} exceeds the catalog "
                 f"({data.dataset.num_items} items in {data.dataset.name}); use more items"
             )
-        per_user = evaluate_popularity(
-            data.split.train_sequences, data.split.test, data.dataset.num_items
-        )
+        if self.settings.uses_silos:  # each silo counts its own training data
+            per_user = evaluate_local_popularity(
+                data.split.train_sequences, data.split.test, data.dataset.num_items, data.assignment
+            )
+        else:
+            per_user = evaluate_popularity(
+                data.split.train_sequences, data.split.test, data.dataset.num_items
+            )
         names = metric_names()
         clients = torch.from_numpy(data.assignment[data.split.test.users])
         sums, counts = client_sums(per_user, clients, self.num_clients, names)
@@ -271,11 +317,22 @@ class FederatedDataModule(L.LightningDataModule):
         return path
 
     def partition_table(self) -> str:
-        """Per-client users, examples and category divergence, as a text table."""
+        """Per-client users, examples and category divergence, as a text table.
+
+        The divergence compares each client's categories with all clients' here together; a
+        deployed silo, alone, compares its own with the catalog's (every item once).
+        """
         data = self.data
         stats = partition_statistics(
-            data.assignment, data.split, data.examples, data.dataset.categories, data.num_clients
+            data.assignment,
+            data.split,
+            data.examples,
+            data.dataset.categories,
+            data.num_clients,
+            against_catalog=self.settings.uses_silos and self.client is not None,
         )
+        if self.settings.uses_silos and self.client is not None:  # a silo shows itself only
+            stats["clients"] = [row for row in stats["clients"] if row["client"] == self.client]
         return format_partition_table(stats)
 
     def item_texts(self) -> tuple[list[str], list[tuple[str, ...]]]:
@@ -310,12 +367,11 @@ class FederatedDataModule(L.LightningDataModule):
     def round_plan(self, round_index: int) -> list[PlannedBatch]:
         """The global batches of one round (only this silo's when ``client`` is set).
 
-        A silo's batches are exactly those the whole federation's plan gives it, so a client
-        trained on its own (``ClientModule``, a Flower ClientApp) takes the same steps as in the
-        one-process simulation. The plan is drawn over the whole partition, which every process
-        derives from the same data, ``data.num_clients`` and ``data.seed``.
+        Every client draws its batches from its own generator (``seed``, round, client) over its
+        own examples only, so a client trained on its own (``ClientModule``, a Flower ClientApp
+        reading only its silo) takes the same steps as in the one-process simulation.
         """
-        plan = plan_round(
+        return plan_round(
             self.data.example_clients(),
             self.num_clients,
             self.batch_size,
@@ -324,10 +380,8 @@ class FederatedDataModule(L.LightningDataModule):
             self.seed,
             round_index,
             pooled=self.pool_clients,
+            clients=None if self.client is None else [self.client],
         )
-        if self.client is None:
-            return plan
-        return [batch for batch in plan if batch.client == self.client]
 
     def _train_batches(self) -> list[Batch]:
         trainer = self.trainer

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 import html
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,13 +90,32 @@ def read_amazon(reviews: PathLike, meta: PathLike | None = None) -> RawDataset:
     """
     review_path = require_file(Path(reviews), "Amazon reviews as JSON lines")
     meta_path = None if meta is None else require_file(Path(meta), "Amazon metadata as JSON lines")
-    review_format, interactions = _read_reviews(review_path)
+    review_format, interactions, where = _read_reviews(review_path)
     item_ids = pd.unique(interactions["item_id"]).tolist()
     if meta_path is None:
         items = items_frame(item_ids, item_ids, [()] * len(item_ids))
     else:
         items = _read_meta(meta_path, review_format, set(item_ids))
-    return RawDataset(dataset_name(review_path, _NAME_SUFFIXES), interactions, items)
+    name = dataset_name(review_path, _NAME_SUFFIXES)
+    return RawDataset(name, interactions, items, source=str(review_path), locate=where)
+
+
+def read_amazon_meta(meta: PathLike) -> pd.DataFrame:
+    """Read every item of an Amazon metadata file (2014/2018 or 2023) that has a title.
+
+    Args:
+        meta: Item metadata as JSON lines, gzip or plain.
+
+    Returns:
+        A ``RawDataset.items`` frame in file order, with a ``brand`` column.
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        DataFormatError: If a line is malformed, an item id repeats (naming both lines' item) or
+            no record has a title.
+    """
+    path = require_file(Path(meta), "Amazon metadata as JSON lines")
+    return _read_meta(path, None, None)
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -170,7 +189,7 @@ def _identifier(path: Path, number: int, value: Any, key: str) -> str:
     return str(value)
 
 
-def _read_reviews(path: Path) -> tuple[ReviewFormat, pd.DataFrame]:
+def _read_reviews(path: Path) -> tuple[ReviewFormat, pd.DataFrame, Callable[[int], str]]:
     """Read the reviews file; the first record fixes the format for the whole file."""
     review_format: ReviewFormat | None = None
     users: list[str] = []
@@ -199,25 +218,46 @@ def _read_reviews(path: Path) -> tuple[ReviewFormat, pd.DataFrame]:
     # Floor division keeps second resolution, all the temporal splits need.
     seconds = seconds // review_format.ticks_per_second
     stars = to_float64(pd.Series(ratings, dtype=object), review_format.rating, where)
-    return review_format, interactions_frame(path, users, items, seconds, stars)
+    return review_format, interactions_frame(path, users, items, seconds, stars), where
 
 
-def _read_meta(path: Path, review_format: ReviewFormat, wanted: set[str]) -> pd.DataFrame:
-    """Read the metadata of the reviewed items that have a title, first record per item."""
+def _read_meta(
+    path: Path, review_format: ReviewFormat | None, wanted: set[str] | None
+) -> pd.DataFrame:
+    """Read the metadata of the items that have a title.
+
+    Args:
+        path: The metadata file.
+        review_format: The reviews' format, which the metadata must share; ``None``: any.
+        wanted: Keep these items, the first record of each; ``None``: keep every item, and a
+            repeated id is an error (a catalog's ids are unique).
+    """
     meta_format: ReviewFormat | None = None
     ids: list[str] = []
     titles: list[str] = []
     categories: list[tuple[str, ...]] = []
     brands: list[str] = []
+    seen: set[str] = set()
     for number, record in _records(path):
         if meta_format is None:
-            meta_format = _check_meta_format(path, number, record, review_format)
+            meta_format = (
+                _detect_meta_format(path, number, record)
+                if review_format is None
+                else _check_meta_format(path, number, record, review_format)
+            )
         key = meta_format.item
         item_id = _identifier(path, number, _field(path, number, record, key, "metadata"), key)
         title = clean_text(record.get("title"))
-        if item_id not in wanted or not title:
+        if wanted is None:
+            if item_id in seen:
+                raise DataFormatError(f"{path}, line {number}: duplicate {key} {item_id!r}")
+            seen.add(item_id)
+        elif item_id not in wanted:
             continue
-        wanted.discard(item_id)  # Later duplicates of this item are skipped.
+        if not title:
+            continue
+        if wanted is not None:
+            wanted.discard(item_id)  # Later duplicates of this item are skipped.
         ids.append(item_id)
         titles.append(title)
         categories.append(_categories(record))
@@ -226,6 +266,8 @@ def _read_meta(path: Path, review_format: ReviewFormat, wanted: set[str]) -> pd.
         raise DataFormatError(
             f"{path}: no reviewed item has a metadata record with a title (is this the metadata "
             "file of the same category?)"
+            if wanted is not None
+            else f"{path}: no metadata record has a title"
         )
     return items_frame(ids, titles, categories, {"brand": brands})
 

@@ -83,13 +83,18 @@ _USER_COLUMNS = ("age", "gender", "occupation", "zip_code")
 _NO_GENRES = "(no genres listed)"
 
 
-def read_movielens(path: PathLike, variant: str = "auto") -> RawDataset:
+def read_movielens(
+    path: PathLike, variant: str = "auto", interactions_only: bool = False
+) -> RawDataset:
     """Read an extracted MovieLens ml-100k or ml-1m directory.
 
     Args:
         path: The dataset directory (containing ``u.data`` for ml-100k or ``ratings.dat`` for
             ml-1m).
         variant: ``"ml-100k"``, ``"ml-1m"`` or ``"auto"`` to detect it from the files present.
+        interactions_only: Read only the ratings (and the user file if present), not the movie
+            file: a silo whose items come from a shared catalog. Items then carry their ids as
+            titles.
 
     Returns:
         The dataset, named after the variant, with ratings. Users are included when the user file
@@ -108,8 +113,34 @@ def read_movielens(path: PathLike, variant: str = "auto") -> RawDataset:
     )
     variant = _resolve_variant(directory, variant)
     if variant == "ml-100k":
-        return _read_ml100k(directory)
-    return _read_ml1m(directory)
+        return _read_ml100k(directory, interactions_only)
+    return _read_ml1m(directory, interactions_only)
+
+
+def read_movielens_items(path: PathLike) -> pd.DataFrame:
+    """Read a MovieLens movie file (ml-100k ``u.item`` or ml-1m ``movies.dat``) as items.
+
+    Args:
+        path: The file; its name tells the variant.
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        DataFormatError: If the name is neither, an id repeats or a row is malformed.
+    """
+    file = Path(path)
+    if file.name == "u.item":
+        return _ml100k_items(file)
+    if file.name == "movies.dat":
+        return _ml1m_items(file)
+    raise DataFormatError(
+        f"{file}: not a MovieLens movie file (expected u.item for ml-100k or movies.dat for ml-1m)"
+    )
+
+
+def _ids_as_items(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Items of an interactions-only read: every rated id, its id as its title."""
+    item_ids = pd.unique(interactions["item_id"]).tolist()
+    return items_frame(item_ids, item_ids, [()] * len(item_ids))
 
 
 def _resolve_variant(directory: Path, variant: str) -> str:
@@ -152,17 +183,16 @@ def _interactions(table: Table) -> pd.DataFrame:
     )
 
 
-def _read_ml100k(directory: Path) -> RawDataset:
-    """Read ``u.data``, ``u.item`` and (if present) ``u.user``."""
+def _read_ml100k(directory: Path, interactions_only: bool) -> RawDataset:
+    """Read ``u.data``, ``u.item`` (unless ``interactions_only``) and (if present) ``u.user``."""
     ratings = _read_ratings(
         require_file(directory / "u.data", "ml-100k ratings: user id, item id, rating, timestamp"),
         "\t",
     )
-    item_path = require_file(directory / "u.item", "ml-100k movies: id|title|date|...|genre flags")
-    fields = ("item_id", "title", "release_date", "video_release_date", "imdb_url", *ML100K_GENRES)
-    movies = read_delimited(item_path, "|", fields, _ENCODING)
-    check_unique(movies.strings("item_id"), "item id", movies.where)
-    items = items_frame(movies.strings("item_id"), movies.strings("title"), _genre_flags(movies))
+    interactions = _interactions(ratings)
+    items = (
+        _ids_as_items(interactions) if interactions_only else _ml100k_items(directory / "u.item")
+    )
     users = None
     user_path = directory / "u.user"
     if user_path.is_file():
@@ -172,7 +202,18 @@ def _read_ml100k(directory: Path) -> RawDataset:
             user_table.strings("user_id"),
             {column: user_table.strings(column) for column in _USER_COLUMNS},
         )
-    return RawDataset("ml-100k", _interactions(ratings), items, users)
+    return RawDataset(
+        "ml-100k", interactions, items, users, source=str(ratings.path), locate=ratings.where
+    )
+
+
+def _ml100k_items(path: Path) -> pd.DataFrame:
+    """The movies of ``u.item``."""
+    item_path = require_file(path, "ml-100k movies: id|title|date|...|genre flags")
+    fields = ("item_id", "title", "release_date", "video_release_date", "imdb_url", *ML100K_GENRES)
+    movies = read_delimited(item_path, "|", fields, _ENCODING)
+    check_unique(movies.strings("item_id"), "item id", movies.where)
+    return items_frame(movies.strings("item_id"), movies.strings("title"), _genre_flags(movies))
 
 
 def _genre_flags(movies: Table) -> list[tuple[str, ...]]:
@@ -190,22 +231,18 @@ def _genre_flags(movies: Table) -> list[tuple[str, ...]]:
     ]
 
 
-def _read_ml1m(directory: Path) -> RawDataset:
-    """Read ``ratings.dat``, ``movies.dat`` and (if present) ``users.dat``."""
+def _read_ml1m(directory: Path, interactions_only: bool) -> RawDataset:
+    """Read ``ratings.dat``, ``movies.dat`` (unless ``interactions_only``), ``users.dat``."""
     ratings = _read_ratings(
         require_file(
             directory / "ratings.dat", "ml-1m ratings: UserID::MovieID::Rating::Timestamp"
         ),
         "::",
     )
-    item_path = require_file(directory / "movies.dat", "ml-1m movies: MovieID::Title::Genres")
-    movies = read_delimited(item_path, "::", ("item_id", "title", "genres"), _ENCODING)
-    check_unique(movies.strings("item_id"), "item id", movies.where)
-    genres = [
-        tuple(g for g in value.split("|") if g and g != _NO_GENRES)
-        for value in movies.strings("genres")
-    ]
-    items = items_frame(movies.strings("item_id"), movies.strings("title"), genres)
+    interactions = _interactions(ratings)
+    items = (
+        _ids_as_items(interactions) if interactions_only else _ml1m_items(directory / "movies.dat")
+    )
     users = None
     user_path = directory / "users.dat"
     if user_path.is_file():
@@ -217,4 +254,18 @@ def _read_ml1m(directory: Path) -> RawDataset:
             ML1M_OCCUPATIONS.get(code, code) for code in attributes["occupation"]
         ]
         users = users_frame(user_table.strings("user_id"), attributes)
-    return RawDataset("ml-1m", _interactions(ratings), items, users)
+    return RawDataset(
+        "ml-1m", interactions, items, users, source=str(ratings.path), locate=ratings.where
+    )
+
+
+def _ml1m_items(path: Path) -> pd.DataFrame:
+    """The movies of ``movies.dat``."""
+    item_path = require_file(path, "ml-1m movies: MovieID::Title::Genres")
+    movies = read_delimited(item_path, "::", ("item_id", "title", "genres"), _ENCODING)
+    check_unique(movies.strings("item_id"), "item id", movies.where)
+    genres = [
+        tuple(g for g in value.split("|") if g and g != _NO_GENRES)
+        for value in movies.strings("genres")
+    ]
+    return items_frame(movies.strings("item_id"), movies.strings("title"), genres)

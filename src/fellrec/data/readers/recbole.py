@@ -58,13 +58,17 @@ class _AtomicFile:
         return next((field for field in fields if field in self.types), None)
 
 
-def read_recbole(path: PathLike, name: str | None = None) -> RawDataset:
+def read_recbole(
+    path: PathLike, name: str | None = None, interactions_only: bool = False
+) -> RawDataset:
     """Read a RecBole dataset directory.
 
     Args:
         path: Directory holding ``<name>.inter``, ``<name>.item`` and optionally ``<name>.user``.
         name: Dataset name (the files' stem). ``None`` detects it when the directory holds exactly
             one ``.inter`` file.
+        interactions_only: Read only ``<name>.inter`` (and ``<name>.user`` if present): a silo
+            whose items come from a shared catalog. Items then carry their ids as titles.
 
     Returns:
         The dataset. Interactions carry ``rating`` when the ``.inter`` file has a ``rating``
@@ -85,14 +89,43 @@ def read_recbole(path: PathLike, name: str | None = None) -> RawDataset:
     inter_path = require_file(
         directory / f"{name}.inter", "RecBole interactions (user_id, item_id, timestamp fields)"
     )
-    item_path = require_file(
-        directory / f"{name}.item", "RecBole item features (item_id and a title field)"
-    )
-    interactions = _read_interactions(_read_atomic(inter_path))
-    items = _read_items(_read_atomic(item_path))
+    item_path = None
+    if not interactions_only:  # checked before the (long) interaction file is parsed
+        item_path = require_file(
+            directory / f"{name}.item", "RecBole item features (item_id and a title field)"
+        )
+    inter_table = _read_atomic(inter_path)
+    interactions = _read_interactions(inter_table)
+    if item_path is None:
+        item_ids = pd.unique(interactions["item_id"]).tolist()
+        items = items_frame(item_ids, item_ids, [()] * len(item_ids))
+    else:
+        items = read_recbole_items(item_path)
     user_path = directory / f"{name}.user"
     users = _read_users(_read_atomic(user_path)) if user_path.is_file() else None
-    return RawDataset(name, interactions, items, users)
+    return RawDataset(
+        name, interactions, items, users, source=str(inter_path), locate=inter_table.table.where
+    )
+
+
+def read_recbole_items(path: PathLike, require_title: bool = False) -> pd.DataFrame:
+    """Read a RecBole ``.item`` file into a ``RawDataset.items`` frame.
+
+    Args:
+        path: The ``.item`` file.
+        require_title: Refuse a file without a title field (instead of using the item ids).
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        DataFormatError: If ``item_id`` (or, with ``require_title``, a title field) is missing,
+            an id repeats or a row is malformed.
+    """
+    atomic = _read_atomic(
+        require_file(Path(path), "RecBole item features (item_id and a title field)")
+    )
+    if require_title and atomic.first_of(TITLE_FIELDS) is None:
+        atomic.require(" or ".join(TITLE_FIELDS), "item title")
+    return _read_items(atomic)
 
 
 def _detect_name(directory: Path) -> str:

@@ -45,7 +45,7 @@ _EPOCH = pd.Timestamp(0, tz="UTC")
 
 
 @dataclass(frozen=True)
-class _Frame:
+class TableFrame:
     """A loaded table and how to describe the location of its rows.
 
     Attributes:
@@ -117,33 +117,43 @@ def read_tabular(
     if items is None and category_column is not None:
         raise ValueError("category_column needs an items table; pass items=")
     inter_path = Path(interactions)
-    table = _load(inter_path, separator, "interactions: user, item, time columns")
+    table = load_table(inter_path, separator, "interactions: user, item, time columns")
     frame = _interactions(table, user_column, item_column, time_column, rating_column)
     if items is None:
         item_ids = pd.unique(frame["item_id"]).tolist()
         item_frame = items_frame(item_ids, item_ids, [()] * len(item_ids))
     else:
-        item_table = _load(Path(items), separator, "items: item id and title columns")
-        item_frame = _items(
+        item_table = load_table(Path(items), separator, "items: item id and title columns")
+        item_frame = items_from_table(
             item_table, item_column, title_column, category_column, category_separator
         )
     user_frame = None
     if users is not None:
-        user_frame = _users(_load(Path(users), separator, "users: user id column"), user_column)
+        user_frame = _users(
+            load_table(Path(users), separator, "users: user id column"), user_column
+        )
     name = dataset_name(inter_path, (*COMPRESSION_SUFFIXES, *SEPARATORS, ".txt", *PARQUET_SUFFIXES))
-    return RawDataset(name, frame, item_frame, user_frame)
+    return RawDataset(
+        name, frame, item_frame, user_frame, source=str(inter_path), locate=table.where
+    )
 
 
-def _load(path: Path, separator: str | None, what: str) -> _Frame:
-    """Load a Parquet or delimited text file, turning parser failures into DataFormatError."""
+def load_table(path: Path, separator: str | None, what: str) -> TableFrame:
+    """Load a Parquet or delimited text file, turning parser failures into DataFormatError.
+
+    Args:
+        path: The file.
+        separator: Field separator of a text file; ``None`` picks it from the extension or sniffs.
+        what: What the file should hold, for the error when it is missing.
+    """
     require_file(path, what)
     if _extension(path) in PARQUET_SUFFIXES:
         try:
             data = pd.read_parquet(path)
         except (OSError, ValueError) as error:  # pyarrow's errors derive from these
             raise DataFormatError(f"{path}: not a readable Parquet file ({error})") from error
-        return _Frame(path, data.reset_index(drop=True), text=False)
-    return _Frame(path, _read_text(path, separator or _separator(path)), text=True)
+        return TableFrame(path, data.reset_index(drop=True), text=False)
+    return TableFrame(path, _read_text(path, separator or _separator(path)), text=True)
 
 
 def _extension(path: Path) -> str:
@@ -206,7 +216,7 @@ def _is_missing(value: Any) -> bool:
     return not isinstance(value, (list, tuple, np.ndarray)) and bool(pd.isna(value))
 
 
-def _ids(frame: _Frame, column: str, option: str) -> list[str]:
+def _ids(frame: TableFrame, column: str, option: str) -> list[str]:
     """Non-empty str ids from ``column``."""
     values = _to_text(frame.column(column, option))
     check_not_empty(values, column, frame.where)
@@ -214,7 +224,11 @@ def _ids(frame: _Frame, column: str, option: str) -> list[str]:
 
 
 def _interactions(
-    frame: _Frame, user_column: str, item_column: str, time_column: str, rating_column: str | None
+    frame: TableFrame,
+    user_column: str,
+    item_column: str,
+    time_column: str,
+    rating_column: str | None,
 ) -> pd.DataFrame:
     """Build the interactions frame."""
     users = _ids(frame, user_column, "user_column")
@@ -227,7 +241,7 @@ def _interactions(
     return interactions_frame(frame.path, users, items, timestamps, ratings)
 
 
-def _timestamps(frame: _Frame, series: pd.Series) -> np.ndarray:
+def _timestamps(frame: TableFrame, series: pd.Series) -> np.ndarray:
     """Epoch seconds from numbers, datetimes or ISO 8601 strings.
 
     The first row fixes whether a str column holds numbers or dates, so a bad value is reported as
@@ -246,7 +260,7 @@ def _timestamps(frame: _Frame, series: pd.Series) -> np.ndarray:
 
 
 def _epoch_seconds(
-    frame: _Frame, dates: pd.Series, name: str, raw: pd.Series | None = None
+    frame: TableFrame, dates: pd.Series, name: str, raw: pd.Series | None = None
 ) -> np.ndarray:
     """Whole seconds since 1970-01-01 UTC; naive datetimes are taken as UTC."""
     bad = dates.isna().to_numpy()
@@ -262,14 +276,27 @@ def _epoch_seconds(
     return ((dates - _EPOCH) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
 
 
-def _items(
-    frame: _Frame,
+def items_from_table(
+    frame: TableFrame,
     item_column: str,
     title_column: str,
     category_column: str | None,
     category_separator: str,
 ) -> pd.DataFrame:
-    """Build the items frame."""
+    """Build a ``RawDataset.items`` frame from an item table.
+
+    Args:
+        frame: The loaded item table.
+        item_column: Column of item ids (unique, non-empty).
+        title_column: Column of titles.
+        category_column: Optional column of categories joined by ``category_separator`` (or a
+            Parquet list column).
+        category_separator: Separator inside ``category_column``.
+
+    Raises:
+        DataFormatError: If a column is missing (listing the available ones) or an id is empty
+            or repeated (naming the file and line or row).
+    """
     item_ids = _ids(frame, item_column, "item_column")
     check_unique(item_ids, item_column, frame.where)
     titles = _to_text(frame.column(title_column, "title_column"))
@@ -292,7 +319,7 @@ def _split_categories(cell: Any, separator: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in names if name.strip())
 
 
-def _users(frame: _Frame, user_column: str) -> pd.DataFrame:
+def _users(frame: TableFrame, user_column: str) -> pd.DataFrame:
     """Build the users frame: the user column plus every other column as str."""
     user_ids = _ids(frame, user_column, "user_column")
     check_unique(user_ids, user_column, frame.where)
