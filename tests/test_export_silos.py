@@ -126,6 +126,7 @@ def test_the_silo_simulation_equals_the_original(
     overlay = yaml.safe_load(exported.overlay.read_text())["data"]
     assert overlay["silos"] == [f"export/client_{c}/interactions.csv" for c in range(3)]
     assert ("temporal_cutoffs" in overlay) == (split == "temporal")
+    assert overlay["split"] == split  # the split it was exported with, override or not
     silos = datamodule("--config", str(base), "--config", str(exported.overlay))
     assert silos.data.silos and silos.data.num_clients == 3
     for client in range(3):

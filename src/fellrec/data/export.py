@@ -125,8 +125,8 @@ def silo_overlay(
     """The config overlay that reads the exported silos.
 
     The format becomes tabular with the export's columns; ``min_rating`` and the k-core are off
-    (the files hold what the central filters kept); the temporal split's cut-offs are the ones the
-    original split used, so every silo cuts at the same times.
+    (the files hold what the central filters kept); the split is the original's, and the temporal
+    split's cut-offs are the ones it used, so every silo cuts at the same times.
     """
     section: dict[str, Any] = {
         "dataset": {
@@ -145,6 +145,8 @@ def silo_overlay(
         "catalog": str(output / CATALOG_FILE),
         "silos": [str(path) for path in silos],
         "num_clients": data.num_clients,
+        # The split the export was made with (it may come from a command-line override).
+        "split": data.split.method,
     }
     if data.split.cutoffs is not None:
         section["temporal_cutoffs"] = [int(c) for c in data.split.cutoffs]
