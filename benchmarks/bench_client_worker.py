@@ -36,7 +36,7 @@ def child(mode: str, config: Path, root: Path, parameters: Path, address: str) -
 
     settings = RunSettings((str(config),), ("--trainer.default_root_dir", str(root)))
     if not parameters.exists():  # the set-up step: the client's initial parameters
-        _, start, _ = ask_worker(address, ClientRequest("describe", settings, 0))
+        start = ask_worker(address, ClientRequest("describe", settings, 0)).parameters
         torch.save(start, parameters)
         return
     round_config = ClientRoundConfig(round=0, lr_scale=1.0, proximal_mu=0.0, trains=True)

@@ -23,8 +23,8 @@ class ClientRequest:
     """One message for a client, as plain values (what a ClientApp hands its session).
 
     Attributes:
-        kind: ``"describe"`` (partition id, initial parameters, metric names), ``"train"`` or
-            ``"evaluate"``.
+        kind: ``"describe"`` (partition id, initial parameters, metric names, fingerprints),
+            ``"train"`` or ``"evaluate"``.
         settings: The run's fellrec settings (from the Flower run config).
         client: The node's partition id.
         parameters: The parameters sent (train, evaluate).
