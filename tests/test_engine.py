@@ -16,7 +16,7 @@ from fellrec.federation.engine import (
 )
 from fellrec.federation.strategies import FedAvg, Local
 
-NAMES = ["ndcg@10", "recall@10"]
+NAMES = ["ndcg@10", "recall@10", "hit@10"]
 
 
 class FakeHost:
@@ -81,11 +81,11 @@ class FakeHost:
         sign = self.score_sign.get(self.round, 1.0)
         scores = sign * self.theta.mean(dim=1).double()  # (N,)
         users = torch.full((self.n,), 2.0, dtype=torch.float64)
-        sums = torch.stack([scores * 2, scores], dim=1)  # (N, M) over 2 users each
+        sums = torch.stack([scores * 2, scores, scores * 2], dim=1)  # (N, M) over 2 users each
         if stage != "test":
             return Evaluation(sums, users, NAMES)
         clients = torch.arange(self.n).repeat_interleave(2)
-        values = torch.stack([scores, scores / 2], dim=1).repeat_interleave(2, dim=0)
+        values = torch.stack([scores, scores / 2, scores], dim=1).repeat_interleave(2, dim=0)
         return Evaluation(
             sums,
             users,
@@ -273,3 +273,65 @@ def test_a_host_of_other_clients_is_refused():
     engine, _, _ = make_engine(n=3)
     with pytest.raises(ValueError, match="the engine was built for"):
         engine.start_round(FakeHost(num_clients=2), 0)
+
+
+def test_an_unknown_selection_metric_is_refused_at_once():
+    with pytest.raises(ValueError, match=r"loop.selection_metric='ndcg@11' is unknown"):
+        RoundEngine(FedAvg(), 3, selection_metric="ndcg@11")
+
+
+def test_any_known_metric_can_select_even_without_default_balance_statistics():
+    # hit@10 has no balance statistics by default (summary.BALANCE_METRICS): the engine adds them.
+    engine, lines, _ = make_engine(Local(), selection_metric="hit@10")
+    host = FakeHost(score_sign={1: 0.1})
+    run(engine, host, 2)
+    assert engine.selected_rounds == [0, 0, 0]
+    assert lines[0].startswith("round 0: val hit@10 mean 2.0000 worst 1.0000")
+
+
+def test_a_round_without_any_validation_user_keeps_every_selection():
+    class Silent(FakeHost):
+        def evaluation(self, stage, selected_rounds=None):
+            if self.round == 1 and stage == "validation":
+                zeros = torch.zeros(self.n, dtype=torch.float64)
+                return Evaluation(torch.zeros(self.n, 3), zeros, NAMES, absent=(0, 1, 2))
+            return super().evaluation(stage, selected_rounds)
+
+    engine, _, warned = make_engine(Local())
+    host = Silent()
+    run(engine, host, 3)
+    assert "validation: clients [0, 1, 2] did not report" in warned
+    assert any("no client reported a validation user" in w for w in warned)
+    assert "val" not in engine.history[1] and engine.selected_rounds == [2, 2, 2]
+
+
+def test_a_test_without_any_user_says_who_did_not_answer():
+    class Gone(FakeHost):
+        def evaluation(self, stage, selected_rounds=None):
+            if stage == "test":
+                zeros = torch.zeros(self.n, dtype=torch.float64)
+                return Evaluation(torch.zeros(self.n, 3), zeros, NAMES, absent=(0, 1, 2))
+            return super().evaluation(stage, selected_rounds)
+
+    engine, _, _ = make_engine()
+    host = Gone()
+    run(engine, host, 1)
+    with pytest.raises(RuntimeError, match=r"evaluated no user \(clients \[0, 1, 2\] did not"):
+        engine.test(host)
+
+
+def test_rounds_without_improvement_count_as_early_stopping_does():
+    engine, _, _ = make_engine(Local())
+    assert engine.rounds_without_improvement() == 0
+    host = FakeHost(score_sign={1: 0.1, 2: 0.2})  # the best overall score is round 0's
+    run(engine, host, 3)
+    assert engine.selection.best_round == 0 and engine.rounds_without_improvement() == 2
+
+
+def test_a_saved_state_of_other_held_clients_is_refused():
+    engine, _, _ = make_engine(n=3)
+    run(engine, FakeHost(), 1)
+    state = engine.state_dict()
+    other = RoundEngine(FedAvg(), 3, held_clients=[1], bootstrap_resamples=0)
+    with pytest.raises(ValueError, match=r"holds clients \[0, 1, 2\], this host \[1\]"):
+        other.load_state_dict(state)

@@ -570,3 +570,109 @@ def test_the_config_fingerprint_ignores_what_each_party_keeps_for_itself():
         {**config, "trainer": {**config["trainer"], "max_epochs": 4}},
     ):
         assert config_fingerprint(changed) != config_fingerprint(config)
+
+
+def test_a_deployment_stops_early_by_the_rule_of_the_simulations_early_stopping(tmp_path):
+    from fellrec.deploy.server import FederationServer
+
+    run = _deployed_run(tmp_path, rounds=6)
+    run.stop_patience = 2
+    # Every client's scores are the same every round: round 0 stays the best, so the rounds
+    # after it do not improve and the run stops after round 2, as EarlyStopping(patience=2) would.
+    results = json.loads(
+        FederationServer(run, FakeGrid(2, 4, {}), sleep=lambda s: None, make_message=FakeMessage)
+        .fit()
+        .read_text()
+    )
+    assert results["rounds_run"] == 3 and [r["round"] for r in results["history"]] == [0, 1, 2]
+
+
+def test_trainer_settings_that_a_deployment_would_run_differently_are_named():
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from fellrec.deploy.run_config import round_settings
+
+    def settings(**options):
+        trainer = Trainer(logger=False, enable_checkpointing=False, **options)
+        return round_settings(trainer, "ndcg@10")
+
+    assert settings() == (None, ())
+    plain = EarlyStopping(monitor="val/ndcg@10", mode="max", patience=4)
+    assert settings(callbacks=[plain]) == (4, ())
+    _, reasons = settings(limit_val_batches=0.5, check_val_every_n_epoch=2)
+    assert [r.split(":")[0] for r in reasons] == [
+        "trainer.limit_val_batches=0.5",
+        "trainer.check_val_every_n_epoch=2",
+    ]
+    _, reasons = settings(callbacks=[EarlyStopping(monitor="val/recall@10", mode="max")])
+    assert "monitor='val/recall@10'" in reasons[0]
+    with pytest.raises(ValueError, match=r"limit_val_batches=0\.5: \.\.\.; remove the setting"):
+        check_deployable(FederatedModule(), FedAvg(), ("trainer.limit_val_batches=0.5: ...",))
+
+
+def test_a_deployed_state_is_checked_before_the_nodes_are_waited_for(tmp_path):
+    from fellrec.deploy.server import STATE_FILE, FederationServer
+
+    config = {"model": {"lr": 0.1}, "data": {"num_clients": 2}, "trainer": {"max_epochs": 3}}
+
+    def server(grid, resume=True, changed=None, wait=0.0):
+        run = _deployed_run(tmp_path, rounds=2)
+        run.config = {**config, **(changed or {})}
+        grid.hashes = {c: (config_fingerprint(run.config), "catalog") for c in range(2)}
+        return FederationServer(
+            run,
+            grid,
+            resume=resume,
+            wait_timeout=wait,
+            sleep=lambda s: None,
+            make_message=FakeMessage,
+        )
+
+    class NoNodes(FakeGrid):
+        def get_node_ids(self):
+            return []
+
+    server(FakeGrid(2, 4, {}), resume=False).fit()
+    assert (tmp_path / STATE_FILE).exists()
+    # A wrong `resume` or a mismatching state is said before any node is waited for.
+    with pytest.raises(FileExistsError, match="resume it"):
+        server(NoNodes(2, 4, {}), resume=False, wait=600.0).fit()
+    with pytest.raises(ValueError, match="saved by a run with another config"):
+        server(NoNodes(2, 4, {}), changed={"model": {"lr": 0.2}}, wait=600.0).fit()
+    # More rounds may be asked of a resume (trainer.max_epochs is not part of the check).
+    resumed = server(FakeGrid(2, 4, {}), changed={"trainer": {"max_epochs": 5}})
+    resumed.run.rounds = 3
+    assert json.loads(resumed.fit().read_text())["rounds_run"] == 3
+    torch.save({"rounds_run": 1, "theta": torch.zeros(2, 4)}, tmp_path / STATE_FILE)
+    with pytest.raises(ValueError, match="written by another fellrec version"):
+        server(NoNodes(2, 4, {}), wait=600.0).fit()
+    with pytest.raises(ValueError, match="4 parameters per client, the clients 5"):
+        torch.save(  # a state of the right layout, saved with a smaller model
+            {
+                "layout": 2,
+                "config_hash": server(FakeGrid(2, 4, {}))._fingerprint(),
+                "engine": {"rounds_run": 1, "lr_scale": None, "history": []},
+                "parameters": torch.zeros(2, 4),
+            },
+            tmp_path / STATE_FILE,
+        )
+        server(FakeGrid(2, 5, {})).fit()
+
+
+def test_a_second_node_for_a_connected_client_is_left_out_at_rejoin(tmp_path, caplog):
+    from fellrec.deploy.remote_clients import RemoteClients
+
+    caplog.set_level("INFO", logger="fellrec.deploy")
+    grid = FakeGrid(2, 4, {})
+    clients = RemoteClients(grid, 2, sleep=lambda s: None, make_message=FakeMessage)
+    clients.connect()
+    grid.node_of[2] = 300  # another node comes up and says it is client 0 ...
+    grid.claims[2] = 0
+    grid.num_clients = 3
+    clients.rejoin()
+    assert clients.nodes == {0: 100, 1: 101}  # ... while node 100 is still connected
+    assert "node 300 says it is client 0, which node 100 (still connected) is" in caplog.text
+    del grid.node_of[0]  # node 100 goes away: the newcomer takes client 0 over
+    clients.rejoin()
+    assert clients.nodes == {0: 300, 1: 101}

@@ -73,7 +73,7 @@ class ClientSession:
     def __init__(self, settings: RunSettings, client: int, silo: str | None = None) -> None:
         own_data = ("--data.silo", silo) if silo else ()
         run = load_run(settings, "--data.client", str(client), *own_data)
-        check_deployable(run.model, run.strategy)
+        check_deployable(run.model, run.strategy, run.unsupported)
         self.client = client
         self.module = client_module_like(run.model, client)
         self.datamodule = run.datamodule
@@ -171,7 +171,7 @@ class ClientSession:
         popularity = popularity_values = None
         if stage == "test":
             # The baseline over the same test users, for the results' popularity section.
-            popularity_sums, _, popularity_values = self.datamodule.popularity_of([self.client])
+            popularity_sums, _, _, popularity_values = self.datamodule.popularity_of([self.client])
             popularity = popularity_sums[self.client]
         report = EvaluationReport(
             client=self.client,
@@ -248,12 +248,22 @@ def answer(request: ClientRequest) -> Any:
     return session.evaluate(request.parameters, request.stage, request.selection)
 
 
-def check_deployable(model: FederatedModule, strategy: Strategy) -> None:
+def check_deployable(
+    model: FederatedModule, strategy: Strategy, unsupported: tuple[str, ...] = ()
+) -> None:
     """Refuse settings that a deployment cannot run as the simulation does.
+
+    Args:
+        model: The federation's module (its settings).
+        strategy: The configured strategy.
+        unsupported: Trainer settings found undeployable
+            (:func:`~fellrec.deploy.run_config.round_settings`).
 
     Raises:
         ValueError: Naming the setting and what to do instead.
     """
+    if unsupported:
+        raise ValueError(f"{unsupported[0]}; remove the setting to deploy this config")
     if strategy.pools_clients:
         raise ValueError(
             f"loop.strategy {strategy.name!r} trains all users' data as one model; it is "

@@ -151,6 +151,7 @@ class RemoteClients:
         sums = torch.zeros(self.num_clients, width, dtype=torch.float64)
         users = torch.zeros(self.num_clients, dtype=torch.float64)
         popularity: torch.Tensor | None = torch.zeros_like(sums)
+        popularity_users = torch.zeros_like(users)
         clients, values, popularity_clients, popularity_values = [], [], [], []
         for client, content in sorted(answers.items()):
             report = EvaluationReport.from_content(content)
@@ -160,6 +161,7 @@ class RemoteClients:
             if popularity is not None and report.popularity is not None:
                 popularity[client] = report.popularity
                 assert report.popularity_values is not None
+                popularity_users[client] = report.popularity_values.shape[0]
                 popularity_clients.append(torch.full((report.popularity_values.shape[0],), client))
                 popularity_values.append(report.popularity_values)
             else:
@@ -176,6 +178,7 @@ class RemoteClients:
                 if popularity is not None and answers
                 else None
             ),
+            popularity_users=popularity_users if popularity is not None else None,
             absent=absent,
         )
 
@@ -222,7 +225,8 @@ class RemoteClients:
 
     def rejoin(self) -> None:
         """Learn which clients the nodes that connected since the last round are (rejoins)."""
-        unknown = sorted(set(self.grid.get_node_ids()) - set(self.nodes.values()))
+        live = set(self.grid.get_node_ids())
+        unknown = sorted(live - set(self.nodes.values()))
         if not unknown:
             return
         queries = [self.make_message(RecordDict(), node, MessageType.QUERY) for node in unknown]
@@ -235,6 +239,16 @@ class RemoteClients:
             except ValueError as error:
                 log.warning("%s; it is left out", error)
                 continue
+            previous = self.nodes.get(client)
+            if previous is not None and previous in live:
+                log.warning(
+                    "node %d says it is client %d, which node %d (still connected) is: it is "
+                    "left out (two nodes cannot claim one partition-id)",
+                    node,
+                    client,
+                    previous,
+                )
+                continue
             log.info("client %d rejoined (node %d)", client, node)
             self.nodes[client] = node
 
@@ -246,11 +260,12 @@ class RemoteClients:
                 f"node {node} says it is client {client} (partition-id), but the federation has "
                 f"clients 0-{self.num_clients - 1} (data.num_clients={self.num_clients})"
             )
-        if (
-            self.config_hash is not None
-            and described.config_hash is not None
-            and described.config_hash != self.config_hash
-        ):
+        if self.config_hash is not None and described.config_hash is None:
+            raise ValueError(
+                f"node {node} (client {client}) does not describe its config: it runs an older "
+                "fellrec than the server; install the same fellrec version on every party"
+            )
+        if self.config_hash is not None and described.config_hash != self.config_hash:
             raise ValueError(
                 f"node {node} (client {client}) runs another fellrec config than the server "
                 f"(config fingerprint {described.config_hash} vs {self.config_hash}): start it "

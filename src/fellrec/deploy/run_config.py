@@ -115,6 +115,10 @@ class LoadedRun:
         root: ``trainer.default_root_dir`` (where results are written).
         trainer_settings: The accelerator and precision a client's trainer uses.
         config: The resolved config, as ``fellrec fit`` saves it (``config.yaml``).
+        stop_patience: The patience of the config's early stopping on the selection metric
+            (the deployed server applies the same rule), or None without one.
+        unsupported: Why the trainer settings cannot be deployed as they would be simulated
+            (empty when they can): the server runs and validates every round on all data.
     """
 
     model: FederatedModule
@@ -124,6 +128,8 @@ class LoadedRun:
     root: str
     trainer_settings: dict[str, object]
     config: dict[str, Any] = field(default_factory=dict)
+    stop_patience: int | None = None
+    unsupported: tuple[str, ...] = ()
 
     @property
     def config_hash(self) -> str:
@@ -166,6 +172,7 @@ def load_run(settings: RunSettings, *extra: str) -> LoadedRun:
     ):
         raise TypeError("a fellrec config builds a FederatedModule and a FederatedDataModule")
     accelerator = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+    stop_patience, unsupported = round_settings(trainer, loop.selection_metric)
     return LoadedRun(
         model=model,
         datamodule=cli.datamodule,
@@ -177,7 +184,56 @@ def load_run(settings: RunSettings, *extra: str) -> LoadedRun:
             "precision": trainer.precision,
         },
         config=resolved_config(cli),
+        stop_patience=stop_patience,
+        unsupported=unsupported,
     )
+
+
+def round_settings(trainer: Any, selection_metric: str) -> tuple[int | None, tuple[str, ...]]:
+    """What of the trainer's settings a deployed server can run as the simulation does.
+
+    A simulation's rounds are Lightning epochs: ``EarlyStopping`` may end them early, and the
+    ``limit_*_batches`` and ``check_val_every_n_epoch`` settings change what each round trains and
+    evaluates. A deployed server runs the round engine itself: it applies early stopping on the
+    overall validation selection metric (the rule the simulation's usual callback applies), and
+    trains and validates every client on all its data every round.
+
+    Returns:
+        The early-stopping patience (None: no early stopping), and the reasons the settings cannot
+        be deployed (empty: they can).
+    """
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    reasons: list[str] = []
+    for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        value = getattr(trainer, name, 1.0)
+        if not (isinstance(value, float) and value == 1.0):
+            reasons.append(
+                f"trainer.{name}={value}: a deployed client trains and evaluates on all its data"
+            )
+    if getattr(trainer, "check_val_every_n_epoch", 1) != 1:
+        reasons.append(
+            f"trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch}: a deployed "
+            "round always ends with a validation (per-client selection)"
+        )
+    stops = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+    patience = None
+    for stop in stops:
+        plain = (
+            stop.monitor == f"val/{selection_metric}"
+            and stop.mode == "max"
+            and stop.min_delta == 0
+            and stop.stopping_threshold is None
+            and stop.divergence_threshold is None
+        )
+        if not plain or len(stops) > 1:
+            reasons.append(
+                "trainer.callbacks: a deployment stops early only with one EarlyStopping("
+                f"monitor='val/{selection_metric}', mode='max', min_delta=0) and no thresholds "
+                f"(got monitor={stop.monitor!r}, mode={stop.mode!r}, min_delta={stop.min_delta})"
+            )
+        patience = int(stop.patience)
+    return patience, tuple(reasons)
 
 
 def resolved_config(cli: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from safetensors.torch import save_file
 
 from fellrec.deploy.remote_clients import RemoteClients
-from fellrec.deploy.run_config import LoadedRun
+from fellrec.deploy.run_config import LoadedRun, config_fingerprint
 from fellrec.federation.engine import RoundEngine
 from fellrec.federation.results_file import write_results
 
@@ -34,6 +34,8 @@ PARAMETERS_FILE = "client_parameters.safetensors"
 #: The server's state after its last finished round: the engine's state (the same a simulation's
 #: checkpoint holds) and every client's current parameters.
 STATE_FILE = "server_state.pt"
+#: The layout of :data:`STATE_FILE` this version writes and reads.
+STATE_LAYOUT = 2
 
 
 class FederationServer:
@@ -96,41 +98,94 @@ class FederationServer:
         Returns:
             The path of ``results.json``.
         """
-        self.clients.connect()
-        log.info("federation: %d clients connected (%s)", self.num_clients, self.strategy.name)
+        # The run's own state is checked before waiting for the nodes: a wrong `resume` is
+        # said at once, not after every client has loaded its model and data.
         state = Path(self.run.root) / STATE_FILE
+        saved = None
         if state.exists():
             if not self.resume:
                 raise FileExistsError(
                     f"{state} holds a deployed run's state: resume it (run config resume=true) "
                     "or choose another trainer.default_root_dir"
                 )
-            self._load_state(state)
-            log.info("resuming after round %d from %s", self.engine.rounds_run - 1, state)
+            saved = self._read_state(state)
         elif self.resume:
             raise FileNotFoundError(f"resume=true, but there is no {state} to resume from")
+        self.clients.connect()
+        log.info("federation: %d clients connected (%s)", self.num_clients, self.strategy.name)
+        if saved is not None:
+            self._restore(state, saved)
+            log.info("resuming after round %d from %s", self.engine.rounds_run - 1, state)
+        patience = self.run.stop_patience
         for round_index in range(self.engine.rounds_run, self.run.rounds):
+            if patience is not None and self.engine.rounds_without_improvement() >= patience:
+                break  # as the simulation's EarlyStopping would have stopped before this round
             self.engine.run_round(self.clients, round_index)
             self._save_state(state)
+        if patience is not None and self.engine.rounds_run < self.run.rounds:
+            log.info(
+                "early stopping: no better val/%s for %d rounds (best round %d)",
+                self.engine.selection_metric,
+                patience,
+                self.engine.selection.best_round,
+            )
         summary = self.engine.test(self.clients)
         return self._write(summary)
 
     # ------------------------------------------------------------------ state
+    def _fingerprint(self) -> str:
+        """What a resumed run must share with the saved one: the config, all but the rounds."""
+        config = dict(self.run.config)
+        config["trainer"] = {}  # more rounds (trainer.max_epochs) may be asked of a resume
+        return config_fingerprint(config)
+
     def _save_state(self, path: Path) -> None:
         """Everything the next round needs (clients keep nothing between rounds)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"engine": self.engine.state_dict(), "parameters": self.clients.parameters()}
+        state = {
+            "layout": STATE_LAYOUT,
+            "config_hash": self._fingerprint(),
+            "engine": self.engine.state_dict(),
+            "parameters": self.clients.parameters(),
+        }
         partial = path.with_suffix(".tmp")
         torch.save(state, partial)
         partial.replace(path)  # a crash while saving leaves the previous state whole
 
-    def _load_state(self, path: Path) -> None:
+    def _read_state(self, path: Path) -> dict[str, Any]:
+        """The saved state, checked against this run's config before any node is waited for.
+
+        Raises:
+            ValueError: For a state of another layout, config or number of clients.
+        """
         state = torch.load(path, weights_only=True)
-        parameters = state["parameters"]
-        if parameters.shape[0] != self.num_clients:
+        if not isinstance(state, dict) or state.get("layout") != STATE_LAYOUT:
             raise ValueError(
-                f"{path} holds {parameters.shape[0]} clients, the config "
+                f"{path} was written by another fellrec version (state layout "
+                f"{state.get('layout') if isinstance(state, dict) else None}, this version "
+                f"reads {STATE_LAYOUT}): resume it with that version, or start a new run in "
+                "another trainer.default_root_dir"
+            )
+        if self.run.config and state["config_hash"] != self._fingerprint():
+            raise ValueError(
+                f"{path} was saved by a run with another config (model, data, loop or "
+                "strategy settings differ): resume with the same config files and overrides"
+            )
+        if state["parameters"].shape[0] != self.num_clients:
+            raise ValueError(
+                f"{path} holds {state['parameters'].shape[0]} clients, the config "
                 f"data.num_clients={self.num_clients}"
+            )
+        return state
+
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
+        """Load the saved state, once the nodes said what their parameters look like."""
+        parameters = state["parameters"]
+        width = self.clients.parameters().shape[1]
+        if parameters.shape[1] != width:
+            raise ValueError(
+                f"{path} holds {parameters.shape[1]} parameters per client, the clients "
+                f"{width}: it was saved with another model"
             )
         self.engine.load_state_dict(state["engine"])
         self.clients.load_parameters(parameters)

@@ -30,7 +30,7 @@ def server_app(
         run_config = context.run_config
         chosen = settings if settings is not None else RunSettings.from_flower(run_config)
         run = load_run(chosen)
-        check_deployable(run.model, run.strategy)
+        check_deployable(run.model, run.strategy, run.unsupported)
         timeout = run_config.get("round-timeout", round_timeout)
         timeout = None if timeout is None or float(timeout) <= 0 else timeout
         FederationServer(

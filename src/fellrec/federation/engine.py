@@ -34,7 +34,7 @@ from fellrec.federation.protocol import ClientRoundConfig, round_inputs, round_r
 from fellrec.federation.selection import ModelSelection
 from fellrec.federation.strategies import Strategy
 from fellrec.metrics.bootstrap import confidence_intervals
-from fellrec.metrics.summary import summarize
+from fellrec.metrics.summary import BALANCE_METRICS, metric_names, summarize
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Evaluation:
         popularity_sums: The popularity baseline's metric sums over the same users ``(N, M)``
             (the test), when every client that answered reported them.
         popularity_values: The popularity baseline's per-user values (the test).
+        popularity_users: The baseline's evaluated users by client ``(N,)`` (default: ``users``).
         absent: Clients that did not answer.
     """
 
@@ -117,6 +118,7 @@ class Evaluation:
     values: UserValues | None = None
     popularity_sums: torch.Tensor | None = None
     popularity_values: UserValues | None = None
+    popularity_users: torch.Tensor | None = None
     absent: tuple[int, ...] = ()
 
 
@@ -161,8 +163,8 @@ class FederationHost(Protocol):
         ...
 
 
-def rank_zero_info(message: str) -> None:
-    """The default announcer: an INFO line on this module's logger."""
+def log_info(message: str) -> None:
+    """The default announcer: an INFO line on this module's logger (every process)."""
     log.info(message)
 
 
@@ -190,11 +192,17 @@ class RoundEngine:
         base_lr: float = 1.0,
         selection_metric: str = "ndcg@10",
         bootstrap_resamples: int = 1000,
-        announce: Callable[[str], None] = rank_zero_info,
+        announce: Callable[[str], None] = log_info,
         warn: Callable[[str], None] = warnings.warn,
     ) -> None:
         if bootstrap_resamples < 0:
             raise ValueError(f"loop.bootstrap_resamples must be >= 0, got {bootstrap_resamples}")
+        known = metric_names()
+        if selection_metric not in known:
+            raise ValueError(
+                f"loop.selection_metric={selection_metric!r} is unknown; choose from "
+                f"{', '.join(known)}"
+            )
         self.strategy = strategy
         self.num_clients = num_clients
         self.held = list(range(num_clients)) if held_clients is None else list(held_clients)
@@ -300,13 +308,22 @@ class RoundEngine:
                 run's parameters, e.g. ``fellrec validate``).
 
         Returns:
-            The validation summary (``summarize()`` output).
+            The validation summary (``summarize()`` output; empty when no client reported a
+            validation user).
         """
         evaluation = host.evaluation("validation")
-        summary = summarize(evaluation.sums, evaluation.users, evaluation.names)
         if evaluation.absent:
             self.warn(f"validation: clients {list(evaluation.absent)} did not report")
         round_index = self.rounds_run - 1
+        if float(evaluation.users.sum()) == 0:
+            # Nobody answered (or nobody has validation users): nothing to select on this round.
+            self._aggregated = None
+            self.warn(
+                f"round {round_index}: no client reported a validation user; every client keeps "
+                "its selection"
+            )
+            return {}
+        summary = self._summarize(evaluation.sums, evaluation.users, evaluation.names)
         column = evaluation.names.index(self.selection_metric)
         overall = summary["overall"]
         assert isinstance(overall, dict)
@@ -339,6 +356,16 @@ class RoundEngine:
             self.announce(f"round {round_index} adapters: {scores} (validation {seconds:.1f}s)")
         return summary
 
+    def rounds_without_improvement(self) -> int:
+        """Validated rounds since the best overall validation score (early stopping's count).
+
+        Lightning's ``EarlyStopping`` on ``val/<selection metric>`` (mode max, no ``min_delta``)
+        stops when this reaches its ``patience``; a deployment applies the same rule.
+        """
+        if self.selection.best_round < 0:
+            return 0
+        return self.rounds_run - 1 - self.selection.best_round
+
     def run_round(self, host: FederationHost, round_index: int) -> dict[str, Any]:
         """A whole round on a host that trains when the round starts (a deployment).
 
@@ -367,12 +394,25 @@ class RoundEngine:
         evaluation = host.evaluation("test", self.selected_rounds)
         if evaluation.absent:
             self.warn(f"test: clients {list(evaluation.absent)} did not report")
+        if float(evaluation.users.sum()) == 0:
+            absent = (
+                f" (clients {list(evaluation.absent)} did not answer)" if evaluation.absent else ""
+            )
+            raise RuntimeError(
+                f"the test evaluated no user{absent}: nothing to report; the rounds' state is "
+                "kept, so the test can run again once the clients answer"
+            )
         summary = self._summarize(evaluation.sums, evaluation.users, evaluation.names)
         summary["ci"] = self._intervals(evaluation.values, evaluation.names)
         summary["popularity"] = None
         if evaluation.popularity_sums is not None:
+            popularity_users = (
+                evaluation.popularity_users
+                if evaluation.popularity_users is not None
+                else evaluation.users
+            )
             popularity = self._summarize(
-                evaluation.popularity_sums, evaluation.users, evaluation.names
+                evaluation.popularity_sums, popularity_users, evaluation.names
             )
             popularity["ci"] = self._intervals(evaluation.popularity_values, evaluation.names)
             summary["popularity"] = popularity
@@ -384,9 +424,12 @@ class RoundEngine:
         self.start_test(host)
         return self.finish_test(host)
 
-    @staticmethod
-    def _summarize(sums: torch.Tensor, users: torch.Tensor, names: list[str]) -> dict[str, Any]:
-        return dict(summarize(sums, users, names))
+    def _summarize(
+        self, sums: torch.Tensor, users: torch.Tensor, names: list[str]
+    ) -> dict[str, Any]:
+        # The selection metric gets balance statistics even where the defaults leave it out.
+        balanced = (*BALANCE_METRICS, self.selection_metric)
+        return dict(summarize(sums, users, names, balance_metrics=balanced))
 
     def _intervals(self, values: UserValues | None, names: list[str]) -> dict[str, Any] | None:
         if values is None or self.bootstrap_resamples == 0:
@@ -451,14 +494,22 @@ class RoundEngine:
                 f"the saved state holds {len(scores)} clients, this federation "
                 f"{self.num_clients} (data.num_clients)"
             )
-        self.rounds_run = int(state["rounds_run"])
+        held = list(
+            state.get("selection_held", self.held if scores is None else range(len(scores)))
+        )
         lr_scale = state["lr_scale"]
+        if held != self.held or (lr_scale is not None and len(lr_scale) != len(self.held)):
+            raise ValueError(
+                f"the saved state holds clients {held}, this host {self.held}: resume it with "
+                "the data settings it was saved with"
+            )
+        self.rounds_run = int(state["rounds_run"])
         if lr_scale is not None:
             self.lr_scale = lr_scale.double()
         self.history = list(state["history"])
         if scores is not None:
-            held = list(state.get("selection_held", range(len(scores))))
             self.selection = ModelSelection.from_state_dict(dict(state), held)
+        self._aggregated, self._training, self.test_summary = None, False, None
 
     # ------------------------------------------------------------------ checks
     def _check_host(self, host: FederationHost) -> None:

@@ -276,24 +276,25 @@ class FederatedDataModule(L.LightningDataModule):
 
     def popularity_of(
         self, held_clients: Sequence[int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The popularity baseline on the held clients' test users (after :meth:`setup`).
 
         Args:
             held_clients: The clients whose users count (the others' rows are zero).
 
         Returns:
-            Metric sums by client ``(N, M)``, and each held user's client ``(U,)`` and metric
-            values ``(U, M)``, client-major (the order of the test batches).
+            Metric sums ``(N, M)`` and users ``(N,)`` by client, and each held user's client
+            ``(U,)`` and metric values ``(U, M)``, client-major (the order of the test batches).
         """
         if self.popularity_sums is None or self._popularity_users is None:
             raise RuntimeError("FederatedDataModule.setup() has not run yet")
-        sums = torch.zeros_like(self.popularity_sums[0])
+        all_sums, all_users = self.popularity_sums
         held = torch.tensor(list(held_clients), dtype=torch.long)
-        sums[held] = self.popularity_sums[0][held]
+        sums, users = torch.zeros_like(all_sums), torch.zeros_like(all_users)
+        sums[held], users[held] = all_sums[held], all_users[held]
         clients, values = self._popularity_users
         kept = torch.isin(clients, held)
-        return sums, clients[kept], values[kept]
+        return sums, users, clients[kept], values[kept]
 
     def eval_user_counts(self) -> dict[str, np.ndarray]:
         """Validation and test users per client ``{"validation": (N,), "test": (N,)}``."""

@@ -68,9 +68,8 @@ class ModuleHost:
         if stage != "test":
             return Evaluation(sums, users, list(names))
         clients, values = self.module.collect_eval_values()
-        popularity_sums, popularity_clients, popularity_values = federated_datamodule(
-            self.module.trainer
-        ).popularity_of(self.module.held_clients)
+        baseline = federated_datamodule(self.module.trainer).popularity_of(self.module.held_clients)
+        popularity_sums, popularity_users, popularity_clients, popularity_values = baseline
         return Evaluation(
             sums,
             users,
@@ -78,4 +77,5 @@ class ModuleHost:
             values=UserValues(clients, values),
             popularity_sums=popularity_sums,
             popularity_values=UserValues(popularity_clients, popularity_values),
+            popularity_users=popularity_users,
         )
