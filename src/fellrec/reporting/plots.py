@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -325,9 +325,18 @@ def rgb_array(figure: Figure) -> np.ndarray:
 
 
 def save_plots(
-    results: Mapping[str, Any], directory: Path, metric: str = PLOT_METRIC
+    results: Mapping[str, Any],
+    directory: Path,
+    metric: str = PLOT_METRIC,
+    stop: Callable[[], bool] | None = None,
 ) -> list[Path]:
     """Write every plot of a run as ``<directory>/plots/<name>.png``.
+
+    Args:
+        results: The run's results.
+        directory: The run's directory.
+        metric: The metric of the per-client and balance plots.
+        stop: Asked before each plot; when it says ``True`` the remaining plots are not drawn.
 
     Returns:
         The written paths.
@@ -336,6 +345,8 @@ def save_plots(
     target.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, figure in run_figures(results, metric).items():
+        if stop is not None and stop():
+            break
         path = target / f"{name}.png"
         path.write_bytes(png_bytes(figure))
         paths.append(path)

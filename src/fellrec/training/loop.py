@@ -87,6 +87,7 @@ class FederatedLoop(Callback):
         self.test_summary: dict[str, Any] | None = None
         self.results_path: Path | None = None
         self._pending = False
+        self._record_continued = False
         self._round_started = 0.0
         self._validation_started = 0.0
 
@@ -129,6 +130,7 @@ class FederatedLoop(Callback):
         """Save the user -> client map next to the run."""
         module = self._module(pl_module)
         self._ensure_state(module)
+        self._record_continued = False
         record_fit_start(trainer, module, self.min_eval_users)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -140,8 +142,14 @@ class FederatedLoop(Callback):
         history, so a resumed run's record equals the uninterrupted one's.
         """
         self.checkpointed_rounds = self.rounds_run
+        self._record_continued = True
         if trainer.is_global_zero:
             continue_record(trainer.loggers, self.history, self.rounds_run)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run with no round left to train (stopped before its test) continues too."""
+        if not self._record_continued:
+            self.on_train_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start a round: per-client learning rates, optimizer resets, round statistics."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import yaml
 
+from fellrec.run_directory import RESULTS_FILE
 from fellrec.training.accounting import resource_summary
 from fellrec.training.adapter_cards import describe_adapters
 from fellrec.training.datamodule import federated_datamodule
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     import lightning as L
 
     from fellrec.training.federated_module import FederatedModule
-
-RESULTS_FILE = "results.json"
 
 
 def json_safe(value: Any) -> Any:
