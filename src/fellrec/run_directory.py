@@ -49,7 +49,10 @@ def refuse_occupied(root: Path, checkpoint_dir: Path | None = None) -> None:
     found = recorded_files(root, checkpoint_dir)
     if not found:
         return
-    shown = [path.name if path.parent == root else str(path) for path in found[:3]]
+    shown = [
+        str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        for path in found[:3]
+    ]
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
     raise OccupiedRunDirectory(
         f"trainer.default_root_dir={str(root)!r} already holds a run ({', '.join(shown)}{more}); "
