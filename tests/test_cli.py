@@ -509,6 +509,15 @@ def test_a_log_that_is_a_file_stays_readable(fitted, tmp_path):
         assert noise not in log, noise
     assert re.search(r"round 1 \(2/2\): batch \d+/\d+, client 0, [\d.]+ batches/s", log)
     assert re.search(r"round 1: val ndcg@10 mean [\d.]+ worst [\d.]+ \(", log)
+    # The last line says what the test says, against popularity, and where the results are.
+    last = result.stderr.strip().splitlines()[-1]
+    number = r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]"
+    assert re.fullmatch(
+        rf"test ndcg@10 {number}, worst client \(\d\) {number}; popularity {number}, "
+        rf"worst client \(\d\) {number}; results in {re.escape(str(tmp_path / 'run'))}/"
+        "results.json",
+        last,
+    ), last
 
 
 def test_data_stats_help_shows_the_dataset_options(capsys):
