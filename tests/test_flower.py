@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 # The `flower` extra installs Flower where it runs: Python >= 3.11 (flwr >= 1.31 needs it).
-pytest.importorskip("flwr", reason="Flower (the flower extra) needs Python >= 3.11")
+pytest.importorskip(
+    "flwr",
+    reason="Flower (the flower extra) needs Python >= 3.11"
+    if sys.version_info < (3, 11)
+    else "the flower extra is not installed (pip install -e '.[flower]')",
+)
 
 from fellrec.deploy.client_session import check_deployable
 from fellrec.deploy.messages import (
