@@ -214,6 +214,14 @@ class FederatedDataModule(L.LightningDataModule):
         self.popularity_sums = (sums, counts)
         self.popularity = summarize(sums, counts, names)
         self.popularity["ci"] = confidence_intervals(per_user, clients, self.num_clients, names)
+        # The level a learned model's validation curves are read against (the plots draw it).
+        valid = evaluate_popularity(
+            data.split.train_sequences, data.split.valid, data.dataset.num_items
+        )
+        valid_clients = torch.from_numpy(data.assignment[data.split.valid.users])
+        self.popularity["validation"] = summarize(
+            *client_sums(valid, valid_clients, self.num_clients, names), names
+        )
 
     def eval_user_counts(self) -> dict[str, np.ndarray]:
         """Validation and test users per client ``{"validation": (N,), "test": (N,)}``."""
