@@ -14,7 +14,6 @@ import os
 import shlex
 import signal
 import sys
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fellrec import __version__
+from fellrec.command_errors import report_error
 from fellrec.commands import COMMANDS
 from fellrec.config_errors import (
     check_config_files,
@@ -38,6 +38,7 @@ from fellrec.config_errors import (
 from fellrec.data.schema import DataFormatError
 from fellrec.metrics.headline import result_headline
 from fellrec.models.process_transport import BlockServerError
+from fellrec.preflight import preflight
 from fellrec.reporting.run_reporter import RunReporter
 from fellrec.run_directory import refuse_occupied
 from fellrec.saved_config import RunConfigSaver
@@ -480,8 +481,13 @@ def quiet_third_party_output() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``fellrec`` console script."""
+def main(argv: list[str] | None = None, checked: bool = False) -> None:
+    """Run a ``fellrec`` command (the console script is :func:`fellrec.console.main`).
+
+    Args:
+        argv: The arguments after ``fellrec`` (``None``: ``sys.argv``).
+        checked: Whether :func:`fellrec.preflight.preflight` already checked them.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_third_party_output()
@@ -492,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fellrec {__version__}")
         return
     try:
+        if not checked:
+            preflight(args)
         if args[0] == "data":
             run_data_command(args[1:])
         elif args[0] in COMMANDS:
@@ -501,7 +509,5 @@ def main(argv: list[str] | None = None) -> None:
             run_lightning_cli(None if argv is None else args)
     except (ValueError, OSError, yaml.YAMLError, DataFormatError) as error:
         # OSError covers unreadable or unwritable paths (its message names the path).
-        if os.environ.get("FELLREC_DEBUG"):
-            traceback.print_exc()
-        print(f"fellrec: error: {error}", file=sys.stderr)
+        report_error(error)
         raise SystemExit(2) from None

@@ -3,6 +3,11 @@
 This is the one place that runs the pure data stages in order. The result (:class:`FederatedData`)
 is
 what the Lightning data module serves and what ``fellrec data stats`` prints.
+
+Up to the partition (which trains BPR with torch, imported when it runs) the module is light, so
+the checks before a run's heavy imports (:mod:`fellrec.preflight`) validate the settings and read
+the data with the same code; the read dataset is kept for the run of the same process
+(:func:`load_checked_dataset`), so it is not read twice.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import numpy as np
 
 from fellrec.data.examples import sliding_window_examples
 from fellrec.data.kcore import kcore_filter
-from fellrec.data.partition import partition_users
 from fellrec.data.readers import read_dataset
 from fellrec.data.schema import IndexedDataset, RawDataset, Split, TrainExamples, index_dataset
 from fellrec.data.split import split_dataset
@@ -188,9 +192,24 @@ class PipelineSettings:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def build_federated_data(settings: PipelineSettings) -> FederatedData:
-    """Run the whole data pipeline (no cache)."""
+#: The last dataset :func:`load_checked_dataset` read, by the cache key of its settings.
+_last_read: dict[str, IndexedDataset] = {}
+
+
+def load_checked_dataset(settings: PipelineSettings) -> IndexedDataset:
+    """Read, filter and index the configured data, and check it has users for every client.
+
+    The result is kept (one dataset) for the next call with the same settings and files, so a
+    process that checks its data first and then prepares it reads the files once.
+
+    Raises:
+        ValueError: For unreadable data (the reader names the file, line or column), ratings
+            filtered on data without any, or more clients than users.
+    """
     settings.validate()
+    key = settings.cache_key()
+    if key in _last_read:
+        return _last_read[key]
     raw = read_raw(settings.dataset, settings.seed)
     if settings.dataset.min_rating is not None:
         if "rating" not in raw.interactions.columns:
@@ -205,6 +224,17 @@ def build_federated_data(settings: PipelineSettings) -> FederatedData:
             f"more clients than users: data.num_clients={settings.num_clients} but only "
             f"{dataset.num_users} users remain in {dataset.name}"
         )
+    _last_read.clear()
+    _last_read[key] = dataset
+    return dataset
+
+
+def build_federated_data(settings: PipelineSettings) -> FederatedData:
+    """Run the whole data pipeline (no cache)."""
+    # BPR (torch) and k-means (scikit-learn) load only when a partition is computed.
+    from fellrec.data.partition import partition_users
+
+    dataset = load_checked_dataset(settings)
     split = split_dataset(
         dataset,
         settings.split,
@@ -235,6 +265,12 @@ def build_federated_data(settings: PipelineSettings) -> FederatedData:
     return FederatedData(dataset, split, examples, assignment, settings.num_clients)
 
 
+def cached_data_path(settings: PipelineSettings, cache_dir: str | Path | None) -> Path:
+    """Where the prepared data of these settings (and input files) is cached."""
+    directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return directory / "data" / f"{settings.cache_key()}.pkl"
+
+
 def load_federated_data(settings: PipelineSettings, cache_dir: str | Path | None) -> FederatedData:
     """Return the prepared data, from the cache when the same settings ran before.
 
@@ -246,8 +282,7 @@ def load_federated_data(settings: PipelineSettings, cache_dir: str | Path | None
         The prepared data.
     """
     settings.validate()
-    directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = directory / "data" / f"{settings.cache_key()}.pkl"
+    path = cached_data_path(settings, cache_dir)
     if path.exists():
         try:
             with path.open("rb") as handle:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from fellrec.data.loader_settings import check_loader_settings
 from fellrec.data.pipeline import (
     DatasetSettings,
     FederatedData,
@@ -146,16 +147,9 @@ class FederatedDataModule(L.LightningDataModule):
             seed=seed,
         )
         self.settings.validate()
-        for name, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("local_epochs", local_epochs),
-            ("accumulate_grad_batches", accumulate_grad_batches),
-        ):
-            if value < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {value}")
-        if client is not None and not 0 <= client < num_clients:
-            raise ValueError(f"data.client must be in [0, {num_clients}), got {client}")
+        check_loader_settings(
+            batch_size, eval_batch_size, local_epochs, accumulate_grad_batches, client, num_clients
+        )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.local_epochs = local_epochs
