@@ -39,6 +39,7 @@ from fellrec.data.schema import DataFormatError
 from fellrec.metrics.headline import result_headline
 from fellrec.models.process_transport import BlockServerError
 from fellrec.preflight import preflight
+from fellrec.preflight.resources import check_writable
 from fellrec.reporting.run_reporter import RunReporter
 from fellrec.run_directory import refuse_occupied
 from fellrec.saved_config import RunConfigSaver
@@ -132,6 +133,8 @@ class FellrecCLI(LightningCLI):
             log_dir = str(evaluation_directory(Path(root), self.subcommand))
         if not config.checkpoint.dirpath:
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        if self.subcommand is not None:
+            check_writable(Path(root), "trainer.default_root_dir")
         if self.subcommand == "fit" and not config.get("ckpt_path"):
             refuse_occupied(Path(root), Path(config.checkpoint.dirpath))
         config.trainer.logger = with_run_csv_logger(config.trainer.logger, log_dir)
