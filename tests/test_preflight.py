@@ -104,6 +104,18 @@ def test_the_command_line_merges_as_lightning_cli_does(tmp_path):
         "data": {"seed": 3},
         "loop": {"strategy": {"class_path": "FedProx", "init_args": {"mu": 0.01}}},
     }
+    # A later file that changes the strategy's class drops the arguments of the one it replaces.
+    fellrec = tmp_path / "fellrec.yaml"
+    fellrec.write_text(
+        "loop:\n  strategy:\n    class_path: fellrec.federation.strategies.FELLRec\n"
+        "    init_args: {alpha: 0.7}\n"
+    )
+    fedavg = tmp_path / "fedavg.yaml"
+    fedavg.write_text("loop:\n  strategy:\n    class_path: fellrec.federation.strategies.FedAvg\n")
+    read = read_command_line(["--config", str(fellrec), "--config", str(fedavg)], CLASSES)
+    assert read.config == {
+        "loop": {"strategy": {"class_path": "fellrec.federation.strategies.FedAvg"}}
+    }
     for hands_off in (["--print_config"], ["--model.lr"], ["--trainer.callbacks+=X"], ["fit"]):
         assert not read_command_line(["--data.seed", "1", *hands_off], CLASSES).plain
 
@@ -282,3 +294,24 @@ def test_a_writable_directory_is_left_as_it_was(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError, match=r"trainer.default_root_dir='.*file/run' cannot be written"):
         check_writable(tmp_path / "file" / "run", "trainer.default_root_dir")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--data.dataset.min_rating", "4", "--data.max_train_examples", "100"],
+        ["--data.valid_fraction", "0.2", "--data.dataset.options", "{num_users: 80}"],
+    ],
+)
+def test_the_checks_read_the_data_under_the_runs_cache_key(tiny_config, tmp_path, extra):
+    """Checks and run must name the prepared data alike, or the run reads it twice."""
+    from fellrec.cli import make_cli
+    from fellrec.preflight.settings import check_settings, pipeline_settings
+
+    config, _ = tiny_config
+    args = ["--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run"), *extra]
+    read = read_command_line(args, CLASSES)
+    checked = pipeline_settings(check_settings(read.config, args, "fellrec fit"))
+    run = make_cli(args, run=False).datamodule.settings
+    assert checked == run and checked.cache_key() == run.cache_key()

@@ -133,7 +133,7 @@ class FellrecCLI(LightningCLI):
             log_dir = str(evaluation_directory(Path(root), self.subcommand))
         if not config.checkpoint.dirpath:
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
-        if self.subcommand is not None:
+        if self.subcommand is not None and os.environ.get("LOCAL_RANK", "0") == "0":
             check_writable(Path(root), "trainer.default_root_dir")
         if self.subcommand == "fit" and not config.get("ckpt_path"):
             refuse_occupied(Path(root), Path(config.checkpoint.dirpath))

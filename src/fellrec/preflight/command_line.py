@@ -43,11 +43,29 @@ def section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Merge ``update`` into ``into`` recursively (``update`` wins)."""
+def _class_name(value: Any) -> str | None:
+    """The class a class key's value names (``FedAvg`` or a ``class_path``), if any."""
+    named = value.get("class_path") if isinstance(value, Mapping) else value
+    return str(named).rsplit(".", 1)[-1] if isinstance(named, str) else None
+
+
+def merge(
+    into: dict[str, Any],
+    update: Mapping[str, Any],
+    classes: frozenset[str] = frozenset(),
+    prefix: str = "",
+) -> None:
+    """Merge ``update`` into ``into`` recursively (``update`` wins).
+
+    A class key whose class changes starts afresh, as LightningCLI's parser drops the arguments
+    of the class it replaces (``loop.strategy``: FELLRec's ``alpha`` does not go to FedAvg).
+    """
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            merge(into[key], value)
+        dotted = f"{prefix}{key}"
+        current = into.get(key)
+        replaced = dotted in classes and _class_name(value) not in (None, _class_name(current))
+        if isinstance(value, Mapping) and isinstance(current, dict) and not replaced:
+            merge(current, value, classes, f"{dotted}.")
         else:
             into[key] = _copy(value)
 
@@ -117,7 +135,7 @@ def read_command_line(args: Sequence[str], classes: frozenset[str]) -> ReadComma
             index += 1
         index += 1
         if name in CONFIG_OPTIONS or name == "--config":
-            merge(read.config, read_config_file(Path(value)))
+            merge(read.config, read_config_file(Path(value)), classes)
         elif name.startswith("--") and not name.endswith("+"):
             set_key(read.config, name[2:], yaml_value(value), classes)
         else:

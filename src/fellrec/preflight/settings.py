@@ -164,12 +164,18 @@ def pipeline_settings(values: Mapping[str, Any]) -> PipelineSettings:
     def data(name: str) -> Any:
         return setting(values, f"data.{name}")
 
+    def optional(name: str, kind: type) -> Any:
+        value = data(name)
+        return None if value is None else kind(value)
+
+    # Typed as the parser types them: the settings are the prepared data's cache key, which the
+    # run must find under the same name.
     options = data("dataset.options")
     dataset = DatasetSettings(
         format=str(data("dataset.format")),
-        path=data("dataset.path"),
+        path=optional("dataset.path", str),
         options=dict(options) if isinstance(options, Mapping) else {},
-        min_rating=data("dataset.min_rating"),
+        min_rating=optional("dataset.min_rating", float),
         kcore=int(data("dataset.kcore")),
     )
     return PipelineSettings(
@@ -178,10 +184,10 @@ def pipeline_settings(values: Mapping[str, Any]) -> PipelineSettings:
         valid_fraction=float(data("valid_fraction")),
         test_fraction=float(data("test_fraction")),
         history_length=int(data("history_length")),
-        max_train_examples=data("max_train_examples"),
+        max_train_examples=optional("max_train_examples", int),
         num_clients=int(data("num_clients")),
         partition=str(data("partition")),
-        partition_attribute=data("partition_attribute"),
+        partition_attribute=optional("partition_attribute", str),
         dirichlet_concentration=float(data("dirichlet_concentration")),
         seed=int(data("seed")),
         window_stride=int(data("window_stride")),
