@@ -99,3 +99,42 @@ class SlowRoundsFrom(Callback):
         if trainer.current_epoch >= self.first_round:
             self.marker.touch()
             time.sleep(self.seconds)
+
+
+class WaitForSignalAt(Callback):
+    """Holds a run at one point until the signal a test sends there has arrived.
+
+    Used by the CLI's signal tests through the config (``trainer.callbacks``): at ``phase`` it
+    writes ``marker`` (the test then sends SIGTERM) and waits, at most ``seconds``, until the
+    trainer has received it. Phases: ``between`` (the end of round 0, before its checkpoint is
+    saved), ``test`` (after the test's first batch), ``plots`` (when the test ends, before the
+    plots are drawn).
+    """
+
+    def __init__(self, phase: str, marker: str, seconds: float = 120.0) -> None:
+        if phase not in ("between", "test", "plots"):
+            raise ValueError(f"unknown phase {phase!r}")
+        self.phase = phase
+        self.marker = Path(marker)
+        self.seconds = seconds
+
+    def _hold(self, trainer: L.Trainer) -> None:
+        self.marker.touch()
+        deadline = time.monotonic() + self.seconds
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Between rounds 0 and 1."""
+        if self.phase == "between" and trainer.current_epoch == 0:
+            self._hold(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """During the test."""
+        if self.phase == "test" and not self.marker.exists():
+            self._hold(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Before the plots."""
+        if self.phase == "plots":
+            self._hold(trainer)

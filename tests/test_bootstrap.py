@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fellrec.metrics.bootstrap import bootstrap_interval, confidence_intervals
+from fellrec.metrics.balance import balance_statistics, spread_statistics
+from fellrec.metrics.bootstrap import balance_intervals, bootstrap_interval, confidence_intervals
 
 
 def test_constant_values_have_a_point_interval() -> None:
@@ -51,3 +52,51 @@ def test_intervals_per_client_and_overall_are_seeded() -> None:
     low, high = first["overall"]["ndcg@10"]
     assert 0.0 <= low <= 0.44 <= high <= 1.0  # the mean is 0.44
     assert (first["confidence"], first["resamples"]) == (0.95, 200)
+
+
+def test_balance_intervals_of_constant_clients_are_the_statistics_themselves() -> None:
+    values = torch.tensor([[0.2], [0.2], [0.6], [0.6], [0.6]], dtype=torch.float64)
+    clients = torch.tensor([0, 0, 1, 1, 1])
+    (spread,) = balance_intervals(values, clients, 3, resamples=50)  # client 2 has no users
+    for name, value in balance_statistics([0.2, 0.6]).items():
+        assert spread[name] == pytest.approx((value, value)), name
+
+
+def test_balance_intervals_resample_within_each_client() -> None:
+    # Client 0's resampled mean is 0, 0.5 or 1 (probabilities 1/4, 1/2, 1/4); client 1 stays 1:
+    # the worst client is client 0's mean and the gap 1 minus it, so both intervals are [0, 1];
+    # the best client is always 1.
+    values = torch.tensor([[0.0], [1.0], [1.0], [1.0]], dtype=torch.float64)
+    clients = torch.tensor([0, 0, 1, 1])
+    (spread,) = balance_intervals(values, clients, 2, resamples=2000, seed=3)
+    assert spread["min"] == (0.0, 1.0)
+    assert spread["gap"] == (0.0, 1.0)
+    assert spread["max"] == (1.0, 1.0)
+    assert spread["mean"] == (0.5, 1.0)  # (0 + 1) / 2 ... (1 + 1) / 2
+
+
+def test_spread_statistics_of_many_sets_equal_balance_statistics_of_each() -> None:
+    rows = torch.rand(6, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    rows[2] = 0.0  # all equal at zero: Gini 0, Jain 1
+    batched = spread_statistics(rows)
+    for index, row in enumerate(rows):
+        for name, value in balance_statistics(row).items():
+            assert float(batched[name][index]) == pytest.approx(value, rel=1e-12, abs=1e-15)
+
+
+def test_confidence_intervals_cover_the_balance_of_the_balance_metrics() -> None:
+    generator = torch.Generator().manual_seed(6)
+    per_user = {
+        name: torch.rand(60, generator=generator, dtype=torch.float64)
+        for name in ("ndcg@10", "recall@10", "mrr@10")
+    }
+    clients = torch.arange(60) % 3
+    intervals = confidence_intervals(per_user, clients, 3, list(per_user), resamples=300)
+    assert set(intervals["balance"]) == {"ndcg@10", "recall@10"}  # mrr has no balance summary
+    for metric, stats in intervals["balance"].items():
+        means = [float(per_user[metric][clients == c].mean()) for c in range(3)]
+        observed = balance_statistics(means)
+        assert set(stats) == set(observed)
+        for name in ("mean", "min", "max", "std"):
+            low, high = stats[name]
+            assert low <= observed[name] <= high, (metric, name)

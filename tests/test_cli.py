@@ -203,6 +203,27 @@ def test_invalid_settings_fail_before_training_naming_the_setting(
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model.k_front", "10"],  # a setting the run's checkpoints were not made with
+        ["--model.backbone", "no-such-org/no-such-model"],
+        [],  # the same config again
+    ],
+    ids=["other-setting", "failing", "same"],
+)
+def test_a_new_fit_into_a_finished_run_is_refused_and_changes_nothing(fitted, capsys, args):
+    config, root = fitted
+    before = training_record(root)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *args])
+    assert exit_info.value.code == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert f"trainer.default_root_dir='{root}' already holds a run (results.json" in error
+    assert "--ckpt_path last" in error and "--trainer.default_root_dir NEW_DIR" in error
+    assert training_record(root) == before
+
+
 def test_unknown_strategy_is_rejected(fitted, tmp_path, capsys):
     config, _ = fitted
     with pytest.raises(SystemExit) as exit_info:
@@ -306,16 +327,28 @@ def metric_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def interrupt_fit(config: Path, root: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
-    """Run ``fellrec fit`` in a real process and send it ``sig`` inside its second round."""
-    marker = root.parent / f"{root.name}-in-round-1"
-    slow = yaml.safe_load(config.read_text())
-    slow["trainer"]["callbacks"] = [
-        {
+def interrupt_fit(
+    config: Path, root: Path, sig: signal.Signals, phase: str = "round"
+) -> subprocess.CompletedProcess:
+    """Run ``fellrec fit`` in a real process and send it ``sig`` at ``phase``.
+
+    Phases: ``round`` (inside the second round), ``between`` (after round 0, before round 1),
+    ``test`` (during the test that follows the last round), ``plots`` (when the test ends,
+    before the plots are drawn).
+    """
+    marker = root.parent / f"{root.name}-{phase}"
+    if phase == "round":
+        callback = {
             "class_path": "federation_helpers.SlowRoundsFrom",
             "init_args": {"first_round": 1, "marker": str(marker)},
         }
-    ]
+    else:
+        callback = {
+            "class_path": "federation_helpers.WaitForSignalAt",
+            "init_args": {"phase": phase, "marker": str(marker)},
+        }
+    slow = yaml.safe_load(config.read_text())
+    slow["trainer"]["callbacks"] = [callback]
     slow_config = root.parent / f"{root.name}.yaml"
     slow_config.write_text(yaml.safe_dump(slow))
     args = ["fit", "--config", str(slow_config), "--trainer.default_root_dir", str(root)]
@@ -338,6 +371,80 @@ def interrupt_fit(config: Path, root: Path, sig: signal.Signals) -> subprocess.C
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def resume(config: Path, root: Path) -> None:
+    """``fellrec fit --ckpt_path last`` (in this process), as the interruption notice says."""
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(root),
+            "--ckpt_path",
+            "last",
+        ]
+    )
+
+
+#: What two runs of the same config may differ in: how long things took.
+TIMINGS = frozenset({"train_seconds", "val_seconds", "seconds"})
+
+
+def comparable(value, root: Path):
+    """A record with the run's own directory and its timings taken out."""
+    if isinstance(value, dict):
+        return {k: comparable(v, root) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [comparable(v, root) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(root), "<root>")
+    return value
+
+
+def assert_close(got, want, where: str) -> None:
+    """Equal structures, numbers to 1e-6."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want:
+            assert_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for index, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_close(a, b, f"{where}[{index}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-6), where
+    else:
+        assert got == want, where
+
+
+def assert_same_record(got: Path, want: Path) -> None:
+    """``got`` holds the files of the run in ``want``: every record, number for number."""
+    resumed, expected = metric_rows(got / "metrics.csv"), metric_rows(want / "metrics.csv")
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in expected]
+    for row, wanted in zip(resumed, expected, strict=True):
+        assert row.keys() == wanted.keys()
+        for key, value in wanted.items():
+            if value:
+                assert float(row[key]) == pytest.approx(float(value), abs=1e-6), key
+            else:
+                assert row[key] == value, key
+    assert_close(
+        comparable(json.loads((got / RESULTS_FILE).read_text()), got),
+        comparable(json.loads((want / RESULTS_FILE).read_text()), want),
+        "results.json",
+    )
+    for name in ("config.yaml", "hparams.yaml"):
+        assert comparable(yaml.safe_load((got / name).read_text()), got) == comparable(
+            yaml.safe_load((want / name).read_text()), want
+        ), name
+    assert (got / "clients.csv").read_bytes() == (want / "clients.csv").read_bytes()
+    for folder in ("plots", "adapters"):
+        files = sorted(p.relative_to(want) for p in (want / folder).rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(got) for p in (got / folder).rglob("*") if p.is_file())
+        for path in files:
+            assert (got / path).read_bytes() == (want / path).read_bytes(), path
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_exits_non_zero_and_the_resumed_record_equals_the_uninterrupted(
     fitted, tmp_path, sig
@@ -352,32 +459,36 @@ def test_signal_exits_non_zero_and_the_resumed_record_equals_the_uninterrupted(
     assert not (root / RESULTS_FILE).exists()
     assert (root / "checkpoints" / "round-0.ckpt").exists()
 
-    main(
-        [
-            "fit",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(root),
-            "--ckpt_path",
-            "last",
-        ]
-    )
-    resumed, expected = (
-        metric_rows(root / "metrics.csv"),
-        metric_rows(uninterrupted / "metrics.csv"),
-    )
-    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in expected]
-    for got, want in zip(resumed, expected, strict=True):
-        assert got.keys() == want.keys()
-        for key, value in want.items():
-            if value:
-                assert float(got[key]) == pytest.approx(float(value), abs=1e-6), key
-            else:
-                assert got[key] == value, key
-    results = json.loads((root / RESULTS_FILE).read_text())
-    want = json.loads((uninterrupted / RESULTS_FILE).read_text())
-    assert results["overall"] == pytest.approx(want["overall"], abs=1e-6)
+    resume(config, root)
+    assert_same_record(root, uninterrupted)
+
+
+@pytest.mark.parametrize(
+    ("phase", "where", "written"),
+    [
+        # ~13 s each on 2 cores (a stopped process, then a resume in this one).
+        pytest.param("between", "between rounds 0 and 1", False, marks=pytest.mark.slow),
+        ("test", "during the test after round 1", False),
+        pytest.param(
+            "plots", "while drawing the plots after round 1", True, marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_sigterm_at_any_phase_resumes_to_the_uninterrupted_files(
+    fitted, tmp_path, phase, where, written
+):
+    config, uninterrupted = fitted
+    root = tmp_path / "stopped"
+    stopped = interrupt_fit(config, root, signal.SIGTERM, phase)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    (notice,) = [line for line in stopped.stderr.splitlines() if "fit stopped by" in line]
+    assert f"fit stopped by SIGTERM {where}" in notice
+    assert f"holds rounds 0-{0 if phase == 'between' else 1}" in notice
+    assert (root / RESULTS_FILE).exists() == written
+    assert not (root / "plots").exists() or not any((root / "plots").iterdir())
+
+    resume(config, root)
+    assert_same_record(root, uninterrupted)
 
 
 def test_a_log_that_is_a_file_stays_readable(fitted, tmp_path):
@@ -398,6 +509,15 @@ def test_a_log_that_is_a_file_stays_readable(fitted, tmp_path):
         assert noise not in log, noise
     assert re.search(r"round 1 \(2/2\): batch \d+/\d+, client 0, [\d.]+ batches/s", log)
     assert re.search(r"round 1: val ndcg@10 mean [\d.]+ worst [\d.]+ \(", log)
+    # The last line says what the test says, against popularity, and where the results are.
+    last = result.stderr.strip().splitlines()[-1]
+    number = r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]"
+    assert re.fullmatch(
+        rf"test ndcg@10 {number}, worst client \(\d\) {number}; popularity {number}, "
+        rf"worst client \(\d\) {number}; results in {re.escape(str(tmp_path / 'run'))}/"
+        "results.json",
+        last,
+    ), last
 
 
 def test_data_stats_help_shows_the_dataset_options(capsys):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 # The `flower` extra installs Flower where it runs: Python >= 3.11 (flwr >= 1.31 needs it).
-pytest.importorskip("flwr", reason="Flower (the flower extra) needs Python >= 3.11")
+pytest.importorskip(
+    "flwr",
+    reason="Flower (the flower extra) needs Python >= 3.11"
+    if sys.version_info < (3, 11)
+    else "the flower extra is not installed (pip install -e '.[flower]')",
+)
 
 from fellrec.deploy.client_session import check_deployable
 from fellrec.deploy.messages import (
@@ -130,6 +136,35 @@ def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_di
             rtol=0,
             atol=1e-6,
         )
+
+
+@pytest.mark.slow
+def test_a_simulation_log_written_to_a_file_is_plain_text(tmp_path, tiny_encoder_dir):
+    """``python -m fellrec.deploy.simulation > file``: no colour codes, no deprecations (~60 s)."""
+    import os
+    import re
+    import subprocess
+
+    from test_cli import cli_environment
+
+    config = write_tiny_config(tmp_path, tiny_encoder_dir, num_clients=2)
+    log = tmp_path / "simulation.log"
+    root = tmp_path / "flower"
+    command = [sys.executable, "-m", "fellrec.deploy.simulation", "--config", str(config)]
+    with log.open("w") as out:
+        subprocess.run(
+            [*command, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root)],
+            env={**cli_environment(), "TERM": os.environ.get("TERM", "xterm")},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            check=True,
+        )
+    text = log.read_text()
+    assert "\x1b[" not in text  # no ANSI escape codes (Flower's levels, Ray's prefixes)
+    assert "deprecat" not in text.lower()  # jsonargparse's and run_simulation's notices
+    assert re.search(r"^round 0: val ndcg@10 mean [\d.]+ worst [\d.]+", text, re.MULTILINE)
+    assert f"results in {root / 'results.json'}" in text
 
 
 class FakeGrid:

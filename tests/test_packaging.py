@@ -82,7 +82,7 @@ def test_tox_envs_run_offline() -> None:
 def test_console_script_is_declared() -> None:
     scripts = _lines(_read_ini("setup.cfg")["options.entry_points"]["console_scripts"])
     targets = dict(re.split(r"\s*=\s*", line, maxsplit=1) for line in scripts)
-    assert targets.get("fellrec") == "fellrec.cli:main"
+    assert targets.get("fellrec") == "fellrec.console:main"
 
 
 def test_help_lists_the_subcommands() -> None:

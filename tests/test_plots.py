@@ -15,7 +15,7 @@ from fellrec.reporting.plots import PLOTS_DIR, png_bytes, rgb_array, save_plots,
 from fellrec.training.results import RESULTS_FILE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_PLOTS = {"clients_ndcg10", "balance_ndcg10", "learning_rates", "similarity"}
+RUN_PLOTS = {"clients_ndcg10", "balance_ndcg10", "learning_rates", "train_loss", "similarity"}
 
 
 def assert_real_png(path):
@@ -73,7 +73,7 @@ def test_runs_without_validation_plot_only_learning_rates(fitted_run, tmp_path):
     for record in unvalidated["history"]:
         record.pop("val")
     paths = save_plots(unvalidated, tmp_path)
-    assert {path.stem for path in paths} == {"learning_rates", "similarity"}
+    assert {path.stem for path in paths} == {"learning_rates", "train_loss", "similarity"}
 
 
 def test_similarity_heatmap_renders_to_an_image_array():
@@ -155,11 +155,96 @@ def test_similarity_colours_span_the_off_diagonal_values():
     assert image.get_array().mask.diagonal().all()  # the diagonal is drawn apart (grey)
 
 
-def test_comparison_chart_includes_popularity():
+def test_comparison_chart_reads_each_run_against_its_own_popularity_with_intervals():
     from fellrec.reporting.plots import comparison_figure
 
-    clients = {"0": {"ndcg@10": 0.2}, "1": {"ndcg@10": 0.3}}
-    run = {"clients": clients, "popularity": {"clients": {"0": {"ndcg@10": 0.1}}}}
-    figure = comparison_figure({"fellrec": run})
+    def run(values, popularity, low):
+        return {
+            "clients": {str(c): {"ndcg@10": v} for c, v in enumerate(values)},
+            "popularity": {"clients": {str(c): {"ndcg@10": v} for c, v in enumerate(popularity)}},
+            "ci": {"clients": {"0": {"ndcg@10": [low, values[0] + 0.05]}}},
+        }
+
+    figure = comparison_figure(
+        {"a": run([0.2, 0.3], [0.1, 0.12], 0.15), "b": run([0.5, 0.4], [0.35, 0.3], 0.4)}
+    )
     labels = [text.get_text() for text in figure.legends[0].get_texts()]
-    assert labels == ["fellrec", "popularity"]
+    assert labels == ["a", "b", "popularity (each run's own data)"]
+    axes = figure.axes[0]
+    black = (0.0, 0.0, 0.0, 1.0)
+    marks = [c for c in axes.collections if tuple(c.get_colors()[0]) == black]
+    levels = sorted(round(float(seg[0][1]), 6) for c in marks for seg in c.get_segments())
+    assert levels == [0.1, 0.12, 0.3, 0.35]  # each run's own baseline, per client
+    bars = [(p.get_x() + p.get_width() / 2, p.get_height()) for p in axes.patches]
+    assert [round(h, 6) for _, h in bars] == [0.2, 0.3, 0.5, 0.4]
+    # Error bars: client 0 of each run (to its interval), none where no interval was recorded.
+    spans = sorted(
+        (round(float(seg[0][1]), 6), round(float(seg[1][1]), 6))
+        for c in axes.collections
+        if c not in marks
+        for seg in c.get_segments()
+    )
+    assert spans == [(0.15, 0.25), (0.3, 0.3), (0.4, 0.4), (0.4, 0.55)]
+
+
+def one_round(results):
+    """The run's results as if it had stopped after round 0."""
+    single = copy.deepcopy(results)
+    single["history"] = single["history"][:1]
+    single["client_best_rounds"] = [0] * len(single["client_best_rounds"])
+    return single
+
+
+def test_a_one_round_run_plots_readably(fitted_run):
+    _, results = fitted_run
+    from fellrec.reporting.plots import run_figures
+
+    figures = run_figures(one_round(results))
+    for name, figure in figures.items():
+        if name == "similarity":
+            continue
+        for axes in figure.axes:
+            assert axes.get_xlim() == pytest.approx((-0.5, 0.5)), name  # not -0.045..0.045
+            assert list(axes.get_xticks()) == [0], name  # one tick: nothing to overlap
+    clients = figures["clients_ndcg10"].axes[0]
+    by_label = {line.get_label(): line for line in clients.lines}
+    for label in ("mean of clients", "worst client"):  # a single point still shows
+        assert by_label[label].get_marker() not in (None, "None", ""), label
+
+
+def test_the_per_client_plot_marks_the_selected_rounds_and_popularity(fitted_run):
+    _, results = fitted_run
+    from fellrec.reporting.plots import client_metric_figure
+
+    axes = client_metric_figure(results).axes[0]
+    filled = [
+        line
+        for line in axes.lines
+        if line.get_linestyle() == "None"
+        and line.get_markerfacecolor() != "none"
+        and line.get_label().startswith("_")
+    ]
+    series = hist.client_val_series(results["history"], "ndcg@10", 3)
+    chosen = sorted((float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in filled)
+    expected = sorted((float(r), series[c][r]) for c, r in enumerate(results["client_best_rounds"]))
+    assert [x for x, _ in chosen] == [x for x, _ in expected]
+    assert [y for _, y in chosen] == pytest.approx([y for _, y in expected])
+    (level,) = [line for line in axes.lines if line.get_label().startswith("popularity")]
+    popularity = results["popularity"]["validation"]["overall"]["ndcg@10"]
+    assert level.get_label() == "popularity (validation)"
+    assert list(level.get_ydata()) == pytest.approx([popularity, popularity])
+
+
+def test_the_training_loss_plot_has_every_clients_losses(fitted_run):
+    _, results = fitted_run
+    from fellrec.reporting.plots import train_loss_figure
+
+    lines = [
+        line
+        for line in train_loss_figure(results).axes[0].lines
+        if line.get_label().startswith("client")
+    ]
+    assert len(lines) == 3
+    for client, line in enumerate(lines):
+        want = [record["train_loss"][client] for record in results["history"]]
+        assert list(line.get_ydata()) == pytest.approx(want)

@@ -103,6 +103,10 @@ def test_per_client_tables_show_every_client_of_every_run(runs, report):
         ("fellrec", "fellrec"),
         ("fedavg", "fedavg"),
     ]
+    for row in runs_table:  # what data and model each run is
+        assert row["dataset"] == "synthetic (90 users, 60 items)"
+        assert row["split"] == "temporal, 3 clients (iid, seed 0)"
+        assert row["backbone"] == str(results[row["run"]]["config"]["model"]["backbone"])
 
 
 def test_markdown_links_the_plots_it_wrote(report):
@@ -200,9 +204,8 @@ def chromium() -> str:
     return found
 
 
-def test_html_report_renders_in_headless_chromium(report, tmp_path):
-    _, page = report
-    screenshot = tmp_path / "report.png"
+def screenshot(page: Path, path: Path, profile: Path, size: str = "1280,2000") -> None:
+    """Render ``page`` in headless Chromium into ``path`` (PNG)."""
     command = [
         chromium(),
         "--headless",
@@ -213,26 +216,116 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1280,2000",
-        f"--screenshot={screenshot}",
+        "--force-color-profile=srgb",
+        f"--user-data-dir={profile}",
+        f"--window-size={size}",
+        f"--screenshot={path}",
         page.resolve().as_uri(),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0 and screenshot.is_file(), result.stderr[-2000:]
-    data = screenshot.read_bytes()
-    assert data[:8] == PNG_SIGNATURE
+    assert result.returncode == 0 and path.is_file(), result.stderr[-2000:]
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def figure_page(report_html: Path, alt: str, target: Path) -> Path:
+    """A page showing only the report's figure captioned ``alt``, as the report embeds it."""
+    (source,) = re.findall(rf'<img alt="{re.escape(alt)}" src="([^"]+)"', report_html.read_text())
+    target.write_text(
+        f'<!DOCTYPE html><html><body style="margin:0"><img src="{source}"></body></html>'
+    )
+    return target
+
+
+#: RGB of the series drawn in the report's figures (matplotlib's tab10 and named colours).
+TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]
+CRIMSON, DIMGRAY, GRAY, BLACK = (220, 20, 60), (105, 105, 105), (128, 128, 128), (0, 0, 0)
+
+
+def has_patch(picture, colour, width: int, height: int, tolerance: int = 40) -> bool:
+    """Whether a ``width`` x ``height`` block of ``colour`` (each channel within ``tolerance``) is
+    in the picture: a bar, a marker or a thick line of that series, not anti-aliased text."""
+    import numpy as np
+
+    pixels = np.asarray(picture.convert("RGB"), dtype=np.int16)
+    near = (np.abs(pixels - np.array(colour)).max(axis=2) <= tolerance).astype(np.int32)
+    sums = near.cumsum(0).cumsum(1)
+    sums = np.pad(sums, ((1, 0), (1, 0)))
+    blocks = (
+        sums[height:, width:]
+        - sums[:-height, width:]
+        - sums[height:, :-width]
+        + sums[:-height, :-width]
+    )
+    return bool((blocks == width * height).any())
+
+
+def test_html_report_renders_in_headless_chromium(report, tmp_path):
+    _, page = report
+    shot = tmp_path / "report.png"
+    screenshot(page, shot, tmp_path / "profile")
+    data = shot.read_bytes()
     try:
         from PIL import Image
     except ImportError:
         assert len(data) > 50_000  # a blank 1280x2000 page compresses to a few kB
         return
-    with Image.open(screenshot) as picture:
+    with Image.open(shot) as picture:
         assert picture.size == (1280, 2000)
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 50, "the page rendered (nearly) blank"
         # Mostly white page with dark text and coloured table cells.
         assert picture.convert("L").getextrema() == (pytest.approx(0, abs=60), 255)
+
+    # Every series of the figures shows on the rendered page: a missing one fails here.
+    Image = pytest.importorskip("PIL.Image")
+    comparison = tmp_path / "comparison.png"
+    screenshot(
+        figure_page(page, "test ndcg@10 per client and run", tmp_path / "comparison.html"),
+        comparison,
+        tmp_path / "profile",
+        "900,500",
+    )
+    with Image.open(comparison) as picture:
+        for run, colour in zip(("fellrec", "fedavg"), TAB10, strict=False):
+            assert has_patch(picture, colour, 12, 12), f"the bars of {run}"
+        assert has_patch(picture, BLACK, 12, 3, tolerance=10), "the popularity marks"
+        assert has_patch(picture, DIMGRAY, 1, 12, tolerance=10), "the interval bars"
+    clients = tmp_path / "clients.png"
+    screenshot(
+        figure_page(
+            page,
+            "fellrec: validation ndcg@10 of every client over rounds (filled: the selected round), "
+            "with mean, worst client and popularity",
+            tmp_path / "clients.html",
+        ),
+        clients,
+        tmp_path / "profile",
+        "900,500",
+    )
+    with Image.open(clients) as picture:
+        for client, colour in enumerate(TAB10):
+            assert has_patch(picture, colour, 4, 4), f"client {client}'s selected round"
+        assert has_patch(picture, BLACK, 4, 4, tolerance=10), "the mean of clients"
+        assert has_patch(picture, CRIMSON, 4, 4), "the worst client"
+        assert has_patch(picture, GRAY, 10, 1, tolerance=10), "the popularity level"
+
+
+def test_runs_on_different_data_get_a_warning_instead_of_a_best(runs, tmp_path):
+    root, results = runs
+    other = json.loads(json.dumps(results["fedavg"]))
+    other["config"]["data"]["seed"] = 1  # another partition: other clients, other baseline
+    other["popularity"]["overall"]["ndcg@10"] += 0.01
+    run = tmp_path / "other-data"
+    run.mkdir()
+    (run / RESULTS_FILE).write_text(json.dumps(other))
+    markdown, _ = write_report([root / "fellrec", run], tmp_path / "out")
+    text = markdown.read_text()
+    assert "Warning: these runs are not on the same data" in text
+    assert "popularity baselines differ" in text and "seed 1" in text
+    assert "in bold" not in text and "**" not in text.split("## Plots")[0]
+    rows = markdown_tables(text)["Overall (user-weighted)"]
+    labels = ["fellrec", "other-data", "popularity (fellrec)", "popularity (other-data)"]
+    assert [r["run"] for r in rows] == labels
 
 
 def test_bold_is_promised_only_when_runs_compete(runs, report, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import struct
 import time
@@ -134,11 +135,11 @@ def wandb_run(tmp_path_factory, tiny_encoder_dir):
     finally:
         finish_wandb_run()
     results = json.loads((root / RESULTS_FILE).read_text())
-    return results, read_offline_run(root)
+    return results, read_offline_run(root), root
 
 
 def test_rounds_are_the_step_axis(wandb_run):
-    _, run = wandb_run
+    _, run, _ = wandb_run
     globs = [m for m in run.metrics if m.glob_name == "*"]
     # Lightning defines the global step first; the loop's definition comes later and wins.
     assert globs[-1].step_metric == "round" and globs[-1].options.step_sync
@@ -147,7 +148,7 @@ def test_rounds_are_the_step_axis(wandb_run):
 
 
 def test_per_client_and_balance_keys_each_round(wandb_run):
-    results, run = wandb_run
+    results, run, _ = wandb_run
     rows = [row for row in run.history if "val/ndcg@10" in row]
     assert [row["round"] for row in rows] == [0, 1]
     for row, record in zip(rows, results["history"], strict=True):
@@ -167,7 +168,7 @@ def test_per_client_and_balance_keys_each_round(wandb_run):
 
 
 def test_round_tables_and_similarity_heatmaps(wandb_run):
-    results, run = wandb_run
+    results, run, _ = wandb_run
     table_rows = [row for row in run.history if "federation/clients/path" in row]
     assert [row["round"] for row in table_rows] == [0, 1]
     for row, record in zip(table_rows, results["history"], strict=True):
@@ -192,7 +193,7 @@ def test_round_tables_and_similarity_heatmaps(wandb_run):
 
 
 def test_test_results_as_summary_and_table(wandb_run):
-    results, run = wandb_run
+    results, run, _ = wandb_run
     for client, row in results["clients"].items():
         assert run.summary[f"test/client/{client}/ndcg@10"] == pytest.approx(row["ndcg@10"])
     assert run.summary["test/ndcg@10"] == pytest.approx(results["overall"]["ndcg@10"], abs=1e-6)
@@ -213,9 +214,18 @@ def test_test_results_as_summary_and_table(wandb_run):
 
 
 def test_the_run_lands_in_the_configured_project_and_directory(wandb_run):
-    _, run = wandb_run
+    _, run, _ = wandb_run
     assert run.run.project == "fellrec-test"
     assert run.directory.parent.parent.name == "run"  # <default_root_dir>/wandb/offline-run-*
+
+
+def test_a_wandb_run_still_writes_metrics_csv_and_hparams(wandb_run):
+    results, _, root = wandb_run
+    with (root / "metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]  # two rounds, then the test
+    assert float(rows[-1]["test/ndcg@10"]) == pytest.approx(results["overall"]["ndcg@10"])
+    assert yaml.safe_load((root / "hparams.yaml").read_text())["num_clients"] == 3
 
 
 class RecordingWandbLogger(WandbLogger):

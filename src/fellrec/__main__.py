@@ -1,6 +1,6 @@
 """Allow ``python -m fellrec``."""
 
-from fellrec.cli import main
+from fellrec.console import main
 
 if __name__ == "__main__":
     main()

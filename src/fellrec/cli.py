@@ -14,13 +14,12 @@ import os
 import shlex
 import signal
 import sys
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -28,6 +27,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fellrec import __version__
+from fellrec.command_errors import report_error
 from fellrec.commands import COMMANDS
 from fellrec.config_errors import (
     check_config_files,
@@ -36,13 +36,21 @@ from fellrec.config_errors import (
     parser_keys,
 )
 from fellrec.data.schema import DataFormatError
+from fellrec.metrics.headline import result_headline
 from fellrec.models.process_transport import BlockServerError
+from fellrec.preflight import preflight
+from fellrec.preflight.resources import check_writable
 from fellrec.reporting.run_reporter import RunReporter
+from fellrec.run_directory import refuse_occupied
+from fellrec.saved_config import RunConfigSaver
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
+from fellrec.training.interruption import interruption_notice, stopped_at
 from fellrec.training.loop import FederatedLoop
 from fellrec.training.privacy_probe import PrivacyProbe
 from fellrec.training.progress import FederatedProgressBar, FederatedProgressLog
+
+log = logging.getLogger(__name__)
 
 OVERVIEW = f"""\
 fellrec {__version__} -- federated fine-tuning of LLM-based recommenders (FELLRec)
@@ -75,6 +83,9 @@ EVALUATION_SUBCOMMANDS = ("validate", "test")
 EVALUATION_DIR_VARIABLE = "FELLREC_EVALUATION_DIR"
 #: Signals a scheduler (SIGTERM) or a person (SIGINT) stops a run with; exit status 128 + number.
 INTERRUPTING_SIGNALS = {"SIGTERM": int(signal.SIGTERM), "SIGINT": int(signal.SIGINT)}
+
+#: The logger that writes a run's ``metrics.csv`` (and ``hparams.yaml``) and keeps it on resume.
+RUN_CSV_LOGGER = "fellrec.training.run_logger.RunCSVLogger"
 
 #: Config sections of the LightningCLI schema that ``fellrec data stats`` accepts and ignores.
 NON_DATA_SECTIONS = ("model", "trainer", "loop", "checkpoint", "seed_everything", "ckpt_path")
@@ -111,7 +122,9 @@ class FellrecCLI(LightningCLI):
         A fixed directory (not ``version_N``) is what makes ``--ckpt_path last`` find the
         interrupted run, and puts ``results.json`` where the config says. ``validate`` and
         ``test`` write into a new ``<subcommand>-<n>/`` inside it, so that evaluating a run never
-        replaces its training record.
+        replaces its training record; a new ``fit`` into a directory that holds another run's
+        results or checkpoints is refused (resuming it is not). Every run writes ``metrics.csv``,
+        whatever other loggers the config adds.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or os.getcwd()
@@ -119,21 +132,22 @@ class FellrecCLI(LightningCLI):
         log_dir = root
         if self.subcommand in EVALUATION_SUBCOMMANDS:
             log_dir = str(evaluation_directory(Path(root), self.subcommand))
-        if config.trainer.logger in (None, True):
-            config.trainer.logger = {
-                "class_path": "fellrec.training.run_logger.RunCSVLogger",
-                "init_args": {"save_dir": log_dir, "name": "", "version": ""},
-            }
         if not config.checkpoint.dirpath:
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
-        logger = config.trainer.logger
-        if (
-            hasattr(logger, "class_path")
-            and str(logger.class_path).endswith("WandbLogger")
-            and logger.init_args.get("save_dir") in (None, ".")
-        ):
-            # WandbLogger's save_dir is the run's log directory (results.json, plots, adapters).
-            logger.init_args.save_dir = log_dir
+        if self.subcommand is not None and os.environ.get("LOCAL_RANK", "0") == "0":
+            check_writable(Path(root), "trainer.default_root_dir")
+        if self.subcommand == "fit" and not config.get("ckpt_path"):
+            refuse_occupied(Path(root), Path(config.checkpoint.dirpath))
+        config.trainer.logger = with_run_csv_logger(config.trainer.logger, log_dir)
+        loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
+        for logger in loggers:
+            if (
+                hasattr(logger, "class_path")
+                and str(logger.class_path).endswith("WandbLogger")
+                and logger.init_args.get("save_dir") in (None, ".")
+            ):
+                # WandbLogger's save_dir is the run's log directory (results.json, plots, ...).
+                logger.init_args.save_dir = log_dir
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Add the progress display (unless the config sets one) and the run's reporting.
@@ -181,18 +195,14 @@ class FellrecCLI(LightningCLI):
             raise SystemExit(128 + INTERRUPTING_SIGNALS[signal_name]) from None
 
     def _interruption_notice(self, subcommand: str, signal_name: str) -> str:
-        """What was saved and the command that resumes (fit) or repeats (validate, test) the run."""
+        """Where the run stopped, what was saved, and the command that resumes or repeats it."""
         if subcommand != "fit":
             return f"fellrec: {subcommand} stopped by {signal_name}; nothing was written"
         loop = next(c for c in self.trainer.callbacks if isinstance(c, FederatedLoop))  # type: ignore[attr-defined]
         last = Path(self.config[subcommand].checkpoint.dirpath) / "last.ckpt"
-        where = f"fellrec: fit stopped by {signal_name} during round {self.trainer.current_epoch}"
-        if loop.checkpointed_rounds == 0 or not last.exists():
-            return f"{where}; no round had finished, so there is no checkpoint: run it again"
-        command = resume_command(self.command_args)
-        return (
-            f"{where}; {last} holds rounds 0-{loop.checkpointed_rounds - 1} (an unfinished round "
-            f"runs again from its start). Resume with:\n  {command}"
+        where = stopped_at(self.trainer, loop.rounds_run, loop.results_path is not None)
+        return interruption_notice(
+            signal_name, where, loop.checkpointed_rounds, last, resume_command(self.command_args)
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -214,10 +224,46 @@ class FellrecCLI(LightningCLI):
             ) from None
 
     def after_fit(self) -> None:
-        """Test each client's selected adapter and write ``results.json``."""
+        """Test each client's selected adapter, write ``results.json``, say what the test says."""
         if self.trainer.state.stopped and self.trainer.interrupted:
             return
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        self._log_headline()
+
+    def after_test(self) -> None:
+        """Say what the test says (``fellrec test``)."""
+        self._log_headline()
+
+    def _log_headline(self) -> None:
+        """The last line of a fit or test: overall and worst client against popularity."""
+        loop = next((c for c in self.trainer.callbacks if isinstance(c, FederatedLoop)), None)  # type: ignore[attr-defined]
+        if loop is None or loop.test_summary is None or not self.trainer.is_global_zero:
+            return
+        popularity = getattr(self.datamodule, "popularity", None)
+        results = {**loop.test_summary, "popularity": popularity}
+        path = loop.results_path
+        log.info(result_headline(results, str(path) if path is not None else None))
+
+
+def with_run_csv_logger(logger: Any, log_dir: str) -> Any:
+    """The ``trainer.logger`` setting with a :data:`RUN_CSV_LOGGER` writing into ``log_dir``.
+
+    Unset (or ``true``): that logger alone. Others (e.g. a ``WandbLogger``): they come first and
+    the CSV logger is added unless a CSV logger is already among them, so every run writes its
+    ``metrics.csv`` and ``hparams.yaml``. ``false`` (no logging at all) is left as it is.
+    """
+    csv_logger = Namespace(
+        class_path=RUN_CSV_LOGGER,
+        init_args=Namespace(save_dir=log_dir, name="", version=""),
+    )
+    if logger is None or logger is True:
+        return csv_logger
+    if logger is False:
+        return logger
+    loggers = list(logger) if isinstance(logger, list | tuple) else [logger]
+    if any(str(getattr(item, "class_path", "")).endswith("CSVLogger") for item in loggers):
+        return logger
+    return [*loggers, csv_logger]
 
 
 def evaluation_directory(root: Path, subcommand: str) -> Path:
@@ -281,6 +327,7 @@ def make_cli(args: list[str] | None, run: bool = True) -> FellrecCLI:
         FederatedModule,
         FederatedDataModule,
         parser_kwargs={**no_exit, **subcommand_kwargs},
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"num_sanity_val_steps": 0, "max_epochs": 3},
         seed_everything_default=0,
@@ -467,8 +514,13 @@ def quiet_third_party_output() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``fellrec`` console script."""
+def main(argv: list[str] | None = None, checked: bool = False) -> None:
+    """Run a ``fellrec`` command (the console script is :func:`fellrec.console.main`).
+
+    Args:
+        argv: The arguments after ``fellrec`` (``None``: ``sys.argv``).
+        checked: Whether :func:`fellrec.preflight.preflight` already checked them.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_third_party_output()
@@ -479,6 +531,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fellrec {__version__}")
         return
     try:
+        if not checked:
+            preflight(args)
         if args[0] == "data":
             run_data_command(args[1:])
         elif args[0] in COMMANDS:
@@ -488,7 +542,5 @@ def main(argv: list[str] | None = None) -> None:
             run_lightning_cli(None if argv is None else args)
     except (ValueError, OSError, yaml.YAMLError, DataFormatError) as error:
         # OSError covers unreadable or unwritable paths (its message names the path).
-        if os.environ.get("FELLREC_DEBUG"):
-            traceback.print_exc()
-        print(f"fellrec: error: {error}", file=sys.stderr)
+        report_error(error)
         raise SystemExit(2) from None

@@ -166,9 +166,23 @@ def explain_argument_error(
     known = [*known, *class_option_keys(message)]
     if not keys:
         parent = _PARSER_KEY.search(message)
-        origin = _value_origin(parent.group(1), args) if parent else None
+        origin = value_origin(parent.group(1), args) if parent else None
         prefix = f"{origin}: " if origin else ""
         return ConfigError(f"{prefix}{message.strip()} (see {command} --help)")
+    return unknown_keys_error(keys, known, args, command)
+
+
+def unknown_keys_error(
+    keys: Sequence[str], known: Sequence[str], args: Sequence[str], command: str
+) -> ConfigError:
+    """One line for unknown keys: the file (or flag) each came from and the key it was meant to be.
+
+    Args:
+        keys: The unknown dotted keys.
+        known: The keys the command accepts.
+        args: The command line (its ``--config`` files are searched for the keys).
+        command: The command, for the pointer to its ``--help`` (``fellrec fit``).
+    """
     problems = []
     for key in keys:
         files = [str(path) for path in config_files(args) if _holds(path, key)]
@@ -182,7 +196,7 @@ def explain_argument_error(
     return ConfigError(f"{'; '.join(problems)} ({command} --help lists every key)")
 
 
-def _value_origin(key: str, args: Sequence[str]) -> str | None:
+def value_origin(key: str, args: Sequence[str]) -> str | None:
     """Where a key's value came from: the command line, or the last config file that sets it."""
     if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in args):
         return f"--{key}"

@@ -9,6 +9,11 @@ This is the one place that runs the pure data stages in order, in one of two way
   catalog; every stage runs per silo on that silo's data alone, and the silos are put side by side
   (client ``i`` = silo ``i``). Serving one client (``data.client``) reads only its silo, which is
   what a deployed client does.
+
+Up to the partition (which trains BPR with torch, imported when it runs) the module is light, so
+the checks before a run's heavy imports (:mod:`fellrec.preflight`) validate the settings and read
+the data with the same code; the read dataset is kept for the run of the same process
+(:func:`load_checked_dataset`), so it is not read twice.
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ import json
 import logging
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fellrec.data.catalog import CATALOG_OPTIONS, read_catalog
+from fellrec.data.catalog import CATALOG_OPTIONS, Catalog, read_catalog
 from fellrec.data.examples import sliding_window_examples
 from fellrec.data.kcore import kcore_filter
-from fellrec.data.partition import partition_users
 from fellrec.data.schema import IndexedDataset, Split, TrainExamples, index_dataset
 from fellrec.data.silos import (
     UNKNOWN_ITEM_POLICIES,
@@ -122,6 +128,45 @@ class PipelineSettings:
     client: int | None = None
     unknown_items: str = "report"
     temporal_cutoffs: tuple[int, int] | None = None
+
+    @classmethod
+    def of_silos(
+        cls,
+        catalog: str | None,
+        silos: Sequence[str] | None,
+        silo: str | None,
+        client: int | None,
+        unknown_items: str,
+        temporal_cutoffs: Sequence[int] | None,
+        **central: Any,
+    ) -> PipelineSettings:
+        """The settings as ``data.*`` gives them (lists, a served client), normalized.
+
+        The served client is part of the settings (the cache key) only with silos: it decides
+        which silo is read, while central data is the same whichever client is served.
+
+        Raises:
+            ValueError: For ``data.temporal_cutoffs`` that are not a pair.
+        """
+        if temporal_cutoffs is not None and len(temporal_cutoffs) != 2:
+            raise ValueError(
+                "data.temporal_cutoffs must be [valid_start, test_start], got "
+                f"{list(temporal_cutoffs)}"
+            )
+        uses_silos = bool(silos) or silo is not None
+        return cls(
+            **central,
+            catalog=catalog,
+            silos=tuple(silos or ()),
+            silo=silo,
+            client=client if uses_silos else None,
+            unknown_items=unknown_items,
+            temporal_cutoffs=(
+                None
+                if temporal_cutoffs is None
+                else (int(temporal_cutoffs[0]), int(temporal_cutoffs[1]))
+            ),
+        )
 
     @property
     def uses_silos(self) -> bool:
@@ -218,11 +263,24 @@ class PipelineSettings:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def build_federated_data(settings: PipelineSettings) -> FederatedData:
-    """Run the whole data pipeline (no cache)."""
+#: The last dataset :func:`load_checked_dataset` read, by the cache key of its settings.
+_last_read: dict[str, IndexedDataset] = {}
+
+
+def load_checked_dataset(settings: PipelineSettings) -> IndexedDataset:
+    """Read, filter and index the configured (central) data; check it has users for every client.
+
+    The result is kept (one dataset) for the next call with the same settings and files, so a
+    process that checks its data first and then prepares it reads the files once.
+
+    Raises:
+        ValueError: For unreadable data (the reader names the file, line or column), ratings
+            filtered on data without any, or more clients than users.
+    """
     settings.validate()
-    if settings.uses_silos:
-        return _build_from_silos(settings)
+    key = settings.cache_key()
+    if key in _last_read:
+        return _last_read[key]
     raw = filter_min_rating(read_raw(settings.dataset, settings.seed), settings.dataset.min_rating)
     dataset = kcore_filter(index_dataset(raw), settings.dataset.kcore)
     if settings.num_clients > dataset.num_users:
@@ -230,6 +288,20 @@ def build_federated_data(settings: PipelineSettings) -> FederatedData:
             f"more clients than users: data.num_clients={settings.num_clients} but only "
             f"{dataset.num_users} users remain in {dataset.name}"
         )
+    _last_read.clear()
+    _last_read[key] = dataset
+    return dataset
+
+
+def build_federated_data(settings: PipelineSettings) -> FederatedData:
+    """Run the whole data pipeline (no cache)."""
+    settings.validate()
+    if settings.uses_silos:
+        return _build_from_silos(settings)
+    # BPR (torch) and k-means (scikit-learn) load only when a partition is computed.
+    from fellrec.data.partition import partition_users
+
+    dataset = load_checked_dataset(settings)
     split, examples = split_and_window(dataset, settings)
     if len(examples) == 0:
         raise ValueError(f"{dataset.name}: the training split yields no training example")
@@ -276,13 +348,34 @@ def split_and_window(
     return split, examples
 
 
-def _build_from_silos(settings: PipelineSettings) -> FederatedData:
-    """Every served silo read, filtered, split and windowed on its own, then side by side."""
+def read_settings_catalog(settings: PipelineSettings) -> Catalog:
+    """The public catalog of silo settings, read with the tabular format's column options."""
     assert settings.catalog is not None  # validated
     options = settings.dataset.options if settings.dataset.format == "tabular" else {}
-    catalog = read_catalog(
-        settings.catalog, {k: options[k] for k in CATALOG_OPTIONS if k in options}
-    )
+    return read_catalog(settings.catalog, {k: options[k] for k in CATALOG_OPTIONS if k in options})
+
+
+def check_silo_sources(settings: PipelineSettings) -> None:
+    """The catalog reads (ids unique, titles present) and every served silo exists.
+
+    What the checks before a run's heavy imports ask of silo settings; the silos' contents are
+    read (and their errors named) when the data is prepared.
+
+    Raises:
+        FileNotFoundError: Naming the setting of a missing silo.
+        ValueError: For a catalog that does not read (naming the file and line).
+    """
+    settings.validate()
+    read_settings_catalog(settings)
+    for client, path in settings.served_silos():
+        if not Path(path).expanduser().exists():
+            where = "data.silo" if settings.silo is not None else f"data.silos[{client}]"
+            raise FileNotFoundError(f"{where}: {path} does not exist (client {client}'s silo)")
+
+
+def _build_from_silos(settings: PipelineSettings) -> FederatedData:
+    """Every served silo read, filtered, split and windowed on its own, then side by side."""
+    catalog = read_settings_catalog(settings)
     served = settings.served_silos()
     parts, reports = [], []
     for client, path in served:
@@ -330,6 +423,12 @@ def _check_trainable(report: SiloReport, split: Split, examples: TrainExamples) 
         )
 
 
+def cached_data_path(settings: PipelineSettings, cache_dir: str | Path | None) -> Path:
+    """Where the prepared data of these settings (and input files) is cached."""
+    directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return directory / "data" / f"{settings.cache_key()}.pkl"
+
+
 def load_federated_data(settings: PipelineSettings, cache_dir: str | Path | None) -> FederatedData:
     """Return the prepared data, from the cache when the same settings ran before.
 
@@ -341,8 +440,7 @@ def load_federated_data(settings: PipelineSettings, cache_dir: str | Path | None
         The prepared data.
     """
     settings.validate()
-    directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = directory / "data" / f"{settings.cache_key()}.pkl"
+    path = cached_data_path(settings, cache_dir)
     if path.exists():
         try:
             with path.open("rb") as handle:

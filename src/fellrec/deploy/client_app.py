@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from fellrec.deploy.client_requests import ClientRequest
 from fellrec.deploy.client_worker import NODE_CONFIG_KEY, ask_worker
+from fellrec.deploy.flower_logs import plain_flower_logs
 from fellrec.deploy.messages import (
     evaluation_request_from,
     parameters_from,
@@ -48,6 +49,7 @@ def partition_id(context: Context) -> int:
 
 def answer_on_node(request: ClientRequest, context: Context) -> Any:
     """Answer in the node's worker when its node config names one, else in this process."""
+    plain_flower_logs()  # this process may be a simulation's actor, whose output goes to a file
     worker = context.node_config.get(NODE_CONFIG_KEY)
     if worker:
         return ask_worker(str(worker), request)

@@ -168,11 +168,11 @@ class ClientSession:
             trainer.test(self.module, datamodule=self.datamodule, verbose=False)
         sums, counts, _ = self.module.collect_eval()
         _, values = self.module.collect_eval_values()
-        popularity = popularity_values = None
-        if stage == "test":
-            # The baseline over the same test users, for the results' popularity section.
-            popularity_sums, _, _, popularity_values = self.datamodule.popularity_of([self.client])
-            popularity = popularity_sums[self.client]
+        # The baseline over the same users, for the results' popularity section.
+        popularity_sums, _, _, popularity_values = self.datamodule.popularity_of(
+            [self.client], stage
+        )
+        popularity = popularity_sums[self.client]
         report = EvaluationReport(
             client=self.client,
             sums=sums[self.client],

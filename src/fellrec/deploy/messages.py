@@ -4,7 +4,9 @@ Per round only this crosses: the client's parameters (adapter and item component
 vector), its round config (round, learning-rate scale, proximal weight, whether it trains) and,
 back, its parameters after training, summed loss, example count and divergence flag; for
 evaluation, the per-client metric sums, user count and per-user metric values (for the bootstrap
-intervals) and, with the final test, the popularity baseline's metric sums over the same users.
+intervals), and the popularity baseline's metric sums and per-user values over the same users. A
+node describes itself once (partition id, initial parameters, metric names, and the fingerprints
+of its config and item catalog, so that a node with another config or catalog is refused).
 """
 
 from __future__ import annotations
@@ -148,8 +150,8 @@ class EvaluationReport:
         sums: Metric sums over its users ``(M,)``.
         users: Users evaluated.
         values: Each user's metric values ``(U, M)``.
-        popularity: The popularity baseline's metric sums over the same users ``(M,)`` (the
-            final test only), for the popularity section of the results.
+        popularity: The popularity baseline's metric sums over the same users ``(M,)``, for
+            the popularity section of the results.
         popularity_values: The baseline's per-user values ``(U, M)`` (with ``popularity``),
             for its intervals.
     """

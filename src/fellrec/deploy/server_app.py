@@ -8,12 +8,29 @@ Python.
 
 from __future__ import annotations
 
+import json
+from logging import INFO
+from pathlib import Path
+
 from flwr.app import Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fellrec.deploy.client_session import check_deployable
 from fellrec.deploy.run_config import RunSettings, load_run
 from fellrec.deploy.server import FederationServer
+from fellrec.metrics.headline import result_headline
+from fellrec.run_directory import RESULTS_FILE
+
+
+def log_headline(root: str) -> None:
+    """Log the run's headline (:func:`result_headline`) from its ``results.json``, if written.
+
+    Through Flower's logger: a deployment's ``flwr run --stream`` shows it, as does a simulation.
+    """
+    path = Path(root) / RESULTS_FILE
+    if path.is_file():
+        log(INFO, result_headline(json.loads(path.read_text()), str(path)))
 
 
 def server_app(
@@ -40,6 +57,7 @@ def server_app(
             wait_timeout=float(run_config.get("wait-timeout", wait_timeout)),
             resume=str(run_config.get("resume", resume)).lower() in ("true", "1"),
         ).fit()
+        log_headline(run.root)
 
     return app
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
-
 from fellrec.deploy.client_app import client_app
+from fellrec.deploy.flower_logs import plain_flower_logs, without_run_simulation_notice
 from fellrec.deploy.run_config import RunSettings, load_run
 from fellrec.deploy.server_app import server_app
 
@@ -20,11 +19,11 @@ def simulate(settings: RunSettings, cpus_per_client: float = 1.0) -> None:
     """
     from flwr.simulation import run_simulation
 
+    plain_flower_logs()
     num_clients = load_run(settings).datamodule.num_clients
-    with warnings.catch_warnings():
-        # Flower prefers `flwr run` for simulations; the in-Python entry is what tests and
-        # notebooks need, and it runs the same apps.
-        warnings.filterwarnings("ignore", message=".*run_simulation.*")
+    # Flower prefers `flwr run` for simulations; the in-Python entry is what tests and notebooks
+    # need, and it runs the same apps.
+    with without_run_simulation_notice():
         run_simulation(
             server_app=server_app(settings),
             client_app=client_app(settings),
@@ -36,7 +35,13 @@ def simulate(settings: RunSettings, cpus_per_client: float = 1.0) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m fellrec.deploy.simulation --config FILE [--section.key value ...]``."""
     import argparse
+    import logging
 
+    # fellrec's own lines (the rounds, the data, the results) as `fellrec fit` shows them; not
+    # the root logger's: Flower's and its libraries' debug records propagate there.
+    own = logging.getLogger("fellrec")
+    own.setLevel(logging.INFO)
+    own.addHandler(logging.StreamHandler())
     parser = argparse.ArgumentParser(
         prog="python -m fellrec.deploy.simulation",
         description="Run a fellrec config as a Flower simulation (one SuperNode per client); "

@@ -105,8 +105,8 @@ class Evaluation:
         users: Evaluated users by client id ``(N,)``.
         names: The metric names (columns).
         values: Per-user values (the test; None where a host does not gather them).
-        popularity_sums: The popularity baseline's metric sums over the same users ``(N, M)``
-            (the test), when every client that answered reported them.
+        popularity_sums: The popularity baseline's metric sums over the same users ``(N, M)``,
+            when every client that answered reported them.
         popularity_values: The popularity baseline's per-user values (the test).
         popularity_users: The baseline's evaluated users by client ``(N,)`` (default: ``users``).
         absent: Clients that did not answer.
@@ -217,6 +217,8 @@ class RoundEngine:
         self.history: list[dict[str, Any]] = []
         #: The last test's summary.
         self.test_summary: dict[str, Any] | None = None
+        #: The popularity baseline on the validation users (the first validation's).
+        self.validation_popularity: dict[str, Any] | None = None
         self._round = -1
         self._training = False
         #: The parameters the last aggregation loaded: what this round's validation evaluates,
@@ -324,6 +326,13 @@ class RoundEngine:
             )
             return {}
         summary = self._summarize(evaluation.sums, evaluation.users, evaluation.names)
+        if self.validation_popularity is None and evaluation.popularity_sums is not None:
+            # The level validation curves are read against (the same in every round).
+            self.validation_popularity = self._summarize(
+                evaluation.popularity_sums,
+                self._popularity_users(evaluation),
+                evaluation.names,
+            )
         column = evaluation.names.index(self.selection_metric)
         overall = summary["overall"]
         assert isinstance(overall, dict)
@@ -406,15 +415,12 @@ class RoundEngine:
         summary["ci"] = self._intervals(evaluation.values, evaluation.names)
         summary["popularity"] = None
         if evaluation.popularity_sums is not None:
-            popularity_users = (
-                evaluation.popularity_users
-                if evaluation.popularity_users is not None
-                else evaluation.users
-            )
             popularity = self._summarize(
-                evaluation.popularity_sums, popularity_users, evaluation.names
+                evaluation.popularity_sums, self._popularity_users(evaluation), evaluation.names
             )
             popularity["ci"] = self._intervals(evaluation.popularity_values, evaluation.names)
+            if self.validation_popularity is not None:
+                popularity["validation"] = self.validation_popularity
             summary["popularity"] = popularity
         self.test_summary = summary
         return summary
@@ -423,6 +429,12 @@ class RoundEngine:
         """Test every client with its selected parameters (a deployment's final pass)."""
         self.start_test(host)
         return self.finish_test(host)
+
+    @staticmethod
+    def _popularity_users(evaluation: Evaluation) -> torch.Tensor:
+        if evaluation.popularity_users is not None:
+            return evaluation.popularity_users
+        return evaluation.users
 
     def _summarize(
         self, sums: torch.Tensor, users: torch.Tensor, names: list[str]
@@ -480,6 +492,7 @@ class RoundEngine:
             "history": self.history,
             **self.selection.state_dict(),
             "selection_held": self.selection.held,
+            "validation_popularity": self.validation_popularity,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -510,6 +523,7 @@ class RoundEngine:
         if scores is not None:
             self.selection = ModelSelection.from_state_dict(dict(state), held)
         self._aggregated, self._training, self.test_summary = None, False, None
+        self.validation_popularity = state.get("validation_popularity")
 
     # ------------------------------------------------------------------ checks
     def _check_host(self, host: FederationHost) -> None:

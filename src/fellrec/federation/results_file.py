@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-RESULTS_FILE = "results.json"
+from fellrec.run_directory import RESULTS_FILE
+
+__all__ = ["RESULTS_FILE", "json_safe", "write_results"]
 
 
 def json_safe(value: Any) -> Any:

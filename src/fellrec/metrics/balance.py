@@ -83,21 +83,39 @@ def balance_statistics(values: Sequence[float] | Tensor) -> dict[str, float]:
     if bool((x < 0).any()):
         raise ValueError("balance statistics need non-negative values")
 
-    n = x.numel()
-    total = float(x.sum())
+    return {name: float(value) for name, value in spread_statistics(x).items()}
+
+
+def spread_statistics(values: Tensor) -> dict[str, Tensor]:
+    """:func:`balance_statistics` of many sets of clients at once (e.g. bootstrap resamples).
+
+    Args:
+        values: ``(..., n)`` non-negative, finite float64 values: the last dimension holds the
+            clients (no NaN: leave clients without users out first).
+
+    Returns:
+        ``mean``, ``std``, ``min``, ``max``, ``gap``, ``gini``, ``jain``, each of shape ``(...)``.
+    """
+    x = values
+    n = x.shape[-1]
+    total = x.sum(dim=-1)
     mean = total / n
-    sorted_x = torch.sort(x).values  # (n,) ascending
+    sorted_x = torch.sort(x, dim=-1).values  # (..., n) ascending
     # sum_i sum_j |x_i - x_j| = 2 * sum_i (2i - n - 1) x_(i) with i = 1..n over the sorted values:
     # O(n log n) instead of building the n x n difference matrix.
-    coef = 2.0 * torch.arange(1, n + 1, dtype=torch.float64) - n - 1.0
-    abs_diff_sum = 2.0 * float((coef * sorted_x).sum())
-    gini = abs_diff_sum / (2.0 * n * n * mean) if mean > 0 else 0.0
-    square_sum = float((x * x).sum())
-    jain = total * total / (n * square_sum) if square_sum > 0 else 1.0
-    low, high = float(sorted_x[0]), float(sorted_x[-1])
+    coef = 2.0 * torch.arange(1, n + 1, dtype=x.dtype, device=x.device) - n - 1.0
+    abs_diff_sum = 2.0 * (coef * sorted_x).sum(dim=-1)
+    positive = mean > 0
+    gini = torch.where(
+        positive, abs_diff_sum / (2.0 * n * n * torch.where(positive, mean, 1.0)), 0.0
+    )
+    square_sum = (x * x).sum(dim=-1)
+    nonzero = square_sum > 0
+    jain = torch.where(nonzero, total * total / (n * torch.where(nonzero, square_sum, 1.0)), 1.0)
+    low, high = sorted_x[..., 0], sorted_x[..., -1]
     return {
         "mean": mean,
-        "std": float(x.std(correction=0)),
+        "std": x.std(dim=-1, correction=0),
         "min": low,
         "max": high,
         "gap": high - low,

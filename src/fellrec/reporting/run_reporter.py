@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fellrec.reporting import wandb_log
 from fellrec.training.loop import FederatedLoop
@@ -40,15 +41,18 @@ class RunReporter(Callback):
 
     def __init__(self) -> None:
         self.logged_rounds = 0
+        self._train_started = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Make the round the x-axis of wandb charts."""
         self.logged_rounds = 0
+        self._train_started = False
         if trainer.is_global_zero:
             wandb_log.use_round_axis(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A resumed wandb run (same id) already holds the checkpoint's rounds."""
+        self._train_started = True
         loop = federated_loop(trainer)
         loggers = wandb_log.wandb_loggers(trainer)
         if (
@@ -65,6 +69,12 @@ class RunReporter(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Log the last round(s)."""
         self._log_new_rounds(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run with no round left to train logs its checkpoint's rounds now."""
+        if not self._train_started:
+            self.on_train_start(trainer, pl_module)
+            self._log_new_rounds(trainer)
 
     def _log_new_rounds(self, trainer: L.Trainer) -> None:
         loop = federated_loop(trainer)
@@ -92,8 +102,11 @@ class RunReporter(Callback):
             # matplotlib loads here, once per run, not with every `fellrec` command.
             from fellrec.reporting.plots import save_plots
 
-            paths = save_plots(results, path.parent)
+            # A SIGTERM stops the drawing (a resume draws them): the scheduler waits for no plot.
+            paths = save_plots(results, path.parent, stop=lambda: trainer.received_sigterm)
         except Exception as error:
             rank_zero_warn(f"could not write the plots ({error}); `fellrec report` redraws them")
         else:
+            if trainer.received_sigterm:
+                raise SIGTERMException
             log.info("plots written to %s", paths[0].parent if paths else path.parent)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: Written by :func:`fellrec.training.results.write_run_outputs` (kept in sync by a test).
-RESULTS_FILE = "results.json"
+from fellrec.run_directory import RESULTS_FILE
+
 #: Keys every ``results.json`` has; a report needs all of them.
 REQUIRED_KEYS = ("strategy", "overall", "clients", "balance", "history")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fellrec.reporting import history as hist
@@ -41,9 +42,12 @@ def popularity_baselines(runs: Mapping[str, Results]) -> dict[str, Results]:
 
 
 def summary_table(
-    runs: Mapping[str, Results], stat: str | None, best: str, metrics: tuple[str, ...]
+    runs: Mapping[str, Results], stat: str | None, best: str | None, metrics: tuple[str, ...]
 ) -> Table:
-    """One row per run (then the popularity baseline) of an overall value or balance statistic."""
+    """One row per run (then the popularity baseline) of an overall value or balance statistic.
+
+    ``best`` (``"max"``, ``"min"`` or ``None`` for no emphasis) marks each column's best run.
+    """
     rows = [[label, *(_metric_value(r, m, stat) for m in metrics)] for label, r in runs.items()]
     rows += [
         [label, *(_metric_value(p, m, stat) for m in metrics)]
@@ -89,36 +93,116 @@ def interval_table(
     return Table(columns, rows)
 
 
+def _section(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``mapping[key]`` when it is a mapping, else an empty one."""
+    value = mapping.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+#: Classic baselines: their runs record the config's backbone, which they do not use.
+CLASSIC_BASELINES = ("bpr", "sasrec")
+
+
+def data_description(results: Results) -> dict[str, str]:
+    """What data a run was on and with which model, from its recorded config.
+
+    Returns:
+        ``dataset`` (format and file or size), ``split`` (split, clients, partition, seed) and
+        ``backbone`` (``-`` for the classic baselines); ``-`` where the config does not say.
+    """
+    config = _section(results, "config")
+    data = _section(config, "data")
+    dataset = _section(data, "dataset")
+    options = _section(dataset, "options")
+    fmt = dataset.get("format")
+    if fmt == "synthetic":
+        sizes = [
+            f"{options[k]} {k.removeprefix('num_')}"
+            for k in ("num_users", "num_items")
+            if k in options
+        ]
+        name = f"synthetic ({', '.join(sizes)})" if sizes else "synthetic"
+    elif fmt:
+        where = dataset.get("path") or options.get("name") or ""
+        name = f"{fmt}: {Path(str(where)).name}" if where else str(fmt)
+    else:
+        name = "-"
+    if dataset.get("kcore"):
+        name += f", {dataset['kcore']}-core"
+    if dataset.get("min_rating") is not None:
+        name += f", rating >= {dataset['min_rating']}"
+    split = "-"
+    if data.get("split"):
+        split = f"{data['split']}, {data.get('num_clients', '?')} clients"
+        split += f" ({data.get('partition', '?')}, seed {data.get('seed', '?')})"
+    backbone = str(_section(config, "model").get("backbone") or "-")
+    if results.get("strategy") in CLASSIC_BASELINES:
+        backbone = "-"
+    return {"dataset": name, "split": split, "backbone": backbone}
+
+
+def different_data(runs: Mapping[str, Results]) -> str | None:
+    """Why the runs' test numbers cannot be compared, or ``None`` when they can.
+
+    Runs are on the same data when their popularity baselines agree (the same test users, targets
+    and clients give the same baseline) and their recorded dataset and split agree.
+    """
+    if len(runs) < 2:
+        return None
+    reasons = []
+    baselines = [
+        {k: p.get(k) for k in ("overall", "clients", "balance")}
+        for r in runs.values()
+        if isinstance(p := r.get("popularity"), Mapping)
+    ]
+    if len(baselines) > 1 and any(b != baselines[0] for b in baselines[1:]):
+        reasons.append("their popularity baselines differ")
+    described = [data_description(r) for r in runs.values()]
+    for key in ("dataset", "split"):
+        values = {d[key] for d in described if d[key] != "-"}
+        if len(values) > 1:
+            reasons.append(f"{key}s differ ({'; '.join(sorted(values))})")
+    return "; ".join(reasons) or None
+
+
 def runs_table(runs: Mapping[str, Results], directories: Mapping[str, str]) -> Table:
-    """What each run is: strategy and settings, clients, rounds, best round, directory."""
+    """What each run is: strategy and settings, data, split, backbone, rounds, directory."""
     rows = []
     for label, results in runs.items():
         settings = results.get("strategy_settings") or {}
         described = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "name")
+        data = data_description(results)
         rows.append(
             [
                 label,
                 results.get("strategy"),
                 described or "-",
+                data["dataset"],
+                data["split"],
+                data["backbone"],
                 hist.num_clients(results),
                 results.get("rounds_run"),
                 results.get("best_round"),
                 directories.get(label, ""),
             ]
         )
-    columns = ["run", "strategy", "settings", "clients", "rounds", "best round", "directory"]
+    columns = ["run", "strategy", "settings", "dataset", "split", "backbone", "clients"]
+    columns += ["rounds", "best round", "directory"]
     return Table(columns, rows)
 
 
-def client_matrix(runs: Mapping[str, Results], metric: str) -> Table:
-    """Test ``metric`` of every client (columns) for every run (rows), best per client marked."""
+def client_matrix(runs: Mapping[str, Results], metric: str, ranked: bool = True) -> Table:
+    """Test ``metric`` of every client (columns) for every run (rows), best per client marked.
+
+    ``ranked`` False (runs on different data) marks no best.
+    """
     clients = max(hist.num_clients(r) for r in runs.values())
     rows = []
     for label, results in list(runs.items()) + list(popularity_baselines(runs).items()):
         per_client = results.get("clients") or {}
         rows.append([label, *((per_client.get(str(c)) or {}).get(metric) for c in range(clients))])
     columns = ["run", *(f"client {c}" for c in range(clients))]
-    return Table(columns, rows, best="max", ranked_rows=len(runs))
+    return Table(columns, rows, best="max" if ranked else None, ranked_rows=len(runs))
 
 
 def client_table(results: Results, metrics: tuple[str, ...] = REPORT_METRICS) -> Table:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from fellrec.data.loader_settings import check_loader_settings
 from fellrec.data.pipeline import (
     DatasetSettings,
     FederatedData,
@@ -43,15 +44,6 @@ Batch = dict[str, Any]
 
 #: The default ``data.dataset``: the built-in synthetic catalog (frozen, so shareable).
 DEFAULT_DATASET = DatasetSettings()
-
-
-def _cutoffs(values: Sequence[int]) -> tuple[int, int]:
-    """``data.temporal_cutoffs`` as a pair, or an error naming the setting."""
-    if len(values) != 2:
-        raise ValueError(
-            f"data.temporal_cutoffs must be [valid_start, test_start], got {list(values)}"
-        )
-    return int(values[0]), int(values[1])
 
 
 def _pad(rows: Sequence[np.ndarray], fill: int = -1) -> torch.Tensor:
@@ -164,8 +156,13 @@ class FederatedDataModule(L.LightningDataModule):
         temporal_cutoffs: list[int] | None = None,
     ) -> None:
         super().__init__()
-        uses_silos = bool(silos) or silo is not None
-        self.settings = PipelineSettings(
+        self.settings = PipelineSettings.of_silos(
+            catalog,
+            silos,
+            silo,
+            client,
+            unknown_items,
+            temporal_cutoffs,
             dataset=dataset,
             split=split,
             valid_fraction=valid_fraction,
@@ -178,25 +175,14 @@ class FederatedDataModule(L.LightningDataModule):
             partition_attribute=partition_attribute,
             dirichlet_concentration=dirichlet_concentration,
             seed=seed,
-            catalog=catalog,
-            silos=tuple(silos or ()),
-            silo=silo,
-            # Which client is served changes silo data (only its silo is read), not central data.
-            client=client if uses_silos else None,
-            unknown_items=unknown_items,
-            temporal_cutoffs=None if temporal_cutoffs is None else _cutoffs(temporal_cutoffs),
         )
+        # Before validate(): which silo is served depends on a valid client.
         if client is not None and not 0 <= client < num_clients:
             raise ValueError(f"data.client must be in [0, {num_clients}), got {client}")
         self.settings.validate()
-        for name, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("local_epochs", local_epochs),
-            ("accumulate_grad_batches", accumulate_grad_batches),
-        ):
-            if value < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        check_loader_settings(
+            batch_size, eval_batch_size, local_epochs, accumulate_grad_batches, client, num_clients
+        )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.local_epochs = local_epochs
@@ -213,6 +199,7 @@ class FederatedDataModule(L.LightningDataModule):
         self.popularity: dict[str, object] | None = None
         self.popularity_sums: tuple[torch.Tensor, torch.Tensor] | None = None
         self._popularity_users: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._validation_baseline: Any = None
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["dataset"])
         self.hparams["dataset"] = asdict(self.settings.dataset)
@@ -246,53 +233,73 @@ class FederatedDataModule(L.LightningDataModule):
                 f"metric cut-off K={max(DEFAULT_KS)} exceeds the catalog "
                 f"({data.dataset.num_items} items in {data.dataset.name}); use more items"
             )
-        if self.settings.uses_silos:  # each silo counts its own training data
+        names = metric_names()
+        # Per-client sums, which a deployed client reports for its own users, and per-user
+        # values, client-major (the order evaluation passes visit the users).
+        (sums, counts), self._popularity_users = self._baseline(data.split.test, names)
+        self.popularity_sums = (sums, counts)
+        self._validation_baseline = self._baseline(data.split.valid, names)
+        if float(counts.sum()) > 0:  # a silo may have no test user of its own
+            self.popularity = summarize(sums, counts, names)
+            ordered_clients, ordered_values = self._popularity_users
+            self.popularity["ci"] = confidence_intervals(
+                {name: ordered_values[:, j] for j, name in enumerate(names)},
+                ordered_clients,
+                self.num_clients,
+                names,
+            )
+        else:
+            self.popularity = {}
+        # The level a learned model's validation curves are read against (the plots draw it).
+        (valid_sums, valid_counts), _ = self._validation_baseline
+        if float(valid_counts.sum()) > 0:
+            self.popularity["validation"] = summarize(valid_sums, valid_counts, names)
+
+    def _baseline(
+        self, users: EvalUsers, names: list[str]
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The popularity baseline on ``users``: per-client sums and counts, per-user values.
+
+        Silos rank by their own training data (nothing is counted over all of them); one
+        dataset in one place ranks by all of its training data.
+        """
+        data = self.data
+        if self.settings.uses_silos:
             per_user = evaluate_local_popularity(
-                data.split.train_sequences, data.split.test, data.dataset.num_items, data.assignment
+                data.split.train_sequences, users, data.dataset.num_items, data.assignment
             )
         else:
             per_user = evaluate_popularity(
-                data.split.train_sequences, data.split.test, data.dataset.num_items
+                data.split.train_sequences, users, data.dataset.num_items
             )
-        names = metric_names()
-        clients = torch.from_numpy(data.assignment[data.split.test.users])
-        sums, counts = client_sums(per_user, clients, self.num_clients, names)
-        # Per-client sums, which a deployed client reports for its own users.
-        self.popularity_sums = (sums, counts)
-        # Per-user values in client-major order, the order evaluation passes visit the users.
+        clients = torch.from_numpy(data.assignment[users.users])
         order = torch.argsort(clients, stable=True)
-        self._popularity_users = (
-            clients[order],
-            torch.stack([per_user[name][order].double() for name in names], dim=1),
-        )
-        self.popularity = summarize(sums, counts, names)
-        ordered_clients, ordered_values = self._popularity_users
-        self.popularity["ci"] = confidence_intervals(
-            {name: ordered_values[:, j] for j, name in enumerate(names)},
-            ordered_clients,
-            self.num_clients,
-            names,
-        )
+        values = torch.stack([per_user[name][order].double() for name in names], dim=1)
+        return client_sums(per_user, clients, self.num_clients, names), (clients[order], values)
 
     def popularity_of(
-        self, held_clients: Sequence[int]
+        self, held_clients: Sequence[int], stage: str = "test"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The popularity baseline on the held clients' test users (after :meth:`setup`).
+        """The popularity baseline on the held clients' test (or validation) users.
 
         Args:
             held_clients: The clients whose users count (the others' rows are zero).
+            stage: ``"test"`` or ``"validation"``.
 
         Returns:
             Metric sums ``(N, M)`` and users ``(N,)`` by client, and each held user's client
-            ``(U,)`` and metric values ``(U, M)``, client-major (the order of the test batches).
+            ``(U,)`` and metric values ``(U, M)``, client-major (the order of the batches).
         """
         if self.popularity_sums is None or self._popularity_users is None:
             raise RuntimeError("FederatedDataModule.setup() has not run yet")
-        all_sums, all_users = self.popularity_sums
+        if stage == "validation":
+            (all_sums, all_users), (clients, values) = self._validation_baseline
+        else:
+            all_sums, all_users = self.popularity_sums
+            clients, values = self._popularity_users
         held = torch.tensor(list(held_clients), dtype=torch.long)
         sums, users = torch.zeros_like(all_sums), torch.zeros_like(all_users)
         sums[held], users[held] = all_sums[held], all_users[held]
-        clients, values = self._popularity_users
         kept = torch.isin(clients, held)
         return sums, users, clients[kept], values[kept]
 

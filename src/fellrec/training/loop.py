@@ -83,6 +83,7 @@ class FederatedLoop(Callback):
         self.checkpointed_rounds = 0
         #: ``results.json`` as last written (reporting reads it).
         self.results_path: Path | None = None
+        self._record_continued = False
 
     # ------------------------------------------------------------------ the engine
     @staticmethod
@@ -163,6 +164,7 @@ class FederatedLoop(Callback):
         """Save the user -> client map next to the run."""
         module = self._module(pl_module)
         self._engine(module)
+        self._record_continued = False
         record_fit_start(trainer, module, self.min_eval_users)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -175,8 +177,14 @@ class FederatedLoop(Callback):
         """
         engine, _ = self._engine(self._module(pl_module))
         self.checkpointed_rounds = engine.rounds_run
+        self._record_continued = True
         if trainer.is_global_zero:
             continue_record(trainer.loggers, engine.history, engine.rounds_run)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run with no round left to train (stopped before its test) continues too."""
+        if not self._record_continued:
+            self.on_train_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start a round: per-client learning rates, optimizer resets, round statistics."""

@@ -62,14 +62,22 @@ class ModuleHost:
     def evaluation(self, stage: str, selected_rounds: list[int] | None = None) -> Evaluation:
         """What Lightning's validation or test pass collected (a collective under DDP).
 
-        The test adds every user's values and the popularity baseline on the same users.
+        With the popularity baseline on the same users; the test adds every user's values.
         """
         sums, users, names = self.module.collect_eval()
-        if stage != "test":
-            return Evaluation(sums, users, list(names))
-        clients, values = self.module.collect_eval_values()
-        baseline = federated_datamodule(self.module.trainer).popularity_of(self.module.held_clients)
+        baseline = federated_datamodule(self.module.trainer).popularity_of(
+            self.module.held_clients, stage
+        )
         popularity_sums, popularity_users, popularity_clients, popularity_values = baseline
+        if stage != "test":
+            return Evaluation(
+                sums,
+                users,
+                list(names),
+                popularity_sums=popularity_sums,
+                popularity_users=popularity_users,
+            )
+        clients, values = self.module.collect_eval_values()
         return Evaluation(
             sums,
             users,

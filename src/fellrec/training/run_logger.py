@@ -20,7 +20,22 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 
 class _KeepingExperimentWriter(ExperimentWriter):
-    """Lightning's writer without the deletion of an existing ``metrics.csv`` on opening."""
+    """Lightning's writer without the deletion of an existing ``metrics.csv`` on opening.
+
+    It starts knowing the existing file's columns: Lightning's writer rewrites the file with the
+    columns it knows whenever new ones come, so a writer that knew none (e.g. a resumed run that
+    only tests) would rewrite it with the new columns alone and lose every earlier row.
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        self.metrics_keys = self._existing_columns()
+
+    def _existing_columns(self) -> list[str]:
+        if not self._fs.isfile(self.metrics_file_path):
+            return []
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            return sorted(csv.DictReader(file).fieldnames or [])
 
     def _check_log_dir_exists(self) -> None:
         """Keep the file: :meth:`keep_rounds_before` decides which rows stay."""

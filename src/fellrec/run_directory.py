@@ -1,0 +1,62 @@
+"""What a run directory already holds, so that a new fit never replaces another run's record.
+
+A run's record (``results.json``, its round checkpoints, ``metrics.csv``, ``config.yaml``) is
+rewritten only by that run: resuming it (``--ckpt_path``) continues it, a new ``fellrec fit`` into
+its ``trainer.default_root_dir`` is refused. A directory that holds no result and no checkpoint (a
+run that failed or was stopped before its first round ended) may be fitted into again: there is
+nothing in it to lose. Light on purpose (stdlib only): the fast checks before the heavy imports
+(:mod:`fellrec.preflight`) use it as well as the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The file a finished run writes into its directory (``fellrec.training.results.RESULTS_FILE``).
+RESULTS_FILE = "results.json"
+#: Where the CLI keeps a run's checkpoints unless ``checkpoint.dirpath`` says otherwise.
+CHECKPOINT_DIR = "checkpoints"
+
+
+class OccupiedRunDirectory(ValueError):
+    """A new fit was pointed at a directory that holds another run's results or checkpoints."""
+
+
+def recorded_files(root: Path, checkpoint_dir: Path | None = None) -> list[Path]:
+    """The files of an earlier run's record in ``root``: its results and its checkpoints.
+
+    Args:
+        root: ``trainer.default_root_dir``.
+        checkpoint_dir: ``checkpoint.dirpath`` (default ``<root>/checkpoints``).
+
+    Returns:
+        ``results.json`` (if present) and every ``*.ckpt`` under the checkpoint directory.
+    """
+    found = [root / RESULTS_FILE] if (root / RESULTS_FILE).is_file() else []
+    checkpoints = checkpoint_dir if checkpoint_dir is not None else root / CHECKPOINT_DIR
+    if checkpoints.is_dir():
+        found += sorted(checkpoints.glob("*.ckpt"))
+    return found
+
+
+def refuse_occupied(root: Path, checkpoint_dir: Path | None = None) -> None:
+    """Refuse a new (not resumed) fit into a directory that holds another run's record.
+
+    Raises:
+        OccupiedRunDirectory: Naming ``trainer.default_root_dir``, what it holds, and the ways
+            on: resume that run, or give the new one a directory of its own.
+    """
+    found = recorded_files(root, checkpoint_dir)
+    if not found:
+        return
+    shown = [
+        str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        for path in found[:3]
+    ]
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    raise OccupiedRunDirectory(
+        f"trainer.default_root_dir={str(root)!r} already holds a run ({', '.join(shown)}{more}); "
+        "a new fit would replace its record. Resume or extend that run with --ckpt_path last, "
+        "give this one a directory of its own with --trainer.default_root_dir NEW_DIR, or delete "
+        f"{root} to start over"
+    )
