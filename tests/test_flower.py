@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -140,9 +141,8 @@ def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_di
 
 @pytest.mark.slow
 def test_a_simulation_log_written_to_a_file_is_plain_text(tmp_path, tiny_encoder_dir):
-    """``python -m fellrec.deploy.simulation > file``: no colour codes, no deprecations (~60 s)."""
+    """``python -m fellrec.deploy.simulation > file``: no colours, no deprecations (35-65 s)."""
     import os
-    import re
     import subprocess
 
     from test_cli import cli_environment
@@ -163,7 +163,8 @@ def test_a_simulation_log_written_to_a_file_is_plain_text(tmp_path, tiny_encoder
     text = log.read_text()
     assert "\x1b[" not in text  # no ANSI escape codes (Flower's levels, Ray's prefixes)
     assert "deprecat" not in text.lower()  # jsonargparse's and run_simulation's notices
-    assert re.search(r"^round 0: val ndcg@10 mean [\d.]+ worst [\d.]+", text, re.MULTILINE)
+    pattern = r"^(INFO :\s+)?round 0: val ndcg@10 mean [\d.]+ worst [\d.]+"
+    assert re.search(pattern, text, re.MULTILINE), text
     assert f"results in {root / 'results.json'}" in text
 
 
@@ -456,6 +457,9 @@ def test_a_loopback_deployment_runs_the_federation_as_the_simulation_does(
     for client in ("0", "1"):
         assert got["clients"][client] == pytest.approx(expected["clients"][client], abs=1e-6)
     assert got["popularity"]["clients"] == expected["popularity"]["clients"]
+    # The stream shows fellrec's lines: the round, and the last line with where the results are.
+    assert re.search(r"round 0: val ndcg@10 mean [\d.]+ worst [\d.]+", output), output
+    assert f"results in {deployed / 'results.json'}" in output, output
 
 
 @pytest.mark.slow

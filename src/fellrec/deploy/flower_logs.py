@@ -1,4 +1,10 @@
-"""A Flower simulation's log, readable when it goes to a file: no colour codes, no repeated noise.
+"""A Flower run's log: fellrec's own lines in it, plain text in a file, no repeated noise.
+
+fellrec logs through Python's ``logging`` (the ``fellrec`` logger: the clients connecting, one
+line per round, where the results went); a ``fellrec`` command prints it, but a Flower process
+(the ServerApp of a deployment, whose output ``flwr run --stream`` shows, or a simulation's
+driver) has no handler for it. :func:`fellrec_logs_through_flower` passes those records to
+Flower's logger, whatever part of fellrec logs them.
 
 Flower colours its level names and Ray colours each actor's prefix and its "[repeated Nx across
 cluster]" notes with ANSI codes, which turn a log file (CI, ``nohup``, Slurm) into escape
@@ -25,6 +31,26 @@ RUN_SIMULATION_NOTICE = "DEPRECATED FEATURE: The `run_simulation` function is de
 
 def _is_terminal() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+class _ThroughFlower(logging.Handler):
+    """Hands a ``fellrec`` record to Flower's logger, unless the root logger shows it already."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:
+            return  # a configured process (a fellrec command, a test) shows it through the root
+        from flwr.common.logger import log
+
+        log(record.levelno, record.getMessage())
+
+
+def fellrec_logs_through_flower() -> None:
+    """Show the ``fellrec`` logger's INFO and above through Flower's logger (idempotent)."""
+    own = logging.getLogger("fellrec")
+    if not any(isinstance(handler, _ThroughFlower) for handler in own.handlers):
+        own.addHandler(_ThroughFlower())
+    if own.level == logging.NOTSET or own.level > logging.INFO:
+        own.setLevel(logging.INFO)
 
 
 def plain_flower_logs() -> None:

@@ -9,28 +9,27 @@ Python.
 from __future__ import annotations
 
 import json
-from logging import INFO
+import logging
 from pathlib import Path
 
 from flwr.app import Context
-from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fellrec.deploy.client_session import check_deployable
+from fellrec.deploy.flower_logs import fellrec_logs_through_flower
 from fellrec.deploy.run_config import RunSettings, load_run
 from fellrec.deploy.server import FederationServer
 from fellrec.metrics.headline import result_headline
 from fellrec.run_directory import RESULTS_FILE
 
+log = logging.getLogger(__name__)
+
 
 def log_headline(root: str) -> None:
-    """Log the run's headline (:func:`result_headline`) from its ``results.json``, if written.
-
-    Through Flower's logger: a deployment's ``flwr run --stream`` shows it, as does a simulation.
-    """
+    """Log the run's last line (:func:`result_headline`) from its ``results.json``, if written."""
     path = Path(root) / RESULTS_FILE
     if path.is_file():
-        log(INFO, result_headline(json.loads(path.read_text()), str(path)))
+        log.info(result_headline(json.loads(path.read_text()), str(path)))
 
 
 def server_app(
@@ -44,6 +43,9 @@ def server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        # fellrec's lines (a round each, the results) in the ServerApp's log, which a
+        # deployment's `flwr run --stream` and a simulation show.
+        fellrec_logs_through_flower()
         run_config = context.run_config
         chosen = settings if settings is not None else RunSettings.from_flower(run_config)
         run = load_run(chosen)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from fellrec.deploy.client_app import client_app
-from fellrec.deploy.flower_logs import plain_flower_logs, without_run_simulation_notice
+from fellrec.deploy.flower_logs import (
+    fellrec_logs_through_flower,
+    plain_flower_logs,
+    without_run_simulation_notice,
+)
 from fellrec.deploy.run_config import RunSettings, load_run
 from fellrec.deploy.server_app import server_app
 
@@ -35,13 +39,9 @@ def simulate(settings: RunSettings, cpus_per_client: float = 1.0) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m fellrec.deploy.simulation --config FILE [--section.key value ...]``."""
     import argparse
-    import logging
 
-    # fellrec's own lines (the rounds, the data, the results) as `fellrec fit` shows them; not
-    # the root logger's: Flower's and its libraries' debug records propagate there.
-    own = logging.getLogger("fellrec")
-    own.setLevel(logging.INFO)
-    own.addHandler(logging.StreamHandler())
+    # fellrec's own lines (the data, the rounds, the results), as Flower shows its own.
+    fellrec_logs_through_flower()
     parser = argparse.ArgumentParser(
         prog="python -m fellrec.deploy.simulation",
         description="Run a fellrec config as a Flower simulation (one SuperNode per client); "
