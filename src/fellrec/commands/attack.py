@@ -121,7 +121,17 @@ def _loop(section: Any) -> Any:
 
     parser = ArgumentParser(prog="fellrec attack", exit_on_error=False)
     parser.add_class_arguments(FederatedLoop, "loop")
-    values = dict(section) if isinstance(section, dict) else {}
+    def plain(value: Any) -> Any:
+        # jsonargparse hands parts of a YAML file's untyped section over as Namespaces.
+        if hasattr(value, "as_dict"):
+            return value.as_dict()
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return value
+
+    values = plain(section) if section is not None else {}
     config = parse_checked(parser, ["--loop", json.dumps(values)], "fellrec attack")
     loop = parser.instantiate_classes(config).loop
     loop.write_results = False  # the attack's rounds are not a run: they write nothing
