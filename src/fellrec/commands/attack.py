@@ -121,6 +121,7 @@ def _loop(section: Any) -> Any:
 
     parser = ArgumentParser(prog="fellrec attack", exit_on_error=False)
     parser.add_class_arguments(FederatedLoop, "loop")
+
     def plain(value: Any) -> Any:
         # jsonargparse hands parts of a YAML file's untyped section over as Namespaces.
         if hasattr(value, "as_dict"):
