@@ -11,8 +11,10 @@ from fellrec.models.item_components import (
     ItemComponents,
     ItemSettings,
     centered_text_table,
+    gaussian_noise_scale,
     item_component_parameters,
     log_popularity_bias,
+    noised_counts,
     rows_of,
 )
 
@@ -144,3 +146,70 @@ def test_rows_of_a_bias_vector_keep_the_index_shape() -> None:
     bias = torch.tensor([0.5, -1.0, 2.0])
     picked = rows_of(bias, torch.tensor([[2, 0], [1, 1]]))
     assert picked.tolist() == [[2.0, 0.5], [-1.0, -1.0]]
+
+
+def gaussian_delta(sigma: float, epsilon: float) -> float:
+    """The exact delta of the Gaussian mechanism (sensitivity 1) at epsilon (Balle & Wang 2018)."""
+    from scipy.stats import norm
+
+    return float(
+        norm.cdf(1 / (2 * sigma) - epsilon * sigma)
+        - math.exp(epsilon) * norm.cdf(-1 / (2 * sigma) - epsilon * sigma)
+    )
+
+
+@pytest.mark.parametrize(("epsilon", "delta"), [(1.0, 1e-5), (4.0, 1e-6), (0.5, 1e-3)])
+def test_count_noise_meets_its_privacy_guarantee(epsilon, delta) -> None:
+    sigma = gaussian_noise_scale(epsilon, delta)
+    # Enough noise: the exact privacy profile of the Gaussian mechanism stays within delta...
+    assert gaussian_delta(sigma, epsilon) <= delta
+    # ...and not absurdly much (RDP's bound is close to the exact one: within 25%).
+    assert gaussian_delta(sigma / 1.25, epsilon) > delta
+
+
+def test_bad_count_noise_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"bias_init_epsilon must be > 0"):
+        ItemSettings(bias_init="dp_log_popularity", bias_init_epsilon=0.0).validate()
+    with pytest.raises(ValueError, match=r"bias_init_delta must be in \(0, 1\)"):
+        ItemSettings(bias_init="dp_log_popularity", bias_init_delta=1.0).validate()
+    with pytest.raises(ValueError, match=r"share_noise_ids must be >= 0"):
+        ItemSettings(share_noise_ids=-0.1).validate()
+    with pytest.raises(ValueError, match=r"share_noise_bias > 0 needs model.items.bias"):
+        ItemSettings(bias=False, share_noise_bias=0.1).validate()
+
+
+def test_noised_counts_add_seeded_noise_and_clip_at_zero() -> None:
+    counts = torch.tensor([0.0, 5.0, 100.0])
+    noise = torch.randn(3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2.0
+    expected = (counts.double() + noise).clamp_min(0)
+    found = noised_counts(counts, 2.0, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(found, expected)
+    assert found.min() >= 0
+
+
+def test_dp_popularity_start_differs_from_the_counts_and_repeats_with_its_seed() -> None:
+    counts = torch.tensor([0.0, 0.0, 3.0, 50.0, 200.0])
+    exact = ItemComponents(5, 2, ItemSettings(bias_init="log_popularity"), temperature=0.2)
+    exact.start_from_popularity(counts)
+    settings = ItemSettings(bias_init="dp_log_popularity", bias_init_epsilon=1.0)
+    noisy = [ItemComponents(5, 2, settings, temperature=0.2) for _ in range(3)]
+    for components, seed in zip(noisy, (7, 7, 8), strict=True):
+        components.start_from_popularity(counts, seed=seed)
+    assert torch.equal(noisy[0].bias, noisy[1].bias) and not torch.equal(
+        noisy[0].bias, noisy[2].bias
+    )
+    assert not torch.allclose(noisy[0].bias, exact.bias)
+    assert noisy[0].bias.argmax() == 4  # noise of ~4 interactions keeps the clear winner
+
+
+def test_share_noise_moves_every_row_and_bias_but_not_the_temperature() -> None:
+    settings = ItemSettings(share_noise_ids=0.5, share_noise_bias=2.0)
+    items = ItemComponents(400, 8, settings, temperature=0.2)
+    rows, bias, scale = items.id_embedding.clone(), items.bias.clone(), items.log_scale.clone()
+    items.add_share_noise(torch.Generator().manual_seed(0))
+    assert items.shares_noise
+    assert ((items.id_embedding - rows).norm(dim=1) > 0).all() and (items.bias != bias).all()
+    assert (items.id_embedding - rows).std().item() == pytest.approx(0.5, rel=0.05)
+    assert (items.bias - bias).std().item() == pytest.approx(2.0, rel=0.15)
+    assert torch.equal(items.log_scale, scale)
+    assert not ItemComponents(3, 2, ItemSettings(), temperature=0.2).shares_noise

@@ -221,8 +221,21 @@ def test_federated_run_trains_scores_and_exports_item_components(tmp_path, tiny_
     # The resources count the item components among the client's trainable parameters.
     resources = results["resources"]
     assert resources["client_module_parameters"] == model.adapters.num_module_parameters > 0
-    # The end-of-run privacy probe attacks item tokens.
+    # The end-of-run privacy probe attacks item tokens, with the linear map and the front copy.
     assert results["privacy"]["inputs"] == "items"
+    assert results["privacy"]["front_copy"]["parameters"] == "exact"
+    assert results["privacy"]["front_copy"]["curve"][0]["token_recovery"] == 1.0
+    # Every round's exchanged item components and example counts were scored.
+    parameters = results["privacy"]["parameters"]
+    assert [r["round"] for r in parameters["rounds"]] == [0, 1]
+    assert [c["client"] for c in parameters["initial"]] == [0, 1, 2]
+    assert set(parameters["rounds"][0]["clients"][0]["signals"]) == {
+        "bias",
+        "bias_update",
+        "id_update",
+    }
+    reports = results["privacy"]["reports"]["rounds"]
+    assert all(c["windows_exact"] for r in reports for c in r["clients"])
     # Checkpoints hold the item components, so a resumed run gets them back.
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(key.startswith("recommender.items.0.") for key in state)

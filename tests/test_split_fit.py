@@ -51,7 +51,10 @@ def test_split_run_gives_the_unsplit_results(tmp_path, deterministic_encoder):
     measured = split["resources"]["measured"]
     assert measured["bytes_per_step"] > 0
     # The end-of-run privacy probe: the server's token recovery at a few split points.
-    assert unsplit["privacy"] is None
+    # The unsplit run has no hidden states to attack; its example counts are still scored.
+    assert set(unsplit["privacy"]) == {"parameters", "reports"}
+    assert unsplit["privacy"]["parameters"] is None  # the encoder exchanges no item components
+    assert len(unsplit["privacy"]["reports"]["rounds"]) == 2
     curve = {point["k_front"]: point for point in split["privacy"]["curve"]}
     assert sorted(curve) == [0, 1, 2]
     assert curve[0]["token_recovery"] >= 0.9  # the embeddings alone give the tokens away

@@ -139,7 +139,7 @@ class ClientSession:
         loss_sums, examples, diverged = self.module.collect_round_stats()
         return TrainReport(
             client=self.client,
-            parameters=self.module.client_parameters()[0],
+            parameters=self.module.release_parameters()[0],
             loss_sum=float(loss_sums[self.client]),
             examples=float(examples[self.client]),
             diverged=bool(diverged[self.client]),

@@ -215,6 +215,9 @@ class RoundEngine:
         self.lr_scale = torch.ones(len(self.held), dtype=torch.float64)
         self.selection = ModelSelection(num_clients, self.held)
         self.history: list[dict[str, Any]] = []
+        #: Called with each round's report as the server receives it, before aggregation (the
+        #: privacy probe plays an honest-but-curious server with it).
+        self.observers: list[Callable[[int, TrainingReport], None]] = []
         #: The last test's summary.
         self.test_summary: dict[str, Any] | None = None
         #: The popularity baseline on the validation users (the first validation's).
@@ -256,6 +259,8 @@ class RoundEngine:
         round_index = self._round
         self._training = False
         report = host.training_report()
+        for observe in self.observers:
+            observe(round_index, report)
         slots = torch.tensor(self.held)
         examples = report.examples[slots]
         if not self.strategy.pools_clients:

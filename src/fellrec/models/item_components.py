@@ -18,6 +18,7 @@ scores leave with the head).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,7 @@ def rows_of(table: Tensor, items: Tensor) -> Tensor:
 
 
 #: The choices of ``model.items.bias_init``.
-BIAS_INITS = ("zeros", "log_popularity")
+BIAS_INITS = ("zeros", "log_popularity", "dp_log_popularity")
 
 
 def log_popularity_bias(counts: Tensor) -> Tensor:
@@ -72,6 +73,44 @@ def log_popularity_bias(counts: Tensor) -> Tensor:
     return (logs - logs.mean()).to(torch.float32)
 
 
+def gaussian_noise_scale(epsilon: float, delta: float) -> float:
+    """Standard deviation of the Gaussian mechanism on counts of L2 sensitivity 1 at (eps, delta).
+
+    One interaction more or less changes one item's count by 1, so a count vector released with
+    Gaussian noise of this deviation is (``epsilon``, ``delta``)-differentially private for any one
+    interaction. Calibrated by Opacus's RDP accountant (one release: sampling rate 1, one step),
+    which is conservative (the analytic Gaussian mechanism needs slightly less noise).
+
+    Raises:
+        ValueError: For ``epsilon <= 0`` or ``delta`` outside ``(0, 1)``.
+    """
+    if epsilon <= 0:
+        raise ValueError(f"model.items.bias_init_epsilon must be > 0, got {epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"model.items.bias_init_delta must be in (0, 1), got {delta}")
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        # One release has its optimal RDP order at the accountant's largest: a looser bound only.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=1.0,
+                steps=1,
+                accountant="rdp",
+            )
+        )
+
+
+def noised_counts(counts: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+    """``counts`` plus Gaussian noise of deviation ``scale``, clipped at 0 (post-processing)."""
+    counts = counts.to(torch.float64)
+    noise = torch.randn(counts.shape, generator=generator, dtype=torch.float64) * scale
+    return (counts + noise).clamp_min(0)
+
+
 @dataclass
 class ItemSettings:
     """Trainable per-item components of a recommender (client parameters, aggregated)."""
@@ -91,7 +130,22 @@ class ItemSettings:
     start at ``log(1 + count)`` of the items in the data it trains on (its own; all clients' under
     centralized training), centered on their mean, so a model starts from the popularity ranking
     instead of having to learn it. With Adam a bias moves at most about ``items.lr`` per step, so
-    a client with few steps per round cannot learn the popularity spread (~5 on ML-100K) itself."""
+    a client with few steps per round cannot learn the popularity spread (~5 on ML-100K) itself.
+    The biases are exchanged, so the server reads the counts back exactly from them;
+    ``dp_log_popularity`` starts from counts with Gaussian noise instead, differentially private
+    per interaction at (``bias_init_epsilon``, ``bias_init_delta``) (README, "What the split costs
+    and leaks": what the training rounds still give away)."""
+    bias_init_epsilon: float = 1.0
+    """``dp_log_popularity``: the epsilon of the noised counts (per interaction, one release)."""
+    bias_init_delta: float = 1e-5
+    """``dp_log_popularity``: the delta of the noised counts."""
+    share_noise_ids: float = 0.0
+    """Standard deviation of Gaussian noise a client adds to every coordinate of every ID-embedding
+    row after its local training, before sending them (0: none). Every row then moves, so which
+    rows the client trained is harder to read; it is kept (the client goes on from what it sent).
+    Not differential privacy (nothing bounds an update's size): a measured trade-off."""
+    share_noise_bias: float = 0.0
+    """The same for every item bias (0: none)."""
     learn_temperature: bool = True
     """Learn the temperature of the cosine scores (starting from ``model.temperature``)."""
     lr: float | None = 5e-3
@@ -127,6 +181,16 @@ class ItemSettings:
             raise ValueError(
                 f"model.items.bias_init={self.bias_init!r} needs model.items.bias: true"
             )
+        if self.bias_init == "dp_log_popularity":
+            gaussian_noise_scale(self.bias_init_epsilon, self.bias_init_delta)  # checks both
+        for name in ("share_noise_ids", "share_noise_bias"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"model.items.{name} must be >= 0, got {value}")
+        if self.share_noise_ids > 0 and not self.ids:
+            raise ValueError("model.items.share_noise_ids > 0 needs model.items.ids: true")
+        if self.share_noise_bias > 0 and not self.bias:
+            raise ValueError("model.items.share_noise_bias > 0 needs model.items.bias: true")
 
     @property
     def trainable(self) -> bool:
@@ -192,8 +256,11 @@ class ItemComponents(nn.Module):
             self.register_buffer("log_scale", log_scale, persistent=False)
 
     @torch.no_grad()
-    def start_from_popularity(self, counts: Tensor) -> None:
+    def start_from_popularity(self, counts: Tensor, seed: int = 0) -> None:
         """Set the item biases to :func:`log_popularity_bias` of ``counts`` (``(I,)``).
+
+        With ``bias_init: dp_log_popularity`` the counts first get the Gaussian noise of
+        :func:`gaussian_noise_scale`, drawn from ``seed``.
 
         Raises:
             ValueError: Without item biases, or for counts of another catalog size.
@@ -202,7 +269,31 @@ class ItemComponents(nn.Module):
             raise ValueError("these item components have no biases (model.items.bias)")
         if counts.shape != self.bias.shape:
             raise ValueError(f"{tuple(counts.shape)} item counts for {self.num_items} items")
+        if self.settings.bias_init == "dp_log_popularity":
+            scale = gaussian_noise_scale(
+                self.settings.bias_init_epsilon, self.settings.bias_init_delta
+            )
+            counts = noised_counts(counts, scale, torch.Generator().manual_seed(seed))
         self.bias.copy_(log_popularity_bias(counts))
+
+    @property
+    def shares_noise(self) -> bool:
+        """Whether this client adds noise to its item rows or biases before sending them."""
+        return self.settings.share_noise_ids > 0 or self.settings.share_noise_bias > 0
+
+    @torch.no_grad()
+    def add_share_noise(self, generator: torch.Generator) -> None:
+        """Add ``share_noise_ids`` / ``share_noise_bias`` Gaussian noise to every row and bias.
+
+        Drawn on the CPU from ``generator`` (the same values on any device), in place.
+        """
+        for table, std in (
+            (self.id_embedding, self.settings.share_noise_ids),
+            (self.bias, self.settings.share_noise_bias),
+        ):
+            if table is not None and std > 0:
+                noise = torch.randn(table.shape, generator=generator) * std
+                table.add_(noise.to(table.device, table.dtype))
 
     def id_vectors(self, items: Tensor | None = None) -> Tensor | None:
         """ID embeddings (projected to ``H``) of ``items`` (any shape) or of every item."""

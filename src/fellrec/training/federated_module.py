@@ -138,6 +138,23 @@ class FederatedModule(ModuleSettings):
             self.remote.fetch()
         return self.adapters.get_matrix()
 
+    def release_parameters(self) -> torch.Tensor:
+        """The held clients' parameters as they leave their silos after local training ``(S, P)``.
+
+        With ``model.items.share_noise_ids`` / ``share_noise_bias`` every client first adds its
+        noise to its item rows and biases, in place (seeded by seed, round and client, so a
+        deployed client sends what its simulation sends).
+        """
+        assert self.adapters is not None, "the module is not built yet"
+        if self.uses_item_components:
+            for slot, client in enumerate(self.held_clients):
+                components = cast(ItemComponents, self.adapters.module(slot))
+                config = self._round_configs.get(slot)
+                if components.shares_noise and config is not None:
+                    seed = (self.seed * 1_000_003 + config.round * 10_007 + client) % (2**63)
+                    components.add_share_noise(torch.Generator().manual_seed(seed ^ 0x5EED))
+        return self.client_parameters()
+
     def load_client_parameters(self, parameters: torch.Tensor, identical: bool = False) -> None:
         """Load every held client's parameters ``(S, P)`` (after aggregation or selection).
 
@@ -204,10 +221,11 @@ class FederatedModule(ModuleSettings):
             self.seed,
             self.load_in_8bit,
         )
-        if self.items.bias_init == "log_popularity" and self.uses_item_components:
+        if self.items.bias_init != "zeros" and self.uses_item_components:
             for slot, client in enumerate(self.held_clients):
                 counts = datamodule.training_item_counts(client)
-                cast(ItemComponents, self.adapters.module(slot)).start_from_popularity(counts)
+                components = cast(ItemComponents, self.adapters.module(slot))
+                components.start_from_popularity(counts, seed=self.seed * 1_000_003 + client)
         self.transport = (
             make_transport(self.transport_name, self.block_server) if self.split else None
         )

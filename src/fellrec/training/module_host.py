@@ -44,7 +44,7 @@ class ModuleHost:
         """Losses, example counts and divergence (summed over processes), and the parameters."""
         loss_sums, examples, diverged = self.module.collect_round_stats()
         return TrainingReport(
-            parameters=self.module.client_parameters(),  # (S, P)
+            parameters=self.module.release_parameters(),  # (S, P), as sent
             round_start=self.module.round_start_parameters(),
             loss_sums=loss_sums,
             examples=examples,

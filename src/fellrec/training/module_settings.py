@@ -64,11 +64,13 @@ class ModuleSettings(L.LightningModule):
             blocks too; off: they stay replicated, like the embeddings and the head.
         load_in_8bit: Load the frozen base in 8 bits (generative; needs bitsandbytes and a GPU).
         prompt: Prompt wording, cutoff and decoding of the generative recommender.
-        privacy_probe: At the end of a split run, play the honest-but-curious server (linear
-            inversion of ``h_front``, :mod:`fellrec.training.privacy`) at ``k_front`` in
-            {0, 1, 2, model.k_front} and store the token recovery under ``"privacy"`` in
-            ``results.json`` (the :class:`~fellrec.training.privacy_probe.PrivacyProbe`
-            callback, which ``fellrec fit`` adds). ``fellrec attack`` measures the whole curve.
+        privacy_probe: Play the honest-but-curious server and store what it reads under
+            ``"privacy"`` in ``results.json`` (the :class:`~fellrec.training.privacy_probe.
+            PrivacyProbe` callback, which ``fellrec fit`` adds): every round, each client's item
+            set and counts from its exchanged item components and its data size from its
+            example count; at the end of a split run, the inputs from ``h_front`` (linear
+            inversion and the front copy, :mod:`fellrec.training.privacy`) at ``k_front`` in
+            {0, 1, 2, model.k_front}. ``fellrec attack`` measures the whole curve.
         pooling: ``mean`` or ``cls`` pooling of token states.
         temperature: Cosine-score temperature.
         item_text: Template of an item's text (fields ``{title}``, ``{categories}``).

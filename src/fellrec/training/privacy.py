@@ -9,12 +9,15 @@ of every split run (``model.privacy_probe``) use it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from fellrec.models.front_copy import ATTACK as FRONT_COPY
+from fellrec.models.front_copy import front_copy_recovery, front_states
 from fellrec.models.inversion import Batch, ItemInputs, token_recovery
 from fellrec.models.text import HistoryRenderer, format_item_text
 from fellrec.training.datamodule import FederatedDataModule
@@ -168,6 +171,72 @@ def sequential_item_inputs(module: FederatedModule, slot: int) -> ItemInputs:
     return ItemInputs(table=text, public_embed=public_embed, victim_embed=victim_embed, causal=True)
 
 
+def _front_copy(
+    module: FederatedModule,
+    model: Any,
+    public_batches: list[Batch],
+    victim_batches: list[Batch],
+    k_fronts: Sequence[int],
+    shortlist: int,
+    ridge: float,
+    slot: int | None,
+    server_parameters: torch.Tensor | None,
+) -> dict[str, Any]:
+    """The front-copy attack (the server runs the client's front with the client's parameters).
+
+    Victims' hidden states are computed with the parameters the client holds; the server's copy
+    uses ``server_parameters`` for the victims' slot when given (e.g. a round's start: stale),
+    else the same ones (what the client runs at evaluation).
+    """
+    section: dict[str, Any] = {"attack": FRONT_COPY, "shortlist": shortlist}
+    if module.recommender_kind == "encoder":
+        section["error"] = (
+            "not run: the encoder's front is bidirectional (a position's state depends on later "
+            "tokens), so the server cannot decode it position by position"
+        )
+        return section
+    embed = None
+    causal = module.recommender_kind == "sequential"
+    if causal:
+        assert slot is not None
+        items = sequential_item_inputs(module, slot)
+        embed = items.victim_embed
+    victim_states = front_states(model, victim_batches, k_fronts, embed, causal)
+    adapters = module.adapters
+    own = None
+    if server_parameters is not None and slot is not None and adapters is not None:
+        own = adapters.get_vector(slot)
+        adapters.set_vector(slot, server_parameters)
+        module.invalidate_item_tables()
+    try:
+        if causal:
+            from fellrec.models.sequential import SequentialRecommender
+
+            assert adapters is not None and isinstance(module.recommender, SequentialRecommender)
+            adapters.activate(slot)  # type: ignore[arg-type]
+            with torch.no_grad():
+                table = module.recommender.item_vectors().detach()
+        else:
+            table = model.get_input_embeddings().weight.detach()
+        section["curve"] = front_copy_recovery(
+            model,
+            public_batches,
+            victim_batches,
+            victim_states,
+            table,
+            embed,
+            causal,
+            shortlist,
+            ridge,
+        )
+    finally:
+        if own is not None and adapters is not None and slot is not None:
+            adapters.set_vector(slot, own)
+            module.invalidate_item_tables()
+    section["parameters"] = "round start" if own is not None else "exact"
+    return section
+
+
 def privacy_section(
     module: FederatedModule,
     datamodule: FederatedDataModule,
@@ -179,13 +248,16 @@ def privacy_section(
     ridge: float = 1e-3,
     seed: int = 0,
     batch_size: int = 16,
+    shortlist: int = 16,
+    server_parameters: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Run the attack and return the ``"privacy"`` section of ``results.json``.
+    """Run the hidden-state attacks and return their part of the ``"privacy"`` section.
 
     Args:
         module: The run's model settings (recommender kind, text template, lengths, prompt).
         datamodule: The set-up data (catalog texts and real training examples).
-        model: The public base model as the server knows it (no client adapters).
+        model: The model with the clients' adapters (a peft model, or a plain base model); the
+            linear inversion runs without them (the public base model), the front copy with.
         tokenizer: Its tokenizer.
         k_fronts: Split points to attack.
         public_texts: Public sequences the attacker fits its map on.
@@ -193,11 +265,16 @@ def privacy_section(
         ridge: Relative ridge penalty of the linear map.
         seed: Seed of the public and victim draws.
         batch_size: Sequences per forward pass.
+        shortlist: Candidates per position of the front-copy attack (0: do not run it).
+        server_parameters: The victims' client's parameters as the server knows them, when
+            they differ from those the client computed its hidden states with (stale).
 
     Returns:
-        ``{"attack", "public_texts", "victims", "curve", "backbone", "ridge", "seed"}`` where the
-        curve holds one ``{"k_front", "token_recovery", "tokens", "content_recovery",
-        "content_tokens"}`` per split point.
+        ``{"attack", "public_texts", "victims", "curve", "inputs", "backbone", "ridge", "seed",
+        "front_copy"}`` where the curve holds one ``{"k_front", "token_recovery", "tokens",
+        "content_recovery", "content_tokens"}`` per split point, and ``front_copy`` the
+        front-copy attack's ``{"attack", "shortlist", "parameters", "curve"}`` (its curve adds
+        ``shortlist_recall``; ``"error"`` instead of a curve where it cannot run), or None.
     """
     titles, categories = datamodule.item_texts()
     texts = [
@@ -207,15 +284,33 @@ def privacy_section(
     public = public_histories(len(texts), public_texts, length + 1, seed)
     items = None
     victim_client = None
+    slot = None
     if module.recommender_kind == "sequential":
         # Victims of one client, embedded with that client's own item vectors.
         victim_client = datamodule.client if datamodule.client is not None else 0
-        items = sequential_item_inputs(module, module.slot(victim_client))
+        slot = module.slot(victim_client)
+        items = sequential_item_inputs(module, slot)
     histories, targets = victim_examples(datamodule, victims, seed, victim_client)
     render = (module, model, tokenizer, texts)
     public_batches = render_batches(*render, public[:, :-1], public[:, -1], batch_size)
     victim_batches = render_batches(*render, histories, targets, batch_size)
-    curve = token_recovery(model, public_batches, victim_batches, k_fronts, ridge, items)
+    # The linear inversion knows the public base model only, not the clients' adapters.
+    without_adapters = getattr(model, "disable_adapter", contextlib.nullcontext)
+    with without_adapters():
+        curve = token_recovery(model, public_batches, victim_batches, k_fronts, ridge, items)
+    front_copy = None
+    if shortlist > 0:
+        front_copy = _front_copy(
+            module,
+            model,
+            public_batches,
+            victim_batches,
+            k_fronts,
+            shortlist,
+            ridge,
+            slot,
+            server_parameters,
+        )
     return {
         "attack": ATTACK,
         "public_texts": len(public),
@@ -225,4 +320,5 @@ def privacy_section(
         "backbone": module.backbone_name,
         "ridge": ridge,
         "seed": seed,
+        "front_copy": front_copy,
     }

@@ -1,11 +1,16 @@
-"""PrivacyProbe: at the end of a split run, play the honest-but-curious server.
+"""PrivacyProbe: during and at the end of a run, play the honest-but-curious server.
 
-A callback of its own: after testing, it runs the linear-inversion probe of
-:mod:`fellrec.training.privacy` (public catalog texts and real training inputs, rendered the way
-the configured recommender renders them) at ``k_front`` in {0, 1, 2, model.k_front} against the
-public base model, and hands the ``"privacy"`` section to the run's results
-(:class:`~fellrec.training.results.RunSection`). It does nothing for unsplit runs or with
-``model.privacy_probe: false``.
+A callback of its own, with ``model.privacy_probe`` (on by default):
+
+- every round it scores what the server reads from the clients' reports (their exchanged item
+  components: item sets and counts; their example counts: data sizes), with a
+  :class:`~fellrec.training.message_probe.MessageProbe` observing the round engine;
+- after testing a split run, it runs the hidden-state attacks of :mod:`fellrec.training.privacy`
+  (the linear inversion against the public base model, and the server's copy of the client's
+  front with the parameters the client sent) at ``k_front`` in {0, 1, 2, model.k_front}.
+
+It hands the ``"privacy"`` section to the run's results
+(:class:`~fellrec.training.results.RunSection`).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from fellrec.models.split import num_blocks
 from fellrec.training.datamodule import federated_datamodule
 from fellrec.training.federated_module import FederatedModule
+from fellrec.training.loop import FederatedLoop
+from fellrec.training.message_probe import MessageProbe
 from fellrec.training.privacy import ATTACK, privacy_section
 
 
 class PrivacyProbe(Callback):
-    """Adds the ``"privacy"`` section to ``results.json`` of a split run.
+    """Adds the ``"privacy"`` section to ``results.json``.
 
     Args:
         public_texts: Public histories (catalog orders) the attacker fits its inversion on.
@@ -35,15 +42,36 @@ class PrivacyProbe(Callback):
     def __init__(self, public_texts: int = 100, victims: int = 32) -> None:
         self.public_texts = public_texts
         self.victims = victims
+        #: The observer of this fit's rounds (None before a fit or with the probe off).
+        self.messages: MessageProbe | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Observe the round engine's reports (the loop built its engine at the fit's start)."""
+        self.messages = None
+        if not isinstance(pl_module, FederatedModule) or not pl_module.privacy_probe:
+            return
+        loops = [c for c in trainer.callbacks if isinstance(c, FederatedLoop)]  # type: ignore[attr-defined]
+        if not loops or loops[0].engine is None or pl_module.adapters is None:
+            return
+        self.messages = MessageProbe(pl_module, federated_datamodule(trainer))
+        loops[0].engine.observers.append(self.messages.observe)
 
     def section(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any] | None:
-        """The token recovery per ``k_front`` (None when not split or off).
+        """The attacks' results (None when the probe is off or nothing was observed).
 
         A failing probe must not cost a finished run its results: the error is reported instead.
         """
-        if not isinstance(module, FederatedModule):
+        if not isinstance(module, FederatedModule) or not module.privacy_probe:
             return None
-        if not (module.split and module.privacy_probe) or module.adapters is None:
+        observed = self.messages.section() if self.messages is not None else {}
+        hidden = self._hidden_states(trainer, module)
+        if hidden is None and not observed:
+            return None
+        return {**(hidden or {}), **observed}
+
+    def _hidden_states(self, trainer: L.Trainer, module: FederatedModule) -> dict[str, Any] | None:
+        """The hidden-state attacks of a split run (None when not split)."""
+        if not module.split or module.adapters is None:
             return None
         if module.sharded:
             # The probe runs in one process; sharded blocks run only in all of them at once.
@@ -55,18 +83,16 @@ class PrivacyProbe(Callback):
         try:
             layers = num_blocks(peft_model)
             k_fronts = sorted({k for k in (0, 1, 2, module.k_front) if k <= layers - 1})
-            # The server knows the public base model, not the clients' adapters.
-            with peft_model.disable_adapter():
-                return privacy_section(
-                    module,
-                    federated_datamodule(trainer),
-                    peft_model,
-                    module.tokenizer,
-                    k_fronts,
-                    public_texts=self.public_texts,
-                    victims=self.victims,
-                    seed=module.seed,
-                )
+            return privacy_section(
+                module,
+                federated_datamodule(trainer),
+                peft_model,
+                module.tokenizer,
+                k_fronts,
+                public_texts=self.public_texts,
+                victims=self.victims,
+                seed=module.seed,
+            )
         except (ValueError, RuntimeError) as error:
             rank_zero_warn(f"the privacy probe failed ({error}); `fellrec attack` runs it alone")
             return {"attack": ATTACK, "error": str(error)}

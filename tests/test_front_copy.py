@@ -1,0 +1,57 @@
+"""The server's copy of the client's front: decodes what the linear inversion cannot."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fellrec.models.front_copy import front_copy_recovery, front_states, shortlist_candidates
+from fellrec.models.inversion import token_recovery
+from test_inversion import mixing_llama, random_batches
+
+
+def test_shortlist_takes_the_nearest_rows_by_cosine():
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [-1.0, 0.0]])
+    predicted = torch.tensor([[1.0, 0.3], [-2.0, 0.1]])
+    assert shortlist_candidates(predicted, table, 2).tolist() == [[0, 2], [3, 1]]
+    assert shortlist_candidates(predicted, table, 9).shape == (2, 4)  # at most the table
+
+
+def attack(server, client, k_fronts, shortlist):
+    """The client's states (from ``client``) attacked with the ``server``'s copy of the front."""
+    public, victims = random_batches(20, 500, 1), random_batches(1, 500, 2, width=8)
+    victims = [(ids[:6], mask[:6]) for ids, mask in victims]
+    states = front_states(client, victims, k_fronts)
+    table = server.get_input_embeddings().weight
+    return front_copy_recovery(server, public, victims, states, table, shortlist=shortlist)
+
+
+def test_the_front_copy_decodes_where_the_linear_map_fails():
+    """Blocks that mix tokens hide them from the linear map, not from the front's own copy."""
+    model = mixing_llama(0.2)
+    linear = token_recovery(model, random_batches(20, 500, 1), random_batches(1, 500, 2), [3])
+    assert linear[0]["token_recovery"] < 0.5
+    # Every token a candidate (shortlist = the vocabulary): the copy finds each one exactly.
+    (point,) = attack(model, model, [3], shortlist=500)
+    assert point["token_recovery"] == 1.0 and point["shortlist_recall"] == 1.0
+    assert point["tokens"] == point["content_tokens"] > 0
+
+
+def test_a_short_list_bounds_the_attack_and_other_weights_defeat_it():
+    model = mixing_llama(0.2)
+    for point in attack(model, model, [0, 3], shortlist=8):
+        assert point["token_recovery"] <= point["shortlist_recall"] + 1e-9
+    # A server whose copy has other weights (here: another random model) is at chance (1/500).
+    torch.manual_seed(1)
+    other = mixing_llama(0.2)
+    torch.nn.init.normal_(other.model.layers[0].self_attn.q_proj.weight, std=0.2)
+    for layer in other.model.layers:
+        torch.nn.init.normal_(layer.mlp.up_proj.weight, std=0.2)
+    (point,) = attack(other, model, [3], shortlist=500)
+    assert point["token_recovery"] < 0.1
+
+
+def test_the_front_copy_refuses_an_empty_shortlist():
+    model = mixing_llama(0.2)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        attack(model, model, [1], shortlist=0)
