@@ -116,7 +116,13 @@ RULES: tuple[Rule, ...] = (
     above("model.items.lr", 0),
     at_least("model.items.weight_decay", 0),
     above("model.items.init_std", 0),
-    one_of("model.items.bias_init", ("zeros", "log_popularity"), "one of zeros, log_popularity"),
+    one_of(
+        "model.items.bias_init",
+        ("zeros", "log_popularity", "dp_log_popularity"),
+        "one of zeros, log_popularity, dp_log_popularity",
+    ),
+    at_least("model.items.share_noise_ids", 0),  # models/item_components.ItemSettings
+    at_least("model.items.share_noise_bias", 0),
     above("model.block_server.timeout", 0),  # models/process_transport.BlockServerSettings
     at_least("loop.min_eval_users", 0),  # training/loop.FederatedLoop
     at_least("loop.bootstrap_resamples", 0),
