@@ -103,6 +103,16 @@ class MessageProbe:
             }
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """What was observed so far (checkpointed, so a resumed run reports every round)."""
+        return {"initial": self.initial, "rounds": self.rounds, "reports": self.reports}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s observations."""
+        self.initial = state.get("initial")
+        self.rounds = list(state.get("rounds", []))
+        self.reports = list(state.get("reports", []))
+
     def section(self) -> dict[str, Any]:
         """The ``"parameters"`` and ``"reports"`` entries of the ``"privacy"`` section."""
         parameters: dict[str, Any] | None = None

@@ -44,17 +44,40 @@ class PrivacyProbe(Callback):
         self.victims = victims
         #: The observer of this fit's rounds (None before a fit or with the probe off).
         self.messages: MessageProbe | None = None
+        #: A checkpoint's observations, until the observer that continues them is built.
+        self._restored: dict[str, Any] | None = None
+
+    def _observer(self, trainer: L.Trainer, module: FederatedModule) -> MessageProbe:
+        """The observer of the run's rounds, holding a resumed run's earlier observations."""
+        if self.messages is None:
+            self.messages = MessageProbe(module, federated_datamodule(trainer))
+            if self._restored is not None:
+                self.messages.load_state_dict(self._restored)
+                self._restored = None
+        return self.messages
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Observe the round engine's reports (the loop built its engine at the fit's start)."""
-        self.messages = None
         if not isinstance(pl_module, FederatedModule) or not pl_module.privacy_probe:
             return
         loops = [c for c in trainer.callbacks if isinstance(c, FederatedLoop)]  # type: ignore[attr-defined]
         if not loops or loops[0].engine is None or pl_module.adapters is None:
             return
-        self.messages = MessageProbe(pl_module, federated_datamodule(trainer))
-        loops[0].engine.observers.append(self.messages.observe)
+        observer = self._observer(trainer, pl_module)
+        if observer.observe not in loops[0].engine.observers:
+            loops[0].engine.observers.append(observer.observe)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rounds observed so far (a resumed run's section then holds every round)."""
+        if self.messages is not None:
+            return {"messages": self.messages.state_dict()}
+        return {"messages": self._restored} if self._restored is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's observations for the observer of the resumed run."""
+        if state_dict.get("messages") is not None:
+            self.messages = None
+            self._restored = dict(state_dict["messages"])
 
     def section(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any] | None:
         """The attacks' results (None when the probe is off or nothing was observed).
@@ -63,6 +86,8 @@ class PrivacyProbe(Callback):
         """
         if not isinstance(module, FederatedModule) or not module.privacy_probe:
             return None
+        if self.messages is None and self._restored is not None and module.adapters is not None:
+            self._observer(trainer, module)  # a resumed run whose rounds were all done
         observed = self.messages.section() if self.messages is not None else {}
         hidden = self._hidden_states(trainer, module)
         if hidden is None and not observed:
