@@ -76,6 +76,10 @@ def _takes_class(hint: Any) -> bool:
         return any(_takes_class(member) for member in typing.get_args(hint))
     if str(origin) == "collections.abc.Iterable":
         return any(_takes_class(member) for member in typing.get_args(hint))
+    if origin is not None:
+        # Another generic alias (``dict[str, Any]``): not a class. Python 3.10 counts such
+        # aliases as types, so this must come before the isinstance check.
+        return False
     if isinstance(hint, type):
         plain = (bool, int, float, str, pathlib.Path, type(None), datetime.timedelta, dict)
         return not issubclass(hint, plain) and not dataclasses.is_dataclass(hint)
