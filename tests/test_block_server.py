@@ -304,6 +304,21 @@ def test_a_client_that_goes_away_leaves_nothing_on_the_server(dropout_encoder, k
     _eventually(lambda: server.sessions == {})  # nobody uses it any more: freed
 
 
+def test_a_connection_cannot_attach_to_another_runs_session(dropout_encoder, key_server):
+    server, address = key_server
+    run, other = _connect(address), _connect(address)
+    _ask(run, {"kind": "attach", "spec": _spec(dropout_encoder)})  # its own session
+    _ask(run, _forward_request("a"))
+    (own,) = server.sessions
+    # Naming the run's session (or any connection's) gives a session of its own, not the run's.
+    _ask(other, {"kind": "attach", "spec": _spec(dropout_encoder), "session": own})
+    assert _ask(other, {"kind": "stats"}) == {"graphs": 0, "caches": 0}
+    assert _ask(run, {"kind": "stats"}) == {"graphs": 1, "caches": 0}
+    assert len(server.sessions) == 2
+    run.close()
+    other.close()
+
+
 def test_requests_before_attaching_and_malformed_ones_are_answered_with_errors(key_server):
     _, address = key_server
     connection = _connect(address)
@@ -317,7 +332,7 @@ def test_requests_before_attaching_and_malformed_ones_are_answered_with_errors(k
     connection.close()
 
 
-def test_settings_that_cannot_work_are_refused_naming_them(tmp_path, monkeypatch):
+def test_settings_that_cannot_work_are_refused_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"model\.block_server\.address is host:port"):
         ProcessTransport(BlockServerSettings(address="localhost"))
     with pytest.raises(ValueError, match=r"model\.block_server\.timeout must be > 0"):
@@ -343,9 +358,8 @@ def test_settings_that_cannot_work_are_refused_naming_them(tmp_path, monkeypatch
     missing = BlockServerSettings(
         address="127.0.0.1:1", tls=TlsSettings(ca=str(tmp_path / "ca.crt"))
     )
-    monkeypatch.setenv(SERVER_KEY_ENV, KEY)
     with pytest.raises(ValueError, match=r"model\.block_server\.tls\.ca: cannot read"):
-        ProcessTransport(missing).connect()
+        ProcessTransport(missing)
 
 
 def test_a_transport_says_what_is_wrong_with_its_server(monkeypatch, unused_port, key_server):
@@ -616,7 +630,8 @@ def test_a_run_whose_server_dies_stops_clearly_and_resumes_to_the_same_result(
         address=server.address, tls=TlsSettings(ca=str(credentials.tls.ca))
     )
     try:
-        with pytest.raises(BlockServerError, match="stopped answering"):
+        lost = r"stopped answering \(the connection to the fellrec block server at .* was lost"
+        with pytest.raises(BlockServerError, match=lost):
             _fit(
                 root,
                 dropout_encoder,

@@ -86,8 +86,9 @@ class BlockServerSettings:
 
         Raises:
             ValueError: An address that is not ``host:port``, a timeout or size that is not
-                positive, TLS settings that do not go together or without an address, clear
-                text to an address off loopback without ``insecure``.
+                positive, TLS settings that do not go together, without an address or naming a
+                file that cannot be read, clear text to an address off loopback without
+                ``insecure``.
         """
         if self.timeout <= 0:
             raise ValueError(f"model.block_server.timeout must be > 0, got {self.timeout}")
@@ -97,6 +98,8 @@ class BlockServerSettings:
                 f"got {self.max_message_mb}"
             )
         self.tls.validate("model.block_server.tls")
+        if self.tls.enabled:
+            self.tls.read("model.block_server.tls")  # a missing file is named now, not mid-run
         if self.address is None:
             if self.tls.enabled:
                 raise ValueError(
@@ -280,7 +283,7 @@ class ProcessTransport(Transport):
         except Exception as error:  # a grpc.RpcError, TimeoutError or EOFError: it is over
             self._stream = None
             if hasattr(error, "code"):
-                reason = self._peer.explain(error)
+                reason = self._peer.explain(error, connected=True)
             else:
                 reason = str(error) or type(error).__name__
             self._lost = (

@@ -95,7 +95,10 @@ class BlockServer:
 
     def _attach(self, request: dict[str, Any], owner: int, attached: list[str]) -> dict[str, Any]:
         spec = BlockHostSpec(**request["spec"])
-        name = str(request.get("session") or f"connection-{owner}")
+        # A run's own session cannot be named by another connection: named ones (shared on
+        # purpose, by whoever knows the name) live apart from the connections' own.
+        named = request.get("session")
+        name = f"named:{named}" if named else f"connection-{owner}"
         session = self.sessions.get(name)
         if session is not None and session.host.spec != spec:
             raise ValueError(f"session {name!r} holds another model: {session.host.spec}")

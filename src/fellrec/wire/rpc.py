@@ -304,8 +304,14 @@ class Peer:
         credentials = grpc.ssl_channel_credentials(ca, key, certificate)
         return grpc.secure_channel(self.address, credentials, options=options)
 
-    def explain(self, error: Any) -> str:
-        """What a failed call (a ``grpc.RpcError``) means, in words that name what to change."""
+    def explain(self, error: Any, connected: bool = False) -> str:
+        """What a failed call (a ``grpc.RpcError``) means, in words that name what to change.
+
+        Args:
+            error: The error.
+            connected: Whether earlier calls on the connection went through (then a lost
+                connection is the server gone, not a refused handshake).
+        """
         code = error.code() if hasattr(error, "code") else None
         details = str(error.details() if hasattr(error, "details") else error)
         name = getattr(code, "name", str(code))
@@ -322,6 +328,8 @@ class Peer:
             return f"{where} did not answer in time"
         if name != "UNAVAILABLE":
             return f"{where} failed ({name}: {details})"
+        if connected:
+            return f"the connection to {where} was lost ({details})"
         if "Connection refused" in details or "Failed to connect" in details:
             return (
                 f"no {self.what} at {self.address} ({self.address_setting}): start it with "
