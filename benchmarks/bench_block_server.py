@@ -188,7 +188,7 @@ def time_round_trips(credentials: Path, message_bytes: int, count: int) -> dict[
     """
     import torch
 
-    from fellrec.wire import rpc
+    from fellrec.wire import peers, rpc
     from fellrec.wire.codec import encode
     from fellrec.wire.security import ServerTls, TlsSettings
     from flower_credentials import make_client_certificate, make_tls
@@ -215,8 +215,8 @@ def time_round_trips(credentials: Path, message_bytes: int, count: int) -> dict[
         running = rpc.start_server(
             "127.0.0.1:0", "bench.Echo", streams={"S": echo}, tls=server_tls, key=shared
         )
-        peer = rpc.Peer("echo", running.address, "", caller_tls, "", shared, "", "")
-        stream = rpc.StreamCall(peer.channel(), "/bench.Echo/S", peer.metadata)
+        peer = peers.Peer("echo", running.address, "", caller_tls, "", shared, "", "")
+        stream = peers.StreamCall(peer.channel(), "/bench.Echo/S", peer.metadata)
         times = []
         for _ in range(count):
             started = time.perf_counter()

@@ -53,7 +53,7 @@ from fellrec.serving import block_server
 from fellrec.serving.block_host import BlockHost, BlockHostSpec
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.results import RESULTS_FILE
-from fellrec.wire import rpc
+from fellrec.wire import peers, rpc
 from fellrec.wire.codec import encode
 from fellrec.wire.security import TlsSettings
 from flower_credentials import TlsFiles, make_client_certificate, make_tls
@@ -269,14 +269,14 @@ def key_server() -> Iterator[tuple[block_server.BlockServer, str]]:
     running.stop()
 
 
-def _connect(address: str, settings: BlockServerSettings | None = None) -> rpc.StreamCall:
+def _connect(address: str, settings: BlockServerSettings | None = None) -> peers.StreamCall:
     """A raw connection (a run's stream) to a block server with the shared key."""
     tls = settings.tls if settings is not None else TlsSettings()
-    peer = rpc.Peer("block server", address, "address", tls, "tls", KEY.encode(), "K", "")
-    return rpc.StreamCall(peer.channel(), SESSION_METHOD, peer.metadata)
+    peer = peers.Peer("block server", address, "address", tls, "tls", KEY.encode(), "K", "")
+    return peers.StreamCall(peer.channel(), SESSION_METHOD, peer.metadata)
 
 
-def _ask(connection: rpc.StreamCall, request: dict[str, Any]) -> Any:
+def _ask(connection: peers.StreamCall, request: dict[str, Any]) -> Any:
     return rpc.read_answer(connection.ask(encode(request), 60), "block server")
 
 

@@ -31,7 +31,7 @@ from fellrec.deploy.client_worker import (
 )
 from fellrec.deploy.run_config import RunSettings
 from fellrec.federation.protocol import ClientRoundConfig
-from fellrec.wire import rpc
+from fellrec.wire import peers, rpc
 from fellrec.wire.security import TlsSettings
 from flower_credentials import make_client_certificate, make_tls
 from flower_deployment import free_port
@@ -139,10 +139,10 @@ def test_idle_connections_and_garbage_do_not_hold_up_a_message():
         with pytest.raises(RuntimeError, match="request kind must be one of"):
             ask_worker(address, bogus, key=KEY)
         assert time.monotonic() - started < 5.0
-        peer = rpc.Peer("worker", address, "a", TlsSettings(), "t", KEY, KEY_ENV, "")
+        peer = peers.Peer("worker", address, "a", TlsSettings(), "t", KEY, KEY_ENV, "")
         for garbage in (b"\x00" * 9, b"not a message at all"):
             with pytest.raises(rpc.RemoteError, match="WireError"):
-                rpc.read_answer(rpc.call_once(peer, ANSWER_METHOD, garbage), "worker")
+                rpc.read_answer(peers.call_once(peer, ANSWER_METHOD, garbage), "worker")
     finally:
         for connection in idle:
             connection.close()

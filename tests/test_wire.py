@@ -25,7 +25,7 @@ from safetensors.torch import save
 
 pytest.importorskip("grpc", reason="the wire needs grpcio (the rpc extra)")
 
-from fellrec.wire import rpc
+from fellrec.wire import peers, rpc
 from fellrec.wire.codec import FORMAT, FORMAT_KEY, TREE_KEY, WireError, decode, encode
 from fellrec.wire.security import (
     ServerTls,
@@ -203,8 +203,8 @@ def echo_server() -> Iterator[rpc.RunningServer]:
     running.stop()
 
 
-def _peer(address: str, key: bytes | None) -> rpc.Peer:
-    return rpc.Peer(
+def _peer(address: str, key: bytes | None) -> peers.Peer:
+    return peers.Peer(
         what="echo server",
         address=address,
         address_setting="echo.address",
@@ -218,14 +218,14 @@ def _peer(address: str, key: bytes | None) -> rpc.Peer:
 
 def test_a_server_answers_with_the_key_and_refuses_without_it(echo_server):
     peer = _peer(echo_server.address, b"right")
-    answer = rpc.call_once(peer, "/test.Echo/Echo", encode({"x": torch.ones(2)}))
+    answer = peers.call_once(peer, "/test.Echo/Echo", encode({"x": torch.ones(2)}))
     assert torch.equal(rpc.read_answer(answer, "echo")["x"], torch.ones(2))
     with pytest.raises(ConnectionError, match=r"refused this caller's key.*ECHO_KEY"):
-        rpc.call_once(_peer(echo_server.address, b"wrong"), "/test.Echo/Echo", encode(1))
+        peers.call_once(_peer(echo_server.address, b"wrong"), "/test.Echo/Echo", encode(1))
     with pytest.raises(ConnectionError, match=r"nothing proves this caller.*ECHO_KEY"):
-        rpc.call_once(_peer(echo_server.address, None), "/test.Echo/Echo", encode(1))
+        peers.call_once(_peer(echo_server.address, None), "/test.Echo/Echo", encode(1))
     # A malformed request gets an error answer, not a crash.
-    garbage = rpc.call_once(peer, "/test.Echo/Echo", b"\x00garbage")
+    garbage = peers.call_once(peer, "/test.Echo/Echo", b"\x00garbage")
     with pytest.raises(rpc.RemoteError, match="WireError"):
         rpc.read_answer(garbage, "echo")
 
@@ -235,12 +235,12 @@ def test_nobody_listening_says_how_to_start_the_server():
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(ConnectionError, match=f"no echo server at {address} .*`echo --address`"):
-        rpc.call_once(_peer(address, b"k"), "/test.Echo/Echo", encode(1))
+        peers.call_once(_peer(address, b"k"), "/test.Echo/Echo", encode(1))
 
 
 def test_an_oversized_message_is_refused_and_the_server_goes_on(echo_server):
     peer = _peer(echo_server.address, b"right")
-    stream = rpc.StreamCall(
+    stream = peers.StreamCall(
         peer.channel(max_message_bytes=8 << 20), "/test.Echo/Stream", peer.metadata
     )
     assert rpc.read_answer(stream.ask(encode("a"), 10), "echo") == "a"
@@ -251,7 +251,7 @@ def test_an_oversized_message_is_refused_and_the_server_goes_on(echo_server):
     with pytest.raises(type(refused.value)):
         stream.ask(encode("b"), 10)  # that stream is over ...
     stream.close()
-    answer = rpc.call_once(peer, "/test.Echo/Echo", encode("c"))  # ... the server is not
+    answer = peers.call_once(peer, "/test.Echo/Echo", encode("c"))  # ... the server is not
     assert rpc.read_answer(answer, "echo") == "c"
 
 
@@ -260,7 +260,7 @@ def test_idle_connections_neither_delay_a_caller_nor_outlive_the_handshake_timeo
     idle = [socket.create_connection((host, port)) for _ in range(50)]
     try:
         started = time.monotonic()
-        answer = rpc.call_once(_peer(echo_server.address, b"right"), "/test.Echo/Echo", encode(1))
+        answer = peers.call_once(_peer(echo_server.address, b"right"), "/test.Echo/Echo", encode(1))
         assert rpc.read_answer(answer, "echo") == 1
         assert time.monotonic() - started < 3.0
         # The server drops a connection that did not finish its handshake in 1 s (a clear-text

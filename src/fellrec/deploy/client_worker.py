@@ -32,7 +32,7 @@ from dataclasses import fields
 from typing import Any
 
 from fellrec.deploy.client_requests import ClientRequest
-from fellrec.wire import rpc
+from fellrec.wire import peers, rpc
 from fellrec.wire.codec import encode
 from fellrec.wire.security import (
     ServerTls,
@@ -221,7 +221,7 @@ def ask_worker(
             f"({NODE_TLS_KEYS['ca']} in the node config), or set {NODE_INSECURE_KEY}=true for "
             "a private network you trust"
         )
-    peer = rpc.Peer(
+    peer = peers.Peer(
         what="fellrec client worker",
         address=address,
         address_setting=f"node config {NODE_CONFIG_KEY}",
@@ -231,7 +231,7 @@ def ask_worker(
         key_variable=KEY_ENV,
         start=f"python -m fellrec.deploy.client_worker --address {address}",
     )
-    answer = rpc.call_once(peer, ANSWER_METHOD, encode(request.to_wire()))
+    answer = peers.call_once(peer, ANSWER_METHOD, encode(request.to_wire()))
     try:
         value = rpc.read_answer(answer, f"the fellrec client worker at {address}")
     except rpc.RemoteError as error:

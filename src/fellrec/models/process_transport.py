@@ -46,7 +46,7 @@ from fellrec.models.transport import (
     gradient_to_client,
     gradient_to_server,
 )
-from fellrec.wire import rpc
+from fellrec.wire import peers, rpc
 from fellrec.wire.codec import WireError, encode
 from fellrec.wire.security import TlsSettings, is_loopback, key_from_environment, parse_address
 
@@ -98,8 +98,6 @@ class BlockServerSettings:
                 f"got {self.max_message_mb}"
             )
         self.tls.validate("model.block_server.tls")
-        if self.tls.enabled:
-            self.tls.read("model.block_server.tls")  # a missing file is named now, not mid-run
         if self.address is None:
             if self.tls.enabled:
                 raise ValueError(
@@ -108,6 +106,8 @@ class BlockServerSettings:
                     "listens on loopback only"
                 )
             return
+        if self.tls.enabled:
+            self.tls.read("model.block_server.tls")  # a missing file is named now, not mid-run
         host, _ = parse_address(self.address, "model.block_server.address")
         if not self.tls.enabled and not is_loopback(host) and not self.insecure:
             raise ValueError(
@@ -156,8 +156,8 @@ class ProcessTransport(Transport):
         self.settings.validate()
         self.address = self.settings.address
         self._channel: Any = None
-        self._stream: rpc.StreamCall | None = None
-        self._peer: rpc.Peer | None = None
+        self._stream: peers.StreamCall | None = None
+        self._peer: peers.Peer | None = None
         self._child: subprocess.Popen[str] | None = None
         self._ids = itertools.count()
         self._caches: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -190,7 +190,7 @@ class ProcessTransport(Transport):
             self.address, key = self._start_child()
         else:
             key = key_from_environment(SERVER_KEY_ENV)
-        peer = rpc.Peer(
+        peer = peers.Peer(
             what="fellrec block server",
             address=self.address,
             address_setting="model.block_server.address",
@@ -205,7 +205,7 @@ class ProcessTransport(Transport):
         except ConnectionError as error:
             raise BlockServerError(str(error)) from None
         channel = peer.channel(int(self.settings.max_message_mb * 2**20))
-        stream = rpc.StreamCall(channel, SESSION_METHOD, peer.metadata)
+        stream = peers.StreamCall(channel, SESSION_METHOD, peer.metadata)
         try:
             hello = rpc.read_answer(
                 stream.ask(encode({"kind": "hello"}), self.settings.timeout), peer.what
@@ -440,7 +440,7 @@ def _discard_lines(stream: IO[str]) -> None:
 
 
 def _close(
-    stream: rpc.StreamCall | None, channel: Any, child: subprocess.Popen[str] | None
+    stream: peers.StreamCall | None, channel: Any, child: subprocess.Popen[str] | None
 ) -> None:
     """Close a connection; wait for a child server to stop (it does once its client is gone)."""
     if stream is not None:

@@ -9,6 +9,8 @@ package, and nothing else, for what crosses:
   whose metadata holds the control values as JSON. Nothing received is unpickled.
 - :mod:`fellrec.wire.security`: addresses, the shared key, TLS settings (server certificate
   verification, optionally client certificates: mutual TLS).
-- :mod:`fellrec.wire.rpc`: gRPC as the carrier (TLS, HTTP/2 framing, message size limits,
-  handshake timeouts, connections handled without blocking each other).
+- :mod:`fellrec.wire.rpc`: gRPC as the carrier, the server's side (TLS, HTTP/2 framing, message
+  size limits, handshake timeouts, connections handled without blocking each other);
+- :mod:`fellrec.wire.peers`: the caller's side (a connection as one stream, errors that name the
+  setting to change).
 """
