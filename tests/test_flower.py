@@ -603,6 +603,8 @@ def test_the_config_fingerprint_ignores_what_each_party_keeps_for_itself():
         "trainer": {"max_epochs": 3, "default_root_dir": "runs/b", "accelerator": "gpu"},
     }
     assert config_fingerprint(node) == config_fingerprint(config)
+    own_server = {**node, "model": {"lr": 0.1, "block_server": {"address": "10.0.0.2:7200"}}}
+    assert config_fingerprint(own_server) == config_fingerprint(config)
     for changed in (
         {**config, "model": {"lr": 0.2}},
         {**config, "data": {**config["data"], "num_clients": 3}},

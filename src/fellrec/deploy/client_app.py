@@ -19,7 +19,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fellrec.deploy.client_requests import ClientRequest
-from fellrec.deploy.client_worker import NODE_CONFIG_KEY, ask_worker
+from fellrec.deploy.client_worker import NODE_CONFIG_KEY, ask_worker, worker_tls
 from fellrec.deploy.flower_logs import plain_flower_logs
 from fellrec.deploy.messages import (
     evaluation_request_from,
@@ -52,7 +52,8 @@ def answer_on_node(request: ClientRequest, context: Context) -> Any:
     plain_flower_logs()  # this process may be a simulation's actor, whose output goes to a file
     worker = context.node_config.get(NODE_CONFIG_KEY)
     if worker:
-        return ask_worker(str(worker), request)
+        tls, insecure = worker_tls(context.node_config)
+        return ask_worker(str(worker), request, tls=tls, insecure=insecure)
     # Imported here: a ClientApp that forwards to a worker never loads Lightning or model code.
     from fellrec.deploy.client_session import answer
 

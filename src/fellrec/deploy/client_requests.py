@@ -8,6 +8,7 @@ connection, so its short-lived process starts in about the time Python needs for
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -44,3 +45,89 @@ class ClientRequest:
     stage: str = ""
     selection: tuple[int, int] | None = None
     silo: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """As plain values a :mod:`fellrec.wire` message carries."""
+        config = self.config
+        return {
+            "kind": self.kind,
+            "settings": {
+                "config_files": list(self.settings.config_files),
+                "overrides": list(self.settings.overrides),
+            },
+            "client": self.client,
+            "parameters": self.parameters,
+            "config": (
+                None
+                if config is None
+                else {
+                    "round": config.round,
+                    "lr_scale": config.lr_scale,
+                    "proximal_mu": config.proximal_mu,
+                    "trains": config.trains,
+                }
+            ),
+            "stage": self.stage,
+            "selection": list(self.selection) if self.selection is not None else None,
+            "silo": self.silo,
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any) -> ClientRequest:
+        """The request :meth:`to_wire` described.
+
+        Raises:
+            ValueError: Naming the field that is missing or of the wrong type.
+        """
+        if not isinstance(value, dict):
+            raise ValueError("a client request is a dict of its fields")
+        settings = _field(value, "settings", dict)
+        config = _field(value, "config", dict, optional=True)
+        selection = _field(value, "selection", list, optional=True)
+        parameters = _field(value, "parameters", torch.Tensor, optional=True)
+        silo = _field(value, "silo", str, optional=True)
+        files, overrides = settings.get("config_files"), settings.get("overrides")
+        if not _strings(files) or not _strings(overrides):
+            raise ValueError("a client request's settings are lists of strings")
+        if selection is not None and not (
+            len(selection) == 2 and all(type(v) is int for v in selection)
+        ):
+            raise ValueError("a client request's selection is [selected round, rounds run]")
+        return cls(
+            kind=_field(value, "kind", str),
+            settings=RunSettings(tuple(files), tuple(overrides)),
+            client=_field(value, "client", int),
+            parameters=parameters,
+            config=(
+                None
+                if config is None
+                else ClientRoundConfig(
+                    round=_field(config, "round", int),
+                    lr_scale=float(_field(config, "lr_scale", (int, float))),
+                    proximal_mu=float(_field(config, "proximal_mu", (int, float))),
+                    trains=_field(config, "trains", bool),
+                )
+            ),
+            stage=_field(value, "stage", str),
+            selection=(selection[0], selection[1]) if selection is not None else None,
+            silo=silo,
+        )
+
+
+def _field(
+    value: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False
+) -> Any:
+    """``value[name]``, checked to be a ``kind`` (or None when ``optional``)."""
+    if name not in value:
+        raise ValueError(f"a client request without its {name!r} field")
+    field = value[name]
+    if field is None and optional:
+        return None
+    # bool is an int in Python; an int field takes no bool.
+    if not isinstance(field, kind) or (kind is int and isinstance(field, bool)):
+        raise ValueError(f"a client request's {name!r} is {type(field).__name__}")
+    return field
+
+
+def _strings(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) for v in values)

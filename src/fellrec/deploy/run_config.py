@@ -25,6 +25,8 @@ OVERRIDES_KEY = "fellrec-overrides"
 #: and which client it is. Everything else must be the same everywhere (the config fingerprint).
 PER_PARTY_SETTINGS = {
     "data": ("client", "silo", "silos", "catalog", "cache_dir", "dataset.path"),
+    # The block server a client's split runs through, and its certificates, are its own.
+    "model": ("block_server",),
 }
 #: Config sections that decide a federation's results (the trainer's are the node's own
 #: business, but the number of rounds).
@@ -41,16 +43,17 @@ def config_fingerprint(config: Mapping[str, Any], extra: Mapping[str, Any] | Non
     Returns:
         16 hex digits.
     """
-    shared: dict[str, Any] = {key: config.get(key) for key in FINGERPRINTED_SECTIONS}
-    data = json.loads(json.dumps(shared.get("data") or {}, default=str))
-    for dotted in PER_PARTY_SETTINGS["data"]:
-        *parents, leaf = dotted.split(".")
-        node = data
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    shared["data"] = data
+    shared: dict[str, Any] = json.loads(
+        json.dumps({key: config.get(key) for key in FINGERPRINTED_SECTIONS}, default=str)
+    )
+    for section, keys in PER_PARTY_SETTINGS.items():
+        for dotted in keys:
+            *parents, leaf = dotted.split(".")
+            node = shared.get(section)
+            for parent in parents:
+                node = node.get(parent) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
     shared["rounds"] = (config.get("trainer") or {}).get("max_epochs")
     shared["extra"] = dict(extra or {})
     payload = json.dumps(shared, sort_keys=True, default=str)

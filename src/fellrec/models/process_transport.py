@@ -13,16 +13,18 @@ it would draw in one process, which makes the two transports equal number for nu
 random draws, no data). Generation keeps a KV cache per client and call on the server, reordered
 with the client's beams.
 
-Without an address fellrec starts a block server as a child process for the run (and stops it
-at the end); with ``model.block_server.address`` it uses a running one
-(``fellrec serve-blocks``), authenticated by the key in ``FELLREC_SERVER_KEY``.
+The connection is one gRPC stream of :mod:`fellrec.wire` messages (tensors in safetensors,
+control values in JSON: nothing received is unpickled). Without an address fellrec starts a
+block server as a child process for the run (on loopback, with a one-time key, stopped at the
+end); with ``model.block_server.address`` it uses a running one (``fellrec serve-blocks``), over
+TLS (``model.block_server.tls``: the server's certificate verified against ``ca``; a client
+certificate for mutual TLS) and/or with the shared key in ``FELLREC_SERVER_KEY``.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import pickle
 import secrets
 import subprocess
 import sys
@@ -30,15 +32,12 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import torch
 from torch import Tensor
 
-from fellrec import process_links
 from fellrec.models.transport import (
     MiddleCall,
     Payload,
@@ -47,37 +46,79 @@ from fellrec.models.transport import (
     gradient_to_client,
     gradient_to_server,
 )
+from fellrec.wire import peers, rpc
+from fellrec.wire.codec import WireError, encode
+from fellrec.wire.security import TlsSettings, is_loopback, key_from_environment, parse_address
 
 #: Environment variable with the key a block server and its clients share.
 SERVER_KEY_ENV = "FELLREC_SERVER_KEY"
 #: The line a block server prints once it listens (followed by ``host:port``).
 LISTENING = "fellrec block server listening on "
+#: The block server's gRPC service, and its one method: a run's connection (a stream).
+SERVICE = "fellrec.BlockServer"
+SESSION_METHOD = f"/{SERVICE}/Session"
 
 
 class BlockServerError(ConnectionError):
-    """The block server is gone or did not answer: the run cannot go on without it."""
+    """The block server is gone, refused this run, or did not answer: the run cannot go on."""
 
 
 @dataclass
 class BlockServerSettings:
-    """Where the block server of ``model.transport: process`` runs."""
+    """Where the block server of ``model.transport: process`` runs, and how to reach it."""
 
     address: str | None = None
-    """``host:port`` of a running block server (``fellrec serve-blocks``; the key in
-    ``FELLREC_SERVER_KEY``); None starts one as a child process of the run."""
+    """``host:port`` of a running block server (``fellrec serve-blocks``); None starts one as a
+    child process of the run (loopback, a one-time key)."""
     timeout: float = 600.0
     """Seconds to wait for one answer before the run stops with an error."""
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    """TLS to the server: ``ca`` (verify the server's certificate; TLS is on when set),
+    ``certificate`` and ``key`` (this run's client certificate, for mutual TLS), ``server_name``
+    (the name on the server's certificate, when not the address's host)."""
+    insecure: bool = False
+    """Allow clear text to an address that is not loopback (a private network you trust)."""
+    max_message_mb: float = rpc.MAX_MESSAGE_BYTES / 2**20
+    """The largest message sent or accepted, MiB (a step's tensors, a round's LoRA rows)."""
 
     def validate(self) -> None:
-        """Refuse an address that is not ``host:port`` or a timeout that is not positive."""
-        if self.address is not None:
-            process_links.parse_address(self.address, "model.block_server.address")
+        """Refuse settings that cannot work, naming them.
+
+        Raises:
+            ValueError: An address that is not ``host:port``, a timeout or size that is not
+                positive, TLS settings that do not go together, without an address or naming a
+                file that cannot be read, clear text to an address off loopback without
+                ``insecure``.
+        """
         if self.timeout <= 0:
             raise ValueError(f"model.block_server.timeout must be > 0, got {self.timeout}")
+        if not 0 < self.max_message_mb < 2048:
+            raise ValueError(
+                "model.block_server.max_message_mb must be > 0 and below 2048 (gRPC's limit), "
+                f"got {self.max_message_mb}"
+            )
+        self.tls.validate("model.block_server.tls")
+        if self.address is None:
+            if self.tls.enabled:
+                raise ValueError(
+                    "model.block_server.tls is set but model.block_server.address is not: TLS "
+                    "is for a running server (fellrec serve-blocks); a run's own block server "
+                    "listens on loopback only"
+                )
+            return
+        if self.tls.enabled:
+            self.tls.read("model.block_server.tls")  # a missing file is named now, not mid-run
+        host, _ = parse_address(self.address, "model.block_server.address")
+        if not self.tls.enabled and not is_loopback(host) and not self.insecure:
+            raise ValueError(
+                f"model.block_server.address {self.address} is not loopback: set "
+                "model.block_server.tls.ca to reach it over TLS (hidden states give away the "
+                "inputs), or model.block_server.insecure: true for a private network you trust"
+            )
 
 
 def _wire(tensor: Tensor) -> Tensor:
-    """A compact CPU copy: pickling a view would send its whole underlying storage."""
+    """A compact CPU copy of what crosses (a view's own elements, not its whole storage)."""
     return tensor.detach().cpu().clone()
 
 
@@ -110,10 +151,13 @@ class ProcessTransport(Transport):
 
     def __init__(self, settings: BlockServerSettings | None = None) -> None:
         super().__init__()
+        rpc.grpc_module("model.transport: process")
         self.settings = settings if settings is not None else BlockServerSettings()
         self.settings.validate()
         self.address = self.settings.address
-        self._connection: Connection | None = None
+        self._channel: Any = None
+        self._stream: peers.StreamCall | None = None
+        self._peer: peers.Peer | None = None
         self._child: subprocess.Popen[str] | None = None
         self._ids = itertools.count()
         self._caches: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -124,44 +168,67 @@ class ProcessTransport(Transport):
         self._lost: str | None = None
         self._adapter_name: Callable[[], str] = lambda: ""
         self._training: Callable[[], bool] = lambda: False
-        #: Bytes that went over the connection (pickled messages, both ways), and by request.
+        #: Bytes that went over the connection (wire messages, both ways), and by request.
         self.wire_bytes = 0
         self.wire_bytes_by_request: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
-        """Connect to the block server (starting a child one when no address is set)."""
-        if self._connection is not None:
+        """Connect to the block server (starting a child one when no address is set).
+
+        Raises:
+            BlockServerError: Saying what to change when the server is not there, refuses this
+                run (its key or certificate) or presents a certificate this run does not trust.
+            ValueError: Naming the setting of a TLS file that cannot be read.
+        """
+        if self._stream is not None:
             return
         if self._lost is not None:
             raise BlockServerError(self._lost)
+        key: bytes | None
         if self.address is None:
             self.address, key = self._start_child()
         else:
-            key = process_links.key_from_environment(
-                SERVER_KEY_ENV, "the block server and the runs that use it"
-            )
+            key = key_from_environment(SERVER_KEY_ENV)
+        peer = peers.Peer(
+            what="fellrec block server",
+            address=self.address,
+            address_setting="model.block_server.address",
+            tls=self.settings.tls,
+            tls_setting="model.block_server.tls",
+            key=key,
+            key_variable=SERVER_KEY_ENV,
+            start=f"fellrec serve-blocks --address {self.address}",
+        )
         try:
-            connection = Client(
-                process_links.parse_address(self.address, "model.block_server.address"),
-                authkey=key,
+            peer.check_credentials()
+        except ConnectionError as error:
+            raise BlockServerError(str(error)) from None
+        channel = peer.channel(int(self.settings.max_message_mb * 2**20))
+        stream = peers.StreamCall(channel, SESSION_METHOD, peer.metadata)
+        try:
+            hello = rpc.read_answer(
+                stream.ask(encode({"kind": "hello"}), self.settings.timeout), peer.what
             )
-        except ConnectionRefusedError as error:
+        except Exception as error:
+            stream.close()
+            channel.close()
+            if hasattr(error, "code"):  # a grpc.RpcError
+                raise BlockServerError(peer.explain(error)) from None
             raise BlockServerError(
-                f"no fellrec block server at {self.address} (model.block_server.address): start "
-                f"it with `fellrec serve-blocks --address {self.address}` and the same "
-                f"{SERVER_KEY_ENV}"
-            ) from error
-        except AuthenticationError as error:
-            raise BlockServerError(
-                f"the block server at {self.address} refused this run's key ({SERVER_KEY_ENV})"
-            ) from error
-        self._connection = connection
+                f"the {peer.what} at {self.address} did not answer as one "
+                f"({type(error).__name__}: {error})"
+            ) from None
+        if not isinstance(hello, dict) or hello.get("server") != "fellrec block server":
+            stream.close()
+            channel.close()
+            raise BlockServerError(f"{self.address} is not a fellrec block server")
+        self._channel, self._stream, self._peer = channel, stream, peer
         # When the run ends or the transport is dropped, its child server stops too.
-        weakref.finalize(self, _close, connection, self._child)
+        weakref.finalize(self, _close, stream, channel, self._child)
 
     def _start_child(self) -> tuple[str, bytes]:
-        """Start a block server for this run alone; its address and key."""
+        """Start a block server for this run alone (loopback, clear text); its address and key."""
         key = secrets.token_hex(16)
         command = [
             sys.executable,
@@ -193,8 +260,8 @@ class ProcessTransport(Transport):
 
     def close(self) -> None:
         """Close the connection; a child server stops with it."""
-        _close(self._connection, self._child)
-        self._connection, self._child = None, None
+        _close(self._stream, self._channel, self._child)
+        self._stream, self._channel, self._child = None, None, None
 
     def request(self, kind: str, **fields: Any) -> Any:
         """Send one request and return the server's answer (attaching first, once).
@@ -209,27 +276,30 @@ class ProcessTransport(Transport):
         return self._request(kind, **fields)
 
     def _request(self, kind: str, **fields: Any) -> Any:
-        assert self._connection is not None
+        assert self._stream is not None and self._peer is not None
+        request = encode({"kind": kind, **fields})
         try:
-            sent = process_links.send(self._connection, {"kind": kind, **fields})
-            if not self._connection.poll(self.settings.timeout):
-                raise TimeoutError(f"no answer in {self.settings.timeout:g} s")
-            data = self._connection.recv_bytes()
-        except (OSError, EOFError) as error:
-            self._connection = None
-            reason = str(error) or type(error).__name__
+            answer = self._stream.ask(request, self.settings.timeout)
+        except Exception as error:  # a grpc.RpcError, TimeoutError or EOFError: it is over
+            self._stream = None
+            if hasattr(error, "code"):
+                reason = self._peer.explain(error, connected=True)
+            else:
+                reason = str(error) or type(error).__name__
             self._lost = (
                 f"the block server at {self.address} stopped answering ({reason}); the run "
                 "stops here, and its last checkpoint holds its last finished round: resume "
                 "from it (--ckpt_path last) once the server is back"
             )
             raise BlockServerError(self._lost) from error
-        self.wire_bytes += sent + len(data)
-        self.wire_bytes_by_request[kind] += sent + len(data)
-        status, value = pickle.loads(data)
-        if status != "ok":
-            raise RuntimeError(f"the block server at {self.address} failed: {value}")
-        return value
+        self.wire_bytes += len(request) + len(answer)
+        self.wire_bytes_by_request[kind] += len(request) + len(answer)
+        try:
+            return rpc.read_answer(answer, f"the block server at {self.address}")
+        except rpc.RemoteError as error:
+            raise RuntimeError(str(error)) from None
+        except WireError as error:
+            raise BlockServerError(f"the block server at {self.address}: {error}") from None
 
     # ------------------------------------------------------------------ session
     def bind(
@@ -354,7 +424,7 @@ class ProcessTransport(Transport):
         """Free the server's KV caches of the generation that just ended."""
         keys = list(self._caches.values())
         self._caches = weakref.WeakKeyDictionary()
-        if keys and self._connection is not None:
+        if keys and self._stream is not None:
             self.request("release", caches=keys)
 
     # ------------------------------------------------------------------ training state
@@ -369,10 +439,14 @@ def _discard_lines(stream: IO[str]) -> None:
         pass
 
 
-def _close(connection: Connection | None, child: subprocess.Popen[str] | None) -> None:
+def _close(
+    stream: peers.StreamCall | None, channel: Any, child: subprocess.Popen[str] | None
+) -> None:
     """Close a connection; wait for a child server to stop (it does once its client is gone)."""
-    if connection is not None:
-        connection.close()
+    if stream is not None:
+        stream.close()
+    if channel is not None:
+        channel.close()
     if child is not None and child.poll() is None:
         try:
             child.wait(timeout=30)
