@@ -6,6 +6,7 @@ certificates, TLS off loopback; idle connections do not hold up a ClientApp's me
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -65,7 +66,11 @@ def test_a_request_crosses_as_plain_values_and_a_malformed_one_is_named():
     )
     back = ClientRequest.from_wire(request.to_wire())
     assert torch.equal(back.parameters, request.parameters)
-    assert back == ClientRequest(**{**request.__dict__, "parameters": back.parameters})
+    # Compared without the tensor: from Python 3.13 a dataclass compares field by field, and
+    # `tensor == tensor` has no single truth value.
+    assert dataclasses.replace(back, parameters=None) == dataclasses.replace(
+        request, parameters=None
+    )
     wire = request.to_wire()
     for change, message in [
         ({"client": "2"}, "'client' is str"),
