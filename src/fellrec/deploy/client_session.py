@@ -137,12 +137,18 @@ class ClientSession:
         trainer = self._trainer([_StartRound(self.client, config)], limit_val_batches=0)
         trainer.fit(self.module, datamodule=self.datamodule)
         loss_sums, examples, diverged = self.module.collect_round_stats()
+        spent = self.module.privacy_spent()
         return TrainReport(
             client=self.client,
             parameters=self.module.release_parameters()[0],
             loss_sum=float(loss_sums[self.client]),
             examples=float(examples[self.client]),
             diverged=bool(diverged[self.client]),
+            privacy_spent=(
+                None
+                if spent is None
+                else (float(spent[self.client, 0]), float(spent[self.client, 1]))
+            ),
         )
 
     def evaluate(

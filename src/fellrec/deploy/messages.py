@@ -104,6 +104,7 @@ class TrainReport:
         loss_sum: Summed training loss over its examples.
         examples: Training examples (0: it did not train).
         diverged: Whether its loss became NaN/inf.
+        privacy_spent: Under DP-SGD, its ``(epsilon, delta)`` after the round; None: no DP-SGD.
     """
 
     client: int
@@ -111,6 +112,7 @@ class TrainReport:
     loss_sum: float
     examples: float
     diverged: bool
+    privacy_spent: tuple[float, float] | None = None
 
     def content(self) -> RecordDict:
         """As a reply's content."""
@@ -123,6 +125,14 @@ class TrainReport:
                         "loss-sum": self.loss_sum,
                         "examples": self.examples,
                         "diverged": int(self.diverged),
+                        **(
+                            {}
+                            if self.privacy_spent is None
+                            else {
+                                "dp-epsilon": self.privacy_spent[0],
+                                "dp-delta": self.privacy_spent[1],
+                            }
+                        ),
                     }
                 ),
             }
@@ -138,6 +148,11 @@ class TrainReport:
             loss_sum=float(report["loss-sum"]),  # type: ignore[arg-type]
             examples=float(report["examples"]),  # type: ignore[arg-type]
             diverged=bool(report["diverged"]),
+            privacy_spent=(
+                (float(report["dp-epsilon"]), float(report["dp-delta"]))  # type: ignore[arg-type]
+                if "dp-epsilon" in report
+                else None
+            ),
         )
 
 

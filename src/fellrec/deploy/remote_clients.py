@@ -112,14 +112,25 @@ class RemoteClients:
         loss_sums = torch.zeros(self.num_clients, dtype=torch.float64)
         examples = torch.zeros(self.num_clients, dtype=torch.float64)
         diverged = torch.zeros(self.num_clients, dtype=torch.bool)
+        spent = torch.full((self.num_clients, 2), float("nan"), dtype=torch.float64)
         for client, content in answers.items():
             report = TrainReport.from_content(content)
             trained[client] = report.parameters.to(theta.dtype)
             loss_sums[client] = report.loss_sum
             examples[client] = report.examples
             diverged[client] = report.diverged
+            if report.privacy_spent is not None:
+                spent[client] = torch.tensor(report.privacy_spent, dtype=torch.float64)
         absent = tuple(c for c, config in configs.items() if config.trains and c not in answers)
-        self._report = TrainingReport(trained, theta, loss_sums, examples, diverged, absent)
+        self._report = TrainingReport(
+            trained,
+            theta,
+            loss_sums,
+            examples,
+            diverged,
+            absent,
+            privacy_spent=None if bool(spent.isnan().all()) else spent,
+        )
         self.rounds_run = round_index + 1
 
     def training_report(self) -> TrainingReport:

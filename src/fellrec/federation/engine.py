@@ -22,6 +22,7 @@ Lightning between the engine's calls) or the deployment's connection to the clie
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -73,6 +74,8 @@ class TrainingReport:
         examples: Training examples by client id ``(N,)`` (0: did not train or report).
         diverged: ``(N,)`` bool; clients whose loss became NaN/inf.
         absent: Clients that did not report at all (a deployed node that did not answer).
+        privacy_spent: Under DP-SGD, each client's ``(epsilon, delta)`` after the round by client
+            id ``(N, 2)`` (NaN: no DP-SGD, or not reported); None: no client trains with it.
     """
 
     parameters: torch.Tensor
@@ -81,6 +84,7 @@ class TrainingReport:
     examples: torch.Tensor
     diverged: torch.Tensor
     absent: tuple[int, ...] = ()
+    privacy_spent: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,19 @@ class FederationHost(Protocol):
         ``selected_rounds`` (the final test) tells each client which round it is tested with.
         """
         ...
+
+
+def privacy_spent_record(spent: torch.Tensor) -> dict[str, list[float | None]]:
+    """A round's ``dp`` entry: each held client's epsilon and delta (None where not reported).
+
+    Args:
+        spent: ``(S, 2)`` epsilon and delta per held client, NaN where not reported.
+    """
+
+    def values(column: torch.Tensor) -> list[float | None]:
+        return [None if math.isnan(float(v)) else float(v) for v in column]
+
+    return {"epsilon": values(spent[:, 0]), "delta": values(spent[:, 1])}
 
 
 def log_info(message: str) -> None:
@@ -294,6 +311,8 @@ class RoundEngine:
         record = round_record(round_index, inputs, result, self.base_lr)
         record["diverged"] = diverged
         record["absent"] = list(report.absent)
+        if report.privacy_spent is not None:
+            record["dp"] = privacy_spent_record(report.privacy_spent[slots])
         # Training and aggregation; validation adds `val_seconds`, `seconds` is the sum.
         record["train_seconds"] = time.perf_counter() - self._round_started
         record["seconds"] = record["train_seconds"]
@@ -359,6 +378,10 @@ class RoundEngine:
         )
         record = self.history[-1] if self.history else None
         if fitting and record is not None and record["round"] == round_index:
+            if "dp" in record:
+                spent = [e for e in record["dp"]["epsilon"] if e is not None]
+                if spent:
+                    scores += f", DP epsilon <= {max(spent):.2f}"
             record["val"] = summary
             record["val_seconds"] = seconds
             record["seconds"] = record["train_seconds"] + seconds

@@ -106,3 +106,79 @@ def plan_round(
 def shard(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """The rows of a global batch that process ``rank`` of ``world_size`` handles."""
     return indices[rank::world_size]
+
+
+def user_sampled_steps(users: int, expected_users: int, local_epochs: int) -> int:
+    """Steps of a user-sampled round: ``local_epochs`` passes of ``users / expected_users``."""
+    return local_epochs * max(1, -(-users // expected_users))
+
+
+def plan_user_sampled_round(
+    example_users: np.ndarray,
+    example_clients: np.ndarray,
+    num_clients: int,
+    expected_users: int,
+    windows_per_user: int,
+    local_epochs: int,
+    seed: int,
+    round_index: int,
+    pooled: bool = False,
+    clients: Sequence[int] | None = None,
+) -> list[PlannedBatch]:
+    """Plan one round of user-level DP-SGD: every step Poisson-samples each client's users.
+
+    Each step is one batch: every user of the client joins it independently with probability
+    ``q = min(1, expected_users / users)`` and brings at most ``windows_per_user`` of its training
+    windows (drawn without replacement). A step may be empty (it still adds noise). A client's
+    draws depend only on ``(seed, round, client)`` and its own examples, as in :func:`plan_round`.
+
+    Args:
+        example_users: User of every training example ``(E,)``.
+        example_clients: Client of every training example ``(E,)``.
+        num_clients: N.
+        expected_users: Users per step on average.
+        windows_per_user: Windows a sampled user brings at most.
+        local_epochs: Passes (of ``users / expected_users`` steps each).
+        seed: Run seed.
+        round_index: Round counted from 0.
+        pooled: All examples as one client (client 0), for the centralized baseline.
+        clients: Plan only these clients; ``None``: all.
+
+    Returns:
+        The steps, one batch each, client after client.
+    """
+    if expected_users < 1 or windows_per_user < 1 or local_epochs < 1:
+        raise ValueError("expected_users, windows_per_user and local_epochs must all be >= 1")
+    owners = np.zeros_like(example_clients) if pooled else example_clients
+    planned = ([0] if pooled else range(num_clients)) if clients is None else clients
+    plan: list[PlannedBatch] = []
+    for client in planned:
+        members = np.flatnonzero(owners == client)
+        if len(members) == 0:
+            continue
+        # The client's windows grouped by user (stable order: positions, not global ids).
+        order = members[np.argsort(example_users[members], kind="stable")]
+        users, starts = np.unique(example_users[order], return_index=True)
+        groups = np.split(order, starts[1:])
+        rate = min(1.0, expected_users / len(users))
+        rng = np.random.default_rng([seed, round_index, client, 0xD95])
+        steps = user_sampled_steps(len(users), expected_users, local_epochs)
+        for step in range(steps):
+            chosen = np.flatnonzero(rng.random(len(users)) < rate)
+            parts = [
+                groups[u]
+                if len(groups[u]) <= windows_per_user
+                else rng.choice(groups[u], size=windows_per_user, replace=False)
+                for u in chosen
+            ]
+            indices = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            plan.append(
+                PlannedBatch(
+                    client=client,
+                    indices=indices.astype(np.int64),
+                    step_examples=len(indices),
+                    step_end=True,
+                    client_start=step == 0,
+                )
+            )
+    return plan

@@ -30,7 +30,12 @@ from fellrec.data.pipeline import (
 )
 from fellrec.data.schema import EvalUsers
 from fellrec.data.stats import format_partition_table, partition_statistics
-from fellrec.federation.schedule import PlannedBatch, plan_round, shard
+from fellrec.federation.schedule import (
+    PlannedBatch,
+    plan_round,
+    plan_user_sampled_round,
+    shard,
+)
 from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.popularity import (
     evaluate_local_popularity,
@@ -191,6 +196,9 @@ class FederatedDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.seed = seed
         self.pool_clients = False
+        #: ``(expected_users, windows_per_user)`` when the model trains with user-level DP-SGD
+        #: (``model.dp_sgd``): every step then Poisson-samples each client's users.
+        self.user_sampling: tuple[int, int] | None = None
         #: The round the training loader serves; ``None``: the trainer's current epoch (one
         #: Lightning epoch per round). A deployed client, fitted afresh for every round it is
         #: sent, sets it.
@@ -361,6 +369,13 @@ class FederatedDataModule(L.LightningDataModule):
         return popularity_scores(sequences, data.dataset.num_items)
 
     # ------------------------------------------------------------------ process layout
+    def training_users(self, client: int) -> int:
+        """Users with a training example in ``client`` (all users when clients are pooled)."""
+        users = self.data.examples.users
+        if not self.pool_clients:
+            users = users[self.data.example_clients() == client]
+        return len(np.unique(users))
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
@@ -379,6 +394,20 @@ class FederatedDataModule(L.LightningDataModule):
         own examples only, so a client trained on its own (``ClientModule``, a Flower ClientApp
         reading only its silo) takes the same steps as in the one-process simulation.
         """
+        if self.user_sampling is not None:
+            expected_users, windows_per_user = self.user_sampling
+            return plan_user_sampled_round(
+                self.data.examples.users,
+                self.data.example_clients(),
+                self.num_clients,
+                expected_users,
+                windows_per_user,
+                self.local_epochs,
+                self.seed,
+                round_index,
+                pooled=self.pool_clients,
+                clients=None if self.client is None else [self.client],
+            )
         return plan_round(
             self.data.example_clients(),
             self.num_clients,
@@ -408,6 +437,7 @@ class FederatedDataModule(L.LightningDataModule):
                     "client": planned.client,
                     "histories": torch.from_numpy(examples.histories[rows]),
                     "targets": torch.from_numpy(examples.targets[rows]),
+                    "users": torch.from_numpy(examples.users[rows]),
                     "step_examples": planned.step_examples,
                     "step_end": planned.step_end,
                     "client_start": planned.client_start,

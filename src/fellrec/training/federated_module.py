@@ -44,6 +44,7 @@ from fellrec.training.client_optimization import (
 )
 from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
+from fellrec.training.dp_sgd import UserGradientSum, epsilon_spent
 from fellrec.training.module_settings import ModuleSettings
 from fellrec.training.process_group import gather_objects, max_over_processes, reduce_sum
 from fellrec.training.recommender_assembly import (
@@ -103,6 +104,10 @@ class FederatedModule(ModuleSettings):
         self.round_stats = RoundStatistics(0)
         self.eval_names = metric_names()
         self.evaluation = EvaluationSums(0, self.eval_names)
+        #: DP-SGD: each held client's number of training users (its sample rate and delta).
+        self.dp_users: dict[int, int] = {}
+        self._dp_steps: dict[int, int] = {}
+        self._round_index = 0
 
     # ------------------------------------------------------------------ construction
     @property
@@ -185,6 +190,11 @@ class FederatedModule(ModuleSettings):
 
     def setup(self, stage: str) -> None:
         """Load the base model once, attach one adapter per client, build the recommender."""
+        if self.dp_sgd is not None and self.trainer.world_size > 1:
+            raise ValueError(
+                "model.dp_sgd clips each user's gradient in one process; run it with "
+                "--trainer.devices 1"
+            )
         if self.transport_name == "process" and self.trainer.world_size > 1:
             raise ValueError(
                 "model.transport: process serves one training process; run it with "
@@ -207,6 +217,10 @@ class FederatedModule(ModuleSettings):
             list(range(self.num_clients)) if datamodule.client is None else [datamodule.client]
         )
         self._slots = {client: slot for slot, client in enumerate(self.held_clients)}
+        if self.dp_sgd is not None:
+            # Every step Poisson-samples each client's users (fellrec.training.dp_sgd).
+            datamodule.user_sampling = (self.dp_sgd.expected_users, self.dp_sgd.windows_per_user)
+            self.dp_users = {c: datamodule.training_users(c) for c in self.held_clients}
         titles, categories = datamodule.item_texts()
         texts = [
             format_item_text(self.item_text, t, c) for t, c in zip(titles, categories, strict=True)
@@ -272,6 +286,11 @@ class FederatedModule(ModuleSettings):
         if self._trainer is None or self.sharded or self.adapters is None:
             return
         strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy) and self.dp_sgd is not None:
+            raise ValueError(
+                "model.dp_sgd clips each user's gradient in one process; it does not run under "
+                "--trainer.strategy model_parallel"
+            )
         if not isinstance(strategy, ModelParallelStrategy):
             if self.shard_client_blocks:
                 rank_zero_warn(
@@ -363,6 +382,8 @@ class FederatedModule(ModuleSettings):
         self.round_anchor = self.client_parameters()
         self._anchors = {}
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
+        self._dp_steps = {}
+        self._round_index = round_index
         steps: dict[int, int] = {}
         for batch in federated_datamodule(self.trainer).round_plan(round_index):
             if batch.step_end:
@@ -401,6 +422,9 @@ class FederatedModule(ModuleSettings):
             return  # this round's config leaves the client out
         if batch["client_start"]:
             self._begin_client(client, int(batch["round"]))
+        if self.dp_sgd is not None:
+            self._dp_training_step(batch, client, slot, config)
+            return
         targets = batch["targets"]
         if targets.numel() > 0:
             assert self.backend is not None
@@ -425,6 +449,68 @@ class FederatedModule(ModuleSettings):
                 self.round_stats.add(client, float(losses.detach().sum()), targets.numel())
         if batch["step_end"]:
             self._optimizer_step(client, slot, config.proximal_mu if config is not None else 0.0)
+
+    def _dp_training_step(
+        self, batch: dict[str, Any], client: int, slot: int, config: ClientRoundConfig | None
+    ) -> None:
+        """One user-level DP-SGD step: per-user gradients, clipped, summed, noised, stepped.
+
+        The batch is one whole step (the user-sampled plan): each sampled user's windows give
+        its mean loss, whose gradient over every parameter the client steps is clipped to
+        ``max_grad_norm``; the noised sum over the expected number of users is the step's
+        gradient.
+        """
+        assert self.backend is not None and self.dp_sgd is not None
+        _, params = self._own_keys_and_parameters(slot)
+        total = UserGradientSum(params, self.dp_sgd)
+        targets = batch["targets"]
+        if targets.numel() > 0:
+            self.backend.prepare(slot)
+            users = batch["users"]
+            for user in torch.unique(users).tolist():
+                rows = (users == user).nonzero().flatten()
+                losses = self.backend.losses(
+                    slot, batch["histories"][rows], targets[rows], self._generator
+                )
+                if not bool(torch.isfinite(losses.detach()).all()):
+                    self.round_stats.diverged[client] = True
+                    break
+                self.manual_backward(losses.mean())
+                total.add_user()
+                self.round_stats.add(client, float(losses.detach().sum()), int(rows.numel()))
+        users_count = self.dp_users[client]
+        # The noise of (seed, round, client, step): a deployed client sends what its simulation
+        # sends, and a resumed round replays it.
+        step_seed = (self.seed * 1_000_003 + int(batch["round"]) * 10_007 + client) % (2**62)
+        noise = torch.Generator().manual_seed(step_seed * 4099 + self._dp_step_index(slot))
+        total.release(self.dp_sgd.sample_rate(users_count) * users_count, noise)
+        self._optimizer_step(client, slot, config.proximal_mu if config is not None else 0.0)
+
+    def _dp_step_index(self, slot: int) -> int:
+        """The slot's DP steps so far this round (counts up; reset by :meth:`start_round`)."""
+        index = self._dp_steps.get(slot, 0)
+        self._dp_steps[slot] = index + 1
+        return index
+
+    def privacy_spent(self) -> torch.Tensor | None:
+        """Under DP-SGD, each client's ``(epsilon, delta)`` after this round ``(N, 2)``.
+
+        NaN for clients this module does not hold; None without ``model.dp_sgd``. An upper
+        bound: it counts a full round of steps for every round so far, as if the client trained
+        in each.
+        """
+        if self.dp_sgd is None:
+            return None
+        spent = torch.full((self.num_clients, 2), float("nan"), dtype=torch.float64)
+        local_epochs = federated_datamodule(self.trainer).local_epochs
+        rounds = self._round_index + 1
+        for client, users in self.dp_users.items():
+            delta = self.dp_sgd.client_delta(users)
+            steps = self.dp_sgd.steps_per_round(users, local_epochs) * rounds
+            rate = self.dp_sgd.sample_rate(users)
+            spent[client, 0] = epsilon_spent(self.dp_sgd.noise_multiplier, rate, steps, delta)
+            spent[client, 1] = delta
+        return spent
 
     def _optimizer_step(self, client: int, slot: int, proximal_mu: float) -> None:
         assert self.adapters is not None

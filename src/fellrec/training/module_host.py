@@ -49,6 +49,7 @@ class ModuleHost:
             loss_sums=loss_sums,
             examples=examples,
             diverged=diverged,
+            privacy_spent=self.module.privacy_spent(),
         )
 
     def load_parameters(self, parameters: torch.Tensor, identical: bool = False) -> None:

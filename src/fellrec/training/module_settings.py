@@ -22,6 +22,7 @@ from fellrec.models.prompts import PromptSettings
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import check_transport_name
 from fellrec.training.client_optimization import RoundSchedule
+from fellrec.training.dp_sgd import DPSGDSettings, check_dp_sgd_compatible
 from fellrec.training.recommender_assembly import RecommenderSettings
 
 
@@ -85,6 +86,10 @@ class ModuleSettings(L.LightningModule):
         num_negatives: Sampled negatives per example instead of the full-catalog softmax.
         item_batch_size: Items per forward pass when encoding the catalog.
         seed: Seed of dropout and negative sampling (set per client and round, so resumes replay).
+        dp_sgd: User-level DP-SGD inside every client (:mod:`fellrec.training.dp_sgd`): per-user
+            clipping and Gaussian noise over everything a client sends, Poisson-sampled users,
+            (epsilon, delta) per client and round in the log, ``results.json`` and wandb. Unset:
+            off.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class ModuleSettings(L.LightningModule):
         num_negatives: int | None = None,
         item_batch_size: int = 64,
         seed: int = 0,
+        dp_sgd: DPSGDSettings | None = None,
     ) -> None:
         super().__init__()
         # Every setting is checked here, before the data and the model are loaded.
@@ -138,6 +144,11 @@ class ModuleSettings(L.LightningModule):
                 "model.transport: process loads the base in full precision on the server; "
                 "model.load_in_8bit is not supported with it"
             )
+        if dp_sgd is not None:
+            dp_sgd.validate()
+            check_dp_sgd_compatible(transport, items if items is not None else ItemSettings())
+        #: User-level DP-SGD inside every client (``model.dp_sgd``), or None.
+        self.dp_sgd = dp_sgd
         self.backbone_name = backbone
         self.recommender_kind = recommender
         self.split = split_execution
@@ -175,7 +186,9 @@ class ModuleSettings(L.LightningModule):
         self.seed = seed
         self.recommender_settings().validate()
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["strategy", "lora", "prompt", "items", "block_server"])
+        self.save_hyperparameters(
+            ignore=["strategy", "lora", "prompt", "items", "block_server", "dp_sgd"]
+        )
         if strategy is not None:
             # The same spec the config used, so LightningCLI can re-read it from a checkpoint.
             self.hparams["strategy"] = strategy.class_spec()
@@ -183,6 +196,7 @@ class ModuleSettings(L.LightningModule):
         self.hparams["prompt"] = asdict(self.prompt)
         self.hparams["items"] = asdict(self.items)
         self.hparams["block_server"] = asdict(self.block_server)
+        self.hparams["dp_sgd"] = asdict(dp_sgd) if dp_sgd is not None else None
 
     @property
     def uses_item_components(self) -> bool:

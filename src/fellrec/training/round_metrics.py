@@ -14,7 +14,7 @@ from typing import Any
 
 
 def aggregation_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """``round``, ``client/<slot>/train/loss``, ``client/<slot>/lr`` and heating weights.
+    """``round``, ``client/<slot>/train/loss``, ``client/<slot>/lr``, heating weights and epsilon.
 
     Args:
         record: A round's history record (``round``, ``train_loss``, ``lr`` and optionally
@@ -22,7 +22,10 @@ def aggregation_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """
     metrics = {"round": float(record["round"])}
     weights = record.get("heating_weight")
+    spent = record.get("dp", {}).get("epsilon")
     for slot, lr in enumerate(record["lr"]):
+        if spent is not None and spent[slot] is not None:
+            metrics[f"client/{slot}/dp/epsilon"] = float(spent[slot])
         loss = record["train_loss"][slot]
         if loss is not None:
             metrics[f"client/{slot}/train/loss"] = float(loss)

@@ -1,0 +1,246 @@
+"""User-level DP-SGD inside each client: sampling plan, clipping, noise, accounting, a real fit."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build_tiny_encoder
+from federation_helpers import tiny_run
+from fellrec.federation.schedule import plan_user_sampled_round, user_sampled_steps
+from fellrec.federation.strategies import FedAvg
+from fellrec.models.adapters import LoRASettings
+from fellrec.models.item_components import ItemSettings
+from fellrec.training.dp_sgd import (
+    DPSGDSettings,
+    UserGradientSum,
+    check_dp_sgd_compatible,
+    clip_factor,
+    epsilon_spent,
+)
+from fellrec.training.federated_module import FederatedModule
+
+
+def test_the_accountant_gives_opacus_published_value():
+    # opacus/tests/accountants_test.py::test_rdp_accountant: sigma 1.5, q 0.04, 90 epochs.
+    assert epsilon_spent(1.5, 0.04, int(90 / 0.04), 1e-5) == pytest.approx(7.32911117143)
+    assert epsilon_spent(1.5, 0.04, 0, 1e-5) == 0.0
+    # More steps, less noise or a larger sample rate cost more.
+    assert epsilon_spent(1.5, 0.04, 100, 1e-5) < epsilon_spent(1.5, 0.04, 200, 1e-5)
+    assert epsilon_spent(2.0, 0.04, 100, 1e-5) < epsilon_spent(1.0, 0.04, 100, 1e-5)
+
+
+def test_clipping_and_noise_on_hand_computed_gradients():
+    assert clip_factor(torch.tensor(5.0), 1.0) == pytest.approx(0.2)
+    assert clip_factor(torch.tensor(0.5), 1.0) == 1.0
+    first = torch.nn.Parameter(torch.zeros(2))
+    second = torch.nn.Parameter(torch.zeros(1))
+    settings = DPSGDSettings(noise_multiplier=0.5, max_grad_norm=1.0)
+    total = UserGradientSum([first, second], settings)
+    first.grad, second.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.0])  # norm 5: clipped
+    assert total.add_user() == pytest.approx(5.0)
+    assert first.grad is None and second.grad is None  # cleared for the next user
+    first.grad = torch.tensor([0.0, 0.0])  # second left without a gradient: counts as zero
+    second.grad = torch.tensor([0.5])
+    assert total.add_user() == pytest.approx(0.5)
+    assert total.users == 2
+    torch.testing.assert_close(total.total, torch.tensor([0.6, 0.8, 0.5]))
+    total.release(expected_users=4.0, generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(3, generator=torch.Generator().manual_seed(7))
+    expected = (torch.tensor([0.6, 0.8, 0.5]) + 0.5 * 1.0 * noise) / 4.0
+    torch.testing.assert_close(torch.cat([first.grad, second.grad]), expected)
+
+
+def test_settings_are_checked_naming_the_key():
+    for field, value, message in [
+        ("noise_multiplier", 0.0, "model.dp_sgd.noise_multiplier must be > 0"),
+        ("max_grad_norm", float("nan"), "model.dp_sgd.max_grad_norm must be > 0"),
+        ("expected_users", 0, "model.dp_sgd.expected_users must be >= 1"),
+        ("windows_per_user", 0, "model.dp_sgd.windows_per_user must be >= 1"),
+        ("delta", 1.0, "model.dp_sgd.delta must be in (0, 1)"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            DPSGDSettings(**{field: value}).validate()
+    settings = DPSGDSettings(expected_users=10)
+    assert settings.sample_rate(40) == 0.25 and settings.sample_rate(5) == 1.0
+    assert settings.steps_per_round(41, 2) == 2 * 5
+    assert settings.client_delta(200) == 1 / 200
+    assert DPSGDSettings(delta=1e-6).client_delta(200) == 1e-6
+
+
+def test_configurations_where_clipping_cannot_cover_everything_are_refused():
+    with pytest.raises(ValueError, match=re.escape("model.dp_sgd needs model.transport: local")):
+        check_dp_sgd_compatible("process", ItemSettings())
+    for init in ("log_popularity", "dp_log_popularity"):
+        with pytest.raises(
+            ValueError, match=re.escape("model.dp_sgd needs model.items.bias_init: zeros")
+        ):
+            check_dp_sgd_compatible("local", ItemSettings(bias_init=init))
+    with pytest.raises(
+        ValueError, match=re.escape("model.dp_sgd needs model.items.bias_init: zeros")
+    ):
+        FederatedModule(dp_sgd=DPSGDSettings(), items=ItemSettings(bias_init="log_popularity"))
+
+
+def _plan(users, owners, **options):
+    settings = {
+        "num_clients": 2,
+        "expected_users": 3,
+        "windows_per_user": 2,
+        "local_epochs": 1,
+        "seed": 0,
+        "round_index": 0,
+    }
+    settings.update(options)
+    return plan_user_sampled_round(np.asarray(users), np.asarray(owners), **settings)
+
+
+def test_the_plan_samples_users_of_one_client_with_at_most_their_window_cap():
+    # Client 0: users 0..5 (user u has u + 1 windows); client 1: users 10..11.
+    users = [u for u in range(6) for _ in range(u + 1)] + [10, 10, 11]
+    clients = [0] * 21 + [1] * 3
+    plan = _plan(users, clients, round_index=3)
+    users_arr, clients_arr = np.asarray(users), np.asarray(clients)
+    assert [b.client for b in plan] == [0, 0, 1]  # ceil(6/3) steps, then ceil(2/3) = 1
+    assert user_sampled_steps(6, 3, 1) == 2 and user_sampled_steps(2, 3, 1) == 1
+    for batch in plan:
+        assert batch.step_end and batch.step_examples == len(batch.indices)
+        assert (clients_arr[batch.indices] == batch.client).all()
+        _, counts = np.unique(users_arr[batch.indices], return_counts=True)
+        assert (counts <= 2).all()
+        assert len(set(batch.indices.tolist())) == len(batch.indices)  # no window twice
+    assert [b.client_start for b in plan] == [True, False, True]
+    # Client 1 has 2 users, fewer than expected: every user every step, all its windows.
+    assert sorted(plan[-1].indices.tolist()) == [21, 22, 23]
+    # Seeded by (seed, round, client): the same again, another round differs somewhere.
+    again = _plan(users, clients, round_index=3)
+    assert all(np.array_equal(a.indices, b.indices) for a, b in zip(plan, again, strict=True))
+    # A silo plans alone exactly what the federation plans for it.
+    alone = _plan(users, clients, round_index=3, clients=[1])
+    assert np.array_equal(alone[0].indices, plan[-1].indices)
+
+
+def test_users_are_sampled_at_the_poisson_rate():
+    users = np.repeat(np.arange(40), 3)
+    clients = np.zeros(120, dtype=np.int64)
+    joined = []
+    for round_index in range(200):
+        for batch in _plan(
+            users, clients, num_clients=1, expected_users=10, round_index=round_index
+        ):
+            joined.append(len(np.unique(users[batch.indices])))
+    # 800 steps of Binomial(40, 0.25): mean 10, its standard error ~0.1.
+    assert np.mean(joined) == pytest.approx(10.0, abs=0.5)
+    assert 0 in joined or min(joined) < 5  # sizes vary: Poisson sampling, not fixed batches
+
+
+def test_a_pooled_plan_samples_all_users_as_one_client():
+    users = np.arange(10)
+    clients = np.asarray([0] * 5 + [1] * 5)
+    plan = _plan(users, clients, expected_users=10, pooled=True)
+    assert len(plan) == 1 and plan[0].client == 0 and sorted(plan[0].indices) == list(range(10))
+
+
+@pytest.fixture(scope="module")
+def still_encoder(tmp_path_factory):
+    """A tiny encoder without dropout: a user's gradient is a function of the parameters."""
+    return build_tiny_encoder(tmp_path_factory.mktemp("still-encoder"), dropout=0.0)
+
+
+def test_a_dp_fit_clips_each_user_noises_the_sum_and_reports_epsilon(
+    tmp_path, still_encoder, monkeypatch
+):
+    settings = DPSGDSettings(
+        noise_multiplier=1e-9, max_grad_norm=0.05, expected_users=4, windows_per_user=2
+    )
+    checked: list[float] = []
+    original = FederatedModule._dp_training_step
+
+    def recompute(module, batch, client, slot, config):
+        """Before the real step: the expected gradient from each user's own backward."""
+        if len(checked) < 2 and batch["targets"].numel() > 0:
+            _, params = module._own_keys_and_parameters(slot)
+            module.backend.prepare(slot)
+            expected = torch.zeros(sum(p.numel() for p in params))
+            norms = []
+            for user in torch.unique(batch["users"]).tolist():
+                rows = (batch["users"] == user).nonzero().flatten()
+                loss = module.backend.losses(
+                    slot, batch["histories"][rows], batch["targets"][rows], module._generator
+                ).mean()
+                # backward, not autograd.grad: the split's server side joins through .grad.
+                loss.backward()
+                flat = torch.cat(
+                    [
+                        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                        for p in params
+                    ]
+                )
+                for p in params:
+                    p.grad = None
+                norms.append(float(flat.norm()))
+                expected += flat * min(1.0, 0.05 / float(flat.norm()))
+            users = module.dp_users[client]
+            expected /= settings.sample_rate(users) * users
+            seen = {}
+            real_step = module._optimizer_step
+
+            def capture(*args):
+                seen["grad"] = torch.cat([p.grad.reshape(-1) for p in params])
+
+            module._optimizer_step = capture
+            original(module, batch, client, slot, config)
+            module._optimizer_step = real_step
+            torch.testing.assert_close(seen["grad"], expected, rtol=1e-4, atol=1e-7)
+            assert max(norms) > 0.05  # the clipping was exercised
+            checked.append(max(norms))
+            real_step(client, slot, config.proximal_mu if config is not None else 0.0)
+            return
+        original(module, batch, client, slot, config)
+
+    monkeypatch.setattr(FederatedModule, "_dp_training_step", recompute)
+    trainer, model, data, loop = tiny_run(
+        tmp_path,
+        still_encoder,
+        FedAvg(),
+        rounds=2,
+        model_options={
+            "recommender": "sequential",
+            "lora": LoRASettings(dropout=0.0),
+            "dp_sgd": settings,
+        },
+    )
+    trainer.fit(model, datamodule=data)
+    assert len(checked) == 2
+    # Each round's record holds each client's (epsilon, delta) from the accountant.
+    for round_index, record in enumerate(loop.history):
+        for client in range(3):
+            users = data.training_users(client)
+            steps = settings.steps_per_round(users, 1) * (round_index + 1)
+            assert record["dp"]["delta"][client] == pytest.approx(1 / users)
+            assert record["dp"]["epsilon"][client] == pytest.approx(
+                epsilon_spent(1e-9, settings.sample_rate(users), steps, 1 / users)
+            )
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("client/0/dp/epsilon")]
+    assert [float(row["client/0/dp/epsilon"]) for row in rows] == pytest.approx(
+        [r["dp"]["epsilon"][0] for r in loop.history]
+    )
+    assert all(math.isfinite(e) for e in loop.history[-1]["dp"]["epsilon"])
+
+
+def test_a_dp_fit_is_bit_identical_when_rerun(tmp_path, still_encoder):
+    options = {"recommender": "sequential", "dp_sgd": DPSGDSettings(expected_users=4)}
+    matrices = []
+    for name in ("a", "b"):
+        trainer, model, data, _ = tiny_run(
+            tmp_path / name, still_encoder, FedAvg(), rounds=1, model_options=options
+        )
+        trainer.fit(model, datamodule=data)
+        matrices.append(model.adapters.get_matrix())
+    assert torch.equal(matrices[0], matrices[1])
