@@ -1,14 +1,18 @@
-"""The item-component leak and its defences on MovieLens-100K: attack success against quality.
+"""What leaves a silo and its defences on MovieLens-100K: attack success, epsilon, quality.
 
 Runs ``fellrec fit`` of the recipe (``configs/ml100k-minilm-base.yaml`` with FELLRec, leave-one-out,
 5 k-means clients, 3 rounds, validation every round, each client's best round selected on
-validation and tested) once per option of the item components, each in its own process and run
-directory. Every run's ``results.json`` holds, under ``privacy.parameters``, the honest-but-curious
-server's guess of each client's item set from what the client sent (ROC AUC per client and
-round, in the signal's better direction; 0.5 is chance). Writes ``<output>/item_defences.md``:
-validation and test NDCG@10 against the attack's AUC per signal. Finished runs are skipped::
+validation and tested) once per option, each in its own process and run directory: the item
+components' options (bias initialisation, share noise) and user-level DP-SGD (``model.dp_sgd``) at
+three noise levels. Every run's ``results.json`` holds, under ``privacy.parameters``, the
+honest-but-curious server's guess of each client's item set from what the client sent (ROC AUC per
+client and round, in the signal's better direction; 0.5 is chance) and, under DP-SGD, each
+client's (epsilon, delta) per round in its history. Writes ``<output>/item_defences.md`` (validation
+and test NDCG@10, the worst client, the largest client epsilon over the run, the attack's AUC per
+signal) and ``<output>/item_defences.png`` (test NDCG@10 against epsilon and against the attack).
+Finished runs are skipped; ``--only`` runs a subset (directory names)::
 
-    python benchmarks/bench_item_defences.py --output runs/item-defences     # ~30 min, 2 cores
+    python benchmarks/bench_item_defences.py --output runs/item-defences     # ~60 min, 2 cores
 """
 
 from __future__ import annotations
@@ -36,7 +40,19 @@ OPTIONS: dict[str, list[str]] = {
         *("--model.items.share_noise_ids", "0.1", "--model.items.share_noise_bias", "1.0"),
     ],
 }
-DIRECTORIES = ["recipe", "zeros", "dp1", "dp1-noise-mid", "dp1-noise-high"]
+DP_SIGMAS = (0.8, 1.0, 2.0)
+for _sigma in DP_SIGMAS:
+    OPTIONS[f"DP-SGD sigma {_sigma}"] = [
+        *("--model.items.bias_init", "zeros", "--model.dp_sgd.noise_multiplier", str(_sigma)),
+    ]
+DIRECTORIES = [
+    "recipe",
+    "zeros",
+    "dp1",
+    "dp1-noise-mid",
+    "dp1-noise-high",
+    *(f"dpsgd-{sigma}" for sigma in DP_SIGMAS),
+]
 
 
 def fetch_movielens() -> str:
@@ -73,9 +89,16 @@ def auc_cell(rounds: list[dict[str, Any]], signal: str) -> str:
     return f"{statistics.mean(last):.3f} ({max(every):.3f})"
 
 
+def largest_epsilon(results: dict[str, Any]) -> float | None:
+    """The largest client epsilon after the run's last round (None without DP-SGD)."""
+    spent = results["history"][-1].get("dp", {}).get("epsilon")
+    return max(e for e in spent if e is not None) if spent else None
+
+
 def row(name: str, results: dict[str, Any]) -> list[str]:
-    """One table row: quality on validation and test, and the attack's success."""
+    """One table row: quality on validation and test, epsilon and the attack's success."""
     parameters = results["privacy"]["parameters"]
+    epsilon = largest_epsilon(results)
     initial = [c["signals"]["bias"] for c in parameters["initial"]]
     best = results["best_round"]
     validation = results["history"][best]["val"]["overall"]["ndcg@10"]
@@ -84,6 +107,7 @@ def row(name: str, results: dict[str, Any]) -> list[str]:
         f"{validation:.4f}",
         f"{results['overall']['ndcg@10']:.4f}",
         f"{results['balance']['ndcg@10']['min']:.4f}",
+        "-" if epsilon is None else f"{epsilon:.2f}",
         f"{statistics.mean(b['auc_either'] for b in initial):.3f}",
         f"{statistics.mean(b['counts_exact'] for b in initial):.2f}",
         *(auc_cell(parameters["rounds"], s) for s in ("bias", "bias_update", "id_update")),
@@ -97,6 +121,7 @@ def table(rows: list[list[str]]) -> str:
         "val NDCG@10",
         "test NDCG@10",
         "worst client",
+        "epsilon (largest client)",
         "start: bias AUC",
         "counts exact",
         "bias AUC",
@@ -108,20 +133,59 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def plot(points: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+    """Test NDCG@10 (overall and worst client) against epsilon and against the bias-update AUC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_epsilon, by_attack) = plt.subplots(1, 2, figsize=(11, 4.2))
+    no_dp = max([e for _, r in points if (e := largest_epsilon(r)) is not None] + [1.0]) * 1.6
+    for name, results in points:
+        epsilon = largest_epsilon(results)
+        x = no_dp if epsilon is None else epsilon
+        last = results["privacy"]["parameters"]["rounds"][-1]["clients"]
+        auc = statistics.mean(c["signals"]["bias_update"]["auc_either"] for c in last)
+        for axis, position in ((by_epsilon, x), (by_attack, auc)):
+            axis.scatter(position, results["overall"]["ndcg@10"], marker="o", color="C0")
+            axis.scatter(position, results["balance"]["ndcg@10"]["min"], marker="v", color="C1")
+            axis.annotate(name, (position, results["overall"]["ndcg@10"]), fontsize=7)
+    by_epsilon.set_xscale("log")
+    by_epsilon.set_xlabel("largest client epsilon over the run (no DP-SGD: right edge)")
+    by_attack.set_xlabel("item-set attack AUC from the bias update, last round (0.5 = chance)")
+    for axis in (by_epsilon, by_attack):
+        axis.set_ylabel("test NDCG@10 (o overall, v worst client)")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main() -> None:
-    """Run the options, then write the table."""
+    """Run the options, then write the table and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "item-defences")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only", default="", help="comma-separated run directories to run (default: all)"
+    )
     args = parser.parse_args()
+    only = {name for name in args.only.split(",") if name}
+    unknown = only - set(DIRECTORIES)
+    if unknown:
+        parser.error(f"--only: unknown runs {sorted(unknown)}; choose from {DIRECTORIES}")
     data = fetch_movielens()
-    rows = []
+    rows, points = [], []
     for (name, options), directory in zip(OPTIONS.items(), DIRECTORIES, strict=True):
+        if only and directory not in only:
+            continue
         run(args.output / directory, data, options, args.rounds)
         results = json.loads((args.output / directory / "results.json").read_text())
         rows.append(row(name, results))
+        points.append((name, results))
     text = table(rows)
     (args.output / "item_defences.md").write_text(text + "\n")
+    plot(points, args.output / "item_defences.png")
     print(text)
     sys.stdout.flush()
 
