@@ -123,6 +123,10 @@ RULES: tuple[Rule, ...] = (
     ),
     at_least("model.items.share_noise_ids", 0),  # models/item_components.ItemSettings
     at_least("model.items.share_noise_bias", 0),
+    above("model.dp_sgd.noise_multiplier", 0),  # training/dp_sgd.DPSGDSettings
+    above("model.dp_sgd.max_grad_norm", 0),
+    at_least("model.dp_sgd.expected_users", 1),
+    at_least("model.dp_sgd.windows_per_user", 1),
     above("model.block_server.timeout", 0),  # models/process_transport.BlockServerSettings
     at_least("loop.min_eval_users", 0),  # training/loop.FederatedLoop
     at_least("loop.bootstrap_resamples", 0),
