@@ -13,7 +13,7 @@ import torch
 from conftest import build_tiny_encoder
 from federation_helpers import tiny_run
 from fellrec.federation.schedule import plan_user_sampled_round, user_sampled_steps
-from fellrec.federation.strategies import FedAvg
+from fellrec.federation.strategies import FedAvg, Local
 from fellrec.models.adapters import LoRASettings
 from fellrec.models.item_components import ItemSettings
 from fellrec.training.dp_sgd import (
@@ -244,3 +244,34 @@ def test_a_dp_fit_is_bit_identical_when_rerun(tmp_path, still_encoder):
         trainer.fit(model, datamodule=data)
         matrices.append(model.adapters.get_matrix())
     assert torch.equal(matrices[0], matrices[1])
+
+
+def test_a_dp_client_alone_sends_what_it_sends_in_the_federation(tmp_path, still_encoder):
+    """A silo samples the same users and draws the same noise as its simulation (deployment)."""
+    from fellrec.training.client_module import ClientModule
+
+    settings = {
+        "recommender": "sequential",
+        "lr": 5e-3,
+        "max_history_tokens": 48,
+        "max_item_tokens": 8,
+        "dp_sgd": DPSGDSettings(expected_users=4),
+    }
+    trainer, model, data, _ = tiny_run(
+        tmp_path / "all", still_encoder, Local(), rounds=1, model_options=settings
+    )
+    trainer.fit(model, datamodule=data)
+    trainer, _, data, _ = tiny_run(
+        tmp_path / "alone",
+        still_encoder,
+        Local(),
+        rounds=1,
+        data_options={"client": 2},
+        model_options=settings,
+    )
+    alone = ClientModule(client=2, backbone=str(still_encoder), **settings)
+    trainer.fit(alone, datamodule=data)
+    torch.testing.assert_close(
+        alone.adapters.get_matrix()[0], model.release_parameters()[2], rtol=0, atol=1e-7
+    )
+    assert alone.dp_users == {2: model.dp_users[2]}

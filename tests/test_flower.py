@@ -54,6 +54,9 @@ def test_reports_round_trip():
     back = TrainReport.from_content(train.content())
     assert back.client == 2 and back.loss_sum == 3.5 and back.examples == 7.0
     assert not back.diverged and torch.equal(back.parameters, train.parameters)
+    assert back.privacy_spent is None and "dp-epsilon" not in train.content()["report"]
+    private = TrainReport(2, torch.arange(4.0), 3.5, 7.0, False, privacy_spent=(4.25, 0.005))
+    assert TrainReport.from_content(private.content()).privacy_spent == (4.25, 0.005)
     values = torch.rand(5, 3, dtype=torch.float64)
     evaluation = EvaluationReport(client=1, sums=values.sum(0), users=5.0, values=values)
     again = EvaluationReport.from_content(evaluation.content())
