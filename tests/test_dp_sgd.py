@@ -226,6 +226,7 @@ def test_a_dp_fit_clips_each_user_noises_the_sum_and_reports_epsilon(
             assert record["dp"]["epsilon"][client] == pytest.approx(
                 epsilon_spent(1e-9, settings.sample_rate(users), steps, 1 / users)
             )
+    assert loop.engine.results({})["dp_sgd"] == {"after_round": 1, **loop.history[-1]["dp"]}
     with open(tmp_path / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("client/0/dp/epsilon")]
     assert [float(row["client/0/dp/epsilon"]) for row in rows] == pytest.approx(

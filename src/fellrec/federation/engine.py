@@ -58,6 +58,7 @@ RESULTS_KEYS = (
     "popularity",
     "resources",
     "privacy",
+    "dp_sgd",
     "history",
 )
 
@@ -504,12 +505,23 @@ class RoundEngine:
             "best_round": self.selection.best_round,
             "client_best_rounds": self.selected_rounds,
             **test_summary,
+            "dp_sgd": self.privacy_spent(),
             "history": self.history,
         }
         merged = {**known, **sections}
         ordered = {key: merged.pop(key, None) for key in RESULTS_KEYS}
         history = ordered.pop("history")
         return {**ordered, **merged, "history": history}
+
+    def privacy_spent(self) -> dict[str, Any] | None:
+        """Under DP-SGD, each client's (epsilon, delta) over the whole run (None: no DP-SGD).
+
+        The last round that reported them: the run's total, since every round adds to it.
+        """
+        for record in reversed(self.history):
+            if "dp" in record:
+                return {"after_round": record["round"], **record["dp"]}
+        return None
 
     # ------------------------------------------------------------------ resume state
     def state_dict(self) -> dict[str, Any]:
