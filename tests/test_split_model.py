@@ -450,3 +450,45 @@ def test_settings_the_split_cannot_reproduce_are_refused(family, setting, messag
         setattr(inner.config, key, value)
     with pytest.raises(ValueError, match=rf"{message}.*model\.split_execution: false"):
         make_trunk(model, True, 1, 1, None)
+
+
+def _encoder_as_decoder(name: str, attention: str) -> nn.Module:
+    """A tiny BERT-style encoder configured as a decoder (causal self-attention in its forward)."""
+    import transformers as tf
+
+    classes = {
+        "bert": (tf.BertConfig, tf.BertModel),
+        "roberta": (tf.RobertaConfig, tf.RobertaModel),
+        "xlm-roberta": (tf.XLMRobertaConfig, tf.XLMRobertaModel),
+    }
+    config_class, model_class = classes[name]
+    config = _encoder_config(config_class)
+    config.is_decoder = True
+    config._attn_implementation = attention
+    torch.manual_seed(0)
+    return with_lora(model_class(config), ["query", "value"])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("name", ["bert", "roberta", "xlm-roberta"])
+def test_an_encoder_configured_as_a_decoder_splits_causally(name: str, attention: str) -> None:
+    # Hugging Face runs these encoders with a causal mask when config.is_decoder is set; the
+    # split must build the same mask (right padding, and none, as encoders are used with).
+    model = _encoder_as_decoder(name, attention)
+    _compare(model, _pooled_loss, [_batch("right"), _batch("none", 1)], 1, 1)
+    split = make_trunk(model, True, 1, 1, LocalTransport())
+    assert isinstance(split, SplitModel) and split.causal
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("family", ["distilbert", "modernbert"])
+def test_encoders_that_ignore_is_decoder_stay_bidirectional(family: str) -> None:
+    # DistilBERT and ModernBERT have no decoder mode: their forward ignores config.is_decoder,
+    # and so must the split.
+    model = build_family(family)
+    inner = model.get_base_model()
+    inner.config.is_decoder = True
+    padding = FAMILIES[family][2]
+    _compare(model, _pooled_loss, [_batch(padding), _batch("none", 1)], 1, 1)
+    split = make_trunk(model, True, 1, 1, LocalTransport())
+    assert isinstance(split, SplitModel) and not split.causal

@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import MagicMock
 
 import pytest
 import yaml
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from fellrec.cli import main
 from fellrec.commands.compare import finish_wandb_run
@@ -21,6 +22,7 @@ from fellrec.training.results import RESULTS_FILE
 from test_cli import write_tiny_config
 
 pytest.importorskip("wandb")
+import wandb
 from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
@@ -280,10 +282,22 @@ def test_resources_and_privacy_become_tables_and_summary_values():
 
 
 def test_runs_without_a_wandb_logger_log_nothing():
-    trainer = SimpleNamespace(loggers=[], global_step=0)
-    wandb_log.log_test(trainer, {"overall": {}, "clients": {}, "balance": {}})
-    wandb_log.log_round(trainer, {"round": 0, "similarity": [[1.0]]}, 1)
-    wandb_log.use_round_axis(trainer)
+    # A CSV logger stands for every other logger: the wandb extras must not call any of its
+    # methods (its scalars come from the loop's log_dict), nor start a wandb run.
+    other = MagicMock(spec=CSVLogger)
+    results = {
+        "overall": {"ndcg@10": 0.3, "users": 10},
+        "clients": {"0": {"users": 10, "ndcg@10": 0.3}},
+        "balance": {"ndcg@10": {"jain": 1.0}},
+        "privacy": {"curve": [{"k_front": 1, "token_recovery": 0.9}]},
+    }
+    for loggers in ([], [other]):
+        trainer = SimpleNamespace(loggers=loggers, global_step=0)
+        wandb_log.log_test(trainer, results)
+        wandb_log.log_round(trainer, {"round": 0, "similarity": [[1.0]]}, 1)
+        wandb_log.use_round_axis(trainer)
+    assert other.mock_calls == []
+    assert wandb.run is None
 
 
 def test_a_resumed_run_has_every_round_in_its_new_wandb_run(tmp_path, tiny_encoder_dir):

@@ -55,6 +55,10 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "distilbert": "encoder",
     "modernbert": "encoder",
 }
+#: Encoder types whose own forward runs causal self-attention when ``config.is_decoder`` is set
+#: (Hugging Face then builds a causal mask for them); the split builds the same mask. The other
+#: encoders (DistilBERT, ModernBERT) have no decoder mode and ignore the flag, as the split does.
+CAUSAL_WHEN_DECODER = frozenset({"bert", "roberta", "xlm-roberta"})
 #: Model types verified on transformers 5 only; on 4.x their forwards differ (Gemma scales the
 #: embeddings in the model's forward, Gemma 3 has two rotary modules, ...), so they are refused.
 NEEDS_TRANSFORMERS_5 = frozenset(
@@ -127,6 +131,12 @@ def split_family(model: nn.Module) -> str:
             "model.split_execution: false"
         )
     return SUPPORTED_MODEL_TYPES[model_type]
+
+
+def configured_causal(model: nn.Module) -> bool:
+    """Whether an encoder's own forward is causal by its config (``is_decoder=True``)."""
+    config = getattr(_inner_model(model), "config", None)
+    return _model_type(model) in CAUSAL_WHEN_DECODER and bool(getattr(config, "is_decoder", False))
 
 
 def _find(owner: nn.Module, path: str) -> nn.Module | None:
@@ -346,7 +356,8 @@ class SplitModel:
             client, like the embeddings.
         causal: Run an encoder with causal masks on both sides (decoders are causal anyway). A
             property of the model both sides are configured with, like its weights: nothing more
-            crosses.
+            crosses. An encoder whose config makes its own forward causal (BERT or RoBERTa with
+            ``is_decoder=True``, see :func:`configured_causal`) runs causally either way.
 
     Raises:
         ValueError: If the model type or its attention implementation is unsupported, or the plan
@@ -375,7 +386,8 @@ class SplitModel:
         self.plan = plan
         self.transport = transport
         self.embed = embed
-        self.causal = causal
+        # Both sides read the flag from the config they load, so they agree without a message.
+        self.causal = causal or configured_causal(model)
         family = self.family
         embeddings = _part(self.inner, family, "embeddings")
         assert embeddings is not None  # required parts raise when absent

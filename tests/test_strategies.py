@@ -1,0 +1,86 @@
+"""The strategies' ``aggregate`` against hand-computed values: who is weighted by what.
+
+``test_aggregation.py`` checks the pure functions; these check that each strategy hands them the
+right clients and the right weights (training examples of the participants only), which is where
+an equal-weight FedAvg would hide.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fellrec.federation.protocol import RoundInputs
+from fellrec.federation.strategies import FedAvg, FedProx, FELLRec, Strategy
+
+#: Three clients' parameters after a round.
+THETA = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+
+
+def _inputs(
+    examples: list[float], participants: list[bool], theta: torch.Tensor = THETA
+) -> RoundInputs:
+    return RoundInputs(
+        round=0,
+        parameters=theta.clone(),
+        losses=torch.zeros(len(examples)),
+        examples=torch.tensor(examples, dtype=torch.float64),
+        participants=torch.tensor(participants),
+    )
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(), FedProx(mu=0.5)], ids=["fedavg", "fedprox"])
+def test_fedavg_weights_each_participant_by_its_training_examples(strategy: Strategy) -> None:
+    # (1 * [1, 2] + 2 * [3, 4] + 5 * [5, 6]) / 8 = [32, 40] / 8 = [4, 5]; equal weights: [3, 4].
+    result = strategy.aggregate(_inputs([1.0, 2.0, 5.0], [True, True, True]))
+    torch.testing.assert_close(result.theta, torch.tensor([[4.0, 5.0]] * 3))
+    torch.testing.assert_close(result.lr_scale, torch.ones(3))
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(), FedProx(mu=0.5)], ids=["fedavg", "fedprox"])
+def test_fedavg_leaves_out_a_non_participant_and_its_examples(strategy: Strategy) -> None:
+    # Client 1 diverged after 7 examples: (1 * [1, 2] + 3 * [5, 6]) / 4 = [16, 20] / 4 = [4, 5].
+    # Counting its examples would give [37, 48] / 11; equal weights over the two: [3, 4].
+    result = strategy.aggregate(_inputs([1.0, 7.0, 3.0], [True, False, True]))
+    torch.testing.assert_close(result.theta, torch.tensor([[4.0, 5.0]] * 3))
+
+
+def test_fedavg_without_participants_keeps_every_client() -> None:
+    result = FedAvg().aggregate(_inputs([0.0, 0.0, 0.0], [False, False, False]))
+    torch.testing.assert_close(result.theta, THETA)
+
+
+@pytest.mark.parametrize(
+    ("size_weighted", "mixed"),
+    # Participants 0 and 2 with 1 and 3 examples; S = 1 and w = 1, so a_ij = n_j (size-weighted):
+    # (1 * [1, 2] + 3 * [5, 6]) / 4 = [4, 5]; the paper's unweighted mix: ([1, 2] + [5, 6]) / 2.
+    [(True, [4.0, 5.0]), (False, [3.0, 4.0])],
+)
+def test_fellrec_without_attention_or_heating_mixes_participants_by_size(
+    size_weighted: bool, mixed: list[float]
+) -> None:
+    strategy = FELLRec(attention=False, heating=False, size_weighted=size_weighted)
+    result = strategy.aggregate(_inputs([1.0, 7.0, 3.0], [True, False, True]))
+    # The non-participant keeps its own parameters and does not influence anyone.
+    torch.testing.assert_close(result.theta, torch.tensor([mixed, [3.0, 4.0], mixed]))
+
+
+@pytest.mark.parametrize("size_weighted", [True, False])
+def test_fellrec_defaults_hand_computed(size_weighted: bool) -> None:
+    theta = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # Orthogonal adapters: S_01 = (cos 90 deg + 1) / 2 = 0.5. Equal losses: p = [0.5, 0.5]; in
+    # round 0 the "code" exponent is 1 / beta = 0.2, so w = tanh(0.7 / 0.5 ** 0.2) for both.
+    w = math.tanh(0.7 / 0.5**0.2)
+    n0, n1 = (1.0, 3.0) if size_weighted else (1.0, 1.0)
+    # Row 0: a_00 = n_0, a_01 = 0.5 w n_1. Row 1: a_10 = 0.5 w n_0, a_11 = n_1.
+    row0 = torch.tensor([n0, 0.5 * w * n1]) / (n0 + 0.5 * w * n1)
+    row1 = torch.tensor([0.5 * w * n0, n1]) / (0.5 * w * n0 + n1)
+    inputs = _inputs([1.0, 3.0], [True, True], theta=theta)
+    result = FELLRec(size_weighted=size_weighted).aggregate(inputs)
+    torch.testing.assert_close(result.theta, torch.stack([row0, row1]))
+    torch.testing.assert_close(result.lr_scale, torch.tensor([w, w]))
+    assert result.weights is not None and result.similarity is not None
+    torch.testing.assert_close(result.weights, torch.tensor([w, w]))
+    torch.testing.assert_close(result.similarity, torch.tensor([[1.0, 0.5], [0.5, 1.0]]))
