@@ -78,7 +78,7 @@ def run(directory: Path, data: str, options: list[str], rounds: int) -> None:
         *options,
     ]
     directory.parent.mkdir(parents=True, exist_ok=True)
-    with open(directory.with_suffix(".log"), "w") as log:
+    with open(directory.parent / f"{directory.name}.log", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
