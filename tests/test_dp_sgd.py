@@ -235,16 +235,35 @@ def test_a_dp_fit_clips_each_user_noises_the_sum_and_reports_epsilon(
     assert all(math.isfinite(e) for e in loop.history[-1]["dp"]["epsilon"])
 
 
-def test_a_dp_fit_is_bit_identical_when_rerun(tmp_path, still_encoder):
-    options = {"recommender": "sequential", "dp_sgd": DPSGDSettings(expected_users=4)}
+def test_a_seeded_dp_fit_reruns_bit_identically_and_an_unseeded_one_does_not(
+    tmp_path, still_encoder
+):
+    """Without model.dp_sgd.seed the sampling and noise come from fresh entropy (secret)."""
     matrices = []
-    for name in ("a", "b"):
+    for name, seed in (("a", 5), ("b", 5), ("c", None), ("d", None)):
+        options = {
+            "recommender": "sequential",
+            "dp_sgd": DPSGDSettings(expected_users=4, seed=seed),
+        }
         trainer, model, data, _ = tiny_run(
             tmp_path / name, still_encoder, FedAvg(), rounds=1, model_options=options
         )
         trainer.fit(model, datamodule=data)
         matrices.append(model.adapters.get_matrix())
     assert torch.equal(matrices[0], matrices[1])
+    assert not torch.equal(matrices[2], matrices[3])
+
+
+def test_each_party_keeps_its_own_dp_seed_out_of_the_federation_fingerprint():
+    from fellrec.deploy.run_config import config_fingerprint
+
+    def config(seed):
+        return {"model": {"dp_sgd": {"noise_multiplier": 1.0, "seed": seed}}, "data": {}}
+
+    assert config_fingerprint(config(1)) == config_fingerprint(config(2))
+    other = config(1)
+    other["model"]["dp_sgd"]["noise_multiplier"] = 2.0
+    assert config_fingerprint(other) != config_fingerprint(config(1))
 
 
 def test_a_dp_client_alone_sends_what_it_sends_in_the_federation(tmp_path, still_encoder):
@@ -256,7 +275,7 @@ def test_a_dp_client_alone_sends_what_it_sends_in_the_federation(tmp_path, still
         "lr": 5e-3,
         "max_history_tokens": 48,
         "max_item_tokens": 8,
-        "dp_sgd": DPSGDSettings(expected_users=4),
+        "dp_sgd": DPSGDSettings(expected_users=4, seed=11),
     }
     trainer, model, data, _ = tiny_run(
         tmp_path / "all", still_encoder, Local(), rounds=1, model_options=settings
@@ -276,3 +295,31 @@ def test_a_dp_client_alone_sends_what_it_sends_in_the_federation(tmp_path, still
         alone.adapters.get_matrix()[0], model.release_parameters()[2], rtol=0, atol=1e-7
     )
     assert alone.dp_users == {2: model.dp_users[2]}
+
+
+def test_a_resumed_dp_run_keeps_its_secret(tmp_path, still_encoder):
+    """The fresh secret is checkpointed: a resumed run samples and noises as before."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StopInRoundOne(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    options = {"recommender": "sequential", "dp_sgd": DPSGDSettings(expected_users=4)}
+    trainer, model, data, _ = tiny_run(
+        tmp_path,
+        still_encoder,
+        FedAvg(),
+        rounds=2,
+        model_options=options,
+        extra_callbacks=[StopInRoundOne()],
+    )
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(model, datamodule=data)
+    secret = model.dp_secret
+    trainer, resumed, data, _ = tiny_run(
+        tmp_path, still_encoder, FedAvg(), rounds=2, model_options=options
+    )
+    trainer.fit(resumed, datamodule=data, ckpt_path="last")
+    assert resumed.dp_secret == secret and data.user_sampling == (4, 4, secret)

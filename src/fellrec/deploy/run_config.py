@@ -26,7 +26,8 @@ OVERRIDES_KEY = "fellrec-overrides"
 PER_PARTY_SETTINGS = {
     "data": ("client", "silo", "silos", "catalog", "cache_dir", "dataset.path"),
     # The block server a client's split runs through, and its certificates, are its own.
-    "model": ("block_server",),
+    # ... and so is the secret seed of its DP-SGD sampling and noise.
+    "model": ("block_server", "dp_sgd.seed"),
 }
 #: Config sections that decide a federation's results (the trainer's are the node's own
 #: business, but the number of rounds).

@@ -196,9 +196,10 @@ class FederatedDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.seed = seed
         self.pool_clients = False
-        #: ``(expected_users, windows_per_user)`` when the model trains with user-level DP-SGD
-        #: (``model.dp_sgd``): every step then Poisson-samples each client's users.
-        self.user_sampling: tuple[int, int] | None = None
+        #: ``(expected_users, windows_per_user, secret seed)`` when the model trains with
+        #: user-level DP-SGD (``model.dp_sgd``): every step then Poisson-samples each client's
+        #: users, from a seed the server does not know.
+        self.user_sampling: tuple[int, int, int] | None = None
         #: The round the training loader serves; ``None``: the trainer's current epoch (one
         #: Lightning epoch per round). A deployed client, fitted afresh for every round it is
         #: sent, sets it.
@@ -395,7 +396,7 @@ class FederatedDataModule(L.LightningDataModule):
         reading only its silo) takes the same steps as in the one-process simulation.
         """
         if self.user_sampling is not None:
-            expected_users, windows_per_user = self.user_sampling
+            expected_users, windows_per_user, secret = self.user_sampling
             return plan_user_sampled_round(
                 self.data.examples.users,
                 self.data.example_clients(),
@@ -403,7 +404,7 @@ class FederatedDataModule(L.LightningDataModule):
                 expected_users,
                 windows_per_user,
                 self.local_epochs,
-                self.seed,
+                secret,
                 round_index,
                 pooled=self.pool_clients,
                 clients=None if self.client is None else [self.client],

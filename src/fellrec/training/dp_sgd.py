@@ -23,6 +23,7 @@ defence). Those are listed, not hidden.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,11 @@ class DPSGDSettings:
     seeded): bounds the cost of a heavy user, not the privacy (clipping does that)."""
     delta: float | None = None
     """The delta of the reported (epsilon, delta); None: 1 / the client's number of users."""
+    seed: int | None = None
+    """Seed of the user sampling and the noise (each client its own streams). None: fresh
+    operating-system entropy, drawn once per process and kept in its checkpoints, which is what a
+    deployment must use: the guarantee needs both secret from the server, and whoever knows the
+    seed can replay the sampling and subtract the noise. Set it for reproducible simulations."""
 
     def validate(self) -> None:
         """Check every value, naming the setting.
@@ -65,6 +71,10 @@ class DPSGDSettings:
                 raise ValueError(f"model.dp_sgd.{name} must be >= 1, got {value}")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ValueError(f"model.dp_sgd.delta must be in (0, 1), got {self.delta}")
+
+    def secret(self) -> int:
+        """The base of the sampling and noise streams: ``seed``, else fresh OS entropy."""
+        return self.seed if self.seed is not None else secrets.randbits(62)
 
     def sample_rate(self, users: int) -> float:
         """Poisson sample rate of a client with ``users`` users."""

@@ -108,6 +108,8 @@ class FederatedModule(ModuleSettings):
         self.dp_users: dict[int, int] = {}
         self._dp_steps: dict[int, int] = {}
         self._round_index = 0
+        #: DP-SGD: the base of the user sampling and the noise, kept from the server.
+        self.dp_secret = 0
 
     # ------------------------------------------------------------------ construction
     @property
@@ -218,8 +220,10 @@ class FederatedModule(ModuleSettings):
         )
         self._slots = {client: slot for slot, client in enumerate(self.held_clients)}
         if self.dp_sgd is not None:
-            # Every step Poisson-samples each client's users (fellrec.training.dp_sgd).
-            datamodule.user_sampling = (self.dp_sgd.expected_users, self.dp_sgd.windows_per_user)
+            # Every step Poisson-samples each client's users (fellrec.training.dp_sgd), from a
+            # secret seed: the server knows model.seed.
+            self.dp_secret = self.dp_sgd.secret()
+            self._share_dp_secret(datamodule)
             self.dp_users = {c: datamodule.training_users(c) for c in self.held_clients}
         titles, categories = datamodule.item_texts()
         texts = [
@@ -479,12 +483,20 @@ class FederatedModule(ModuleSettings):
                 total.add_user()
                 self.round_stats.add(client, float(losses.detach().sum()), int(rows.numel()))
         users_count = self.dp_users[client]
-        # The noise of (seed, round, client, step): a deployed client sends what its simulation
-        # sends, and a resumed round replays it.
-        step_seed = (self.seed * 1_000_003 + int(batch["round"]) * 10_007 + client) % (2**62)
-        noise = torch.Generator().manual_seed(step_seed * 4099 + self._dp_step_index(slot))
+        # The noise of (secret, round, client, step): a resumed round replays it (the secret is
+        # checkpointed), and with model.dp_sgd.seed a deployed client sends what its simulation
+        # sends.
+        step_seed = (self.dp_secret * 1_000_003 + int(batch["round"]) * 10_007 + client) % (2**62)
+        noise = torch.Generator().manual_seed(
+            (step_seed * 4099 + self._dp_step_index(slot)) % 2**63
+        )
         total.release(self.dp_sgd.sample_rate(users_count) * users_count, noise)
         self._optimizer_step(client, slot, config.proximal_mu if config is not None else 0.0)
+
+    def _share_dp_secret(self, datamodule: FederatedDataModule) -> None:
+        assert self.dp_sgd is not None
+        sampling = (self.dp_sgd.expected_users, self.dp_sgd.windows_per_user, self.dp_secret)
+        datamodule.user_sampling = sampling
 
     def _dp_step_index(self, slot: int) -> int:
         """The slot's DP steps so far this round (counts up; reset by :meth:`start_round`)."""
@@ -580,6 +592,8 @@ class FederatedModule(ModuleSettings):
         """Keep only adapter weights: the frozen base is rebuilt from ``backbone``."""
         checkpoint["state_dict"] = client_state(checkpoint["state_dict"])
         checkpoint["fellrec_train_traffic"] = dict(self.train_traffic)
+        if self.dp_sgd is not None:
+            checkpoint["fellrec_dp_secret"] = self.dp_secret
         if self.remote is not None:
             # The server's values of the middle blocks' LoRA, and its optimizers' moments.
             checkpoint["fellrec_block_server"] = self.remote.checkpoint_state(
@@ -592,6 +606,10 @@ class FederatedModule(ModuleSettings):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapters do not match this federation."""
         self.train_traffic = dict(checkpoint.get("fellrec_train_traffic", self.train_traffic))
+        if self.dp_sgd is not None and "fellrec_dp_secret" in checkpoint:
+            # A resumed run samples and noises as the interrupted one would have.
+            self.dp_secret = int(checkpoint["fellrec_dp_secret"])
+            self._share_dp_secret(federated_datamodule(self.trainer))
         if "state_dict" in checkpoint:  # ModelParallelStrategy loaded (and checked) it already
             self.check_checkpoint_keys(checkpoint["state_dict"])
         if self.remote is not None:
