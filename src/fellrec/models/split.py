@@ -34,6 +34,7 @@ from fellrec.models.attention_masks import (
     position_ids_from_mask,
     sdpa_mask,
 )
+from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.transport import LocalTransport, MiddleCall, Transport
 
 #: Model types split execution supports (each verified exact against the unsplit model by the
@@ -347,6 +348,9 @@ class SplitModel:
         causal: Run an encoder with causal masks on both sides (decoders are causal anyway). A
             property of the model both sides are configured with, like its weights: nothing more
             crosses.
+        defence: Clipping and noise applied to the front's hidden states before they cross
+            (``model.hidden_defence``; None or disabled: they cross as computed). Here, on the
+            client's side, so every transport carries the defended states.
 
     Raises:
         ValueError: If the model type or its attention implementation is unsupported, or the plan
@@ -360,6 +364,7 @@ class SplitModel:
         transport: Transport,
         embed: InputEmbedder | None = None,
         causal: bool = False,
+        defence: HiddenDefence | None = None,
     ) -> None:
         self.family = split_family(model)
         self.model = model
@@ -376,6 +381,7 @@ class SplitModel:
         self.transport = transport
         self.embed = embed
         self.causal = causal
+        self.defence = defence if defence is not None and defence.enabled else None
         family = self.family
         embeddings = _part(self.inner, family, "embeddings")
         assert embeddings is not None  # required parts raise when absent
@@ -456,10 +462,20 @@ class SplitModel:
     def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Final hidden states ``(B, T, H)``, equal to :class:`UnsplitTrunk` on real tokens."""
         hidden, attention_mask, position_ids = self.front(input_ids, attention_mask)
-        hidden = self.transport.call_server(
-            MiddleCall(self.middle), hidden, attention_mask, position_ids
-        )
+        hidden = self._cross(MiddleCall(self.middle), hidden, attention_mask, position_ids)
         return self.back(hidden, attention_mask, position_ids)
+
+    def _cross(
+        self, server: MiddleCall, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor
+    ) -> Tensor:
+        """Hand the front's states to the transport, defended first when a defence is on.
+
+        The one place every transport's forward message leaves the client: what the server
+        receives is exactly what the defence returns.
+        """
+        if self.defence is not None:
+            hidden = self.defence(hidden)  # (B, T, H), clipped and noised per token
+        return self.transport.call_server(server, hidden, attention_mask, position_ids)
 
     def client_modules(self) -> list[nn.Module]:
         """Client modules: embeddings (and learned positions), front and back blocks, final norm."""
@@ -589,7 +605,7 @@ class SplitModel:
             self.plan.front, hidden, attention_mask, positions, cache, cache_position
         )
         server = MiddleCall(self.middle, cache, cache_position)
-        hidden = self.transport.call_server(server, hidden, attention_mask, positions)
+        hidden = self._cross(server, hidden, attention_mask, positions)
         hidden = self._run(self.plan.back, hidden, attention_mask, positions, cache, cache_position)
         assert self.norm is not None
         fields = {"last_hidden_state": self.norm(hidden), cache_key: kwargs.get(cache_key)}
@@ -638,6 +654,7 @@ def make_trunk(
     transport: Transport | None = None,
     embed: InputEmbedder | None = None,
     causal: bool = False,
+    defence: HiddenDefence | None = None,
 ) -> Trunk:
     """Build the trunk a recommender runs: the whole model, or its split view.
 
@@ -649,6 +666,7 @@ def make_trunk(
         transport: The wire to the server (default: a fresh :class:`LocalTransport`).
         embed: Input vectors from the ids instead of the token embeddings (item tokens).
         causal: Run an encoder causally (the sequential recommender).
+        defence: ``model.hidden_defence`` on the states that cross (split only).
 
     Returns:
         ``(input_ids, attention_mask) -> final hidden states (B, T, H)``.
@@ -660,4 +678,4 @@ def make_trunk(
         return UnsplitTrunk(model, embed, causal)
     plan = plan_split(num_blocks(model), k_front, k_back)
     wire = transport if transport is not None else LocalTransport()
-    return SplitModel(model, plan, wire, embed, causal)
+    return SplitModel(model, plan, wire, embed, causal, defence)

@@ -124,6 +124,8 @@ RULES: tuple[Rule, ...] = (
     at_least("model.items.share_noise_ids", 0),  # models/item_components.ItemSettings
     at_least("model.items.share_noise_bias", 0),
     above("model.block_server.timeout", 0),  # models/process_transport.BlockServerSettings
+    above("model.hidden_defence.clip", 0),  # models/hidden_defence.HiddenDefence
+    at_least("model.hidden_defence.noise", 0),
     at_least("loop.min_eval_users", 0),  # training/loop.FederatedLoop
     at_least("loop.bootstrap_resamples", 0),
     Rule(  # training/loop.FederatedLoop.setup
