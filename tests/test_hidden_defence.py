@@ -12,7 +12,13 @@ from transformers import AutoModelForCausalLM
 
 from fellrec.cli import main
 from fellrec.models.front_copy import front_copy_recovery, front_states
-from fellrec.models.hidden_defence import HiddenDefence, clip_token_norms, defend_hidden_states
+from fellrec.models.hidden_defence import (
+    ClientNoise,
+    HiddenDefence,
+    client_noise_seed,
+    clip_token_norms,
+    defend_hidden_states,
+)
 from fellrec.models.inversion import token_recovery
 from fellrec.models.split import make_trunk
 from fellrec.models.transport import LocalTransport
@@ -66,16 +72,17 @@ def test_the_defence_needs_split_execution():
     with pytest.raises(ValueError, match=r"model\.hidden_defence defends the hidden states"):
         ModuleSettings(split_execution=False, hidden_defence=HiddenDefence(clip=1.0))
     settings = ModuleSettings(hidden_defence=HiddenDefence(clip=1.0, noise=0.1))
-    assert settings.hparams["hidden_defence"] == {"clip": 1.0, "noise": 0.1}
+    assert settings.hparams["hidden_defence"] == {"clip": 1.0, "noise": 0.1, "seed": None}
 
 
-def _step(model, defence, seed: int = 0):
-    """One split forward and backward; what crossed, the output and the embeddings' gradient."""
+def _step(model, settings, client: int = 2):
+    """One split forward and backward of ``client``; what crossed, the output, a gradient."""
     model.zero_grad(set_to_none=True)
     transport = LocalTransport(record=True)
+    defence = ClientNoise(settings, lambda: client) if settings is not None else None
     trunk = make_trunk(model, True, 1, 1, transport, defence=defence)
     ids, mask = random_batches(1, 500, seed=3)[0]
-    torch.manual_seed(seed)
+    torch.manual_seed(0)  # the same dropout draws in every call
     out = trunk(ids, mask)
     out.square().mean().backward()
     sent = transport.payloads[0].tensors["hidden_states"]
@@ -85,25 +92,36 @@ def _step(model, defence, seed: int = 0):
 
 def test_off_is_bit_identical_to_no_defence(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    before = _step(model, None)
-    off = _step(model, HiddenDefence())
-    for a, b in zip(before, off, strict=True):
-        assert torch.equal(a, b)
+    transport = LocalTransport(record=True)
+    ids, mask = random_batches(1, 500, seed=3)[0]
+    before = make_trunk(model, True, 1, 1, transport)(ids, mask)
+    with pytest.raises(ValueError, match="needs an enabled"):
+        ClientNoise(HiddenDefence(), lambda: 0)
+    # The module's settings off: no defence reaches the trunk, the run is today's, bit for bit.
+    settings = ModuleSettings(k_front=1, k_back=1)
+    assert not settings.recommender_settings().hidden_defence.enabled
+    assert settings.hparams["hidden_defence"] == {"clip": None, "noise": 0.0, "seed": None}
+    again = make_trunk(model, True, 1, 1, LocalTransport(record=True), defence=None)(ids, mask)
+    assert torch.equal(before, again)
 
 
 def test_the_server_receives_the_defended_states_seeded_and_differentiable(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     clean, _, _ = _step(model, None)
-    defence = HiddenDefence(clip=0.5, noise=0.3)
-    sent, out, grad = _step(model, defence)
-    # Exactly the clipped states plus noise drawn from torch's random state, as seeded.
-    torch.manual_seed(0)
-    assert torch.equal(sent, defence(clean))
+    defence = HiddenDefence(clip=0.5, noise=0.3, seed=11)
+    sent, out, grad = _step(model, defence, client=2)
+    # Exactly the clipped states plus noise from client 2's own stream of the seed.
+    stream = torch.Generator().manual_seed(client_noise_seed(11, 2))
+    assert torch.equal(sent, defence(clean, stream))
     assert not torch.equal(sent, clean)
     # A rerun with the same seed is bit-identical; gradients reach the client's embeddings.
-    again = _step(model, defence)
+    again = _step(model, defence, client=2)
     assert all(torch.equal(a, b) for a, b in zip(again, (sent, out, grad), strict=True))
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # Another client, or no seed (fresh entropy), draws other noise; torch's own random state
+    # (which the config seeds and the process transport sends) is not what the noise comes from.
+    assert not torch.equal(_step(model, defence, client=3)[0], sent)
+    assert not torch.equal(_step(model, HiddenDefence(clip=0.5, noise=0.3))[0], sent)
     # Clipping alone bounds every token's norm.
     clipped, _, _ = _step(model, HiddenDefence(clip=0.5))
     assert clipped.norm(dim=-1).max() <= 0.5 + 1e-5

@@ -12,14 +12,20 @@ accounts for the many tokens, steps and rounds that reveal the same items, nor f
 that travel back. Its effect is measured (``fellrec attack`` on the defended states,
 ``benchmarks/bench_hidden_defence.py`` against NDCG@10).
 
-The noise is drawn from torch's random state, which the host seeds per client and round for
-training (as it does for dropout), so reruns are bit-identical and a one-client host (a deployed
-client) draws what the simulation's client draws.
+The noise must be secret from the server: it is drawn from the client's own generator
+(:class:`ClientNoise`), never from torch's global random state, whose seed is in the shared
+config and whose state the ``process`` transport even sends along for the server's dropout.
+``seed`` fixes those draws (reruns bit-identical; each client has its own stream, so a deployed
+client draws what the simulation's client draws for the same calls); without it every run draws
+from fresh operating-system entropy, which is what a deployment should use (a seed in a config
+the server reads lets it subtract the noise).
 """
 
 from __future__ import annotations
 
 import math
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +90,10 @@ class HiddenDefence:
     noise: float = 0.0
     """Noise multiplier (>= 0): Gaussian noise of standard deviation ``noise * clip`` is added to
     every coordinate of every token's clipped vector (0: clipping only). Needs ``clip``."""
+    seed: int | None = None
+    """Seed of the clients' noise (each client its own stream), for reproducible simulations;
+    None (the default, and what a deployment should use): fresh operating-system entropy per
+    run. The server must not know it: whoever knows the seed can subtract the noise."""
 
     def validate(self) -> None:
         """Refuse values that cannot be meant, naming the setting.
@@ -123,3 +133,44 @@ class HiddenDefence:
         """Plain values for records (``results.json``): ``{"clip", "noise", "noise_std"}``."""
         std = None if self.clip is None else self.noise * self.clip
         return {"clip": self.clip, "noise": self.noise if self.enabled else None, "noise_std": std}
+
+
+def client_noise_seed(seed: int, client: int) -> int:
+    """The seed of ``client``'s noise stream under ``model.hidden_defence.seed`` ``seed``."""
+    return (seed * 1_000_003 + 7_919 * client + 1) % (2**63)
+
+
+class ClientNoise:
+    """The defence as a client applies it: clip, then noise from the client's own stream.
+
+    One generator per client (and device), created at its first use, so the draws of a client
+    do not depend on which other clients the host holds or in which order it runs them.
+
+    Args:
+        settings: ``model.hidden_defence`` (enabled).
+        active_client: Which client the host is running now (its states are being sent).
+    """
+
+    def __init__(self, settings: HiddenDefence, active_client: Callable[[], int]) -> None:
+        if not settings.enabled:
+            raise ValueError("ClientNoise needs an enabled model.hidden_defence (a clip)")
+        self.settings = settings
+        self.active_client = active_client
+        # The base of every stream: the configured seed, else fresh entropy, kept in this process
+        # only (never logged or sent).
+        self._base = settings.seed if settings.seed is not None else secrets.randbits(62)
+        self._generators: dict[tuple[int, str], torch.Generator] = {}
+
+    def generator(self, client: int, device: torch.device) -> torch.Generator:
+        """``client``'s generator on ``device`` (seeded at its first use)."""
+        key = (client, str(device))
+        if key not in self._generators:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(client_noise_seed(self._base, client))
+            self._generators[key] = generator
+        return self._generators[key]
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        """The active client's states as they cross: clipped and noised per token."""
+        generator = self.generator(self.active_client(), hidden.device)
+        return self.settings(hidden, generator)

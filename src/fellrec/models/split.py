@@ -34,7 +34,6 @@ from fellrec.models.attention_masks import (
     position_ids_from_mask,
     sdpa_mask,
 )
-from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.transport import LocalTransport, MiddleCall, Transport
 
 #: Model types split execution supports (each verified exact against the unsplit model by the
@@ -87,6 +86,9 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 #: Attention implementations that accept the additive float masks built here.
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
+#: What the client does to the front's hidden states before they cross (``model.hidden_defence``:
+#: :class:`~fellrec.models.hidden_defence.ClientNoise`), ``(B, T, H) -> (B, T, H)``.
+Defence = Callable[[Tensor], Tensor]
 #: A trunk: ``(input_ids, attention_mask) -> final hidden states (B, T, H)``.
 Trunk = Callable[[Tensor, Tensor], Tensor]
 #: Turns input ids into input vectors ``(B, T, H)`` in place of the token embedding table (the
@@ -348,9 +350,9 @@ class SplitModel:
         causal: Run an encoder with causal masks on both sides (decoders are causal anyway). A
             property of the model both sides are configured with, like its weights: nothing more
             crosses.
-        defence: Clipping and noise applied to the front's hidden states before they cross
-            (``model.hidden_defence``; None or disabled: they cross as computed). Here, on the
-            client's side, so every transport carries the defended states.
+        defence: Applied to the front's hidden states before they cross (``model.hidden_defence``:
+            clipping and noise; None: they cross as computed). Here, on the client's side, so
+            every transport carries the defended states.
 
     Raises:
         ValueError: If the model type or its attention implementation is unsupported, or the plan
@@ -364,7 +366,7 @@ class SplitModel:
         transport: Transport,
         embed: InputEmbedder | None = None,
         causal: bool = False,
-        defence: HiddenDefence | None = None,
+        defence: Defence | None = None,
     ) -> None:
         self.family = split_family(model)
         self.model = model
@@ -381,7 +383,7 @@ class SplitModel:
         self.transport = transport
         self.embed = embed
         self.causal = causal
-        self.defence = defence if defence is not None and defence.enabled else None
+        self.defence = defence
         family = self.family
         embeddings = _part(self.inner, family, "embeddings")
         assert embeddings is not None  # required parts raise when absent
@@ -654,7 +656,7 @@ def make_trunk(
     transport: Transport | None = None,
     embed: InputEmbedder | None = None,
     causal: bool = False,
-    defence: HiddenDefence | None = None,
+    defence: Defence | None = None,
 ) -> Trunk:
     """Build the trunk a recommender runs: the whole model, or its split view.
 

@@ -27,7 +27,7 @@ from fellrec.models.backends import (
 from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
 from fellrec.models.encoder import ITEM_ENCODINGS, POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
-from fellrec.models.hidden_defence import HiddenDefence
+from fellrec.models.hidden_defence import ClientNoise, HiddenDefence
 from fellrec.models.item_components import (
     ItemComponents,
     ItemSettings,
@@ -250,6 +250,11 @@ def assemble_recommender(
         transport: How hidden states cross the split (None: unsplit or in process).
         embedding_cache: Directory of cached catalog embeddings (reused across runs).
     """
+    defence = (
+        ClientNoise(settings.hidden_defence, adapters.active_client)
+        if settings.hidden_defence.enabled
+        else None
+    )
 
     def trunk(
         embed: Callable[[torch.Tensor], torch.Tensor] | None = None, causal: bool = False
@@ -262,7 +267,7 @@ def assemble_recommender(
             transport,
             embed=embed,
             causal=causal,
-            defence=settings.hidden_defence,
+            defence=defence,
         )
 
     if settings.kind == "generative":
