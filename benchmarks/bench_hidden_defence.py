@@ -58,10 +58,16 @@ def fetch_movielens() -> str:
 
 
 def defence_flags(clip: float | None, noise: float) -> list[str]:
-    """The ``model.hidden_defence`` flags of one level (none: the defence off)."""
+    """The ``model.hidden_defence`` flags of one level (none: the defence off).
+
+    The noise seed is fixed so the sweep reruns bit for bit (a deployment leaves it unset).
+    """
     if clip is None:
         return []
-    return ["--model.hidden_defence.clip", str(clip), "--model.hidden_defence.noise", str(noise)]
+    return [
+        *("--model.hidden_defence.clip", str(clip), "--model.hidden_defence.noise", str(noise)),
+        *("--model.hidden_defence.seed", "0"),
+    ]
 
 
 def recipe_flags(data: str) -> list[str]:

@@ -62,8 +62,9 @@ class ModuleSettings(L.LightningModule):
             process of the run).
         hidden_defence: Defend the hidden states that cross the split (``clip``: each token's
             vector is L2-clipped to it; ``noise``: Gaussian noise of deviation ``noise * clip``
-            is added), on the client's side of every transport, in training and evaluation.
-            Off unless ``clip`` is set (:mod:`fellrec.models.hidden_defence`).
+            is added; ``seed``: of each client's own noise stream, None for fresh entropy), on
+            the client's side of every transport, in training and evaluation. Off unless
+            ``clip`` is set (:mod:`fellrec.models.hidden_defence`).
         shard_client_blocks: Under ``--trainer.strategy model_parallel`` (which shards
             the server's middle blocks across the processes), shard the client's front and back
             blocks too; off: they stay replicated, like the embeddings and the head.
