@@ -171,3 +171,13 @@ def test_fellrec_attack_attacks_the_defended_states_and_records_the_setting(
         }
         assert curves["none"][0]["token_recovery"] >= 0.5, attack
         assert curves["strong"][0]["token_recovery"] <= 0.15, attack  # chance: 1/40
+
+
+def test_a_deployed_client_runs_the_federations_defence():
+    from fellrec.deploy.client_session import client_module_like
+    from fellrec.training.federated_module import FederatedModule
+
+    settings = HiddenDefence(clip=1.0, noise=0.1, seed=1)
+    client = client_module_like(FederatedModule(hidden_defence=settings), 2)
+    assert client.hidden_defence == settings
+    assert client.recommender_settings().hidden_defence == settings
