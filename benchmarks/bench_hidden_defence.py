@@ -1,11 +1,12 @@
 """The hidden-state defence on MovieLens-100K: attack recovery against NDCG@10, per noise level.
 
 For each level of ``model.hidden_defence`` (none, then ``--clip`` with each ``--noise``
-multiplier) this runs, each in its own process and directory under ``--output``:
+multiplier, noise seed 0) this runs, each in its own process and directory under ``--output``,
+with ``model.k_front`` ``--k-front``:
 
-- ``fellrec attack`` of the recipe (``configs/ml100k-minilm-base.yaml``, leave-one-out) at
-  ``k_front`` ``--k-front``: the server's linear map and its copy of the client's front against
-  the defended hidden states of 50 real training windows (the parameters the clients start from);
+- ``fellrec attack`` of the recipe (``configs/ml100k-minilm-base.yaml``, leave-one-out) at that
+  split point: the server's linear map and its copy of the client's front against the defended
+  hidden states of 50 real training windows (the parameters the clients start from);
 - ``fellrec fit`` of the same recipe (FELLRec, 5 k-means clients) for ``--rounds`` rounds, each
   client's best round selected on validation and tested (the run's own privacy probe is off: the
   attack above measures the leak).
@@ -15,7 +16,7 @@ worst client, wall times) and ``hidden_defence.png`` (recovery against test NDCG
 popularity baseline and 1.5x it). Finished steps are skipped, so an interrupted sweep goes on::
 
     python benchmarks/bench_hidden_defence.py --output runs/hidden-defence   # ~35 min, 2 cores
-    python benchmarks/bench_hidden_defence.py --attack-only                  # ~1 min per level
+    python benchmarks/bench_hidden_defence.py --attack-only                  # ~15 s per level
 """
 
 from __future__ import annotations
@@ -100,14 +101,15 @@ def attack(directory: Path, data: str, flags: list[str], k_front: int) -> None:
         "attack",
         *recipe_flags(data),
         *flags,
-        *("--k-fronts", str(k_front), "--output", str(directory)),
+        *("--model.k_front", str(k_front), "--k-fronts", str(k_front)),
+        *("--output", str(directory)),
     ]
     seconds = timed(command, directory / "attack.log", directory / "privacy.json")
     if seconds is not None:
         (directory / "attack_seconds.txt").write_text(f"{seconds:.1f}\n")
 
 
-def fit(directory: Path, data: str, flags: list[str], rounds: int) -> None:
+def fit(directory: Path, data: str, flags: list[str], rounds: int, k_front: int) -> None:
     """``fellrec fit`` of the recipe, ``rounds`` rounds, into ``directory`` (skipped when done)."""
     command = [
         "fellrec",
@@ -115,6 +117,7 @@ def fit(directory: Path, data: str, flags: list[str], rounds: int) -> None:
         *recipe_flags(data),
         *flags,
         *("--trainer.max_epochs", str(rounds), "--model.privacy_probe", "false"),
+        *("--model.k_front", str(k_front)),
         *("--trainer.default_root_dir", str(directory)),
     ]
     seconds = timed(command, directory / "fit.log", directory / "results.json")
@@ -172,7 +175,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, k_front: int) -> None:
     """Recovery (both attacks) against test NDCG@10, one point per level, popularity marked."""
     import matplotlib
 
@@ -190,8 +193,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         xs = [r["test_ndcg10"] for r in done]
         ys = [100 * r[key] for r in done]
         axes.plot(xs, ys, marker=marker, linestyle="-", label=label)
-        for r, x, y in zip(done, xs, ys, strict=True):
-            axes.annotate(r["level"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if key == "front_copy_recovery":  # one label per level
+            for r, x, y in zip(done, xs, ys, strict=True):
+                axes.annotate(
+                    r["level"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
+                )
     popularity = done[0].get("popularity")
     if popularity is not None:
         axes.axvline(popularity, color="grey", linestyle=":", label="popularity")
@@ -199,7 +205,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes.axhline(10, color="red", linestyle="--", linewidth=0.8, label="10% recovery")
     axes.set_xlabel("test NDCG@10 (FELLRec, leave-one-out)")
     axes.set_ylabel("items recovered from h_front (%)")
-    axes.set_title("model.hidden_defence on MovieLens-100K (MiniLM, k_front 1)")
+    axes.set_title(f"model.hidden_defence on MovieLens-100K (MiniLM, k_front {k_front})")
     axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -215,7 +221,9 @@ def main() -> None:
         "--noise", type=str, default="0.05,0.1,0.25,0.5", help="noise multipliers, comma-separated"
     )
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds of each fit")
-    parser.add_argument("--k-front", type=int, default=1, help="the split point attacked")
+    parser.add_argument(
+        "--k-front", type=int, default=1, help="model.k_front of the fits and the attacks"
+    )
     parser.add_argument("--attack-only", action="store_true", help="skip the fits")
     args = parser.parse_args()
     data = fetch_movielens()
@@ -225,7 +233,13 @@ def main() -> None:
         attack(args.output / name / "attack", data, defence_flags(clip, noise), args.k_front)
     if not args.attack_only:
         for name, clip, noise in levels:
-            fit(args.output / name / "fit", data, defence_flags(clip, noise), args.rounds)
+            fit(
+                args.output / name / "fit",
+                data,
+                defence_flags(clip, noise),
+                args.rounds,
+                args.k_front,
+            )
     rows = [measure(args.output / name, clip, noise, args.k_front) for name, clip, noise in levels]
     with open(args.output / "hidden_defence.csv", "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
@@ -233,7 +247,7 @@ def main() -> None:
         writer.writerows(rows)
     text = markdown(rows)
     (args.output / "hidden_defence.md").write_text(text + "\n")
-    plot(rows, args.output / "hidden_defence.png")
+    plot(rows, args.output / "hidden_defence.png", args.k_front)
     print(text)
     sys.stdout.flush()
 
