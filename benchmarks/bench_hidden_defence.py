@@ -15,7 +15,7 @@ Writes ``<output>/hidden_defence.md`` and ``.csv`` (recovery, validation and tes
 worst client, wall times) and ``hidden_defence.png`` (recovery against test NDCG@10, with the
 popularity baseline and 1.5x it). Finished steps are skipped, so an interrupted sweep goes on::
 
-    python benchmarks/bench_hidden_defence.py --output runs/hidden-defence   # ~35 min, 2 cores
+    python benchmarks/bench_hidden_defence.py --output runs/hidden-defence   # ~45 min, 2 cores
     python benchmarks/bench_hidden_defence.py --attack-only                  # ~15 s per level
 """
 
@@ -218,7 +218,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "hidden-defence")
     parser.add_argument("--clip", type=float, default=12.0, help="model.hidden_defence.clip")
     parser.add_argument(
-        "--noise", type=str, default="0.05,0.1,0.25,0.5", help="noise multipliers, comma-separated"
+        "--noise",
+        type=str,
+        default="0.05,0.1,0.15,0.2,0.25,0.5",
+        help="noise multipliers, comma-separated",
     )
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds of each fit")
     parser.add_argument(
