@@ -39,6 +39,7 @@ from fellrec.federation.split_plan import plan_split
 from fellrec.federation.strategies import FedProx, FELLRec, Strategy
 from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_encoder
+from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.process_transport import (
     LISTENING,
     SERVER_KEY_ENV,
@@ -600,6 +601,26 @@ def test_a_block_server_process_trains_exactly_as_in_process(
     assert isinstance(transport, ProcessTransport) and transport.wire_bytes > 0
     assert transport.request("stats") == {"graphs": 0, "caches": 0}
     transport.close()
+
+
+def test_the_hidden_defence_crosses_a_block_server_as_in_process(
+    tmp_path, dropout_encoder, local_runs
+):
+    """model.hidden_defence lives on the client's side of every transport: the same noise."""
+    defence = HiddenDefence(clip=1.0, noise=0.2, seed=5)
+    local, local_model = _fit(
+        tmp_path / "local", dropout_encoder, FELLRec(), "local", hidden_defence=defence
+    )
+    served, served_model = _fit(
+        tmp_path / "process", dropout_encoder, FELLRec(), "process", hidden_defence=defence
+    )
+    _assert_same_run(local, served)
+    assert torch.equal(local_model.client_parameters(), served_model.client_parameters())
+    # The defence changed what trained (the undefended reference is another run).
+    undefended, _ = local_runs["fellrec"]
+    assert local["history"][0]["train_loss"] != undefended["history"][0]["train_loss"]
+    assert served_model.transport is not None
+    served_model.transport.close()
 
 
 class KillTheServer(Callback):

@@ -266,6 +266,13 @@ def main(args: list[str]) -> None:
         f"{ATTACK} attack on {module.backbone_name} ({layers} blocks): map fitted on "
         f"{section['public_texts']} public sequences, {section['victims']} victim training examples"
     )
+    defence = section.get("hidden_defence") or {}
+    if defence.get("clip") is not None:
+        print(
+            f"the victims' hidden states crossed defended (model.hidden_defence): clip "
+            f"{defence['clip']:g}, noise multiplier {defence['noise']:g} (std "
+            f"{defence['noise_std']:g}); both attacks know the setting"
+        )
     print(format_curve(curve))
     front_copy = section.get("front_copy") or {}
     if "curve" in front_copy:

@@ -36,6 +36,7 @@ def client_module_like(model: FederatedModule, client: int) -> ClientModule:
         "prompt": model.prompt,
         "items": model.items,
         "block_server": model.block_server,
+        "hidden_defence": model.hidden_defence,
     }
     plain = {
         key: value

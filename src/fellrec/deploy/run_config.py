@@ -26,8 +26,8 @@ OVERRIDES_KEY = "fellrec-overrides"
 PER_PARTY_SETTINGS = {
     "data": ("client", "silo", "silos", "catalog", "cache_dir", "dataset.path"),
     # The block server a client's split runs through, and its certificates, are its own.
-    # ... and so is the secret seed of its DP-SGD sampling and noise.
-    "model": ("block_server", "dp_sgd.seed"),
+    # ... and so are the secret seeds of its DP-SGD and hidden-state noise.
+    "model": ("block_server", "dp_sgd.seed", "hidden_defence.seed"),
 }
 #: Config sections that decide a federation's results (the trainer's are the node's own
 #: business, but the number of rounds).

@@ -204,6 +204,10 @@ class ClientAdapters:
         """The module of the slot whose adapter is active."""
         return self.module(self.names.index(str(self.model.active_adapter)))
 
+    def active_client(self) -> int:
+        """The client whose adapter is active."""
+        return self.client_ids[self.names.index(str(self.model.active_adapter))]
+
     def parameters(self, client: int) -> list[nn.Parameter]:
         """Return a client's adapter parameters in the fixed key order."""
         return self._params[client]

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from fellrec.federation.split_plan import plan_split
+from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.inversion import Batch, _eval_mode, _Walker, fit_inversion
 from fellrec.models.split import InputEmbedder, SplitModel, num_blocks
 from fellrec.models.transport import LocalTransport
@@ -62,7 +63,12 @@ def shortlist_candidates(predicted: Tensor, table: Tensor, size: int) -> Tensor:
 
 
 def _decode(
-    front: SplitModel, victims: Tensor, ids: Tensor, mask: Tensor, candidates: Tensor
+    front: SplitModel,
+    victims: Tensor,
+    ids: Tensor,
+    mask: Tensor,
+    candidates: Tensor,
+    defence: HiddenDefence,
 ) -> Tensor:
     """Greedy left-to-right decoding of one batch.
 
@@ -72,6 +78,8 @@ def _decode(
         ids: The victims' ids ``(B, T)`` (only their padding layout is used).
         mask: ``(B, T)`` attention mask.
         candidates: Shortlisted ids per position ``(B, T, K)``.
+        defence: The clients' defence: each candidate's state is clipped as the client's would
+            be (the noise is isotropic, so the nearest clipped state is the likeliest one).
 
     Returns:
         The decoded ids ``(B, T)`` (unchanged where ``mask`` is 0).
@@ -85,7 +93,7 @@ def _decode(
         prefix = decoded[rows, : t + 1].repeat_interleave(count, dim=0)  # (R*K, t+1)
         prefix[:, t] = candidates[rows, t].reshape(-1)
         prefix_mask = mask[rows, : t + 1].repeat_interleave(count, dim=0)
-        hidden = front.front(prefix, prefix_mask)[0][:, t]  # (R*K, H)
+        hidden = defence.clip_only(front.front(prefix, prefix_mask)[0][:, t])  # (R*K, H)
         wanted = victims[rows, t].repeat_interleave(count, dim=0)
         distance = (hidden.float() - wanted.float()).norm(dim=-1).view(len(rows), count)
         decoded[rows, t] = candidates[rows, t].gather(1, distance.argmin(1, keepdim=True))[:, 0]
@@ -102,6 +110,8 @@ def front_copy_recovery(
     causal: bool = False,
     shortlist: int = 16,
     ridge: float = 1e-3,
+    defence: HiddenDefence | None = None,
+    seed: int = 0,
 ) -> list[dict[str, float | int]]:
     """The front-copy attack's recovery rate at each split point of ``victim_states``.
 
@@ -109,13 +119,17 @@ def front_copy_recovery(
         model: The server's copy of the client's model (its adapter as the server knows it).
         public_batches: Public inputs the shortlist's linear map is fitted on.
         victim_batches: The victims' inputs (the truth, and their padding layout).
-        victim_states: :func:`front_states` of the victims, as the client sent them.
+        victim_states: :func:`front_states` of the victims, as the client sent them (defended,
+            when the clients run ``defence``).
         table: The vectors of the candidates ``(V, H)`` (the item vectors as the server knows
             them, or the token embeddings), row ``i`` for id ``i``.
         embed: The server's copy of the client's input embedder (None: the model's own).
         causal: Whether the front runs causally (item tokens through an encoder).
         shortlist: Candidates per position (from the linear map's nearest rows).
         ridge: Relative ridge penalty of that map.
+        defence: The clients' ``model.hidden_defence``, known to the server: its public states
+            for the map are defended alike, its candidates' states clipped alike.
+        seed: Seed of the defence's noise on the public states.
 
     Returns:
         One dict per split point, ascending: ``k_front``, ``token_recovery``, ``tokens``,
@@ -134,12 +148,14 @@ def front_copy_recovery(
         raise ValueError(f"k_front values {bad} are outside [0, {layers - 1}] for this model")
     vectors = table.detach().to("cpu", torch.float64)
     public = _Walker(model, public_batches, embed, causal)
+    defend = defence if defence is not None else HiddenDefence()
+    generator = torch.Generator().manual_seed(seed)
     curve: list[dict[str, float | int]] = []
     with _eval_mode(model), torch.inference_mode():
         for k in sorted(victim_states):
             public.advance(k)
             states, ids, _ = public.collect()
-            weight, offset = fit_inversion(states, vectors[ids], ridge)
+            weight, offset = fit_inversion(defend(states, generator), vectors[ids], ridge)
             front = SplitModel(model, plan_split(layers, k, 0), LocalTransport(), embed, causal)
             hits = content_hits = listed = total = counted = 0
             for batch, hidden in zip(victim_batches, victim_states[k], strict=True):
@@ -149,7 +165,7 @@ def front_copy_recovery(
                 flat = hidden.to("cpu", torch.float64).reshape(-1, hidden.shape[-1])
                 candidates = shortlist_candidates(flat @ weight + offset, vectors, shortlist)
                 candidates = candidates.view(*input_ids.shape, -1).to(hidden.device)
-                decoded = _decode(front, hidden, input_ids.clamp(min=0), mask, candidates)
+                decoded = _decode(front, hidden, input_ids.clamp(min=0), mask, candidates, defend)
                 correct = (decoded == input_ids) & real
                 hits += int(correct.sum())
                 content_hits += int((correct & content).sum())

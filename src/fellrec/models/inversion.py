@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fellrec.federation.split_plan import plan_split
+from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.split import InputEmbedder, SplitModel, num_blocks
 from fellrec.models.transport import LocalTransport
 
@@ -154,6 +155,8 @@ def token_recovery(
     k_fronts: Sequence[int],
     ridge: float = 1e-3,
     items: ItemInputs | None = None,
+    defence: HiddenDefence | None = None,
+    seed: int = 0,
 ) -> list[dict[str, float | int]]:
     """The attack's token recovery rate at each split point.
 
@@ -169,6 +172,10 @@ def token_recovery(
         items: For inputs that are item tokens (the sequential recommender) instead of
             vocabulary tokens: how the attacker and the victims embed item ids, and the table
             of item vectors the attacker maps onto (the "tokens" recovered are then items).
+        defence: ``model.hidden_defence``: the victims' states cross clipped and noised. The
+            attacker knows the setting, so it defends its public states alike before fitting
+            its map (the least-squares map for inputs that carry such noise).
+        seed: Seed of the defence's noise on the public and victim states.
 
     Returns:
         One dict per distinct ``k_front``, ascending: ``k_front``, ``token_recovery`` (fraction
@@ -192,14 +199,17 @@ def token_recovery(
         public = _Walker(model, public_batches, items.public_embed, items.causal)
         victims = _Walker(model, victim_batches, items.victim_embed, items.causal)
     table = embeddings.to("cpu", torch.float64)
+    defend = defence if defence is not None else HiddenDefence()
+    generator = torch.Generator().manual_seed(seed)
     curve: list[dict[str, float | int]] = []
     with _eval_mode(model), torch.inference_mode():
         for k in sorted(set(k_fronts)):
             public.advance(k)
             victims.advance(k)
             states, ids, _ = public.collect()
-            weight, offset = fit_inversion(states, table[ids], ridge)
+            weight, offset = fit_inversion(defend(states, generator), table[ids], ridge)
             states, ids, content = victims.collect()
+            states = defend(states, generator)  # (n, H): what the server receives
             hits = nearest_tokens(states @ weight + offset, embeddings) == ids
             total, counted = int(ids.numel()), int(content.sum())
             curve.append(

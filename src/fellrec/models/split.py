@@ -90,6 +90,9 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 #: Attention implementations that accept the additive float masks built here.
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
+#: What the client does to the front's hidden states before they cross (``model.hidden_defence``:
+#: :class:`~fellrec.models.hidden_defence.ClientNoise`), ``(B, T, H) -> (B, T, H)``.
+Defence = Callable[[Tensor], Tensor]
 #: A trunk: ``(input_ids, attention_mask) -> final hidden states (B, T, H)``.
 Trunk = Callable[[Tensor, Tensor], Tensor]
 #: Turns input ids into input vectors ``(B, T, H)`` in place of the token embedding table (the
@@ -358,6 +361,9 @@ class SplitModel:
             property of the model both sides are configured with, like its weights: nothing more
             crosses. An encoder whose config makes its own forward causal (BERT or RoBERTa with
             ``is_decoder=True``, see :func:`configured_causal`) runs causally either way.
+        defence: Applied to the front's hidden states before they cross (``model.hidden_defence``:
+            clipping and noise; None: they cross as computed). Here, on the client's side, so
+            every transport carries the defended states.
 
     Raises:
         ValueError: If the model type or its attention implementation is unsupported, or the plan
@@ -371,6 +377,7 @@ class SplitModel:
         transport: Transport,
         embed: InputEmbedder | None = None,
         causal: bool = False,
+        defence: Defence | None = None,
     ) -> None:
         self.family = split_family(model)
         self.model = model
@@ -388,6 +395,7 @@ class SplitModel:
         self.embed = embed
         # Both sides read the flag from the config they load, so they agree without a message.
         self.causal = causal or configured_causal(model)
+        self.defence = defence
         family = self.family
         embeddings = _part(self.inner, family, "embeddings")
         assert embeddings is not None  # required parts raise when absent
@@ -468,10 +476,20 @@ class SplitModel:
     def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Final hidden states ``(B, T, H)``, equal to :class:`UnsplitTrunk` on real tokens."""
         hidden, attention_mask, position_ids = self.front(input_ids, attention_mask)
-        hidden = self.transport.call_server(
-            MiddleCall(self.middle), hidden, attention_mask, position_ids
-        )
+        hidden = self._cross(MiddleCall(self.middle), hidden, attention_mask, position_ids)
         return self.back(hidden, attention_mask, position_ids)
+
+    def _cross(
+        self, server: MiddleCall, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor
+    ) -> Tensor:
+        """Hand the front's states to the transport, defended first when a defence is on.
+
+        The one place every transport's forward message leaves the client: what the server
+        receives is exactly what the defence returns.
+        """
+        if self.defence is not None:
+            hidden = self.defence(hidden)  # (B, T, H), clipped and noised per token
+        return self.transport.call_server(server, hidden, attention_mask, position_ids)
 
     def client_modules(self) -> list[nn.Module]:
         """Client modules: embeddings (and learned positions), front and back blocks, final norm."""
@@ -601,7 +619,7 @@ class SplitModel:
             self.plan.front, hidden, attention_mask, positions, cache, cache_position
         )
         server = MiddleCall(self.middle, cache, cache_position)
-        hidden = self.transport.call_server(server, hidden, attention_mask, positions)
+        hidden = self._cross(server, hidden, attention_mask, positions)
         hidden = self._run(self.plan.back, hidden, attention_mask, positions, cache, cache_position)
         assert self.norm is not None
         fields = {"last_hidden_state": self.norm(hidden), cache_key: kwargs.get(cache_key)}
@@ -650,6 +668,7 @@ def make_trunk(
     transport: Transport | None = None,
     embed: InputEmbedder | None = None,
     causal: bool = False,
+    defence: Defence | None = None,
 ) -> Trunk:
     """Build the trunk a recommender runs: the whole model, or its split view.
 
@@ -661,6 +680,7 @@ def make_trunk(
         transport: The wire to the server (default: a fresh :class:`LocalTransport`).
         embed: Input vectors from the ids instead of the token embeddings (item tokens).
         causal: Run an encoder causally (the sequential recommender).
+        defence: ``model.hidden_defence`` on the states that cross (split only).
 
     Returns:
         ``(input_ids, attention_mask) -> final hidden states (B, T, H)``.
@@ -672,4 +692,4 @@ def make_trunk(
         return UnsplitTrunk(model, embed, causal)
     plan = plan_split(num_blocks(model), k_front, k_back)
     wire = transport if transport is not None else LocalTransport()
-    return SplitModel(model, plan, wire, embed, causal)
+    return SplitModel(model, plan, wire, embed, causal, defence)

@@ -128,6 +128,8 @@ RULES: tuple[Rule, ...] = (
     at_least("model.dp_sgd.expected_users", 1),
     at_least("model.dp_sgd.windows_per_user", 1),
     above("model.block_server.timeout", 0),  # models/process_transport.BlockServerSettings
+    above("model.hidden_defence.clip", 0),  # models/hidden_defence.HiddenDefence
+    at_least("model.hidden_defence.noise", 0),
     at_least("loop.min_eval_users", 0),  # training/loop.FederatedLoop
     at_least("loop.bootstrap_resamples", 0),
     Rule(  # training/loop.FederatedLoop.setup

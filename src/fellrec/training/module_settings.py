@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_deprecation
 
 from fellrec.federation.strategies import Strategy
 from fellrec.models.adapters import LoRASettings
+from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.item_components import ItemSettings
 from fellrec.models.process_transport import BlockServerSettings
 from fellrec.models.prompts import PromptSettings
@@ -60,6 +61,11 @@ class ModuleSettings(L.LightningModule):
             server process: :mod:`fellrec.models.process_transport`).
         block_server: Where the ``process`` transport's block server runs (default: a child
             process of the run).
+        hidden_defence: Defend the hidden states that cross the split (``clip``: each token's
+            vector is L2-clipped to it; ``noise``: Gaussian noise of deviation ``noise * clip``
+            is added; ``seed``: of each client's own noise stream, None for fresh entropy), on
+            the client's side of every transport, in training and evaluation. Off unless
+            ``clip`` is set (:mod:`fellrec.models.hidden_defence`).
         shard_client_blocks: Under ``--trainer.strategy model_parallel`` (which shards
             the server's middle blocks across the processes), shard the client's front and back
             blocks too; off: they stay replicated, like the embeddings and the head.
@@ -106,6 +112,7 @@ class ModuleSettings(L.LightningModule):
         k_back: int = 1,
         transport: str = "local",
         block_server: BlockServerSettings | None = None,
+        hidden_defence: HiddenDefence | None = None,
         shard_client_blocks: bool = False,
         load_in_8bit: bool = False,
         prompt: PromptSettings | None = None,
@@ -134,6 +141,7 @@ class ModuleSettings(L.LightningModule):
         check_transport_name(transport)
         self.block_server = block_server if block_server is not None else BlockServerSettings()
         self.block_server.validate()
+        self.hidden_defence = hidden_defence if hidden_defence is not None else HiddenDefence()
         if transport == "process" and not split_execution:
             raise ValueError(
                 "model.transport: process runs the server's middle blocks of a split model; "
@@ -187,7 +195,15 @@ class ModuleSettings(L.LightningModule):
         self.recommender_settings().validate()
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(
-            ignore=["strategy", "lora", "prompt", "items", "block_server", "dp_sgd"]
+            ignore=[
+                "strategy",
+                "lora",
+                "prompt",
+                "items",
+                "block_server",
+                "hidden_defence",
+                "dp_sgd",
+            ]
         )
         if strategy is not None:
             # The same spec the config used, so LightningCLI can re-read it from a checkpoint.
@@ -196,6 +212,7 @@ class ModuleSettings(L.LightningModule):
         self.hparams["prompt"] = asdict(self.prompt)
         self.hparams["items"] = asdict(self.items)
         self.hparams["block_server"] = asdict(self.block_server)
+        self.hparams["hidden_defence"] = asdict(self.hidden_defence)
         self.hparams["dp_sgd"] = asdict(dp_sgd) if dp_sgd is not None else None
 
     @property
@@ -220,4 +237,5 @@ class ModuleSettings(L.LightningModule):
             split=self.split,
             k_front=self.k_front,
             k_back=self.k_back,
+            hidden_defence=self.hidden_defence,
         )

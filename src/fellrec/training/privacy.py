@@ -181,6 +181,7 @@ def _front_copy(
     ridge: float,
     slot: int | None,
     server_parameters: torch.Tensor | None,
+    seed: int,
 ) -> dict[str, Any]:
     """The front-copy attack (the server runs the client's front with the client's parameters).
 
@@ -202,6 +203,14 @@ def _front_copy(
         items = sequential_item_inputs(module, slot)
         embed = items.victim_embed
     victim_states = front_states(model, victim_batches, k_fronts, embed, causal)
+    defence = module.hidden_defence
+    if defence.enabled:
+        # What the server receives: each client's states clipped and noised before they cross.
+        generator = torch.Generator().manual_seed(seed + 2)
+        victim_states = {
+            k: [defence(h.cpu(), generator).to(h.device) for h in states]
+            for k, states in victim_states.items()
+        }
     adapters = module.adapters
     own = None
     if server_parameters is not None and slot is not None and adapters is not None:
@@ -228,6 +237,8 @@ def _front_copy(
             causal,
             shortlist,
             ridge,
+            defence,
+            seed + 3,
         )
     finally:
         if own is not None and adapters is not None and slot is not None:
@@ -274,7 +285,10 @@ def privacy_section(
         "front_copy"}`` where the curve holds one ``{"k_front", "token_recovery", "tokens",
         "content_recovery", "content_tokens"}`` per split point, and ``front_copy`` the
         front-copy attack's ``{"attack", "shortlist", "parameters", "curve"}`` (its curve adds
-        ``shortlist_recall``; ``"error"`` instead of a curve where it cannot run), or None.
+        ``shortlist_recall``; ``"error"`` instead of a curve where it cannot run), or None, and
+        ``hidden_defence``: the ``model.hidden_defence`` the victims' states crossed with
+        (:meth:`~fellrec.models.hidden_defence.HiddenDefence.describe`; both attacks see the
+        states defended and know the setting).
     """
     titles, categories = datamodule.item_texts()
     texts = [
@@ -297,7 +311,16 @@ def privacy_section(
     # The linear inversion knows the public base model only, not the clients' adapters.
     without_adapters = getattr(model, "disable_adapter", contextlib.nullcontext)
     with without_adapters():
-        curve = token_recovery(model, public_batches, victim_batches, k_fronts, ridge, items)
+        curve = token_recovery(
+            model,
+            public_batches,
+            victim_batches,
+            k_fronts,
+            ridge,
+            items,
+            module.hidden_defence,
+            seed,
+        )
     front_copy = None
     if shortlist > 0:
         front_copy = _front_copy(
@@ -310,6 +333,7 @@ def privacy_section(
             ridge,
             slot,
             server_parameters,
+            seed,
         )
     return {
         "attack": ATTACK,
@@ -321,4 +345,5 @@ def privacy_section(
         "ridge": ridge,
         "seed": seed,
         "front_copy": front_copy,
+        "hidden_defence": module.hidden_defence.describe(),
     }

@@ -9,7 +9,7 @@ it trains through from :func:`assemble_recommender`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from fellrec.models.backends import (
 from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
 from fellrec.models.encoder import ITEM_ENCODINGS, POOLINGS, SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.hidden_defence import ClientNoise, HiddenDefence
 from fellrec.models.item_components import (
     ItemComponents,
     ItemSettings,
@@ -63,6 +64,7 @@ class RecommenderSettings:
         split: Split execution.
         k_front: Client blocks after the embeddings.
         k_back: Client blocks before the head.
+        hidden_defence: Clipping and noise on the hidden states that cross the split.
     """
 
     kind: str
@@ -79,6 +81,7 @@ class RecommenderSettings:
     split: bool
     k_front: int
     k_back: int
+    hidden_defence: HiddenDefence = field(default_factory=HiddenDefence)
 
     @property
     def uses_item_components(self) -> bool:
@@ -131,6 +134,12 @@ class RecommenderSettings:
             )
         self.items.validate()
         self.prompt.validate()
+        self.hidden_defence.validate()
+        if self.hidden_defence.enabled and not self.split:
+            raise ValueError(
+                "model.hidden_defence defends the hidden states that cross the split; set "
+                "model.split_execution: true (unsplit, nothing crosses)"
+            )
 
 
 def make_transport(name: str, block_server: BlockServerSettings | None = None) -> Transport:
@@ -241,6 +250,11 @@ def assemble_recommender(
         transport: How hidden states cross the split (None: unsplit or in process).
         embedding_cache: Directory of cached catalog embeddings (reused across runs).
     """
+    defence = (
+        ClientNoise(settings.hidden_defence, adapters.active_client)
+        if settings.hidden_defence.enabled
+        else None
+    )
 
     def trunk(
         embed: Callable[[torch.Tensor], torch.Tensor] | None = None, causal: bool = False
@@ -253,6 +267,7 @@ def assemble_recommender(
             transport,
             embed=embed,
             causal=causal,
+            defence=defence,
         )
 
     if settings.kind == "generative":
