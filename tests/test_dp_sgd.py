@@ -75,12 +75,12 @@ def test_settings_are_checked_naming_the_key():
 
 def test_configurations_where_clipping_cannot_cover_everything_are_refused():
     with pytest.raises(ValueError, match=re.escape("model.dp_sgd needs model.transport: local")):
-        check_dp_sgd_compatible("process", ItemSettings())
+        check_dp_sgd_compatible(DPSGDSettings(), "process", ItemSettings())
     for init in ("log_popularity", "dp_log_popularity"):
         with pytest.raises(
             ValueError, match=re.escape("model.dp_sgd needs model.items.bias_init: zeros")
         ):
-            check_dp_sgd_compatible("local", ItemSettings(bias_init=init))
+            check_dp_sgd_compatible(DPSGDSettings(), "local", ItemSettings(bias_init=init))
     with pytest.raises(
         ValueError, match=re.escape("model.dp_sgd needs model.items.bias_init: zeros")
     ):
@@ -323,3 +323,65 @@ def test_a_resumed_dp_run_keeps_its_secret(tmp_path, still_encoder):
     )
     trainer.fit(resumed, datamodule=data, ckpt_path="last")
     assert resumed.dp_secret == secret and data.user_sampling == (4, 4, secret)
+
+
+def test_the_popularity_start_counts_each_user_once_per_item_with_user_level_noise():
+    from fellrec.training.dp_sgd import dp_user_popularity
+
+    users = [np.asarray([0, 0, 1]), np.asarray([1, 2, 3])]
+    counts = dp_user_popularity(users, 5, 3, 0.5, torch.Generator().manual_seed(3))
+    noise = torch.randn(5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = torch.tensor([1.0, 2.0, 1.0, 1.0, 0.0], dtype=torch.float64) + noise * 0.5 * 3**0.5
+    torch.testing.assert_close(counts, expected.clamp_min(0))
+    # Capped at 2 items per user: 4 counts in all, the second user's a random 2 of its 3.
+    capped = dp_user_popularity(users, 5, 2, 1e-12, torch.Generator().manual_seed(3))
+    assert float(capped.sum()) == pytest.approx(4.0) and capped[0] == pytest.approx(1.0)
+    assert float(capped.max()) <= 2.0 + 1e-9
+
+
+def test_the_popularity_release_is_composed_in_the_same_accountant():
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(2.0, 1.0, 1), (1.0, 0.25, 30)]
+    assert epsilon_spent(1.0, 0.25, 30, 1e-3, releases=(2.0,)) == pytest.approx(
+        accountant.get_epsilon(delta=1e-3)
+    )
+    assert epsilon_spent(1.0, 0.25, 30, 1e-3, releases=(2.0,)) > epsilon_spent(1.0, 0.25, 30, 1e-3)
+    assert epsilon_spent(1.0, 0.25, 0, 1e-3, releases=(2.0,)) > 0
+    with pytest.raises(ValueError, match=re.escape("model.dp_sgd.popularity_noise must be > 0")):
+        DPSGDSettings(popularity_noise=0.0).validate()
+    with pytest.raises(ValueError, match="needs per-item components"):
+        FederatedModule(recommender="encoder", dp_sgd=DPSGDSettings(popularity_noise=1.0))
+
+
+def test_a_dp_fit_can_start_its_biases_from_user_level_popularity(tmp_path, still_encoder):
+    settings = DPSGDSettings(expected_users=4, popularity_noise=0.5, popularity_items=8, seed=2)
+    _, model, data, _ = tiny_run(
+        tmp_path,
+        still_encoder,
+        FedAvg(),
+        rounds=1,
+        model_options={"recommender": "sequential", "dp_sgd": settings},
+    )
+    data.prepare_data()
+    data.setup("fit")
+    model.build(data)  # the start, before any training
+    start = model.adapters.module(0).bias.detach()
+    true = data.training_item_counts(0).double()
+    # The noised start still ranks the client's items above the rest (noise 0.5 * sqrt(8)).
+    assert float(start.std()) > 0
+    assert torch.corrcoef(torch.stack([start.double(), torch.log1p(true)]))[0, 1] > 0.5
+    trainer, model, data, loop = tiny_run(
+        tmp_path / "trained",
+        still_encoder,
+        FedAvg(),
+        rounds=1,
+        model_options={"recommender": "sequential", "dp_sgd": settings},
+    )
+    trainer.fit(model, datamodule=data)
+    users = data.training_users(1)
+    steps = settings.steps_per_round(users, 1)
+    assert loop.history[0]["dp"]["epsilon"][1] == pytest.approx(
+        epsilon_spent(1.0, settings.sample_rate(users), steps, 1 / users, releases=(0.5,))
+    )

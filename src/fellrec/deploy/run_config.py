@@ -27,7 +27,7 @@ PER_PARTY_SETTINGS = {
     "data": ("client", "silo", "silos", "catalog", "cache_dir", "dataset.path"),
     # The block server a client's split runs through, and its certificates, are its own.
     # ... and so are the secret seeds of its DP-SGD and hidden-state noise.
-    "model": ("block_server", "dp_sgd.seed", "hidden_defence.seed"),
+    "model": ("block_server", "dp_sgd.seed", "hidden_defence.seed", "items.bias_init_seed"),
 }
 #: Config sections that decide a federation's results (the trainer's are the node's own
 #: business, but the number of rounds).

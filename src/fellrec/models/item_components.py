@@ -139,6 +139,10 @@ class ItemSettings:
     """``dp_log_popularity``: the epsilon of the noised counts (per interaction, one release)."""
     bias_init_delta: float = 1e-5
     """``dp_log_popularity``: the delta of the noised counts."""
+    bias_init_seed: int | None = None
+    """``dp_log_popularity``: seed of the count noise (each client its own). None: fresh
+    operating-system entropy, what a deployment must use: whoever knows the seed (``model.seed``
+    is shared with the server) can subtract the noise. Set it for reproducible simulations."""
     share_noise_ids: float = 0.0
     """Standard deviation of Gaussian noise a client adds to every coordinate of every ID-embedding
     row after its local training, before sending them (0: none). Every row then moves, so which

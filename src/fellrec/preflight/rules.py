@@ -127,6 +127,8 @@ RULES: tuple[Rule, ...] = (
     above("model.dp_sgd.max_grad_norm", 0),
     at_least("model.dp_sgd.expected_users", 1),
     at_least("model.dp_sgd.windows_per_user", 1),
+    above("model.dp_sgd.popularity_noise", 0),
+    at_least("model.dp_sgd.popularity_items", 1),
     above("model.block_server.timeout", 0),  # models/process_transport.BlockServerSettings
     above("model.hidden_defence.clip", 0),  # models/hidden_defence.HiddenDefence
     at_least("model.hidden_defence.noise", 0),

@@ -356,6 +356,14 @@ class FederatedDataModule(L.LightningDataModule):
         """Titles and categories of every item index."""
         return self.data.dataset.titles, self.data.dataset.categories
 
+    def training_user_items(self, client: int) -> list[np.ndarray]:
+        """Each of ``client``'s users' training items (every user's when clients are pooled)."""
+        data = self.data
+        sequences = data.split.train_sequences
+        if self.pool_clients:
+            return [np.asarray(sequence) for sequence in sequences]
+        return [np.asarray(sequences[user]) for user in np.flatnonzero(data.assignment == client)]
+
     def training_item_counts(self, client: int) -> torch.Tensor:
         """Training interactions per item ``(I,)`` of the data client ``client``'s slot trains on.
 

@@ -27,6 +27,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fellrec.federation.schedule import user_sampled_steps
@@ -49,6 +50,14 @@ class DPSGDSettings:
     seeded): bounds the cost of a heavy user, not the privacy (clipping does that)."""
     delta: float | None = None
     """The delta of the reported (epsilon, delta); None: 1 / the client's number of users."""
+    popularity_noise: float | None = None
+    """Start each client's item biases from its item popularity counted over its users, released
+    with user-level DP: every user counts each of at most ``popularity_items`` of its training
+    items (drawn at random) once, and Gaussian noise of deviation ``popularity_noise *
+    sqrt(popularity_items)`` (the count vector's L2 sensitivity) is added before
+    ``log(1 + count)``; accounted together with the training. None: the biases start at zero."""
+    popularity_items: int = 32
+    """A user's items that count towards the popularity start at most."""
     seed: int | None = None
     """Seed of the user sampling and the noise (each client its own streams). None: fresh
     operating-system entropy, drawn once per process and kept in its checkpoints, which is what a
@@ -65,7 +74,13 @@ class DPSGDSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"model.dp_sgd.{name} must be > 0, got {value}")
-        for name in ("expected_users", "windows_per_user"):
+        if self.popularity_noise is not None and not (
+            math.isfinite(self.popularity_noise) and self.popularity_noise > 0
+        ):
+            raise ValueError(
+                f"model.dp_sgd.popularity_noise must be > 0 (or null), got {self.popularity_noise}"
+            )
+        for name in ("expected_users", "windows_per_user", "popularity_items"):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"model.dp_sgd.{name} must be >= 1, got {value}")
@@ -89,7 +104,13 @@ class DPSGDSettings:
         return self.delta if self.delta is not None else 1.0 / max(users, 2)
 
 
-def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+def epsilon_spent(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    releases: Sequence[float] = (),
+) -> float:
     """Epsilon of ``steps`` subsampled Gaussian steps at ``delta`` (Opacus's RDP accountant).
 
     Args:
@@ -97,17 +118,54 @@ def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta
         sample_rate: q, the Poisson sampling probability of a user per step.
         steps: Steps taken.
         delta: The target delta.
+        releases: Noise multipliers of further Gaussian releases of the same users' data (each
+            once, unsampled, e.g. the popularity start), composed in the same accountant.
 
     Returns:
-        The epsilon (0 for no step).
+        The epsilon (0 for nothing released).
     """
-    if steps <= 0:
+    history = [(sigma, 1.0, 1) for sigma in releases]
+    if steps > 0:
+        history.append((noise_multiplier, sample_rate, steps))
+    if not history:
         return 0.0
     from opacus.accountants import RDPAccountant  # heavy import, only when accounting
 
     accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    accountant.history = history
     return float(accountant.get_epsilon(delta=delta))
+
+
+def dp_user_popularity(
+    user_items: Sequence[np.ndarray],
+    num_items: int,
+    max_items: int,
+    noise_multiplier: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Each item's number of users, released with user-level Gaussian noise ``(I,)``.
+
+    Every user counts each of at most ``max_items`` of its distinct items once (a random subset
+    when it has more), so one user changes the count vector by at most ``sqrt(max_items)`` in L2;
+    the noise's deviation is ``noise_multiplier * sqrt(max_items)``. Negative counts are clipped to
+    0 (post-processing).
+
+    Args:
+        user_items: Each user's training items.
+        num_items: I.
+        max_items: The items a user counts at most.
+        noise_multiplier: The noise's deviation in units of the sensitivity.
+        generator: Secret, seeded generator of the subsets and the noise (CPU).
+    """
+    counts = torch.zeros(num_items, dtype=torch.float64)
+    for items in user_items:
+        distinct = torch.as_tensor(np.unique(items), dtype=torch.long)
+        if len(distinct) > max_items:
+            distinct = distinct[torch.randperm(len(distinct), generator=generator)[:max_items]]
+        counts[distinct] += 1
+    deviation = noise_multiplier * math.sqrt(max_items)
+    noise = torch.randn(num_items, generator=generator, dtype=torch.float64) * deviation
+    return (counts + noise).clamp_min(0)
 
 
 def clip_factor(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -165,10 +223,11 @@ class UserGradientSum:
             offset += p.numel()
 
 
-def check_dp_sgd_compatible(transport: str, items: ItemSettings) -> None:
+def check_dp_sgd_compatible(settings: DPSGDSettings, transport: str, items: ItemSettings) -> None:
     """Refuse the settings under which ``model.dp_sgd`` would not bound what a client sends.
 
     Args:
+        settings: ``model.dp_sgd``.
         transport: ``model.transport``.
         items: ``model.items``.
 
@@ -180,6 +239,10 @@ def check_dp_sgd_compatible(transport: str, items: ItemSettings) -> None:
             "model.dp_sgd needs model.transport: local: with a block server process the server "
             "steps the middle blocks' LoRA from its own unclipped gradients, so no per-user "
             "clipping covers everything trained on a client's data"
+        )
+    if settings.popularity_noise is not None and not items.bias:
+        raise ValueError(
+            "model.dp_sgd.popularity_noise starts the item biases: it needs model.items.bias: true"
         )
     if items.bias_init != "zeros":
         raise ValueError(

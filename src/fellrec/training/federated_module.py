@@ -15,6 +15,7 @@ parameters, which per-client routing breaks).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -44,7 +45,7 @@ from fellrec.training.client_optimization import (
 )
 from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
-from fellrec.training.dp_sgd import UserGradientSum, epsilon_spent
+from fellrec.training.dp_sgd import UserGradientSum, dp_user_popularity, epsilon_spent
 from fellrec.training.module_settings import ModuleSettings
 from fellrec.training.process_group import gather_objects, max_over_processes, reduce_sum
 from fellrec.training.recommender_assembly import (
@@ -240,10 +241,25 @@ class FederatedModule(ModuleSettings):
             self.load_in_8bit,
         )
         if self.items.bias_init != "zeros" and self.uses_item_components:
+            # dp_log_popularity's noise from a secret (model.seed is the server's too).
+            base = self.items.bias_init_seed
+            base = base if base is not None else secrets.randbits(62)
             for slot, client in enumerate(self.held_clients):
                 counts = datamodule.training_item_counts(client)
                 components = cast(ItemComponents, self.adapters.module(slot))
-                components.start_from_popularity(counts, seed=self.seed * 1_000_003 + client)
+                seed = (base * 1_000_003 + client) % 2**63
+                components.start_from_popularity(counts, seed=seed)
+        if self.dp_sgd is not None and self.dp_sgd.popularity_noise is not None:
+            for slot, client in enumerate(self.held_clients):
+                generator = torch.Generator().manual_seed((self.dp_secret * 7_919 + client) % 2**63)
+                counts = dp_user_popularity(
+                    datamodule.training_user_items(client),
+                    self.num_items,
+                    self.dp_sgd.popularity_items,
+                    self.dp_sgd.popularity_noise,
+                    generator,
+                )
+                cast(ItemComponents, self.adapters.module(slot)).start_from_popularity(counts)
         self.transport = (
             make_transport(self.transport_name, self.block_server) if self.split else None
         )
@@ -520,7 +536,12 @@ class FederatedModule(ModuleSettings):
             delta = self.dp_sgd.client_delta(users)
             steps = self.dp_sgd.steps_per_round(users, local_epochs) * rounds
             rate = self.dp_sgd.sample_rate(users)
-            spent[client, 0] = epsilon_spent(self.dp_sgd.noise_multiplier, rate, steps, delta)
+            releases = (
+                () if self.dp_sgd.popularity_noise is None else (self.dp_sgd.popularity_noise,)
+            )
+            spent[client, 0] = epsilon_spent(
+                self.dp_sgd.noise_multiplier, rate, steps, delta, releases
+            )
             spent[client, 1] = delta
         return spent
 

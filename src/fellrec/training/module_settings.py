@@ -154,7 +154,9 @@ class ModuleSettings(L.LightningModule):
             )
         if dp_sgd is not None:
             dp_sgd.validate()
-            check_dp_sgd_compatible(transport, items if items is not None else ItemSettings())
+            check_dp_sgd_compatible(
+                dp_sgd, transport, items if items is not None else ItemSettings()
+            )
         #: User-level DP-SGD inside every client (``model.dp_sgd``), or None.
         self.dp_sgd = dp_sgd
         self.backbone_name = backbone
@@ -193,6 +195,12 @@ class ModuleSettings(L.LightningModule):
         self.item_batch_size = item_batch_size
         self.seed = seed
         self.recommender_settings().validate()
+        if dp_sgd is not None and dp_sgd.popularity_noise is not None:
+            if not self.uses_item_components:
+                raise ValueError(
+                    "model.dp_sgd.popularity_noise starts the item biases: it needs per-item "
+                    "components (model.recommender: sequential, or model.item_components: true)"
+                )
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(
             ignore=[
