@@ -99,7 +99,12 @@ def run(directory: Path, data: str, options: list[str], rounds: int) -> None:
 
 
 def auc_cell(rounds: list[dict[str, Any]], signal: str) -> str:
-    """Mean over clients of the last round's AUC, and the highest over all rounds and clients."""
+    """Mean over clients of the last round's AUC, and the highest over all rounds and clients.
+
+    ``-`` when the run sends no such signal (e.g. no ID rows with ``model.items.ids: false``).
+    """
+    if any(signal not in c["signals"] for r in rounds for c in r["clients"]):
+        return "-"
     last = [c["signals"][signal]["auc_either"] for c in rounds[-1]["clients"]]
     every = [c["signals"][signal]["auc_either"] for r in rounds for c in r["clients"]]
     return f"{statistics.mean(last):.3f} ({max(every):.3f})"
