@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_item_defences import fetch_movielens
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = [
     str(REPO / "configs" / "ml100k-minilm-base.yaml"),
@@ -48,14 +50,6 @@ COLUMNS = [
     "attack_s",
     "fit_s",
 ]
-
-
-def fetch_movielens() -> str:
-    """The RecBole-format ML-100K directory (``fellrec data fetch ml-100k``)."""
-    done = subprocess.run(
-        ["fellrec", "data", "fetch", "ml-100k"], check=True, capture_output=True, text=True
-    )
-    return done.stdout.strip().splitlines()[-1]
 
 
 def defence_flags(clip: float | None, noise: float) -> list[str]:
