@@ -181,3 +181,43 @@ def test_a_deployed_client_runs_the_federations_defence():
     client = client_module_like(FederatedModule(hidden_defence=settings), 2)
     assert client.hidden_defence == settings
     assert client.recommender_settings().hidden_defence == settings
+
+
+def test_each_round_draws_its_own_stream_and_a_resumed_round_replays_it(tmp_path, tiny_encoder_dir):
+    from lightning.pytorch.callbacks import Callback
+
+    from federation_helpers import tiny_run
+    from fellrec.federation.strategies import FedAvg
+    from fellrec.models.hidden_defence import ClientNoise
+
+    noise = ClientNoise(HiddenDefence(clip=1.0, noise=0.5, seed=4), lambda: 0)
+    states = torch.zeros(1, 3, 2)
+    first = noise(states)
+    noise.start_round(1)
+    second = noise(states)
+    noise.start_round(0)
+    assert torch.equal(noise(states), first) and not torch.equal(first, second)
+
+    class StopInRoundOne(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 2:
+                raise RuntimeError("simulated crash")
+
+    def run(root, callbacks, ckpt_path=None):
+        trainer, model, data, _ = tiny_run(
+            root,
+            tiny_encoder_dir,
+            FedAvg(),
+            rounds=2,
+            model_options={"hidden_defence": HiddenDefence(clip=2.0, noise=0.2)},
+            extra_callbacks=callbacks,
+        )
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        return model
+
+    # Unseeded (fresh entropy): the resumed run keeps the interrupted one's base.
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "cut", [StopInRoundOne()])
+    saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = run(tmp_path / "cut", [], ckpt_path="last")
+    assert resumed.hidden_noise.base == saved["fellrec_hidden_noise_base"]

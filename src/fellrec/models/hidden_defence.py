@@ -158,15 +158,27 @@ class ClientNoise:
         self.active_client = active_client
         # The base of every stream: the configured seed, else fresh entropy, kept in this process
         # only (never logged or sent).
-        self._base = settings.seed if settings.seed is not None else secrets.randbits(62)
+        self.base = settings.seed if settings.seed is not None else secrets.randbits(62)
+        self._round = 0
         self._generators: dict[tuple[int, str], torch.Generator] = {}
 
+    def start_round(self, round_index: int) -> None:
+        """Start every client's stream of round ``round_index`` afresh.
+
+        Each round draws from its own stream, so a resumed round replays the draws of the
+        interrupted one (with the base kept in the checkpoint), and two rounds never add the same
+        noise (the difference of two sends would cancel it).
+        """
+        self._round = round_index
+        self._generators.clear()
+
     def generator(self, client: int, device: torch.device) -> torch.Generator:
-        """``client``'s generator on ``device`` (seeded at its first use)."""
+        """``client``'s generator on ``device`` in this round (seeded at its first use)."""
         key = (client, str(device))
         if key not in self._generators:
             generator = torch.Generator(device=device)
-            generator.manual_seed(client_noise_seed(self._base, client))
+            seed = (client_noise_seed(self.base, client) + 1_000_033 * self._round) % (2**63)
+            generator.manual_seed(seed)
             self._generators[key] = generator
         return self._generators[key]
 

@@ -32,6 +32,7 @@ from fellrec.models.adapters import ClientAdapters
 from fellrec.models.backends import RecommenderBackend
 from fellrec.models.encoder import SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.hidden_defence import ClientNoise
 from fellrec.models.item_components import ItemComponents
 from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.sequential import SequentialRecommender
@@ -111,6 +112,8 @@ class FederatedModule(ModuleSettings):
         self._round_index = 0
         #: DP-SGD: the base of the user sampling and the noise, kept from the server.
         self.dp_secret = 0
+        #: The clients' hidden-state noise (``model.hidden_defence``), or None.
+        self.hidden_noise: ClientNoise | None = None
 
     # ------------------------------------------------------------------ construction
     @property
@@ -275,13 +278,17 @@ class FederatedModule(ModuleSettings):
                 weight_decay=self.weight_decay,
             )
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
+        settings = self.recommender_settings()
+        if settings.hidden_defence.enabled:
+            self.hidden_noise = ClientNoise(settings.hidden_defence, self.adapters.active_client)
         self.recommender, self.backend = assemble_recommender(
-            self.recommender_settings(),
+            settings,
             self.adapters,
             self.tokenizer,
             texts,
             self.transport,
             cache / "item-embeddings",
+            defence=self.hidden_noise,
         )
         self.round_stats = RoundStatistics(self.num_clients)
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
@@ -404,6 +411,8 @@ class FederatedModule(ModuleSettings):
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
         self._dp_steps = {}
         self._round_index = round_index
+        if self.hidden_noise is not None:
+            self.hidden_noise.start_round(round_index)
         steps: dict[int, int] = {}
         for batch in federated_datamodule(self.trainer).round_plan(round_index):
             if batch.step_end:
@@ -615,6 +624,8 @@ class FederatedModule(ModuleSettings):
         checkpoint["fellrec_train_traffic"] = dict(self.train_traffic)
         if self.dp_sgd is not None:
             checkpoint["fellrec_dp_secret"] = self.dp_secret
+        if self.hidden_noise is not None:
+            checkpoint["fellrec_hidden_noise_base"] = self.hidden_noise.base
         if self.remote is not None:
             # The server's values of the middle blocks' LoRA, and its optimizers' moments.
             checkpoint["fellrec_block_server"] = self.remote.checkpoint_state(
@@ -631,6 +642,8 @@ class FederatedModule(ModuleSettings):
             # A resumed run samples and noises as the interrupted one would have.
             self.dp_secret = int(checkpoint["fellrec_dp_secret"])
             self._share_dp_secret(federated_datamodule(self.trainer))
+        if self.hidden_noise is not None and "fellrec_hidden_noise_base" in checkpoint:
+            self.hidden_noise.base = int(checkpoint["fellrec_hidden_noise_base"])
         if "state_dict" in checkpoint:  # ModelParallelStrategy loaded (and checked) it already
             self.check_checkpoint_keys(checkpoint["state_dict"])
         if self.remote is not None:

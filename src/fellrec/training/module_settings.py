@@ -195,12 +195,12 @@ class ModuleSettings(L.LightningModule):
         self.item_batch_size = item_batch_size
         self.seed = seed
         self.recommender_settings().validate()
-        if dp_sgd is not None and dp_sgd.popularity_noise is not None:
-            if not self.uses_item_components:
-                raise ValueError(
-                    "model.dp_sgd.popularity_noise starts the item biases: it needs per-item "
-                    "components (model.recommender: sequential, or model.item_components: true)"
-                )
+        popularity_start = dp_sgd is not None and dp_sgd.popularity_noise is not None
+        if popularity_start and not self.uses_item_components:
+            raise ValueError(
+                "model.dp_sgd.popularity_noise starts the item biases: it needs per-item "
+                "components (model.recommender: sequential, or model.item_components: true)"
+            )
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(
             ignore=[

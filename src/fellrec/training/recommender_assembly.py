@@ -239,6 +239,7 @@ def assemble_recommender(
     texts: list[str],
     transport: Transport | None,
     embedding_cache: Path,
+    defence: ClientNoise | None = None,
 ) -> tuple[Recommender, RecommenderBackend]:
     """Build the recommender over ``adapters`` and the backend the host trains it through.
 
@@ -249,12 +250,11 @@ def assemble_recommender(
         texts: Every item's text.
         transport: How hidden states cross the split (None: unsplit or in process).
         embedding_cache: Directory of cached catalog embeddings (reused across runs).
+        defence: The clients' hidden-state noise (``model.hidden_defence``), when the host keeps
+            its streams (rounds, checkpoints); None: a new one when the settings enable it.
     """
-    defence = (
-        ClientNoise(settings.hidden_defence, adapters.active_client)
-        if settings.hidden_defence.enabled
-        else None
-    )
+    if defence is None and settings.hidden_defence.enabled:
+        defence = ClientNoise(settings.hidden_defence, adapters.active_client)
 
     def trunk(
         embed: Callable[[torch.Tensor], torch.Tensor] | None = None, causal: bool = False
