@@ -383,5 +383,92 @@ def test_a_dp_fit_can_start_its_biases_from_user_level_popularity(tmp_path, stil
     users = data.training_users(1)
     steps = settings.steps_per_round(users, 1)
     assert loop.history[0]["dp"]["epsilon"][1] == pytest.approx(
-        epsilon_spent(1.0, settings.sample_rate(users), steps, 1 / users, releases=(0.5,))
+        epsilon_spent(
+            settings.step_noise_multiplier,
+            settings.sample_rate(users),
+            steps,
+            1 / users,
+            releases=(0.5,),
+        )
     )
+
+
+def test_the_step_multiplier_accounts_the_loss_release_with_the_gradient():
+    settings = DPSGDSettings(noise_multiplier=1.0, loss_noise=5.0)
+    assert settings.step_noise_multiplier == pytest.approx(1 / math.sqrt(1 + 1 / 25))
+    assert DPSGDSettings(noise_multiplier=2.0, loss_noise=2.0).step_noise_multiplier == (
+        pytest.approx(2 / math.sqrt(2))
+    )
+    with pytest.raises(ValueError, match=re.escape("model.dp_sgd.max_loss must be > 0")):
+        DPSGDSettings(max_loss=0.0).validate()
+
+
+def test_a_dp_client_reports_a_noised_clipped_loss_over_the_expected_users(tmp_path, still_encoder):
+    """What FELLRec's heating reads is released like the gradient: never a raw loss or count."""
+    settings = DPSGDSettings(expected_users=4, max_loss=0.5, loss_noise=1e-9, seed=1)
+    trainer, model, data, loop = tiny_run(
+        tmp_path,
+        still_encoder,
+        FedAvg(),
+        rounds=1,
+        model_options={"recommender": "sequential", "dp_sgd": settings},
+    )
+    trainer.fit(model, datamodule=data)
+    losses, examples, _ = model.collect_round_stats()
+    for client in range(3):
+        users = model.dp_users[client]
+        steps = settings.steps_per_round(users, 1)
+        expected = settings.sample_rate(users) * users * steps
+        assert float(examples[client]) == pytest.approx(expected)  # data-independent
+        # Every user's mean loss (~log of the catalog size) is clipped to 0.5 per sampled user.
+        assert 0 < float(losses[client]) <= 0.5 * data.training_users(client) * steps + 1e-6
+
+
+def test_resuming_a_run_without_dp_under_dp_and_16_bit_precision_are_refused(
+    tmp_path, still_encoder
+):
+    options = {"recommender": "sequential"}
+    trainer, model, data, _ = tiny_run(
+        tmp_path, still_encoder, FedAvg(), rounds=1, model_options=options
+    )
+    trainer.fit(model, datamodule=data)
+    private = {**options, "dp_sgd": DPSGDSettings(expected_users=4)}
+    trainer, model, data, _ = tiny_run(
+        tmp_path, still_encoder, FedAvg(), rounds=2, model_options=private
+    )
+    with pytest.raises(ValueError, match="written without it"):
+        trainer.fit(model, datamodule=data, ckpt_path="last")
+    from fellrec.training.dp_sgd import check_dp_sgd_trainer
+
+    # (On a CPU Lightning turns 16-mixed into bf16-mixed, so the check is called directly.)
+    with pytest.raises(ValueError, match="use 32 or bf16-mixed"):
+        check_dp_sgd_trainer("16-mixed", 1)
+    with pytest.raises(ValueError, match=re.escape("--trainer.devices 1")):
+        check_dp_sgd_trainer("32-true", 2)
+    check_dp_sgd_trainer("bf16-mixed", 1)
+
+
+def test_a_deployed_client_runs_the_federations_dp_sgd_and_seeds_stay_out_of_the_shared_config():
+    from fellrec.deploy.client_session import check_secret_seeds, client_module_like
+
+    settings = DPSGDSettings(expected_users=4, seed=3)
+    client = client_module_like(FederatedModule(dp_sgd=settings), 2)
+    assert client.dp_sgd == settings
+    with pytest.raises(ValueError, match=re.escape("model.dp_sgd.seed=3 is in the federation")):
+        check_secret_seeds(FederatedModule(dp_sgd=settings))
+    check_secret_seeds(FederatedModule(dp_sgd=DPSGDSettings()))  # unset: fresh entropy
+
+
+def test_the_run_total_keeps_a_client_absent_from_the_last_round():
+    from fellrec.federation.engine import RoundEngine
+
+    engine = RoundEngine(FedAvg(), num_clients=2)
+    engine.history = [
+        {"round": 0, "dp": {"epsilon": [1.0, 2.0], "delta": [0.1, 0.2]}},
+        {"round": 1, "dp": {"epsilon": [1.5, None], "delta": [0.1, None]}},
+    ]
+    assert engine.privacy_spent() == {
+        "after_round": 1,
+        "epsilon": [1.5, 2.0],
+        "delta": [0.1, 0.2],
+    }

@@ -37,6 +37,7 @@ def client_module_like(model: FederatedModule, client: int) -> ClientModule:
         "items": model.items,
         "block_server": model.block_server,
         "hidden_defence": model.hidden_defence,
+        "dp_sgd": model.dp_sgd,
     }
     plain = {
         key: value
@@ -253,6 +254,29 @@ def answer(request: ClientRequest) -> Any:
         assert request.config is not None
         return session.train(request.parameters, request.config)
     return session.evaluate(request.parameters, request.stage, request.selection)
+
+
+def check_secret_seeds(model: FederatedModule) -> None:
+    """Refuse privacy noise seeded from the federation's shared config, which the server reads.
+
+    Whoever knows such a seed can replay the noise and subtract it. Each party may set its own
+    (its node's settings; they are left out of the config fingerprint) or leave it unset.
+
+    Raises:
+        ValueError: Naming the seed.
+    """
+    seeds = {
+        "model.dp_sgd.seed": model.dp_sgd.seed if model.dp_sgd is not None else None,
+        "model.hidden_defence.seed": model.hidden_defence.seed,
+        "model.items.bias_init_seed": model.items.bias_init_seed,
+    }
+    for key, value in seeds.items():
+        if value is not None:
+            raise ValueError(
+                f"{key}={value} is in the federation's config, which the server reads: whoever "
+                "knows it can subtract the noise it seeds; leave it unset (fresh entropy on each "
+                "node) or set it in a party's own node config"
+            )
 
 
 def check_deployable(

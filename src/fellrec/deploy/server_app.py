@@ -15,7 +15,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fellrec.deploy.client_session import check_deployable
+from fellrec.deploy.client_session import check_deployable, check_secret_seeds
 from fellrec.deploy.flower_logs import fellrec_logs_through_flower
 from fellrec.deploy.run_config import RunSettings, load_run
 from fellrec.deploy.server import FederationServer
@@ -50,6 +50,7 @@ def server_app(
         chosen = settings if settings is not None else RunSettings.from_flower(run_config)
         run = load_run(chosen)
         check_deployable(run.model, run.strategy, run.unsupported)
+        check_secret_seeds(run.model)
         timeout = run_config.get("round-timeout", round_timeout)
         timeout = None if timeout is None or float(timeout) <= 0 else timeout
         FederationServer(

@@ -516,12 +516,21 @@ class RoundEngine:
     def privacy_spent(self) -> dict[str, Any] | None:
         """Under DP-SGD, each client's (epsilon, delta) over the whole run (None: no DP-SGD).
 
-        The last round that reported them: the run's total, since every round adds to it.
+        Each client's last report: its total, since every round adds to it (a client absent
+        from the last round keeps what it reported before). ``after_round`` is the last round
+        any client reported.
         """
-        for record in reversed(self.history):
-            if "dp" in record:
-                return {"after_round": record["round"], **record["dp"]}
-        return None
+        reported = [record for record in self.history if "dp" in record]
+        if not reported:
+            return None
+        width = len(reported[-1]["dp"]["epsilon"])
+        spent: dict[str, list[float | None]] = {"epsilon": [None] * width, "delta": [None] * width}
+        for record in reported:
+            for key in ("epsilon", "delta"):
+                for slot, value in enumerate(record["dp"][key]):
+                    if value is not None:
+                        spent[key][slot] = value
+        return {"after_round": reported[-1]["round"], **spent}
 
     # ------------------------------------------------------------------ resume state
     def state_dict(self) -> dict[str, Any]:

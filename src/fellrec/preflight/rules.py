@@ -128,6 +128,8 @@ RULES: tuple[Rule, ...] = (
     at_least("model.dp_sgd.expected_users", 1),
     at_least("model.dp_sgd.windows_per_user", 1),
     above("model.dp_sgd.popularity_noise", 0),
+    above("model.dp_sgd.max_loss", 0),
+    above("model.dp_sgd.loss_noise", 0),
     at_least("model.dp_sgd.popularity_items", 1),
     above("model.block_server.timeout", 0),  # models/process_transport.BlockServerSettings
     above("model.hidden_defence.clip", 0),  # models/hidden_defence.HiddenDefence

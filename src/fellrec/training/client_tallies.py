@@ -40,8 +40,11 @@ class RoundStatistics:
         self.examples = torch.zeros(num_clients, dtype=torch.float64)
         self.diverged = torch.zeros(num_clients, dtype=torch.bool)
 
-    def add(self, client: int, loss_sum: float, examples: int) -> None:
-        """Count a micro-batch of ``client``: its summed loss over ``examples`` targets."""
+    def add(self, client: int, loss_sum: float, examples: float) -> None:
+        """Count a micro-batch of ``client``: its summed loss over ``examples`` targets.
+
+        (Under DP-SGD ``examples`` is the step's expected number of users, not a count.)
+        """
         self.loss_sum[client] += loss_sum
         self.examples[client] += examples
 

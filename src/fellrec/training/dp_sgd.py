@@ -50,6 +50,14 @@ class DPSGDSettings:
     seeded): bounds the cost of a heavy user, not the privacy (clipping does that)."""
     delta: float | None = None
     """The delta of the reported (epsilon, delta); None: 1 / the client's number of users."""
+    max_loss: float = 10.0
+    """Each user's mean loss is clipped to ``[0, max_loss]`` before it enters the loss the client
+    reports (which FELLRec's heating reads): its sensitivity."""
+    loss_noise: float = 5.0
+    """The reported loss sum's noise, in units of ``max_loss``: released per step on the same
+    sampled users as the gradient, so the two are accounted as one Gaussian mechanism of
+    multiplier ``1 / sqrt(1 / noise_multiplier**2 + 1 / loss_noise**2)`` (5.0 costs about 2% of
+    sigma at sigma 1)."""
     popularity_noise: float | None = None
     """Start each client's item biases from its item popularity counted over its users, released
     with user-level DP: every user counts each of at most ``popularity_items`` of its training
@@ -70,7 +78,7 @@ class DPSGDSettings:
         Raises:
             ValueError: For a non-positive or non-finite value.
         """
-        for name in ("noise_multiplier", "max_grad_norm"):
+        for name in ("noise_multiplier", "max_grad_norm", "max_loss", "loss_noise"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"model.dp_sgd.{name} must be > 0, got {value}")
@@ -90,6 +98,16 @@ class DPSGDSettings:
     def secret(self) -> int:
         """The base of the sampling and noise streams: ``seed``, else fresh OS entropy."""
         return self.seed if self.seed is not None else secrets.randbits(62)
+
+    @property
+    def step_noise_multiplier(self) -> float:
+        """The multiplier the accountant counts per step: the gradient and the loss together.
+
+        Each sampled user moves the gradient sum by at most ``max_grad_norm`` and the loss sum by
+        at most ``max_loss``; in units of their noises that is one Gaussian mechanism whose
+        sensitivity is ``sqrt(1 / sigma**2 + 1 / loss_noise**2)``.
+        """
+        return 1.0 / math.sqrt(self.noise_multiplier**-2 + self.loss_noise**-2)
 
     def sample_rate(self, users: int) -> float:
         """Poisson sample rate of a client with ``users`` users."""
@@ -249,4 +267,26 @@ def check_dp_sgd_compatible(settings: DPSGDSettings, transport: str, items: Item
             f"model.dp_sgd needs model.items.bias_init: zeros, got {items.bias_init!r}: "
             "log_popularity sends each client's raw item counts in its first parameters, and "
             "dp_log_popularity protects single interactions, not a user's whole history"
+        )
+
+
+def check_dp_sgd_trainer(precision: str, world_size: int) -> None:
+    """Refuse trainer settings under which the per-user clipping would not hold.
+
+    Args:
+        precision: The trainer's precision (``32-true``, ``bf16-mixed``, ``16-mixed``, ...).
+        world_size: Its training processes.
+
+    Raises:
+        ValueError: Naming the flag.
+    """
+    if precision.startswith("16"):
+        raise ValueError(
+            f"model.dp_sgd clips each user's gradient as computed: --trainer.precision {precision} "
+            "scales the loss (and its gradients) by a changing factor; use 32 or bf16-mixed"
+        )
+    if world_size > 1:
+        raise ValueError(
+            "model.dp_sgd clips each user's gradient in one process; run it with "
+            "--trainer.devices 1"
         )

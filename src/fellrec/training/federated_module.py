@@ -14,12 +14,15 @@ parameters, which per-client routing breaks).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
@@ -46,7 +49,12 @@ from fellrec.training.client_optimization import (
 )
 from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
-from fellrec.training.dp_sgd import UserGradientSum, dp_user_popularity, epsilon_spent
+from fellrec.training.dp_sgd import (
+    UserGradientSum,
+    check_dp_sgd_trainer,
+    dp_user_popularity,
+    epsilon_spent,
+)
 from fellrec.training.module_settings import ModuleSettings
 from fellrec.training.process_group import gather_objects, max_over_processes, reduce_sum
 from fellrec.training.recommender_assembly import (
@@ -112,6 +120,7 @@ class FederatedModule(ModuleSettings):
         self._round_index = 0
         #: DP-SGD: the base of the user sampling and the noise, kept from the server.
         self.dp_secret = 0
+        self._anchor_digests: dict[int, int] = {}
         #: The clients' hidden-state noise (``model.hidden_defence``), or None.
         self.hidden_noise: ClientNoise | None = None
 
@@ -196,11 +205,8 @@ class FederatedModule(ModuleSettings):
 
     def setup(self, stage: str) -> None:
         """Load the base model once, attach one adapter per client, build the recommender."""
-        if self.dp_sgd is not None and self.trainer.world_size > 1:
-            raise ValueError(
-                "model.dp_sgd clips each user's gradient in one process; run it with "
-                "--trainer.devices 1"
-            )
+        if self.dp_sgd is not None:
+            check_dp_sgd_trainer(str(self.trainer.precision), self.trainer.world_size)
         if self.transport_name == "process" and self.trainer.world_size > 1:
             raise ValueError(
                 "model.transport: process serves one training process; run it with "
@@ -254,7 +260,7 @@ class FederatedModule(ModuleSettings):
                 components.start_from_popularity(counts, seed=seed)
         if self.dp_sgd is not None and self.dp_sgd.popularity_noise is not None:
             for slot, client in enumerate(self.held_clients):
-                generator = torch.Generator().manual_seed((self.dp_secret * 7_919 + client) % 2**63)
+                generator = torch.Generator().manual_seed(self._dp_seed(slot, 7_919, client))
                 counts = dp_user_popularity(
                     datamodule.training_user_items(client),
                     self.num_items,
@@ -411,6 +417,13 @@ class FederatedModule(ModuleSettings):
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
         self._dp_steps = {}
         self._round_index = round_index
+        if self.dp_sgd is not None:
+            # Each client's own round-start parameters: a silo alone digests what it was sent.
+            rows = self.round_anchor.detach().cpu().numpy()
+            self._anchor_digests = {
+                slot: int.from_bytes(hashlib.sha256(rows[slot].tobytes()).digest()[:8], "little")
+                for slot in range(self.num_slots)
+            }
         if self.hidden_noise is not None:
             self.hidden_noise.start_round(round_index)
         steps: dict[int, int] = {}
@@ -487,36 +500,64 @@ class FederatedModule(ModuleSettings):
         The batch is one whole step (the user-sampled plan): each sampled user's windows give
         its mean loss, whose gradient over every parameter the client steps is clipped to
         ``max_grad_norm``; the noised sum over the expected number of users is the step's
-        gradient.
+        gradient. The loss the client reports is released the same way (each user's mean loss
+        clipped to ``max_loss``, summed, noised), so the strategy's heating reads no raw loss.
+        Every random draw of a user (dropout, sampled negatives) and the noise come from the
+        client's secret, the parameters it was sent, the round, the step and the user: one user
+        changes nothing another user draws.
         """
         assert self.backend is not None and self.dp_sgd is not None
+        settings = self.dp_sgd
+        step = self._dp_step_index(slot)
+        round_index = int(batch["round"])
         _, params = self._own_keys_and_parameters(slot)
-        total = UserGradientSum(params, self.dp_sgd)
+        total = UserGradientSum(params, settings)
+        loss_total = 0.0
         targets = batch["targets"]
+        sent_before = self._bytes_sent()
         if targets.numel() > 0:
             self.backend.prepare(slot)
             users = batch["users"]
             for user in torch.unique(users).tolist():
                 rows = (users == user).nonzero().flatten()
+                draws = self._dp_seed(slot, round_index, client, step, 1, int(user))
+                torch.manual_seed(draws)
+                generator = torch.Generator().manual_seed(draws ^ 0x5A5A5A5A)
                 losses = self.backend.losses(
-                    slot, batch["histories"][rows], targets[rows], self._generator
+                    slot, batch["histories"][rows], targets[rows], generator
                 )
-                if not bool(torch.isfinite(losses.detach()).all()):
+                loss = losses.mean()
+                if not bool(torch.isfinite(loss.detach())):
                     self.round_stats.diverged[client] = True
                     break
-                self.manual_backward(losses.mean())
-                total.add_user()
-                self.round_stats.add(client, float(losses.detach().sum()), int(rows.numel()))
+                self.manual_backward(loss)
+                if not math.isfinite(total.add_user()):
+                    self.round_stats.diverged[client] = True
+                    break
+                loss_total += min(max(float(loss.detach()), 0.0), settings.max_loss)
+            self.train_traffic["bytes"] += self._bytes_sent() - sent_before
+            self.train_traffic["steps"] += 1
         users_count = self.dp_users[client]
-        # The noise of (secret, round, client, step): a resumed round replays it (the secret is
-        # checkpointed), and with model.dp_sgd.seed a deployed client sends what its simulation
-        # sends.
-        step_seed = (self.dp_secret * 1_000_003 + int(batch["round"]) * 10_007 + client) % (2**62)
-        noise = torch.Generator().manual_seed(
-            (step_seed * 4099 + self._dp_step_index(slot)) % 2**63
+        expected = settings.sample_rate(users_count) * users_count
+        noise = torch.Generator().manual_seed(self._dp_seed(slot, round_index, client, step, 0, 0))
+        total.release(expected, noise)
+        # What the strategy reads: the noised sum of clipped user losses, over the expected
+        # number of users (data-independent), never a raw loss or count.
+        loss_noise = float(torch.randn(1, generator=noise, dtype=torch.float64))
+        self.round_stats.add(
+            client, loss_total + loss_noise * settings.loss_noise * settings.max_loss, expected
         )
-        total.release(self.dp_sgd.sample_rate(users_count) * users_count, noise)
         self._optimizer_step(client, slot, config.proximal_mu if config is not None else 0.0)
+
+    def _dp_seed(self, slot: int, *parts: int) -> int:
+        """A torch seed from the secret, the slot's round-start parameters and ``parts``.
+
+        The round-start digest makes a repeated request with other parameters draw other noise
+        (the difference of two answers would otherwise cancel it).
+        """
+        entropy = [self.dp_secret, self._anchor_digests.get(slot, 0), *parts]
+        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
+        return int(state[0] >> np.uint64(1))
 
     def _share_dp_secret(self, datamodule: FederatedDataModule) -> None:
         assert self.dp_sgd is not None
@@ -549,7 +590,7 @@ class FederatedModule(ModuleSettings):
                 () if self.dp_sgd.popularity_noise is None else (self.dp_sgd.popularity_noise,)
             )
             spent[client, 0] = epsilon_spent(
-                self.dp_sgd.noise_multiplier, rate, steps, delta, releases
+                self.dp_sgd.step_noise_multiplier, rate, steps, delta, releases
             )
             spent[client, 1] = delta
         return spent
@@ -638,6 +679,15 @@ class FederatedModule(ModuleSettings):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapters do not match this federation."""
         self.train_traffic = dict(checkpoint.get("fellrec_train_traffic", self.train_traffic))
+        if (
+            self.dp_sgd is not None
+            and "state_dict" in checkpoint
+            and ("fellrec_dp_secret" not in checkpoint)
+        ):
+            raise ValueError(
+                "model.dp_sgd is set but this checkpoint was written without it: its rounds "
+                "trained without DP-SGD, so no epsilon covers them; start a new run"
+            )
         if self.dp_sgd is not None and "fellrec_dp_secret" in checkpoint:
             # A resumed run samples and noises as the interrupted one would have.
             self.dp_secret = int(checkpoint["fellrec_dp_secret"])
