@@ -255,6 +255,7 @@ def test_a_seeded_dp_fit_reruns_bit_identically_and_an_unseeded_one_does_not(
 
 
 def test_each_party_keeps_its_own_dp_seed_out_of_the_federation_fingerprint():
+    pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
     from fellrec.deploy.run_config import config_fingerprint
 
     def config(seed):
@@ -449,6 +450,7 @@ def test_resuming_a_run_without_dp_under_dp_and_16_bit_precision_are_refused(
 
 
 def test_a_deployed_client_runs_the_federations_dp_sgd_and_seeds_stay_out_of_the_shared_config():
+    pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
     from fellrec.deploy.client_session import check_secret_seeds, client_module_like
 
     settings = DPSGDSettings(expected_users=4, seed=3)

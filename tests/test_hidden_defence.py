@@ -174,6 +174,7 @@ def test_fellrec_attack_attacks_the_defended_states_and_records_the_setting(
 
 
 def test_a_deployed_client_runs_the_federations_defence():
+    pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
     from fellrec.deploy.client_session import client_module_like
     from fellrec.training.federated_module import FederatedModule
 
