@@ -38,6 +38,7 @@ from fellrec.models.backbone_source import (
     public_base_name,
     unavailable_message,
 )
+from fellrec.models.low_precision import cache_frozen_casts
 
 __all__ = [
     "PACKAGED_GGUF_MODELS",
@@ -144,6 +145,7 @@ def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenize
         model = AutoModel.from_pretrained(resolved, **_fp32_kwargs())
     except OSError as error:
         raise ValueError(_offline_hint(name_or_path)) from error
+    cache_frozen_casts(model)  # mixed precision casts the frozen weights once, not every step
     return model, tokenizer
 
 
@@ -183,4 +185,5 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
     except OSError as error:
         raise ValueError(_offline_hint(name_or_path)) from error
+    cache_frozen_casts(model)  # mixed precision casts the frozen weights once, not every step
     return model, tokenizer

@@ -1,0 +1,307 @@
+"""Where a training step of the MovieLens-100K recipe spends its time, and how far from the CPU.
+
+Three measurements, each on MovieLens-100K leave-one-out with the recipe's model (MiniLM read as
+item tokens, split 1/1, LoRA r=8 on query/value, ID rows + title vectors + biases + learned
+temperature, 64 windows of 10 item tokens per step = 640 next-item targets over the 1682-item
+catalog), one client holding a random batch of the training windows:
+
+1. **The hardware's limit**: torch matmul at the recipe's FFN shape (640x384 @ 384x1536) in fp32
+   and bf16, and the step's FLOPs counted by ``torch.utils.flop_counter`` (forward + backward).
+2. **Step time, side by side**: every (source tree, precision) pair runs in its own process,
+   alternating, ``--repeats`` times; the median step of each run, its FLOP/s, and how far that is
+   from the bf16 limit. ``--baseline-src`` adds an older checkout's ``src`` for ratios.
+3. **Where the time goes** (``--profile``): one process under ``torch.profiler``; every op's own
+   CPU time is charged to the part of the model it ran for (backward ops to the part whose
+   forward created them, through autograd's sequence numbers): item-vector assembly, the
+   backbone's matmuls / attention / dropout / the rest (layer norms, GELU, adds), LoRA's extra
+   matmuls, full-catalog scoring, softmax + loss, the optimizer.
+
+    OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/bench_train_step.py \\
+        --precision 32-true bf16-mixed --repeats 3 --profile [--baseline-src /tmp/old/src]
+
+The per-round parts (Lightning's per-step overhead, collation, validation, aggregation) come
+from a real ``fellrec fit`` round: ``benchmarks/README.md`` gives that command beside the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
+#: The recipe's FFN shape: 64 windows x 10 tokens by MiniLM's hidden and intermediate sizes.
+FFN_SHAPE = (640, 384, 1536)
+
+
+def matmul_limit(dtype: torch.dtype, repeats: int = 50) -> float:
+    """GFLOP/s of torch matmul at :data:`FFN_SHAPE` in ``dtype`` (median of ``repeats``)."""
+    m, k, n = FFN_SHAPE
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(5):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * m * k * n / statistics.median(times) / 1e9
+
+
+# ---------------------------------------------------------------------------------- one process
+def build_step(cache: Path) -> tuple[Any, Callable[[torch.dtype | None], torch.Tensor]]:
+    """The recipe's module on one ML-100K client and a function running one training step."""
+    import numpy as np
+
+    from fellrec.data.fetch import fetch_ml100k
+    from fellrec.data.pipeline import DatasetSettings
+    from fellrec.models.item_components import ItemSettings
+    from fellrec.training.datamodule import FederatedDataModule
+    from fellrec.training.federated_module import FederatedModule
+
+    data = FederatedDataModule(
+        dataset=DatasetSettings(format="recbole", path=str(fetch_ml100k(cache / "data"))),
+        split="leave_one_out",
+        history_length=10,
+        window_stride=10,
+        num_clients=1,
+        partition="iid",
+        batch_size=64,
+        cache_dir=str(cache / "cache"),
+    )
+    data.setup("fit")
+    items = ItemSettings(ids=True, text=True, bias=True, bias_init="log_popularity", lr=0.005)
+    module = FederatedModule(
+        recommender="sequential", lr=1e-3, max_item_tokens=32, items=items, temperature=0.2
+    )
+    module.build(data)
+    assert module.adapters is not None and module.backend is not None
+    module.adapters.model.train()
+    rows = np.random.default_rng(0).choice(len(data.data.examples), size=64, replace=False)
+    histories = torch.from_numpy(data.data.examples.histories[rows])
+    targets = torch.from_numpy(data.data.examples.targets[rows])
+    optimizer = torch.optim.AdamW(module._param_groups(0))
+    backend = module.backend
+
+    def step(dtype: torch.dtype | None) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = backend.losses(0, histories, targets, None).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.detach()
+
+    return module, step
+
+
+def step_flops(step: Callable[[torch.dtype | None], torch.Tensor]) -> int:
+    """FLOPs of one fp32 step (forward, backward, optimizer), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(None)
+    return int(counter.get_total_flops())
+
+
+def worker(precision: str, steps: int, cache: Path) -> dict[str, float]:
+    """Time ``steps`` steps after two warm-up steps; the median and the counted FLOPs."""
+    _, step = build_step(cache)
+    dtype = PRECISIONS[precision]
+    for _ in range(2):
+        step(dtype)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step(dtype)
+        times.append(time.perf_counter() - started)
+    return {"step_s": statistics.median(times), "flops": float(step_flops(step))}
+
+
+# ---------------------------------------------------------------------------------- profile
+#: (scope, op-name test) -> the part it is charged to, first match wins, within a scope.
+_MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
+
+
+def _category(scope: str, name: str) -> str:
+    if scope == "backbone":
+        if name in _MATMULS[:2]:
+            return "backbone matmuls (frozen)"
+        if "softmax" in name or name in ("aten::bmm", "aten::baddbmm") or "attention" in name:
+            return "attention (scores, softmax, mix)"
+        return "backbone other (layer norm, GELU, adds, copies)"
+    return scope
+
+
+@contextmanager
+def _scoped(owner: Any, attribute: str, scope: str) -> Iterator[None]:
+    """Run ``owner.attribute`` (a callable) inside ``record_function(scope)`` for a while."""
+    original = getattr(owner, attribute)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with torch.profiler.record_function(f"part:{scope}"):
+            return original(*args, **kwargs)
+
+    setattr(owner, attribute, wrapped)
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, original)
+
+
+def profile(
+    precision: str, steps: int, cache: Path
+) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    """Seconds per step charged to each part of the model (see the module docstring).
+
+    Returns:
+        Seconds per step of each part, and of each (part, op) pair.
+    """
+    from contextlib import ExitStack
+
+    import torch.nn.functional as F
+
+    from fellrec.models.item_components import ItemComponents
+    from fellrec.models.sequential import SequentialRecommender
+    from fellrec.models.split import SplitModel
+
+    module, step = build_step(cache)
+    dtype = PRECISIONS[precision]
+    with ExitStack() as stack:
+        stack.enter_context(_scoped(SequentialRecommender, "item_vectors", "item vectors"))
+        stack.enter_context(_scoped(ItemComponents, "logits", "full-catalog scoring"))
+        stack.enter_context(_scoped(F, "cross_entropy", "softmax + loss"))
+        for name in ("front", "middle", "back"):
+            stack.enter_context(_scoped(SplitModel, name, "backbone"))
+        for name, layer in module.adapters.model.named_modules():
+            if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "lora_dropout"):
+                for part in layer.modules():
+                    if not list(part.children()):
+                        stack.enter_context(_scoped(part, "forward", "LoRA (extra matmuls)"))
+            elif isinstance(layer, torch.nn.Dropout):
+                stack.enter_context(_scoped(layer, "forward", "dropout"))
+        optimizer_cls = torch.optim.AdamW
+        stack.enter_context(_scoped(optimizer_cls, "zero_grad", "optimizer"))
+        for _ in range(2):
+            step(dtype)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step(dtype)
+    events = list(prof.events())
+    forward_scope: dict[int, str] = {}
+
+    def scope_of(event: Any) -> str | None:
+        node = event
+        while node is not None:
+            if node.name.startswith("part:"):
+                return str(node.name[5:])
+            if node.name.startswith("Optimizer.step"):
+                return "optimizer"
+            if node.name.startswith("autograd::engine::evaluate_function"):
+                return forward_scope.get(node.sequence_nr, "backward, unattributed")
+            node = node.cpu_parent
+        return None
+
+    for event in events:  # forward ops first: the scopes their autograd nodes inherit
+        if event.sequence_nr >= 0 and not event.name.startswith("autograd::"):
+            scope = scope_of(event)
+            if scope is not None:
+                forward_scope.setdefault(event.sequence_nr, scope)
+    seconds: dict[str, float] = defaultdict(float)
+    ops: dict[tuple[str, str], float] = defaultdict(float)
+    for event in events:
+        if event.name.startswith(("part:", "Optimizer.", "autograd::engine")):
+            continue
+        scope = scope_of(event) or "outside the parts (autograd glue, casts)"
+        part = _category(scope, event.name)
+        seconds[part] += event.self_cpu_time_total / 1e6 / steps
+        ops[part, event.name] += event.self_cpu_time_total / 1e6 / steps
+    return dict(seconds), dict(ops)
+
+
+# ---------------------------------------------------------------------------------- driver
+def run_worker(src: Path, precision: str, steps: int, cache: Path) -> dict[str, float]:
+    """One timing process with ``src`` first on its path."""
+    env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    command = [sys.executable, __file__, "--worker", precision, "--steps", str(steps)]
+    command += ["--cache", str(cache)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed ({src}, {precision}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per process")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per variant")
+    parser.add_argument("--baseline-src", type=Path, help="an older checkout's src directory")
+    parser.add_argument("--profile", action="store_true", help="the per-part table too")
+    parser.add_argument("--ops", type=int, default=0, help="with --profile: top ops per part")
+    parser.add_argument("--cache", type=Path, default=Path("runs/train-step"))
+    parser.add_argument("--worker", choices=PRECISIONS, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.worker:
+        print(json.dumps(worker(options.worker, options.steps, options.cache)))
+        return
+    limits = {"fp32": matmul_limit(torch.float32), "bf16": matmul_limit(torch.bfloat16)}
+    print(f"torch matmul {FFN_SHAPE}, {torch.get_num_threads()} threads: ", end="")
+    print(", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in limits.items()))
+    sources = {"current": REPO / "src"}
+    if options.baseline_src:
+        sources["baseline"] = options.baseline_src.resolve()
+    runs: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    for repeat in range(options.repeats):
+        for precision in options.precision:
+            for name, src in sources.items():
+                figures = run_worker(src, precision, options.steps, options.cache)
+                runs[name, precision].append(figures)
+                print(f"  {name} {precision} run {repeat}: {figures['step_s']:.3f} s/step")
+    print(
+        "\n| source | precision | s / step (median of runs) | GFLOP / step | GFLOP/s | "
+        "x bf16 limit |"
+    )
+    print("|---|---|---|---|---|---|")
+    medians = {}
+    for (name, precision), figures in runs.items():
+        seconds = statistics.median(f["step_s"] for f in figures)
+        flops = figures[0]["flops"] / 1e9
+        medians[name, precision] = seconds
+        rate = flops / seconds
+        print(
+            f"| {name} | {precision} | {seconds:.3f} | {flops:.1f} | {rate:.0f} | "
+            f"{limits['bf16'] / rate:.1f} |"
+        )
+    for precision in options.precision:
+        if ("baseline", precision) in medians:
+            ratio = medians["current", precision] / medians["baseline", precision]
+            print(f"current / baseline, {precision}: {ratio:.2f}")
+    if options.profile:
+        for precision in options.precision:
+            parts, ops = profile(precision, options.steps, options.cache)
+            total = sum(parts.values())
+            print(f"\nwhere a {precision} step's CPU time goes ({total:.3f} s of op time / step)")
+            print("| part | s / step | share |")
+            print("|---|---|---|")
+            for part, value in sorted(parts.items(), key=lambda kv: -kv[1]):
+                print(f"| {part} | {value:.3f} | {value / total:.0%} |")
+            for part in parts if options.ops else ():
+                top = sorted(((v, op) for (p, op), v in ops.items() if p == part), reverse=True)
+                listed = ", ".join(f"{op} {1000 * v:.1f}" for v, op in top[: options.ops])
+                print(f"  {part} (ms / step): {listed}")
+
+
+if __name__ == "__main__":
+    main()
