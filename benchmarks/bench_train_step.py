@@ -46,23 +46,38 @@ PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
 FFN_SHAPE = (640, 384, 1536)
 
 
-def matmul_limit(dtype: torch.dtype, repeats: int = 50) -> float:
-    """GFLOP/s of torch matmul at :data:`FFN_SHAPE` in ``dtype`` (median of ``repeats``)."""
-    m, k, n = FFN_SHAPE
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+def sync(device: str) -> None:
+    """Wait for the device's queued work (timings on a GPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_limit(dtype: torch.dtype, device: str, repeats: int = 50) -> float:
+    """GFLOP/s of torch matmul in ``dtype`` (median of ``repeats``).
+
+    On the CPU at :data:`FFN_SHAPE`; on a GPU at 8192^3, where its matrix units run at their peak
+    (the recipe's shapes are too small to fill a GPU: that is part of what the table shows).
+    """
+    m, k, n = FFN_SHAPE if device == "cpu" else (8192, 8192, 8192)
+    a = torch.randn(m, k, dtype=dtype, device=device)
+    b = torch.randn(k, n, dtype=dtype, device=device)
     for _ in range(5):
         a @ b
     times = []
     for _ in range(repeats):
+        sync(device)
         started = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - started)
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
 # ---------------------------------------------------------------------------------- one process
-def build_step(cache: Path) -> tuple[Any, Callable[[torch.dtype | None], torch.Tensor]]:
-    """The recipe's module on one ML-100K client and a function running one training step."""
+def build_step(
+    cache: Path, device: str = "cpu", backbone: str = "minilm"
+) -> tuple[Any, Callable[[torch.dtype | None], torch.Tensor], Any]:
+    """The recipe's module on one ML-100K client, a function running one step, the data."""
     import numpy as np
 
     from fellrec.data.fetch import fetch_ml100k
@@ -84,9 +99,15 @@ def build_step(cache: Path) -> tuple[Any, Callable[[torch.dtype | None], torch.T
     data.setup("fit")
     items = ItemSettings(ids=True, text=True, bias=True, bias_init="log_popularity", lr=0.005)
     module = FederatedModule(
-        recommender="sequential", lr=1e-3, max_item_tokens=32, items=items, temperature=0.2
+        backbone=backbone,
+        recommender="sequential",
+        lr=1e-3,
+        max_item_tokens=32,
+        items=items,
+        temperature=0.2,
     )
     module.build(data)
+    module.to(device)
     assert module.adapters is not None and module.backend is not None
     module.adapters.model.train()
     rows = np.random.default_rng(0).choice(len(data.data.examples), size=64, replace=False)
@@ -96,14 +117,74 @@ def build_step(cache: Path) -> tuple[Any, Callable[[torch.dtype | None], torch.T
     backend = module.backend
 
     def step(dtype: torch.dtype | None) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss = backend.losses(0, histories, targets, None).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         return loss.detach()
 
-    return module, step
+    return module, step, data
+
+
+def plain_peft_step(
+    module: Any, data: Any, device: str = "cpu", backbone: str = "minilm"
+) -> Callable[[torch.dtype | None], torch.Tensor]:
+    """The same model and batch as a plain transformers + peft loop: no split, no federation.
+
+    A fresh MiniLM with peft's LoRA (the recipe's r, alpha, dropout and targets), fed the same
+    item vectors (frozen title vectors + trainable ID rows) as ``inputs_embeds`` under the same
+    causal mask, scored against the catalog the same way: the floor fellrec's step is compared
+    with (its split seam, client slots, planned batches and bookkeeping cost the difference).
+    """
+    import numpy as np
+    import torch.nn.functional as F
+    from peft import get_peft_model
+
+    from fellrec.models.adapters import LoRASettings
+    from fellrec.models.attention_masks import decoder_allowed, sdpa_mask
+    from fellrec.models.backbone import load_encoder
+    from fellrec.models.sequential import next_item_targets
+    from fellrec.models.split import split_family
+
+    model, _ = load_encoder(backbone)
+    model = get_peft_model(model, LoRASettings().to_peft(model.config.model_type))
+    model.to(device).train()
+    decoder = split_family(model) == "decoder"
+    text = module.recommender.text_table
+    items = module.recommender.active_items
+    ids = torch.nn.Parameter(items.id_embedding.detach().clone())
+    bias = torch.nn.Parameter(items.bias.detach().clone())
+    log_scale = torch.nn.Parameter(items.log_scale.detach().clone())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": trainable}, {"params": [ids, bias, log_scale], "lr": 0.005}], lr=1e-3
+    )
+    examples = data.data.examples
+    rows = np.random.default_rng(0).choice(len(examples), size=64, replace=False)  # build_step's
+    histories = torch.from_numpy(examples.histories[rows]).to(device)
+    targets = torch.from_numpy(examples.targets[rows]).to(device)
+
+    def step(dtype: torch.dtype | None) -> torch.Tensor:
+        with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            real = histories >= 0
+            tokens = histories.clamp(min=0)
+            vectors = text[tokens] + ids[tokens]
+            # A decoder masks causally itself; an encoder gets the causal mask as fellrec's.
+            mask = real.long() if decoder else sdpa_mask(decoder_allowed(real.long()))
+            states = model(inputs_embeds=vectors, attention_mask=mask).last_hidden_state
+            labels = next_item_targets(histories, targets)
+            at = labels >= 0
+            users = F.normalize(states[at].float(), dim=-1) * log_scale.exp()
+            catalog = F.normalize((text + ids).float(), dim=-1)
+            logits = torch.addmm(bias, users, catalog.T)
+            loss = F.cross_entropy(logits, labels[at])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.detach()
+
+    return step
 
 
 def step_flops(step: Callable[[torch.dtype | None], torch.Tensor]) -> int:
@@ -115,18 +196,38 @@ def step_flops(step: Callable[[torch.dtype | None], torch.Tensor]) -> int:
     return int(counter.get_total_flops())
 
 
-def worker(precision: str, steps: int, cache: Path) -> dict[str, float]:
-    """Time ``steps`` steps after two warm-up steps; the median and the counted FLOPs."""
-    _, step = build_step(cache)
-    dtype = PRECISIONS[precision]
+def timed(
+    step: Callable[[torch.dtype | None], torch.Tensor], dtype: Any, steps: int, device: str
+) -> float:
+    """Median seconds of ``steps`` steps after two warm-up steps."""
     for _ in range(2):
         step(dtype)
     times = []
     for _ in range(steps):
+        sync(device)
         started = time.perf_counter()
         step(dtype)
+        sync(device)
         times.append(time.perf_counter() - started)
-    return {"step_s": statistics.median(times), "flops": float(step_flops(step))}
+    return statistics.median(times)
+
+
+def worker(precision: str, steps: int, cache: Path, device: str, backbone: str) -> dict[str, float]:
+    """Median step times (fellrec's, the plain loop's), counted FLOPs, collation per batch."""
+    module, step, data = build_step(cache, device, backbone)
+    dtype = PRECISIONS[precision]
+    step_s = timed(step, dtype, steps, device)
+    started = time.perf_counter()
+    batches = sum(1 for _ in data.train_dataloader())  # a round's batches, made and collated
+    collate_s = (time.perf_counter() - started) / batches
+    plain_s = timed(plain_peft_step(module, data, device, backbone), dtype, steps, device)
+    return {
+        "step_s": step_s,
+        "plain_step_s": plain_s,
+        "flops": float(step_flops(step)),
+        "windows": float(len(data.data.examples)),
+        "collate_s": collate_s,
+    }
 
 
 # ---------------------------------------------------------------------------------- profile
@@ -161,9 +262,11 @@ def _scoped(owner: Any, attribute: str, scope: str) -> Iterator[None]:
 
 
 def profile(
-    precision: str, steps: int, cache: Path
+    precision: str, steps: int, cache: Path, device: str = "cpu", backbone: str = "minilm"
 ) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """Seconds per step charged to each part of the model (see the module docstring).
+
+    On a GPU the seconds are the kernels' device time, charged to the op that launched them.
 
     Returns:
         Seconds per step of each part, and of each (part, op) pair.
@@ -176,7 +279,7 @@ def profile(
     from fellrec.models.sequential import SequentialRecommender
     from fellrec.models.split import SplitModel
 
-    module, step = build_step(cache)
+    module, step, _ = build_step(cache, device, backbone)
     dtype = PRECISIONS[precision]
     with ExitStack() as stack:
         stack.enter_context(_scoped(SequentialRecommender, "item_vectors", "item vectors"))
@@ -195,7 +298,10 @@ def profile(
         stack.enter_context(_scoped(optimizer_cls, "zero_grad", "optimizer"))
         for _ in range(2):
             step(dtype)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
             for _ in range(steps):
                 step(dtype)
     events = list(prof.events())
@@ -225,21 +331,50 @@ def profile(
             continue
         scope = scope_of(event) or "outside the parts (autograd glue, casts)"
         part = _category(scope, event.name)
-        seconds[part] += event.self_cpu_time_total / 1e6 / steps
-        ops[part, event.name] += event.self_cpu_time_total / 1e6 / steps
+        spent = event.self_device_time_total if device == "cuda" else event.self_cpu_time_total
+        seconds[part] += spent / 1e6 / steps
+        ops[part, event.name] += spent / 1e6 / steps
     return dict(seconds), dict(ops)
 
 
 # ---------------------------------------------------------------------------------- driver
-def run_worker(src: Path, precision: str, steps: int, cache: Path) -> dict[str, float]:
+def run_worker(src: Path, precision: str, options: argparse.Namespace) -> dict[str, float]:
     """One timing process with ``src`` first on its path."""
     env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    command = [sys.executable, __file__, "--worker", precision, "--steps", str(steps)]
-    command += ["--cache", str(cache)]
+    command = [sys.executable, __file__, "--worker", precision, "--steps", str(options.steps)]
+    command += ["--cache", str(options.cache), "--device", options.device]
+    command += ["--backbone", options.backbone]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"worker failed ({src}, {precision}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fit_round(precision: str, work: Path, data_dir: Path) -> dict[str, float]:
+    """One round of the recipe by ``fellrec fit`` (every training window, 5 k-means clients)."""
+    root = work / f"round-{precision}"
+    command = [
+        sys.executable, "-m", "fellrec", "fit", "--config",
+        str(REPO / "configs" / "ml100k-minilm-base.yaml"),
+        "--data.dataset.format", "recbole", "--data.dataset.path", str(data_dir),
+        "--data.split", "leave_one_out", "--trainer.max_epochs", "1",
+        "--model.privacy_probe", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.precision", precision, "--trainer.default_root_dir", str(root),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"fellrec fit failed ({precision}):\n{done.stderr[-3000:]}")
+    results = json.loads((root / "results.json").read_text())
+    history = results["history"][0]
+    return {
+        "train_s": history["train_seconds"],
+        "round_s": history["seconds"],
+        "microbatches": results["resources"]["measured"]["training_microbatches"],
+        "wall_s": wall,
+        "test_ndcg10": results["overall"]["ndcg@10"],
+    }
 
 
 def main() -> None:
@@ -249,14 +384,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="processes per variant")
     parser.add_argument("--baseline-src", type=Path, help="an older checkout's src directory")
     parser.add_argument("--profile", action="store_true", help="the per-part table too")
+    parser.add_argument(
+        "--fit-round", action="store_true", help="one real `fellrec fit` round per precision too"
+    )
     parser.add_argument("--ops", type=int, default=0, help="with --profile: top ops per part")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--backbone", default="minilm", help="the sequential recommender's (minilm, smollm2)"
+    )
     parser.add_argument("--cache", type=Path, default=Path("runs/train-step"))
     parser.add_argument("--worker", choices=PRECISIONS, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
-        print(json.dumps(worker(options.worker, options.steps, options.cache)))
+        figures = worker(
+            options.worker, options.steps, options.cache, options.device, options.backbone
+        )
+        print(json.dumps(figures))
         return
-    limits = {"fp32": matmul_limit(torch.float32), "bf16": matmul_limit(torch.bfloat16)}
+    limits = {
+        "fp32": matmul_limit(torch.float32, options.device),
+        "bf16": matmul_limit(torch.bfloat16, options.device),
+    }
     print(f"torch matmul {FFN_SHAPE}, {torch.get_num_threads()} threads: ", end="")
     print(", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in limits.items()))
     sources = {"current": REPO / "src"}
@@ -266,31 +414,61 @@ def main() -> None:
     for repeat in range(options.repeats):
         for precision in options.precision:
             for name, src in sources.items():
-                figures = run_worker(src, precision, options.steps, options.cache)
+                figures = run_worker(src, precision, options)
                 runs[name, precision].append(figures)
                 print(f"  {name} {precision} run {repeat}: {figures['step_s']:.3f} s/step")
     print(
         "\n| source | precision | s / step (median of runs) | GFLOP / step | GFLOP/s | "
-        "x bf16 limit |"
+        "x bf16 limit | plain transformers + peft s / step | fellrec / plain steps per s |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     medians = {}
     for (name, precision), figures in runs.items():
         seconds = statistics.median(f["step_s"] for f in figures)
         flops = figures[0]["flops"] / 1e9
         medians[name, precision] = seconds
         rate = flops / seconds
+        plain = statistics.median(f["plain_step_s"] for f in figures)
         print(
             f"| {name} | {precision} | {seconds:.3f} | {flops:.1f} | {rate:.0f} | "
-            f"{limits['bf16'] / rate:.1f} |"
+            f"{limits['bf16'] / rate:.1f} | {plain:.3f} | {plain / seconds:.2f} |"
         )
     for precision in options.precision:
         if ("baseline", precision) in medians:
             ratio = medians["current", precision] / medians["baseline", precision]
             print(f"current / baseline, {precision}: {ratio:.2f}")
+    if options.fit_round and (options.device, options.backbone) != ("cpu", "minilm"):
+        raise SystemExit("--fit-round runs the CPU recipe (--device cpu --backbone minilm)")
+    if options.fit_round:
+        from fellrec.data.fetch import fetch_ml100k
+
+        data_dir = fetch_ml100k(options.cache / "data")
+        print("\n| precision | part of one round | s | share |")
+        print("|---|---|---|---|")
+        for precision in options.precision:
+            figures = runs["current", precision][0]
+            fit = fit_round(precision, options.cache, data_dir)
+            steps = figures["windows"] / 64 * medians["current", precision]
+            collation = figures["collate_s"] * fit["microbatches"]
+            parts = {
+                "training steps (the bench's step time x full batches)": steps,
+                "Lightning and the loop per step (collation included)": fit["train_s"] - steps,
+                "  of which collation": collation,
+                "validation (943 users) + aggregation": fit["round_s"] - fit["train_s"],
+            }
+            for part, value in parts.items():
+                share = value / fit["round_s"]
+                print(f"| {precision} | {part} | {value:.1f} | {share:.0%} |")
+            print(f"| {precision} | the round | {fit['round_s']:.1f} | |")
+            print(
+                f"| {precision} | the whole process (load, round, test, plots) | "
+                f"{fit['wall_s']:.1f} | test NDCG@10 {fit['test_ndcg10']:.4f} |"
+            )
     if options.profile:
         for precision in options.precision:
-            parts, ops = profile(precision, options.steps, options.cache)
+            parts, ops = profile(
+                precision, options.steps, options.cache, options.device, options.backbone
+            )
             total = sum(parts.values())
             print(f"\nwhere a {precision} step's CPU time goes ({total:.3f} s of op time / step)")
             print("| part | s / step | share |")

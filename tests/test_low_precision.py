@@ -127,3 +127,36 @@ def test_the_bf16_hint_only_for_fp32_on_a_cpu_with_bf16_units():
     assert precision_hint("cpuaccelerator", "32-true", bf16_units=False) is None
     assert precision_hint("cpuaccelerator", "bf16-mixed", bf16_units=True) is None
     assert precision_hint("cudaaccelerator", "32-true", bf16_units=True) is None
+
+
+def _flash_allowed() -> bool:
+    return bool(torch.backends.cuda.flash_sdp_enabled())
+
+
+@pytest.mark.parametrize(
+    ("length", "dtype", "math_only"),
+    [(10, torch.bfloat16, True), (128, torch.bfloat16, True), (129, torch.bfloat16, False),
+     (10, torch.float16, False), (10, None, False)],
+)  # fmt: skip
+def test_short_bf16_cpu_passes_take_the_math_attention_kernel(length, dtype, math_only):
+    from fellrec.models.low_precision import cpu_attention_kernels
+
+    hidden = torch.zeros(2, length, 8)
+    autocast = torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    with autocast, cpu_attention_kernels(hidden):
+        assert _flash_allowed() is not math_only
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert _flash_allowed()  # restored
+
+
+def test_split_equals_unsplit_under_bf16_with_the_math_kernel(tiny_llama_dir):
+    from fellrec.models.split import UnsplitTrunk, make_trunk
+
+    model, _ = load_causal_lm(str(tiny_llama_dir))
+    model.eval().requires_grad_(False)
+    ids = torch.tensor([[0, 0, 5, 7, 9], [3, 4, 5, 6, 7]])
+    mask = (ids > 0).long()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        split = make_trunk(model, True, 1, 1, None)(ids, mask)
+        whole = UnsplitTrunk(model)(ids, mask)
+    assert torch.equal(split[mask.bool()], whole[mask.bool()])

@@ -1,4 +1,4 @@
-"""Mixed precision on the frozen base: casts made once, and whether the CPU has bf16 units.
+"""Mixed precision on a CPU: casts made once, the attention kernel, whether bf16 pays.
 
 Under ``torch.autocast`` every ``nn.Linear`` casts its weight to the lower precision at every call,
 and autocast caches that cast only for *trainable* leaf weights (``requires_grad``): the frozen
@@ -10,20 +10,52 @@ runs the same kernel); outside autocast the layer runs as before, and without au
 is ever made. Measured on MiniLM (benchmarks/README.md, "Where a training step's time goes"):
 ~8% of a bf16-mixed step on a 2-core CPU.
 
+:func:`cpu_attention_kernels` picks torch's math attention kernel over its flash kernel for short
+sequences under bf16 autocast on a CPU: there the flash kernel's backward is several times slower
+(SmolLM2-135M reading 10 item tokens: 2.8 s of a 5.3 s step; with the math kernel the step takes
+1.3 s; benchmarks/README.md, "Where a training step's time goes").
+
 :func:`cpu_bf16_matrix_units` tells whether this CPU multiplies bf16 in hardware (AVX-512 BF16
 or AMX), which is when ``--trainer.precision bf16-mixed`` pays on a CPU.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 #: ``/proc/cpuinfo`` flags of bf16 matrix arithmetic (x86: AVX-512 BF16, AMX; Arm: bf16).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+#: Query lengths up to which the math attention kernel beats the flash one on a CPU in bf16
+#: (forward + backward, measured at 10-512 positions: flash/math 1.4-3.0 up to 128, 0.3-0.5 from
+#: 256 on).
+MATH_ATTENTION_MAX_LENGTH = 128
+
+
+def cpu_attention_kernels(hidden: Tensor) -> AbstractContextManager[None]:
+    """The attention kernels for a forward pass over ``hidden`` ``(B, T, H)``.
+
+    Torch's math kernel on a CPU under bf16 autocast for ``T`` up to
+    :data:`MATH_ATTENTION_MAX_LENGTH` (the backward follows the forward's choice); elsewhere
+    torch's own choice. The choice holds for the split and the unsplit model alike, so the two
+    stay equal.
+    """
+    if (
+        hidden.device.type != "cpu"
+        or hidden.dim() < 2
+        or hidden.shape[1] > MATH_ATTENTION_MAX_LENGTH
+        or not torch.is_autocast_enabled("cpu")
+        or torch.get_autocast_dtype("cpu") != torch.bfloat16
+    ):
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def cpu_bf16_matrix_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

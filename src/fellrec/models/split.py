@@ -34,6 +34,7 @@ from fellrec.models.attention_masks import (
     position_ids_from_mask,
     sdpa_mask,
 )
+from fellrec.models.low_precision import cpu_attention_kernels
 from fellrec.models.transport import LocalTransport, MiddleCall, Transport
 
 #: Model types split execution supports (each verified exact against the unsplit model by the
@@ -323,6 +324,11 @@ class UnsplitTrunk:
             if self.embed is None
             else {"inputs_embeds": self.embed(input_ids)}
         )
+        with cpu_attention_kernels(next(iter(inputs.values()))):
+            return self._forward(inputs, attention_mask)
+
+    def _forward(self, inputs: dict[str, Tensor], attention_mask: Tensor) -> Tensor:
+        """:meth:`__call__` under the attention kernels it picked."""
         if self.family == "decoder":
             out = self.inner(
                 **inputs,
@@ -518,6 +524,21 @@ class SplitModel:
         """
         if not blocks:
             return hidden
+        with cpu_attention_kernels(hidden):
+            return self._run_blocks(
+                blocks, hidden, attention_mask, position_ids, cache, cache_position
+            )
+
+    def _run_blocks(
+        self,
+        blocks: range,
+        hidden: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        cache: Any,
+        cache_position: Tensor | None,
+    ) -> Tensor:
+        """:meth:`_run` under the attention kernels it picked."""
         masks = self._masks(blocks, attention_mask, hidden.dtype, hidden.shape[1])
         rotary = self._rotary(blocks, hidden, position_ids)
         if self.family == "encoder":
