@@ -121,9 +121,7 @@ def test_a_fraction_that_holds_out_nothing_is_refused() -> None:
 def test_pipeline_never_trains_on_a_new_item() -> None:
     def settings(seed: int) -> PipelineSettings:
         return PipelineSettings(
-            dataset=DatasetSettings(
-                format="synthetic", options={"num_users": 60, "num_items": 40}
-            ),
+            dataset=DatasetSettings(format="synthetic", options={"num_users": 60, "num_items": 40}),
             split="leave_one_out",
             valid_fraction=0.1,
             test_fraction=0.1,

@@ -18,6 +18,12 @@ from fellrec.metrics.slices import (
 )
 
 
+def test_reports_list_the_slices_in_the_same_order() -> None:
+    from fellrec.reporting.tables import SLICE_ORDER  # restated there to load without torch
+
+    assert SLICE_ORDER == SLICE_NAMES
+
+
 def test_popularity_thirds_are_cut_by_interactions() -> None:
     # Sorted counts 10, 5, 3, 1, 1 (total 20): 10 reaches a third (6.67), 15 two thirds (13.3).
     counts = np.array([10, 5, 3, 1, 1, 0])
