@@ -28,8 +28,9 @@ A user with several targets (the temporal split) counts in every slice one of it
 in, with its whole-user value (slices then overlap); under leave-one-out every user has one
 target, and each grouping partitions the users exactly.
 
-Every slice reports the mean of each metric over its users and a percentile bootstrap interval
-(:func:`fellrec.metrics.bootstrap.bootstrap_interval`, the one the test summary uses).
+Every slice reports the mean of each metric over its users and percentile bootstrap intervals
+(:func:`fellrec.metrics.bootstrap.bootstrap_intervals`, the test summary's bootstrap, drawing the
+slice's users once for all its metrics).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fellrec.metrics.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, bootstrap_interval
+from fellrec.metrics.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, bootstrap_intervals
 
 #: Popularity groups of an item, in the order of :attr:`SliceDefinition.item_group`'s codes.
 POPULARITY_GROUPS = ("head", "torso", "tail", "new")
@@ -271,31 +272,31 @@ def slice_summary(
         interval_metrics: The metrics that get intervals (default: all of ``names``).
         resamples: Resamples per interval (0: no intervals).
         confidence: Coverage of the intervals.
-        seed: Seed of the resampling; each (slice, metric) draws from its own generator.
+        seed: Seed of the resampling; each slice draws from its own generator, one draw of its
+            users for all its metrics.
 
     Returns:
         ``{"definition": cuts, "confidence": c, "resamples": R, "groups": {slice: {"users": n,
         metric: mean, "ci": {metric: [low, high]}}}, "clients": {"<id>": {slice: {"users": n,
         metric: mean}}}}``; a slice without users has ``users: 0`` and nothing else.
     """
-    covered = list(names if interval_metrics is None else interval_metrics)
+    covered = [m for m in names if interval_metrics is None or m in interval_metrics]
+    columns = torch.stack([per_user[m].double() for m in names], dim=1)  # (U, M)
     groups: dict[str, dict[str, Any]] = {}
     for slice_index, (slice_name, members) in enumerate(membership.items()):
         row: dict[str, Any] = {"users": int(members.sum())}
         if row["users"]:
-            row.update({m: float(per_user[m][members].double().mean()) for m in names})
-            intervals: dict[str, list[float]] = {}
-            for metric_index, metric in enumerate(names):
-                if metric not in covered or resamples == 0:
-                    continue
-                offset = _SLICE_SEED_OFFSET + slice_index * len(names) + metric_index
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + offset)
-                bounds = bootstrap_interval(
-                    per_user[metric][members], resamples, confidence, generator
+            chosen = columns[members]  # (n, M)
+            row.update(zip(names, chosen.mean(dim=0).tolist(), strict=True))
+            row["ci"] = {}
+            if covered and resamples > 0:
+                # One draw of the slice's users serves every metric (as one bootstrap would).
+                generator = torch.Generator().manual_seed(
+                    seed * 1_000_003 + _SLICE_SEED_OFFSET + slice_index
                 )
-                if bounds is not None:
-                    intervals[metric] = list(bounds)
-            row["ci"] = intervals
+                wanted = [names.index(m) for m in covered]
+                bounds = bootstrap_intervals(chosen[:, wanted], resamples, confidence, generator)
+                row["ci"] = {m: list(b) for m, b in zip(covered, bounds or [], strict=False)}
         groups[slice_name] = row
     per_client: dict[str, dict[str, dict[str, Any]]] = {}
     for client in range(num_clients):
