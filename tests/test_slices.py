@@ -153,3 +153,26 @@ def test_slice_summary_without_users_or_resamples(definition) -> None:
         interval_metrics=["mrr@10"],
     )
     assert set(limited["groups"]["popularity/head"]["ci"]) == {"mrr@10"}
+
+
+def test_the_data_module_slices_its_own_evaluated_users_only(tmp_path) -> None:
+    from fellrec.data.pipeline import DatasetSettings
+    from fellrec.training.datamodule import FederatedDataModule
+
+    data = FederatedDataModule(
+        dataset=DatasetSettings(format="synthetic", options={"num_users": 40, "num_items": 60}),
+        split="leave_one_out",
+        num_clients=2,
+        partition="iid",
+        history_length=4,
+        cache_dir=str(tmp_path),
+    )
+    data.setup()
+    test = data.data.split.test
+    users = torch.from_numpy(test.users[::-1].copy())  # any order
+    masks = data.slice_membership("test", users)
+    expected = data.slices.membership(test.users[::-1], test.targets[::-1])
+    assert all(torch.equal(masks[name], expected[name]) for name in SLICE_NAMES)
+    with pytest.raises(ValueError, match="not its evaluated users"):
+        data.slice_membership("test", torch.tensor([-1]))
+    assert data.popularity["slices"]["groups"]["history/long"]["users"] > 0

@@ -356,8 +356,15 @@ class FederatedDataModule(L.LightningDataModule):
         if self.slices is None:
             raise RuntimeError("FederatedDataModule.setup() has not run yet")
         period = self.data.split.valid if stage == "validation" else self.data.split.test
-        rows = torch.from_numpy(np.searchsorted(period.users, users.cpu().numpy()))
-        return {name: mask[rows] for name, mask in self._stage_slices[stage].items()}
+        wanted = users.cpu().numpy()
+        rows = np.searchsorted(period.users, wanted).clip(max=max(len(period.users) - 1, 0))
+        if len(wanted) and not np.array_equal(period.users[rows], wanted):
+            raise ValueError(
+                f"the {stage} pass reported users that are not its evaluated users (or no user "
+                "index): its rows cannot be sliced"
+            )
+        masks = self._stage_slices[stage]
+        return {name: mask[torch.from_numpy(rows)] for name, mask in masks.items()}
 
     def eval_user_counts(self) -> dict[str, np.ndarray]:
         """Validation and test users per client ``{"validation": (N,), "test": (N,)}``."""
