@@ -243,9 +243,9 @@ class FellrecCLI(LightningCLI):
         popularity = getattr(self.datamodule, "popularity", None)
         results = {**loop.test_summary, "popularity": popularity}
         path = loop.results_path
-        log.info(result_headline(results, str(path) if path is not None else None))
-        for line in slice_lines(results):
+        for line in slice_lines(results):  # before the headline, which stays the last line
             log.info(line)
+        log.info(result_headline(results, str(path) if path is not None else None))
 
 
 def with_run_csv_logger(logger: Any, log_dir: str) -> Any:
