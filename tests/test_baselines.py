@@ -122,6 +122,11 @@ def test_baselines_command_writes_runs_the_report_reads(tmp_path, tiny_encoder_d
         assert results["popularity"]["overall"]["ndcg@10"] >= 0
         assert set(results["ci"]["overall"]) >= {"ndcg@10", "recall@10"}
         assert results["training"]["selection_metric"] == "ndcg@10"
+        # The federated runs' slices, by the same code, beside the popularity baseline's.
+        slices = results["slices"]
+        users = sum(slices["groups"][f"history/{g}"]["users"] for g in ("short", "medium", "long"))
+        assert users == results["overall"]["users"]
+        assert slices["definition"] == results["popularity"]["slices"]["definition"]
     out = capsys.readouterr().out
     assert "sasrec test ndcg@10" in out
     # A second call finds them finished.

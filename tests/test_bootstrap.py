@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from fellrec.metrics.balance import balance_statistics, spread_statistics
-from fellrec.metrics.bootstrap import balance_intervals, bootstrap_interval, confidence_intervals
+from fellrec.metrics.bootstrap import (
+    balance_intervals,
+    bootstrap_interval,
+    bootstrap_intervals,
+    confidence_intervals,
+)
 
 
 def test_constant_values_have_a_point_interval() -> None:
@@ -27,6 +32,17 @@ def test_interval_is_about_the_normal_one_for_many_users() -> None:
     mean = float(values.mean())
     assert low < mean < high
     assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+
+
+def test_columns_share_one_draw_and_each_equals_its_own_interval() -> None:
+    values = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.5, 0.0], [0.25, 0.5]])
+    both = bootstrap_intervals(values, generator=torch.Generator().manual_seed(11))
+    for column in range(2):
+        alone = bootstrap_interval(values[:, column], generator=torch.Generator().manual_seed(11))
+        assert both[column] == alone
+    assert bootstrap_intervals(torch.zeros(0, 3)) is None
+    with pytest.raises(ValueError, match=r"\(U, M\)"):
+        bootstrap_intervals(torch.zeros(3))
 
 
 def test_empty_values_have_no_interval() -> None:

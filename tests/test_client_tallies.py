@@ -84,6 +84,17 @@ def test_evaluation_sums_over_two_processes() -> None:
     assert values.flatten().tolist() == [0.5, 1.0, 0.0, 0.25]
 
 
+def test_user_indices_follow_the_values_over_processes() -> None:
+    here, there = EvaluationSums(2, ["ndcg@10"]), EvaluationSums(2, ["ndcg@10"])
+    here.add(1, torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([7]))
+    there.add(0, torch.tensor([[1.0], [0.0]], dtype=torch.float64), torch.tensor([3, 4]))
+    there.add(1, torch.tensor([[0.25]], dtype=torch.float64))  # no indices given: -1
+    users = here.user_indices(lambda rows: [rows, there.user_rows])
+    clients, _ = here.user_values(lambda rows: [rows, there.rows])
+    assert users.tolist() == [7, 3, 4, -1] and len(users) == len(clients)
+    assert EvaluationSums(1, ["ndcg@10"]).user_indices(lambda rows: [rows]).shape == (0,)
+
+
 def test_an_evaluation_without_users_has_empty_user_values() -> None:
     clients, values = EvaluationSums(2, ["ndcg@10", "mrr@10"]).user_values(lambda rows: [rows])
     assert clients.shape == (0,) and values.shape == (0, 2)

@@ -13,6 +13,7 @@ from transformers import AutoModel
 from federation_helpers import tiny_run
 from fellrec.federation.engine import RESULTS_KEYS
 from fellrec.federation.strategies import Centralized, FedAvg, FedProx, FELLRec, Local
+from fellrec.metrics.slices import SLICE_NAMES
 from fellrec.training.results import RESULTS_FILE
 
 
@@ -94,6 +95,44 @@ def test_results_json_schema(fellrec_run):
     assert set(results["popularity"]["ci"]["overall"]) == set(intervals["overall"])
 
 
+def test_results_carry_the_evaluation_slices(fellrec_run):
+    root, trainer, model, data, loop = fellrec_run
+    results = json.loads((root / RESULTS_FILE).read_text())
+    slices, overall = results["slices"], results["overall"]
+    groups = slices["groups"]
+    assert list(groups) == list(SLICE_NAMES)
+    # Each slice holds the test users the data's definition puts in it.
+    test = data.data.split.test
+    membership = data.slices.membership(test.users, test.targets)
+    assert {name: row["users"] for name, row in groups.items()} == {
+        name: int(mask.sum()) for name, mask in membership.items()
+    }
+    # History slices partition the users: their user-weighted mean is the overall value.
+    history = [groups[f"history/{g}"] for g in ("short", "medium", "long")]
+    assert sum(row["users"] for row in history) == overall["users"]
+    weighted = sum(row["users"] * row.get("ndcg@10", 0.0) for row in history)
+    assert weighted / overall["users"] == pytest.approx(overall["ndcg@10"])
+    for row in groups.values():
+        if row["users"]:
+            low, high = row["ci"]["ndcg@10"]
+            assert low <= row["ndcg@10"] <= high
+    cuts = slices["definition"]["popularity"]
+    assert cuts["head_min_count"] >= cuts["torso_min_count"] >= 1
+    assert sum(cuts["interactions"].values()) == sum(
+        len(s) for s in data.data.split.train_sequences
+    )
+    # The popularity baseline is sliced the same way, on the same users.
+    baseline = results["popularity"]["slices"]["groups"]
+    assert {k: v["users"] for k, v in baseline.items()} == {
+        k: v["users"] for k, v in groups.items()
+    }
+    # Every validation round records its slices; the loggers get both.
+    assert groups.keys() == results["history"][-1]["val"]["slices"]["groups"].keys()
+    header = (root / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "slice/test/popularity/tail/ndcg@10/ci_low" in header
+    assert "slice/val/history/short/recall@10" in header
+
+
 def test_adapters_saved_in_peft_format(fellrec_run, tiny_encoder_dir):
     root, trainer, model, *_ = fellrec_run
     loaded = PeftModel.from_pretrained(
@@ -137,11 +176,37 @@ def test_baseline_strategies_run_end_to_end(tmp_path, tiny_encoder_dir, strategy
     fit_and_test(trainer, model, data)
     results = json.loads((tmp_path / RESULTS_FILE).read_text())
     assert results["strategy"] == strategy.name
+    assert results["slices"]["groups"]["client_items/seen"]["users"] > 0  # same slices for all
     theta = model.adapters.get_matrix()
     if strategy.shares_model:
         assert torch.equal(theta[0], theta[2])
     else:
         assert not torch.equal(theta[0], theta[2])
+
+
+def test_new_items_are_held_out_of_training_and_reported(tmp_path, tiny_encoder_dir):
+    options = {"split": "leave_one_out", "new_items": 0.25, "max_train_examples": None}
+    trainer, model, data, loop = tiny_run(
+        tmp_path, tiny_encoder_dir, FedAvg(), rounds=1, data_options=options
+    )
+    seen_inputs = []
+
+    class _Inputs(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen_inputs.append(torch.cat([batch["histories"].flatten(), batch["targets"]]))
+
+    trainer.callbacks.append(_Inputs())
+    fit_and_test(trainer, model, data)
+    held = torch.from_numpy(data.data.split.new_items)
+    assert len(held) == 15  # a quarter of the 60 items
+    assert not torch.isin(torch.cat(seen_inputs), held).any()  # never an input or a target
+    results = json.loads((tmp_path / RESULTS_FILE).read_text())
+    new = results["slices"]["groups"]["popularity/new"]
+    test = data.data.split.test
+    with_new = sum(bool(torch.isin(torch.from_numpy(t), held).any()) for t in test.targets)
+    assert new["users"] >= with_new > 0  # reported, not skipped
+    assert 0.0 <= new["ndcg@10"] <= 1.0
+    assert results["slices"]["definition"]["popularity"]["items"]["new"] >= len(held)
 
 
 class _StopMidRound(Callback):

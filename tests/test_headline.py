@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fellrec.metrics.headline import result_headline, worst_client
+from fellrec.metrics.headline import result_headline, slice_lines, worst_client
 
 RESULTS = {
     "overall": {"ndcg@10": 0.22121, "users": 10},
@@ -35,3 +35,22 @@ def test_missing_parts_are_left_out_not_invented():
     assert result_headline(bare, None) == "test ndcg@10 0.5000; results.json not written"
     assert worst_client(bare, "ndcg@10") is None
     assert result_headline({}, None).startswith("test ndcg@10 -;")
+
+
+def test_slice_lines_show_each_grouping_against_popularity():
+    results = {
+        "slices": {
+            "groups": {
+                "popularity/head": {"users": 3, "ndcg@10": 0.25, "ci": {"ndcg@10": [0.1, 0.4]}},
+                "popularity/new": {"users": 0},
+                "history/short": {"users": 2, "ndcg@10": 0.5, "ci": {}},
+            }
+        },
+        "popularity": {"slices": {"groups": {"popularity/head": {"users": 3, "ndcg@10": 0.125}}}},
+    }
+    assert slice_lines(results) == [
+        "test ndcg@10 by popularity: head 0.2500 [0.1000, 0.4000] (3 users; popularity "
+        "0.1250), new - (0 users)",
+        "test ndcg@10 by history: short 0.5000 (2 users)",
+    ]
+    assert slice_lines(RESULTS) == []  # results without slices (older runs, deployments)

@@ -17,7 +17,7 @@ from fellrec.cli import main
 from fellrec.federation.strategies import FedAvg, FELLRec
 from fellrec.reporting.report import IMAGE_DIR, REPORT_HTML, REPORT_MD, write_report
 from fellrec.reporting.runs import default_output
-from fellrec.reporting.tables import REPORT_METRICS, SUMMARY_VIEWS
+from fellrec.reporting.tables import REPORT_METRICS, SLICE_ORDER, SUMMARY_VIEWS
 from fellrec.training.results import RESULTS_FILE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -107,6 +107,26 @@ def test_per_client_tables_show_every_client_of_every_run(runs, report):
         assert row["dataset"] == "synthetic (90 users, 60 items)"
         assert row["split"] == "temporal, 3 clients (iid, seed 0)"
         assert row["backbone"] == str(results[row["run"]]["config"]["model"]["backbone"])
+
+
+def test_slice_tables_show_every_run_and_popularity_per_slice(runs, report):
+    _, results = runs
+    tables = markdown_tables(report[0].read_text())
+    table = tables["ndcg@10 per slice"]
+    assert [r["slice"] for r in table] == list(SLICE_ORDER)
+    for row in table:
+        groups = results["fellrec"]["slices"]["groups"][row["slice"]]
+        assert int(row["users"]) == groups["users"]
+        for label in ("fellrec", "fedavg", "popularity"):
+            run = results["fellrec"]["popularity"] if label == "popularity" else results[label]
+            value = run["slices"]["groups"][row["slice"]].get("ndcg@10")
+            cell = row[label]
+            if value is None:
+                assert cell == "-"
+            else:
+                assert float(cell.split(" [")[0]) == pytest.approx(value, abs=5e-5)
+                assert "[" in cell  # with its interval
+    assert "head >= " in report[0].read_text()  # the cut points are stated
 
 
 def test_markdown_links_the_plots_it_wrote(report):

@@ -36,7 +36,8 @@ from fellrec.config_errors import (
     parser_keys,
 )
 from fellrec.data.schema import DataFormatError
-from fellrec.metrics.headline import result_headline
+from fellrec.data.stats import format_new_items
+from fellrec.metrics.headline import result_headline, slice_lines
 from fellrec.models.process_transport import BlockServerError
 from fellrec.preflight import preflight
 from fellrec.preflight.resources import check_writable
@@ -242,6 +243,8 @@ class FellrecCLI(LightningCLI):
         popularity = getattr(self.datamodule, "popularity", None)
         results = {**loop.test_summary, "popularity": popularity}
         path = loop.results_path
+        for line in slice_lines(results):  # before the headline, which stays the last line
+            log.info(line)
         log.info(result_headline(results, str(path) if path is not None else None))
 
 
@@ -392,6 +395,7 @@ def describe_data(datamodule: FederatedDataModule) -> str:
         + f": {train_interactions} train interactions, "
         f"{len(data.examples)} training examples, {len(data.split.valid)} validation users, "
         f"{len(data.split.test)} test users",
+        *filter(None, [format_new_items(data.split, ds.num_items)]),
         "",
         datamodule.partition_table(),
         "",

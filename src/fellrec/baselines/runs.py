@@ -20,6 +20,7 @@ from fellrec.baselines.sasrec import SASRecSettings, fit_sasrec, sasrec_scorer
 from fellrec.data.pipeline import FederatedData
 from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.popularity import Scorer, evaluate_scorer
+from fellrec.metrics.slices import define_slices, slice_summary
 from fellrec.metrics.summary import client_sums, metric_names, summarize
 
 #: Baselines that train (popularity is in every run's results already).
@@ -86,6 +87,15 @@ def baseline_results(
     sums, counts = client_sums(per_user, clients, data.num_clients, names)
     summary = summarize(sums, counts, names)
     summary["ci"] = confidence_intervals(per_user, clients, data.num_clients, names)
+    slices = define_slices(data.split.train_sequences, data.assignment, num_items, data.num_clients)
+    summary["slices"] = slice_summary(
+        per_user,
+        slices.membership(data.split.test.users, data.split.test.targets),
+        clients,
+        data.num_clients,
+        names,
+        slices.cuts(),
+    )
     return {
         "strategy": name,
         "strategy_settings": {"name": name, "centralized": True, **asdict(settings)},

@@ -51,12 +51,14 @@ from fellrec.data.sources import (
     option_paths,
     read_raw,
 )
-from fellrec.data.split import split_dataset
+from fellrec.data.split import choose_new_items, split_dataset
 
 log = logging.getLogger(__name__)
 
 #: Bump when the preprocessing output changes, so stale caches are not reused.
-PIPELINE_VERSION = 3  # 2: equal timestamps keep the file order; 3: temporal split cuts by time
+# 2: equal timestamps keep the file order; 3: temporal split cuts by time; 4: splits record their
+# new items (data.new_items)
+PIPELINE_VERSION = 4
 SPLITS = ("temporal", "leave_one_out")
 PARTITIONS = ("kmeans", "iid", "dirichlet", "attribute")
 
@@ -128,6 +130,7 @@ class PipelineSettings:
     client: int | None = None
     unknown_items: str = "report"
     temporal_cutoffs: tuple[int, int] | None = None
+    new_items: float = 0.0
 
     @classmethod
     def of_silos(
@@ -197,6 +200,15 @@ class PipelineSettings:
             raise ValueError(f"data.num_clients must be >= 1, got {self.num_clients}")
         if self.window_stride < 1:
             raise ValueError(f"data.window_stride must be >= 1, got {self.window_stride}")
+        if not (
+            isinstance(self.new_items, int | float)
+            and not isinstance(self.new_items, bool)
+            and 0.0 <= self.new_items < 1.0
+        ):
+            raise ValueError(
+                "data.new_items must be a fraction of the items in [0, 1) (the share held out "
+                f"of training), got {self.new_items}"
+            )
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ValueError(f"data.max_train_examples must be >= 1, got {self.max_train_examples}")
         for name in ("valid_fraction", "test_fraction"):
@@ -328,6 +340,9 @@ def split_and_window(
         dataset: All data (central) or one silo's.
         settings: Split, fractions or cut-offs, history length, stride and subsampling.
         allow_empty: Let an evaluation period be empty (one silo may have no such user).
+
+    Under ``data.new_items`` the held-out items are drawn from the catalog (``data.seed``), so
+    every silo of a federation holds out the same ones.
     """
     split = split_dataset(
         dataset,
@@ -337,6 +352,7 @@ def split_and_window(
         test_fraction=settings.test_fraction,
         cutoffs=settings.temporal_cutoffs,
         allow_empty=allow_empty,
+        new_items=choose_new_items(dataset.num_items, settings.new_items, settings.seed),
     )
     examples = sliding_window_examples(
         split.train_sequences,

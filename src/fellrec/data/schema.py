@@ -235,6 +235,8 @@ class Split:
         cutoffs: Temporal split: the ``(valid_start, test_start)`` timestamps it cut at (an
             interaction at ``t`` is in training when ``t < valid_start``, in test when
             ``t >= test_start``); ``None`` for leave-one-out.
+        new_items: Items held out of training (``data.new_items``), sorted; they occur in no
+            training sequence and no history, only as validation or test targets.
     """
 
     method: str
@@ -242,6 +244,7 @@ class Split:
     valid: EvalUsers
     test: EvalUsers
     cutoffs: tuple[int, int] | None = None
+    new_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)

@@ -315,6 +315,7 @@ def merge_silos(
         valid=_merge_eval([s.valid for s in splits], offsets),
         test=_merge_eval([s.test for s in splits], offsets),
         cutoffs=splits[0].cutoffs,
+        new_items=splits[0].new_items,  # drawn from the shared catalog: the same in every silo
     )
     examples = [ex for _, _, ex in parts]
     merged_examples = TrainExamples(

@@ -1,4 +1,16 @@
-"""Train / validation / test splits: temporal (cut by time) and per-user leave-one-out."""
+"""Train / validation / test splits: temporal (cut by time) and per-user leave-one-out.
+
+Both take an optional set of *new items* (``data.new_items``, chosen by :func:`choose_new_items`)
+held out of training entirely. The split itself is made first, exactly as without them (no
+interaction moves between periods); then every interaction with a new item is dropped from what
+a model reads: the training sequences (so from every training window, as input and as target, and
+from the popularity counts, the partition and the baselines' training) and the evaluated users'
+histories (each history is the last ``H`` of the user's *other* earlier items). What stays:
+validation and test targets that are new items (the only place a new item appears), the targets
+of every other item, and the consumed-item masks (an item a user interacted with is still not
+recommended back to them). A user whose earlier items are all new items has no history left and
+is not evaluated in that period.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +22,41 @@ from fellrec.data.schema import EvalUsers, IndexedDataset, Split
 SPLIT_METHODS = ("temporal", "leave_one_out")
 
 
+#: Mixed into ``data.seed`` for the draw of the new items (a stream of its own).
+NEW_ITEMS_STREAM = 0x6E6577
+
+
+def choose_new_items(num_items: int, fraction: float, seed: int) -> np.ndarray:
+    """The items held out of training under ``data.new_items``: a seeded uniform draw.
+
+    Args:
+        num_items: I: the catalog's items (every one can be drawn).
+        fraction: Share of the items to hold out, in ``[0, 1)``.
+        seed: ``data.seed``; the draw uses its own stream of it, so it does not change the
+            partition or the batch order.
+
+    Returns:
+        ``round(fraction * I)`` item indices, sorted (empty for 0).
+
+    Raises:
+        ValueError: For a fraction outside ``[0, 1)`` or one that holds out no item.
+    """
+    if not (isinstance(fraction, int | float) and 0.0 <= fraction < 1.0):
+        raise ValueError(
+            f"data.new_items must be a fraction of the items in [0, 1), got {fraction}"
+        )
+    count = round(fraction * num_items)
+    if fraction > 0 and count == 0:
+        raise ValueError(
+            f"data.new_items={fraction} holds out no item of the {num_items} in the catalog; "
+            f"use at least {1 / num_items:.3g}, or 0 for none"
+        )
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    generator = np.random.default_rng([int(seed), NEW_ITEMS_STREAM])
+    return np.sort(generator.choice(num_items, size=count, replace=False)).astype(np.int64)
+
+
 def split_dataset(
     data: IndexedDataset,
     method: str,
@@ -18,6 +65,7 @@ def split_dataset(
     test_fraction: float = 0.1,
     cutoffs: tuple[int, int] | None = None,
     allow_empty: bool = False,
+    new_items: np.ndarray | None = None,
 ) -> Split:
     """Split ``data`` with the named method.
 
@@ -32,6 +80,7 @@ def split_dataset(
             from the fractions (:func:`temporal_cutoffs`).
         allow_empty: Return an empty period instead of raising when no user is evaluable in it
             (one silo of a federation may have none).
+        new_items: Items held out of training (module docstring); None or empty: none.
 
     Returns:
         The split.
@@ -41,10 +90,10 @@ def split_dataset(
     """
     if method == "temporal":
         return temporal_split(
-            data, history_length, valid_fraction, test_fraction, cutoffs, allow_empty
+            data, history_length, valid_fraction, test_fraction, cutoffs, allow_empty, new_items
         )
     if method == "leave_one_out":
-        return leave_one_out_split(data, history_length, allow_empty)
+        return leave_one_out_split(data, history_length, allow_empty, new_items)
     raise ValueError(f"unknown split method {method!r}; split must be one of {SPLIT_METHODS}")
 
 
@@ -94,6 +143,7 @@ def temporal_split(
     test_fraction: float = 0.1,
     cutoffs: tuple[int, int] | None = None,
     allow_empty: bool = False,
+    new_items: np.ndarray | None = None,
 ) -> Split:
     """Split by time: train, then a validation period, then a test period.
 
@@ -110,6 +160,7 @@ def temporal_split(
         test_fraction: Share of the interactions in the test period (without ``cutoffs``).
         cutoffs: ``(valid_start, test_start)`` timestamps, ``valid_start < test_start``.
         allow_empty: Return an empty period instead of raising when no user is evaluable in it.
+        new_items: Items held out of training (module docstring).
 
     Returns:
         The split (with its cut-offs); ``train_sequences`` holds each user's train-period items.
@@ -142,21 +193,26 @@ def temporal_split(
     before_test_items = _group_by_user(users[before_test], items[before_test], data.num_users)
     valid_items = _group_by_user(users[in_valid], items[in_valid], data.num_users)
     test_items = _group_by_user(users[in_test], items[in_test], data.num_users)
+    held = _held_out(new_items)
     return Split(
         method="temporal",
-        train_sequences=before_valid,
+        train_sequences=_without(before_valid, held),
         valid=_eval_users(
-            before_valid, valid_items, history_length, "validation", context, allow_empty
+            before_valid, valid_items, history_length, "validation", context, allow_empty, held
         ),
         test=_eval_users(
-            before_test_items, test_items, history_length, "test", context, allow_empty
+            before_test_items, test_items, history_length, "test", context, allow_empty, held
         ),
         cutoffs=(valid_start, test_start),
+        new_items=held,
     )
 
 
 def leave_one_out_split(
-    data: IndexedDataset, history_length: int, allow_empty: bool = False
+    data: IndexedDataset,
+    history_length: int,
+    allow_empty: bool = False,
+    new_items: np.ndarray | None = None,
 ) -> Split:
     """Hold out each user's last item for test and second-last item for validation.
 
@@ -168,6 +224,7 @@ def leave_one_out_split(
         data: The dataset to split.
         history_length: Maximum number of history items ``H`` kept per evaluated user.
         allow_empty: Return an empty period instead of raising when no user is evaluable in it.
+        new_items: Items held out of training (module docstring).
 
     Returns:
         The split.
@@ -192,17 +249,37 @@ def leave_one_out_split(
             valid_items.append(empty)
             test_items.append(empty)
     context = "split='leave_one_out' (needs users with at least 3 interactions)"
+    held = _held_out(new_items)
     return Split(
         method="leave_one_out",
-        train_sequences=train,
-        valid=_eval_users(train, valid_items, history_length, "validation", context, allow_empty),
-        test=_eval_users(before_test, test_items, history_length, "test", context, allow_empty),
+        train_sequences=_without(train, held),
+        valid=_eval_users(
+            train, valid_items, history_length, "validation", context, allow_empty, held
+        ),
+        test=_eval_users(
+            before_test, test_items, history_length, "test", context, allow_empty, held
+        ),
+        new_items=held,
     )
 
 
 def _check_history_length(history_length: int) -> None:
     if history_length < 1:
         raise ValueError(f"history_length must be >= 1, got {history_length}")
+
+
+def _held_out(new_items: np.ndarray | None) -> np.ndarray:
+    """The held-out items as a sorted int64 array (empty for none)."""
+    if new_items is None:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.asarray(new_items, dtype=np.int64))
+
+
+def _without(sequences: list[np.ndarray], held: np.ndarray) -> list[np.ndarray]:
+    """Each sequence without the held-out items (order kept); unchanged when none is held."""
+    if len(held) == 0:
+        return sequences
+    return [seq[~np.isin(seq, held)] for seq in sequences]
 
 
 def _group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> list[np.ndarray]:
@@ -221,8 +298,12 @@ def _eval_users(
     period_name: str,
     context: str,
     allow_empty: bool = False,
+    held: np.ndarray | None = None,
 ) -> EvalUsers:
     """Evaluation users of one period from the items before it and the items in it.
+
+    ``held`` items (new items) are left out of the histories, and a user with no other item
+    before the period is not evaluated; targets and consumed items keep them.
 
     Raises:
         ValueError: If no user has both a history and a new item in the period (unless
@@ -236,8 +317,11 @@ def _eval_users(
         fresh = np.setdiff1d(new, seen_set)
         if len(fresh) == 0:
             continue
+        readable = seen if held is None or len(held) == 0 else seen[~np.isin(seen, held)]
+        if len(readable) == 0:
+            continue
         users.append(user)
-        histories.append(seen[-history_length:])
+        histories.append(readable[-history_length:])
         targets.append(fresh)
         consumed.append(seen_set)
     if not users and not allow_empty:

@@ -182,3 +182,39 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
 
 def _format_js(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def new_item_statistics(split: Split, num_items: int) -> dict[str, int] | None:
+    """What ``data.new_items`` held out: items, and the validation and test targets among them.
+
+    Args:
+        split: The split (its ``new_items``).
+        num_items: The catalog's items.
+
+    Returns:
+        ``{"held_out": n, "items": I, "valid_targets": v, "test_targets": t, "valid_users": vu,
+        "test_users": tu}`` (targets that are held-out items, and users with such a target), or
+        None when no item is held out.
+    """
+    held = split.new_items
+    if len(held) == 0:
+        return None
+    counts = {"held_out": len(held), "items": num_items}
+    for name, users in (("valid", split.valid), ("test", split.test)):
+        flags = [np.isin(targets, held) for targets in users.targets]
+        counts[f"{name}_targets"] = int(sum(int(f.sum()) for f in flags))
+        counts[f"{name}_users"] = int(sum(bool(f.any()) for f in flags))
+    return counts
+
+
+def format_new_items(split: Split, num_items: int) -> str | None:
+    """One line on the held-out items (``fellrec data stats``), or None without any."""
+    counts = new_item_statistics(split, num_items)
+    if counts is None:
+        return None
+    return (
+        f"new items (data.new_items): {counts['held_out']} of {counts['items']} items held out "
+        f"of training; they are the targets of {counts['valid_users']} validation and "
+        f"{counts['test_users']} test users ({counts['valid_targets']} and "
+        f"{counts['test_targets']} targets)"
+    )

@@ -10,8 +10,9 @@ The engine owns everything a round decides and records:
 - per-client model selection on validation (:class:`~fellrec.federation.selection.ModelSelection`);
 - the history (one record per round: losses, learning rates, heating weights, similarity,
   divergence and absence, validation summary, timings) and the one log line per round;
-- the test summary with bootstrap intervals, the popularity baseline's summary, and the one
-  ``results.json`` schema;
+- the test summary with bootstrap intervals, the evaluation slices (popularity, history length,
+  the client's unseen items: :mod:`fellrec.metrics.slices`) of the model and of the popularity
+  baseline, and the one ``results.json`` schema;
 - the resume state (plain values and tensors).
 
 A host is what holds the clients: the simulation's module (all clients in one process, trained by
@@ -35,6 +36,7 @@ from fellrec.federation.protocol import ClientRoundConfig, round_inputs, round_r
 from fellrec.federation.selection import ModelSelection
 from fellrec.federation.strategies import Strategy
 from fellrec.metrics.bootstrap import confidence_intervals
+from fellrec.metrics.slices import SLICE_LOGGED_METRICS, slice_summary, values_by_name
 from fellrec.metrics.summary import BALANCE_METRICS, metric_names, summarize
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ RESULTS_KEYS = (
     "clients",
     "balance",
     "ci",
+    "slices",
     "popularity",
     "resources",
     "privacy",
@@ -95,10 +98,14 @@ class UserValues:
     Attributes:
         clients: Each user's client ``(U,)``, client-major (all of client 0's users first).
         values: Each user's metric values ``(U, M)``.
+        slices: Which evaluation slices each user is in, slice name -> bool ``(U,)``
+            (:meth:`fellrec.metrics.slices.SliceDefinition.membership`); None where the host
+            does not know them (a deployment's server knows no user's targets).
     """
 
     clients: torch.Tensor
     values: torch.Tensor
+    slices: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ class Evaluation:
         popularity_values: The popularity baseline's per-user values (the test).
         popularity_users: The baseline's evaluated users by client ``(N,)`` (default: ``users``).
         absent: Clients that did not answer.
+        slice_cuts: The slices' cut points (:meth:`~fellrec.metrics.slices.SliceDefinition.cuts`),
+            recorded with them.
     """
 
     sums: torch.Tensor
@@ -125,6 +134,7 @@ class Evaluation:
     popularity_values: UserValues | None = None
     popularity_users: torch.Tensor | None = None
     absent: tuple[int, ...] = ()
+    slice_cuts: Mapping[str, Any] | None = None
 
 
 class FederationHost(Protocol):
@@ -351,6 +361,15 @@ class RoundEngine:
             )
             return {}
         summary = self._summarize(evaluation.sums, evaluation.users, evaluation.names)
+        # Each round's slices: means, and intervals of the logged metrics only (cheap).
+        slices = self._slices(
+            evaluation.values,
+            evaluation.names,
+            evaluation.slice_cuts,
+            (*SLICE_LOGGED_METRICS, self.selection_metric),
+        )
+        if slices is not None:
+            summary["slices"] = slices
         if self.validation_popularity is None and evaluation.popularity_sums is not None:
             # The level validation curves are read against (the same in every round).
             self.validation_popularity = self._summarize(
@@ -442,12 +461,15 @@ class RoundEngine:
             )
         summary = self._summarize(evaluation.sums, evaluation.users, evaluation.names)
         summary["ci"] = self._intervals(evaluation.values, evaluation.names)
+        cuts, names = evaluation.slice_cuts, evaluation.names
+        summary["slices"] = self._slices(evaluation.values, names, cuts)
         summary["popularity"] = None
         if evaluation.popularity_sums is not None:
             popularity = self._summarize(
                 evaluation.popularity_sums, self._popularity_users(evaluation), evaluation.names
             )
             popularity["ci"] = self._intervals(evaluation.popularity_values, evaluation.names)
+            popularity["slices"] = self._slices(evaluation.popularity_values, names, cuts)
             if self.validation_popularity is not None:
                 popularity["validation"] = self.validation_popularity
             summary["popularity"] = popularity
@@ -478,6 +500,27 @@ class RoundEngine:
         per_user = {name: values.values[:, j] for j, name in enumerate(names)}
         return confidence_intervals(
             per_user, values.clients, self.num_clients, names, self.bootstrap_resamples
+        )
+
+    def _slices(
+        self,
+        values: UserValues | None,
+        names: list[str],
+        cuts: Mapping[str, Any] | None,
+        interval_metrics: tuple[str, ...] | None = None,
+    ) -> dict[str, Any] | None:
+        """The slices' summary (None where the host gave no slice membership)."""
+        if values is None or values.slices is None:
+            return None
+        return slice_summary(
+            values_by_name(values.values, names),
+            values.slices,
+            values.clients,
+            self.num_clients,
+            names,
+            cuts,
+            interval_metrics=interval_metrics,
+            resamples=self.bootstrap_resamples,
         )
 
     # ------------------------------------------------------------------ the record

@@ -88,3 +88,42 @@ def result_headline(
             parts.append(f"popularity {baseline}")
     where = f"results in {results_path}" if results_path else "results.json not written"
     return "; ".join([*parts, where])
+
+
+def slice_lines(results: Mapping[str, Any], metric: str = HEADLINE_METRIC) -> list[str]:
+    """The test ``metric`` per evaluation slice, against popularity: one line per grouping.
+
+    Args:
+        results: A run's results (``slices``, optionally ``popularity.slices``).
+        metric: The metric shown.
+
+    Returns:
+        E.g. ``test ndcg@10 by popularity: head 0.1500 [0.1300, 0.1700] (312 users; popularity
+        0.0900), ...``; empty when the results hold no slices.
+    """
+    slices = results.get("slices")
+    groups = slices.get("groups") if isinstance(slices, Mapping) else None
+    if not isinstance(groups, Mapping):
+        return []
+    popularity = results.get("popularity")
+    baseline = popularity.get("slices") if isinstance(popularity, Mapping) else None
+    base_groups = baseline.get("groups") if isinstance(baseline, Mapping) else None
+    by_grouping: dict[str, list[str]] = {}
+    for name, row in groups.items():
+        grouping, _, group = str(name).partition("/")
+        if not isinstance(row, Mapping):
+            continue
+        value = _number(row.get(metric))
+        text = f"{group} " + ("-" if value is None else f"{value:.4f}")
+        bounds = (row.get("ci") or {}).get(metric) if isinstance(row.get("ci"), Mapping) else None
+        if value is not None and isinstance(bounds, list | tuple) and len(bounds) == 2:
+            text += f" [{bounds[0]:.4f}, {bounds[1]:.4f}]"
+        text += f" ({row.get('users', 0)} users"
+        other = base_groups.get(name) if isinstance(base_groups, Mapping) else None
+        base_value = _number(other.get(metric)) if isinstance(other, Mapping) else None
+        text += f"; popularity {base_value:.4f})" if base_value is not None else ")"
+        by_grouping.setdefault(grouping, []).append(text)
+    return [
+        f"test {metric} by {grouping}: {', '.join(parts)}"
+        for grouping, parts in by_grouping.items()
+    ]

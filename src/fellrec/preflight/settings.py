@@ -198,6 +198,7 @@ def pipeline_settings(values: Mapping[str, Any]) -> PipelineSettings:
         dirichlet_concentration=float(data("dirichlet_concentration")),
         seed=int(data("seed")),
         window_stride=int(data("window_stride")),
+        new_items=float(data("new_items")),
     )
 
 

@@ -18,6 +18,8 @@ REPORT_HTML = "report.html"
 IMAGE_DIR = "report_plots"
 #: Per-client test metrics shown across runs.
 CLIENT_METRICS = ("ndcg@10", "recall@10")
+#: Metrics of the slice tables.
+SLICE_METRICS = ("ndcg@10", "recall@10")
 
 
 def _slug(text: str) -> str:
@@ -63,6 +65,24 @@ def _summary_blocks(runs: Mapping[str, Mapping[str, Any]]) -> list[Block]:
         ),
         tables.interval_table(runs),
     ]
+    return blocks
+
+
+def _slice_blocks(runs: Mapping[str, Mapping[str, Any]]) -> list[Block]:
+    """The test slices (target popularity, history length, the client's unseen items)."""
+    found = [(metric, tables.slice_table(runs, metric)) for metric in SLICE_METRICS]
+    present = [(metric, table) for metric, table in found if table is not None]
+    if not present:
+        return []
+    blocks: list[Block] = [
+        Heading("Test slices: item popularity, history length, the client's unseen items"),
+        Text(
+            "Each value is the mean over the slice's test users with its 95% bootstrap interval. "
+            + (tables.slice_definition_note(runs) or "")
+        ),
+    ]
+    for metric, table in present:
+        blocks += [Heading(f"{metric} per slice", 3), table]
     return blocks
 
 
@@ -130,6 +150,7 @@ def report_blocks(
         Heading("Runs"),
         tables.runs_table(runs, directories or {}),
         *_summary_blocks(runs),
+        *_slice_blocks(runs),
         *_client_blocks(runs),
         *_extra_blocks(runs),
         *_plot_blocks(runs),

@@ -93,6 +93,76 @@ def interval_table(
     return Table(columns, rows)
 
 
+#: Slice names in report order (``fellrec.metrics.slices.SLICE_NAMES``, restated so that reports
+#: load without torch).
+SLICE_ORDER = (
+    "popularity/head",
+    "popularity/torso",
+    "popularity/tail",
+    "popularity/new",
+    "history/short",
+    "history/medium",
+    "history/long",
+    "client_items/seen",
+    "client_items/unseen",
+)
+
+
+def slice_cell(slices: Any, name: str, metric: str) -> str:
+    """``"0.1234 [0.1000, 0.1500]"`` of a slice's value and interval; ``-`` when it has none."""
+    groups = slices.get("groups") if isinstance(slices, Mapping) else None
+    row = groups.get(name) if isinstance(groups, Mapping) else None
+    if not isinstance(row, Mapping) or metric not in row:
+        return "-"
+    bounds = (row.get("ci") or {}).get(metric)
+    interval = f" [{format_value(bounds[0])}, {format_value(bounds[1])}]" if bounds else ""
+    return f"{format_value(row[metric])}{interval}"
+
+
+def slice_table(runs: Mapping[str, Results], metric: str) -> Table | None:
+    """Test ``metric`` with its 95% interval on every slice (rows) for every run (columns).
+
+    The popularity baseline(s) come last; ``users`` is the first run's count per slice (the
+    same for runs on the same data). None when no run recorded slices.
+    """
+    everything = {
+        label: r.get("slices")
+        for label, r in list(runs.items()) + list(popularity_baselines(runs).items())
+    }
+    present = {label: s for label, s in everything.items() if isinstance(s, Mapping)}
+    if not present:
+        return None
+    first = next(iter(present.values()))
+    rows = []
+    for name in SLICE_ORDER:
+        users = ((first.get("groups") or {}).get(name) or {}).get("users")
+        rows.append([name, users, *(slice_cell(s, name, metric) for s in present.values())])
+    return Table(["slice", "users", *present], rows)
+
+
+def slice_definition_note(runs: Mapping[str, Results]) -> str | None:
+    """The slices' cut points (from the first run that recorded them), as one paragraph."""
+    for results in runs.values():
+        slices = results.get("slices")
+        definition = slices.get("definition") if isinstance(slices, Mapping) else None
+        if not isinstance(definition, Mapping):
+            continue
+        popularity = _section(definition, "popularity")
+        history = _section(definition, "history")
+        items = _section(popularity, "items")
+        counts = ", ".join(f"{k} {v}" for k, v in items.items())
+        return (
+            f"Popularity: {popularity.get('rule')}; head >= {popularity.get('head_min_count')} "
+            f"training interactions, torso >= {popularity.get('torso_min_count')}, tail >= 1, "
+            f"new 0 (items: {counts}). History: {history.get('rule')}; medium >= "
+            f"{history.get('medium_min_length')}, long >= {history.get('long_min_length')}. "
+            "Client items: whether the target occurs in the training data of the user's own "
+            "client. Under leave-one-out each grouping partitions the test users; with several "
+            "targets per user (temporal split) a user counts in every slice of one of its targets."
+        )
+    return None
+
+
 def _section(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     """``mapping[key]`` when it is a mapping, else an empty one."""
     value = mapping.get(key)

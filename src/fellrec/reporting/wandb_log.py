@@ -7,7 +7,9 @@ every logger); this module adds what only wandb shows: tables, the similarity he
 values and the round as the x-axis.
 
 Keys: ``federation/clients`` (table per round), ``federation/similarity`` (image per round),
-``test/clients`` (table: each client and an ``overall`` row), ``resources`` and ``privacy``
+``test/clients`` (table: each client and an ``overall`` row), ``test/slices`` (table: test
+NDCG@10 with its interval per evaluation slice, the run beside popularity), ``resources`` and
+``privacy``
 (tables, when the results hold them); summary values ``test/<metric>``,
 ``test/client/<i>/<metric>``, ``test/balance/<metric>/<stat>`` and the numbers of the resource
 accounting, ``resources/<section>/<quantity>`` (e.g. ``resources/client/memory_bytes``), and
@@ -32,6 +34,7 @@ ROUND_KEY = "round"
 ROUND_TABLE_KEY = "federation/clients"
 SIMILARITY_KEY = "federation/similarity"
 TEST_TABLE_KEY = "test/clients"
+SLICE_TABLE_KEY = "test/slices"
 RESOURCES_KEY = "resources"
 PRIVACY_KEY = "privacy"
 
@@ -147,9 +150,12 @@ def log_test(trainer: L.Trainer, results: Mapping[str, Any]) -> None:
     values = summary_values(results)
     resources = tables.resources_table(results)
     curve = tables.privacy_curve(results)
+    slices = tables.slice_table({"run": results}, "ndcg@10")
     for logger in loggers:
         logger.experiment.summary.update(values)
         _log_table(logger, TEST_TABLE_KEY, tables.evaluation_table(results), trainer.global_step)
+        if slices is not None:
+            _log_table(logger, SLICE_TABLE_KEY, slices, trainer.global_step)
         if resources is not None:
             _log_table(logger, RESOURCES_KEY, resources, trainer.global_step)
         if curve is not None:

@@ -69,15 +69,25 @@ class EvaluationSums:
         #: Per evaluated batch: the client of each user and their metric values (for the
         #: bootstrap intervals over users).
         self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        #: Per evaluated batch: the user indices (-1 where not given), for the slices.
+        self.user_rows: list[torch.Tensor] = []
 
-    def add(self, client: int, values: torch.Tensor) -> None:
-        """Count a batch of ``client``'s users: their metric values ``(b, M)``."""
+    def add(self, client: int, values: torch.Tensor, users: torch.Tensor | None = None) -> None:
+        """Count a batch of ``client``'s users: their metric values ``(b, M)`` (and indices)."""
         self.sums[client] += values.sum(0)
         self.counts[client] += values.shape[0]
         self.rows.append((torch.full((values.shape[0],), client), values))
+        if users is None:
+            users = torch.full((values.shape[0],), -1)
+        self.user_rows.append(users.detach().cpu().long())
 
     def add_scores(
-        self, client: int, scores: torch.Tensor, targets: torch.Tensor, consumed: torch.Tensor
+        self,
+        client: int,
+        scores: torch.Tensor,
+        targets: torch.Tensor,
+        consumed: torch.Tensor,
+        users: torch.Tensor | None = None,
     ) -> None:
         """Rank a batch of ``client``'s users and count their metrics.
 
@@ -87,12 +97,14 @@ class EvaluationSums:
             targets: Each user's held-out items, padded with ``-1`` ``(b, L)``.
             consumed: Each user's already-consumed items (excluded from the ranking), padded
                 with ``-1``.
+            users: The users' indices ``(b,)`` (for the evaluation slices).
         """
         num_items = scores.shape[1]
         per_user = ranking_metrics(
             scores, padded_mask(targets, num_items), padded_mask(consumed, num_items), DEFAULT_KS
         )
-        self.add(client, torch.stack([per_user[n].double().cpu() for n in self.names], dim=1))
+        values = torch.stack([per_user[n].double().cpu() for n in self.names], dim=1)
+        self.add(client, values, users)
 
     def collect(self, reduce_sum: ReduceSum) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-client metric sums ``(N, M)`` and user counts ``(N,)``, all processes."""
@@ -106,3 +118,12 @@ class EvaluationSums:
             empty = torch.zeros(0, len(self.names), dtype=torch.float64)
             return torch.zeros(0, dtype=torch.long), empty
         return torch.cat([c for c, _ in rows]), torch.cat([v for _, v in rows])
+
+    def user_indices(self, gather: GatherObjects) -> torch.Tensor:
+        """Every evaluated user's index ``(U,)`` (-1: not given), aligned with :meth:`user_values`.
+
+        ``gather`` is a collective: every process calls it, in the same order as
+        :meth:`user_values`.
+        """
+        rows = [row for part in gather(self.user_rows) for row in part]
+        return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)

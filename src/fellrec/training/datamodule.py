@@ -42,6 +42,7 @@ from fellrec.metrics.popularity import (
     evaluate_popularity,
     popularity_scores,
 )
+from fellrec.metrics.slices import SliceDefinition, define_slices, slice_summary, values_by_name
 from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summarize
 
 Batch = dict[str, Any]
@@ -132,6 +133,11 @@ class FederatedDataModule(L.LightningDataModule):
             (train ``< valid_start <=`` validation ``< test_start <=`` test); required with silos
             and ``split: temporal``. Without silos they default to the timestamps at the
             fractions' cut points.
+        new_items: The new-item protocol: this share of the catalog's items (a draw seeded by
+            ``seed``, in ``[0, 1)``; 0: none) is held out of training entirely. Their
+            training-period interactions are dropped (from every training window, history and
+            count); they appear only as validation and test targets, which the ``popularity/new``
+            slice of ``results.json`` reports (:mod:`fellrec.data.split`).
     """
 
     def __init__(
@@ -159,6 +165,7 @@ class FederatedDataModule(L.LightningDataModule):
         silo: str | None = None,
         unknown_items: str = "report",
         temporal_cutoffs: list[int] | None = None,
+        new_items: float = 0.0,
     ) -> None:
         super().__init__()
         self.settings = PipelineSettings.of_silos(
@@ -180,6 +187,7 @@ class FederatedDataModule(L.LightningDataModule):
             partition_attribute=partition_attribute,
             dirichlet_concentration=dirichlet_concentration,
             seed=seed,
+            new_items=new_items,
         )
         # Before validate(): which silo is served depends on a valid client.
         if client is not None and not 0 <= client < num_clients:
@@ -209,6 +217,12 @@ class FederatedDataModule(L.LightningDataModule):
         self.popularity_sums: tuple[torch.Tensor, torch.Tensor] | None = None
         self._popularity_users: tuple[torch.Tensor, torch.Tensor] | None = None
         self._validation_baseline: Any = None
+        #: What decides each evaluated user's slices (:mod:`fellrec.metrics.slices`).
+        self.slices: SliceDefinition | None = None
+        #: Per stage: the slice membership of each evaluated user, rows of ``EvalUsers.users``.
+        self._stage_slices: dict[str, dict[str, torch.Tensor]] = {}
+        #: Per stage: the popularity baseline's users, in the order of its per-user values.
+        self._popularity_user_ids: dict[str, torch.Tensor] = {}
         # Plain values only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["dataset"])
         self.hparams["dataset"] = asdict(self.settings.dataset)
@@ -243,19 +257,30 @@ class FederatedDataModule(L.LightningDataModule):
                 f"({data.dataset.num_items} items in {data.dataset.name}); use more items"
             )
         names = metric_names()
+        self.slices = define_slices(
+            data.split.train_sequences, data.assignment, data.dataset.num_items, self.num_clients
+        )
+        for stage, users in (("validation", data.split.valid), ("test", data.split.test)):
+            self._stage_slices[stage] = self.slices.membership(users.users, users.targets)
         # Per-client sums, which a deployed client reports for its own users, and per-user
         # values, client-major (the order evaluation passes visit the users).
-        (sums, counts), self._popularity_users = self._baseline(data.split.test, names)
+        (sums, counts), self._popularity_users = self._baseline(data.split.test, names, "test")
         self.popularity_sums = (sums, counts)
-        self._validation_baseline = self._baseline(data.split.valid, names)
+        self._validation_baseline = self._baseline(data.split.valid, names, "validation")
         if float(counts.sum()) > 0:  # a silo may have no test user of its own
             self.popularity = summarize(sums, counts, names)
             ordered_clients, ordered_values = self._popularity_users
+            per_user = values_by_name(ordered_values, names)
             self.popularity["ci"] = confidence_intervals(
-                {name: ordered_values[:, j] for j, name in enumerate(names)},
+                per_user, ordered_clients, self.num_clients, names
+            )
+            self.popularity["slices"] = slice_summary(
+                per_user,
+                self.slice_membership("test", self._popularity_user_ids["test"]),
                 ordered_clients,
                 self.num_clients,
                 names,
+                self.slices.cuts(),
             )
         else:
             self.popularity = {}
@@ -265,7 +290,7 @@ class FederatedDataModule(L.LightningDataModule):
             self.popularity["validation"] = summarize(valid_sums, valid_counts, names)
 
     def _baseline(
-        self, users: EvalUsers, names: list[str]
+        self, users: EvalUsers, names: list[str], stage: str
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """The popularity baseline on ``users``: per-client sums and counts, per-user values.
 
@@ -284,6 +309,7 @@ class FederatedDataModule(L.LightningDataModule):
         clients = torch.from_numpy(data.assignment[users.users])
         order = torch.argsort(clients, stable=True)
         values = torch.stack([per_user[name][order].double() for name in names], dim=1)
+        self._popularity_user_ids[stage] = torch.from_numpy(users.users)[order]
         return client_sums(per_user, clients, self.num_clients, names), (clients[order], values)
 
     def popularity_of(
@@ -311,6 +337,34 @@ class FederatedDataModule(L.LightningDataModule):
         sums[held], users[held] = all_sums[held], all_users[held]
         kept = torch.isin(clients, held)
         return sums, users, clients[kept], values[kept]
+
+    def popularity_users_of(self, held_clients: Sequence[int], stage: str = "test") -> torch.Tensor:
+        """The users of :meth:`popularity_of`'s per-user values ``(U,)``, in the same order."""
+        if self._popularity_users is None:
+            raise RuntimeError("FederatedDataModule.setup() has not run yet")
+        clients, _ = self._popularity_users if stage == "test" else self._validation_baseline[1]
+        users = self._popularity_user_ids[stage]
+        return users[torch.isin(clients, torch.tensor(list(held_clients), dtype=torch.long))]
+
+    def slice_membership(self, stage: str, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Which slices each of ``users`` (evaluated in ``stage``) is in: name -> bool ``(U,)``.
+
+        Args:
+            stage: ``"validation"`` or ``"test"``.
+            users: User indices ``(U,)``, each one of the stage's evaluated users.
+        """
+        if self.slices is None:
+            raise RuntimeError("FederatedDataModule.setup() has not run yet")
+        period = self.data.split.valid if stage == "validation" else self.data.split.test
+        wanted = users.cpu().numpy()
+        rows = np.searchsorted(period.users, wanted).clip(max=max(len(period.users) - 1, 0))
+        if len(wanted) and not np.array_equal(period.users[rows], wanted):
+            raise ValueError(
+                f"the {stage} pass reported users that are not its evaluated users (or no user "
+                "index): its rows cannot be sliced"
+            )
+        masks = self._stage_slices[stage]
+        return {name: mask[torch.from_numpy(rows)] for name, mask in masks.items()}
 
     def eval_user_counts(self) -> dict[str, np.ndarray]:
         """Validation and test users per client ``{"validation": (N,), "test": (N,)}``."""

@@ -639,7 +639,9 @@ class FederatedModule(ModuleSettings):
         assert self.backend is not None
         scores = self.backend.scores(self.slot(client), batch["histories"])  # (b, I)
         if not batch.get("stand_in", False):  # a stand-in only keeps the processes in step
-            self.evaluation.add_scores(client, scores, batch["targets"], batch["consumed"])
+            self.evaluation.add_scores(
+                client, scores, batch["targets"], batch["consumed"], batch["users"]
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate ranking metrics of a batch of one client's validation users."""
@@ -652,6 +654,10 @@ class FederatedModule(ModuleSettings):
     def collect_eval_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every evaluated user's client ``(U,)`` and metric values ``(U, M)``, all processes."""
         return self.evaluation.user_values(self._gather_objects)
+
+    def collect_eval_users(self) -> torch.Tensor:
+        """Every evaluated user's index ``(U,)``, aligned with :meth:`collect_eval_values`."""
+        return self.evaluation.user_indices(self._gather_objects)
 
     def collect_eval(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Per-client metric sums ``(N, M)`` and user counts ``(N,)``, summed over processes."""

@@ -63,28 +63,29 @@ class ModuleHost:
     def evaluation(self, stage: str, selected_rounds: list[int] | None = None) -> Evaluation:
         """What Lightning's validation or test pass collected (a collective under DDP).
 
-        With the popularity baseline on the same users; the test adds every user's values.
+        With the popularity baseline on the same users, every user's values and their
+        evaluation slices (the data module knows each user's targets and training data).
         """
         sums, users, names = self.module.collect_eval()
-        baseline = federated_datamodule(self.module.trainer).popularity_of(
-            self.module.held_clients, stage
-        )
+        datamodule = federated_datamodule(self.module.trainer)
+        held = self.module.held_clients
+        baseline = datamodule.popularity_of(held, stage)
         popularity_sums, popularity_users, popularity_clients, popularity_values = baseline
-        if stage != "test":
-            return Evaluation(
-                sums,
-                users,
-                list(names),
-                popularity_sums=popularity_sums,
-                popularity_users=popularity_users,
-            )
         clients, values = self.module.collect_eval_values()
+        user_ids = self.module.collect_eval_users()
+        baseline_ids = datamodule.popularity_users_of(held, stage)
+        cuts = datamodule.slices.cuts() if datamodule.slices is not None else None
         return Evaluation(
             sums,
             users,
             list(names),
-            values=UserValues(clients, values),
+            values=UserValues(clients, values, datamodule.slice_membership(stage, user_ids)),
             popularity_sums=popularity_sums,
-            popularity_values=UserValues(popularity_clients, popularity_values),
+            popularity_values=UserValues(
+                popularity_clients,
+                popularity_values,
+                datamodule.slice_membership(stage, baseline_ids),
+            ),
             popularity_users=popularity_users,
+            slice_cuts=cuts,
         )

@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from fellrec.metrics.slices import SLICE_LOGGED_METRICS
+
 
 def aggregation_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """``round``, ``client/<slot>/train/loss``, ``client/<slot>/lr``, heating weights and epsilon.
@@ -49,6 +51,34 @@ def validation_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     for metric, stats in summary["balance"].items():
         for stat, value in stats.items():
             metrics[f"balance/val/{metric}/{stat}"] = float(value)
+    metrics.update(slice_metrics(summary.get("slices"), "val", intervals=False))
+    return metrics
+
+
+def slice_metrics(
+    slices: Mapping[str, Any] | None, stage: str, intervals: bool = True
+) -> dict[str, float]:
+    """``slice/<stage>/<grouping>/<group>/<metric>`` (and ``/users``) of the logged metrics.
+
+    Args:
+        slices: The slices of a summary (:func:`fellrec.metrics.slices.slice_summary`), or None.
+        stage: ``val`` or ``test``.
+        intervals: Add each value's bootstrap interval as ``.../<metric>/ci_low`` and
+            ``.../<metric>/ci_high``.
+    """
+    metrics: dict[str, float] = {}
+    groups = (slices or {}).get("groups") or {}
+    for name, row in groups.items():
+        prefix = f"slice/{stage}/{name}"
+        metrics[f"{prefix}/users"] = float(row["users"])
+        for metric in SLICE_LOGGED_METRICS:
+            if metric not in row:
+                continue
+            metrics[f"{prefix}/{metric}"] = float(row[metric])
+            bounds = (row.get("ci") or {}).get(metric)
+            if intervals and bounds:
+                metrics[f"{prefix}/{metric}/ci_low"] = float(bounds[0])
+                metrics[f"{prefix}/{metric}/ci_high"] = float(bounds[1])
     return metrics
 
 
@@ -61,11 +91,13 @@ def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def logged_test_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """``test/<metric>`` of the test summary's overall row (the user count left out).
+    """``test/<metric>`` of the overall row (the user count left out) and the slices' values.
 
     Args:
         summary: The round engine's test summary.
     """
     overall = summary["overall"]
     assert isinstance(overall, dict)
-    return {f"test/{k}": float(v) for k, v in overall.items() if k != "users"}
+    metrics = {f"test/{k}": float(v) for k, v in overall.items() if k != "users"}
+    metrics.update(slice_metrics(summary.get("slices"), "test"))
+    return metrics

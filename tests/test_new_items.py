@@ -1,0 +1,152 @@
+"""Tests of the new-item protocol (``data.new_items``): held-out items never reach training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fellrec.data.examples import sliding_window_examples
+from fellrec.data.pipeline import DatasetSettings, PipelineSettings, build_federated_data
+from fellrec.data.schema import IndexedDataset
+from fellrec.data.split import choose_new_items, leave_one_out_split, temporal_split
+from fellrec.data.stats import format_new_items, new_item_statistics
+
+
+def _dataset(pairs: list[tuple[int, int]], num_users: int, num_items: int) -> IndexedDataset:
+    """A dataset from (user, item) pairs in chronological order (timestamps 10, 20, ...)."""
+    u, i = (np.array(col, dtype=np.int64) for col in zip(*pairs, strict=True))
+    return IndexedDataset(
+        name="tiny",
+        user_ids=np.array([f"u{k}" for k in range(num_users)], dtype=object),
+        item_ids=np.array([f"i{k}" for k in range(num_items)], dtype=object),
+        users=u,
+        items=i,
+        timestamps=np.arange(1, len(u) + 1, dtype=np.int64) * 10,
+        titles=[f"t{k}" for k in range(num_items)],
+        categories=[() for _ in range(num_items)],
+    )
+
+
+# Per user, in time order: u0 0 1 2 3 4; u1 2 0 1 5; u2 2 2 0 1 (no target left but item 1)
+PAIRS = [
+    (0, 0), (1, 2), (0, 1), (2, 2), (1, 0), (0, 2), (2, 2), (1, 1), (0, 3), (2, 0), (1, 5),
+    (0, 4), (2, 1),
+]  # fmt: skip
+
+
+def test_leave_one_out_drops_new_items_from_training_and_histories_only() -> None:
+    data = _dataset(PAIRS, 3, 6)
+    split = leave_one_out_split(data, history_length=2, new_items=np.array([2]))
+    assert split.new_items.tolist() == [2]
+    # Training: item 2 is gone wherever it was (u0 0 1 [2]; u1 [2] 0; u2 [2 2] 0).
+    assert [s.tolist() for s in split.train_sequences] == [[0, 1], [0], []]
+    # Validation: u0's target 3 is read from 0 1; u1's target 1 from 0. u2 has nothing left.
+    assert split.valid.users.tolist() == [0, 1]
+    assert [h.tolist() for h in split.valid.histories] == [[0, 1], [0]]
+    # The consumed masks keep the held-out item (it is still not recommended back).
+    assert [c.tolist() for c in split.valid.consumed] == [[0, 1, 2], [0, 2]]
+    # Test: u2's target 1 is kept; its history has no item 2.
+    assert split.test.users.tolist() == [0, 1, 2]
+    assert [h.tolist() for h in split.test.histories] == [[1, 3], [0, 1], [0]]
+    assert [t.tolist() for t in split.test.targets] == [[4], [5], [1]]
+
+
+def test_a_new_item_stays_a_target() -> None:
+    data = _dataset(PAIRS, 3, 6)
+    split = leave_one_out_split(data, history_length=3, new_items=np.array([4, 5]))
+    assert [t.tolist() for t in split.test.targets] == [[4], [5], [1]]
+    assert all(not np.isin(s, [4, 5]).any() for s in split.train_sequences)
+    counts = new_item_statistics(split, 6)
+    assert counts == {
+        "held_out": 2,
+        "items": 6,
+        "valid_targets": 0,
+        "valid_users": 0,
+        "test_targets": 2,
+        "test_users": 2,
+    }
+    assert "2 of 6 items held out" in format_new_items(split, 6)
+    assert new_item_statistics(leave_one_out_split(data, 3), 6) is None
+
+
+def test_temporal_split_holds_new_items_out_of_training() -> None:
+    data = _dataset(PAIRS, 3, 6)
+    plain = temporal_split(data, 3, valid_fraction=0.2, test_fraction=0.2)
+    held = temporal_split(data, 3, valid_fraction=0.2, test_fraction=0.2, new_items=np.array([0]))
+    assert [s.tolist() for s in held.train_sequences] == [
+        [x for x in s.tolist() if x != 0] for s in plain.train_sequences
+    ]
+    # Targets are the plain split's; histories lose item 0.
+    for a, b in zip(plain.test.targets, held.test.targets, strict=True):
+        assert a.tolist() == b.tolist()
+    assert all(0 not in h.tolist() for h in held.test.histories + held.valid.histories)
+
+
+def test_choice_is_seeded_and_sized() -> None:
+    first = choose_new_items(1000, 0.1, seed=7)
+    assert len(first) == 100 and len(np.unique(first)) == 100
+    assert np.array_equal(first, choose_new_items(1000, 0.1, seed=7))
+    assert not np.array_equal(first, choose_new_items(1000, 0.1, seed=8))
+    assert choose_new_items(1000, 0.0, seed=7).tolist() == []
+    assert np.all(np.diff(first) > 0) and first.min() >= 0 and first.max() < 1000
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, 1.0])
+def test_bad_fractions_name_the_flag(value: float) -> None:
+    with pytest.raises(ValueError, match=r"data\.new_items"):
+        choose_new_items(100, value, seed=0)
+    settings = PipelineSettings(
+        dataset=DatasetSettings(),
+        split="leave_one_out",
+        valid_fraction=0.1,
+        test_fraction=0.1,
+        history_length=4,
+        max_train_examples=None,
+        num_clients=2,
+        partition="iid",
+        partition_attribute=None,
+        dirichlet_concentration=0.5,
+        seed=0,
+        new_items=value,
+    )
+    with pytest.raises(ValueError, match=r"data\.new_items must be a fraction"):
+        settings.validate()
+
+
+def test_a_fraction_that_holds_out_nothing_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"data\.new_items=0\.001 holds out no item of the 60"):
+        choose_new_items(60, 0.001, seed=0)
+
+
+def test_pipeline_never_trains_on_a_new_item() -> None:
+    def settings(seed: int) -> PipelineSettings:
+        return PipelineSettings(
+            dataset=DatasetSettings(format="synthetic", options={"num_users": 60, "num_items": 40}),
+            split="leave_one_out",
+            valid_fraction=0.1,
+            test_fraction=0.1,
+            history_length=4,
+            max_train_examples=None,
+            num_clients=2,
+            partition="iid",
+            partition_attribute=None,
+            dirichlet_concentration=0.5,
+            seed=seed,
+            new_items=0.2,
+        )
+
+    data = build_federated_data(settings(0))
+    held = data.split.new_items
+    assert len(held) == 8  # 20% of 40
+    examples = data.examples
+    windows = np.concatenate([examples.histories.ravel(), examples.targets])
+    assert not np.isin(windows, held).any()  # no window holds one, as input or target
+    for period in (data.split.valid, data.split.test):
+        assert not any(np.isin(h, held).any() for h in period.histories)
+    test_targets = np.concatenate(data.split.test.targets)
+    assert np.isin(test_targets, held).any()  # and they are evaluated
+    # Windows equal those cut from the filtered sequences; the draw is seeded.
+    again = sliding_window_examples(data.split.train_sequences, 4)
+    assert np.array_equal(np.sort(again.targets), np.sort(examples.targets))
+    assert np.array_equal(build_federated_data(settings(0)).split.new_items, held)
+    assert not np.array_equal(build_federated_data(settings(1)).split.new_items, held)
