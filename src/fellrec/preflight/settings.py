@@ -14,8 +14,8 @@ from typing import Any
 from fellrec.config_errors import ConfigError, unknown_keys_error, value_origin
 from fellrec.data.loader_settings import check_loader_settings
 from fellrec.data.pipeline import FORMATS, DatasetSettings, PipelineSettings
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.prompts import PromptSettings
+from fellrec.models.split_plan import plan_split
 from fellrec.preflight.command_line import section
 from fellrec.preflight.rules import broken_rules
 from fellrec.preflight.schema import SECTIONS, load_schema
