@@ -20,7 +20,6 @@ import torch
 
 from fellrec.federation.aggregation import (
     adapter_similarity,
-    flatten_states,
     heating_weights,
     loss_distribution,
     personalized_aggregate,
@@ -42,6 +41,23 @@ def make_states(clients: int, params: int, seed: int) -> list[dict[str, torch.Te
         }
         states.append(state)
     return states
+
+
+def flatten_states(states: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The clients' state dicts as one ``(N, P)`` matrix, keys in sorted order.
+
+    What a host does at a round boundary (``ClientAdapters.get_matrix`` stacks each client's
+    parameters): one copy of every client's values into the matrix, no per-client temporary.
+    """
+    keys = sorted(states[0])
+    sizes = [states[0][key].numel() for key in keys]
+    theta = torch.empty(len(states), sum(sizes), dtype=states[0][keys[0]].dtype)  # (N, P)
+    for index, state in enumerate(states):
+        offset = 0
+        for key, size in zip(keys, sizes, strict=True):
+            theta[index, offset : offset + size].copy_(state[key].detach().reshape(-1))
+            offset += size
+    return theta
 
 
 def peak_rss_gib() -> float:
@@ -72,7 +88,7 @@ def main() -> None:
     timings: dict[str, list[float]] = {"flatten": [], "aggregate": [], "total": []}
     for _ in range(args.repeats):
         start = time.perf_counter()
-        theta, _layout = flatten_states(states)  # (N, P)
+        theta = flatten_states(states)  # (N, P)
         flat = time.perf_counter()
         similarity = adapter_similarity(theta)  # (N, N)
         weights = heating_weights(loss_distribution(losses), args.round_index)  # (N,)

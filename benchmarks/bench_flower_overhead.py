@@ -25,9 +25,9 @@ def main() -> None:
     parser.add_argument("--rounds", default="2,4", help="comma-separated round counts")
     args = parser.parse_args()
     from conftest import build_tiny_encoder
-    from fellrec.cli import make_cli
     from fellrec.deploy.run_config import RunSettings
     from fellrec.deploy.simulation import simulate
+    from fellrec.lightning_cli import make_cli
     from test_cli import write_tiny_config
 
     work = Path(tempfile.mkdtemp(prefix="fellrec-flower-bench-"))

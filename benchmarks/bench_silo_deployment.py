@@ -46,9 +46,9 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from fellrec.cli import main as fellrec
-    from fellrec.cli import make_cli
     from fellrec.data.fetch import fetch_ml100k
     from fellrec.data.pipeline import default_cache_dir
+    from fellrec.lightning_cli import make_cli
     from fellrec.training.loop import FederatedLoop
     from flower_deployment import Deployment
 

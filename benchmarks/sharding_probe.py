@@ -17,9 +17,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.sharding import local_parameter_bytes
 from fellrec.models.split import model_parts, num_blocks
+from fellrec.models.split_plan import plan_split
 
 
 class ShardingProbe(Callback):

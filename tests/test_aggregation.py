@@ -11,59 +11,14 @@ from fellrec.federation import aggregation
 from fellrec.federation.aggregation import (
     adapter_similarity,
     fedavg,
-    fedprox_penalty,
-    flatten_states,
     heating_weights,
     loss_distribution,
     personalized_aggregate,
     personalized_weights,
-    unflatten_state,
     uniform_similarity,
 )
 
 HALF_PLUS = (1 + 1 / math.sqrt(2)) / 2  # (cos 45 deg + 1) / 2 = 0.853553
-
-
-# --- flatten / unflatten -------------------------------------------------------------------------
-
-
-def _states() -> list[dict[str, torch.Tensor]]:
-    return [
-        {"b": torch.arange(6.0).reshape(2, 3), "a": torch.tensor([10.0, 11.0])},
-        {"a": torch.tensor([20.0, 21.0]), "b": -torch.arange(6.0).reshape(2, 3)},
-    ]
-
-
-def test_flatten_sorted_keys_and_round_trip() -> None:
-    theta, layout = flatten_states(_states())
-    assert layout == [("a", torch.Size([2])), ("b", torch.Size([2, 3]))]
-    assert theta.shape == (2, 8)
-    assert theta[0].tolist() == [10.0, 11.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    for row, state in zip(theta, _states(), strict=True):
-        back = unflatten_state(row, layout)
-        assert back.keys() == state.keys()
-        for key in state:
-            assert torch.equal(back[key], state[key])
-
-
-def test_flatten_errors_name_the_key() -> None:
-    states = _states()
-    states[1]["c"] = torch.zeros(1)
-    with pytest.raises(ValueError, match="'c'"):
-        flatten_states(states)
-    states = _states()
-    states[1]["b"] = torch.zeros(3, 2)
-    with pytest.raises(ValueError, match=r"'b'.*client 1"):
-        flatten_states(states)
-    states = _states()
-    del states[1]["a"]
-    with pytest.raises(ValueError, match="'a'"):
-        flatten_states(states)
-    with pytest.raises(ValueError, match="at least one"):
-        flatten_states([])
-    _, layout = flatten_states(_states())
-    with pytest.raises(ValueError, match=r"\(8,\)"):
-        unflatten_state(torch.zeros(7), layout)
 
 
 # --- similarity ----------------------------------------------------------------------------------
@@ -298,22 +253,3 @@ def test_fedavg_weighted_mean() -> None:
         fedavg(theta, torch.tensor([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match="sizes"):
         fedavg(theta, torch.ones(2))
-
-
-def test_fedprox_penalty_value_and_gradient() -> None:
-    params = [
-        torch.tensor([1.0, 2.0], requires_grad=True),
-        torch.tensor([[3.0]], requires_grad=True),
-    ]
-    anchor = [torch.zeros(2), torch.tensor([[1.0]])]
-    # mu / 2 * (1 + 4 + 4) = 0.05 * 9 = 0.45; gradient mu * (p - a).
-    penalty = fedprox_penalty(params, anchor, mu=0.1)
-    assert penalty.item() == pytest.approx(0.45)
-    penalty.backward()
-    torch.testing.assert_close(params[0].grad, torch.tensor([0.1, 0.2]))
-    torch.testing.assert_close(params[1].grad, torch.tensor([[0.2]]))
-    assert fedprox_penalty([], [], 1.0).item() == 0.0
-    with pytest.raises(ValueError, match="mu"):
-        fedprox_penalty(params, anchor, mu=-1.0)
-    with pytest.raises(ValueError, match="shape"):
-        fedprox_penalty(params, [torch.zeros(3), torch.zeros(1, 1)], mu=1.0)

@@ -35,7 +35,6 @@ pytest.importorskip("cryptography", reason="the tests make TLS certificates with
 
 from conftest import build_tiny_encoder, build_tiny_llama
 from federation_helpers import tiny_run
-from fellrec.federation.split_plan import plan_split
 from fellrec.federation.strategies import FedProx, FELLRec, Strategy
 from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_encoder
@@ -50,6 +49,7 @@ from fellrec.models.process_transport import (
 )
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.server_side import ServerSide
+from fellrec.models.split_plan import plan_split
 from fellrec.serving import block_server
 from fellrec.serving.block_host import BlockHost, BlockHostSpec
 from fellrec.training.federated_module import FederatedModule

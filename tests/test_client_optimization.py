@@ -77,22 +77,6 @@ def test_invalid_schedule_settings_name_the_setting() -> None:
         RoundSchedule(0, "none", True, lr=0.0)
 
 
-def test_the_proximal_gradient_is_the_gradient_of_fedprox_penalty():
-    from fellrec.federation.aggregation import fedprox_penalty
-    from fellrec.training.client_optimization import add_proximal_gradient
-
-    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
-    v = torch.nn.Parameter(torch.tensor([[3.0]]))
-    w.grad = torch.tensor([0.5, 0.0])  # v has no gradient yet
-    anchor = torch.tensor([0.0, 1.0, 1.0])
-    add_proximal_gradient([w, v], anchor, mu=0.1)
-    assert w.grad.tolist() == pytest.approx([0.6, 0.1])  # 0.5 + 0.1 * (1 - 0), 0.1 * (2 - 1)
-    assert v.grad.item() == pytest.approx(0.2)  # 0.1 * (3 - 1)
-    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
-    fedprox_penalty([x], [anchor], 0.1).backward()
-    assert x.grad.tolist() == pytest.approx([0.1, 0.1, 0.2])
-
-
 def test_item_weight_decay_gives_the_id_rows_a_group_of_their_own() -> None:
     names = [
         "lora_A",

@@ -12,7 +12,6 @@ import torch
 
 from conftest import build_tiny_encoder
 from federation_helpers import tiny_run
-from fellrec.federation.schedule import plan_user_sampled_round, user_sampled_steps
 from fellrec.federation.strategies import FedAvg, Local
 from fellrec.models.adapters import LoRASettings
 from fellrec.models.item_components import ItemSettings
@@ -24,6 +23,7 @@ from fellrec.training.dp_sgd import (
     epsilon_spent,
 )
 from fellrec.training.federated_module import FederatedModule
+from fellrec.training.schedule import plan_user_sampled_round, user_sampled_steps
 
 
 def test_the_accountant_gives_opacus_published_value():

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fellrec.cli import data_parser, main
+from fellrec.cli import main
+from fellrec.config_parser import DATA_SECTIONS, config_parser, instantiate
 from fellrec.data.export import export_silos
 from fellrec.data.pipeline import FederatedData
 from fellrec.training.datamodule import FederatedDataModule
@@ -63,9 +64,8 @@ def write_config(directory: Path, **data: Any) -> Path:
 
 def datamodule(*args: str) -> FederatedDataModule:
     """The data module of ``fellrec fit`` with these ``--config``/``--data.*`` arguments, set up."""
-    parser = data_parser("test", "")
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    module = instantiate(parser.parse_args(list(args))).data
+    parser = config_parser("test", "", DATA_SECTIONS)
+    module = instantiate(parser, parser.parse_args(list(args))).data
     module.setup("fit")
     return module
 

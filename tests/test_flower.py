@@ -102,8 +102,8 @@ def test_settings_a_deployment_cannot_run_are_refused():
 @pytest.mark.parametrize("strategy", ["FELLRec", "FedAvg"])
 def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_dir, strategy):
     """3 clients x 2 rounds: the same per-client test metrics and selected parameters."""
-    from fellrec.cli import make_cli
     from fellrec.deploy.simulation import simulate
+    from fellrec.lightning_cli import make_cli
     from fellrec.training.loop import FederatedLoop
 
     config = write_tiny_config(tmp_path, tiny_encoder_dir)
@@ -428,7 +428,7 @@ def test_a_loopback_deployment_runs_the_federation_as_the_simulation_does(
     """SuperLink and two SuperNodes as real processes, `flwr run` of the shipped app: 1 round."""
     from pathlib import Path
 
-    from fellrec.cli import make_cli
+    from fellrec.lightning_cli import make_cli
     from flower_deployment import Deployment
 
     config = write_tiny_config(tmp_path, tiny_encoder_dir, num_clients=2)

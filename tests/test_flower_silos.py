@@ -23,8 +23,9 @@ pytest.importorskip(
 
 from safetensors.torch import load_file
 
-from fellrec.cli import main, make_cli
+from fellrec.cli import main
 from fellrec.deploy.server import PARAMETERS_FILE
+from fellrec.lightning_cli import make_cli
 from fellrec.training.loop import FederatedLoop
 from test_cli import write_tiny_config
 

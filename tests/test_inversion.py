@@ -15,9 +15,9 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.inversion import _Walker, fit_inversion, nearest_tokens, token_recovery
 from fellrec.models.split import SplitModel
+from fellrec.models.split_plan import plan_split
 from fellrec.models.transport import LocalTransport
 
 

@@ -70,9 +70,9 @@ def original_refusal(key: str, value, tiny_encoder_dir: Path) -> str | None:
 
             HistoryRenderer(AutoTokenizer.from_pretrained(tiny_encoder_dir), ["a"], 4, value)
         else:
-            from fellrec.cli import instantiate_run_config, run_config_parser
+            from fellrec.config_parser import config_parser, instantiate_run_config
 
-            parser = run_config_parser("fellrec fit", "")
+            parser = config_parser("fellrec fit", "")
             text = yaml.safe_dump(value).strip().removesuffix("...").strip()
             instantiate_run_config(parser, parser.parse_args([f"--{key}", text]))
     except ValueError as error:
@@ -286,7 +286,7 @@ def test_an_unreachable_hub_is_said_at_once(tiny_config, tmp_path, monkeypatch):
 
 
 def test_a_writable_directory_is_left_as_it_was(tmp_path):
-    from fellrec.preflight.resources import check_writable
+    from fellrec.run_directory import check_writable
 
     target = tmp_path / "a" / "b" / "run"
     check_writable(target, "trainer.default_root_dir")
@@ -306,7 +306,7 @@ def test_a_writable_directory_is_left_as_it_was(tmp_path):
 )
 def test_the_checks_read_the_data_under_the_runs_cache_key(tiny_config, tmp_path, extra):
     """Checks and run must name the prepared data alike, or the run reads it twice."""
-    from fellrec.cli import make_cli
+    from fellrec.lightning_cli import make_cli
     from fellrec.preflight.settings import check_settings, pipeline_settings
 
     config, _ = tiny_config

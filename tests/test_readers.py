@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from fellrec.data.readers import (
-    READERS,
+    DATA_FORMATS,
     read_amazon,
     read_dataset,
     read_movielens,
@@ -651,12 +651,12 @@ def test_tabular_misc_errors(tmp_path: Path, csv_files: tuple[Path, Path, Path])
 
 
 def test_registry_dispatch(ml100k: Path) -> None:
-    assert set(READERS) == {"movielens", "recbole", "amazon", "tabular"}
+    assert set(DATA_FORMATS) == {"synthetic", "movielens", "recbole", "amazon", "tabular"}
     assert read_dataset("movielens", path=ml100k).name == "ml-100k"
 
 
 def test_registry_unknown_format() -> None:
-    with raises(ValueError, "'netflix'", "amazon, movielens, recbole, tabular"):
+    with raises(ValueError, "'netflix'", "amazon, movielens, recbole, synthetic, tabular"):
         read_dataset("netflix", path="x")
 
 

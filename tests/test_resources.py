@@ -17,7 +17,6 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.adapters import LoRASettings
 from fellrec.models.resource_tables import (
     format_cost_table,
@@ -28,6 +27,7 @@ from fellrec.models.resource_tables import (
 )
 from fellrec.models.resources import cost_table, count_parameters, lora_parameters, resource_report
 from fellrec.models.split import SplitModel
+from fellrec.models.split_plan import plan_split
 from fellrec.models.transport import LocalTransport
 from split_families import FAMILIES, build_family, needs_transformers_5
 
@@ -292,8 +292,8 @@ def test_every_family_has_default_lora_targets_that_peft_accepts(family):
 
 
 def test_the_resource_summary_is_a_function_of_its_facts():
-    from fellrec.federation.split_plan import plan_split
     from fellrec.models.adapters import LoRASettings
+    from fellrec.models.split_plan import plan_split
     from fellrec.training.accounting import ResourceFacts, resource_summary_of
 
     facts = ResourceFacts(

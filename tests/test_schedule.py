@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fellrec.federation.schedule import plan_round, shard
+from fellrec.training.schedule import plan_round, shard
 
 
 def test_plan_is_client_major_and_covers_every_example_once_per_epoch():

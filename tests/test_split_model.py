@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import build_tiny_encoder
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.attention_masks import (
     decoder_attention_mask,
     encoder_attention_mask,
@@ -23,6 +22,7 @@ from fellrec.models.split import (
     num_blocks,
     split_family,
 )
+from fellrec.models.split_plan import plan_split
 from fellrec.models.transport import LocalTransport
 from split_families import (
     FAMILIES,

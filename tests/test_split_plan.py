@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fellrec.federation.split_plan import SplitPlan, plan_split
+from fellrec.models.split_plan import SplitPlan, plan_split
 
 
 def test_default_small_split() -> None:

@@ -7,10 +7,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.attention_masks import position_ids_from_mask
 from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.split import SplitModel, num_blocks
+from fellrec.models.split_plan import plan_split
 from fellrec.models.transport import TRANSPORTS, LocalTransport, Payload, Transport
 from fellrec.training.recommender_assembly import make_transport
 

@@ -10,6 +10,7 @@ nothing in it to lose. Light on purpose (stdlib only): the fast checks before th
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 #: The file a finished run writes into its directory (``fellrec.training.results.RESULTS_FILE``).
@@ -60,3 +61,32 @@ def refuse_occupied(root: Path, checkpoint_dir: Path | None = None) -> None:
         "give this one a directory of its own with --trainer.default_root_dir NEW_DIR, or delete "
         f"{root} to start over"
     )
+
+
+def check_writable(directory: Path, setting_name: str) -> None:
+    """``directory`` can be created (if needed) and written: a file is made there and removed.
+
+    What had to be created for the test is removed again.
+
+    Raises:
+        OSError: Naming the setting, the directory and the reason.
+    """
+    path = directory.expanduser()
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".fellrec-write-test-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OSError(f"{setting_name}={str(directory)!r} cannot be written: {reason}") from None
+    finally:
+        for created in missing:  # deepest first; each is empty unless someone else wrote there
+            try:
+                created.rmdir()
+            except OSError:
+                break

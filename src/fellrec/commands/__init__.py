@@ -6,6 +6,7 @@ so ``fellrec --help`` stays fast.
 
 #: ``fellrec <name>`` -> module under ``fellrec.commands`` and its one-line summary.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("fellrec.commands.data", "data stats|fetch|export-silos: the data, MovieLens, silos"),
     "cost": ("fellrec.commands.cost", "client/server parameters, memory, FLOPs, bytes per k_front"),
     "attack": ("fellrec.commands.attack", "token-recovery attack on the hidden states per k_front"),
     "report": ("fellrec.commands.report", "Markdown + HTML report comparing run directories"),

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentParser
 
-from fellrec.cli import instantiate_run_config, run_config_parser
 from fellrec.commands.cost import parse_k_fronts
 from fellrec.config_errors import parse_checked
+from fellrec.config_parser import config_parser, instantiate_run_config
 from fellrec.federation.engine import TrainingReport
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
@@ -71,7 +71,7 @@ def write_privacy(directory: Path, section: dict[str, Any]) -> Path:
 
 def build_parser() -> ArgumentParser:
     """The ``fellrec attack`` parser: the run config plus this command's flags."""
-    parser = run_config_parser(
+    parser = config_parser(
         "fellrec attack",
         "An honest-but-curious server's attacks: token/item recovery from the hidden states it "
         "receives, per k_front (linear map on public catalog text; its copy of the client's "

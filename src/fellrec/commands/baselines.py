@@ -19,8 +19,8 @@ from jsonargparse import ArgumentParser
 from fellrec.baselines.bpr import BPRSettings
 from fellrec.baselines.runs import BASELINES, baseline_results
 from fellrec.baselines.sasrec import SASRecSettings
-from fellrec.cli import run_config_parser
 from fellrec.config_errors import parse_checked
+from fellrec.config_parser import config_parser, instantiate
 from fellrec.federation.results_file import write_results
 
 
@@ -42,7 +42,7 @@ def parse_baselines(text: str) -> list[str]:
 
 def build_parser() -> ArgumentParser:
     """The ``fellrec baselines`` parser: the run config plus this command's flags."""
-    parser = run_config_parser(
+    parser = config_parser(
         "fellrec baselines",
         "Train BPR-MF and SASRec centrally on the run's data and split; evaluate them per "
         "client like a federated run; write <output>/<name>/results.json.",
@@ -77,8 +77,7 @@ def run_baselines(
 
 
 def _run(parser: ArgumentParser, parsed: Any, names: list[str], output: Path | None) -> list[Path]:
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    objects = instantiate(parsed)
+    objects = instantiate(parser, parsed)
     datamodule = objects.data
     sasrec, bpr = objects.sasrec, objects.bpr
     trainer = parsed.get("trainer")

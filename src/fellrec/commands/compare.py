@@ -209,7 +209,7 @@ def main(args: list[str]) -> None:
         ValueError: For unknown strategies, a missing config or an unknown root directory (before
             any training), or a run that wrote no ``results.json`` where expected.
     """
-    from fellrec.cli import run_lightning_cli
+    from fellrec.lightning_cli import run_lightning_cli
 
     options, overrides = parser().parse_known_args(args)
     strategies = parse_strategies(options.strategies)

@@ -18,9 +18,8 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
-from fellrec.cli import instantiate_run_config, run_config_parser
 from fellrec.config_errors import parse_checked
-from fellrec.federation.split_plan import plan_split
+from fellrec.config_parser import config_parser, instantiate_run_config
 from fellrec.models.resource_tables import (
     format_cost_table,
     format_report,
@@ -28,6 +27,7 @@ from fellrec.models.resource_tables import (
     padding_note,
 )
 from fellrec.models.resources import cost_table, count_parameters, lora_targets, resource_report
+from fellrec.models.split_plan import plan_split
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 
@@ -187,7 +187,7 @@ def default_k_fronts(layers: int, k_back: int, configured: int | None) -> list[i
 
 def build_parser() -> ArgumentParser:
     """The ``fellrec cost`` parser: the run config plus this command's flags."""
-    parser = run_config_parser(
+    parser = config_parser(
         "fellrec cost",
         "Client/server parameters, memory, FLOPs and bytes per training step for a range of "
         "k_front, from the backbone's config alone (no weights, no training).",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from fellrec.cli import data_parser
 from fellrec.config_errors import parse_checked
+from fellrec.config_parser import DATA_SECTIONS, config_parser, instantiate
 from fellrec.data.export import check_output, export_silos
 
 PROG = "fellrec data export-silos"
@@ -24,11 +24,12 @@ PROG = "fellrec data export-silos"
 
 def build_parser() -> ArgumentParser:
     """The data schema of a fit config plus ``--output`` and ``--force``."""
-    parser = data_parser(
+    parser = config_parser(
         PROG,
         "Write the clients of a simulated partition as silo files: DIR/client_<i>/ with only "
         "client i's users' interactions, DIR/catalog.csv (the items in index order) and "
         "DIR/silos.yaml, a config overlay that simulates those silos.",
+        DATA_SECTIONS,
     )
     parser.add_argument("--output", type=str, required=True, help="the directory to write (DIR)")
     parser.add_argument(
@@ -41,8 +42,7 @@ def main(args: list[str]) -> None:
     """``fellrec data export-silos --config X.yaml --output DIR [--force]``."""
     parser = build_parser()
     parsed = parse_checked(parser, args, PROG)
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    datamodule = instantiate(parsed).data
+    datamodule = instantiate(parser, parsed).data
     settings = datamodule.settings
     if settings.max_train_examples is not None:
         print(

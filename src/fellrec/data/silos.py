@@ -20,6 +20,7 @@ import pandas as pd
 
 from fellrec.data.catalog import Catalog
 from fellrec.data.kcore import kcore_filter
+from fellrec.data.readers import DATA_FORMATS
 from fellrec.data.readers.tabular import COMPRESSION_SUFFIXES, PARQUET_SUFFIXES, SEPARATORS
 from fellrec.data.schema import (
     DataFormatError,
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 
 #: ``data.unknown_items`` values: count, warn and leave out, or refuse.
 UNKNOWN_ITEM_POLICIES = ("report", "error")
-#: Reader options naming item files, per format: a silo's items come from the catalog instead.
-ITEM_FILE_OPTIONS = {"tabular": ("items",), "amazon": ("meta",)}
 #: Tabular options that describe the catalog's columns in silo mode, not the silo's file.
 CATALOG_COLUMN_OPTIONS = ("title_column", "category_column", "category_separator")
 #: How many unknown item ids a report quotes.
@@ -79,15 +78,19 @@ def silo_settings(dataset: DatasetSettings, path: str) -> DatasetSettings:
     A tabular silo may be a directory holding exactly one table.
 
     Raises:
-        ValueError: If the format is synthetic or an option names an item file (naming it).
+        ValueError: If the format reads no files (synthetic) or an option names an item file
+            (naming it).
     """
     fmt = dataset.format
-    if fmt == "synthetic":
+    data_format = DATA_FORMATS.get(fmt)  # an unknown one is refused, by name, when it is read
+    if data_format is not None and data_format.path_option is None:
+        file_formats = [name for name, known in DATA_FORMATS.items() if known.path_option]
         raise ValueError(
             "data.silos / data.silo need files: set data.dataset.format to the silos' format "
-            "(tabular, recbole, movielens or amazon)"
+            f"({', '.join(file_formats[:-1])} or {file_formats[-1]})"
         )
-    for option in ITEM_FILE_OPTIONS.get(fmt, ()):
+    # A silo's items come from the catalog, not from the format's item files.
+    for option in data_format.item_file_options if data_format is not None else ():
         if dataset.options.get(option) is not None:
             raise ValueError(
                 f"data.dataset.options.{option} names an item file, but with silos the items "

@@ -13,17 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fellrec.data.readers import read_dataset
+from fellrec.data.readers import DATA_FORMATS, FORMATS, read_dataset
 from fellrec.data.schema import RawDataset
-from fellrec.data.synthetic import generate_synthetic
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("synthetic", "movielens", "recbole", "amazon", "tabular")
 #: Reader options that name files (expanded like ``path``).
 PATH_OPTIONS = frozenset({"meta", "items", "users"})
-#: Formats whose reader reads an item file unless told to read interactions only.
-ITEM_FILE_FORMATS = frozenset({"movielens", "recbole"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +44,18 @@ class DatasetSettings:
     kcore: int = 0
 
 
+def check_format(fmt: str) -> None:
+    """Refuse a ``data.dataset.format`` that is not registered, listing those that are.
+
+    Raises:
+        ValueError: Naming the setting and the known formats.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(
+            f"data.dataset.format={fmt!r} is unknown; choose from {', '.join(FORMATS)}"
+        )
+
+
 def read_raw(settings: DatasetSettings, seed: int, interactions_only: bool = False) -> RawDataset:
     """Read the configured source into a :class:`RawDataset`.
 
@@ -57,15 +65,20 @@ def read_raw(settings: DatasetSettings, seed: int, interactions_only: bool = Fal
         interactions_only: Skip the format's item file (a silo's items come from the catalog).
 
     Raises:
-        ValueError: For an unknown format or a missing ``path``, naming the setting.
+        ValueError: For an unknown format, a missing ``path``, or options the reader does not
+            take, naming the setting.
     """
     fmt = settings.format
-    if fmt not in FORMATS:
-        raise ValueError(
-            f"data.dataset.format={fmt!r} is unknown; choose from {', '.join(FORMATS)}"
-        )
-    if fmt == "synthetic":
-        return generate_synthetic(seed=seed, **settings.options)
+    check_format(fmt)
+    data_format = DATA_FORMATS[fmt]
+    # The reader's argument the pipeline fills: the path, or the seed of a generated format.
+    filled, source = (data_format.path_option, "data.dataset.path")
+    if filled is None:
+        filled, source = "seed", "data.seed"
+    if filled in settings.options:
+        raise ValueError(f"data.dataset.options.{filled} is set by {source}; remove the option")
+    if data_format.path_option is None:
+        return read_dataset(fmt, seed=seed, **settings.options)
     if not settings.path:
         raise ValueError(f"data.dataset.path is required for data.dataset.format={fmt!r}")
     path = str(Path(settings.path).expanduser())
@@ -79,18 +92,12 @@ def read_raw(settings: DatasetSettings, seed: int, interactions_only: bool = Fal
             )
         if value is not None:
             options[key] = str(Path(value).expanduser())
-    if interactions_only and fmt in ITEM_FILE_FORMATS:
+    if interactions_only and data_format.skips_item_file:
         options["interactions_only"] = True
-    if fmt == "amazon":
-        if not options.get("meta") and not interactions_only:
-            log.warning(
-                "data: no data.dataset.options.meta for the Amazon reviews; item ids stand in for "
-                "titles, which gives a text recommender almost nothing to read"
-            )
-        return read_dataset(fmt, reviews=path, **options)
-    if fmt == "tabular":
-        return read_dataset(fmt, interactions=path, **options)
-    return read_dataset(fmt, path=path, **options)
+    item_files = [options.get(option) for option in data_format.item_file_options]
+    if data_format.missing_items_warning and not any(item_files) and not interactions_only:
+        log.warning(data_format.missing_items_warning)
+    return read_dataset(fmt, **{data_format.path_option: path}, **options)
 
 
 def filter_min_rating(raw: RawDataset, min_rating: float | None) -> RawDataset:

@@ -155,7 +155,7 @@ def load_run(settings: RunSettings, *extra: str) -> LoadedRun:
         settings: Config files and overrides.
         *extra: More ``--section.key value`` arguments (e.g. ``--data.client 2``).
     """
-    from fellrec.cli import make_cli, quiet_third_party_output
+    from fellrec.lightning_cli import make_cli, quiet_third_party_output
     from fellrec.training.datamodule import FederatedDataModule
     from fellrec.training.federated_module import FederatedModule
     from fellrec.training.loop import FederatedLoop

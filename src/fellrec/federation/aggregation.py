@@ -1,7 +1,10 @@
-"""Aggregation math: FELLRec's dynamic balance, FedAvg and FedProx (method.md, section 4).
+"""Aggregation math: FELLRec's dynamic balance and FedAvg (method.md, section 4).
+
+FedProx aggregates as FedAvg does; its proximal term is a gradient each client adds while it
+trains (:mod:`fellrec.models.proximal`).
 
 Pure functions on tensors. Client adapters travel as one ``(N, P)`` matrix ``theta`` (row i = client
-i's adapter flattened in sorted key order, see :func:`flatten_states`). Per round t:
+i's parameters flattened, as ``ClientAdapters.get_matrix`` stacks them). Per round t:
 
 1. ``S = adapter_similarity(theta)``: S_ij = (cos(theta_i, theta_j) + 1) / 2.
 2. ``p = loss_distribution(losses)``: softmax(l / T).
@@ -18,13 +21,8 @@ which is free and keeps rows of weights summing to 1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 from torch import Tensor
-
-#: Layout of a flattened state: ``(key, shape)`` per tensor, in flattening order.
-Layout = list[tuple[str, torch.Size]]
 
 #: Columns per block in the Gram matrix: each block's partial Gram is summed in float32 by BLAS,
 #: blocks are summed in float64. 16K columns keep BLAS at full speed and bound the float32
@@ -38,83 +36,6 @@ _MIX_BLOCK = 4_096
 EXPONENTS = ("code", "scaled")
 #: Names accepted by ``personalized_aggregate(order=...)``.
 ORDERS = ("jacobi", "sequential")
-
-
-def flatten_states(states: Sequence[Mapping[str, Tensor]]) -> tuple[Tensor, Layout]:
-    """Stack client state dicts into one matrix, one row per client.
-
-    Keys are taken in sorted order so that the layout does not depend on dict insertion order.
-
-    Args:
-        states: One state dict per client; all must have the same keys and shapes.
-
-    Returns:
-        ``(theta, layout)``: ``theta`` of shape ``(N, P)`` in the common (promoted) dtype of the
-        states, and the layout to undo it with :func:`unflatten_state`.
-
-    Raises:
-        ValueError: If ``states`` is empty, or a client's keys or shapes differ from the first
-            client's (the message names the key and the client).
-    """
-    if not states:
-        raise ValueError("flatten_states needs at least one client state")
-    first = states[0]
-    keys = sorted(first)
-    if not keys:
-        raise ValueError("client states have no tensors")
-    layout: Layout = [(key, first[key].shape) for key in keys]
-    dtype = first[keys[0]].dtype
-    for index, state in enumerate(states):
-        if set(state) != set(keys):
-            odd = sorted(set(state) ^ set(keys))[0]
-            where = "missing from" if odd in first else "unexpected in"
-            raise ValueError(f"key {odd!r} is {where} client {index} (compared with client 0)")
-        for key, shape in layout:
-            if state[key].shape != shape:
-                raise ValueError(
-                    f"key {key!r} has shape {tuple(state[key].shape)} in client {index}, "
-                    f"{tuple(shape)} in client 0"
-                )
-            dtype = torch.promote_types(dtype, state[key].dtype)
-    sizes = [shape.numel() for _, shape in layout]
-    theta = torch.empty(
-        len(states), sum(sizes), dtype=dtype, device=first[keys[0]].device
-    )  # (N, P)
-    for index, state in enumerate(states):
-        offset = 0
-        for (key, _), size in zip(layout, sizes, strict=True):
-            # copy_ casts and moves in place, so no per-client temporary is built.
-            theta[index, offset : offset + size].copy_(state[key].detach().reshape(-1))
-            offset += size
-    return theta, layout
-
-
-def unflatten_state(vector: Tensor, layout: Layout) -> dict[str, Tensor]:
-    """Split one client's flat vector back into a state dict.
-
-    Args:
-        vector: One row of ``theta``, shape ``(P,)``.
-        layout: The layout returned by :func:`flatten_states`.
-
-    Returns:
-        ``{key: tensor}`` with the layout's shapes. The tensors are views of ``vector`` (no copy);
-        ``load_state_dict`` copies them, clone them if you keep them otherwise.
-
-    Raises:
-        ValueError: If ``vector`` is not one-dimensional or its length does not match the layout.
-    """
-    total = sum(shape.numel() for _, shape in layout)
-    if vector.ndim != 1 or vector.numel() != total:
-        raise ValueError(
-            f"vector must have shape ({total},) to match the layout, got {tuple(vector.shape)}"
-        )
-    state: dict[str, Tensor] = {}
-    offset = 0
-    for key, shape in layout:
-        size = shape.numel()
-        state[key] = vector[offset : offset + size].view(shape)
-        offset += size
-    return state
 
 
 def _check_theta(theta: Tensor) -> None:
@@ -374,35 +295,3 @@ def fedavg(theta: Tensor, sizes: Tensor) -> Tensor:
         raise ValueError("sizes must not all be zero")
     weights = (s64 / total).to(dtype=theta.dtype, device=theta.device)  # (N,)
     return weights @ theta  # (P,)
-
-
-def fedprox_penalty(params: Sequence[Tensor], anchor: Sequence[Tensor], mu: float) -> Tensor:
-    """FedProx's proximal term mu/2 * sum ||p - a||^2, differentiable in ``params``.
-
-    Args:
-        params: The client's current trainable tensors.
-        anchor: The round-start (global) tensors, same shapes; treated as constants.
-        mu: Proximal weight (>= 0).
-
-    Returns:
-        A scalar tensor (float32 zero when ``params`` is empty).
-
-    Raises:
-        ValueError: If ``mu`` is negative or the lists do not match in length or shapes.
-    """
-    if not mu >= 0:
-        raise ValueError(f"mu must be >= 0, got {mu}")
-    if len(params) != len(anchor):
-        raise ValueError(f"params has {len(params)} tensors but anchor has {len(anchor)}")
-    total: Tensor | None = None
-    for index, (param, ref) in enumerate(zip(params, anchor, strict=True)):
-        if param.shape != ref.shape:
-            raise ValueError(
-                f"tensor {index}: param shape {tuple(param.shape)} != anchor shape "
-                f"{tuple(ref.shape)}"
-            )
-        term = (param - ref.detach().to(param)).pow(2).sum()
-        total = term if total is None else total + term
-    if total is None:
-        return torch.zeros(())
-    return 0.5 * mu * total

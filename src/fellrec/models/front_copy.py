@@ -21,10 +21,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.inversion import Batch, _eval_mode, _Walker, fit_inversion
 from fellrec.models.split import InputEmbedder, SplitModel, num_blocks
+from fellrec.models.split_plan import plan_split
 from fellrec.models.transport import LocalTransport
 
 ATTACK = "front-copy"

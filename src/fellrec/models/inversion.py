@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.split import InputEmbedder, SplitModel, num_blocks
+from fellrec.models.split_plan import plan_split
 from fellrec.models.transport import LocalTransport
 
 #: ``(input_ids, attention_mask)``, both ``(B, T)``; victims may add a ``(B, T)`` content mask.

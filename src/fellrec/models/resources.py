@@ -544,7 +544,7 @@ def cost_table(
     Raises:
         ValueError: For a ``k_front`` the model cannot be split at (naming ``model.k_front``).
     """
-    from fellrec.federation.split_plan import plan_split  # pure, no torch
+    from fellrec.models.split_plan import plan_split  # pure, no torch
 
     layers = count_parameters(config).num_layers
     plans: list[Any] = [None] if include_unsplit else []

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fellrec.federation.split_plan import SplitPlan
 from fellrec.models.adapters import ClientAdapters
 from fellrec.models.split import model_blocks
+from fellrec.models.split_plan import SplitPlan
 
 
 class ServerSide:

@@ -1,7 +1,7 @@
 """Split execution of one Hugging Face backbone: client front -> server middle -> client back.
 
 :class:`SplitModel` is a view over the very module objects of one model (weights shared, nothing
-copied), cut by a :class:`~fellrec.federation.split_plan.SplitPlan`. The client embeds the tokens
+copied), cut by a :class:`~fellrec.models.split_plan.SplitPlan`. The client embeds the tokens
 and runs the front blocks, the server runs the middle blocks behind a
 :class:`~fellrec.models.transport.Transport`, and the client runs the back blocks and the final
 norm. Only hidden states, the 2-D attention mask and position ids cross (gradients on the way back);
@@ -27,7 +27,6 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
-from fellrec.federation.split_plan import SplitPlan, plan_split
 from fellrec.models.attention_masks import (
     additive_mask,
     decoder_allowed,
@@ -35,6 +34,7 @@ from fellrec.models.attention_masks import (
     sdpa_mask,
 )
 from fellrec.models.low_precision import cpu_attention_kernels
+from fellrec.models.split_plan import SplitPlan, plan_split
 from fellrec.models.transport import LocalTransport, MiddleCall, Transport
 
 #: Model types split execution supports (each verified exact against the unsplit model by the
@@ -359,7 +359,7 @@ class SplitModel:
 
     Args:
         model: A supported Hugging Face model (bare or with a head), possibly peft-wrapped.
-        plan: Which blocks run where (:func:`~fellrec.federation.split_plan.plan_split`).
+        plan: Which blocks run where (:func:`~fellrec.models.split_plan.plan_split`).
         transport: Carries the middle part's inputs and outputs (and their gradients).
         embed: Input vectors from the ids instead of the token embeddings (item tokens); on the
             client, like the embeddings.

@@ -8,17 +8,16 @@ that is nowhere, or a directory that cannot be written fails before the heavy im
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fellrec.data.pipeline import cached_data_path, check_silo_sources, load_checked_dataset
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.backbone_source import check_backbone, num_layers
+from fellrec.models.split_plan import plan_split
 from fellrec.preflight.command_line import section
 from fellrec.preflight.settings import pipeline_settings, setting
-from fellrec.run_directory import refuse_occupied
+from fellrec.run_directory import check_writable, refuse_occupied
 
 #: ``ckpt_path`` values Lightning resolves itself (not file paths).
 SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
@@ -61,35 +60,6 @@ def check_model_source(values: Mapping[str, Any]) -> None:
         plan_split(
             layers, int(setting(values, "model.k_front")), int(setting(values, "model.k_back"))
         )
-
-
-def check_writable(directory: Path, setting_name: str) -> None:
-    """``directory`` can be created (if needed) and written: a file is made there and removed.
-
-    What had to be created for the test is removed again.
-
-    Raises:
-        OSError: Naming the setting, the directory and the reason.
-    """
-    path = directory.expanduser()
-    missing = []
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".fellrec-write-test-"):
-            pass
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise OSError(f"{setting_name}={str(directory)!r} cannot be written: {reason}") from None
-    finally:
-        for created in missing:  # deepest first; each is empty unless someone else wrote there
-            try:
-                created.rmdir()
-            except OSError:
-                break
 
 
 def check_run_directory(config: Mapping[str, Any], subcommand: str) -> None:

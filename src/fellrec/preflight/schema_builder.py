@@ -44,7 +44,7 @@ def build_schema() -> dict[str, Any]:
 
     from jsonargparse import capture_parser
 
-    from fellrec.cli import make_cli
+    from fellrec.lightning_cli import make_cli
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -13,9 +13,10 @@ from typing import Any
 
 from fellrec.config_errors import ConfigError, unknown_keys_error, value_origin
 from fellrec.data.loader_settings import check_loader_settings
-from fellrec.data.pipeline import FORMATS, DatasetSettings, PipelineSettings
-from fellrec.federation.split_plan import plan_split
+from fellrec.data.pipeline import DatasetSettings, PipelineSettings
+from fellrec.data.sources import check_format
 from fellrec.models.prompts import PromptSettings
+from fellrec.models.split_plan import plan_split
 from fellrec.preflight.command_line import section
 from fellrec.preflight.rules import broken_rules
 from fellrec.preflight.schema import SECTIONS, load_schema
@@ -232,11 +233,7 @@ def check_settings(config: Mapping[str, Any], args: Sequence[str], command: str)
     broken = broken_rules(values)
     if broken:
         raise ValueError(broken[0])
-    fmt = setting(values, "data.dataset.format")
-    if fmt not in FORMATS:
-        raise ValueError(
-            f"data.dataset.format={fmt!r} is unknown; choose from {', '.join(FORMATS)}"
-        )
+    check_format(setting(values, "data.dataset.format"))
     pipeline_settings(values).validate()
     check_loader_settings(
         int(setting(values, "data.batch_size")),

@@ -37,14 +37,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.adapters import ClientAdapters, LoRASettings, adapter_name
 from fellrec.models.backbone import load_causal_lm, load_encoder
 from fellrec.models.process_transport import random_state, set_random_state
+from fellrec.models.proximal import add_proximal_gradient
 from fellrec.models.server_side import ServerSide
 from fellrec.models.split import SplitModel, model_blocks, num_blocks
+from fellrec.models.split_plan import plan_split
 from fellrec.models.transport import LocalTransport
-from fellrec.training.client_optimization import add_proximal_gradient
 
 
 @dataclass(frozen=True)

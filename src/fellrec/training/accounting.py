@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fellrec.federation.split_plan import SplitPlan, plan_split
 from fellrec.models.adapters import LoRASettings
 from fellrec.models.resources import resource_report
 from fellrec.models.split import num_blocks
+from fellrec.models.split_plan import SplitPlan, plan_split
 from fellrec.training.datamodule import federated_datamodule
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fellrec.models.adapters import CLIENT_MODULE_PREFIX
-from fellrec.models.sharding import is_sharded, local_part
+from fellrec.models.sharding import is_sharded
 
 LR_DECAYS = ("none", "linear", "cosine")
 #: Names of the item ID parameters (``model.items.weight_decay`` decays these only: decaying the
@@ -198,30 +198,3 @@ def average_gradients(
         p.grad = flat[offset : offset + size].view_as(p).to(p.dtype)
         offset += size
     return False
-
-
-@torch.no_grad()
-def add_proximal_gradient(params: Sequence[nn.Parameter], anchor: torch.Tensor, mu: float) -> None:
-    """Add FedProx's ``mu * (w - w_start)`` to each gradient: the gradient of its proximal term.
-
-    The term ``mu/2 ||w - w_start||^2`` (:func:`fellrec.federation.aggregation.fedprox_penalty`)
-    is applied to the gradient after it was averaged over the processes, so it counts once, as
-    in the loss of one process; DDP's reducer would refuse a loss term that uses the parameters
-    outside the forward pass. A sharded parameter takes its own rows of ``anchor``.
-
-    Args:
-        params: One client's parameters, in the order of its flat vector.
-        anchor: Their values at the round start, flat ``(P,)``.
-        mu: The proximal weight (> 0).
-    """
-    offset = 0
-    for param in params:
-        whole = anchor[offset : offset + param.numel()].view(param.shape)
-        offset += param.numel()
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-        if is_sharded(param):
-            local = param.to_local()  # type: ignore[attr-defined]
-            param.grad.to_local().add_(local - local_part(whole, param), alpha=mu)  # type: ignore[attr-defined]
-        else:
-            param.grad.add_(param - whole.to(param), alpha=mu)

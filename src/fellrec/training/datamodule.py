@@ -1,6 +1,6 @@
 """FederatedDataModule: prepared data served as client-tagged batches, round by round.
 
-Training batches follow :func:`fellrec.federation.schedule.plan_round` (client-major, reshuffled
+Training batches follow :func:`fellrec.training.schedule.plan_round` (client-major, reshuffled
 each
 round from ``(seed, round)``). Under data parallelism every process walks the same plan and takes
 its
@@ -30,12 +30,6 @@ from fellrec.data.pipeline import (
 )
 from fellrec.data.schema import EvalUsers
 from fellrec.data.stats import format_partition_table, partition_statistics
-from fellrec.federation.schedule import (
-    PlannedBatch,
-    plan_round,
-    plan_user_sampled_round,
-    shard,
-)
 from fellrec.metrics.bootstrap import confidence_intervals
 from fellrec.metrics.popularity import (
     evaluate_local_popularity,
@@ -44,6 +38,12 @@ from fellrec.metrics.popularity import (
 )
 from fellrec.metrics.slices import SliceDefinition, define_slices, slice_summary, values_by_name
 from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summarize
+from fellrec.training.schedule import (
+    PlannedBatch,
+    plan_round,
+    plan_user_sampled_round,
+    shard,
+)
 
 Batch = dict[str, Any]
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fellrec.federation.schedule import user_sampled_steps
 from fellrec.models.item_components import ItemSettings
+from fellrec.training.schedule import user_sampled_steps
 
 
 @dataclass

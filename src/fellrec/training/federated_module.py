@@ -38,15 +38,12 @@ from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.hidden_defence import ClientNoise
 from fellrec.models.item_components import ItemComponents
 from fellrec.models.process_transport import ProcessTransport
+from fellrec.models.proximal import add_proximal_gradient
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import Transport
 from fellrec.training.client_checkpoints import check_client_keys, client_state
-from fellrec.training.client_optimization import (
-    add_proximal_gradient,
-    average_gradients,
-    client_param_groups,
-)
+from fellrec.training.client_optimization import average_gradients, client_param_groups
 from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
 from fellrec.training.dp_sgd import (

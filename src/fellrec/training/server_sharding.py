@@ -24,11 +24,11 @@ from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 
-from fellrec.federation.split_plan import plan_split
 from fellrec.models.adapters import ClientAdapters
 from fellrec.models.resource_tables import human_bytes
 from fellrec.models.sharding import local_parameter_bytes, shard_blocks, sharded_blocks
 from fellrec.models.split import num_blocks
+from fellrec.models.split_plan import plan_split
 
 log = logging.getLogger(__name__)
 
