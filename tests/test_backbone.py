@@ -144,3 +144,50 @@ def test_smollm2_converts_once_and_generates(tmp_path, monkeypatch):
         )
     assert output.shape[1] > ids.shape[1]
     assert tokenizer.decode(output[0, ids.shape[1] :]).strip()
+
+
+def test_base_dropout_sets_every_rate_of_the_loaded_model(tiny_encoder_dir, tiny_llama_dir):
+    from torch import nn
+
+    encoder, _ = load_encoder(str(tiny_encoder_dir), dropout=0.0)
+    rates = [m.p for m in encoder.modules() if isinstance(m, nn.Dropout)]
+    assert rates and set(rates) == {0.0}
+    encoder.train()
+    ids = torch.tensor([[1, 5, 7, 2]])
+    # No dropout left: two passes in training mode agree (with the config's 0.1 they would not).
+    assert torch.equal(encoder(ids).last_hidden_state, encoder(ids).last_hidden_state)
+    default, _ = load_encoder(str(tiny_encoder_dir))
+    assert {m.p for m in default.modules() if isinstance(m, nn.Dropout)} != {0.0}
+    llm, _ = load_causal_lm(str(tiny_llama_dir), dropout=0.25)
+    attention = [
+        m for m in llm.modules() if isinstance(getattr(m, "attention_dropout", None), float)
+    ]
+    assert attention and all(m.attention_dropout == 0.25 for m in attention)
+
+
+def test_base_dropout_out_of_range_names_the_setting():
+    from fellrec.training.federated_module import FederatedModule
+
+    with pytest.raises(ValueError, match=r"model.base_dropout must be in \[0, 1\), got 1.0"):
+        FederatedModule(base_dropout=1.0)
+
+
+def test_a_fit_trains_with_the_base_dropout_it_is_given(tmp_path, tiny_encoder_dir):
+    from torch import nn
+
+    from federation_helpers import tiny_run
+    from fellrec.federation.strategies import FELLRec
+    from fellrec.models.adapters import LoRASettings
+
+    trainer, module, data, _ = tiny_run(
+        tmp_path,
+        tiny_encoder_dir,
+        FELLRec(),
+        rounds=1,
+        num_clients=2,
+        model_options={"recommender": "sequential", "base_dropout": 0.0},
+    )
+    trainer.fit(module, datamodule=data)
+    assert module.adapters is not None
+    rates = {m.p for m in module.adapters.model.modules() if isinstance(m, nn.Dropout)}
+    assert rates == {0.0, LoRASettings().dropout}  # LoRA's own is model.lora.dropout

@@ -790,3 +790,14 @@ def test_a_long_lived_block_server_serves_runs_one_after_another(
         assert "it serves TLS" in refused.stderr and "model.block_server.tls.ca" in refused.stderr
     finally:
         server.stop()
+
+
+def test_a_host_drops_out_at_the_runs_base_dropout(dropout_encoder):
+    from torch import nn
+
+    host = BlockHost(BlockHostSpec(**_spec(dropout_encoder), base_dropout=0.0))
+    rates = {m.p for m in host.adapters.model.modules() if isinstance(m, nn.Dropout)}
+    # LoRA's own dropout (model.lora.dropout) is not the base's.
+    assert rates == {0.0, LoRASettings().dropout}
+    old = BlockHost(BlockHostSpec(**_spec(dropout_encoder)))  # a run that sends no base_dropout
+    assert {m.p for m in old.adapters.model.modules() if isinstance(m, nn.Dropout)} != rates

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import transformers
 from packaging.version import Version
+from torch import nn
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -126,11 +127,27 @@ def _offline_hint(name: str) -> str:
     return unavailable_message(name, where)
 
 
-def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def set_dropout(model: nn.Module, probability: float) -> None:
+    """Set every dropout of a Hugging Face model to ``probability`` (``model.base_dropout``).
+
+    Covers ``nn.Dropout`` modules (hidden, embedding and, in BERT-like models, attention-probability
+    dropout) and the ``attention_dropout`` rate decoder attention layers keep as a number.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = probability
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = probability  # type: ignore[assignment]  # a float there
+
+
+def load_encoder(
+    name_or_path: str, dropout: float | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load an encoder backbone (BERT/MiniLM/RoBERTa/Longformer families) and its tokenizer.
 
     Args:
         name_or_path: Packaged alias, local directory or hub name.
+        dropout: Every dropout rate of the model (:func:`set_dropout`); None keeps its config's.
 
     Returns:
         The model (without a task head, weights in float32 whatever dtype they were saved in)
@@ -145,18 +162,21 @@ def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenize
         model = AutoModel.from_pretrained(resolved, **_fp32_kwargs())
     except OSError as error:
         raise ValueError(_offline_hint(name_or_path)) from error
+    if dropout is not None:
+        set_dropout(model, dropout)
     cache_frozen_casts(model)  # mixed precision casts the frozen weights once, not every step
     return model, tokenizer
 
 
 def load_causal_lm(
-    name_or_path: str, load_in_8bit: bool = False
+    name_or_path: str, load_in_8bit: bool = False, dropout: float | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM (LLaMA family and others) and its tokenizer.
 
     Args:
         name_or_path: Packaged alias (``"smollm2"``), local directory or hub name.
         load_in_8bit: Quantize the weights to 8 bits with bitsandbytes (needs a CUDA GPU).
+        dropout: Every dropout rate of the model (:func:`set_dropout`); None keeps its config's.
 
     Returns:
         The model with its LM head (float32 weights unless quantized), and its tokenizer
@@ -185,5 +205,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
     except OSError as error:
         raise ValueError(_offline_hint(name_or_path)) from error
+    if dropout is not None:
+        set_dropout(model, dropout)
     cache_frozen_casts(model)  # mixed precision casts the frozen weights once, not every step
     return model, tokenizer

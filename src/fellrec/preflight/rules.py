@@ -112,6 +112,7 @@ RULES: tuple[Rule, ...] = (
     at_least("model.max_history_tokens", 3, "at least 3"),  # models/text.py
     at_least("model.lora.r", 1),  # models/adapters.LoRASettings
     in_unit_interval("model.lora.dropout"),  # models/adapters.LoRASettings
+    in_unit_interval("model.base_dropout"),  # training/module_settings.py
     at_least("model.items.id_dim", 1),  # models/item_components.ItemSettings
     above("model.items.lr", 0),
     at_least("model.items.weight_decay", 0),

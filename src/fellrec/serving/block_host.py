@@ -61,6 +61,7 @@ class BlockHostSpec:
         causal: Run an encoder causally (the sequential recommender).
         weight_decay: ``model.weight_decay`` of the clients' optimizers.
         device: Where the client runs (the server runs there too).
+        base_dropout: ``model.base_dropout`` (None: the base model's own rates).
     """
 
     backbone: str
@@ -72,6 +73,7 @@ class BlockHostSpec:
     causal: bool
     weight_decay: float
     device: str = "cpu"
+    base_dropout: float | None = None
 
 
 @dataclass
@@ -109,9 +111,9 @@ class BlockHost:
         self.clock = clock
         self.device = torch.device(spec.device)
         if spec.causal_lm:
-            model, _ = load_causal_lm(spec.backbone)
+            model, _ = load_causal_lm(spec.backbone, dropout=spec.base_dropout)
         else:
-            model, _ = load_encoder(spec.backbone)
+            model, _ = load_encoder(spec.backbone, dropout=spec.base_dropout)
         model = model.to(self.device)  # type: ignore[arg-type]
         with torch.random.fork_rng(devices=[]):
             # The draws do not matter: the run loads its own values before the first call.

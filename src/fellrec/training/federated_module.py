@@ -245,6 +245,7 @@ class FederatedModule(ModuleSettings):
             self.num_items,
             self.seed,
             self.load_in_8bit,
+            self.base_dropout,
         )
         if self.items.bias_init != "zeros" and self.uses_item_components:
             # dp_log_popularity's noise from a secret (model.seed is the server's too).
@@ -279,6 +280,7 @@ class FederatedModule(ModuleSettings):
                 lora=self.lora,
                 causal=self.recommender_kind == "sequential",
                 weight_decay=self.weight_decay,
+                base_dropout=self.base_dropout,
             )
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
         settings = self.recommender_settings()

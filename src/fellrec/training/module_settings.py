@@ -70,6 +70,11 @@ class ModuleSettings(L.LightningModule):
             the server's middle blocks across the processes), shard the client's front and back
             blocks too; off: they stay replicated, like the embeddings and the head.
         load_in_8bit: Load the frozen base in 8 bits (generative; needs bitsandbytes and a GPU).
+        base_dropout: Every dropout rate of the frozen base model (hidden, embedding, attention;
+            not LoRA's, which is ``model.lora.dropout``); None keeps the model's own (MiniLM:
+            0.1). 0 makes a bf16 step of the recipe ~12% faster on a CPU (its random masks are
+            slow to draw) with quality within seed noise (benchmarks/README.md,
+            "bench_train_step.py").
         prompt: Prompt wording, cutoff and decoding of the generative recommender.
         privacy_probe: Play the honest-but-curious server and store what it reads under
             ``"privacy"`` in ``results.json`` (the :class:`~fellrec.training.privacy_probe.
@@ -115,6 +120,7 @@ class ModuleSettings(L.LightningModule):
         hidden_defence: HiddenDefence | None = None,
         shard_client_blocks: bool = False,
         load_in_8bit: bool = False,
+        base_dropout: float | None = None,
         prompt: PromptSettings | None = None,
         privacy_probe: bool = True,
         pooling: str = "mean",
@@ -167,6 +173,10 @@ class ModuleSettings(L.LightningModule):
         self.transport_name = transport
         self.shard_client_blocks = shard_client_blocks
         self.load_in_8bit = load_in_8bit
+        if base_dropout is not None and not 0.0 <= base_dropout < 1.0:
+            raise ValueError(f"model.base_dropout must be in [0, 1), got {base_dropout}")
+        #: Every dropout rate of the frozen base, or None for its config's.
+        self.base_dropout = base_dropout
         self.prompt = prompt if prompt is not None else PromptSettings()
         self.privacy_probe = privacy_probe
         if strategy is not None:

@@ -178,6 +178,7 @@ def build_adapters(
     num_items: int,
     seed: int,
     load_in_8bit: bool = False,
+    base_dropout: float | None = None,
 ) -> tuple[ClientAdapters, Any]:
     """Load the frozen base model once and attach each held client's adapter and item components.
 
@@ -194,14 +195,15 @@ def build_adapters(
         num_items: Catalog size (rows of the per-item components).
         seed: ``model.seed``.
         load_in_8bit: Load a causal LM's frozen base in 8 bits.
+        base_dropout: ``model.base_dropout`` (None: the base model's own rates).
 
     Returns:
         The adapters (over the base model) and the base model's tokenizer.
     """
     if settings.kind == "generative":
-        model, tokenizer = load_causal_lm(backbone, load_in_8bit)
+        model, tokenizer = load_causal_lm(backbone, load_in_8bit, base_dropout)
     else:
-        model, tokenizer = load_encoder(backbone)
+        model, tokenizer = load_encoder(backbone, base_dropout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         components = item_components(

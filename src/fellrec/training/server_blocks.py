@@ -50,7 +50,13 @@ class RemoteServerBlocks:
         self._pending_optimizers: list[dict[str, Any]] | None = None
 
     def bind(
-        self, backbone: str, causal_lm: bool, lora: LoRASettings, causal: bool, weight_decay: float
+        self,
+        backbone: str,
+        causal_lm: bool,
+        lora: LoRASettings,
+        causal: bool,
+        weight_decay: float,
+        base_dropout: float | None = None,
     ) -> None:
         """Say what the server is to build for this host; it does at the first request.
 
@@ -62,6 +68,7 @@ class RemoteServerBlocks:
             lora: The adapters' settings.
             causal: An encoder runs causally (the sequential recommender).
             weight_decay: ``model.weight_decay``.
+            base_dropout: ``model.base_dropout`` (the server's blocks drop out as the client's).
         """
 
         def spec() -> dict[str, Any]:
@@ -74,6 +81,7 @@ class RemoteServerBlocks:
                 "k_back": self.plan.k_back,
                 "causal": causal,
                 "weight_decay": weight_decay,
+                "base_dropout": base_dropout,
                 # Where the model is now (Lightning moves it after setup): the server runs there.
                 "device": str(next(self.adapters.model.parameters()).device),
             }
