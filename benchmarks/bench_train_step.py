@@ -31,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -75,7 +76,7 @@ def matmul_limit(dtype: torch.dtype, device: str, repeats: int = 50) -> float:
 
 # ---------------------------------------------------------------------------------- one process
 def build_step(
-    cache: Path, device: str = "cpu", backbone: str = "minilm"
+    cache: Path, device: str = "cpu", backbone: str = "minilm", base_dropout: float | None = None
 ) -> tuple[Any, Callable[[torch.dtype | None], torch.Tensor], Any]:
     """The recipe's module on one ML-100K client, a function running one step, the data."""
     import numpy as np
@@ -105,6 +106,8 @@ def build_step(
         max_item_tokens=32,
         items=items,
         temperature=0.2,
+        # Only when asked: a baseline checkout may predate model.base_dropout.
+        **({} if base_dropout is None else {"base_dropout": base_dropout}),
     )
     module.build(data)
     module.to(device)
@@ -148,6 +151,11 @@ def plain_peft_step(
     from fellrec.models.split import split_family
 
     model, _ = load_encoder(backbone)
+    base_dropout = getattr(module, "base_dropout", None)
+    if base_dropout is not None:
+        from fellrec.models.backbone import set_dropout
+
+        set_dropout(model, base_dropout)  # the same model as fellrec's step
     model = get_peft_model(model, LoRASettings().to_peft(model.config.model_type))
     model.to(device).train()
     decoder = split_family(model) == "decoder"
@@ -212,9 +220,16 @@ def timed(
     return statistics.median(times)
 
 
-def worker(precision: str, steps: int, cache: Path, device: str, backbone: str) -> dict[str, float]:
+def worker(
+    precision: str,
+    steps: int,
+    cache: Path,
+    device: str,
+    backbone: str,
+    base_dropout: float | None = None,
+) -> dict[str, float]:
     """Median step times (fellrec's, the plain loop's), counted FLOPs, collation per batch."""
-    module, step, data = build_step(cache, device, backbone)
+    module, step, data = build_step(cache, device, backbone, base_dropout)
     dtype = PRECISIONS[precision]
     step_s = timed(step, dtype, steps, device)
     started = time.perf_counter()
@@ -338,12 +353,14 @@ def profile(
 
 
 # ---------------------------------------------------------------------------------- driver
-def run_worker(src: Path, precision: str, options: argparse.Namespace) -> dict[str, float]:
-    """One timing process with ``src`` first on its path."""
+def run_worker(
+    src: Path, precision: str, options: argparse.Namespace, extra: list[str]
+) -> dict[str, float]:
+    """One timing process with ``src`` first on its path and ``extra`` worker arguments."""
     env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     command = [sys.executable, __file__, "--worker", precision, "--steps", str(options.steps)]
     command += ["--cache", str(options.cache), "--device", options.device]
-    command += ["--backbone", options.backbone]
+    command += ["--backbone", options.backbone, *extra]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"worker failed ({src}, {precision}):\n{done.stderr[-3000:]}")
@@ -352,7 +369,8 @@ def run_worker(src: Path, precision: str, options: argparse.Namespace) -> dict[s
 
 def fit_round(precision: str, work: Path, data_dir: Path) -> dict[str, float]:
     """One round of the recipe by ``fellrec fit`` (every training window, 5 k-means clients)."""
-    root = work / f"round-{precision}"
+    work.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f"round-{precision}-", dir=work))  # a run of its own
     command = [
         sys.executable, "-m", "fellrec", "fit", "--config",
         str(REPO / "configs" / "ml100k-minilm-base.yaml"),
@@ -393,11 +411,22 @@ def main() -> None:
         "--backbone", default="minilm", help="the sequential recommender's (minilm, smollm2)"
     )
     parser.add_argument("--cache", type=Path, default=Path("runs/train-step"))
+    parser.add_argument(
+        "--base-dropout-variant",
+        type=float,
+        help="also time the current code with model.base_dropout set to this",
+    )
+    parser.add_argument("--base-dropout", type=float, help=argparse.SUPPRESS)  # a worker's
     parser.add_argument("--worker", choices=PRECISIONS, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
         figures = worker(
-            options.worker, options.steps, options.cache, options.device, options.backbone
+            options.worker,
+            options.steps,
+            options.cache,
+            options.device,
+            options.backbone,
+            options.base_dropout,
         )
         print(json.dumps(figures))
         return
@@ -407,14 +436,17 @@ def main() -> None:
     }
     print(f"torch matmul {FFN_SHAPE}, {torch.get_num_threads()} threads: ", end="")
     print(", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in limits.items()))
-    sources = {"current": REPO / "src"}
+    sources: dict[str, tuple[Path, list[str]]] = {"current": (REPO / "src", [])}
     if options.baseline_src:
-        sources["baseline"] = options.baseline_src.resolve()
+        sources["baseline"] = (options.baseline_src.resolve(), [])
+    if options.base_dropout_variant is not None:
+        variant = str(options.base_dropout_variant)
+        sources[f"current, base_dropout {variant}"] = (REPO / "src", ["--base-dropout", variant])
     runs: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     for repeat in range(options.repeats):
         for precision in options.precision:
-            for name, src in sources.items():
-                figures = run_worker(src, precision, options)
+            for name, (src, extra) in sources.items():
+                figures = run_worker(src, precision, options, extra)
                 runs[name, precision].append(figures)
                 print(f"  {name} {precision} run {repeat}: {figures['step_s']:.3f} s/step")
     print(
@@ -434,9 +466,13 @@ def main() -> None:
             f"{limits['bf16'] / rate:.1f} | {plain:.3f} | {plain / seconds:.2f} |"
         )
     for precision in options.precision:
-        if ("baseline", precision) in medians:
-            ratio = medians["current", precision] / medians["baseline", precision]
-            print(f"current / baseline, {precision}: {ratio:.2f}")
+        for name in sources:
+            if name != "current":
+                ratio = medians["current", precision] / medians[name, precision]
+                print(f"step time, current / {name}, {precision}: {ratio:.2f}")
+    if {"32-true", "bf16-mixed"} <= set(options.precision):
+        ratio = medians["current", "bf16-mixed"] / medians["current", "32-true"]
+        print(f"step time, current, bf16-mixed / 32-true: {ratio:.2f}")
     if options.fit_round and (options.device, options.backbone) != ("cpu", "minilm"):
         raise SystemExit("--fit-round runs the CPU recipe (--device cpu --backbone minilm)")
     if options.fit_round:
