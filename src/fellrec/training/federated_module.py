@@ -275,9 +275,9 @@ class FederatedModule(ModuleSettings):
             )
             self.remote.bind(
                 self.backbone_name,
-                causal_lm=self.recommender_kind == "generative",
+                causal_lm=self.recommender_family.causal_lm,
                 lora=self.lora,
-                causal=self.recommender_kind == "sequential",
+                causal=self.recommender_family.causal_encoder,
                 weight_decay=self.weight_decay,
             )
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
