@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -105,3 +106,29 @@ def test_export_adapters_does_nothing_before_the_model_is_built(tmp_path):
         client_metrics={},
     )
     assert not exported and not (tmp_path / "adapters").exists()
+
+
+def test_a_deployed_client_exports_its_own_adapter_with_its_card(tmp_path, tiny_encoder_dir):
+    # In process: the client session's final test with a selection goes through export_adapters.
+    from fellrec.deploy.client_requests import ClientRequest
+    from fellrec.deploy.client_session import answer
+    from fellrec.deploy.run_config import RunSettings
+    from test_cli import write_tiny_config
+
+    root = tmp_path / "deployed"
+    settings = RunSettings(
+        (str(write_tiny_config(tmp_path, tiny_encoder_dir)),),
+        ("--trainer.default_root_dir", str(root)),
+    )
+    described = answer(ClientRequest("describe", settings, 1))
+    test = ClientRequest("evaluate", settings, 1, parameters=described.parameters)
+    report = answer(dataclasses.replace(test, stage="test", selection=(2, 3)))
+    assert report.users > 0
+    folders = sorted(path.name for path in (root / "adapters").iterdir() if path.is_dir())
+    assert folders == ["client_1"]  # its own adapter only
+    folder = root / "adapters" / "client_1"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_encoder_dir)  # not an alias: kept
+    card = (folder / "README.md").read_text()
+    assert "client 1 of 3" in card and "round 2 of the 3 rounds run" in card
+    assert f"| test users | {int(report.users)} |" in card
