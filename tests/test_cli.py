@@ -241,6 +241,20 @@ def test_data_stats_prints_partition_and_popularity(fitted, capsys):
     assert "Jensen-Shannon" in out
 
 
+def test_a_config_printed_by_fit_is_read_by_the_other_commands(fitted, tmp_path, capsys):
+    # Lightning 2.6's fit prints `weights_only` too: the other commands accept and ignore it.
+    config, _ = fitted
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    main(["data", "stats", "--config", str(printed)])
+    assert "90 users, 60 items" in capsys.readouterr().out
+    main(["cost", "--config", str(printed)])
+    assert "configured split (k_front=1, k_back=1)" in capsys.readouterr().out
+
+
 def cli_environment() -> dict[str, str]:
     """The test process's environment, offline, with ``tests/`` importable (test callbacks)."""
     path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))

@@ -17,8 +17,19 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
 
-#: The top-level sections of a ``fellrec fit`` config, in the order the parsers list them.
-FIT_SECTIONS = ("model", "data", "trainer", "loop", "checkpoint", "seed_everything", "ckpt_path")
+#: The top-level sections of a ``fellrec fit`` config, in the order the parsers list them
+#: (``weights_only``, how ``ckpt_path`` is loaded, is printed by Lightning 2.6 and later; an older
+#: Lightning's config simply leaves it out).
+FIT_SECTIONS = (
+    "model",
+    "data",
+    "trainer",
+    "loop",
+    "checkpoint",
+    "seed_everything",
+    "ckpt_path",
+    "weights_only",
+)
 #: What a command that reads a run without training it checks: ``fellrec cost|attack|baselines``.
 RUN_SECTIONS = ("model", "data", "trainer")
 #: What a command about the data alone checks: ``fellrec data stats|export-silos``.

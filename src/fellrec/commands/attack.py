@@ -103,13 +103,9 @@ def build_parser() -> ArgumentParser:
 
 
 def _load(module: FederatedModule) -> tuple[Any, Any]:
-    from fellrec.models import backbone
-
-    model: Any
-    if module.recommender_kind == "generative":
-        model, tokenizer = backbone.load_causal_lm(module.backbone_name, module.load_in_8bit)
-    else:
-        model, tokenizer = backbone.load_encoder(module.backbone_name)
+    model, tokenizer = module.recommender_family.load_base(
+        module.backbone_name, module.load_in_8bit
+    )
     if not module.load_in_8bit and torch.cuda.is_available():
         model.to(torch.device("cuda"))  # an 8-bit model is already placed on its GPU
     return model, tokenizer
@@ -228,7 +224,7 @@ def main(args: list[str]) -> None:
         module.adapters.set_vector(slot, last["received"])
         module.invalidate_item_tables()
         server_parameters = last["sent"]
-    if module.recommender_kind == "sequential" or parsed.rounds > 0:
+    if module.recommender_family.item_token_inputs or parsed.rounds > 0:
         # Item tokens need the recommender's item vectors: build it (initial components).
         module.build(datamodule)
         assert module.adapters is not None

@@ -90,7 +90,7 @@ def sequence_length(
     Sequential: ``data.history_length`` (one token per item); encoder:
     ``model.max_history_tokens``; generative: ``model.prompt.max_prompt_tokens``.
     """
-    if model.recommender_kind == "generative" and getattr(model, "prompt", None) is None:
+    if model.recommender_family.causal_lm and getattr(model, "prompt", None) is None:
         note = f"model.prompt is not set; assuming {DEFAULT_PROMPT_TOKENS} tokens per sequence"
         return DEFAULT_PROMPT_TOKENS, note
     return model.recommender_settings().tokens_per_example(datamodule.settings.history_length), None
@@ -112,7 +112,7 @@ def client_module_settings(
     )
     return {
         "client_module_parameters": parameters,
-        "trainable_inputs": model.recommender_kind == "sequential" and model.items.ids,
+        "trainable_inputs": model.recommender_settings().trainable_inputs,
     }
 
 

@@ -22,7 +22,7 @@ from fellrec.deploy.messages import STAGES, EvaluationReport, NodeDescription, T
 from fellrec.deploy.run_config import RunSettings, catalog_fingerprint, load_run
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
-from fellrec.training.adapter_cards import describe_adapters
+from fellrec.training.adapter_cards import export_adapters
 from fellrec.training.client_module import ClientModule
 from fellrec.training.federated_module import FederatedModule
 
@@ -81,7 +81,6 @@ class ClientSession:
         self.datamodule = run.datamodule
         self.trainer_settings = run.trainer_settings
         self.root = Path(run.root)
-        self.backbone_setting = str(run.model.hparams.get("backbone", ""))
         self.strategy_name = run.strategy.name
         self.config_hash = run.config_hash
         self._built = False
@@ -195,24 +194,22 @@ class ClientSession:
 
     def _export(self, report: EvaluationReport, selected_round: int, rounds_run: int) -> None:
         """Save the loaded (selected) adapter and its card, as ``fellrec fit`` does."""
-        if self.module.adapters is None:
-            return
-        directory = self.root / "adapters"
-        self.module.adapters.save(directory)
         users = max(report.users, 1.0)
         metrics = {name: float(report.sums[j]) / users for j, name in enumerate(self.metric_names)}
         selected_rounds = [-1] * self.datamodule.num_clients
         selected_rounds[self.client] = selected_round
-        describe_adapters(
+        directory = self.root / "adapters"
+        exported = export_adapters(
+            self.module,
             directory,
-            backbone_setting=self.backbone_setting,
             strategy=self.strategy_name,
-            recommender=str(self.module.hparams.get("recommender", "")),
             selected_rounds=selected_rounds,
             rounds_run=rounds_run,
             client_metrics={str(self.client): {**metrics, "users": report.users}},
             clients=[self.client],
         )
+        if not exported:
+            return
         written = directory / f"client_{self.client}"
         log.info("client %d: adapter written to %s", self.client, written)
 

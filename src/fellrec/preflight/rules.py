@@ -104,7 +104,7 @@ METRIC_NAMES = tuple(f"{f}@{k}" for f in ("recall", "ndcg", "hit", "mrr") for k 
 RULES: tuple[Rule, ...] = (
     above("model.lr", 0),  # training/client_optimization.py
     one_of("model.lr_decay", ("none", "linear", "cosine")),  # client_optimization.LR_DECAYS
-    one_of("model.recommender", ("sequential", "encoder", "generative")),  # recommender_assembly
+    one_of("model.recommender", ("sequential", "encoder", "generative")),  # recommender_families
     one_of("model.pooling", ("mean", "cls")),  # models/encoder.POOLINGS
     one_of("model.item_encoding", ("round", "step")),  # models/encoder.ITEM_ENCODINGS
     at_least("model.num_negatives", 1),  # training/recommender_assembly.py

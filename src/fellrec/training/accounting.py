@@ -108,7 +108,7 @@ def resource_facts(module: FederatedModule) -> ResourceFacts:
         num_clients=module.num_clients,
         base_dtype_bytes=1 if module.load_in_8bit else min(4, weight.element_size()),
         client_module_parameters=module.adapters.num_module_parameters,
-        trainable_inputs=module.recommender_kind == "sequential" and module.items.ids,
+        trainable_inputs=module.recommender_settings().trainable_inputs,
         traffic_bytes=int(module.train_traffic["bytes"]),
         traffic_steps=int(module.train_traffic["steps"]),
         sharding=module.sharding_measured,

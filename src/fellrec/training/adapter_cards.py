@@ -4,7 +4,8 @@ peft writes ``adapter_config.json`` with ``base_model_name_or_path`` set to wher
 loaded from (for a packaged alias, a directory inside the virtualenv) and, in some versions, an
 empty template card. :func:`describe_adapters` replaces the first with the base's public name and
 writes a short ``README.md`` per client: which client, which round was selected, its test
-metrics, the base model and how to load it.
+metrics, the base model and how to load it. :func:`export_adapters` is the one export of a run's
+adapters (``fellrec fit`` and a deployed client both call it): peft files, then the cards.
 """
 
 from __future__ import annotations
@@ -12,9 +13,27 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fellrec.models.backbone import public_base_name
+
+if TYPE_CHECKING:
+    import torch
+
+    from fellrec.models.adapters import ClientAdapters
+
+
+class AdapterHolder(Protocol):
+    """What :func:`export_adapters` reads of a ``FederatedModule`` (or ``ClientModule``)."""
+
+    @property
+    def adapters(self) -> ClientAdapters | None:
+        """The clients' adapters (None before the model is built)."""
+
+    @property
+    def hparams(self) -> Any:
+        """The module's settings (``backbone`` and ``recommender`` name the base and family)."""
+
 
 #: The metrics a card lists (when the run computed them).
 CARD_METRICS = ("ndcg@10", "recall@10", "hit@10", "mrr@10")
@@ -140,3 +159,51 @@ def describe_adapters(
             has_item_components=(folder / "item_components.safetensors").is_file(),
         )
         (folder / "README.md").write_text(card)
+
+
+def export_adapters(
+    module: AdapterHolder,
+    directory: Path,
+    *,
+    strategy: str,
+    selected_rounds: Sequence[int],
+    rounds_run: int,
+    client_metrics: Mapping[str, Mapping[str, Any]],
+    clients: Sequence[int] | None = None,
+    gathered: dict[str, torch.Tensor] | None = None,
+) -> bool:
+    """Save ``module``'s adapters in peft format into ``directory`` and describe them.
+
+    Each held client gets ``client_<i>/`` (its adapter, its item components when it has them),
+    an ``adapter_config.json`` that names the base's public name and a ``README.md`` card
+    (:func:`describe_adapters`); the base and recommender are the module's ``model.backbone``
+    and ``model.recommender``.
+
+    Args:
+        module: The module holding the (selected) adapters.
+        directory: The ``adapters/`` directory.
+        strategy: The federated strategy's name.
+        selected_rounds: The selected round of each client of the federation (-1: none).
+        rounds_run: Rounds the run trained.
+        client_metrics: Test metrics per client id (``results.json``'s ``clients``).
+        clients: Describe only these clients (default: every client with an adapter folder).
+        gathered: The adapters gathered whole on every process when the blocks are sharded
+            (:meth:`~fellrec.models.adapters.ClientAdapters.gathered_state`).
+
+    Returns:
+        Whether anything was exported (False: the module has no adapters yet).
+    """
+    if module.adapters is None:
+        return False
+    module.adapters.save(directory, gathered)
+    describe_adapters(
+        directory,
+        backbone_setting=str(module.hparams.get("backbone", "")),
+        strategy=strategy,
+        recommender=str(module.hparams.get("recommender", "")),
+        selected_rounds=selected_rounds,
+        rounds_run=rounds_run,
+        client_metrics=client_metrics,
+        clients=clients,
+    )
+    return True

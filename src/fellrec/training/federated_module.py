@@ -276,9 +276,9 @@ class FederatedModule(ModuleSettings):
             )
             self.remote.bind(
                 self.backbone_name,
-                causal_lm=self.recommender_kind == "generative",
+                causal_lm=self.recommender_family.causal_lm,
                 lora=self.lora,
-                causal=self.recommender_kind == "sequential",
+                causal=self.recommender_family.causal_encoder,
                 weight_decay=self.weight_decay,
                 base_dropout=self.base_dropout,
             )

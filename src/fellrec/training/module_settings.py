@@ -24,7 +24,7 @@ from fellrec.models.text import format_item_text
 from fellrec.models.transport import check_transport_name
 from fellrec.training.client_optimization import RoundSchedule
 from fellrec.training.dp_sgd import DPSGDSettings, check_dp_sgd_compatible
-from fellrec.training.recommender_assembly import RecommenderSettings
+from fellrec.training.recommender_families import RecommenderFamily, RecommenderSettings
 
 
 class ModuleSettings(L.LightningModule):
@@ -232,6 +232,11 @@ class ModuleSettings(L.LightningModule):
         self.hparams["block_server"] = asdict(self.block_server)
         self.hparams["hidden_defence"] = asdict(self.hidden_defence)
         self.hparams["dp_sgd"] = asdict(dp_sgd) if dp_sgd is not None else None
+
+    @property
+    def recommender_family(self) -> RecommenderFamily:
+        """The family of ``model.recommender`` (what the code asks instead of comparing names)."""
+        return self.recommender_settings().family
 
     @property
     def uses_item_components(self) -> bool:

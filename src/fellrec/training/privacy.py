@@ -100,14 +100,15 @@ def render_batches(
     or the fixed prompt template (which the server knows without any attack).
     """
     batches: list[Batch] = []
-    if module.recommender_kind == "sequential":
+    family = module.recommender_family
+    if family.item_token_inputs:
         # One token per item: the ids themselves, every real position is content.
         for start in range(0, len(histories), batch_size):
             ids = torch.as_tensor(histories[start : start + batch_size], dtype=torch.long)
             mask = (ids >= 0).long()
             batches.append((ids, mask, mask.bool()))
         return batches
-    if module.recommender_kind == "encoder":
+    if not family.causal_lm:
         renderer = HistoryRenderer(
             tokenizer, texts, module.max_item_tokens, module.max_history_tokens
         )
@@ -190,15 +191,16 @@ def _front_copy(
     else the same ones (what the client runs at evaluation).
     """
     section: dict[str, Any] = {"attack": FRONT_COPY, "shortlist": shortlist}
-    if module.recommender_kind == "encoder":
+    family = module.recommender_family
+    if not family.front_is_causal:
         section["error"] = (
             "not run: the encoder's front is bidirectional (a position's state depends on later "
             "tokens), so the server cannot decode it position by position"
         )
         return section
     embed = None
-    causal = module.recommender_kind == "sequential"
-    if causal:
+    causal = family.causal_encoder
+    if family.item_token_inputs:
         assert slot is not None
         items = sequential_item_inputs(module, slot)
         embed = items.victim_embed
@@ -299,7 +301,7 @@ def privacy_section(
     items = None
     victim_client = None
     slot = None
-    if module.recommender_kind == "sequential":
+    if module.recommender_family.item_token_inputs:
         # Victims of one client, embedded with that client's own item vectors.
         victim_client = datamodule.client if datamodule.client is not None else 0
         slot = module.slot(victim_client)

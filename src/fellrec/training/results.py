@@ -14,7 +14,7 @@ import yaml
 
 from fellrec.federation.results_file import RESULTS_FILE, write_results
 from fellrec.training.accounting import resource_summary
-from fellrec.training.adapter_cards import describe_adapters
+from fellrec.training.adapter_cards import export_adapters
 
 __all__ = ["RESULTS_FILE", "RunSection", "run_directory", "run_sections", "write_run_outputs"]
 
@@ -99,15 +99,13 @@ def write_run_outputs(
         **(sections or {}),
     )
     path = write_results(directory, results)
-    if module.adapters is not None:
-        module.adapters.save(directory / "adapters", gathered_adapters)
-        describe_adapters(
-            directory / "adapters",
-            backbone_setting=str(module.hparams.get("backbone", "")),
-            strategy=engine.strategy.name,
-            recommender=str(module.hparams.get("recommender", "")),
-            selected_rounds=results["client_best_rounds"] or [-1] * module.num_clients,
-            rounds_run=engine.rounds_run,
-            client_metrics=test_summary.get("clients", {}),
-        )
+    export_adapters(
+        module,
+        directory / "adapters",
+        strategy=engine.strategy.name,
+        selected_rounds=results["client_best_rounds"] or [-1] * module.num_clients,
+        rounds_run=engine.rounds_run,
+        client_metrics=test_summary.get("clients", {}),
+        gathered=gathered_adapters,
+    )
     return path
