@@ -90,8 +90,8 @@ BUDGETS: dict[str, list[str]] = {
     # 3 rounds of one local epoch over every training interaction: validation peaks within
     # rounds 1-3 on ML-100K, and 9 strategies x 2 splits then fit ~90 minutes on 2 cores.
     "cpu": ["--trainer.max_epochs", "3"],
-    # The same in bf16-mixed, for CPUs with bf16 matrix units (AVX-512 BF16, AMX): ~1.7x faster
-    # steps, quality within seed noise (benchmarks/README.md, "Where a training step's time goes").
+    # The same in bf16-mixed, for CPUs with bf16 matrix units (AVX-512 BF16, AMX): 1.3-1.7x faster
+    # steps, quality within seed noise (benchmarks/README.md, "bench_train_step.py").
     "cpu-bf16": ["--trainer.max_epochs", "3", "--trainer.precision", "bf16-mixed"],
     # The config's own budget on any machine: 20 rounds at most, early stopping (patience 5) on
     # validation NDCG@10, as the baselines train; ~7-11 rounds of ~1 min per strategy on 2 cores.

@@ -7,13 +7,13 @@ of every step. :func:`cache_frozen_casts` keeps one cast copy per frozen ``nn.Li
 made the first time the layer runs under autocast and remade when the weight changes. The math
 is autocast's own, bit for bit (the same cast of the same values; autocast casts the input and
 runs the same kernel); outside autocast the layer runs as before, and without autocast no copy
-is ever made. Measured on MiniLM (benchmarks/README.md, "Where a training step's time goes"):
-~8% of a bf16-mixed step on a 2-core CPU.
+is ever made. Measured on MiniLM (benchmarks/README.md, "bench_train_step.py"): 1-4% of a
+bf16-mixed step on a 2-core CPU (~6 ms of memory traffic; more for larger bases).
 
 :func:`cpu_attention_kernels` picks torch's math attention kernel over its flash kernel for short
 sequences under bf16 autocast on a CPU: there the flash kernel's backward is several times slower
 (SmolLM2-135M reading 10 item tokens: 2.8 s of a 5.3 s step; with the math kernel the step takes
-1.3 s; benchmarks/README.md, "Where a training step's time goes").
+1.3 s; benchmarks/README.md, "bench_train_step.py").
 
 :func:`cpu_bf16_matrix_units` tells whether this CPU multiplies bf16 in hardware (AVX-512 BF16
 or AMX), which is when ``--trainer.precision bf16-mixed`` pays on a CPU.

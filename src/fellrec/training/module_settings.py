@@ -72,8 +72,8 @@ class ModuleSettings(L.LightningModule):
         load_in_8bit: Load the frozen base in 8 bits (generative; needs bitsandbytes and a GPU).
         base_dropout: Every dropout rate of the frozen base model (hidden, embedding, attention;
             not LoRA's, which is ``model.lora.dropout``); None keeps the model's own (MiniLM:
-            0.1). 0 makes a bf16 step of the recipe ~12% faster on a CPU (its random masks are
-            slow to draw) with quality within seed noise (benchmarks/README.md,
+            0.1). 0 makes a step of the recipe 1.2x faster on a CPU (its random masks are slow
+            to draw) with quality within seed noise (benchmarks/README.md,
             "bench_train_step.py").
         prompt: Prompt wording, cutoff and decoding of the generative recommender.
         privacy_probe: Play the honest-but-curious server and store what it reads under

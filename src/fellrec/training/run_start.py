@@ -72,10 +72,10 @@ def precision_hint(accelerator: str, precision: str, bf16_units: bool) -> str | 
     if not accelerator.startswith("cpu") or precision != "32-true" or not bf16_units:
         return None
     return (
-        "this CPU multiplies bf16 in hardware: --trainer.precision bf16-mixed trains ~1.7x "
-        "faster (the recipe on MovieLens-100K, quality within seed noise; benchmarks/README.md, "
-        "'Where a training step's time goes'); fp32 stays the default so results match on "
-        "every machine"
+        "this CPU multiplies bf16 in hardware: --trainer.precision bf16-mixed trains the "
+        "MovieLens-100K recipe 1.3x (quiet machine) to 1.7x (busy one) faster, quality within "
+        "seed noise (benchmarks/README.md, bench_train_step.py); fp32 stays the default so "
+        "results match on every machine"
     )
 
 
