@@ -30,6 +30,13 @@ def ml100k_dir() -> Path:
         pytest.fail(str(error), pytrace=False)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs MovieLens-100K (through ``ml100k_dir``, even indirectly)."""
+    for item in items:
+        if "ml100k_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ml100k)
+
+
 # Tests run offline: no hub downloads, wandb without an account.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
