@@ -6,6 +6,7 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import pytest
 from transformers import AutoModel
 
 from fellrec.models.adapters import ClientAdapters, LoRASettings
@@ -110,6 +111,7 @@ def test_export_adapters_does_nothing_before_the_model_is_built(tmp_path):
 
 def test_a_deployed_client_exports_its_own_adapter_with_its_card(tmp_path, tiny_encoder_dir):
     # In process: the client session's final test with a selection goes through export_adapters.
+    pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
     from fellrec.deploy.client_requests import ClientRequest
     from fellrec.deploy.client_session import answer
     from fellrec.deploy.run_config import RunSettings
