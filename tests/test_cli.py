@@ -341,6 +341,17 @@ def metric_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+#: ``python -m fellrec``, with SIGINT raising KeyboardInterrupt whoever started the tests: a shell
+#: starts background jobs with SIGINT ignored, and a child inherits that (Python then never
+#: raises KeyboardInterrupt). Not a ``preexec_fn``: that makes subprocess fork() the test process
+#: and run Python in the child before exec, and the gRPC that earlier tests loaded here aborts in
+#: its fork handlers there (SIGABRT, "epoll_wait error: Bad file descriptor").
+SIGINT_RAISES_THEN_FELLREC = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'fellrec'; runpy.run_module('fellrec', run_name='__main__', alter_sys=True)"
+)
+
+
 def interrupt_fit(
     config: Path, root: Path, sig: signal.Signals, phase: str = "round"
 ) -> subprocess.CompletedProcess:
@@ -367,15 +378,11 @@ def interrupt_fit(
     slow_config.write_text(yaml.safe_dump(slow))
     args = ["fit", "--config", str(slow_config), "--trainer.default_root_dir", str(root)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "fellrec", *args],
+        [sys.executable, "-c", SIGINT_RAISES_THEN_FELLREC, *args],
         env=cli_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # A shell starts background jobs with SIGINT ignored, and the child would inherit that
-        # (Python then never raises KeyboardInterrupt): give it the default disposition, as a
-        # terminal would, whoever started the tests.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -482,9 +489,8 @@ def test_signal_exits_non_zero_and_the_resumed_record_equals_the_uninterrupted(
     [
         # ~13 s each on 2 cores (a stopped process, then a resume in this one).
         pytest.param("between", "between rounds 0 and 1", False, marks=pytest.mark.slow),
-        # In the slow set like its siblings: on py312 it once died by SIGABRT (-6) from a gRPC
-        # event-engine thread ("epoll_wait error: Bad file descriptor") while exiting on SIGTERM
-        # and passed on rerun; the next session should find what loads gRPC in that process.
+        # (Its SIGABRT on py312 was the gRPC of earlier tests aborting in a forked child before
+        # exec: see SIGINT_RAISES_THEN_FELLREC.)
         pytest.param("test", "during the test after round 1", False, marks=pytest.mark.slow),
         pytest.param(
             "plots", "while drawing the plots after round 1", True, marks=pytest.mark.slow
