@@ -127,17 +127,24 @@ def _offline_hint(name: str) -> str:
     return unavailable_message(name, where)
 
 
+#: Attention-dropout rates kept as plain numbers: ``attention_dropout`` (LLaMA, Qwen2, Mistral,
+#: ModernBERT), ``dropout_prob`` (BERT and RoBERTa's sdpa attention in transformers 4.x).
+ATTENTION_DROPOUT_ATTRIBUTES = ("attention_dropout", "dropout_prob")
+
+
 def set_dropout(model: nn.Module, probability: float) -> None:
     """Set every dropout of a Hugging Face model to ``probability`` (``model.base_dropout``).
 
-    Covers ``nn.Dropout`` modules (hidden, embedding and, in BERT-like models, attention-probability
-    dropout) and the ``attention_dropout`` rate decoder attention layers keep as a number.
+    Covers ``nn.Dropout`` modules (hidden, embedding and, in BERT-like models of transformers 5,
+    attention-probability dropout) and the rates attention layers keep as numbers and hand to
+    ``scaled_dot_product_attention``: :data:`ATTENTION_DROPOUT_ATTRIBUTES`.
     """
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = probability
-        elif isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = probability  # type: ignore[assignment]  # a float there
+        for name in ATTENTION_DROPOUT_ATTRIBUTES:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, probability)
 
 
 def load_encoder(
