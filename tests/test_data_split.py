@@ -5,23 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fellrec.data.schema import EvalUsers, IndexedDataset
+from data_helpers import chronological_dataset
+from fellrec.data.schema import EvalUsers
 from fellrec.data.split import leave_one_out_split, split_dataset, temporal_split
-
-
-def _dataset(pairs: list[tuple[int, int]], num_users: int, num_items: int) -> IndexedDataset:
-    """A dataset from (user, item) pairs in chronological order (timestamps 10, 20, ...)."""
-    u, i = (np.array(col, dtype=np.int64) for col in zip(*pairs, strict=True))
-    return IndexedDataset(
-        name="tiny",
-        user_ids=np.array([f"u{k}" for k in range(num_users)], dtype=object),
-        item_ids=np.array([f"i{k}" for k in range(num_items)], dtype=object),
-        users=u,
-        items=i,
-        timestamps=np.arange(1, len(u) + 1, dtype=np.int64) * 10,
-        titles=[f"t{k}" for k in range(num_items)],
-        categories=[() for _ in range(num_items)],
-    )
 
 
 def _as_lists(period: EvalUsers) -> dict[int, tuple[list[int], list[int], list[int]]]:
@@ -43,7 +29,10 @@ TEMPORAL = [
 
 def test_temporal_split_periods_and_targets() -> None:
     split = temporal_split(
-        _dataset(TEMPORAL, 6, 8), history_length=2, valid_fraction=0.2, test_fraction=0.2
+        chronological_dataset(TEMPORAL, 6, 8),
+        history_length=2,
+        valid_fraction=0.2,
+        test_fraction=0.2,
     )
     assert split.method == "temporal"
     assert [s.tolist() for s in split.train_sequences] == [
@@ -65,7 +54,7 @@ def test_temporal_split_periods_and_targets() -> None:
 
 
 def test_temporal_split_boundaries_follow_fractions() -> None:
-    data = _dataset(TEMPORAL, 6, 8)
+    data = chronological_dataset(TEMPORAL, 6, 8)
     # 0.1 * 20 = 2 test and 2 validation interactions: train = positions 0-15.
     split = temporal_split(data, history_length=10, valid_fraction=0.1, test_fraction=0.1)
     assert sum(len(s) for s in split.train_sequences) == 16
@@ -78,7 +67,7 @@ def test_temporal_split_boundaries_follow_fractions() -> None:
 
 def test_temporal_empty_period_raises() -> None:
     # Validation period = one interaction of a user with no history.
-    data = _dataset([(0, 0), (0, 1), (1, 0), (2, 1), (0, 2)], 3, 3)
+    data = chronological_dataset([(0, 0), (0, 1), (1, 0), (2, 1), (0, 2)], 3, 3)
     with pytest.raises(ValueError, match=r"empty split.*validation.*valid_fraction=0\.2"):
         temporal_split(data, 2, valid_fraction=0.2, test_fraction=0.2)
 
@@ -86,7 +75,9 @@ def test_temporal_empty_period_raises() -> None:
 @pytest.mark.parametrize(("valid", "test"), [(0.0, 0.1), (0.1, 0.0), (0.5, 0.5)])
 def test_temporal_bad_fractions_raise(valid: float, test: float) -> None:
     with pytest.raises(ValueError, match="valid_fraction"):
-        temporal_split(_dataset(TEMPORAL, 6, 8), 2, valid_fraction=valid, test_fraction=test)
+        temporal_split(
+            chronological_dataset(TEMPORAL, 6, 8), 2, valid_fraction=valid, test_fraction=test
+        )
 
 
 LOO = [(0, 0), (2, 3), (1, 1), (0, 1), (2, 0), (0, 2), (1, 2), (2, 3), (0, 3)]
@@ -94,7 +85,7 @@ LOO = [(0, 0), (2, 3), (1, 1), (0, 1), (2, 0), (0, 2), (1, 2), (2, 3), (0, 3)]
 
 def test_leave_one_out_split() -> None:
     # u0: 0 1 2 3; u1: 1 2 (too short); u2: 3 0 3 (test item is a repeat)
-    split = leave_one_out_split(_dataset(LOO, 3, 4), history_length=2)
+    split = leave_one_out_split(chronological_dataset(LOO, 3, 4), history_length=2)
     assert split.method == "leave_one_out"
     assert [s.tolist() for s in split.train_sequences] == [[0, 1], [1, 2], [3]]
     assert _as_lists(split.valid) == {0: ([0, 1], [2], [0, 1]), 2: ([3], [0], [3])}
@@ -103,25 +94,28 @@ def test_leave_one_out_split() -> None:
 
 def test_leave_one_out_without_long_users_raises() -> None:
     with pytest.raises(ValueError, match="empty split"):
-        leave_one_out_split(_dataset([(0, 0), (0, 1), (1, 1)], 2, 2), history_length=2)
+        leave_one_out_split(chronological_dataset([(0, 0), (0, 1), (1, 1)], 2, 2), history_length=2)
 
 
 def test_split_dataset_dispatches() -> None:
-    data = _dataset(TEMPORAL, 6, 8)
+    data = chronological_dataset(TEMPORAL, 6, 8)
     by_name = split_dataset(data, "temporal", 2, valid_fraction=0.2, test_fraction=0.2)
     direct = temporal_split(data, 2, 0.2, 0.2)
     assert _as_lists(by_name.test) == _as_lists(direct.test)
-    assert split_dataset(_dataset(LOO, 3, 4), "leave_one_out", 2).method == "leave_one_out"
+    assert (
+        split_dataset(chronological_dataset(LOO, 3, 4), "leave_one_out", 2).method
+        == "leave_one_out"
+    )
 
 
 def test_split_dataset_unknown_method() -> None:
     with pytest.raises(ValueError, match=r"split.*'random'"):
-        split_dataset(_dataset(TEMPORAL, 6, 8), "random", 2)
+        split_dataset(chronological_dataset(TEMPORAL, 6, 8), "random", 2)
 
 
 def test_history_length_must_be_positive() -> None:
     with pytest.raises(ValueError, match="history_length"):
-        leave_one_out_split(_dataset(LOO, 3, 4), history_length=0)
+        leave_one_out_split(chronological_dataset(LOO, 3, 4), history_length=0)
 
 
 def test_equal_timestamps_keep_the_file_order() -> None:
@@ -148,7 +142,7 @@ def test_temporal_split_cuts_by_time_and_ties_go_to_the_later_period() -> None:
 
     # Timestamps 10..200; give positions 15 and 16 (around the positional test cut at 16 for
     # 0.2/0.2) the same time: both go to the test period.
-    data = _dataset(TEMPORAL, 6, 8)
+    data = chronological_dataset(TEMPORAL, 6, 8)
     times = data.timestamps.copy()
     times[15] = times[16]
     tied = dataclasses.replace(data, timestamps=times)
@@ -162,7 +156,7 @@ def test_temporal_split_cuts_by_time_and_ties_go_to_the_later_period() -> None:
 
 
 def test_temporal_split_with_given_cutoffs() -> None:
-    data = _dataset(TEMPORAL, 6, 8)  # timestamps 10, 20, ..., 200
+    data = chronological_dataset(TEMPORAL, 6, 8)  # timestamps 10, 20, ..., 200
     split = temporal_split(data, 2, cutoffs=(125, 165))  # train 10-120, valid 130-160
     assert split.cutoffs == (125, 165)
     assert [len(s) for s in split.train_sequences] == [4, 4, 2, 1, 1, 0]
@@ -174,8 +168,8 @@ def test_temporal_split_with_given_cutoffs() -> None:
 
 
 def test_an_empty_period_is_allowed_for_one_silo() -> None:
-    data = _dataset([(0, 0), (0, 1), (1, 0), (2, 1), (0, 2)], 3, 3)
+    data = chronological_dataset([(0, 0), (0, 1), (1, 0), (2, 1), (0, 2)], 3, 3)
     split = temporal_split(data, 2, valid_fraction=0.2, test_fraction=0.2, allow_empty=True)
     assert len(split.valid) == 0 and split.valid.users.dtype == np.int64
-    loo = leave_one_out_split(_dataset([(0, 0), (0, 1)], 1, 2), 2, allow_empty=True)
+    loo = leave_one_out_split(chronological_dataset([(0, 0), (0, 1)], 1, 2), 2, allow_empty=True)
     assert len(loo.valid) == 0 and len(loo.test) == 0

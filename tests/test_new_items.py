@@ -5,27 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from data_helpers import chronological_dataset
 from fellrec.data.examples import sliding_window_examples
 from fellrec.data.pipeline import DatasetSettings, PipelineSettings, build_federated_data
-from fellrec.data.schema import IndexedDataset
 from fellrec.data.split import choose_new_items, leave_one_out_split, temporal_split
 from fellrec.data.stats import format_new_items, new_item_statistics
-
-
-def _dataset(pairs: list[tuple[int, int]], num_users: int, num_items: int) -> IndexedDataset:
-    """A dataset from (user, item) pairs in chronological order (timestamps 10, 20, ...)."""
-    u, i = (np.array(col, dtype=np.int64) for col in zip(*pairs, strict=True))
-    return IndexedDataset(
-        name="tiny",
-        user_ids=np.array([f"u{k}" for k in range(num_users)], dtype=object),
-        item_ids=np.array([f"i{k}" for k in range(num_items)], dtype=object),
-        users=u,
-        items=i,
-        timestamps=np.arange(1, len(u) + 1, dtype=np.int64) * 10,
-        titles=[f"t{k}" for k in range(num_items)],
-        categories=[() for _ in range(num_items)],
-    )
-
 
 # Per user, in time order: u0 0 1 2 3 4; u1 2 0 1 5; u2 2 2 0 1 (no target left but item 1)
 PAIRS = [
@@ -35,7 +19,7 @@ PAIRS = [
 
 
 def test_leave_one_out_drops_new_items_from_training_and_histories_only() -> None:
-    data = _dataset(PAIRS, 3, 6)
+    data = chronological_dataset(PAIRS, 3, 6)
     split = leave_one_out_split(data, history_length=2, new_items=np.array([2]))
     assert split.new_items.tolist() == [2]
     # Training: item 2 is gone wherever it was (u0 0 1 [2]; u1 [2] 0; u2 [2 2] 0).
@@ -52,7 +36,7 @@ def test_leave_one_out_drops_new_items_from_training_and_histories_only() -> Non
 
 
 def test_a_new_item_stays_a_target() -> None:
-    data = _dataset(PAIRS, 3, 6)
+    data = chronological_dataset(PAIRS, 3, 6)
     split = leave_one_out_split(data, history_length=3, new_items=np.array([4, 5]))
     assert [t.tolist() for t in split.test.targets] == [[4], [5], [1]]
     assert all(not np.isin(s, [4, 5]).any() for s in split.train_sequences)
@@ -70,7 +54,7 @@ def test_a_new_item_stays_a_target() -> None:
 
 
 def test_temporal_split_holds_new_items_out_of_training() -> None:
-    data = _dataset(PAIRS, 3, 6)
+    data = chronological_dataset(PAIRS, 3, 6)
     plain = temporal_split(data, 3, valid_fraction=0.2, test_fraction=0.2)
     held = temporal_split(data, 3, valid_fraction=0.2, test_fraction=0.2, new_items=np.array([0]))
     assert [s.tolist() for s in held.train_sequences] == [
