@@ -7,7 +7,7 @@ of every step. :func:`cache_frozen_casts` keeps one cast copy per frozen ``nn.Li
 made the first time the layer runs under autocast and remade when the weight changes. The math
 is autocast's own, bit for bit (the same cast of the same values; autocast casts the input and
 runs the same kernel); outside autocast the layer runs as before, and without autocast no copy
-is ever made. Measured on MiniLM (benchmarks/README.md, "bench_train_step.py"): 1-4% of a
+is ever made. Measured on MiniLM (benchmarks/README.md, "bench_train_step.py"): 1-2% of a
 bf16-mixed step on a 2-core CPU (~6 ms of memory traffic; more for larger bases).
 
 :func:`cpu_attention_kernels` picks torch's math attention kernel over its flash kernel for short
