@@ -28,11 +28,11 @@ from fellrec.training.schedule import plan_user_sampled_round, user_sampled_step
 
 def test_the_accountant_gives_opacus_published_value():
     # opacus/tests/accountants_test.py::test_rdp_accountant: sigma 1.5, q 0.04, 90 epochs.
-    assert epsilon_spent(1.5, 0.04, int(90 / 0.04), 1e-5) == pytest.approx(7.32911117143)
-    assert epsilon_spent(1.5, 0.04, 0, 1e-5) == 0.0
+    assert epsilon_spent([(1.5, 0.04, int(90 / 0.04))], 1e-5) == pytest.approx(7.32911117143)
+    assert epsilon_spent([(1.5, 0.04, 0)], 1e-5) == 0.0
     # More steps, less noise or a larger sample rate cost more.
-    assert epsilon_spent(1.5, 0.04, 100, 1e-5) < epsilon_spent(1.5, 0.04, 200, 1e-5)
-    assert epsilon_spent(2.0, 0.04, 100, 1e-5) < epsilon_spent(1.0, 0.04, 100, 1e-5)
+    assert epsilon_spent([(1.5, 0.04, 100)], 1e-5) < epsilon_spent([(1.5, 0.04, 200)], 1e-5)
+    assert epsilon_spent([(2.0, 0.04, 100)], 1e-5) < epsilon_spent([(1.0, 0.04, 100)], 1e-5)
 
 
 def test_clipping_and_noise_on_hand_computed_gradients():
@@ -185,7 +185,7 @@ def test_a_dp_fit_clips_each_user_noises_the_sum_and_reports_epsilon(
                     p.grad = None
                 norms.append(float(flat.norm()))
                 expected += flat * min(1.0, 0.05 / float(flat.norm()))
-            users = module.dp_users[client]
+            users = module.dp.users[client]
             expected /= settings.sample_rate(users) * users
             seen = {}
             real_step = module._optimizer_step
@@ -224,7 +224,7 @@ def test_a_dp_fit_clips_each_user_noises_the_sum_and_reports_epsilon(
             steps = settings.steps_per_round(users, 1) * (round_index + 1)
             assert record["dp"]["delta"][client] == pytest.approx(1 / users)
             assert record["dp"]["epsilon"][client] == pytest.approx(
-                epsilon_spent(1e-9, settings.sample_rate(users), steps, 1 / users)
+                epsilon_spent([(1e-9, settings.sample_rate(users), steps)], 1 / users)
             )
     assert loop.engine.results({})["dp_sgd"] == {"after_round": 1, **loop.history[-1]["dp"]}
     with open(tmp_path / "metrics.csv") as handle:
@@ -295,7 +295,7 @@ def test_a_dp_client_alone_sends_what_it_sends_in_the_federation(tmp_path, still
     torch.testing.assert_close(
         alone.adapters.get_matrix()[0], model.release_parameters()[2], rtol=0, atol=1e-7
     )
-    assert alone.dp_users == {2: model.dp_users[2]}
+    assert alone.dp.users == {2: model.dp.users[2]}
 
 
 def test_a_resumed_dp_run_keeps_its_secret(tmp_path, still_encoder):
@@ -318,12 +318,70 @@ def test_a_resumed_dp_run_keeps_its_secret(tmp_path, still_encoder):
     )
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(model, datamodule=data)
-    secret = model.dp_secret
+    secret = model.dp.secret
     trainer, resumed, data, _ = tiny_run(
         tmp_path, still_encoder, FedAvg(), rounds=2, model_options=options
     )
     trainer.fit(resumed, datamodule=data, ckpt_path="last")
-    assert resumed.dp_secret == secret and data.user_sampling == (4, 4, secret)
+    assert resumed.dp.secret == secret and data.user_sampling == (4, 4, secret)
+
+
+def test_a_run_resumed_with_other_dp_settings_accounts_each_round_with_its_own(
+    tmp_path, still_encoder
+):
+    """The ledger in the checkpoint: round 0 at sigma 1, round 1 (resumed) at sigma 3."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StopInRoundOne(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    def options(sigma):
+        settings = DPSGDSettings(expected_users=4, noise_multiplier=sigma, loss_noise=1e9)
+        return {"recommender": "sequential", "dp_sgd": settings}
+
+    trainer, model, data, loop = tiny_run(
+        tmp_path,
+        still_encoder,
+        FedAvg(),
+        rounds=2,
+        model_options=options(1.0),
+        extra_callbacks=[StopInRoundOne()],
+    )
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(model, datamodule=data)
+    first = loop.history[0]["dp"]["epsilon"]
+    trainer, resumed, data, loop = tiny_run(
+        tmp_path, still_encoder, FedAvg(), rounds=2, model_options=options(3.0)
+    )
+    trainer.fit(resumed, datamodule=data, ckpt_path="last")
+    for client in range(3):
+        users = data.training_users(client)
+        rate, steps = resumed.dp_sgd.sample_rate(users), resumed.dp_sgd.steps_per_round(users, 1)
+        sigma_0, sigma_1 = (1.0 / math.sqrt(s**-2 + 1e-18) for s in (1.0, 3.0))
+        assert first[client] == pytest.approx(epsilon_spent([(sigma_0, rate, steps)], 1 / users))
+        both = epsilon_spent([(sigma_0, rate, steps), (sigma_1, rate, steps)], 1 / users)
+        assert loop.history[-1]["dp"]["epsilon"][client] == pytest.approx(both)
+        # Not what the new settings alone would claim for both rounds.
+        alone = epsilon_spent([(sigma_1, rate, 2 * steps)], 1 / users)
+        assert both > alone * 1.5
+
+
+def test_the_ledger_merges_like_settings_and_counts_missing_rounds_with_the_current():
+    from fellrec.training.dp_training import PrivacyLedger
+
+    ledger = PrivacyLedger(releases=[2.0])
+    ledger.record(0, 0, (1.0, 0.5, 3))
+    ledger.record(0, 1, (1.0, 0.5, 3))
+    ledger.record(0, 2, (4.0, 0.5, 3))
+    ledger.record(0, 2, (2.0, 0.5, 3))  # a replayed round replaces its entry
+    assert ledger.history(0, 3, (9.0, 0.1, 1)) == [(1.0, 0.5, 6), (2.0, 0.5, 3)]
+    # Rounds 3 and 4 are not recorded (a restarted node): the current settings count them.
+    assert ledger.history(0, 5, (9.0, 0.1, 1)) == [(1.0, 0.5, 6), (2.0, 0.5, 3), (9.0, 0.1, 2)]
+    assert ledger.history(1, 2, (9.0, 0.1, 1)) == [(9.0, 0.1, 2)]
+    back = PrivacyLedger.from_state(ledger.state())
+    assert back == ledger
 
 
 def test_the_popularity_start_counts_each_user_once_per_item_with_user_level_noise():
@@ -345,11 +403,12 @@ def test_the_popularity_release_is_composed_in_the_same_accountant():
 
     accountant = RDPAccountant()
     accountant.history = [(2.0, 1.0, 1), (1.0, 0.25, 30)]
-    assert epsilon_spent(1.0, 0.25, 30, 1e-3, releases=(2.0,)) == pytest.approx(
+    assert epsilon_spent([(1.0, 0.25, 30)], 1e-3, releases=(2.0,)) == pytest.approx(
         accountant.get_epsilon(delta=1e-3)
     )
-    assert epsilon_spent(1.0, 0.25, 30, 1e-3, releases=(2.0,)) > epsilon_spent(1.0, 0.25, 30, 1e-3)
-    assert epsilon_spent(1.0, 0.25, 0, 1e-3, releases=(2.0,)) > 0
+    without = epsilon_spent([(1.0, 0.25, 30)], 1e-3)
+    assert epsilon_spent([(1.0, 0.25, 30)], 1e-3, releases=(2.0,)) > without
+    assert epsilon_spent([(1.0, 0.25, 0)], 1e-3, releases=(2.0,)) > 0
     with pytest.raises(ValueError, match=re.escape("model.dp_sgd.popularity_noise must be > 0")):
         DPSGDSettings(popularity_noise=0.0).validate()
     with pytest.raises(ValueError, match="needs per-item components"):
@@ -385,9 +444,7 @@ def test_a_dp_fit_can_start_its_biases_from_user_level_popularity(tmp_path, stil
     steps = settings.steps_per_round(users, 1)
     assert loop.history[0]["dp"]["epsilon"][1] == pytest.approx(
         epsilon_spent(
-            settings.step_noise_multiplier,
-            settings.sample_rate(users),
-            steps,
+            [(settings.step_noise_multiplier, settings.sample_rate(users), steps)],
             1 / users,
             releases=(0.5,),
         )
@@ -417,7 +474,7 @@ def test_a_dp_client_reports_a_noised_clipped_loss_over_the_expected_users(tmp_p
     trainer.fit(model, datamodule=data)
     losses, examples, _ = model.collect_round_stats()
     for client in range(3):
-        users = model.dp_users[client]
+        users = model.dp.users[client]
         steps = settings.steps_per_round(users, 1)
         expected = settings.sample_rate(users) * users * steps
         assert float(examples[client]) == pytest.approx(expected)  # data-independent
@@ -474,3 +531,32 @@ def test_the_run_total_keeps_a_client_absent_from_the_last_round():
         "epsilon": [1.5, 2.0],
         "delta": [0.1, 0.2],
     }
+
+
+def test_a_restarted_deployed_node_answers_as_before_and_another_node_does_not(
+    tmp_path, tiny_encoder_dir
+):
+    """M4: no seed anywhere; the node's own key makes a restart release nothing new."""
+    pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
+    from fellrec.deploy.client_session import ClientSession
+    from fellrec.deploy.run_config import RunSettings
+    from fellrec.federation.protocol import ClientRoundConfig
+    from test_cli import write_tiny_config
+
+    config = str(write_tiny_config(tmp_path, tiny_encoder_dir))
+
+    def node(root):
+        overrides = ("--trainer.default_root_dir", str(root), "--model.recommender", "sequential")
+        dp = ("--model.dp_sgd.expected_users", "4", "--model.dp_sgd.popularity_noise", "0.5")
+        return ClientSession(RunSettings((config,), (*overrides, *dp)), 1)
+
+    first = node(tmp_path / "node")
+    start = first.initial_parameters()
+    round_0 = ClientRoundConfig(round=0, lr_scale=1.0, proximal_mu=0.0)
+    trained = first.train(start, round_0).parameters
+    restarted = node(tmp_path / "node")  # same machine, same key file
+    assert torch.equal(restarted.initial_parameters(), start)
+    assert torch.equal(restarted.train(start, round_0).parameters, trained)
+    elsewhere = node(tmp_path / "other")  # another key: independent noise
+    assert not torch.equal(elsewhere.initial_parameters(), start)
+    assert (tmp_path / "node" / "node-keys" / "client_1.key").is_file()

@@ -4,7 +4,8 @@ Every message is one short Lightning run (a fit of one round, or a validation or
 same module, so the base model is loaded once per process, and the client keeps nothing between
 rounds that the server does not send it again: a round's result depends only on the parameters and
 round config it is sent (and on the data, the config and the seed), exactly as in the one-process
-simulation.
+simulation. Unseeded privacy noise is the exception by design: it comes from the node's own key
+(:mod:`fellrec.deploy.node_key`), so a restarted node answers as it did before.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from lightning.pytorch.callbacks import Callback
 
 from fellrec.deploy.client_requests import REQUEST_KINDS, ClientRequest
 from fellrec.deploy.messages import STAGES, EvaluationReport, NodeDescription, TrainReport
+from fellrec.deploy.node_key import node_key, node_key_path
 from fellrec.deploy.run_config import RunSettings, catalog_fingerprint, load_run
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
 from fellrec.training.adapter_cards import export_adapters
 from fellrec.training.client_module import ClientModule
 from fellrec.training.federated_module import FederatedModule
+from fellrec.training.host_secrets import KeyedSecrets
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ class ClientSession:
         check_deployable(run.model, run.strategy, run.unsupported)
         self.client = client
         self.module = client_module_like(run.model, client)
+        # The node's noises from its own key: a restarted node answers as before.
+        self.module.secret_source = KeyedSecrets(node_key(node_key_path(run.root, client)))
         self.datamodule = run.datamodule
         self.trainer_settings = run.trainer_settings
         self.root = Path(run.root)

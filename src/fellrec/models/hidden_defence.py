@@ -149,16 +149,25 @@ class ClientNoise:
     Args:
         settings: ``model.hidden_defence`` (enabled).
         active_client: Which client the host is running now (its states are being sent).
+        base: The host's secret base of the streams (a deployed node's own), or None: the
+            configured seed, else fresh entropy.
     """
 
-    def __init__(self, settings: HiddenDefence, active_client: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        settings: HiddenDefence,
+        active_client: Callable[[], int],
+        base: int | None = None,
+    ) -> None:
         if not settings.enabled:
             raise ValueError("ClientNoise needs an enabled model.hidden_defence (a clip)")
         self.settings = settings
         self.active_client = active_client
-        # The base of every stream: the configured seed, else fresh entropy, kept in this process
-        # only (never logged or sent).
-        self.base = settings.seed if settings.seed is not None else secrets.randbits(62)
+        # The base of every stream: the host's secret, else the configured seed, else fresh
+        # entropy, kept in this process only (never logged or sent).
+        if base is None:
+            base = settings.seed if settings.seed is not None else secrets.randbits(62)
+        self.base = base
         self._round = 0
         self._generators: dict[tuple[int, str], torch.Generator] = {}
 

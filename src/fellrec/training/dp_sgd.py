@@ -123,18 +123,15 @@ class DPSGDSettings:
 
 
 def epsilon_spent(
-    noise_multiplier: float,
-    sample_rate: float,
-    steps: int,
+    history: Sequence[tuple[float, float, int]],
     delta: float,
     releases: Sequence[float] = (),
 ) -> float:
-    """Epsilon of ``steps`` subsampled Gaussian steps at ``delta`` (Opacus's RDP accountant).
+    """Epsilon at ``delta`` of subsampled Gaussian steps (Opacus's RDP accountant).
 
     Args:
-        noise_multiplier: sigma.
-        sample_rate: q, the Poisson sampling probability of a user per step.
-        steps: Steps taken.
+        history: ``(noise multiplier, sample rate, steps)`` of each stretch of steps taken
+            with the same settings (sigma; q, the Poisson sampling probability of a user).
         delta: The target delta.
         releases: Noise multipliers of further Gaussian releases of the same users' data (each
             once, unsampled, e.g. the popularity start), composed in the same accountant.
@@ -142,15 +139,14 @@ def epsilon_spent(
     Returns:
         The epsilon (0 for nothing released).
     """
-    history = [(sigma, 1.0, 1) for sigma in releases]
-    if steps > 0:
-        history.append((noise_multiplier, sample_rate, steps))
-    if not history:
+    composed = [(sigma, 1.0, 1) for sigma in releases]
+    composed += [(sigma, rate, steps) for sigma, rate, steps in history if steps > 0]
+    if not composed:
         return 0.0
     from opacus.accountants import RDPAccountant  # heavy import, only when accounting
 
     accountant = RDPAccountant()
-    accountant.history = history
+    accountant.history = composed
     return float(accountant.get_epsilon(delta=delta))
 
 

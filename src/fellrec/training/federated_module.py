@@ -14,15 +14,11 @@ parameters, which per-client routing breaks).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
@@ -46,12 +42,9 @@ from fellrec.training.client_checkpoints import check_client_keys, client_state
 from fellrec.training.client_optimization import average_gradients, client_param_groups
 from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
-from fellrec.training.dp_sgd import (
-    UserGradientSum,
-    check_dp_sgd_trainer,
-    dp_user_popularity,
-    epsilon_spent,
-)
+from fellrec.training.dp_sgd import check_dp_sgd_trainer
+from fellrec.training.dp_training import UserLevelDPSGD
+from fellrec.training.host_secrets import SecretSource, data_digest, fresh_secret
 from fellrec.training.module_settings import ModuleSettings
 from fellrec.training.process_group import gather_objects, max_over_processes, reduce_sum
 from fellrec.training.recommender_assembly import (
@@ -111,13 +104,11 @@ class FederatedModule(ModuleSettings):
         self.round_stats = RoundStatistics(0)
         self.eval_names = metric_names()
         self.evaluation = EvaluationSums(0, self.eval_names)
-        #: DP-SGD: each held client's number of training users (its sample rate and delta).
-        self.dp_users: dict[int, int] = {}
-        self._dp_steps: dict[int, int] = {}
-        self._round_index = 0
-        #: DP-SGD: the base of the user sampling and the noise, kept from the server.
-        self.dp_secret = 0
-        self._anchor_digests: dict[int, int] = {}
+        #: User-level DP-SGD's state on this host (``model.dp_sgd``; known once built), or None.
+        self.dp: UserLevelDPSGD | None = None
+        #: Where unseeded privacy noise gets its secrets: fresh entropy in a simulation; a
+        #: deployed node derives them from its own key (:mod:`fellrec.training.host_secrets`).
+        self.secret_source: SecretSource = fresh_secret
         #: The clients' hidden-state noise (``model.hidden_defence``), or None.
         self.hidden_noise: ClientNoise | None = None
 
@@ -226,12 +217,20 @@ class FederatedModule(ModuleSettings):
             list(range(self.num_clients)) if datamodule.client is None else [datamodule.client]
         )
         self._slots = {client: slot for slot, client in enumerate(self.held_clients)}
+        # What the privacy noises protect: their secrets change when the data does.
+        digest = data_digest(
+            items for c in self.held_clients for items in datamodule.training_user_items(c)
+        )
         if self.dp_sgd is not None:
             # Every step Poisson-samples each client's users (fellrec.training.dp_sgd), from a
             # secret seed: the server knows model.seed.
-            self.dp_secret = self.dp_sgd.secret()
+            seed = self.dp_sgd.seed
+            self.dp = UserLevelDPSGD(
+                self.dp_sgd,
+                {c: datamodule.training_users(c) for c in self.held_clients},
+                seed if seed is not None else self.secret_source("dp_sgd", digest),
+            )
             self._share_dp_secret(datamodule)
-            self.dp_users = {c: datamodule.training_users(c) for c in self.held_clients}
         titles, categories = datamodule.item_texts()
         texts = [
             format_item_text(self.item_text, t, c) for t, c in zip(titles, categories, strict=True)
@@ -250,21 +249,16 @@ class FederatedModule(ModuleSettings):
         if self.items.bias_init != "zeros" and self.uses_item_components:
             # dp_log_popularity's noise from a secret (model.seed is the server's too).
             base = self.items.bias_init_seed
-            base = base if base is not None else secrets.randbits(62)
+            base = base if base is not None else self.secret_source("bias_init", digest)
             for slot, client in enumerate(self.held_clients):
                 counts = datamodule.training_item_counts(client)
                 components = cast(ItemComponents, self.adapters.module(slot))
                 seed = (base * 1_000_003 + client) % 2**63
                 components.start_from_popularity(counts, seed=seed)
-        if self.dp_sgd is not None and self.dp_sgd.popularity_noise is not None:
+        if self.dp is not None and self.dp.settings.popularity_noise is not None:
             for slot, client in enumerate(self.held_clients):
-                generator = torch.Generator().manual_seed(self._dp_seed(slot, 7_919, client))
-                counts = dp_user_popularity(
-                    datamodule.training_user_items(client),
-                    self.num_items,
-                    self.dp_sgd.popularity_items,
-                    self.dp_sgd.popularity_noise,
-                    generator,
+                counts = self.dp.popularity_start(
+                    slot, client, datamodule.training_user_items(client), self.num_items
                 )
                 cast(ItemComponents, self.adapters.module(slot)).start_from_popularity(counts)
         self.transport = (
@@ -285,7 +279,12 @@ class FederatedModule(ModuleSettings):
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
         settings = self.recommender_settings()
         if settings.hidden_defence.enabled:
-            self.hidden_noise = ClientNoise(settings.hidden_defence, self.adapters.active_client)
+            noise_seed = settings.hidden_defence.seed
+            self.hidden_noise = ClientNoise(
+                settings.hidden_defence,
+                self.adapters.active_client,
+                noise_seed if noise_seed is not None else self.secret_source("hidden", digest),
+            )
         self.recommender, self.backend = assemble_recommender(
             settings,
             self.adapters,
@@ -414,15 +413,9 @@ class FederatedModule(ModuleSettings):
         self.round_anchor = self.client_parameters()
         self._anchors = {}
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
-        self._dp_steps = {}
-        self._round_index = round_index
-        if self.dp_sgd is not None:
-            # Each client's own round-start parameters: a silo alone digests what it was sent.
-            rows = self.round_anchor.detach().cpu().numpy()
-            self._anchor_digests = {
-                slot: int.from_bytes(hashlib.sha256(rows[slot].tobytes()).digest()[:8], "little")
-                for slot in range(self.num_slots)
-            }
+        if self.dp is not None:
+            local_epochs = federated_datamodule(self.trainer).local_epochs
+            self.dp.start_round(round_index, self.round_anchor, self.held_clients, local_epochs)
         if self.hidden_noise is not None:
             self.hidden_noise.start_round(round_index)
         steps: dict[int, int] = {}
@@ -494,105 +487,47 @@ class FederatedModule(ModuleSettings):
     def _dp_training_step(
         self, batch: dict[str, Any], client: int, slot: int, config: ClientRoundConfig | None
     ) -> None:
-        """One user-level DP-SGD step: per-user gradients, clipped, summed, noised, stepped.
+        """One user-level DP-SGD step of the batch (one whole step of the user-sampled plan).
 
-        The batch is one whole step (the user-sampled plan): each sampled user's windows give
-        its mean loss, whose gradient over every parameter the client steps is clipped to
-        ``max_grad_norm``; the noised sum over the expected number of users is the step's
-        gradient. The loss the client reports is released the same way (each user's mean loss
-        clipped to ``max_loss``, summed, noised), so the strategy's heating reads no raw loss.
-        Every random draw of a user (dropout, sampled negatives) and the noise come from the
-        client's secret, the parameters it was sent, the round, the step and the user: one user
-        changes nothing another user draws.
+        :meth:`UserLevelDPSGD.step` clips and noises; this only routes the client's rows.
         """
-        assert self.backend is not None and self.dp_sgd is not None
-        settings = self.dp_sgd
-        step = self._dp_step_index(slot)
-        round_index = int(batch["round"])
-        _, params = self._own_keys_and_parameters(slot)
-        total = UserGradientSum(params, settings)
-        loss_total = 0.0
-        targets = batch["targets"]
+        assert self.backend is not None and self.dp is not None
+        histories, targets = batch["histories"], batch["targets"]
         sent_before = self._bytes_sent()
         if targets.numel() > 0:
             self.backend.prepare(slot)
-            users = batch["users"]
-            for user in torch.unique(users).tolist():
-                rows = (users == user).nonzero().flatten()
-                draws = self._dp_seed(slot, round_index, client, step, 1, int(user))
-                torch.manual_seed(draws)
-                generator = torch.Generator().manual_seed(draws ^ 0x5A5A5A5A)
-                losses = self.backend.losses(
-                    slot, batch["histories"][rows], targets[rows], generator
-                )
-                loss = losses.mean()
-                if not bool(torch.isfinite(loss.detach())):
-                    self.round_stats.diverged[client] = True
-                    break
-                self.manual_backward(loss)
-                if not math.isfinite(total.add_user()):
-                    self.round_stats.diverged[client] = True
-                    break
-                loss_total += min(max(float(loss.detach()), 0.0), settings.max_loss)
+        backend = self.backend
+        outcome = self.dp.step(
+            slot,
+            client,
+            batch["users"] if targets.numel() > 0 else targets.new_zeros(0),
+            lambda rows, generator: backend.losses(slot, histories[rows], targets[rows], generator),
+            self.manual_backward,
+            self._own_keys_and_parameters(slot)[1],
+        )
+        if outcome.trained:
             self.train_traffic["bytes"] += self._bytes_sent() - sent_before
             self.train_traffic["steps"] += 1
-        users_count = self.dp_users[client]
-        expected = settings.sample_rate(users_count) * users_count
-        noise = torch.Generator().manual_seed(self._dp_seed(slot, round_index, client, step, 0, 0))
-        total.release(expected, noise)
-        # What the strategy reads: the noised sum of clipped user losses, over the expected
-        # number of users (data-independent), never a raw loss or count.
-        loss_noise = float(torch.randn(1, generator=noise, dtype=torch.float64))
-        self.round_stats.add(
-            client, loss_total + loss_noise * settings.loss_noise * settings.max_loss, expected
-        )
+        if outcome.diverged:
+            self.round_stats.diverged[client] = True
+        self.round_stats.add(client, outcome.loss_sum, outcome.examples)
         self._optimizer_step(client, slot, config.proximal_mu if config is not None else 0.0)
 
-    def _dp_seed(self, slot: int, *parts: int) -> int:
-        """A torch seed from the secret, the slot's round-start parameters and ``parts``.
-
-        The round-start digest makes a repeated request with other parameters draw other noise
-        (the difference of two answers would otherwise cancel it).
-        """
-        entropy = [self.dp_secret, self._anchor_digests.get(slot, 0), *parts]
-        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
-        return int(state[0] >> np.uint64(1))
-
     def _share_dp_secret(self, datamodule: FederatedDataModule) -> None:
-        assert self.dp_sgd is not None
-        sampling = (self.dp_sgd.expected_users, self.dp_sgd.windows_per_user, self.dp_secret)
-        datamodule.user_sampling = sampling
-
-    def _dp_step_index(self, slot: int) -> int:
-        """The slot's DP steps so far this round (counts up; reset by :meth:`start_round`)."""
-        index = self._dp_steps.get(slot, 0)
-        self._dp_steps[slot] = index + 1
-        return index
+        assert self.dp is not None
+        settings, secret = self.dp.settings, self.dp.secret
+        datamodule.user_sampling = (settings.expected_users, settings.windows_per_user, secret)
 
     def privacy_spent(self) -> torch.Tensor | None:
         """Under DP-SGD, each client's ``(epsilon, delta)`` after this round ``(N, 2)``.
 
-        NaN for clients this module does not hold; None without ``model.dp_sgd``. An upper
-        bound: it counts a full round of steps for every round so far, as if the client trained
-        in each.
+        NaN for clients this module does not hold; None without ``model.dp_sgd``
+        (:meth:`UserLevelDPSGD.privacy_spent`).
         """
-        if self.dp_sgd is None:
+        if self.dp is None:
             return None
-        spent = torch.full((self.num_clients, 2), float("nan"), dtype=torch.float64)
         local_epochs = federated_datamodule(self.trainer).local_epochs
-        rounds = self._round_index + 1
-        for client, users in self.dp_users.items():
-            delta = self.dp_sgd.client_delta(users)
-            steps = self.dp_sgd.steps_per_round(users, local_epochs) * rounds
-            rate = self.dp_sgd.sample_rate(users)
-            releases = (
-                () if self.dp_sgd.popularity_noise is None else (self.dp_sgd.popularity_noise,)
-            )
-            spent[client, 0] = epsilon_spent(
-                self.dp_sgd.step_noise_multiplier, rate, steps, delta, releases
-            )
-            spent[client, 1] = delta
-        return spent
+        return self.dp.privacy_spent(self.num_clients, local_epochs)
 
     def _optimizer_step(self, client: int, slot: int, proximal_mu: float) -> None:
         assert self.adapters is not None
@@ -668,8 +603,9 @@ class FederatedModule(ModuleSettings):
         """Keep only adapter weights: the frozen base is rebuilt from ``backbone``."""
         checkpoint["state_dict"] = client_state(checkpoint["state_dict"])
         checkpoint["fellrec_train_traffic"] = dict(self.train_traffic)
-        if self.dp_sgd is not None:
-            checkpoint["fellrec_dp_secret"] = self.dp_secret
+        if self.dp is not None:
+            checkpoint["fellrec_dp_secret"] = self.dp.secret
+            checkpoint["fellrec_dp_ledger"] = self.dp.ledger.state()
         if self.hidden_noise is not None:
             checkpoint["fellrec_hidden_noise_base"] = self.hidden_noise.base
         if self.remote is not None:
@@ -693,9 +629,13 @@ class FederatedModule(ModuleSettings):
                 "model.dp_sgd is set but this checkpoint was written without it: its rounds "
                 "trained without DP-SGD, so no epsilon covers them; start a new run"
             )
-        if self.dp_sgd is not None and "fellrec_dp_secret" in checkpoint:
-            # A resumed run samples and noises as the interrupted one would have.
-            self.dp_secret = int(checkpoint["fellrec_dp_secret"])
+        if self.dp is not None and "fellrec_dp_secret" in checkpoint:
+            # A resumed run samples and noises as the interrupted one would have, and accounts
+            # its rounds with the settings they ran under.
+            state = {"secret": checkpoint["fellrec_dp_secret"]}
+            if "fellrec_dp_ledger" in checkpoint:
+                state["ledger"] = checkpoint["fellrec_dp_ledger"]
+            self.dp.load_state(state)
             self._share_dp_secret(federated_datamodule(self.trainer))
         if self.hidden_noise is not None and "fellrec_hidden_noise_base" in checkpoint:
             self.hidden_noise.base = int(checkpoint["fellrec_hidden_noise_base"])

@@ -1,0 +1,65 @@
+"""Where a host's privacy noise gets its secret seeds: fresh entropy, or a node's own key.
+
+Every privacy noise of a client (DP-SGD's sampling and noise, the DP popularity start, the
+hidden-state noise) is seeded from a secret the server must not know. A simulation draws fresh
+entropy once per process and keeps it in its checkpoints. A deployed node can be restarted
+between rounds; fresh entropy would then release the same data again under new noise (two noisy
+answers to one question average the noise away), which no accountant counts. So a deployed node
+derives its secrets from a key of its own (kept on its machine) and a digest of its training
+data: a restart with the same data answers exactly as before (nothing new is released), and a
+silo whose data changed draws independent noise (the same noise on other data would let the
+server subtract it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from typing import Protocol
+
+import numpy as np
+
+
+class SecretSource(Protocol):
+    """Gives a host the secret seed of one purpose, for the data the noise protects."""
+
+    def __call__(self, purpose: str, data_digest: bytes) -> int:
+        """A secret seed in ``[0, 2**62)`` for ``purpose`` (e.g. ``"dp_sgd"``)."""
+        ...
+
+
+def fresh_secret(purpose: str, data_digest: bytes) -> int:
+    """Fresh OS entropy, whatever the purpose and data (a simulation's secrets)."""
+    del purpose, data_digest  # independent of both by design
+    return secrets.randbits(62)
+
+
+class KeyedSecrets:
+    """Secrets derived from a node's key: ``HMAC-SHA256(key, purpose | data digest)``.
+
+    Args:
+        key: The node's secret key (at least 16 bytes), never sent anywhere.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError(f"a node's secret key needs at least 16 bytes, got {len(key)}")
+        self._key = key
+
+    def __call__(self, purpose: str, data_digest: bytes) -> int:
+        """The secret of ``purpose`` for the data whose digest is ``data_digest``."""
+        message = purpose.encode() + b"\x00" + data_digest
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "little") >> 2
+
+
+def data_digest(arrays: Iterable[np.ndarray]) -> bytes:
+    """A content digest of a client's training data (each user's items, in order)."""
+    hasher = hashlib.sha256()
+    for array in arrays:
+        values = np.ascontiguousarray(array, dtype=np.int64)
+        hasher.update(len(values).to_bytes(8, "little"))
+        hasher.update(values.tobytes())
+    return hasher.digest()
