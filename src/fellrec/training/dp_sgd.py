@@ -23,7 +23,6 @@ defence). Those are listed, not hidden.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,10 +93,6 @@ class DPSGDSettings:
                 raise ValueError(f"model.dp_sgd.{name} must be >= 1, got {value}")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ValueError(f"model.dp_sgd.delta must be in (0, 1), got {self.delta}")
-
-    def secret(self) -> int:
-        """The base of the sampling and noise streams: ``seed``, else fresh OS entropy."""
-        return self.seed if self.seed is not None else secrets.randbits(62)
 
     @property
     def step_noise_multiplier(self) -> float:
