@@ -102,21 +102,31 @@ BUDGETS: dict[str, list[str]] = {
 SPLITS = ("leave_one_out", "temporal")
 
 
+#: Peak resident memory (MiB) of each finished ``fellrec`` process, by its log path.
+PEAK_RSS_MIB: dict[str, float] = {}
+
+
 def fellrec(args: list[str], log: Path) -> float:
-    """Run ``fellrec <args>`` in a fresh process, output into ``log``; return its seconds."""
+    """Run ``fellrec <args>`` in a fresh process, output into ``log``; return its seconds.
+
+    The process's peak resident memory goes into :data:`PEAK_RSS_MIB` (from ``wait4``: that
+    process's own, not its siblings').
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("w") as handle:
-        result = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-m", "fellrec", *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=env,
-            check=False,
         )
-    if result.returncode != 0:
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    PEAK_RSS_MIB[str(log)] = usage.ru_maxrss / 1024  # KiB on Linux
+    if process.returncode != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"fellrec {' '.join(args[:3])} failed (see {log}):\n{tail}")
     return time.perf_counter() - started
@@ -155,6 +165,8 @@ def run_split(
     baselines: list[str],
     seed: int | None = None,
     jobs: int = 1,
+    specs: dict[str, list[str]] | None = None,
+    extra: list[str] | None = None,
 ) -> dict[str, Path]:
     """Every baseline and strategy of one split; their run directories by name.
 
@@ -162,9 +174,12 @@ def run_split(
         seed: ``None`` runs the config's seed into ``<output>/<split>/``; a number runs that
             seed (``data.seed`` and ``seed_everything``) into ``<output>/<split>/seed-<n>/``.
         jobs: How many strategy runs go at once (each its own process).
+        specs: The flags of each name in ``strategies`` (default :data:`STRATEGY_SPECS`).
+        extra: Flags every run of the split gets, baselines included (e.g. a data protocol).
     """
+    specs = STRATEGY_SPECS if specs is None else specs
     root = split_root(output, split, seed)
-    shared = data_arguments(data_dir, split, output / "cache")
+    shared = data_arguments(data_dir, split, output / "cache") + list(extra or [])
     if seed is not None:
         shared += ["--data.seed", str(seed), "--seed_everything", str(seed)]
     runs: dict[str, Path] = {}
@@ -189,7 +204,7 @@ def run_split(
             print(f"[{root.relative_to(output)}] {name}: finished before, skipped", flush=True)
             continue
         args = ["fit", "--config", str(BASE_CONFIG), *shared, *BUDGETS[budget]]
-        args += [*STRATEGY_SPECS[name], "--trainer.default_root_dir", str(directory)]
+        args += [*specs[name], "--trainer.default_root_dir", str(directory)]
         args += ["--checkpoint.dirpath", str(directory / "checkpoints")]
         args += ["--trainer.enable_progress_bar", "false"]
         if (directory / "checkpoints" / "last.ckpt").is_file():
@@ -203,9 +218,15 @@ def run_split(
             ["data", "stats", "--config", str(BASE_CONFIG), *shared], root / "logs" / "data.log"
         )
 
+    memory_path = root / "peak_rss_mib.json"
+    memory: dict[str, float] = json.loads(memory_path.read_text()) if memory_path.exists() else {}
+
     def fit(name: str, args: list[str]) -> float:
         print(f"[{root.relative_to(output)}] {name}: fitting", flush=True)
-        return fellrec(args, root / "logs" / f"{name}.log")
+        log = root / "logs" / f"{name}.log"
+        elapsed = fellrec(args, log)
+        memory[name] = PEAK_RSS_MIB[str(log)]
+        return elapsed
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(fit, name, args): name for name, args in pending.items()}
@@ -218,6 +239,7 @@ def run_split(
                 )
                 timing_path.parent.mkdir(parents=True, exist_ok=True)
                 timing_path.write_text(json.dumps(seconds, indent=2))
+                memory_path.write_text(json.dumps(memory, indent=2))
         except BaseException:
             # A failed run stops the benchmark as before: the runs not yet started are dropped
             # (leaving the pool would otherwise start every one of them first).
