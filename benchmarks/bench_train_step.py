@@ -148,7 +148,7 @@ def plain_peft_step(
     from fellrec.models.attention_masks import decoder_allowed, sdpa_mask
     from fellrec.models.backbone import load_encoder
     from fellrec.models.sequential import next_item_targets
-    from fellrec.models.split import split_family
+    from fellrec.models.split_support import split_family
 
     model, _ = load_encoder(backbone)
     base_dropout = getattr(module, "base_dropout", None)

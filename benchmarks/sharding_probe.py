@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from fellrec.models.sharding import local_parameter_bytes
-from fellrec.models.split import model_parts, num_blocks
 from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import model_parts, num_blocks
 
 
 class ShardingProbe(Callback):

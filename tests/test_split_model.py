@@ -14,15 +14,9 @@ from fellrec.models.attention_masks import (
     encoder_attention_mask,
     position_ids_from_mask,
 )
-from fellrec.models.split import (
-    SUPPORTED_MODEL_TYPES,
-    SplitModel,
-    UnsplitTrunk,
-    make_trunk,
-    num_blocks,
-    split_family,
-)
+from fellrec.models.split import SplitModel, UnsplitTrunk, make_trunk
 from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import SUPPORTED_MODEL_TYPES, num_blocks, split_family
 from fellrec.models.transport import LocalTransport
 from split_families import (
     FAMILIES,

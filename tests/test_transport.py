@@ -9,8 +9,9 @@ from torch import nn
 
 from fellrec.models.attention_masks import position_ids_from_mask
 from fellrec.models.process_transport import ProcessTransport
-from fellrec.models.split import SplitModel, num_blocks
+from fellrec.models.split import SplitModel
 from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import num_blocks
 from fellrec.models.transport import TRANSPORTS, LocalTransport, Payload, Transport
 from fellrec.training.recommender_assembly import make_transport
 

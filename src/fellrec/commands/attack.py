@@ -195,7 +195,7 @@ def train_and_observe(
 
 def main(args: list[str]) -> None:
     """``fellrec attack --config X.yaml [--k-fronts 0,1,2] [--rounds N] [--shortlist K] ...``."""
-    from fellrec.models.split import num_blocks
+    from fellrec.models.split_support import num_blocks
 
     parser = build_parser()
     parsed = parse_checked(parser, args, "fellrec attack")

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.inversion import Batch, _eval_mode, _Walker, fit_inversion
-from fellrec.models.split import InputEmbedder, SplitModel, num_blocks
+from fellrec.models.split import InputEmbedder, SplitModel
 from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import num_blocks
 from fellrec.models.transport import LocalTransport
 
 ATTACK = "front-copy"

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from fellrec.models.hidden_defence import HiddenDefence
-from fellrec.models.split import InputEmbedder, SplitModel, num_blocks
+from fellrec.models.split import InputEmbedder, SplitModel
 from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import num_blocks
 from fellrec.models.transport import LocalTransport
 
 #: ``(input_ids, attention_mask)``, both ``(B, T)``; victims may add a ``(B, T)`` content mask.

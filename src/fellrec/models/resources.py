@@ -224,7 +224,7 @@ def count_parameters(config: Any) -> ParameterCounts:
     Raises:
         ValueError: For another model type; the message lists the supported ones.
     """
-    from fellrec.models.split import SUPPORTED_MODEL_TYPES, model_parts
+    from fellrec.models.split_support import SUPPORTED_MODEL_TYPES, model_parts
 
     model_type = str(getattr(config, "model_type", ""))
     family = SUPPORTED_MODEL_TYPES.get(model_type)

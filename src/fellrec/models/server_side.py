@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from fellrec.models.adapters import ClientAdapters
-from fellrec.models.split import model_blocks
 from fellrec.models.split_plan import SplitPlan
+from fellrec.models.split_support import model_blocks
 
 
 class ServerSide:

@@ -29,8 +29,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from fellrec.models.split import model_parts
 from fellrec.models.split_plan import SplitPlan
+from fellrec.models.split_support import model_parts
 
 
 def is_sharded(tensor: Tensor) -> bool:

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 import transformers
 from packaging.version import Version
-from peft import PeftModel
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
@@ -35,62 +34,23 @@ from fellrec.models.attention_masks import (
 )
 from fellrec.models.low_precision import cpu_attention_kernels
 from fellrec.models.split_plan import SplitPlan, plan_split
+from fellrec.models.split_support import (
+    SUPPORTED_MODEL_TYPES,
+    block_list,
+    check_split_attention,
+    check_split_config,
+    configured_causal,
+    inner_model,
+    model_part,
+    model_type_of,
+    num_blocks,
+    sliding_windows,
+    split_family,
+)
 from fellrec.models.transport import LocalTransport, MiddleCall, Transport
 
-#: Model types split execution supports (each verified exact against the unsplit model by the
-#: tests), and their kind. The pieces are found generically (:data:`DECODER_PARTS`,
-#: :data:`ENCODER_PARTS`); a type is listed once its split equals its own forward.
-SUPPORTED_MODEL_TYPES: dict[str, str] = {
-    "llama": "decoder",
-    "qwen2": "decoder",
-    "mistral": "decoder",
-    "qwen3": "decoder",
-    "phi3": "decoder",
-    "gemma": "decoder",
-    "gemma2": "decoder",
-    "gemma3_text": "decoder",
-    "gpt2": "decoder",
-    "bert": "encoder",
-    "roberta": "encoder",
-    "xlm-roberta": "encoder",
-    "distilbert": "encoder",
-    "modernbert": "encoder",
-}
-#: Encoder types whose own forward runs causal self-attention when ``config.is_decoder`` is set
-#: (Hugging Face then builds a causal mask for them); the split builds the same mask. The other
-#: encoders (DistilBERT, ModernBERT) have no decoder mode and ignore the flag, as the split does.
-CAUSAL_WHEN_DECODER = frozenset({"bert", "roberta", "xlm-roberta"})
-#: Model types verified on transformers 5 only; on 4.x their forwards differ (Gemma scales the
-#: embeddings in the model's forward, Gemma 3 has two rotary modules, ...), so they are refused.
-NEEDS_TRANSFORMERS_5 = frozenset(
-    {"qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "gpt2", "distilbert", "modernbert"}
-)
-_TRANSFORMERS_5 = Version(transformers.__version__) >= Version("5")
-#: Where each piece of a decoder lives, first match wins (LLaMA-style names, then GPT-2's):
-#: token embeddings, learned absolute positions, embedding dropout, blocks, final norm, rotary.
-DECODER_PARTS: dict[str, tuple[str, ...]] = {
-    "embeddings": ("embed_tokens", "wte"),
-    "positions": ("wpe",),
-    "dropout": ("drop",),
-    "blocks": ("layers", "h"),
-    "norm": ("norm", "ln_f"),
-    "rotary": ("rotary_emb",),
-}
-#: Where each piece of an encoder lives: the embeddings (positions included), the blocks and,
-#: where the family has them (ModernBERT), a final norm and a rotary module.
-ENCODER_PARTS: dict[str, tuple[str, ...]] = {
-    "embeddings": ("embeddings",),
-    "blocks": ("encoder.layer", "transformer.layer", "layers"),
-    "norm": ("final_norm",),
-    "rotary": ("rotary_emb",),
-}
 #: KV cache classes split generation supports (per-side, growing or sliding key windows).
 SPLIT_CACHES = ("DynamicCache",)
-#: Per-layer attention kinds whose masks the split builds (``config.layer_types``).
-LAYER_TYPES = ("full_attention", "sliding_attention")
-#: Attention implementations that accept the additive float masks built here.
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
-
 #: What the client does to the front's hidden states before they cross (``model.hidden_defence``:
 #: :class:`~fellrec.models.hidden_defence.ClientNoise`), ``(B, T, H) -> (B, T, H)``.
 Defence = Callable[[Tensor], Tensor]
@@ -99,152 +59,6 @@ Trunk = Callable[[Tensor, Tensor], Tensor]
 #: Turns input ids into input vectors ``(B, T, H)`` in place of the token embedding table (the
 #: sequential recommender's item tokens); the model's own position embeddings still apply.
 InputEmbedder = Callable[[Tensor], Tensor]
-
-
-def _inner_model(model: nn.Module) -> nn.Module:
-    """The bare transformer (``LlamaModel``, ``BertModel``, ...) under peft and task heads."""
-    if isinstance(model, PeftModel):
-        model = model.get_base_model()
-    prefix = getattr(model, "base_model_prefix", "")
-    inner = getattr(model, prefix, model) if prefix else model
-    return inner if isinstance(inner, nn.Module) else model
-
-
-def _model_type(model: nn.Module) -> str:
-    config = getattr(_inner_model(model), "config", None)
-    return str(getattr(config, "model_type", type(model).__name__))
-
-
-def split_family(model: nn.Module) -> str:
-    """Return ``"decoder"`` or ``"encoder"`` for a supported model (possibly peft-wrapped).
-
-    Raises:
-        ValueError: If the model type is not supported; the message lists the supported ones.
-    """
-    model_type = _model_type(model)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"split execution (model.split_execution: true) supports the model types "
-            f"{sorted(SUPPORTED_MODEL_TYPES)}, got {model_type!r}; set "
-            "model.split_execution: false to run this backbone unsplit"
-        )
-    if model_type in NEEDS_TRANSFORMERS_5 and not _TRANSFORMERS_5:
-        raise ValueError(
-            f"split execution of {model_type!r} needs transformers>=5 (installed: "
-            f"{transformers.__version__}); upgrade transformers, or set "
-            "model.split_execution: false"
-        )
-    return SUPPORTED_MODEL_TYPES[model_type]
-
-
-def configured_causal(model: nn.Module) -> bool:
-    """Whether an encoder's own forward is causal by its config (``is_decoder=True``)."""
-    config = getattr(_inner_model(model), "config", None)
-    return _model_type(model) in CAUSAL_WHEN_DECODER and bool(getattr(config, "is_decoder", False))
-
-
-def _find(owner: nn.Module, path: str) -> nn.Module | None:
-    """The submodule at dotted ``path`` (e.g. ``encoder.layer``), or ``None``."""
-    found: object = owner
-    for name in path.split("."):
-        found = getattr(found, name, None)
-    return found if isinstance(found, nn.Module) else None
-
-
-def _part(inner: nn.Module, family: str, part: str, required: bool = True) -> nn.Module | None:
-    """A piece of the model (:data:`DECODER_PARTS`, :data:`ENCODER_PARTS`) by its known names."""
-    names = (DECODER_PARTS if family == "decoder" else ENCODER_PARTS).get(part, ())
-    for name in names:
-        found = _find(inner, name)
-        if found is not None:
-            return found
-    if required:
-        raise ValueError(
-            f"{type(inner).__name__} has no {part} module (looked for {', '.join(names)}) to split"
-        )
-    return None
-
-
-def _blocks(inner: nn.Module, family: str) -> nn.ModuleList:
-    blocks = _part(inner, family, "blocks")
-    if not isinstance(blocks, nn.ModuleList):
-        raise ValueError(f"{type(inner).__name__}'s blocks are not an nn.ModuleList")
-    return blocks
-
-
-def model_parts(model: nn.Module) -> dict[str, nn.Module]:
-    """The pieces split execution cuts a supported model into, by name.
-
-    ``inner`` (the bare transformer), ``blocks``, ``embeddings`` and, where the model has them,
-    ``positions`` (learned absolute positions), ``norm`` (a decoder's final norm) and ``rotary``.
-    """
-    family = split_family(model)
-    inner = _inner_model(model)
-    parts: dict[str, nn.Module] = {"inner": inner, "blocks": _blocks(inner, family)}
-    names = DECODER_PARTS if family == "decoder" else ENCODER_PARTS
-    for part in names:
-        if part != "blocks":
-            found = _part(inner, family, part, required=part == "embeddings")
-            if found is not None:
-                parts[part] = found
-    return parts
-
-
-def model_blocks(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a supported model (possibly peft-wrapped), in order."""
-    return _blocks(_inner_model(model), split_family(model))
-
-
-def num_blocks(model: nn.Module) -> int:
-    """Number of transformer blocks ``L`` of a supported model."""
-    return len(model_blocks(model))
-
-
-def _sliding_windows(config: object, count: int) -> list[int | None]:
-    """Sliding window of every block (``None``: full causal attention), as the HF models do."""
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return [window if kind == "sliding_attention" else None for kind in layer_types[:count]]
-    if getattr(config, "model_type", "") == "qwen2":
-        first = getattr(config, "max_window_layers", 0)
-        use = getattr(config, "use_sliding_window", False)
-        return [window if use and i >= first else None for i in range(count)]
-    return [window] * count
-
-
-def _check_config(config: object) -> None:
-    """Refuse settings that change masking or positions in a way the split does not rebuild."""
-    refused = {
-        "use_bidirectional_attention": "bidirectional attention",
-        "add_cross_attention": "cross-attention to an encoder",
-        "is_encoder_decoder": "an encoder-decoder model",
-    }
-    for flag, what in refused.items():
-        if getattr(config, flag, False):
-            raise ValueError(
-                f"split execution does not rebuild {what} ({flag}=True in the backbone's "
-                "config); set model.split_execution: false"
-            )
-    kinds = set(getattr(config, "layer_types", None) or ()) - set(LAYER_TYPES)
-    if kinds:
-        raise ValueError(
-            f"split execution builds {list(LAYER_TYPES)} masks; the backbone's config.layer_types "
-            f"has {sorted(kinds)}; set model.split_execution: false"
-        )
-
-
-def _check_attention(config: object) -> str | None:
-    """The attention implementation, if it accepts the masks built here; else a ValueError."""
-    attention = getattr(config, "_attn_implementation", None)
-    if attention is not None and attention not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(
-            f"split execution builds additive 4-D attention masks, which work with the "
-            f"attention implementations {list(ATTENTION_IMPLEMENTATIONS)}; this model uses "
-            f"{attention!r}. Load it with attn_implementation='sdpa', or set "
-            "model.split_execution: false."
-        )
-    return attention
 
 
 def _hidden(output: Tensor | tuple[Tensor, ...]) -> Tensor:
@@ -262,7 +76,7 @@ def _causal_encoder_mask(attention_mask: Tensor, config: object, dtype: torch.dt
     Boolean for sdpa, additive for eager attention (which adds the mask to the scores).
     """
     allowed = decoder_allowed(attention_mask)
-    if _check_attention(config) == "sdpa":
+    if check_split_attention(config) == "sdpa":
         return sdpa_mask(allowed)
     return additive_mask(allowed, dtype)
 
@@ -312,8 +126,8 @@ class UnsplitTrunk:
         self, model: nn.Module, embed: InputEmbedder | None = None, causal: bool = False
     ) -> None:
         self.model = model
-        self.inner = _inner_model(model)
-        self.family = SUPPORTED_MODEL_TYPES.get(_model_type(model), "other")
+        self.inner = inner_model(model)
+        self.family = SUPPORTED_MODEL_TYPES.get(model_type_of(model), "other")
         self.embed = embed
         self.causal = causal
 
@@ -387,15 +201,15 @@ class SplitModel:
     ) -> None:
         self.family = split_family(model)
         self.model = model
-        self.inner = _inner_model(model)
-        self.blocks = _blocks(self.inner, self.family)
+        self.inner = inner_model(model)
+        self.blocks = block_list(self.inner, self.family)
         if plan.num_layers != len(self.blocks):
             raise ValueError(
                 f"split plan for {plan.num_layers} blocks, but the model has {len(self.blocks)}"
             )
         config = self.inner.config
-        _check_attention(config)
-        _check_config(config)
+        check_split_attention(config)
+        check_split_config(config)
         self.plan = plan
         self.transport = transport
         self.embed = embed
@@ -403,15 +217,15 @@ class SplitModel:
         self.causal = causal or configured_causal(model)
         self.defence = defence
         family = self.family
-        embeddings = _part(self.inner, family, "embeddings")
+        embeddings = model_part(self.inner, family, "embeddings")
         assert embeddings is not None  # required parts raise when absent
         self.embeddings: nn.Module = embeddings
         decoder = family == "decoder"
-        self.positions = _part(self.inner, family, "positions", required=False)
-        self.dropout = _part(self.inner, family, "dropout", required=False)
-        self.norm = _part(self.inner, family, "norm", required=decoder)
-        self.rotary = _part(self.inner, family, "rotary", required=False)
-        self._windows = _sliding_windows(config, len(self.blocks))
+        self.positions = model_part(self.inner, family, "positions", required=False)
+        self.dropout = model_part(self.inner, family, "dropout", required=False)
+        self.norm = model_part(self.inner, family, "norm", required=decoder)
+        self.rotary = model_part(self.inner, family, "rotary", required=False)
+        self._windows = sliding_windows(config, len(self.blocks))
         # Rotary modules with one frequency table per attention kind (Gemma 3) take the kind.
         self._rotary_by_kind = self.rotary is not None and "layer_type" in (
             inspect.signature(self.rotary.forward).parameters
@@ -660,7 +474,7 @@ class SplitModel:
         # which lets it pick its fastest kernels (and keeps the numbers identical to unsplit).
         # The check costs one host sync per side, like transformers' own mask creation.
         no_padding = bool(attention_mask.all())
-        sdpa = _check_attention(self.inner.config) == "sdpa"
+        sdpa = check_split_attention(self.inner.config) == "sdpa"
         masks: dict[int | None, Tensor | None] = {}
         for window in {self._windows[i] for i in blocks}:
             allowed: Tensor | None

@@ -42,8 +42,9 @@ from fellrec.models.backbone import load_causal_lm, load_encoder
 from fellrec.models.process_transport import random_state, set_random_state
 from fellrec.models.proximal import add_proximal_gradient
 from fellrec.models.server_side import ServerSide
-from fellrec.models.split import SplitModel, model_blocks, num_blocks
+from fellrec.models.split import SplitModel
 from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import model_blocks, num_blocks
 from fellrec.models.transport import LocalTransport
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from fellrec.models.adapters import LoRASettings
 from fellrec.models.resources import resource_report
-from fellrec.models.split import num_blocks
 from fellrec.models.split_plan import SplitPlan, plan_split
+from fellrec.models.split_support import num_blocks
 from fellrec.training.datamodule import federated_datamodule
 
 if TYPE_CHECKING:

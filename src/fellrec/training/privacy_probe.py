@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from fellrec.models.split import num_blocks
+from fellrec.models.split_support import num_blocks
 from fellrec.training.datamodule import federated_datamodule
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.loop import FederatedLoop

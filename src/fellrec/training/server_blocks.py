@@ -18,8 +18,8 @@ from torch import nn
 from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.server_side import ServerSide
-from fellrec.models.split import model_blocks, num_blocks
 from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import model_blocks, num_blocks
 
 
 class RemoteServerBlocks:

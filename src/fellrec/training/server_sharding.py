@@ -27,8 +27,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from fellrec.models.adapters import ClientAdapters
 from fellrec.models.resource_tables import human_bytes
 from fellrec.models.sharding import local_parameter_bytes, shard_blocks, sharded_blocks
-from fellrec.models.split import num_blocks
 from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import num_blocks
 
 log = logging.getLogger(__name__)
 
