@@ -28,8 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import LlamaConfig
 
 from fellrec.models.adapters import LoRASettings
+from fellrec.models.parameter_counts import count_parameters
 from fellrec.models.resource_tables import format_cost_table, human_count
-from fellrec.models.resources import cost_table, count_parameters
+from fellrec.models.resources import cost_table
 
 #: SmolLM2-135M-Instruct's architecture, as its config.json states it.
 SMOLLM2 = dict(

@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from fellrec.models.adapters import LoRASettings
+from fellrec.models.parameter_counts import count_parameters, lora_parameters
 from fellrec.models.resource_tables import (
     format_cost_table,
     format_report,
@@ -25,7 +26,7 @@ from fellrec.models.resource_tables import (
     human_count,
     human_flops,
 )
-from fellrec.models.resources import cost_table, count_parameters, lora_parameters, resource_report
+from fellrec.models.resources import cost_table, resource_report
 from fellrec.models.split import SplitModel
 from fellrec.models.split_plan import plan_split
 from fellrec.models.transport import LocalTransport

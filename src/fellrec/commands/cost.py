@@ -20,13 +20,14 @@ from jsonargparse import ArgumentParser
 
 from fellrec.config_errors import parse_checked
 from fellrec.config_parser import config_parser, instantiate_run_config
+from fellrec.models.parameter_counts import count_parameters, lora_targets
 from fellrec.models.resource_tables import (
     format_cost_table,
     format_report,
     human_count,
     padding_note,
 )
-from fellrec.models.resources import cost_table, count_parameters, lora_targets, resource_report
+from fellrec.models.resources import cost_table, resource_report
 from fellrec.models.split_plan import plan_split
 from fellrec.training.datamodule import FederatedDataModule
 from fellrec.training.federated_module import FederatedModule
