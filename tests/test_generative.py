@@ -288,3 +288,34 @@ def test_invalid_arguments_fail(tiny_llama_dir):
         GenerativeRecommender(model, tokenizer, [], PromptSettings())
     assert make(tiny_llama_dir).num_items == len(TITLES)
     assert make(tiny_llama_dir).device == torch.device("cpu")
+
+
+def test_constrained_beams_are_catalog_items_ranked_first(tiny_llama_dir):
+    # An untrained model writes anything; under the constraint every beam is a title.
+    recommender = make(tiny_llama_dir, num_beams=3, max_new_tokens=2, constrained=True)
+    histories = torch.tensor([[-1, 0, 1], [2, 3, 4]])
+    ranked = recommender.generate_items(histories)
+    assert [len(items) for items in ranked] == [3, 3]
+    assert all(0 <= item < len(TITLES) for items in ranked for item in items)
+    scores = recommender.recommend(histories)
+    for row, items in enumerate(ranked):
+        order = scores[row].argsort(descending=True).tolist()
+        assert order[:3] == items  # beam order first (despite max_new_tokens 2 < longest)
+        # The rest by distance to the best beam's title.
+        table = recommender.item_embeddings()
+        rest = [i for i in range(len(TITLES)) if i not in items]
+        distances = torch.cdist(table[items[0]][None], table[rest])[0]
+        assert order[3:] == [rest[i] for i in distances.argsort().tolist()]
+    exclude = torch.zeros(2, len(TITLES), dtype=torch.bool)
+    exclude[0, ranked[0][0]] = True
+    masked = recommender.recommend(histories, exclude=exclude)
+    assert torch.isinf(masked[0, ranked[0][0]]) and masked[0].argmax() == ranked[0][1]
+
+
+def test_unconstrained_generation_is_unchanged_by_the_switch(tiny_llama_dir):
+    free = make(tiny_llama_dir)
+    histories = torch.tensor([[-1, 0, 1], [2, 3, 4]])
+    texts = free.generate_titles(histories)
+    # The untrained model writes no catalog title: the constraint is what makes beams items.
+    assert not set(texts) & set(TITLES)
+    assert make(tiny_llama_dir, constrained=True).generate_titles(histories) == texts

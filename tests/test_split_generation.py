@@ -79,6 +79,15 @@ def test_recommender_generates_through_the_split(model, tiny_llama_dir):
     )
     assert split.generate_titles(histories) == unsplit.generate_titles(histories)
     assert transport.calls > 0
+    # Constrained to the catalog, the split writes the same items in the same beam order.
+    constrained = PromptSettings(
+        num_beams=2, max_new_tokens=5, max_prompt_tokens=64, constrained=True
+    )
+    unsplit = GenerativeRecommender(model, tokenizer, titles, constrained)
+    split = GenerativeRecommender(
+        model, tokenizer, titles, constrained, trunk=make_trunk(model, True, 1, 1, transport)
+    )
+    assert split.generate_items(histories) == unsplit.generate_items(histories)
 
 
 @needs_transformers_5

@@ -23,6 +23,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from fellrec.models.catalog_trie import CatalogTrie
 from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
 from fellrec.models.prompts import PromptSettings, parse_response, render_prompt, render_response
 
@@ -87,6 +88,7 @@ class GenerativeRecommender(nn.Module):
         self._responses: dict[int, list[int]] = {}
         self._prompts: dict[tuple[tuple[int, ...], int], list[int]] = {}
         self._item_table: torch.Tensor | None = None
+        self._trie: CatalogTrie | None = None
 
     @property
     def num_items(self) -> int:
@@ -282,27 +284,33 @@ class GenerativeRecommender(nn.Module):
             )
         return self._item_table
 
-    def generate_titles(self, histories: torch.Tensor) -> list[str]:
-        """Beam-search one title per history with the active adapter (eval mode, restored after).
+    def _beam_search(self, histories: torch.Tensor, trie: CatalogTrie | None) -> torch.Tensor:
+        """The generated tokens of every beam kept ``(B * R, G)``, best beam of a row first.
 
-        Args:
-            histories: Item indices ``(B, H)``, oldest first, left-padded with ``-1``.
-
-        Returns:
-            The parsed titles (possibly not in the catalog, possibly empty).
+        With ``trie`` every beam is kept (``R = num_beams``) and may only write catalog
+        responses; without it the best beam of each row is (``R = 1``).
         """
         budget = self.settings.max_prompt_tokens
         prompts = [
             self.prompt_ids([i for i in row if i >= 0], budget) for row in histories.tolist()
         ]
         input_ids, attention_mask = self._pad(prompts, left=True)
+        start = input_ids.shape[1]
+        beams = self.settings.num_beams
         config = GenerationConfig(
-            num_beams=self.settings.num_beams,
-            max_new_tokens=self.settings.max_new_tokens,
+            num_beams=beams,
+            num_return_sequences=beams if trie is not None else 1,
+            max_new_tokens=max(self.settings.max_new_tokens, trie.longest if trie else 0),
             do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
         )
+        allowed = None
+        if trie is not None:
+
+            def allowed(batch_id: int, sequence: torch.Tensor) -> list[int]:
+                return trie.allowed(sequence[start:].tolist())
+
         # A split trunk routes every decoding step through client front -> transport -> server
         # middle -> client back (each side keeping the KV cache of its own blocks).
         routing = getattr(self.__dict__["_trunk"], "generating", None)
@@ -312,13 +320,52 @@ class GenerativeRecommender(nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
+                prefix_allowed_tokens_fn=allowed,
                 # Sharded blocks: every process steps until all processes' beams are done.
                 synced_gpus=self._max_over_processes is not None,
             )
-        texts = self.tokenizer.batch_decode(
-            output[:, input_ids.shape[1] :], skip_special_tokens=True
-        )
+        return output[:, start:]
+
+    def generate_titles(self, histories: torch.Tensor) -> list[str]:
+        """Beam-search one title per history with the active adapter (eval mode, restored after).
+
+        Args:
+            histories: Item indices ``(B, H)``, oldest first, left-padded with ``-1``.
+
+        Returns:
+            The parsed titles (possibly not in the catalog, possibly empty).
+        """
+        generated = self._beam_search(histories, None)
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [parse_response(text) for text in texts]
+
+    def catalog_trie(self) -> CatalogTrie:
+        """The prefix trie of every item's response (built once)."""
+        if self._trie is None:
+            responses = [self.response_ids(item) for item in range(self.num_items)]
+            self._trie = CatalogTrie(responses, self.eos_id, self.pad_id)
+        return self._trie
+
+    def generate_items(self, histories: torch.Tensor) -> list[list[int]]:
+        """Beam-search catalog items per history, constrained to titles (best first, distinct).
+
+        Args:
+            histories: Item indices ``(B, H)``, oldest first, left-padded with ``-1``.
+
+        Returns:
+            Per history, the items its beams wrote, in beam-score order (up to ``num_beams``
+            items; more when titles are shared by several items).
+        """
+        trie = self.catalog_trie()
+        generated = self._beam_search(histories, trie)
+        beams = generated.view(len(histories), self.settings.num_beams, -1)
+        ranked: list[list[int]] = []
+        for row in beams.tolist():
+            items: list[int] = []
+            for beam in row:
+                items += [item for item in trie.lookup(beam) if item not in items]
+            ranked.append(items)
+        return ranked
 
     def ground(self, titles: Sequence[str], exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Score every item for each title by the negative L2 distance of their embeddings.
@@ -342,8 +389,24 @@ class GenerativeRecommender(nn.Module):
     ) -> torch.Tensor:
         """Generate a title per history and ground it: scores ``(B, I)``.
 
+        With ``model.prompt.constrained`` the beams' items come first, in beam order, and every
+        other item follows by the distance of its title's embedding to the best beam's.
+
         Args:
             histories: Item indices ``(B, H)``, oldest first, left-padded with ``-1``.
             exclude: Optional ``(B, I)`` boolean mask of items to score ``-inf``.
         """
-        return self.ground(self.generate_titles(histories), exclude)
+        if not self.settings.constrained:
+            return self.ground(self.generate_titles(histories), exclude)
+        ranked = self.generate_items(histories)
+        table = self.item_embeddings()
+        # A row whose beams ended off the catalog (cannot happen under the trie) grounds at 0.
+        best = torch.tensor([items[0] if items else 0 for items in ranked], device=table.device)
+        scores = -torch.cdist(table[best], table)
+        # Beam items above every distance (distances are <= 0), in beam order.
+        for row, items in enumerate(ranked):
+            for rank, item in enumerate(items):
+                scores[row, item] = float(len(items) - rank)
+        if exclude is not None:
+            scores = scores.masked_fill(exclude.to(scores.device), float("-inf"))
+        return scores

@@ -35,6 +35,12 @@ class PromptSettings:
     """Tokens generated per recommendation."""
     num_beams: int = 4
     """Beams of the beam search."""
+    constrained: bool = False
+    """Constrain beam search to the catalog: a prefix trie of every item's response tokens
+    allows only tokens that continue some title, so every beam is an item, and the beams in
+    score order rank the first ``num_beams`` items (the rest follow by their distance to the
+    best beam's title). Generation may then run up to the longest title's tokens, beyond
+    ``max_new_tokens``. False: free generation grounded by embedding distance (BIGRec)."""
 
     @property
     def plural(self) -> str:
