@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-NOISE = ["--model.items.bias_init", "dp_log_popularity"]
+NOISE = ["--model.items.bias_init", "dp_log_popularity", "--model.items.bias_init_seed", "0"]
 OPTIONS: dict[str, list[str]] = {
     "recipe (log_popularity)": [],
     "bias_init zeros": ["--model.items.bias_init", "zeros"],

@@ -30,6 +30,17 @@ def ml100k_dir() -> Path:
         pytest.fail(str(error), pytrace=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def node_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Deployed nodes' secret keys go to a temporary directory, never the user's data directory.
+
+    Set in the environment, so node processes the tests start find the same keys.
+    """
+    directory = tmp_path_factory.mktemp("node-keys")
+    os.environ["FELLREC_NODE_KEY_DIR"] = str(directory)
+    return directory
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs MovieLens-100K (through ``ml100k_dir``, even indirectly)."""
     for item in items:

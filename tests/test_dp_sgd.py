@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 
@@ -372,15 +373,18 @@ def test_the_ledger_merges_like_settings_and_counts_missing_rounds_with_the_curr
     from fellrec.training.dp_training import PrivacyLedger
 
     ledger = PrivacyLedger(releases=[2.0])
-    ledger.record(0, 0, (1.0, 0.5, 3))
-    ledger.record(0, 1, (1.0, 0.5, 3))
-    ledger.record(0, 2, (4.0, 0.5, 3))
-    ledger.record(0, 2, (2.0, 0.5, 3))  # a replayed round replaces its entry
+    ledger.record(0, 0, 11, (1.0, 0.5, 3))
+    ledger.record(0, 1, 12, (1.0, 0.5, 3))
+    ledger.record(0, 2, 13, (4.0, 0.5, 3))
+    ledger.record(0, 2, 13, (2.0, 0.5, 3))  # replayed from the same parameters: one release
     assert ledger.history(0, 3, (9.0, 0.1, 1)) == [(1.0, 0.5, 6), (2.0, 0.5, 3)]
     # Rounds 3 and 4 are not recorded (a restarted node): the current settings count them.
     assert ledger.history(0, 5, (9.0, 0.1, 1)) == [(1.0, 0.5, 6), (2.0, 0.5, 3), (9.0, 0.1, 2)]
     assert ledger.history(1, 2, (9.0, 0.1, 1)) == [(9.0, 0.1, 2)]
-    back = PrivacyLedger.from_state(ledger.state())
+    # Round 1 asked again from other parameters: other noise, a second release, counted.
+    ledger.record(0, 1, 99, (1.0, 0.5, 3))
+    assert ledger.history(0, 3, (9.0, 0.1, 1)) == [(1.0, 0.5, 9), (2.0, 0.5, 3)]
+    back = PrivacyLedger.from_state(json.loads(json.dumps(ledger.state())))
     assert back == ledger
 
 
@@ -534,7 +538,7 @@ def test_the_run_total_keeps_a_client_absent_from_the_last_round():
 
 
 def test_a_restarted_deployed_node_answers_as_before_and_another_node_does_not(
-    tmp_path, tiny_encoder_dir
+    tmp_path, tiny_encoder_dir, monkeypatch
 ):
     """M4: no seed anywhere; the node's own key makes a restart release nothing new."""
     pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
@@ -545,18 +549,34 @@ def test_a_restarted_deployed_node_answers_as_before_and_another_node_does_not(
 
     config = str(write_tiny_config(tmp_path, tiny_encoder_dir))
 
-    def node(root):
+    def node(root, popularity_noise="0.5", rounds="2"):
         overrides = ("--trainer.default_root_dir", str(root), "--model.recommender", "sequential")
-        dp = ("--model.dp_sgd.expected_users", "4", "--model.dp_sgd.popularity_noise", "0.5")
-        return ClientSession(RunSettings((config,), (*overrides, *dp)), 1)
+        dp = ("--model.dp_sgd.expected_users", "4", "--model.dp_sgd.popularity_noise")
+        budget = ("--trainer.max_epochs", rounds)
+        settings = RunSettings((config,), (*overrides, *dp, popularity_noise, *budget))
+        return ClientSession(settings, 1)
 
+    monkeypatch.setenv("FELLREC_NODE_KEY_DIR", str(tmp_path / "keys"))
     first = node(tmp_path / "node")
     start = first.initial_parameters()
     round_0 = ClientRoundConfig(round=0, lr_scale=1.0, proximal_mu=0.0)
     trained = first.train(start, round_0).parameters
-    restarted = node(tmp_path / "node")  # same machine, same key file
+    assert (tmp_path / "keys" / "client_1.key").is_file()
+    # Restarted, even into another run directory the server chose: the same answers.
+    restarted = node(tmp_path / "elsewhere")
     assert torch.equal(restarted.initial_parameters(), start)
     assert torch.equal(restarted.train(start, round_0).parameters, trained)
-    elsewhere = node(tmp_path / "other")  # another key: independent noise
+    # Asked for more rounds (a resume): the same noise; other settings: other noise (the same
+    # draws at two scales would give the counts away).
+    def secret(session):
+        session.initial_parameters()  # builds the module
+        return session.module.dp.secret
+
+    assert secret(node(tmp_path / "node", rounds="4")) == secret(first)
+    assert secret(node(tmp_path / "node", popularity_noise="1.0")) != secret(first)
+    monkeypatch.setenv("FELLREC_NODE_KEY_DIR", str(tmp_path / "other-keys"))
+    elsewhere = node(tmp_path / "node")  # another machine's key: independent noise
     assert not torch.equal(elsewhere.initial_parameters(), start)
-    assert (tmp_path / "node" / "node-keys" / "client_1.key").is_file()
+    # The server cannot seed a node's noise through the run config it writes.
+    with pytest.raises(ValueError, match=re.escape("model.dp_sgd.seed=3 is in the federation")):
+        ClientSession(RunSettings((config,), ("--model.dp_sgd.seed", "3")), 1)

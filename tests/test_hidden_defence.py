@@ -15,9 +15,9 @@ from fellrec.models.front_copy import front_copy_recovery, front_states
 from fellrec.models.hidden_defence import (
     ClientNoise,
     HiddenDefence,
-    client_noise_seed,
     clip_token_norms,
     defend_hidden_states,
+    stream_seed,
 )
 from fellrec.models.inversion import token_recovery
 from fellrec.models.split import make_trunk
@@ -111,7 +111,7 @@ def test_the_server_receives_the_defended_states_seeded_and_differentiable(tiny_
     defence = HiddenDefence(clip=0.5, noise=0.3, seed=11)
     sent, out, grad = _step(model, defence, client=2)
     # Exactly the clipped states plus noise from client 2's own stream of the seed.
-    stream = torch.Generator().manual_seed(client_noise_seed(11, 2))
+    stream = torch.Generator().manual_seed(stream_seed(11, 2))
     assert torch.equal(sent, defence(clean, stream))
     assert not torch.equal(sent, clean)
     # A rerun with the same seed is bit-identical; gradients reach the client's embeddings.
@@ -194,10 +194,24 @@ def test_each_round_draws_its_own_stream_and_a_resumed_round_replays_it(tmp_path
     noise = ClientNoise(HiddenDefence(clip=1.0, noise=0.5, seed=4), lambda: 0)
     states = torch.zeros(1, 3, 2)
     first = noise(states)
-    noise.start_round(1)
+    noise.start("train", 1)
     second = noise(states)
-    noise.start_round(0)
+    noise.start("train", 0)
     assert torch.equal(noise(states), first) and not torch.equal(first, second)
+    # A pass replayed from the same parameters adds the same noise; from others, other noise;
+    # an evaluation pass never adds a training round's noise.
+    noise.start("train", 0, {0: 123})
+    sent = noise(states)
+    noise.start("train", 0, {0: 123})
+    assert torch.equal(noise(states), sent)
+    noise.start("train", 0, {0: 124})
+    assert not torch.equal(noise(states), sent)
+    noise.start("validation", 0, {0: 123})
+    evaluated = noise(states)
+    noise.start("test", 0, {0: 123})
+    assert not torch.equal(evaluated, sent) and not torch.equal(noise(states), evaluated)
+    with pytest.raises(ValueError, match="stage is one of"):
+        noise.start("predict")
 
     class StopInRoundOne(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -222,3 +236,5 @@ def test_each_round_draws_its_own_stream_and_a_resumed_round_replays_it(tmp_path
     saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
     resumed = run(tmp_path / "cut", [], ckpt_path="last")
     assert resumed.hidden_noise.base == saved["fellrec_hidden_noise_base"]
+    # The last pass was a validation: its own stream, bound to the parameters it evaluated.
+    assert resumed.hidden_noise._stream == ("validation", 0)

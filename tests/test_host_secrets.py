@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 
@@ -14,15 +15,16 @@ from fellrec.training.host_secrets import KeyedSecrets, data_digest, fresh_secre
 
 def test_keyed_secrets_are_fixed_by_key_purpose_and_data():
     data = data_digest([np.asarray([1, 2, 3]), np.asarray([4])])
-    source = KeyedSecrets(b"k" * 32)
-    assert source("dp_sgd", data) == KeyedSecrets(b"k" * 32)("dp_sgd", data)
+    source = KeyedSecrets(b"k" * 32, "config-a")
+    assert source("dp_sgd", data) == KeyedSecrets(b"k" * 32, "config-a")("dp_sgd", data)
     assert 0 <= source("dp_sgd", data) < 2**62
     assert source("dp_sgd", data) != source("hidden", data)
-    assert source("dp_sgd", data) != KeyedSecrets(b"j" * 32)("dp_sgd", data)
+    assert source("dp_sgd", data) != KeyedSecrets(b"j" * 32, "config-a")("dp_sgd", data)
+    assert source("dp_sgd", data) != KeyedSecrets(b"k" * 32, "config-b")("dp_sgd", data)
     other = data_digest([np.asarray([1, 2, 3]), np.asarray([5])])
     assert source("dp_sgd", data) != source("dp_sgd", other)
     with pytest.raises(ValueError, match="at least 16 bytes"):
-        KeyedSecrets(b"short")
+        KeyedSecrets(b"short", "config-a")
 
 
 def test_the_data_digest_tells_users_apart_not_only_their_items():
@@ -37,14 +39,17 @@ def test_fresh_secrets_differ():
     assert len({fresh_secret("dp_sgd", b"") for _ in range(8)}) == 8
 
 
-def test_a_node_key_is_made_once_owner_only_and_read_back(tmp_path):
+def test_a_node_key_is_made_once_owner_only_and_read_back(tmp_path, monkeypatch):
     pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
     from fellrec.deploy.node_key import KEY_BYTES, node_key, node_key_path
 
-    path = node_key_path(tmp_path, 3)
+    monkeypatch.setenv("FELLREC_NODE_KEY_DIR", str(tmp_path / "keys"))
+    path = node_key_path(3)
+    assert path == tmp_path / "keys" / "client_3.key"
     key = node_key(path)
     assert len(key) == KEY_BYTES and path.read_bytes() == key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert node_key(path) == key
     assert os.listdir(path.parent) == [path.name]  # no staging file left
     path.chmod(0o644)
@@ -56,11 +61,47 @@ def test_a_node_key_is_made_once_owner_only_and_read_back(tmp_path):
         node_key(path)
 
 
+def test_a_key_path_that_is_a_link_or_a_directory_is_refused_naming_it(tmp_path, monkeypatch):
+    pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
+    from fellrec.deploy.node_key import node_key
+
+    target = tmp_path / "elsewhere.key"
+    target.write_bytes(b"k" * 32)
+    target.chmod(0o600)
+    link = tmp_path / "link.key"
+    link.symlink_to(target)
+    with pytest.raises(
+        ValueError, match=re.escape("link.key: this node's secret key must be a regular")
+    ):
+        node_key(link)
+    dangling = tmp_path / "dangling.key"
+    dangling.symlink_to(tmp_path / "missing")
+    with pytest.raises(ValueError, match=re.escape("dangling.key")):
+        node_key(dangling)
+    (tmp_path / "dir.key").mkdir()
+    with pytest.raises(
+        ValueError, match=re.escape("dir.key: this node's secret key must be a regular")
+    ):
+        node_key(tmp_path / "dir.key")
+
+
+def test_the_default_key_directory_is_the_nodes_own(monkeypatch, tmp_path):
+    pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
+    from fellrec.deploy.node_key import node_key_dir
+
+    monkeypatch.delenv("FELLREC_NODE_KEY_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert node_key_dir() == tmp_path / "data" / "fellrec" / "node-keys"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert node_key_dir() == tmp_path / "home" / ".local" / "share" / "fellrec" / "node-keys"
+
+
 def test_processes_of_one_node_starting_together_share_its_key(tmp_path):
     pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
-    from fellrec.deploy.node_key import node_key, node_key_path
+    from fellrec.deploy.node_key import node_key
 
-    path = node_key_path(tmp_path, 0)
+    path = tmp_path / "keys" / "client_0.key"
     keys: list[bytes] = []
     threads = [threading.Thread(target=lambda: keys.append(node_key(path))) for _ in range(8)]
     for thread in threads:

@@ -4,7 +4,7 @@ Every message is one short Lightning run (a fit of one round, or a validation or
 same module, so the base model is loaded once per process, and the client keeps nothing between
 rounds that the server does not send it again: a round's result depends only on the parameters and
 round config it is sent (and on the data, the config and the seed), exactly as in the one-process
-simulation. Unseeded privacy noise is the exception by design: it comes from the node's own key
+simulation. Privacy noise is the exception by design: it comes from the node's own key
 (:mod:`fellrec.deploy.node_key`), so a restarted node answers as it did before.
 """
 
@@ -21,7 +21,12 @@ from lightning.pytorch.callbacks import Callback
 from fellrec.deploy.client_requests import REQUEST_KINDS, ClientRequest
 from fellrec.deploy.messages import STAGES, EvaluationReport, NodeDescription, TrainReport
 from fellrec.deploy.node_key import node_key, node_key_path
-from fellrec.deploy.run_config import RunSettings, catalog_fingerprint, load_run
+from fellrec.deploy.run_config import (
+    RunSettings,
+    catalog_fingerprint,
+    load_run,
+    resume_fingerprint,
+)
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
 from fellrec.training.adapter_cards import export_adapters
@@ -79,10 +84,14 @@ class ClientSession:
         own_data = ("--data.silo", silo) if silo else ()
         run = load_run(settings, "--data.client", str(client), *own_data)
         check_deployable(run.model, run.strategy, run.unsupported)
+        # The settings come from the run config, which the server writes: no noise seed may.
+        check_secret_seeds(run.model)
         self.client = client
         self.module = client_module_like(run.model, client)
-        # The node's noises from its own key: a restarted node answers as before.
-        self.module.secret_source = KeyedSecrets(node_key(node_key_path(run.root, client)))
+        # The node's noises from its own key, bound to this federation's settings: a restarted
+        # node answers as before, a rerun with other settings draws other noise.
+        key = node_key(node_key_path(client))
+        self.module.secret_source = KeyedSecrets(key, resume_fingerprint(run.config))
         self.datamodule = run.datamodule
         self.trainer_settings = run.trainer_settings
         self.root = Path(run.root)
@@ -261,8 +270,10 @@ def answer(request: ClientRequest) -> Any:
 def check_secret_seeds(model: FederatedModule) -> None:
     """Refuse privacy noise seeded from the federation's shared config, which the server reads.
 
-    Whoever knows such a seed can replay the noise and subtract it. Each party may set its own
-    (its node's settings; they are left out of the config fingerprint) or leave it unset.
+    Whoever knows such a seed can replay the noise and subtract it. A deployed node takes every
+    setting from the run config, which the server writes, so it refuses them too (a server that
+    skipped its own check cannot seed the nodes' noise); each node derives its secrets from its
+    own key (:mod:`fellrec.deploy.node_key`).
 
     Raises:
         ValueError: Naming the seed.
@@ -276,8 +287,8 @@ def check_secret_seeds(model: FederatedModule) -> None:
         if value is not None:
             raise ValueError(
                 f"{key}={value} is in the federation's config, which the server reads: whoever "
-                "knows it can subtract the noise it seeds; leave it unset (fresh entropy on each "
-                "node) or set it in a party's own node config"
+                "knows it can subtract the noise it seeds; leave it unset (each node derives its "
+                "own from its node key)"
             )
 
 

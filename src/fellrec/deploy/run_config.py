@@ -61,6 +61,18 @@ def config_fingerprint(config: Mapping[str, Any], extra: Mapping[str, Any] | Non
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def resume_fingerprint(config: Mapping[str, Any]) -> str:
+    """:func:`config_fingerprint` of everything but the round budget.
+
+    What a resumed deployment must share with the saved one (more rounds may be asked of it),
+    and what a node's noise secrets are bound to: a rerun with other settings draws other noise,
+    one asked for more rounds replays the same.
+    """
+    trimmed = dict(config)
+    trimmed["trainer"] = {}
+    return config_fingerprint(trimmed)
+
+
 def catalog_fingerprint(
     item_ids: Sequence[object], titles: Sequence[str], categories: Sequence[Sequence[str]]
 ) -> str:

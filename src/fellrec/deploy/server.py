@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from safetensors.torch import save_file
 
 from fellrec.deploy.remote_clients import RemoteClients
-from fellrec.deploy.run_config import LoadedRun, config_fingerprint
+from fellrec.deploy.run_config import LoadedRun, resume_fingerprint
 from fellrec.federation.engine import RoundEngine
 from fellrec.federation.results_file import write_results
 
@@ -135,9 +135,7 @@ class FederationServer:
     # ------------------------------------------------------------------ state
     def _fingerprint(self) -> str:
         """What a resumed run must share with the saved one: the config, all but the rounds."""
-        config = dict(self.run.config)
-        config["trainer"] = {}  # more rounds (trainer.max_epochs) may be asked of a resume
-        return config_fingerprint(config)
+        return resume_fingerprint(self.run.config)
 
     def _save_state(self, path: Path) -> None:
         """Everything the next round needs (clients keep nothing between rounds)."""

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -135,9 +136,25 @@ class HiddenDefence:
         return {"clip": self.clip, "noise": self.noise if self.enabled else None, "noise_std": std}
 
 
-def client_noise_seed(seed: int, client: int) -> int:
-    """The seed of ``client``'s noise stream under ``model.hidden_defence.seed`` ``seed``."""
-    return (seed * 1_000_003 + 7_919 * client + 1) % (2**63)
+#: What a stream is drawn for: one training round, or an evaluation pass of a stage.
+NOISE_STAGES = ("train", "validation", "test")
+
+
+def stream_seed(
+    base: int, client: int, stage: str = "train", round_index: int = 0, parameters: int = 0
+) -> int:
+    """The seed of ``client``'s noise stream: its base, the stage, the round, the parameters.
+
+    Args:
+        base: The secret base (``model.hidden_defence.seed``, or the host's own secret).
+        client: The client.
+        stage: One of :data:`NOISE_STAGES`.
+        round_index: The training round (0 for an evaluation pass).
+        parameters: A digest of the client's parameters the pass starts from (0: unknown).
+    """
+    entropy = [base, client, NOISE_STAGES.index(stage), round_index, parameters]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))
 
 
 class ClientNoise:
@@ -168,26 +185,40 @@ class ClientNoise:
         if base is None:
             base = settings.seed if settings.seed is not None else secrets.randbits(62)
         self.base = base
-        self._round = 0
+        self._stream: tuple[str, int] = ("train", 0)
+        self._parameters: Mapping[int, int] = {}
         self._generators: dict[tuple[int, str], torch.Generator] = {}
 
-    def start_round(self, round_index: int) -> None:
-        """Start every client's stream of round ``round_index`` afresh.
+    def start(
+        self, stage: str, round_index: int = 0, parameters: Mapping[int, int] | None = None
+    ) -> None:
+        """Start every client's stream of a training round or an evaluation pass afresh.
 
-        Each round draws from its own stream, so a resumed round replays the draws of the
-        interrupted one (with the base kept in the checkpoint), and two rounds never add the same
-        noise (the difference of two sends would cancel it).
+        Each pass draws from its own stream, seeded by the stage, the round and a digest of the
+        parameters the client starts it from: a pass replayed from the same parameters (a
+        resumed round, a restarted node asked again) adds exactly the same noise, so it reveals
+        nothing new, and a pass from other parameters, or of another round or stage, never adds
+        the same noise (the difference of two sends would cancel it).
+
+        Args:
+            stage: One of :data:`NOISE_STAGES`.
+            round_index: The training round (0 for an evaluation pass).
+            parameters: By client, a digest of its parameters at the start of the pass.
         """
-        self._round = round_index
+        if stage not in NOISE_STAGES:
+            raise ValueError(f"a noise stream's stage is one of {NOISE_STAGES}, got {stage!r}")
+        self._stream = (stage, round_index)
+        self._parameters = dict(parameters or {})
         self._generators.clear()
 
     def generator(self, client: int, device: torch.device) -> torch.Generator:
-        """``client``'s generator on ``device`` in this round (seeded at its first use)."""
+        """``client``'s generator on ``device`` in this pass (seeded at its first use)."""
         key = (client, str(device))
         if key not in self._generators:
             generator = torch.Generator(device=device)
-            seed = (client_noise_seed(self.base, client) + 1_000_033 * self._round) % (2**63)
-            generator.manual_seed(seed)
+            stage, round_index = self._stream
+            digest = self._parameters.get(client, 0)
+            generator.manual_seed(stream_seed(self.base, client, stage, round_index, digest))
             self._generators[key] = generator
         return self._generators[key]
 

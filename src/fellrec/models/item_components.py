@@ -140,9 +140,11 @@ class ItemSettings:
     bias_init_delta: float = 1e-5
     """``dp_log_popularity``: the delta of the noised counts."""
     bias_init_seed: int | None = None
-    """``dp_log_popularity``: seed of the count noise (each client its own). None: fresh
-    operating-system entropy, what a deployment must use: whoever knows the seed (``model.seed``
-    is shared with the server) can subtract the noise. Set it for reproducible simulations."""
+    """Seed of the item components' noise: ``dp_log_popularity``'s count noise and the share
+    noise (each client its own streams). None: fresh operating-system entropy in a simulation (a
+    deployed node derives its own from its node key), what a deployment must use: whoever knows
+    the seed (``model.seed`` is shared with the server) can subtract the noise. Set it for
+    reproducible simulations (refused in a deployment's config)."""
     share_noise_ids: float = 0.0
     """Standard deviation of Gaussian noise a client adds to every coordinate of every ID-embedding
     row after its local training, before sending them (0: none). Every row then moves, so which

@@ -8,7 +8,6 @@ batch, the loss of a user's rows and its backward pass.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from fellrec.training.dp_sgd import (
     dp_user_popularity,
     epsilon_spent,
 )
+from fellrec.training.host_secrets import parameter_digests
 
 #: One round's accounting of a client: (noise multiplier per step, sample rate, steps).
 RoundAccount = tuple[float, float, int]
@@ -34,54 +34,59 @@ class PrivacyLedger:
 
     The settings of a round are recorded when it starts, so a run resumed with other
     ``model.dp_sgd`` settings accounts each round with the settings it ran under (kept in the
-    checkpoint). A round missing from the ledger (a deployed node restarted without it) is
-    counted with the current settings.
+    checkpoint). A round is recorded per parameters it started from: replayed from the same
+    parameters it draws the same noise and releases nothing new (one entry), from other
+    parameters it is a second release (a second entry). A round missing from the ledger (a
+    deployed node restarted without it) is counted once, at the current settings.
 
     Attributes:
         releases: Noise multipliers of the one-off releases of each client's data (the DP
             popularity start), made once when the run started.
-        rounds: By client, by round: the round's :data:`RoundAccount`.
+        rounds: By client, by round, by digest of the round-start parameters: the round's
+            :data:`RoundAccount`.
     """
 
     releases: list[float] = field(default_factory=list)
-    rounds: dict[int, dict[int, RoundAccount]] = field(default_factory=dict)
+    rounds: dict[int, dict[int, dict[int, RoundAccount]]] = field(default_factory=dict)
 
-    def record(self, client: int, round_index: int, account: RoundAccount) -> None:
-        """Record (or replace, for a replayed round) one client's round."""
-        self.rounds.setdefault(client, {})[round_index] = account
+    def record(self, client: int, round_index: int, start: int, account: RoundAccount) -> None:
+        """Record one client's round started from parameters of digest ``start``."""
+        self.rounds.setdefault(client, {}).setdefault(round_index, {})[start] = account
 
     def history(self, client: int, rounds: int, current: RoundAccount) -> list[RoundAccount]:
         """The accountant's history of ``client`` over rounds ``0 .. rounds - 1``.
 
-        Consecutive rounds with the same settings are merged into one entry (the accountant
+        Consecutive entries with the same settings are merged into one (the accountant
         composes them the same way, faster).
         """
         recorded = self.rounds.get(client, {})
         history: list[RoundAccount] = []
         for round_index in range(rounds):
-            sigma, rate, steps = recorded.get(round_index, current)
-            if history and history[-1][:2] == (sigma, rate):
-                history[-1] = (sigma, rate, history[-1][2] + steps)
-            else:
-                history.append((sigma, rate, steps))
+            for sigma, rate, steps in list(recorded.get(round_index, {}).values()) or [current]:
+                if history and history[-1][:2] == (sigma, rate):
+                    history[-1] = (sigma, rate, history[-1][2] + steps)
+                else:
+                    history.append((sigma, rate, steps))
         return history
 
     def state(self) -> dict[str, Any]:
         """The ledger as plain values (for a checkpoint)."""
-        rounds = {
-            client: {round_index: list(account) for round_index, account in by_round.items()}
+        rounds = [
+            [client, round_index, start, *account]
             for client, by_round in self.rounds.items()
-        }
+            for round_index, by_start in by_round.items()
+            for start, account in by_start.items()
+        ]
         return {"releases": list(self.releases), "rounds": rounds}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> PrivacyLedger:
         """The ledger :meth:`state` wrote."""
-        rounds = {
-            int(c): {int(r): (float(a[0]), float(a[1]), int(a[2])) for r, a in by_round.items()}
-            for c, by_round in state["rounds"].items()
-        }
-        return cls([float(s) for s in state["releases"]], rounds)
+        ledger = cls([float(s) for s in state["releases"]])
+        for client, round_index, start, sigma, rate, steps in state["rounds"]:
+            account = (float(sigma), float(rate), int(steps))
+            ledger.record(int(client), int(round_index), int(start), account)
+        return ledger
 
 
 @dataclass
@@ -144,14 +149,11 @@ class UserLevelDPSGD:
         self.round_index = round_index
         self._steps = {}
         # Each client's own round-start parameters: a silo alone digests what it was sent.
-        rows = anchors.detach().cpu().numpy()
-        self._digests = {
-            slot: int.from_bytes(hashlib.sha256(rows[slot].tobytes()).digest()[:8], "little")
-            for slot in range(len(rows))
-        }
-        for client in clients:
+        self._digests = dict(enumerate(parameter_digests(anchors)))
+        for slot, client in enumerate(clients):
             # Counted whether the client trains this round or not: an upper bound.
-            self.ledger.record(client, round_index, self.round_account(client, local_epochs))
+            account = self.round_account(client, local_epochs)
+            self.ledger.record(client, round_index, self._digests[slot], account)
 
     def seed(self, slot: int, *parts: int) -> int:
         """A torch seed from the secret, the slot's round-start parameters and ``parts``.

@@ -15,10 +15,11 @@ parameters, which per-client routing breaks).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
@@ -44,7 +45,12 @@ from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
 from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
 from fellrec.training.dp_sgd import check_dp_sgd_trainer
 from fellrec.training.dp_training import UserLevelDPSGD
-from fellrec.training.host_secrets import SecretSource, data_digest, fresh_secret
+from fellrec.training.host_secrets import (
+    SecretSource,
+    data_digest,
+    fresh_secret,
+    parameter_digests,
+)
 from fellrec.training.module_settings import ModuleSettings
 from fellrec.training.process_group import gather_objects, max_over_processes, reduce_sum
 from fellrec.training.recommender_assembly import (
@@ -111,6 +117,8 @@ class FederatedModule(ModuleSettings):
         self.secret_source: SecretSource = fresh_secret
         #: The clients' hidden-state noise (``model.hidden_defence``), or None.
         self.hidden_noise: ClientNoise | None = None
+        #: The secret base of the share noise (``model.items.share_noise_*``), or None.
+        self.item_noise_base: int | None = None
 
     # ------------------------------------------------------------------ construction
     @property
@@ -150,17 +158,19 @@ class FederatedModule(ModuleSettings):
         """The held clients' parameters as they leave their silos after local training ``(S, P)``.
 
         With ``model.items.share_noise_ids`` / ``share_noise_bias`` every client first adds its
-        noise to its item rows and biases, in place (seeded by seed, round and client, so a
-        deployed client sends what its simulation sends).
+        noise to its item rows and biases, in place, seeded by a secret base
+        (``model.items.bias_init_seed``, else the host's own secret: ``model.seed`` is the
+        server's too), the round, the client and the parameters it was sent.
         """
         assert self.adapters is not None, "the module is not built yet"
         if self.uses_item_components:
-            for slot, client in enumerate(self.held_clients):
+            for slot in range(self.num_slots):
                 components = cast(ItemComponents, self.adapters.module(slot))
                 config = self._round_configs.get(slot)
                 if components.shares_noise and config is not None:
-                    seed = (self.seed * 1_000_003 + config.round * 10_007 + client) % (2**63)
-                    components.add_share_noise(torch.Generator().manual_seed(seed ^ 0x5EED))
+                    components.add_share_noise(
+                        torch.Generator().manual_seed(self._share_noise_seed(slot, config.round))
+                    )
         return self.client_parameters()
 
     def load_client_parameters(self, parameters: torch.Tensor, identical: bool = False) -> None:
@@ -217,10 +227,7 @@ class FederatedModule(ModuleSettings):
             list(range(self.num_clients)) if datamodule.client is None else [datamodule.client]
         )
         self._slots = {client: slot for slot, client in enumerate(self.held_clients)}
-        # What the privacy noises protect: their secrets change when the data does.
-        digest = data_digest(
-            items for c in self.held_clients for items in datamodule.training_user_items(c)
-        )
+        secret = self._secrets_of(datamodule)
         if self.dp_sgd is not None:
             # Every step Poisson-samples each client's users (fellrec.training.dp_sgd), from a
             # secret seed: the server knows model.seed.
@@ -228,7 +235,7 @@ class FederatedModule(ModuleSettings):
             self.dp = UserLevelDPSGD(
                 self.dp_sgd,
                 {c: datamodule.training_users(c) for c in self.held_clients},
-                seed if seed is not None else self.secret_source("dp_sgd", digest),
+                seed if seed is not None else secret("dp_sgd"),
             )
             self._share_dp_secret(datamodule)
         titles, categories = datamodule.item_texts()
@@ -249,7 +256,7 @@ class FederatedModule(ModuleSettings):
         if self.items.bias_init != "zeros" and self.uses_item_components:
             # dp_log_popularity's noise from a secret (model.seed is the server's too).
             base = self.items.bias_init_seed
-            base = base if base is not None else self.secret_source("bias_init", digest)
+            base = base if base is not None else secret("bias_init")
             for slot, client in enumerate(self.held_clients):
                 counts = datamodule.training_item_counts(client)
                 components = cast(ItemComponents, self.adapters.module(slot))
@@ -261,6 +268,10 @@ class FederatedModule(ModuleSettings):
                     slot, client, datamodule.training_user_items(client), self.num_items
                 )
                 cast(ItemComponents, self.adapters.module(slot)).start_from_popularity(counts)
+        shares = self.items.share_noise_ids > 0 or self.items.share_noise_bias > 0
+        if self.uses_item_components and shares:
+            base = self.items.bias_init_seed
+            self.item_noise_base = base if base is not None else secret("share_noise")
         self.transport = (
             make_transport(self.transport_name, self.block_server) if self.split else None
         )
@@ -283,7 +294,7 @@ class FederatedModule(ModuleSettings):
             self.hidden_noise = ClientNoise(
                 settings.hidden_defence,
                 self.adapters.active_client,
-                noise_seed if noise_seed is not None else self.secret_source("hidden", digest),
+                noise_seed if noise_seed is not None else secret("hidden"),
             )
         self.recommender, self.backend = assemble_recommender(
             settings,
@@ -307,6 +318,46 @@ class FederatedModule(ModuleSettings):
             self.num_items,
         )
         self._client_sizes = torch.as_tensor(sizes, dtype=torch.float64)
+
+    def _secrets_of(self, datamodule: FederatedDataModule) -> Callable[[str], int]:
+        """The host's secret of each purpose, bound to the data its noise protects.
+
+        A deployed node's secrets change when its data do (every stage's: training, validation
+        and test histories and targets), so the same noise never covers other data. The digest
+        is computed at the first call only (a simulation's fresh entropy ignores it).
+        """
+        digests: list[bytes] = []
+
+        def secret(purpose: str) -> int:
+            if not digests:
+                digests.append(self._data_digest(datamodule))
+            return self.secret_source(purpose, digests[0])
+
+        return secret
+
+    def _data_digest(self, datamodule: FederatedDataModule) -> bytes:
+        data = datamodule.data
+        arrays = [items for c in self.held_clients for items in datamodule.training_user_items(c)]
+        held = np.isin(data.assignment, self.held_clients)
+        for period in (data.split.valid, data.split.test):
+            for user, history, targets in zip(
+                period.users, period.histories, period.targets, strict=True
+            ):
+                if held[user]:
+                    arrays += [np.asarray([user]), history, targets]
+        return data_digest(arrays)
+
+    def _share_noise_seed(self, slot: int, round_index: int) -> int:
+        """The seed of a slot's share noise in a round: the secret base and what it was sent."""
+        assert self.round_anchor is not None and self.item_noise_base is not None
+        sent = parameter_digests(self.round_anchor[slot : slot + 1])[0]
+        entropy = [self.item_noise_base, 0x5EED, round_index, self.slot_client(slot), sent]
+        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
+        return int(state[0] >> np.uint64(1))
+
+    def _client_digests(self, rows: torch.Tensor) -> dict[int, int]:
+        """Each held client's digest of its parameters ``rows`` ``(S, P)``, by client id."""
+        return dict(zip(self.held_clients, parameter_digests(rows), strict=True))
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: shard the server's middle blocks across the processes.
@@ -417,7 +468,7 @@ class FederatedModule(ModuleSettings):
             local_epochs = federated_datamodule(self.trainer).local_epochs
             self.dp.start_round(round_index, self.round_anchor, self.held_clients, local_epochs)
         if self.hidden_noise is not None:
-            self.hidden_noise.start_round(round_index)
+            self.hidden_noise.start("train", round_index, self._client_digests(self.round_anchor))
         steps: dict[int, int] = {}
         for batch in federated_datamodule(self.trainer).round_plan(round_index):
             if batch.step_end:
@@ -556,12 +607,24 @@ class FederatedModule(ModuleSettings):
     def on_validation_epoch_start(self) -> None:
         """Start accumulating validation metrics."""
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
+        self._start_eval_noise("validation")
         if self.remote is not None:
             self.remote.sync_if_stale()
 
     def on_test_epoch_start(self) -> None:
         """Start accumulating test metrics."""
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
+        self._start_eval_noise("test")
+
+    def _start_eval_noise(self, stage: str) -> None:
+        """An evaluation pass draws its own hidden-state noise, bound to the evaluated parameters.
+
+        Asked again for the same parameters (a restarted node), it adds the same noise; never
+        the noise of a training round.
+        """
+        if self.hidden_noise is not None:
+            digests = self._client_digests(self.client_parameters())
+            self.hidden_noise.start(stage, 0, digests)
         if self.remote is not None:
             self.remote.sync_if_stale()
 
@@ -608,6 +671,8 @@ class FederatedModule(ModuleSettings):
             checkpoint["fellrec_dp_ledger"] = self.dp.ledger.state()
         if self.hidden_noise is not None:
             checkpoint["fellrec_hidden_noise_base"] = self.hidden_noise.base
+        if self.item_noise_base is not None:
+            checkpoint["fellrec_item_noise_base"] = self.item_noise_base
         if self.remote is not None:
             # The server's values of the middle blocks' LoRA, and its optimizers' moments.
             checkpoint["fellrec_block_server"] = self.remote.checkpoint_state(
@@ -639,6 +704,8 @@ class FederatedModule(ModuleSettings):
             self._share_dp_secret(federated_datamodule(self.trainer))
         if self.hidden_noise is not None and "fellrec_hidden_noise_base" in checkpoint:
             self.hidden_noise.base = int(checkpoint["fellrec_hidden_noise_base"])
+        if self.item_noise_base is not None and "fellrec_item_noise_base" in checkpoint:
+            self.item_noise_base = int(checkpoint["fellrec_item_noise_base"])
         if "state_dict" in checkpoint:  # ModelParallelStrategy loaded (and checked) it already
             self.check_checkpoint_keys(checkpoint["state_dict"])
         if self.remote is not None:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
+import torch
 
 
 class SecretSource(Protocol):
@@ -37,20 +38,25 @@ def fresh_secret(purpose: str, data_digest: bytes) -> int:
 
 
 class KeyedSecrets:
-    """Secrets derived from a node's key: ``HMAC-SHA256(key, purpose | data digest)``.
+    """Secrets derived from a node's key: ``HMAC-SHA256(key, purpose | context | data digest)``.
 
     Args:
         key: The node's secret key (at least 16 bytes), never sent anywhere.
+        context: What else must change the secrets: the federation's config fingerprint (all
+            but its round budget), so a run with other settings (another noise scale) never
+            reuses the noise of this one: two scales of the same draws would let the server
+            solve for the data.
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, context: str) -> None:
         if len(key) < 16:
             raise ValueError(f"a node's secret key needs at least 16 bytes, got {len(key)}")
         self._key = key
+        self._context = context.encode()
 
     def __call__(self, purpose: str, data_digest: bytes) -> int:
         """The secret of ``purpose`` for the data whose digest is ``data_digest``."""
-        message = purpose.encode() + b"\x00" + data_digest
+        message = b"\x00".join((purpose.encode(), self._context, data_digest))
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return int.from_bytes(digest[:8], "little") >> 2
 
@@ -63,3 +69,13 @@ def data_digest(arrays: Iterable[np.ndarray]) -> bytes:
         hasher.update(len(values).to_bytes(8, "little"))
         hasher.update(values.tobytes())
     return hasher.digest()
+
+
+def parameter_digests(rows: torch.Tensor) -> list[int]:
+    """A 64-bit digest of each row of a host's parameters ``(S, P)`` (what a client was sent).
+
+    Seeds mixed with it make a replay from the same parameters draw the same noise (nothing new
+    released) and a request from other parameters draw other noise.
+    """
+    values = rows.detach().cpu().numpy()
+    return [int.from_bytes(hashlib.sha256(row.tobytes()).digest()[:8], "little") for row in values]
