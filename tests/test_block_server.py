@@ -54,6 +54,7 @@ from fellrec.serving import block_server
 from fellrec.serving.block_host import BlockHost, BlockHostSpec
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.results import RESULTS_FILE
+from fellrec.training.server_blocks import RemoteServerBlocks
 from fellrec.wire import peers, rpc
 from fellrec.wire.codec import encode
 from fellrec.wire.security import TlsSettings
@@ -527,11 +528,13 @@ class PoisonTheHostsCopy(Callback):
     """
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert isinstance(pl_module, FederatedModule) and pl_module.remote is not None
+        assert isinstance(pl_module, FederatedModule) and isinstance(
+            pl_module.server_blocks, RemoteServerBlocks
+        )
         if trainer.current_epoch != 1:
             return
         with torch.no_grad():
-            for param in pl_module.remote.held_parameters():
+            for param in pl_module.server_blocks.held_parameters():
                 param.fill_(float("nan"))
 
 

@@ -566,6 +566,7 @@ def test_a_restarted_deployed_node_answers_as_before_and_another_node_does_not(
     restarted = node(tmp_path / "elsewhere")
     assert torch.equal(restarted.initial_parameters(), start)
     assert torch.equal(restarted.train(start, round_0).parameters, trained)
+
     # Asked for more rounds (a resume): the same noise; other settings: other noise (the same
     # draws at two scales would give the counts away).
     def secret(session):

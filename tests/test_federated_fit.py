@@ -14,6 +14,7 @@ from federation_helpers import tiny_run
 from fellrec.federation.engine import RESULTS_KEYS
 from fellrec.federation.strategies import Centralized, FedAvg, FedProx, FELLRec, Local
 from fellrec.metrics.slices import SLICE_NAMES
+from fellrec.training.client_checkpoints import client_state
 from fellrec.training.results import RESULTS_FILE
 
 
@@ -156,6 +157,16 @@ def test_adapters_saved_in_peft_format(fellrec_run, tiny_encoder_dir):
     assert "# fellrec adapter: client 1 of 3" in card
     assert f"round {results['client_best_rounds'][1]} of the 2 rounds run" in card
     assert f"| test ndcg@10 | {results['clients']['1']['ndcg@10']:.4f} |" in card
+
+
+def test_a_local_checkpoint_holds_the_hosts_adapters_and_nothing_of_a_block_server(fellrec_run):
+    # In process the server-block null object adds nothing: the keys are those checkpoints
+    # had before it, so old checkpoints and new ones load alike.
+    root, _, model, _, _ = fellrec_run
+    checkpoint = torch.load(root / "checkpoints" / "last.ckpt", weights_only=False)
+    assert {key for key in checkpoint if key.startswith("fellrec_")} == {"fellrec_train_traffic"}
+    assert set(checkpoint["state_dict"]) == set(client_state(model.state_dict()))
+    assert checkpoint["state_dict"]  # the adapters themselves
 
 
 def test_fedavg_round_leaves_identical_adapters(tmp_path, tiny_encoder_dir):

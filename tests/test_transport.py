@@ -12,7 +12,7 @@ from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.split import SplitModel
 from fellrec.models.split_plan import plan_split
 from fellrec.models.split_support import num_blocks
-from fellrec.models.transport import TRANSPORTS, LocalTransport, Payload, Transport
+from fellrec.models.transport import TRANSPORTS, LocalTransport, Payload, Server, Transport
 from fellrec.training.recommender_assembly import make_transport
 
 ALLOWED = {
@@ -153,6 +153,63 @@ def test_second_backward_through_the_transport_is_refused() -> None:
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="already backpropagated"):
         loss.backward()
+
+
+class _GraphsById(Transport):
+    """A transport written as CONTRIBUTING.md says: its two exchanges and nothing else.
+
+    It keeps each server graph under an id until its backward, as a server in another process
+    does (the call's id is all that crosses).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graphs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def run_server(
+        self, server: Server, received: dict[str, torch.Tensor], grad: bool, input_grad: bool
+    ) -> tuple[torch.Tensor, str | None]:
+        hidden, mask, pos = (
+            received[k] for k in ("hidden_states", "attention_mask", "position_ids")
+        )
+        if not grad:
+            return server(hidden, mask, pos), None
+        server_input = hidden.clone().requires_grad_(input_grad)
+        with torch.enable_grad():
+            server_output = server(server_input, mask, pos)
+        call = f"call-{len(self.graphs)}"
+        self.graphs[call] = (server_input, server_output)
+        return server_output.detach(), call
+
+    def backpropagate_server(self, graph: str, grad: torch.Tensor) -> torch.Tensor | None:
+        server_input, server_output = self.graphs.pop(graph)
+        torch.autograd.backward(server_output, grad)
+        return server_input.grad if server_input.requires_grad else None
+
+
+@pytest.mark.parametrize("client_trains", [True, False])
+def test_a_new_transport_gets_the_seam_and_its_counts_from_the_shared_code(
+    client_trains: bool,
+) -> None:
+    toy = _GraphsById()
+    runs = []
+    for transport in (LocalTransport(), toy):
+        server = _Server()
+        hidden, mask, pos = _inputs(requires_grad=client_trains)
+        out = transport.call_server(server, hidden, mask, pos)
+        loss = (out**2).sum()
+        loss.backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match="already backpropagated"):
+            loss.backward()
+        with torch.no_grad():
+            evaluated = transport.call_server(server, hidden, mask, pos)
+        runs.append((out, evaluated, hidden.grad, server.linear.weight.grad, transport.stats()))
+    (out, evaluated, h_grad, w_grad, stats), (toy_out, toy_eval, toy_h, toy_w, toy_stats) = runs
+    assert torch.equal(toy_out, out) and torch.equal(toy_eval, evaluated)
+    assert torch.equal(toy_w, w_grad)
+    assert (toy_h is None and h_grad is None) if not client_trains else torch.equal(toy_h, h_grad)
+    assert toy_stats == stats and stats["calls"] == 2
+    assert toy.graphs == {}  # freed by the backward
 
 
 def test_make_transport() -> None:

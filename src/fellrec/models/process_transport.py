@@ -40,11 +40,8 @@ from torch import Tensor
 
 from fellrec.models.transport import (
     MiddleCall,
-    Payload,
     Server,
     Transport,
-    gradient_to_client,
-    gradient_to_server,
 )
 from fellrec.wire import peers, rpc
 from fellrec.wire.codec import WireError, encode
@@ -339,29 +336,23 @@ class ProcessTransport(Transport):
         """Run the middle blocks in the server process; see :meth:`Transport.call_server`."""
         if not isinstance(server, MiddleCall):
             raise TypeError("model.transport: process runs the middle blocks of a split model")
-        self.calls += 1
-        if not torch.is_grad_enabled():
-            received = self._count_forward(hidden_states, attention_mask, position_ids)
-            out = self._forward(None, server, received, grad=False, input_grad=False)["hidden"]
-            return self._count_result(out)
-        anchor = torch.empty(0, device=hidden_states.device, requires_grad=True)
-        result: Tensor = _RemoteCall.apply(
-            hidden_states, attention_mask, position_ids, anchor, self, server
-        )
-        return result
+        return super().call_server(server, hidden_states, attention_mask, position_ids)
 
-    def _count_forward(self, hidden: Tensor, mask: Tensor, positions: Tensor) -> dict[str, Tensor]:
-        payload = Payload(
-            "to_server",
-            "forward",
-            {"hidden_states": hidden.detach(), "attention_mask": mask, "position_ids": positions},
-        )
-        return self.send(payload).tensors
+    def run_server(
+        self, server: Server, received: dict[str, Tensor], grad: bool, input_grad: bool
+    ) -> tuple[Tensor, Any]:
+        """Run the middle blocks in the server process; see :meth:`Transport.run_server`.
 
-    def _count_result(self, hidden: Tensor) -> Tensor:
-        return self.send(Payload("to_client", "forward", {"hidden_states": hidden})).tensors[
-            "hidden_states"
-        ]
+        The graph handle is the call's id: the server keeps the graph until its backward.
+        """
+        assert isinstance(server, MiddleCall)  # call_server refused anything else
+        call = self.new_call_id() if grad else None
+        answer = self._forward(call, server, received, grad=grad, input_grad=input_grad)
+        return answer["hidden"], (call if grad and answer["graph"] else None)
+
+    def backpropagate_server(self, graph: Any, grad: Tensor) -> Tensor | None:
+        """The server backpropagates call ``graph``; see :meth:`Transport.backpropagate_server`."""
+        return self._backward(graph, grad)
 
     def _forward(
         self,
@@ -453,35 +444,3 @@ def _close(
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-
-
-class _RemoteCall(torch.autograd.Function):
-    """Autograd seam: the client graph ends here; the server keeps its graph by call id."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        hidden_states: Tensor,
-        attention_mask: Tensor,
-        position_ids: Tensor,
-        anchor: Tensor,
-        transport: ProcessTransport,
-        server: MiddleCall,
-    ) -> Tensor:
-        received = transport._count_forward(hidden_states, attention_mask, position_ids)
-        wants_input_grad = bool(ctx.needs_input_grad[0])
-        call = transport.new_call_id()
-        answer = transport._forward(call, server, received, grad=True, input_grad=wants_input_grad)
-        ctx.transport, ctx.call, ctx.consumed = transport, call, False
-        ctx.has_graph = bool(answer["graph"])
-        out = answer["hidden"]
-        if not ctx.has_graph and not wants_input_grad:
-            ctx.mark_non_differentiable(out)
-        return transport._count_result(out)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        transport: ProcessTransport = ctx.transport
-        grad = gradient_to_server(transport, ctx, grad_output)
-        grad_input = transport._backward(ctx.call, grad) if ctx.has_graph else None
-        return gradient_to_client(transport, grad_input), None, None, None, None, None

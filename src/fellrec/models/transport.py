@@ -126,7 +126,6 @@ class Transport(ABC):
     def close(self) -> None:  # noqa: B027
         """Release the connection to the server, if any (nothing, in process)."""
 
-    @abstractmethod
     def call_server(
         self,
         server: Server,
@@ -134,7 +133,11 @@ class Transport(ABC):
         attention_mask: Tensor,
         position_ids: Tensor,
     ) -> Tensor:
-        """Run the server on a micro-batch.
+        """Run the server on a micro-batch, counting what crosses.
+
+        The forward and backward messages, the autograd seam and the counting are the same for
+        every transport; each transport says how the server runs (:meth:`run_server`) and how
+        its kept graph is backpropagated (:meth:`backpropagate_server`).
 
         Args:
             server: The server's blocks: ``(hidden_states, attention_mask, position_ids) -> h``.
@@ -145,6 +148,51 @@ class Transport(ABC):
         Returns:
             The server's hidden states ``(B, T, H)``, differentiable with respect to
             ``hidden_states`` and the server's parameters when gradients are enabled.
+        """
+        self.calls += 1
+        if not torch.is_grad_enabled():
+            # Evaluation (no_grad / inference_mode): no graph on either side, just the two messages.
+            received = _to_server(self, hidden_states, attention_mask, position_ids)
+            out, _ = self.run_server(server, received, grad=False, input_grad=False)
+            return _to_client(self, out)
+        # The anchor makes the call's output require grad even when the client's hidden states do
+        # not (no trainable client front), so the server's own parameters still get gradients.
+        anchor = torch.empty(0, device=hidden_states.device, requires_grad=True)
+        result: Tensor = _ServerCall.apply(
+            hidden_states, attention_mask, position_ids, anchor, self, server
+        )
+        return result
+
+    @abstractmethod
+    def run_server(
+        self, server: Server, received: dict[str, Tensor], grad: bool, input_grad: bool
+    ) -> tuple[Tensor, Any]:
+        """Run the server on the tensors it received (the forward exchange).
+
+        Args:
+            server: The server's blocks.
+            received: ``hidden_states`` (detached), ``attention_mask`` and ``position_ids``.
+            grad: Whether the server keeps a graph for a backward (gradients are enabled).
+            input_grad: Whether the backward is to return the gradient of ``hidden_states``.
+
+        Returns:
+            The server's output hidden states ``(B, T, H)``, detached, and the handle of the
+            graph the server keeps for :meth:`backpropagate_server` (None: nothing to
+            backpropagate, because ``grad`` is off or nothing on the server is trainable).
+        """
+
+    @abstractmethod
+    def backpropagate_server(self, graph: Any, grad: Tensor) -> Tensor | None:
+        """Backpropagate a kept server graph (the backward exchange).
+
+        Accumulates the server's parameter gradients, and frees the graph.
+
+        Args:
+            graph: The handle :meth:`run_server` returned.
+            grad: dL/dh_middle, the client's gradient of the server's output.
+
+        Returns:
+            dL/dh_front, the gradient of the server's input, or None if it was not asked for.
         """
 
 
@@ -166,27 +214,32 @@ class LocalTransport(Transport):
             self.payloads.append(payload)
         return super().send(payload)
 
-    def call_server(
-        self,
-        server: Server,
-        hidden_states: Tensor,
-        attention_mask: Tensor,
-        position_ids: Tensor,
-    ) -> Tensor:
-        """Run ``server`` in process; see :meth:`Transport.call_server`."""
-        self.calls += 1
-        if not torch.is_grad_enabled():
-            # Evaluation (no_grad / inference_mode): no graph on either side, just the two messages.
-            inputs = _to_server(self, hidden_states, attention_mask, position_ids)
-            out = server(inputs["hidden_states"], inputs["attention_mask"], inputs["position_ids"])
-            return self.send(Payload("to_client", "forward", {"hidden_states": out})).tensors[
-                "hidden_states"
-            ]
-        # The anchor makes the call's output require grad even when the client's hidden states do
-        # not (no trainable client front), so the server's own parameters still get gradients.
-        anchor = torch.empty(0, device=hidden_states.device, requires_grad=True)
-        out = _ServerCall.apply(hidden_states, attention_mask, position_ids, anchor, self, server)
-        return out
+    def run_server(
+        self, server: Server, received: dict[str, Tensor], grad: bool, input_grad: bool
+    ) -> tuple[Tensor, Any]:
+        """Run ``server`` in process; see :meth:`Transport.run_server`.
+
+        The graph handle is the server's input and output: the server's graph is this process's.
+        """
+        if not grad:
+            out = server(
+                received["hidden_states"], received["attention_mask"], received["position_ids"]
+            )
+            return out, None
+        server_input = received["hidden_states"].detach().requires_grad_(input_grad)
+        with torch.enable_grad():
+            server_output = server(
+                server_input, received["attention_mask"], received["position_ids"]
+            )
+        graph = (server_input, server_output) if server_output.requires_grad else None
+        return server_output.detach(), graph
+
+    def backpropagate_server(self, graph: Any, grad: Tensor) -> Tensor | None:
+        """Backpropagate the graph in process; see :meth:`Transport.backpropagate_server`."""
+        server_input, server_output = graph
+        # Accumulates the server's parameter grads (and the input's grad) on its own graph.
+        torch.autograd.backward(server_output, grad)
+        return server_input.grad if server_input.requires_grad else None
 
 
 def _to_server(
@@ -205,8 +258,18 @@ def _to_server(
     return transport.send(payload).tensors
 
 
+def _to_client(transport: Transport, hidden_states: Tensor) -> Tensor:
+    """Send the server's output back to the client; return the tensor it receives."""
+    payload = Payload("to_client", "forward", {"hidden_states": hidden_states})
+    return transport.send(payload).tensors["hidden_states"]
+
+
 class _ServerCall(torch.autograd.Function):
-    """Autograd seam: the client graph ends here, the server keeps its own graph."""
+    """Autograd seam: the client graph ends here, the server keeps its own graph.
+
+    One for every transport: the transport runs the server (:meth:`Transport.run_server`) and
+    backpropagates the graph it kept (:meth:`Transport.backpropagate_server`).
+    """
 
     @staticmethod
     def forward(
@@ -220,35 +283,22 @@ class _ServerCall(torch.autograd.Function):
     ) -> Tensor:
         received = _to_server(transport, hidden_states, attention_mask, position_ids)
         wants_input_grad = bool(ctx.needs_input_grad[0])
-        server_input = received["hidden_states"].detach().requires_grad_(wants_input_grad)
-        with torch.enable_grad():
-            server_output = server(
-                server_input, received["attention_mask"], received["position_ids"]
-            )
+        out, graph = transport.run_server(server, received, grad=True, input_grad=wants_input_grad)
         ctx.transport = transport
         ctx.consumed = False
-        ctx.server_input = server_input
-        ctx.server_output = server_output if server_output.requires_grad else None
-        out = server_output.detach()
-        if ctx.server_output is None and not wants_input_grad:
+        ctx.graph = graph
+        if graph is None and not wants_input_grad:
             # Nothing on either side is trainable: the result is a constant, as unsplit.
             ctx.mark_non_differentiable(out)
-        return transport.send(Payload("to_client", "forward", {"hidden_states": out})).tensors[
-            "hidden_states"
-        ]
+        return _to_client(transport, out)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         transport: Transport = ctx.transport
         grad = gradient_to_server(transport, ctx, grad_output)
-        server_input, server_output = ctx.server_input, ctx.server_output
         # Free the server graph with this call, whatever happens below.
-        ctx.server_input = ctx.server_output = None
-        grad_input = None
-        if server_output is not None:
-            # Accumulates the server's parameter grads (and the input's grad) on its own graph.
-            torch.autograd.backward(server_output, grad)
-            grad_input = server_input.grad if server_input.requires_grad else None
+        graph, ctx.graph = ctx.graph, None
+        grad_input = transport.backpropagate_server(graph, grad) if graph is not None else None
         return gradient_to_client(transport, grad_input), None, None, None, None, None
 
 

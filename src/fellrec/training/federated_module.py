@@ -34,7 +34,6 @@ from fellrec.models.encoder import SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.hidden_defence import ClientNoise
 from fellrec.models.item_components import ItemComponents
-from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.proximal import add_proximal_gradient
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.text import format_item_text
@@ -58,7 +57,7 @@ from fellrec.training.recommender_assembly import (
     build_adapters,
     make_transport,
 )
-from fellrec.training.server_blocks import RemoteServerBlocks
+from fellrec.training.server_blocks import InProcessServerBlocks, ServerBlocks, server_blocks_for
 from fellrec.training.server_sharding import ShardingRequest, shard_server_blocks
 
 log = logging.getLogger(__name__)
@@ -93,8 +92,9 @@ class FederatedModule(ModuleSettings):
         self.backend: RecommenderBackend | None = None
         self.tokenizer: Any = None
         self.transport: Transport | None = None
-        #: The server-held LoRA in a block server process (``model.transport: process``).
-        self.remote: RemoteServerBlocks | None = None
+        #: The part of the clients' parameters a block server process holds
+        #: (``model.transport: process``); otherwise the host holds everything and it does nothing.
+        self.server_blocks: ServerBlocks = InProcessServerBlocks()
         #: Bytes the transport carried for training micro-batches, and how many there were.
         self.train_traffic = {"bytes": 0, "steps": 0}
         self.num_clients = 0
@@ -149,9 +149,8 @@ class FederatedModule(ModuleSettings):
     def client_parameters(self) -> torch.Tensor:
         """The held clients' parameters (adapter and item components), one row each ``(S, P)``."""
         assert self.adapters is not None, "the module is not built yet"
-        if self.remote is not None:
-            # The server trained the middle blocks' LoRA: its values are the ones aggregated.
-            self.remote.fetch()
+        # A block server trained the middle blocks' LoRA: its values are the ones aggregated.
+        self.server_blocks.fetch()
         return self.adapters.get_matrix()
 
     def release_parameters(self) -> torch.Tensor:
@@ -183,8 +182,7 @@ class FederatedModule(ModuleSettings):
         """
         assert self.adapters is not None, "the module is not built yet"
         self.adapters.set_matrix(parameters)
-        if self.remote is not None:
-            self.remote.push()
+        self.server_blocks.push()
         self.invalidate_item_tables(identical_adapters=identical)
 
     def gathered_adapters(self) -> dict[str, torch.Tensor] | None:
@@ -275,18 +273,17 @@ class FederatedModule(ModuleSettings):
         self.transport = (
             make_transport(self.transport_name, self.block_server) if self.split else None
         )
-        if isinstance(self.transport, ProcessTransport):
-            self.remote = RemoteServerBlocks(
-                self.adapters, self.transport, self.k_front, self.k_back
-            )
-            self.remote.bind(
-                self.backbone_name,
-                causal_lm=self.recommender_family.causal_lm,
-                lora=self.lora,
-                causal=self.recommender_family.causal_encoder,
-                weight_decay=self.weight_decay,
-                base_dropout=self.base_dropout,
-            )
+        self.server_blocks = server_blocks_for(
+            self.adapters, self.transport, self.k_front, self.k_back
+        )
+        self.server_blocks.bind(
+            self.backbone_name,
+            causal_lm=self.recommender_family.causal_lm,
+            lora=self.lora,
+            causal=self.recommender_family.causal_encoder,
+            weight_decay=self.weight_decay,
+            base_dropout=self.base_dropout,
+        )
         cache = Path(datamodule.cache_dir) if datamodule.cache_dir else default_cache_dir()
         settings = self.recommender_settings()
         if settings.hidden_defence.enabled:
@@ -412,10 +409,7 @@ class FederatedModule(ModuleSettings):
 
     def _own_keys_and_parameters(self, slot: int) -> tuple[list[str], list[torch.nn.Parameter]]:
         """What the slot's optimizer steps here: all but what a block server process holds."""
-        assert self.adapters is not None
-        if self.remote is not None:
-            return self.remote.client_keys_and_parameters(slot)
-        return self.adapters.keys, self.adapters.parameters(slot)
+        return self.server_blocks.client_keys_and_parameters(slot)
 
     def client_optimizers(self) -> list[Any]:
         """The per-slot optimizers as a list (Lightning returns a bare one when there is one)."""
@@ -459,8 +453,7 @@ class FederatedModule(ModuleSettings):
         if missing:
             raise ValueError(f"round {round_index}: no round config for clients {missing}")
         self.round_stats = RoundStatistics(self.num_clients)
-        if self.remote is not None:
-            self.remote.begin_round(self.schedule.reset_optimizer_each_round)
+        self.server_blocks.begin_round(self.schedule.reset_optimizer_each_round)
         self.round_anchor = self.client_parameters()
         self._anchors = {}
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
@@ -481,9 +474,7 @@ class FederatedModule(ModuleSettings):
         """The slot's round-start values of what it steps here (FedProx anchor), on ``device``."""
         if slot not in self._anchors:
             assert self.round_anchor is not None
-            anchor = self.round_anchor[slot]
-            if self.remote is not None:
-                anchor = anchor[~self.remote.mask]
+            anchor = self.server_blocks.stepped_here(self.round_anchor[slot])
             self._anchors[slot] = anchor.to(device)
         return self._anchors[slot]
 
@@ -592,14 +583,13 @@ class FederatedModule(ModuleSettings):
         )
         if diverged:
             self.round_stats.diverged[client] = True
-            if self.remote is not None:  # the server skips its part too
-                self.remote.step(slot, None, proximal_mu)
+            self.server_blocks.step(slot, None, proximal_mu)  # a server skips its part too
         else:
             if proximal_mu > 0:
                 anchor = self._anchor_on_device(slot, params[0].device)
                 add_proximal_gradient(params, anchor, proximal_mu)
-            if self.remote is not None:  # the server steps its part at the same rate
-                self.remote.step(slot, self.schedule.next_rate(slot, self.lr), proximal_mu)
+            # A server steps its part at the same rate.
+            self.server_blocks.step(slot, self.schedule.next_rate(slot, self.lr), proximal_mu)
             self.schedule.step(slot, optimizer)
         optimizer.zero_grad(set_to_none=True)
 
@@ -608,13 +598,13 @@ class FederatedModule(ModuleSettings):
         """Start accumulating validation metrics."""
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
         self._start_eval_noise("validation")
-        if self.remote is not None:
-            self.remote.sync_if_stale()
+        self.server_blocks.sync_if_stale()
 
     def on_test_epoch_start(self) -> None:
         """Start accumulating test metrics."""
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
         self._start_eval_noise("test")
+        self.server_blocks.sync_if_stale()
 
     def _start_eval_noise(self, stage: str) -> None:
         """An evaluation pass draws its own hidden-state noise, bound to the evaluated parameters.
@@ -625,8 +615,6 @@ class FederatedModule(ModuleSettings):
         if self.hidden_noise is not None:
             digests = self._client_digests(self.client_parameters())
             self.hidden_noise.start(stage, 0, digests)
-        if self.remote is not None:
-            self.remote.sync_if_stale()
 
     def _evaluate(self, batch: dict[str, Any]) -> None:
         assert self.adapters is not None and self.recommender is not None
@@ -673,14 +661,10 @@ class FederatedModule(ModuleSettings):
             checkpoint["fellrec_hidden_noise_base"] = self.hidden_noise.base
         if self.item_noise_base is not None:
             checkpoint["fellrec_item_noise_base"] = self.item_noise_base
-        if self.remote is not None:
-            # The server's values of the middle blocks' LoRA, and its optimizers' moments.
-            checkpoint["fellrec_block_server"] = self.remote.checkpoint_state(
-                optimizers=not self.schedule.reset_optimizer_each_round
-            )
-            names = {id(p): name for name, p in self.named_parameters()}
-            for param in self.remote.held_parameters():
-                checkpoint["state_dict"][names[id(param)]] = param.detach().clone()
+        # A block server's values of the middle blocks' LoRA, and its optimizers' moments.
+        self.server_blocks.write_checkpoint(
+            checkpoint, self, optimizers=not self.schedule.reset_optimizer_each_round
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapters do not match this federation."""
@@ -708,9 +692,7 @@ class FederatedModule(ModuleSettings):
             self.item_noise_base = int(checkpoint["fellrec_item_noise_base"])
         if "state_dict" in checkpoint:  # ModelParallelStrategy loaded (and checked) it already
             self.check_checkpoint_keys(checkpoint["state_dict"])
-        if self.remote is not None:
-            # Lightning loads the state dict after this hook: push it before the server's next use.
-            self.remote.restore(checkpoint.get("fellrec_block_server"))
+        self.server_blocks.read_checkpoint(checkpoint)
         self.invalidate_item_tables()
 
     def check_checkpoint_keys(self, keys: Iterable[str]) -> None:

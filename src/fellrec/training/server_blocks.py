@@ -6,13 +6,19 @@ only where the federation needs them whole: in the parameter matrix it hands the
 server's rows, fetched at each round end: the server's adapters are the ones aggregated), in
 checkpoints and in exported adapters. Its own optimizers leave them out; each client step is
 mirrored by a step on the server at the same learning rate.
+
+Every other run (``model.transport: local``, or no split) holds and steps all of its parameters
+itself: :class:`InProcessServerBlocks` answers the same calls with nothing to do, so the host
+calls its :class:`ServerBlocks` without asking which one it has (:func:`server_blocks_for`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 from fellrec.models.adapters import ClientAdapters, LoRASettings
@@ -20,6 +26,120 @@ from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.server_side import ServerSide
 from fellrec.models.split_plan import plan_split
 from fellrec.models.split_support import model_blocks, num_blocks
+from fellrec.models.transport import Transport
+
+#: The checkpoint entry of a block server's state (written by :class:`RemoteServerBlocks` only).
+CHECKPOINT_KEY = "fellrec_block_server"
+
+
+class ServerBlocks(Protocol):
+    """What a host asks of the part of its clients' parameters that a block server may hold."""
+
+    def bind(
+        self,
+        backbone: str,
+        causal_lm: bool,
+        lora: LoRASettings,
+        causal: bool,
+        weight_decay: float,
+        base_dropout: float | None = None,
+    ) -> None:
+        """Say what a block server is to build for this host."""
+
+    def push(self) -> None:
+        """Load the host's copy of the server-held values into the server."""
+
+    def fetch(self) -> None:
+        """Bring the server's values into the host's copy, if the server trained since."""
+
+    def client_keys_and_parameters(self, slot: int) -> tuple[list[str], list[nn.Parameter]]:
+        """What the slot's own optimizer steps here: everything but the server-held values."""
+        ...
+
+    def stepped_here(self, row: torch.Tensor) -> torch.Tensor:
+        """The entries of a client's flat parameter row ``(P,)`` that the host steps itself."""
+        ...
+
+    def begin_round(self, reset_optimizers: bool) -> None:
+        """Start a round on the server: its FedProx anchors, and fresh moments if asked."""
+
+    def step(self, slot: int, lr: float | None, proximal_mu: float) -> None:
+        """Step the slot's server-held values at ``lr`` (None: the client skipped its step)."""
+
+    def sync_if_stale(self) -> None:
+        """Load restored values (and optimizer states) into the server before it is used."""
+
+    def held_parameters(self) -> list[nn.Parameter]:
+        """The host's copies of every slot's server-held parameters."""
+        ...
+
+    def write_checkpoint(
+        self, checkpoint: dict[str, Any], owner: nn.Module, optimizers: bool
+    ) -> None:
+        """Put the server's state into ``checkpoint``, a checkpoint of ``owner`` (the host)."""
+
+    def read_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+        """Take the server's state from a checkpoint that is being loaded."""
+
+
+class InProcessServerBlocks:
+    """No block server: the host holds and steps every parameter itself.
+
+    Every call of :class:`ServerBlocks` has nothing to do, and checkpoints get nothing of it.
+
+    Args:
+        adapters: The host's adapters (``None`` before the host is built).
+    """
+
+    def __init__(self, adapters: ClientAdapters | None = None) -> None:
+        self.adapters = adapters
+
+    def bind(
+        self,
+        backbone: str,
+        causal_lm: bool,
+        lora: LoRASettings,
+        causal: bool,
+        weight_decay: float,
+        base_dropout: float | None = None,
+    ) -> None:
+        """Nothing to build elsewhere."""
+
+    def push(self) -> None:
+        """Nothing to load: the host's values are the only ones."""
+
+    def fetch(self) -> None:
+        """Nothing to bring: the host's values are the only ones."""
+
+    def client_keys_and_parameters(self, slot: int) -> tuple[list[str], list[nn.Parameter]]:
+        """Every parameter of the slot."""
+        assert self.adapters is not None, "the module is not built yet"
+        return self.adapters.keys, self.adapters.parameters(slot)
+
+    def stepped_here(self, row: torch.Tensor) -> torch.Tensor:
+        """The whole row, as it is."""
+        return row
+
+    def begin_round(self, reset_optimizers: bool) -> None:
+        """No server to start."""
+
+    def step(self, slot: int, lr: float | None, proximal_mu: float) -> None:
+        """No server-held values to step."""
+
+    def sync_if_stale(self) -> None:
+        """No server to bring up to date."""
+
+    def held_parameters(self) -> list[nn.Parameter]:
+        """None: nothing is held elsewhere."""
+        return []
+
+    def write_checkpoint(
+        self, checkpoint: dict[str, Any], owner: nn.Module, optimizers: bool
+    ) -> None:
+        """Nothing to add: the host's state dict holds everything."""
+
+    def read_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+        """Nothing to restore beyond the host's state dict."""
 
 
 class RemoteServerBlocks:
@@ -118,6 +238,10 @@ class RemoteServerBlocks:
         """What the slot's own optimizer steps: everything but the server-held values."""
         return self.side.client_keys_and_parameters(slot)
 
+    def stepped_here(self, row: torch.Tensor) -> torch.Tensor:
+        """The entries of a client's flat parameter row ``(P,)`` outside the server's part."""
+        return row[~self.mask]
+
     def begin_round(self, reset_optimizers: bool) -> None:
         """Start a round on the server: its FedProx anchors, and fresh moments if asked."""
         self.sync_if_stale()
@@ -161,3 +285,44 @@ class RemoteServerBlocks:
     def held_parameters(self) -> list[nn.Parameter]:
         """The host's copies of every slot's server-held parameters."""
         return [p for s in range(self.adapters.num_clients) for p in self.side.parameters(s)]
+
+    def write_checkpoint(
+        self, checkpoint: dict[str, Any], owner: nn.Module, optimizers: bool
+    ) -> None:
+        """Put the server's values and (if asked) moments into a checkpoint of ``owner``.
+
+        The values go into the host's state dict under their own names (fetched first, so they
+        are the server's), the optimizer states under :data:`CHECKPOINT_KEY`.
+
+        Args:
+            checkpoint: The checkpoint being saved, with the host's ``state_dict``.
+            owner: The host module whose parameters the state dict names.
+            optimizers: As for :meth:`checkpoint_state`.
+        """
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_state(optimizers=optimizers)
+        names = {id(p): name for name, p in owner.named_parameters()}
+        for param in self.held_parameters():
+            checkpoint["state_dict"][names[id(param)]] = param.detach().clone()
+
+    def read_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+        """Push the loaded values (and moments) to the server before its next use.
+
+        The host's state dict loads after this (Lightning's order), so nothing is sent yet.
+        """
+        self.restore(checkpoint.get(CHECKPOINT_KEY))
+
+
+def server_blocks_for(
+    adapters: ClientAdapters, transport: Transport | None, k_front: int, k_back: int
+) -> ServerBlocks:
+    """The server-block behaviour that comes with a transport.
+
+    Args:
+        adapters: The host's adapters.
+        transport: The split model's transport (``None`` when the model is not split).
+        k_front: ``model.k_front``.
+        k_back: ``model.k_back``.
+    """
+    if isinstance(transport, ProcessTransport):
+        return RemoteServerBlocks(adapters, transport, k_front, k_back)
+    return InProcessServerBlocks(adapters)
