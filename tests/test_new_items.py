@@ -134,3 +134,93 @@ def test_pipeline_never_trains_on_a_new_item() -> None:
     assert np.array_equal(np.sort(again.targets), np.sort(examples.targets))
     assert np.array_equal(build_federated_data(settings(0)).split.new_items, held)
     assert not np.array_equal(build_federated_data(settings(1)).split.new_items, held)
+
+
+def test_items_held_out_are_never_training_negatives_by_hand() -> None:
+    import torch
+
+    from fellrec.models.item_components import mask_unavailable
+
+    scores = torch.arange(8.0).view(2, 4)
+    unavailable = torch.tensor([False, True, False, True])
+    full = mask_unavailable(scores, unavailable)
+    assert torch.equal(full[:, [0, 2]], scores[:, [0, 2]]) and torch.isinf(full[:, [1, 3]]).all()
+    negatives = torch.tensor([[1, 2], [0, 3]])  # sampled per example (N, K)
+    sampled = mask_unavailable(scores[:, :2], unavailable, negatives)
+    assert sampled.tolist() == [[float("-inf"), 1.0], [4.0, float("-inf")]]
+    shared = mask_unavailable(scores[:, :2], unavailable, torch.tensor([3, 0]))  # (C,)
+    assert shared.tolist() == [[float("-inf"), 1.0], [float("-inf"), 5.0]]
+    assert mask_unavailable(scores, None) is scores
+
+
+def test_a_new_item_starts_as_an_average_item() -> None:
+    import torch
+
+    from fellrec.models.item_components import ItemComponents, ItemSettings, log_popularity_bias
+
+    counts = torch.tensor([9.0, 0.0, 3.0, 0.0])
+    components = ItemComponents(4, 8, ItemSettings(bias_init="log_popularity"), 0.05)
+    unknown = torch.tensor([False, True, False, False])
+    components.start_from_popularity(counts, unknown=unknown)
+    start = log_popularity_bias(counts)
+    known = start[[0, 2, 3]]
+    assert components.bias.detach()[1] == pytest.approx(float(known.mean()))
+    assert torch.equal(components.bias.detach()[[0, 2, 3]], known)  # an unsold known item stays
+
+
+def test_a_fit_leaves_the_new_items_as_they_started(tmp_path, tiny_encoder_dir):
+    import torch
+
+    from federation_helpers import tiny_run
+    from fellrec.federation.strategies import FedAvg
+
+    trainer, model, data, _ = tiny_run(
+        tmp_path,
+        tiny_encoder_dir,
+        FedAvg(),
+        rounds=1,
+        data_options={"new_items": 0.2},
+        model_options={"recommender": "sequential"},
+    )
+    data.prepare_data()
+    data.setup("fit")
+    model.build(data)
+    held = torch.as_tensor(data.data.split.new_items)
+    assert len(held) > 0 and bool(model.recommender.unavailable[held].all())
+    before = [model.adapters.module(s).id_embedding.detach()[held].clone() for s in range(3)]
+    biases = [model.adapters.module(s).bias.detach()[held].clone() for s in range(3)]
+    trainer.fit(model, datamodule=data)
+    trained = torch.ones(data.data.dataset.num_items, dtype=torch.bool)
+    trained[held] = False
+    for slot in range(3):
+        components = model.adapters.module(slot)
+        # No gradient ever reached them: not targets (dropped), not negatives (masked). They
+        # move by the aggregation's rounding only (a weighted mean of equal rows).
+        moved = (components.id_embedding.detach()[held] - before[slot]).abs().max()
+        assert float(moved) < 1e-7
+        torch.testing.assert_close(components.bias.detach()[held], biases[slot])
+        # The items that exist at training time did train.
+        assert float(components.bias.detach()[trained].abs().max()) > 1e-4
+
+
+def test_the_encoder_recommender_trains_without_new_items_as_negatives(tmp_path, tiny_encoder_dir):
+    import torch
+
+    from federation_helpers import tiny_run
+    from fellrec.federation.strategies import FedAvg
+
+    _, model, data, _ = tiny_run(
+        tmp_path, tiny_encoder_dir, FedAvg(), rounds=1, data_options={"new_items": 0.2}
+    )
+    data.prepare_data()
+    data.setup("fit")
+    model.build(data)
+    held = torch.as_tensor(data.data.split.new_items)
+    assert int(model.recommender.unavailable.sum()) == len(held) > 0
+    users = torch.randn(2, 32, generator=torch.Generator().manual_seed(0)) * 0.01
+    table = torch.randn(data.data.dataset.num_items, 32) * 0.01
+    targets = torch.tensor([0, 1])
+    masked = model.recommender.loss(users, table, targets)
+    model.recommender.unavailable = None
+    # Without the mask the held-out items compete in the softmax: a larger loss.
+    assert bool((model.recommender.loss(users, table, targets) > masked).all())

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fellrec.models.item_components import ItemComponents
+from fellrec.models.item_components import ItemComponents, mask_unavailable
 from fellrec.models.text import HistoryRenderer
 
 POOLINGS = ("mean", "cls")
@@ -85,6 +85,9 @@ class SequenceEncoderRecommender(nn.Module):
         self.renderer = renderer
         self.pooling = pooling
         self.temperature = temperature
+        #: Bool ``(I,)``: items held out of training (``data.new_items``), never a training
+        #: negative (:func:`~fellrec.models.item_components.mask_unavailable`); None: none.
+        self.unavailable: torch.Tensor | None = None
         # Not registered as a submodule: the trunk runs the encoder's own layers, whose weights
         # must appear once in state dicts and checkpoints.
         object.__setattr__(self, "trunk", trunk)
@@ -165,6 +168,7 @@ class SequenceEncoderRecommender(nn.Module):
             scores = components.logits(users, hybrid, candidates)
         else:
             scores = users @ vectors.T / self.temperature
+        scores = mask_unavailable(scores, self.unavailable, candidates)
         return F.cross_entropy(scores, targets, reduction="none")
 
     def loss(
@@ -189,7 +193,8 @@ class SequenceEncoderRecommender(nn.Module):
             The loss of every example (no reduction, so callers can weigh shards exactly).
         """
         if num_negatives is None:
-            return F.cross_entropy(self.logits(users, item_table), targets, reduction="none")
+            logits = mask_unavailable(self.logits(users, item_table), self.unavailable)
+            return F.cross_entropy(logits, targets, reduction="none")
         negatives = torch.randint(
             item_table.shape[0], (users.shape[0], num_negatives), generator=generator
         ).to(users.device)  # (B, K)
@@ -202,5 +207,6 @@ class SequenceEncoderRecommender(nn.Module):
             scores = torch.einsum("bh,bkh->bk", users, item_table[candidates]) / self.temperature
         # A sampled negative equal to the target must not count as a competitor.
         scores[:, 1:] = scores[:, 1:].masked_fill(negatives == targets.unsqueeze(1), float("-inf"))
+        scores[:, 1:] = mask_unavailable(scores[:, 1:], self.unavailable, negatives)
         zeros = torch.zeros(users.shape[0], dtype=torch.long, device=users.device)
         return F.cross_entropy(scores, zeros, reduction="none")

@@ -104,6 +104,29 @@ def gaussian_noise_scale(epsilon: float, delta: float) -> float:
         )
 
 
+def mask_unavailable(
+    scores: Tensor, unavailable: Tensor | None, candidates: Tensor | None = None
+) -> Tensor:
+    """Scores with the items that did not exist at training time set to ``-inf``.
+
+    Under ``data.new_items`` the held-out items are not in the catalog a model trains on: they
+    must not be pushed down as negatives of a softmax whose targets they can never be (a new
+    item enters the catalog after training, with nothing learned about it but its text).
+
+    Args:
+        scores: ``(N, I)`` over the catalog, or ``(N, K)`` over ``candidates``.
+        unavailable: Bool ``(I,)``: the items held out of training; None: every item exists.
+        candidates: The item of each score column, ``(N, K)`` or ``(K,)`` (None: the catalog).
+    """
+    if unavailable is None:
+        return scores
+    hidden = unavailable.to(scores.device)
+    hidden = hidden[candidates.to(scores.device)] if candidates is not None else hidden
+    if hidden.dim() < scores.dim():
+        hidden = hidden[None]  # one row of items for every example
+    return scores.masked_fill(hidden, float("-inf"))
+
+
 def noised_counts(counts: Tensor, scale: float, generator: torch.Generator) -> Tensor:
     """``counts`` plus Gaussian noise of deviation ``scale``, clipped at 0 (post-processing)."""
     counts = counts.to(torch.float64)
@@ -262,11 +285,16 @@ class ItemComponents(nn.Module):
             self.register_buffer("log_scale", log_scale, persistent=False)
 
     @torch.no_grad()
-    def start_from_popularity(self, counts: Tensor, seed: int = 0) -> None:
+    def start_from_popularity(
+        self, counts: Tensor, seed: int = 0, unknown: Tensor | None = None
+    ) -> None:
         """Set the item biases to :func:`log_popularity_bias` of ``counts`` (``(I,)``).
 
         With ``bias_init: dp_log_popularity`` the counts first get the Gaussian noise of
-        :func:`gaussian_noise_scale`, drawn from ``seed``.
+        :func:`gaussian_noise_scale`, drawn from ``seed``. Items of ``unknown`` (bool ``(I,)``:
+        held out of training under ``data.new_items``) start at the mean bias of the others:
+        nothing is known of a new item's popularity, so it enters as an average item rather
+        than as one nobody wanted.
 
         Raises:
             ValueError: Without item biases, or for counts of another catalog size.
@@ -280,7 +308,11 @@ class ItemComponents(nn.Module):
                 self.settings.bias_init_epsilon, self.settings.bias_init_delta
             )
             counts = noised_counts(counts, scale, torch.Generator().manual_seed(seed))
-        self.bias.copy_(log_popularity_bias(counts))
+        start = log_popularity_bias(counts)
+        if unknown is not None and bool(unknown.any()) and not bool(unknown.all()):
+            hidden = unknown.to(start.device)
+            start[hidden] = start[~hidden].mean()
+        self.bias.copy_(start)
 
     @property
     def shares_noise(self) -> bool:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fellrec.models.adapters import ClientAdapters
 from fellrec.models.encoder import pool
-from fellrec.models.item_components import ItemComponents
+from fellrec.models.item_components import ItemComponents, mask_unavailable
 
 #: A trunk over item ids: ``(item_ids (B, T), attention_mask (B, T)) -> states (B, T, H)``.
 ItemTrunk = Callable[[Tensor, Tensor], Tensor]
@@ -96,6 +96,9 @@ class SequentialRecommender(nn.Module):
         else:
             self.text_table: Tensor | None = None
         self.num_negatives = num_negatives
+        #: Bool ``(I,)``: items held out of training (``data.new_items``), never a training
+        #: negative (:func:`~fellrec.models.item_components.mask_unavailable`); None: none.
+        self.unavailable: torch.Tensor | None = None
         # Not a submodule: the trunk runs the model's own layers (registered once, above).
         object.__setattr__(self, "trunk", trunk_factory(self.input_vectors))
 
@@ -157,7 +160,7 @@ class SequentialRecommender(nn.Module):
         wanted = labels[rows, cols]  # (N,)
         items = self.active_items
         if self.num_negatives is None:
-            logits = items.logits(users, self.item_vectors())
+            logits = mask_unavailable(items.logits(users, self.item_vectors()), self.unavailable)
             losses = F.cross_entropy(logits, wanted, reduction="none")
         else:
             negatives = torch.randint(
@@ -167,6 +170,7 @@ class SequentialRecommender(nn.Module):
             scores = items.logits(users, self.item_vectors(candidates), candidates)
             # A sampled negative equal to the target must not count as a competitor.
             scores[:, 1:] = scores[:, 1:].masked_fill(negatives == wanted[:, None], float("-inf"))
+            scores[:, 1:] = mask_unavailable(scores[:, 1:], self.unavailable, negatives)
             zeros = torch.zeros(len(wanted), dtype=torch.long, device=self.device)
             losses = F.cross_entropy(scores, zeros, reduction="none")
         sums = torch.zeros(len(histories), device=self.device).index_add(0, rows, losses)

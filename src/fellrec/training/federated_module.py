@@ -226,6 +226,7 @@ class FederatedModule(ModuleSettings):
         )
         self._slots = {client: slot for slot, client in enumerate(self.held_clients)}
         secret = self._secrets_of(datamodule)
+        new_items = self._new_items_mask(datamodule)
         if self.dp_sgd is not None:
             # Every step Poisson-samples each client's users (fellrec.training.dp_sgd), from a
             # secret seed: the server knows model.seed.
@@ -259,13 +260,14 @@ class FederatedModule(ModuleSettings):
                 counts = datamodule.training_item_counts(client)
                 components = cast(ItemComponents, self.adapters.module(slot))
                 seed = (base * 1_000_003 + client) % 2**63
-                components.start_from_popularity(counts, seed=seed)
+                components.start_from_popularity(counts, seed=seed, unknown=new_items)
         if self.dp is not None and self.dp.settings.popularity_noise is not None:
             for slot, client in enumerate(self.held_clients):
                 counts = self.dp.popularity_start(
                     slot, client, datamodule.training_user_items(client), self.num_items
                 )
-                cast(ItemComponents, self.adapters.module(slot)).start_from_popularity(counts)
+                components = cast(ItemComponents, self.adapters.module(slot))
+                components.start_from_popularity(counts, unknown=new_items)
         shares = self.items.share_noise_ids > 0 or self.items.share_noise_bias > 0
         if self.uses_item_components and shares:
             base = self.items.bias_init_seed
@@ -302,6 +304,9 @@ class FederatedModule(ModuleSettings):
             cache / "item-embeddings",
             defence=self.hidden_noise,
         )
+        if hasattr(self.recommender, "unavailable"):
+            # New items (data.new_items) are not in the catalog the clients train on.
+            self.recommender.unavailable = new_items
         self.round_stats = RoundStatistics(self.num_clients)
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
         sizes = datamodule.client_sizes()
@@ -331,6 +336,15 @@ class FederatedModule(ModuleSettings):
             return self.secret_source(purpose, digests[0])
 
         return secret
+
+    def _new_items_mask(self, datamodule: FederatedDataModule) -> torch.Tensor | None:
+        """Bool ``(I,)`` of the items held out of training (``data.new_items``), or None."""
+        held = datamodule.data.split.new_items
+        if len(held) == 0:
+            return None
+        mask = torch.zeros(datamodule.data.dataset.num_items, dtype=torch.bool)
+        mask[torch.as_tensor(held, dtype=torch.long)] = True
+        return mask
 
     def _data_digest(self, datamodule: FederatedDataModule) -> bytes:
         data = datamodule.data
