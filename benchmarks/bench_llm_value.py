@@ -184,7 +184,8 @@ def targets(
                 parts.append(f"seed {seed}: n/a")
                 met = False
                 continue
-            ok = ours >= ratio * theirs
+            # Both at 0 is no win: neither model ranks those targets at all.
+            ok = ours >= ratio * theirs and ours > 0
             met = met and ok
             parts.append(f"seed {seed}: {ours:.4f} vs {ratio * theirs:.4f}{'' if ok else ' (no)'}")
         lines.append(f"- {claim}: **{'met' if met else 'NOT met'}** ({'; '.join(parts)})")
