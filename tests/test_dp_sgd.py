@@ -388,6 +388,25 @@ def test_the_ledger_merges_like_settings_and_counts_missing_rounds_with_the_curr
     assert back == ledger
 
 
+def test_a_round_asked_again_out_of_order_still_counts():
+    """Six rounds, then round 2 again from other parameters: seven releases, never fewer."""
+    from fellrec.training.dp_training import UserLevelDPSGD
+
+    settings = DPSGDSettings(expected_users=4, noise_multiplier=1.0, loss_noise=1e9)
+    dp = UserLevelDPSGD(settings, {0: 40}, secret=1)
+    for round_index in range(6):
+        dp.start_round(round_index, [100 + round_index], [0], 1)
+    six = float(dp.privacy_spent(1, 1)[0, 0])
+    dp.start_round(2, [999], [0], 1)
+    seven = float(dp.privacy_spent(1, 1)[0, 0])
+    rate, steps = settings.sample_rate(40), settings.steps_per_round(40, 1)
+    sigma = settings.step_noise_multiplier
+    assert six == pytest.approx(epsilon_spent([(sigma, rate, 6 * steps)], 1 / 40))
+    assert seven == pytest.approx(epsilon_spent([(sigma, rate, 7 * steps)], 1 / 40))
+    dp.start_round(2, [999], [0], 1)  # the same question again: nothing new
+    assert float(dp.privacy_spent(1, 1)[0, 0]) == pytest.approx(seven)
+
+
 def test_the_popularity_start_counts_each_user_once_per_item_with_user_level_noise():
     from fellrec.training.dp_sgd import dp_user_popularity
 
@@ -575,6 +594,14 @@ def test_a_restarted_deployed_node_answers_as_before_and_another_node_does_not(
 
     assert secret(node(tmp_path / "node", rounds="4")) == secret(first)
     assert secret(node(tmp_path / "node", popularity_noise="1.0")) != secret(first)
+    # Asked round 0 again with another round config (or other parameters) after a restart: other
+    # noise, and the node's ledger on its disk counts both releases.
+    again = node(tmp_path / "node")
+    halved = ClientRoundConfig(round=0, lr_scale=0.5, proximal_mu=0.0)
+    second = again.train(start, halved)
+    assert not torch.equal(second.parameters, trained)
+    assert second.privacy_spent[0] > first.train(start, round_0).privacy_spent[0]
+    assert len(list((tmp_path / "keys").glob("client_1.*.ledger.json"))) == 1
     monkeypatch.setenv("FELLREC_NODE_KEY_DIR", str(tmp_path / "other-keys"))
     elsewhere = node(tmp_path / "node")  # another machine's key: independent noise
     assert not torch.equal(elsewhere.initial_parameters(), start)

@@ -10,7 +10,12 @@ import threading
 import numpy as np
 import pytest
 
-from fellrec.training.host_secrets import KeyedSecrets, data_digest, fresh_secret
+from fellrec.training.host_secrets import (
+    KeyedSecrets,
+    data_digest,
+    fresh_secret,
+    request_digests,
+)
 
 
 def test_keyed_secrets_are_fixed_by_key_purpose_and_data():
@@ -109,3 +114,20 @@ def test_processes_of_one_node_starting_together_share_its_key(tmp_path):
     for thread in threads:
         thread.join()
     assert len(keys) == 8 and len(set(keys)) == 1
+
+
+def test_a_request_is_its_parameters_and_its_round_config():
+    import torch
+
+    rows = torch.arange(6.0).view(2, 3)
+    configs = [(0, 1.0, 0.0, 1.0), (0, 1.0, 0.0, 1.0)]
+    first = request_digests(rows, configs)
+    assert first == request_digests(rows.clone(), configs)
+    assert first[0] != first[1]  # other parameters
+    for changed in (
+        (1, 1.0, 0.0, 1.0),
+        (0, 0.5, 0.0, 1.0),
+        (0, 1.0, 0.01, 1.0),
+        (0, 1.0, 0.0, 0.0),
+    ):
+        assert request_digests(rows, [changed, configs[1]])[0] != first[0], changed

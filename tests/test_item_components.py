@@ -213,3 +213,24 @@ def test_share_noise_moves_every_row_and_bias_but_not_the_temperature() -> None:
     assert (items.bias - bias).std().item() == pytest.approx(2.0, rel=0.15)
     assert torch.equal(items.log_scale, scale)
     assert not ItemComponents(3, 2, ItemSettings(), temperature=0.2).shares_noise
+
+
+def test_the_share_noise_is_not_the_servers_to_replay(tmp_path, tiny_encoder_dir) -> None:
+    """Seeded by a secret, not model.seed: unseeded runs differ, a seeded one reruns exactly."""
+    from federation_helpers import tiny_run
+    from fellrec.federation.strategies import Local
+
+    def released(name: str, seed: int | None) -> torch.Tensor:
+        items = ItemSettings(share_noise_ids=0.5, bias_init_seed=seed)
+        trainer, model, data, _ = tiny_run(
+            tmp_path / name,
+            tiny_encoder_dir,
+            Local(),
+            rounds=1,
+            model_options={"recommender": "sequential", "items": items},
+        )
+        trainer.fit(model, datamodule=data)
+        return model.adapters.get_matrix()
+
+    assert not torch.equal(released("a", None), released("b", None))  # same model.seed
+    assert torch.equal(released("c", 3), released("d", 3))

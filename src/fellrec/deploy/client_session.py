@@ -20,7 +20,13 @@ from lightning.pytorch.callbacks import Callback
 
 from fellrec.deploy.client_requests import REQUEST_KINDS, ClientRequest
 from fellrec.deploy.messages import STAGES, EvaluationReport, NodeDescription, TrainReport
-from fellrec.deploy.node_key import node_key, node_key_path
+from fellrec.deploy.node_key import (
+    ledger_path,
+    node_key,
+    node_key_path,
+    read_ledger,
+    write_ledger,
+)
 from fellrec.deploy.run_config import (
     RunSettings,
     catalog_fingerprint,
@@ -31,6 +37,7 @@ from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
 from fellrec.training.adapter_cards import export_adapters
 from fellrec.training.client_module import ClientModule
+from fellrec.training.dp_training import PrivacyLedger
 from fellrec.training.federated_module import FederatedModule
 from fellrec.training.host_secrets import KeyedSecrets
 
@@ -88,10 +95,9 @@ class ClientSession:
         check_secret_seeds(run.model)
         self.client = client
         self.module = client_module_like(run.model, client)
-        # The node's noises from its own key, bound to this federation's settings: a restarted
-        # node answers as before, a rerun with other settings draws other noise.
-        key = node_key(node_key_path(client))
-        self.module.secret_source = KeyedSecrets(key, resume_fingerprint(run.config))
+        # The node's noises come from its own key (read here: a bad key file fails at once).
+        self._key = node_key(node_key_path(client))
+        self._context = resume_fingerprint(run.config)
         self.datamodule = run.datamodule
         self.trainer_settings = run.trainer_settings
         self.root = Path(run.root)
@@ -102,8 +108,36 @@ class ClientSession:
     def _build(self) -> None:
         if not self._built:
             self.datamodule.setup("fit")
+            # Noise bound to this federation's settings and catalog: a restarted node answers
+            # as before, a rerun with other settings or another catalog draws other noise.
+            dataset = self.datamodule.data.dataset
+            catalog = catalog_fingerprint(
+                list(dataset.item_ids), dataset.titles, dataset.categories
+            )
+            context = f"{self._context}|{catalog}"
+            self.module.secret_source = KeyedSecrets(self._key, context)
             self.module.build(self.datamodule)
+            self._restore_ledger()
             self._built = True
+
+    def _ledger_file(self) -> Path | None:
+        module = self.module
+        if module.dp is None or module.ledger_id is None:
+            return None
+        return ledger_path(self.client, module.ledger_id)
+
+    def _restore_ledger(self) -> None:
+        """Under DP-SGD, what this node released before a restart (same settings and data)."""
+        path = self._ledger_file()
+        state = read_ledger(path) if path is not None else None
+        if state is not None and self.module.dp is not None:
+            self.module.dp.ledger = PrivacyLedger.from_state(state)
+
+    def _save_ledger(self) -> None:
+        """Keep the ledger on the node's disk before anything it covers is sent."""
+        path = self._ledger_file()
+        if path is not None and self.module.dp is not None:
+            write_ledger(path, self.module.dp.ledger.state())
 
     def _trainer(self, callbacks: list[Callback], **options: Any) -> L.Trainer:
         return L.Trainer(
@@ -152,6 +186,7 @@ class ClientSession:
         trainer = self._trainer([_StartRound(self.client, config)], limit_val_batches=0)
         trainer.fit(self.module, datamodule=self.datamodule)
         loss_sums, examples, diverged = self.module.collect_round_stats()
+        self._save_ledger()
         spent = self.module.privacy_spent()
         return TrainReport(
             client=self.client,

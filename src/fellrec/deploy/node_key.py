@@ -12,10 +12,15 @@ else ``~/.local/share/fellrec/node-keys``.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Bytes of a node key.
 KEY_BYTES = 32
@@ -68,11 +73,20 @@ def _create(path: Path) -> None:
                 os.fsync(handle.fileno())
     finally:
         staging.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
+    _sync_directory(path.parent)
+    log.warning(
+        "made this node's secret key %s: its privacy noise derives from it; keep it (losing it "
+        "means fresh noise for questions already answered)",
+        path,
+    )
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(directory)  # the new name survives a crash
+        os.fsync(descriptor)  # a new name in it survives a crash
     finally:
-        os.close(directory)
+        os.close(descriptor)
 
 
 def node_key(path: Path) -> bytes:
@@ -112,3 +126,38 @@ def node_key(path: Path) -> bytes:
             "release its privacy accounting does not cover)"
         )
     return key
+
+
+def ledger_path(client: int, ledger_id: int) -> Path:
+    """Where the node keeps the privacy ledger of one noise context (settings and data)."""
+    return node_key_dir() / f"client_{client}.{ledger_id:016x}.ledger.json"
+
+
+def read_ledger(path: Path) -> dict[str, Any] | None:
+    """The ledger state saved at ``path``, or None if there is none yet.
+
+    Raises:
+        ValueError: For a file that is not a ledger, naming it.
+    """
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: this node's privacy ledger is unreadable ({error})") from error
+    if not isinstance(state, dict) or "rounds" not in state or "releases" not in state:
+        raise ValueError(f"{path}: not a fellrec privacy ledger (no rounds / releases)")
+    return state
+
+
+def write_ledger(path: Path, state: dict[str, Any]) -> None:
+    """Save a ledger state at ``path``: owner-only, synced, replacing the old one atomically."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+    _sync_directory(path.parent)

@@ -9,7 +9,7 @@ batch, the loss of a user's rows and its backward pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,6 @@ from fellrec.training.dp_sgd import (
     dp_user_popularity,
     epsilon_spent,
 )
-from fellrec.training.host_secrets import parameter_digests
 
 #: One round's accounting of a client: (noise multiplier per step, sample rate, steps).
 RoundAccount = tuple[float, float, int]
@@ -136,20 +135,21 @@ class UserLevelDPSGD:
         )
 
     def start_round(
-        self, round_index: int, anchors: torch.Tensor, clients: Iterable[int], local_epochs: int
+        self, round_index: int, requests: Sequence[int], clients: Iterable[int], local_epochs: int
     ) -> None:
-        """Start a round: digest each slot's round-start parameters, record the round's settings.
+        """Start a round: keep each slot's request digest, record the round's settings.
 
         Args:
             round_index: The round.
-            anchors: Each slot's round-start parameters ``(slots, P)``, in slot order.
+            requests: Each slot's digest of what it was asked (its round-start parameters and
+                round config: :func:`~fellrec.training.host_secrets.request_digests`), in slot
+                order: a silo alone digests what it was sent.
             clients: The client of each slot, in slot order.
             local_epochs: Epochs over its data a client takes per round.
         """
         self.round_index = round_index
         self._steps = {}
-        # Each client's own round-start parameters: a silo alone digests what it was sent.
-        self._digests = dict(enumerate(parameter_digests(anchors)))
+        self._digests = dict(enumerate(requests))
         for slot, client in enumerate(clients):
             # Counted whether the client trains this round or not: an upper bound.
             account = self.round_account(client, local_epochs)
@@ -248,7 +248,9 @@ class UserLevelDPSGD:
         for client, users in self.users.items():
             delta = self.settings.client_delta(users)
             current = self.round_account(client, local_epochs)
-            history = self.ledger.history(client, self.round_index + 1, current)
+            # Every round asked so far, also when a later one was asked before an earlier one.
+            rounds = max([self.round_index, *self.ledger.rounds.get(client, {})]) + 1
+            history = self.ledger.history(client, rounds, current)
             spent[client, 0] = epsilon_spent(history, delta, self.ledger.releases)
             spent[client, 1] = delta
         return spent

@@ -49,6 +49,7 @@ from fellrec.training.host_secrets import (
     data_digest,
     fresh_secret,
     parameter_digests,
+    request_digests,
 )
 from fellrec.training.module_settings import ModuleSettings
 from fellrec.training.process_group import gather_objects, max_over_processes, reduce_sum
@@ -119,6 +120,10 @@ class FederatedModule(ModuleSettings):
         self.hidden_noise: ClientNoise | None = None
         #: The secret base of the share noise (``model.items.share_noise_*``), or None.
         self.item_noise_base: int | None = None
+        #: This round's digest of what each slot was asked (parameters and round config).
+        self._requests: list[int] = []
+        #: An identifier of this host's noise context (key, settings, data) for a node's ledger.
+        self.ledger_id: int | None = None
 
     # ------------------------------------------------------------------ construction
     @property
@@ -227,6 +232,7 @@ class FederatedModule(ModuleSettings):
         self._slots = {client: slot for slot, client in enumerate(self.held_clients)}
         secret = self._secrets_of(datamodule)
         new_items = self._new_items_mask(datamodule)
+        self.ledger_id = secret("ledger") if self.dp_sgd is not None else None
         if self.dp_sgd is not None:
             # Every step Poisson-samples each client's users (fellrec.training.dp_sgd), from a
             # secret seed: the server knows model.seed.
@@ -333,7 +339,12 @@ class FederatedModule(ModuleSettings):
         def secret(purpose: str) -> int:
             if not digests:
                 digests.append(self._data_digest(datamodule))
-            return self.secret_source(purpose, digests[0])
+            value = self.secret_source(purpose, digests[0])
+            trainer = self._trainer
+            if trainer is not None and trainer.world_size > 1:
+                # Every process holds every client: they must draw the same noise.
+                value = int(trainer.strategy.broadcast(value, src=0))
+            return value
 
         return secret
 
@@ -360,9 +371,14 @@ class FederatedModule(ModuleSettings):
 
     def _share_noise_seed(self, slot: int, round_index: int) -> int:
         """The seed of a slot's share noise in a round: the secret base and what it was sent."""
-        assert self.round_anchor is not None and self.item_noise_base is not None
-        sent = parameter_digests(self.round_anchor[slot : slot + 1])[0]
-        entropy = [self.item_noise_base, 0x5EED, round_index, self.slot_client(slot), sent]
+        assert self.item_noise_base is not None
+        entropy = [
+            self.item_noise_base,
+            0x5EED,
+            round_index,
+            self.slot_client(slot),
+            self._requests[slot],
+        ]
         state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
         return int(state[0] >> np.uint64(1))
 
@@ -471,11 +487,19 @@ class FederatedModule(ModuleSettings):
         self.round_anchor = self.client_parameters()
         self._anchors = {}
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
+        # What each client was asked (its parameters and its round config): its noise is bound to
+        # it, so the same question gets the same answer and another question other noise.
+        asked = [self._round_configs[slot] for slot in range(self.num_slots)]
+        self._requests = request_digests(
+            self.round_anchor,
+            [(round_index, c.lr_scale, c.proximal_mu, float(c.trains)) for c in asked],
+        )
         if self.dp is not None:
             local_epochs = federated_datamodule(self.trainer).local_epochs
-            self.dp.start_round(round_index, self.round_anchor, self.held_clients, local_epochs)
+            self.dp.start_round(round_index, self._requests, self.held_clients, local_epochs)
         if self.hidden_noise is not None:
-            self.hidden_noise.start("train", round_index, self._client_digests(self.round_anchor))
+            requests = dict(zip(self.held_clients, self._requests, strict=True))
+            self.hidden_noise.start("train", round_index, requests)
         steps: dict[int, int] = {}
         for batch in federated_datamodule(self.trainer).round_plan(round_index):
             if batch.step_end:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -79,3 +79,21 @@ def parameter_digests(rows: torch.Tensor) -> list[int]:
     """
     values = rows.detach().cpu().numpy()
     return [int.from_bytes(hashlib.sha256(row.tobytes()).digest()[:8], "little") for row in values]
+
+
+def request_digests(rows: torch.Tensor, configs: Sequence[Sequence[float]]) -> list[int]:
+    """A 64-bit digest of what each client was asked: its parameters and its round config.
+
+    Args:
+        rows: The parameters each client was sent ``(S, P)``.
+        configs: Each client's round config as numbers (round, learning-rate scale, proximal
+            weight, whether it trains): the same parameters asked with another config are
+            another question, whose noise must be another.
+    """
+    values = rows.detach().cpu().numpy()
+    digests = []
+    for row, config in zip(values, configs, strict=True):
+        hasher = hashlib.sha256(row.tobytes())
+        hasher.update(np.asarray([float(v) for v in config], dtype=np.float64).tobytes())
+        digests.append(int.from_bytes(hasher.digest()[:8], "little"))
+    return digests
