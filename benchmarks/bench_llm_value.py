@@ -190,33 +190,18 @@ def targets(
             parts.append(f"seed {seed}: {ours:.4f} vs {ratio * theirs:.4f}{'' if ok else ' (no)'}")
         lines.append(f"- {claim}: **{'met' if met else 'NOT met'}** ({'; '.join(parts)})")
 
+    slices_of = (
+        ("tail", "popularity/tail", standard),
+        ("new items (new-items protocol)", "popularity/new", new_items),
+    )
     for model in ("centralized", "fellrec"):
-        check(
-            f"{model} tail >= 2 x SASRec tail",
-            [
-                (
-                    s,
-                    slice_value(r[model], "popularity/tail"),
-                    slice_value(r["sasrec"], "popularity/tail"),
-                )
-                for s, r in standard.items()
+        for label, name, runs in slices_of:
+            pairs = [
+                (s, slice_value(r[model], name), slice_value(r["sasrec"], name))
+                for s, r in runs.items()
                 if model in r and "sasrec" in r
-            ],
-            2.0,
-        )
-        check(
-            f"{model} new items >= 2 x SASRec new items (new-items protocol)",
-            [
-                (
-                    s,
-                    slice_value(r[model], "popularity/new"),
-                    slice_value(r["sasrec"], "popularity/new"),
-                )
-                for s, r in new_items.items()
-                if model in r and "sasrec" in r
-            ],
-            2.0,
-        )
+            ]
+            check(f"{model} {label} >= 2 x SASRec's", pairs, 2.0)
     overall = {
         s: {n: float(res["overall"][METRIC]) for n, res in r.items()} for s, r in standard.items()
     }
