@@ -489,11 +489,14 @@ class FederatedModule(ModuleSettings):
         self._round_configs = {s: configs[self.slot_client(s)] for s in range(self.num_slots)}
         # What each client was asked (its parameters and its round config): its noise is bound to
         # it, so the same question gets the same answer and another question other noise.
-        asked = [self._round_configs[slot] for slot in range(self.num_slots)]
-        self._requests = request_digests(
-            self.round_anchor,
-            [(round_index, c.lr_scale, c.proximal_mu, float(c.trains)) for c in asked],
-        )
+        # Only noise reads them: a run without any privacy noise does not hash its parameters.
+        noised = self.dp is not None or self.hidden_noise is not None
+        if noised or self.item_noise_base is not None:
+            asked = [self._round_configs[slot] for slot in range(self.num_slots)]
+            self._requests = request_digests(
+                self.round_anchor,
+                [(round_index, c.lr_scale, c.proximal_mu, float(c.trains)) for c in asked],
+            )
         if self.dp is not None:
             local_epochs = federated_datamodule(self.trainer).local_epochs
             self.dp.start_round(round_index, self._requests, self.held_clients, local_epochs)
