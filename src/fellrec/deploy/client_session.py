@@ -103,6 +103,7 @@ class ClientSession:
         self.root = Path(run.root)
         self.strategy_name = run.strategy.name
         self.config_hash = run.config_hash
+        self._catalog = ""  # its fingerprint, once the data is set up
         self._built = False
 
     def _build(self) -> None:
@@ -111,10 +112,10 @@ class ClientSession:
             # Noise bound to this federation's settings and catalog: a restarted node answers
             # as before, a rerun with other settings or another catalog draws other noise.
             dataset = self.datamodule.data.dataset
-            catalog = catalog_fingerprint(
+            self._catalog = catalog_fingerprint(
                 list(dataset.item_ids), dataset.titles, dataset.categories
             )
-            context = f"{self._context}|{catalog}"
+            context = f"{self._context}|{self._catalog}"
             self.module.secret_source = KeyedSecrets(self._key, context)
             self.module.build(self.datamodule)
             self._restore_ledger()
@@ -168,14 +169,9 @@ class ClientSession:
 
     def describe(self) -> NodeDescription:
         """Who this client is, what it starts from, and the fingerprints the server compares."""
-        parameters = self.initial_parameters()
-        dataset = self.datamodule.data.dataset
+        parameters = self.initial_parameters()  # builds: the catalog's fingerprint is known
         return NodeDescription(
-            self.client,
-            parameters,
-            self.metric_names,
-            self.config_hash,
-            catalog_fingerprint(list(dataset.item_ids), dataset.titles, dataset.categories),
+            self.client, parameters, self.metric_names, self.config_hash, self._catalog
         )
 
     def train(self, parameters: torch.Tensor, config: ClientRoundConfig) -> TrainReport:
