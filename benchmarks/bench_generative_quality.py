@@ -39,7 +39,7 @@ from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_causal_lm
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.prompts import PromptSettings
-from fellrec.training.client_optimization import schedule_factor
+from fellrec.training.host.client_optimization import schedule_factor
 
 GAMMAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 

@@ -30,8 +30,8 @@ from bench_quickstart import run_once
 from federation_run import quiet
 from fellrec.data.fetch import fetch_ml100k
 from fellrec.data.pipeline import DatasetSettings
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "configs" / "quickstart.yaml"

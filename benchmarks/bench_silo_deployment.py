@@ -49,7 +49,7 @@ def main() -> None:
     from fellrec.data.fetch import fetch_ml100k
     from fellrec.data.pipeline import default_cache_dir
     from fellrec.lightning_cli import make_cli
-    from fellrec.training.loop import FederatedLoop
+    from fellrec.training.rounds.loop import FederatedLoop
     from flower_deployment import Deployment
 
     work = (args.work or Path(tempfile.mkdtemp(prefix="fellrec-silo-bench-"))).resolve()

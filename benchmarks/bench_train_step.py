@@ -84,8 +84,8 @@ def build_step(
     from fellrec.data.fetch import fetch_ml100k
     from fellrec.data.pipeline import DatasetSettings
     from fellrec.models.item_components import ItemSettings
-    from fellrec.training.datamodule import FederatedDataModule
-    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.batches.datamodule import FederatedDataModule
+    from fellrec.training.host.federated_module import FederatedModule
 
     data = FederatedDataModule(
         dataset=DatasetSettings(format="recbole", path=str(fetch_ml100k(cache / "data"))),

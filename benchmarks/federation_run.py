@@ -22,9 +22,9 @@ from lightning.pytorch.callbacks import Callback
 
 from fellrec.data.pipeline import DatasetSettings
 from fellrec.federation.strategies import STRATEGIES, Strategy
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.loop import FederatedLoop
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.rounds.loop import FederatedLoop
 
 
 def quiet() -> None:

@@ -13,10 +13,10 @@ from lightning.pytorch.loggers import CSVLogger
 from fellrec.data.pipeline import DatasetSettings
 from fellrec.federation.strategies import Strategy
 from fellrec.reporting.run_reporter import RunReporter
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.loop import FederatedLoop
-from fellrec.training.privacy_probe import PrivacyProbe
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.probes.privacy_probe import PrivacyProbe
+from fellrec.training.rounds.loop import FederatedLoop
 
 SMALL_SYNTHETIC = {"num_users": 90, "num_items": 60, "num_categories": 4}
 

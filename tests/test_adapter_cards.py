@@ -11,7 +11,7 @@ from transformers import AutoModel
 
 from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import public_base_name
-from fellrec.training.adapter_cards import adapter_card, describe_adapters, export_adapters
+from fellrec.training.records.adapter_cards import adapter_card, describe_adapters, export_adapters
 
 
 def test_public_base_name_replaces_aliases_and_keeps_the_rest():

@@ -166,7 +166,7 @@ def test_base_dropout_sets_every_rate_of_the_loaded_model(tiny_encoder_dir, tiny
 
 
 def test_base_dropout_out_of_range_names_the_setting():
-    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.host.federated_module import FederatedModule
 
     with pytest.raises(ValueError, match=r"model.base_dropout must be in \[0, 1\), got 1.0"):
         FederatedModule(base_dropout=1.0)

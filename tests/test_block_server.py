@@ -52,9 +52,9 @@ from fellrec.models.server_side import ServerSide
 from fellrec.models.split_plan import plan_split
 from fellrec.serving import block_server
 from fellrec.serving.block_host import BlockHost, BlockHostSpec
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.results import RESULTS_FILE
-from fellrec.training.server_blocks import RemoteServerBlocks
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.host.server_blocks import RemoteServerBlocks
+from fellrec.training.records.results import RESULTS_FILE
 from fellrec.wire import peers, rpc
 from fellrec.wire.codec import encode
 from fellrec.wire.security import TlsSettings

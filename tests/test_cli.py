@@ -18,7 +18,7 @@ import yaml
 
 from conftest import build_tiny_encoder
 from fellrec.cli import main
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,6 +165,23 @@ def test_print_config_shows_the_whole_schema(fitted, capsys):
     assert printed["model"]["strategy"] is None  # deprecated, unset
     assert printed["loop"]["selection_metric"] == "ndcg@10"
     assert printed["data"]["num_clients"] == 3
+
+
+def test_a_config_recorded_before_training_was_grouped_still_reads(fitted, tmp_path, capsys):
+    # Runs recorded before training/ was grouped by job name the logger by its old path;
+    # resuming such a run reads that config.yaml back.
+    config, _ = fitted
+    recorded = yaml.safe_load(config.read_text())
+    recorded.setdefault("trainer", {})["logger"] = [
+        {"class_path": "fellrec.training.run_logger.RunCSVLogger", "init_args": {"save_dir": "."}}
+    ]
+    old = tmp_path / "recorded.yaml"
+    old.write_text(yaml.safe_dump(recorded))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(old), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["logger"][0]["class_path"].endswith("run_logger.RunCSVLogger")
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fellrec.training.client_optimization import (
+from fellrec.training.host.client_optimization import (
     RoundSchedule,
     client_param_groups,
     schedule_factor,

@@ -1,4 +1,4 @@
-"""A host's per-client tallies (training/client_tallies.py), against hand-computed values.
+"""A host's per-client tallies (training/host/client_tallies.py), against hand-computed values.
 
 Several processes are simulated by a ``reduce_sum`` / ``gather`` that adds another process's part.
 """
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from fellrec.training.client_tallies import EvaluationSums, RoundStatistics, padded_mask
+from fellrec.training.host.client_tallies import EvaluationSums, RoundStatistics, padded_mask
 
 
 def _identity(tensor: torch.Tensor) -> torch.Tensor:

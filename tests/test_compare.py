@@ -16,7 +16,7 @@ from fellrec.commands.compare import (
     parse_strategies,
 )
 from fellrec.reporting.report import REPORT_HTML, REPORT_MD
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 from test_cli import write_tiny_config
 from test_wandb_offline import read_offline_run, wandb_logger_config
 

@@ -16,15 +16,15 @@ from federation_helpers import tiny_run
 from fellrec.federation.strategies import FedAvg, Local
 from fellrec.models.adapters import LoRASettings
 from fellrec.models.item_components import ItemSettings
-from fellrec.training.dp_sgd import (
+from fellrec.training.batches.schedule import plan_user_sampled_round, user_sampled_steps
+from fellrec.training.dp.dp_sgd import (
     DPSGDSettings,
     UserGradientSum,
     check_dp_sgd_compatible,
     clip_factor,
     epsilon_spent,
 )
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.schedule import plan_user_sampled_round, user_sampled_steps
+from fellrec.training.host.federated_module import FederatedModule
 
 
 def test_the_accountant_gives_opacus_published_value():
@@ -270,7 +270,7 @@ def test_each_party_keeps_its_own_dp_seed_out_of_the_federation_fingerprint():
 
 def test_a_dp_client_alone_sends_what_it_sends_in_the_federation(tmp_path, still_encoder):
     """A silo samples the same users and draws the same noise as its simulation (deployment)."""
-    from fellrec.training.client_module import ClientModule
+    from fellrec.training.host.client_module import ClientModule
 
     settings = {
         "recommender": "sequential",
@@ -370,7 +370,7 @@ def test_a_run_resumed_with_other_dp_settings_accounts_each_round_with_its_own(
 
 
 def test_the_ledger_merges_like_settings_and_counts_missing_rounds_with_the_current():
-    from fellrec.training.dp_training import PrivacyLedger
+    from fellrec.training.dp.dp_training import PrivacyLedger
 
     ledger = PrivacyLedger(releases=[2.0])
     ledger.record(0, 0, 11, (1.0, 0.5, 3))
@@ -390,7 +390,7 @@ def test_the_ledger_merges_like_settings_and_counts_missing_rounds_with_the_curr
 
 def test_a_round_asked_again_out_of_order_still_counts():
     """Six rounds, then round 2 again from other parameters: seven releases, never fewer."""
-    from fellrec.training.dp_training import UserLevelDPSGD
+    from fellrec.training.dp.dp_training import UserLevelDPSGD
 
     settings = DPSGDSettings(expected_users=4, noise_multiplier=1.0, loss_noise=1e9)
     dp = UserLevelDPSGD(settings, {0: 40}, secret=1)
@@ -408,7 +408,7 @@ def test_a_round_asked_again_out_of_order_still_counts():
 
 
 def test_the_popularity_start_counts_each_user_once_per_item_with_user_level_noise():
-    from fellrec.training.dp_sgd import dp_user_popularity
+    from fellrec.training.dp.dp_sgd import dp_user_popularity
 
     users = [np.asarray([0, 0, 1]), np.asarray([1, 2, 3])]
     counts = dp_user_popularity(users, 5, 3, 0.5, torch.Generator().manual_seed(3))
@@ -519,7 +519,7 @@ def test_resuming_a_run_without_dp_under_dp_and_16_bit_precision_are_refused(
     )
     with pytest.raises(ValueError, match="written without it"):
         trainer.fit(model, datamodule=data, ckpt_path="last")
-    from fellrec.training.dp_sgd import check_dp_sgd_trainer
+    from fellrec.training.dp.dp_sgd import check_dp_sgd_trainer
 
     # (On a CPU Lightning turns 16-mixed into bf16-mixed, so the check is called directly.)
     with pytest.raises(ValueError, match="use 32 or bf16-mixed"):

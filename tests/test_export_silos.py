@@ -21,8 +21,8 @@ from fellrec.cli import main
 from fellrec.config_parser import DATA_SECTIONS, config_parser, instantiate
 from fellrec.data.export import export_silos
 from fellrec.data.pipeline import FederatedData
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.records.results import RESULTS_FILE
 from test_cli import write_tiny_config
 
 SYNTHETIC = {"num_users": 40, "num_items": 40, "num_categories": 4}

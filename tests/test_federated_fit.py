@@ -14,8 +14,8 @@ from federation_helpers import tiny_run
 from fellrec.federation.engine import RESULTS_KEYS
 from fellrec.federation.strategies import Centralized, FedAvg, FedProx, FELLRec, Local
 from fellrec.metrics.slices import SLICE_NAMES
-from fellrec.training.client_checkpoints import client_state
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.host.client_checkpoints import client_state
+from fellrec.training.records.results import RESULTS_FILE
 
 
 def flatten(tree, prefix=""):
@@ -285,7 +285,7 @@ def test_diverging_client_keeps_its_adapter_and_spares_the_others(tmp_path, tiny
 
 
 def test_client_module_fits_one_client_alone(tmp_path, tiny_encoder_dir):
-    from fellrec.training.client_module import ClientModule
+    from fellrec.training.host.client_module import ClientModule
 
     trainer, model, data, loop = tiny_run(
         tmp_path, tiny_encoder_dir, Local(), rounds=1, data_options={"client": 1}
@@ -307,7 +307,7 @@ def test_a_client_alone_takes_the_steps_it_takes_in_the_federation(
     tmp_path, tiny_encoder_dir, recommender
 ):
     """A silo's batches, seeds and initial adapter are the simulation's: same adapter after it."""
-    from fellrec.training.client_module import ClientModule
+    from fellrec.training.host.client_module import ClientModule
 
     settings = {
         "recommender": recommender,
@@ -336,7 +336,7 @@ def test_a_client_alone_takes_the_steps_it_takes_in_the_federation(
 
 
 def test_client_module_refuses_another_clients_data(tmp_path, tiny_encoder_dir):
-    from fellrec.training.client_module import ClientModule
+    from fellrec.training.host.client_module import ClientModule
 
     trainer, _, data, _ = tiny_run(tmp_path, tiny_encoder_dir, Local(), rounds=1)
     client = ClientModule(client=1, backbone=str(tiny_encoder_dir))
@@ -364,7 +364,7 @@ def test_clients_with_few_evaluation_users_are_warned_about(tmp_path, tiny_encod
 
 
 def test_the_loop_strategy_is_settled_against_the_deprecated_key_and_the_host():
-    from fellrec.training.loop import DEFAULT_STRATEGY, resolve_strategy
+    from fellrec.training.rounds.loop import DEFAULT_STRATEGY, resolve_strategy
 
     assert resolve_strategy(FedAvg(), None).name == "fedavg"
     assert resolve_strategy(DEFAULT_STRATEGY, FedAvg()).name == "fedavg"  # old configs

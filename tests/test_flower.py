@@ -33,7 +33,7 @@ from fellrec.deploy.server import PARAMETERS_FILE
 from fellrec.federation.engine import RESULTS_KEYS
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Centralized, FedAvg
-from fellrec.training.federated_module import FederatedModule
+from fellrec.training.host.federated_module import FederatedModule
 from test_cli import write_tiny_config
 
 
@@ -104,7 +104,7 @@ def test_a_flower_simulation_equals_the_in_process_run(tmp_path, tiny_encoder_di
     """3 clients x 2 rounds: the same per-client test metrics and selected parameters."""
     from fellrec.deploy.simulation import simulate
     from fellrec.lightning_cli import make_cli
-    from fellrec.training.loop import FederatedLoop
+    from fellrec.training.rounds.loop import FederatedLoop
 
     config = write_tiny_config(tmp_path, tiny_encoder_dir)
     chosen = ["--loop.strategy", f"fellrec.federation.strategies.{strategy}"]
@@ -264,8 +264,8 @@ def test_a_client_that_does_not_answer_sits_the_round_out_and_rejoins(tmp_path, 
     caplog.set_level("INFO", logger="fellrec.deploy")
     from fellrec.deploy.run_config import LoadedRun
     from fellrec.deploy.server import FederationServer
-    from fellrec.training.datamodule import FederatedDataModule
-    from fellrec.training.loop import FederatedLoop
+    from fellrec.training.batches.datamodule import FederatedDataModule
+    from fellrec.training.rounds.loop import FederatedLoop
 
     run = LoadedRun(
         model=FederatedModule(lr=0.1),
@@ -306,8 +306,8 @@ def test_only_parameters_round_configs_losses_counts_and_metrics_cross(tmp_path)
     """Record every payload of a deployed run: nothing but what the protocol names crosses."""
     from fellrec.deploy.run_config import LoadedRun
     from fellrec.deploy.server import FederationServer
-    from fellrec.training.datamodule import FederatedDataModule
-    from fellrec.training.loop import FederatedLoop
+    from fellrec.training.batches.datamodule import FederatedDataModule
+    from fellrec.training.rounds.loop import FederatedLoop
 
     run = LoadedRun(
         model=FederatedModule(lr=0.1),
@@ -378,8 +378,8 @@ class CrashingGrid(FakeGrid):
 
 def _deployed_run(root, rounds=3):
     from fellrec.deploy.run_config import LoadedRun
-    from fellrec.training.datamodule import FederatedDataModule
-    from fellrec.training.loop import FederatedLoop
+    from fellrec.training.batches.datamodule import FederatedDataModule
+    from fellrec.training.rounds.loop import FederatedLoop
 
     return LoadedRun(
         model=FederatedModule(lr=0.1),

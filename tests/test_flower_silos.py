@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from fellrec.cli import main
 from fellrec.deploy.server import PARAMETERS_FILE
 from fellrec.lightning_cli import make_cli
-from fellrec.training.loop import FederatedLoop
+from fellrec.training.rounds.loop import FederatedLoop
 from test_cli import write_tiny_config
 
 APP = Path(__file__).resolve().parent.parent / "flower-app"

@@ -9,7 +9,7 @@ import pytest
 from federation_helpers import tiny_run
 from fellrec.federation.strategies import FedAvg, FELLRec
 from fellrec.models.prompts import PromptSettings
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 
 GENERATIVE = {
     "recommender": "generative",

@@ -22,7 +22,7 @@ from fellrec.models.hidden_defence import (
 from fellrec.models.inversion import token_recovery
 from fellrec.models.split import make_trunk
 from fellrec.models.transport import LocalTransport
-from fellrec.training.module_settings import ModuleSettings
+from fellrec.training.host.module_settings import ModuleSettings
 from test_cost_attack_commands import write_config
 from test_inversion import mixing_llama, random_batches
 
@@ -176,7 +176,7 @@ def test_fellrec_attack_attacks_the_defended_states_and_records_the_setting(
 def test_a_deployed_client_runs_the_federations_defence():
     pytest.importorskip("flwr", reason="fellrec.deploy needs Flower (Python >= 3.11)")
     from fellrec.deploy.client_session import client_module_like
-    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.host.federated_module import FederatedModule
 
     settings = HiddenDefence(clip=1.0, noise=0.1, seed=1)
     client = client_module_like(FederatedModule(hidden_defence=settings), 2)

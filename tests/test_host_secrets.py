@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from fellrec.training.host_secrets import (
+from fellrec.training.dp.host_secrets import (
     KeyedSecrets,
     data_digest,
     fresh_secret,

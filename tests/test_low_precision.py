@@ -120,7 +120,7 @@ def test_bf16_units_read_from_cpuinfo(tmp_path, flags, expected):
 
 
 def test_the_bf16_hint_only_for_fp32_on_a_cpu_with_bf16_units():
-    from fellrec.training.run_start import precision_hint
+    from fellrec.training.records.run_start import precision_hint
 
     hint = precision_hint("cpuaccelerator", "32-true", bf16_units=True)
     assert hint is not None and "--trainer.precision bf16-mixed" in hint

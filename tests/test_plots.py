@@ -12,7 +12,7 @@ from federation_helpers import tiny_run
 from fellrec.federation.strategies import FELLRec
 from fellrec.reporting import history as hist
 from fellrec.reporting.plots import PLOTS_DIR, png_bytes, rgb_array, save_plots, similarity_figure
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_PLOTS = {"clients_ndcg10", "balance_ndcg10", "learning_rates", "train_loss", "similarity"}

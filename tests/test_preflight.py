@@ -34,7 +34,7 @@ def test_the_recorded_schema_is_the_parsers():
 def original_refusal(key: str, value, tiny_encoder_dir: Path) -> str | None:
     """The message of the original check of ``key`` for ``value`` (None: it accepts it)."""
     from fellrec.federation import strategies
-    from fellrec.training.loop import FederatedLoop
+    from fellrec.training.rounds.loop import FederatedLoop
 
     try:
         if key.startswith("loop.strategy."):
@@ -42,7 +42,7 @@ def original_refusal(key: str, value, tiny_encoder_dir: Path) -> str | None:
             cls = strategies.FedProx if name == "mu" else strategies.FELLRec
             cls(**{name: value})
         elif key == "loop.selection_metric":
-            from fellrec.training.federated_module import FederatedModule
+            from fellrec.training.host.federated_module import FederatedModule
 
             names = FederatedModule().eval_names
             assert tuple(names) == METRIC_NAMES  # the rule's list is the run's

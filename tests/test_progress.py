@@ -7,7 +7,7 @@ import re
 import lightning as L
 import torch
 
-from fellrec.training.progress import FederatedProgressBar, batch_client, round_description
+from fellrec.training.rounds.progress import FederatedProgressBar, batch_client, round_description
 
 
 def test_round_description_matches_the_log_and_shows_progress():

@@ -13,8 +13,8 @@ from fellrec.models.item_components import ItemSettings
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.preflight.rules import RULES
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.recommender_families import (
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.host.recommender_families import (
     RECOMMENDER_FAMILIES,
     RecommenderSettings,
     SequentialFamily,
@@ -22,7 +22,7 @@ from fellrec.training.recommender_families import (
     register_family,
     unregister_family,
 )
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 
 BUILT_IN = ("sequential", "encoder", "generative")
 

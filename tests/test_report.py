@@ -18,7 +18,7 @@ from fellrec.federation.strategies import FedAvg, FELLRec
 from fellrec.reporting.report import IMAGE_DIR, REPORT_HTML, REPORT_MD, write_report
 from fellrec.reporting.runs import default_output
 from fellrec.reporting.tables import REPORT_METRICS, SLICE_ORDER, SUMMARY_VIEWS
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

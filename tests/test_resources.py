@@ -295,7 +295,7 @@ def test_every_family_has_default_lora_targets_that_peft_accepts(family):
 def test_the_resource_summary_is_a_function_of_its_facts():
     from fellrec.models.adapters import LoRASettings
     from fellrec.models.split_plan import plan_split
-    from fellrec.training.accounting import ResourceFacts, resource_summary_of
+    from fellrec.training.records.accounting import ResourceFacts, resource_summary_of
 
     facts = ResourceFacts(
         config=bert_config(),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fellrec.training.schedule import plan_round, shard
+from fellrec.training.batches.schedule import plan_round, shard
 
 
 def test_plan_is_client_major_and_covers_every_example_once_per_epoch():
@@ -60,7 +60,7 @@ def test_invalid_sizes_fail():
 def test_a_process_without_rows_of_a_global_batch_gets_a_stand_in():
     import numpy as np
 
-    from fellrec.training.datamodule import _rows_of
+    from fellrec.training.batches.datamodule import _rows_of
 
     indices = np.array([7, 8, 9])
     assert _rows_of(indices, 0, 2)[0].tolist() == [7, 9] and not _rows_of(indices, 0, 2)[1]

@@ -18,7 +18,7 @@ from fellrec.models.adapters import CLIENT_MODULE_FILE, ClientAdapters, LoRASett
 from fellrec.models.item_components import ItemComponents, ItemSettings, log_popularity_bias
 from fellrec.models.sequential import SequentialRecommender, next_item_targets
 from fellrec.models.split import SplitModel, make_trunk
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 
 NUM_ITEMS = 12
 

@@ -2,7 +2,7 @@
 
 A recording stand-in for the transport (a unit test: the real one is tested against ``local`` in
 tests/test_block_server.py) shows which requests each state of
-:class:`~fellrec.training.server_blocks.RemoteServerBlocks` sends.
+:class:`~fellrec.training.host.server_blocks.RemoteServerBlocks` sends.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from conftest import build_tiny_encoder
 from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_encoder
-from fellrec.training.server_blocks import RemoteServerBlocks
+from fellrec.training.host.server_blocks import RemoteServerBlocks
 
 
 class RecordingTransport:

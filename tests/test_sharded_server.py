@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import build_tiny_encoder, build_tiny_llama
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 from test_cli import run_cli, write_tiny_config, write_tiny_generative_config
 
 SHARDED = ["--trainer.devices", "2", "--trainer.strategy", "model_parallel"]
@@ -138,7 +138,7 @@ def test_sharded_generative_backend_trains_and_generates_like_one_process(tmp_pa
 
 def test_sharding_refuses_an_unsplit_run(tmp_path):
     from fellrec.models.adapters import ClientAdapters
-    from fellrec.training.server_sharding import ShardingRequest, shard_server_blocks
+    from fellrec.training.host.server_sharding import ShardingRequest, shard_server_blocks
 
     request = ShardingRequest(
         split=False,

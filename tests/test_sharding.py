@@ -18,7 +18,7 @@ from fellrec.models.sharding import (
     local_part,
     shard_blocks,
 )
-from fellrec.training.client_optimization import average_gradients, client_param_groups
+from fellrec.training.host.client_optimization import average_gradients, client_param_groups
 
 
 @pytest.fixture()

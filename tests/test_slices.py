@@ -157,7 +157,7 @@ def test_slice_summary_without_users_or_resamples(definition) -> None:
 
 def test_the_data_module_slices_its_own_evaluated_users_only(tmp_path) -> None:
     from fellrec.data.pipeline import DatasetSettings
-    from fellrec.training.datamodule import FederatedDataModule
+    from fellrec.training.batches.datamodule import FederatedDataModule
 
     data = FederatedDataModule(
         dataset=DatasetSettings(format="synthetic", options={"num_users": 40, "num_items": 60}),

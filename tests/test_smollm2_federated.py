@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 from test_cli import REPO, run_cli
 
 pytestmark = pytest.mark.slow

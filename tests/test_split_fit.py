@@ -10,7 +10,7 @@ from conftest import build_tiny_encoder
 from federation_helpers import tiny_run
 from fellrec.federation.strategies import FELLRec
 from fellrec.models.adapters import LoRASettings
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 from split_families import needs_transformers_5
 
 
@@ -62,7 +62,7 @@ def test_split_run_gives_the_unsplit_results(tmp_path, deterministic_encoder):
 
 
 def test_unknown_transport_fails_at_construction():
-    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.host.federated_module import FederatedModule
 
     with pytest.raises(ValueError, match=r"model\.transport must be one of \['local', 'process'\]"):
         FederatedModule(transport="carrier-pigeon")

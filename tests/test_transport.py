@@ -13,7 +13,7 @@ from fellrec.models.split import SplitModel
 from fellrec.models.split_plan import plan_split
 from fellrec.models.split_support import num_blocks
 from fellrec.models.transport import TRANSPORTS, LocalTransport, Payload, Server, Transport
-from fellrec.training.recommender_assembly import make_transport
+from fellrec.training.host.recommender_assembly import make_transport
 
 ALLOWED = {
     ("to_server", "forward"): {"hidden_states", "attention_mask", "position_ids"},

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from fellrec.cli import main
 from fellrec.commands.compare import finish_wandb_run
 from fellrec.reporting import wandb_log
-from fellrec.training.results import RESULTS_FILE
+from fellrec.training.records.results import RESULTS_FILE
 from test_cli import write_tiny_config
 
 pytest.importorskip("wandb")

@@ -14,8 +14,8 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
 
 #: The top-level sections of a ``fellrec fit`` config, in the order the parsers list them
 #: (``weights_only``, how ``ckpt_path`` is loaded, is printed by Lightning 2.6 and later; an older

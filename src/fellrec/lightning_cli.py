@@ -1,8 +1,9 @@
 """The LightningCLI of ``fellrec fit|validate|test|predict``: its class, its defaults, its output.
 
-:func:`make_cli` builds it over :class:`~fellrec.training.federated_module.FederatedModule` and
-:class:`~fellrec.training.datamodule.FederatedDataModule`, with the ``loop:``
-(:class:`~fellrec.training.loop.FederatedLoop`) and ``checkpoint:`` (``ModelCheckpoint``) sections
+:func:`make_cli` builds it over :class:`~fellrec.training.host.federated_module.FederatedModule` and
+:class:`~fellrec.training.batches.datamodule.FederatedDataModule`, with the ``loop:``
+(:class:`~fellrec.training.rounds.loop.FederatedLoop`) and ``checkpoint:`` (``ModelCheckpoint``)
+sections
 always present. The ``fellrec`` dispatcher (:mod:`fellrec.cli`) runs it for those subcommands;
 ``fellrec compare`` runs it once per strategy; a deployed client or server builds it to read a run's
 config (``run=False``); the recorded config schema (:mod:`fellrec.preflight.schema_builder`) is
@@ -34,12 +35,12 @@ from fellrec.models.process_transport import BlockServerError
 from fellrec.reporting.run_reporter import RunReporter
 from fellrec.run_directory import check_writable, refuse_occupied
 from fellrec.saved_config import RunConfigSaver
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.interruption import interruption_notice, stopped_at
-from fellrec.training.loop import FederatedLoop
-from fellrec.training.privacy_probe import PrivacyProbe
-from fellrec.training.progress import FederatedProgressBar, FederatedProgressLog
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.probes.privacy_probe import PrivacyProbe
+from fellrec.training.rounds.interruption import interruption_notice, stopped_at
+from fellrec.training.rounds.loop import FederatedLoop
+from fellrec.training.rounds.progress import FederatedProgressBar, FederatedProgressLog
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ EVALUATION_DIR_VARIABLE = "FELLREC_EVALUATION_DIR"
 INTERRUPTING_SIGNALS = {"SIGTERM": int(signal.SIGTERM), "SIGINT": int(signal.SIGINT)}
 
 #: The logger that writes a run's ``metrics.csv`` (and ``hparams.yaml``) and keeps it on resume.
-RUN_CSV_LOGGER = "fellrec.training.run_logger.RunCSVLogger"
+RUN_CSV_LOGGER = "fellrec.training.records.run_logger.RunCSVLogger"
 
 
 class FellrecCLI(LightningCLI):

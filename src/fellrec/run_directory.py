@@ -13,7 +13,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-#: The file a finished run writes into its directory (``fellrec.training.results.RESULTS_FILE``).
+#: The file a finished run writes into its directory
+#: (``fellrec.training.records.results.RESULTS_FILE``).
 RESULTS_FILE = "results.json"
 #: Where the CLI keeps a run's checkpoints unless ``checkpoint.dirpath`` says otherwise.
 CHECKPOINT_DIR = "checkpoints"

@@ -37,10 +37,10 @@ from fellrec.commands.cost import parse_k_fronts
 from fellrec.config_errors import parse_checked
 from fellrec.config_parser import config_parser, instantiate_run_config
 from fellrec.federation.engine import TrainingReport
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.message_probe import MessageProbe
-from fellrec.training.privacy import ATTACK, privacy_section
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.probes.hidden_states import ATTACK, privacy_section
+from fellrec.training.probes.message_probe import MessageProbe
 
 RESULTS_FILE = "results.json"
 PRIVACY_FILE = "privacy.json"
@@ -112,8 +112,8 @@ def _load(module: FederatedModule) -> tuple[Any, Any]:
 
 
 def _loop(section: Any) -> Any:
-    """The config's ``loop:`` section as a :class:`~fellrec.training.loop.FederatedLoop`."""
-    from fellrec.training.loop import FederatedLoop
+    """The config's ``loop:`` section as a :class:`~fellrec.training.rounds.loop.FederatedLoop`."""
+    from fellrec.training.rounds.loop import FederatedLoop
 
     parser = ArgumentParser(prog="fellrec attack", exit_on_error=False)
     parser.add_class_arguments(FederatedLoop, "loop")
@@ -148,12 +148,13 @@ def train_and_observe(
     checkpoints, nothing written into the run's directory).
 
     Returns:
-        The :class:`~fellrec.training.message_probe.MessageProbe` section, and the last round's
+        The :class:`~fellrec.training.probes.message_probe.MessageProbe` section, and the last
+        round's
         ``"sent"`` (round start) and ``"received"`` parameters of ``victim_client``.
     """
     import lightning as L
 
-    from fellrec.training.privacy_probe import PrivacyProbe
+    from fellrec.training.probes.privacy_probe import PrivacyProbe
 
     trainer_section = parsed.get("trainer") or {}
     L.seed_everything(parsed.get("seed_everything") or 0, verbose=False)

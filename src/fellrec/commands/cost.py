@@ -29,8 +29,8 @@ from fellrec.models.resource_tables import (
 )
 from fellrec.models.resources import cost_table, resource_report
 from fellrec.models.split_plan import plan_split
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
 
 #: ``--base-dtype`` choices and their bytes per frozen weight.
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}

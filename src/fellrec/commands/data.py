@@ -13,7 +13,7 @@ from pathlib import Path
 from fellrec.config_errors import parse_checked
 from fellrec.config_parser import DATA_SECTIONS, config_parser, instantiate
 from fellrec.data.stats import format_new_items
-from fellrec.training.datamodule import FederatedDataModule
+from fellrec.training.batches.datamodule import FederatedDataModule
 
 
 def describe_data(datamodule: FederatedDataModule) -> str:

@@ -3,7 +3,7 @@
 The ServerApp (:mod:`fellrec.deploy.server_app`) runs the strategy of a fellrec config through the
 round protocol (:mod:`fellrec.federation.protocol`) and sends each client its own parameters and
 round config; each ClientApp (:mod:`fellrec.deploy.client_app`) trains and evaluates one client's
-:class:`~fellrec.training.client_module.ClientModule` on its own partition. Both read the same
+:class:`~fellrec.training.host.client_module.ClientModule` on its own partition. Both read the same
 fellrec YAML config as ``fellrec fit``. Needs the ``flower`` extra
 (``pip install fellrec[flower]``).
 """

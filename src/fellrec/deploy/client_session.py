@@ -35,11 +35,11 @@ from fellrec.deploy.run_config import (
 )
 from fellrec.federation.protocol import ClientRoundConfig
 from fellrec.federation.strategies import Strategy
-from fellrec.training.adapter_cards import export_adapters
-from fellrec.training.client_module import ClientModule
-from fellrec.training.dp_training import PrivacyLedger
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.host_secrets import KeyedSecrets
+from fellrec.training.dp.dp_training import PrivacyLedger
+from fellrec.training.dp.host_secrets import KeyedSecrets
+from fellrec.training.host.client_module import ClientModule
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.records.adapter_cards import export_adapters
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A deployed node's own secret key: made once on its machine, read back after every restart.
 
 The node derives its privacy noises' secrets from this key, the federation's config fingerprint
-and a digest of its data (:class:`fellrec.training.host_secrets.KeyedSecrets`), so a restarted
+and a digest of its data (:class:`fellrec.training.dp.host_secrets.KeyedSecrets`), so a restarted
 node answers as before instead of releasing its data again under fresh noise. The key never
 leaves the node: it is not in the federation's config, not in any message and not in a
 checkpoint the server reads. It lives in a directory of the node's own choosing, never one the

@@ -14,9 +14,9 @@ import yaml
 
 if TYPE_CHECKING:  # the training layer (Lightning) loads only where a run is loaded
     from fellrec.federation.strategies import Strategy
-    from fellrec.training.datamodule import FederatedDataModule
-    from fellrec.training.federated_module import FederatedModule
-    from fellrec.training.loop import FederatedLoop
+    from fellrec.training.batches.datamodule import FederatedDataModule
+    from fellrec.training.host.federated_module import FederatedModule
+    from fellrec.training.rounds.loop import FederatedLoop
 
 #: Keys of a Flower run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``).
 CONFIG_KEY = "fellrec-config"
@@ -155,7 +155,7 @@ class LoadedRun:
     @property
     def strategy(self) -> Strategy:
         """The configured strategy (``loop.strategy``, or the deprecated ``model.strategy``)."""
-        from fellrec.training.run_strategy import resolve_strategy
+        from fellrec.training.rounds.run_strategy import resolve_strategy
 
         return resolve_strategy(self.loop.configured_strategy, self.model.legacy_strategy)
 
@@ -168,9 +168,9 @@ def load_run(settings: RunSettings, *extra: str) -> LoadedRun:
         *extra: More ``--section.key value`` arguments (e.g. ``--data.client 2``).
     """
     from fellrec.lightning_cli import make_cli, quiet_third_party_output
-    from fellrec.training.datamodule import FederatedDataModule
-    from fellrec.training.federated_module import FederatedModule
-    from fellrec.training.loop import FederatedLoop
+    from fellrec.training.batches.datamodule import FederatedDataModule
+    from fellrec.training.host.federated_module import FederatedModule
+    from fellrec.training.rounds.loop import FederatedLoop
 
     quiet_third_party_output()
     with warnings.catch_warnings():

@@ -1,6 +1,6 @@
 """The round engine: one object that runs a federation's rounds and keeps its record.
 
-Simulation (the Lightning :class:`~fellrec.training.loop.FederatedLoop`) and deployment (the
+Simulation (the Lightning :class:`~fellrec.training.rounds.loop.FederatedLoop`) and deployment (the
 Flower :class:`~fellrec.deploy.server.FederationServer`) drive the same :class:`RoundEngine`
 through one :class:`FederationHost` interface, as Flower's ``Strategy.start()`` drives a grid.
 The engine owns everything a round decides and records:

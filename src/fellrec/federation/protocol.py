@@ -1,6 +1,7 @@
 """The round protocol: what a strategy is told and what it answers, as plain values (pure).
 
-Simulation (:class:`fellrec.training.loop.FederatedLoop`) and deployment (the Flower ServerApp in
+Simulation (:class:`fellrec.training.rounds.loop.FederatedLoop`) and deployment (the Flower
+ServerApp in
 :mod:`fellrec.deploy.server_app`) drive a strategy through the same two calls, as Flower's
 ``configure_train`` / ``aggregate_train`` do:
 

@@ -1,6 +1,7 @@
 """The two recommender backends behind one small interface, per adapter slot.
 
-:class:`~fellrec.training.federated_module.FederatedModule` routes every batch to a slot (a client's
+:class:`~fellrec.training.host.federated_module.FederatedModule` routes every batch to a slot (a
+client's
 adapter) and asks the backend for per-example training losses or for item scores; it does not need
 to know whether items are scored by an encoder's item table or found by generation and grounding.
 

@@ -12,7 +12,7 @@ Each sharded block is its own FSDP root: the split model calls its blocks one by
 transport), never a common parent's forward, and an explicit ``reshard_after_forward=True`` keeps
 roots from holding their gathered weights until backward.
 
-What sharding asks of callers (:class:`~fellrec.training.federated_module.FederatedModule` does
+What sharding asks of callers (:class:`~fellrec.training.host.federated_module.FederatedModule` does
 it): every process must run the sharded blocks equally often, or the collectives hang; the
 gradients of sharded parameters arrive already averaged over the processes (FSDP's reduce-scatter,
 ``AVG``), the others still need averaging; reading or writing a sharded parameter whole

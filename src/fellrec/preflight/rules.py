@@ -102,17 +102,17 @@ METRIC_NAMES = tuple(f"{f}@{k}" for f in ("recall", "ndcg", "hit", "mrr") for k 
 
 #: Rules of settings checked in heavy modules (the original check in the comment).
 RULES: tuple[Rule, ...] = (
-    above("model.lr", 0),  # training/client_optimization.py
+    above("model.lr", 0),  # training/host/client_optimization.py
     one_of("model.lr_decay", ("none", "linear", "cosine")),  # client_optimization.LR_DECAYS
     one_of("model.recommender", ("sequential", "encoder", "generative")),  # recommender_families
     one_of("model.pooling", ("mean", "cls")),  # models/encoder.POOLINGS
     one_of("model.item_encoding", ("round", "step")),  # models/encoder.ITEM_ENCODINGS
-    at_least("model.num_negatives", 1),  # training/recommender_assembly.py
+    at_least("model.num_negatives", 1),  # training/host/recommender_assembly.py
     above("model.temperature", 0),  # models/item_components.py, models/encoder.py
     at_least("model.max_history_tokens", 3, "at least 3"),  # models/text.py
     at_least("model.lora.r", 1),  # models/adapters.LoRASettings
     in_unit_interval("model.lora.dropout"),  # models/adapters.LoRASettings
-    in_unit_interval("model.base_dropout"),  # training/module_settings.py
+    in_unit_interval("model.base_dropout"),  # training/host/module_settings.py
     at_least("model.items.id_dim", 1),  # models/item_components.ItemSettings
     above("model.items.lr", 0),
     at_least("model.items.weight_decay", 0),
@@ -124,7 +124,7 @@ RULES: tuple[Rule, ...] = (
     ),
     at_least("model.items.share_noise_ids", 0),  # models/item_components.ItemSettings
     at_least("model.items.share_noise_bias", 0),
-    above("model.dp_sgd.noise_multiplier", 0),  # training/dp_sgd.DPSGDSettings
+    above("model.dp_sgd.noise_multiplier", 0),  # training/dp/dp_sgd.DPSGDSettings
     above("model.dp_sgd.max_grad_norm", 0),
     at_least("model.dp_sgd.expected_users", 1),
     at_least("model.dp_sgd.windows_per_user", 1),
@@ -135,9 +135,9 @@ RULES: tuple[Rule, ...] = (
     above("model.block_server.timeout", 0),  # models/process_transport.BlockServerSettings
     above("model.hidden_defence.clip", 0),  # models/hidden_defence.HiddenDefence
     at_least("model.hidden_defence.noise", 0),
-    at_least("loop.min_eval_users", 0),  # training/loop.FederatedLoop
+    at_least("loop.min_eval_users", 0),  # training/rounds/loop.FederatedLoop
     at_least("loop.bootstrap_resamples", 0),
-    Rule(  # training/loop.FederatedLoop.setup
+    Rule(  # training/rounds/loop.FederatedLoop.setup
         "loop.selection_metric",
         f"one of {', '.join(METRIC_NAMES)}",
         lambda v: v in METRIC_NAMES,

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fellrec.reporting import wandb_log
-from fellrec.training.loop import FederatedLoop
+from fellrec.training.rounds.loop import FederatedLoop
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from fellrec.models.item_components import ItemSettings
-from fellrec.training.schedule import user_sampled_steps
+from fellrec.training.batches.schedule import user_sampled_steps
 
 
 @dataclass

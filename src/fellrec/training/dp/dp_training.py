@@ -1,8 +1,8 @@
 """User-level DP-SGD on a host: its secret, each step's per-user draws, and its privacy ledger.
 
-:mod:`fellrec.training.dp_sgd` holds the settings, the clipping and the accountant;
+:mod:`fellrec.training.dp.dp_sgd` holds the settings, the clipping and the accountant;
 this module holds what a host that trains under DP-SGD keeps between steps and rounds, and runs
-one DP step. :class:`~fellrec.training.federated_module.FederatedModule` only hands it the
+one DP step. :class:`~fellrec.training.host.federated_module.FederatedModule` only hands it the
 batch, the loss of a user's rows and its backward pass.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fellrec.training.dp_sgd import (
+from fellrec.training.dp.dp_sgd import (
     DPSGDSettings,
     UserGradientSum,
     dp_user_popularity,
@@ -142,7 +142,7 @@ class UserLevelDPSGD:
         Args:
             round_index: The round.
             requests: Each slot's digest of what it was asked (its round-start parameters and
-                round config: :func:`~fellrec.training.host_secrets.request_digests`), in slot
+                round config: :func:`~fellrec.training.dp.host_secrets.request_digests`), in slot
                 order: a silo alone digests what it was sent.
             clients: The client of each slot, in slot order.
             local_epochs: Epochs over its data a client takes per round.

@@ -14,14 +14,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.models.low_precision import cpu_bf16_matrix_units
 from fellrec.models.resource_tables import format_report, padding_note
-from fellrec.training.accounting import resource_summary
-from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
-from fellrec.training.results import run_directory
+from fellrec.training.batches.datamodule import FederatedDataModule, federated_datamodule
+from fellrec.training.records.accounting import resource_summary
+from fellrec.training.records.results import run_directory
 
 if TYPE_CHECKING:
     import lightning as L
 
-    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.host.federated_module import FederatedModule
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Its ``__init__`` is the ``model:`` section of every config: LightningCLI reads t
 defaults and (from the class docstring) their help texts. Every setting is checked here, before the
 data and the model are loaded, kept as an attribute and recorded as a plain-valued hyper-parameter
 (checkpoints load with ``torch.load(weights_only=True)``). The host that trains and evaluates the
-clients, :class:`~fellrec.training.federated_module.FederatedModule`, subclasses it.
+clients, :class:`~fellrec.training.host.federated_module.FederatedModule`, subclasses it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from fellrec.models.process_transport import BlockServerSettings
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import check_transport_name
-from fellrec.training.client_optimization import RoundSchedule
-from fellrec.training.dp_sgd import DPSGDSettings, check_dp_sgd_compatible
-from fellrec.training.recommender_families import RecommenderFamily, RecommenderSettings
+from fellrec.training.dp.dp_sgd import DPSGDSettings, check_dp_sgd_compatible
+from fellrec.training.host.client_optimization import RoundSchedule
+from fellrec.training.host.recommender_families import RecommenderFamily, RecommenderSettings
 
 
 class ModuleSettings(L.LightningModule):
@@ -77,11 +77,12 @@ class ModuleSettings(L.LightningModule):
             "bench_train_step.py").
         prompt: Prompt wording, cutoff and decoding of the generative recommender.
         privacy_probe: Play the honest-but-curious server and store what it reads under
-            ``"privacy"`` in ``results.json`` (the :class:`~fellrec.training.privacy_probe.
+            ``"privacy"`` in ``results.json`` (the :class:`~fellrec.training.probes.privacy_probe.
             PrivacyProbe` callback, which ``fellrec fit`` adds): every round, each client's item
             set and counts from its exchanged item components and its data size from its
             example count; at the end of a split run, the inputs from ``h_front`` (linear
-            inversion and the front copy, :mod:`fellrec.training.privacy`) at ``k_front`` in
+            inversion and the front copy, :mod:`fellrec.training.probes.hidden_states`) at
+            ``k_front`` in
             {0, 1, 2, model.k_front}. ``fellrec attack`` measures the whole curve.
         pooling: ``mean`` or ``cls`` pooling of token states.
         temperature: Cosine-score temperature.
@@ -97,7 +98,7 @@ class ModuleSettings(L.LightningModule):
         num_negatives: Sampled negatives per example instead of the full-catalog softmax.
         item_batch_size: Items per forward pass when encoding the catalog.
         seed: Seed of dropout and negative sampling (set per client and round, so resumes replay).
-        dp_sgd: User-level DP-SGD inside every client (:mod:`fellrec.training.dp_sgd`): per-user
+        dp_sgd: User-level DP-SGD inside every client (:mod:`fellrec.training.dp.dp_sgd`): per-user
             clipping and Gaussian noise over everything a client sends, Poisson-sampled users,
             (epsilon, delta) per client and round in the log, ``results.json`` and wandb. Unset:
             off.

@@ -3,7 +3,8 @@
 The base model is loaded **once** and frozen; each client owns only a LoRA adapter and an optimizer.
 Each batch carries its client id and is routed to that client's adapter and optimizer (manual
 optimization), so per-client learning rates and optimizer states are natural. Round boundaries,
-aggregation and evaluation bookkeeping belong to :class:`fellrec.training.loop.FederatedLoop`.
+aggregation and evaluation bookkeeping belong to
+:class:`fellrec.training.rounds.loop.FederatedLoop`.
 
 Data parallelism: every process holds all adapters and walks the same batch plan on its own rows of
 each global batch. Losses are summed per shard and scaled so that the average of the processes'
@@ -38,28 +39,32 @@ from fellrec.models.proximal import add_proximal_gradient
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import Transport
-from fellrec.training.client_checkpoints import check_client_keys, client_state
-from fellrec.training.client_optimization import average_gradients, client_param_groups
-from fellrec.training.client_tallies import EvaluationSums, RoundStatistics
-from fellrec.training.datamodule import FederatedDataModule, federated_datamodule
-from fellrec.training.dp_sgd import check_dp_sgd_trainer
-from fellrec.training.dp_training import UserLevelDPSGD
-from fellrec.training.host_secrets import (
+from fellrec.training.batches.datamodule import FederatedDataModule, federated_datamodule
+from fellrec.training.dp.dp_sgd import check_dp_sgd_trainer
+from fellrec.training.dp.dp_training import UserLevelDPSGD
+from fellrec.training.dp.host_secrets import (
     SecretSource,
     data_digest,
     fresh_secret,
     parameter_digests,
     request_digests,
 )
-from fellrec.training.module_settings import ModuleSettings
-from fellrec.training.process_group import gather_objects, max_over_processes, reduce_sum
-from fellrec.training.recommender_assembly import (
+from fellrec.training.host.client_checkpoints import check_client_keys, client_state
+from fellrec.training.host.client_optimization import average_gradients, client_param_groups
+from fellrec.training.host.client_tallies import EvaluationSums, RoundStatistics
+from fellrec.training.host.module_settings import ModuleSettings
+from fellrec.training.host.process_group import gather_objects, max_over_processes, reduce_sum
+from fellrec.training.host.recommender_assembly import (
     assemble_recommender,
     build_adapters,
     make_transport,
 )
-from fellrec.training.server_blocks import InProcessServerBlocks, ServerBlocks, server_blocks_for
-from fellrec.training.server_sharding import ShardingRequest, shard_server_blocks
+from fellrec.training.host.server_blocks import (
+    InProcessServerBlocks,
+    ServerBlocks,
+    server_blocks_for,
+)
+from fellrec.training.host.server_sharding import ShardingRequest, shard_server_blocks
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +73,14 @@ class FederatedModule(ModuleSettings):
     """All clients' sides of a federated sequence-encoder recommender.
 
     Its settings (``model.*``) are those of
-    :class:`~fellrec.training.module_settings.ModuleSettings`, which checks and records them; this
+    :class:`~fellrec.training.host.module_settings.ModuleSettings`, which checks and records them;
+    this
     class holds the runtime state (adapters, transport, slots, round and evaluation tallies) and
     loads, trains and evaluates the clients.
 
     Args:
-        **kwargs: The model settings of :class:`~fellrec.training.module_settings.ModuleSettings`
+        **kwargs: The model settings of
+        :class:`~fellrec.training.host.module_settings.ModuleSettings`
             (backbone, recommender, lora, split_execution, lr, ...).
     """
 
@@ -114,7 +121,7 @@ class FederatedModule(ModuleSettings):
         #: User-level DP-SGD's state on this host (``model.dp_sgd``; known once built), or None.
         self.dp: UserLevelDPSGD | None = None
         #: Where unseeded privacy noise gets its secrets: fresh entropy in a simulation; a
-        #: deployed node derives them from its own key (:mod:`fellrec.training.host_secrets`).
+        #: deployed node derives them from its own key (:mod:`fellrec.training.dp.host_secrets`).
         self.secret_source: SecretSource = fresh_secret
         #: The clients' hidden-state noise (``model.hidden_defence``), or None.
         self.hidden_noise: ClientNoise | None = None
@@ -234,7 +241,7 @@ class FederatedModule(ModuleSettings):
         new_items = self._new_items_mask(datamodule)
         self.ledger_id = secret("ledger") if self.dp_sgd is not None else None
         if self.dp_sgd is not None:
-            # Every step Poisson-samples each client's users (fellrec.training.dp_sgd), from a
+            # Every step Poisson-samples each client's users (fellrec.training.dp.dp_sgd), from a
             # secret seed: the server knows model.seed.
             seed = self.dp_sgd.seed
             self.dp = UserLevelDPSGD(

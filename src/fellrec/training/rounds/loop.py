@@ -26,18 +26,18 @@ from lightning.pytorch.utilities import rank_zero_warn
 from fellrec.federation.engine import RoundEngine
 from fellrec.federation.selection import ModelSelection
 from fellrec.federation.strategies import Local, Strategy
-from fellrec.training.datamodule import federated_datamodule
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.module_host import ModuleHost
-from fellrec.training.results import run_directory, run_sections, write_run_outputs
-from fellrec.training.resumed_record import continue_record
-from fellrec.training.round_metrics import (
+from fellrec.training.batches.datamodule import federated_datamodule
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.records.results import run_directory, run_sections, write_run_outputs
+from fellrec.training.records.resumed_record import continue_record
+from fellrec.training.records.round_metrics import (
     aggregation_metrics,
     logged_test_metrics,
     validation_metrics,
 )
-from fellrec.training.run_start import record_fit_start
-from fellrec.training.run_strategy import DEFAULT_STRATEGY, resolve_strategy
+from fellrec.training.records.run_start import record_fit_start
+from fellrec.training.rounds.module_host import ModuleHost
+from fellrec.training.rounds.run_strategy import DEFAULT_STRATEGY, resolve_strategy
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :class:`RecommenderSettings` are the ``model.*`` settings that decide what is built (they check
 themselves); their :attr:`~RecommenderSettings.family` builds it
-(:func:`~fellrec.training.recommender_assembly.assemble_recommender` calls it).
+(:func:`~fellrec.training.host.recommender_assembly.assemble_recommender` calls it).
 
 A family says which base model it loads, how its trunk runs, what its inputs are, whether its
 clients have per-item components, how long a training example is and how the recommender and its
@@ -100,7 +100,7 @@ class RecommenderSettings:
 
     @property
     def family(self) -> RecommenderFamily:
-        """The registered family of ``kind`` (:mod:`fellrec.training.recommender_families`).
+        """The registered family of ``kind`` (:mod:`fellrec.training.host.recommender_families`).
 
         Raises:
             ValueError: For an unknown ``kind``, naming ``model.recommender`` and listing the

@@ -1,6 +1,6 @@
 """How a resumed run's loggers keep the record of the rounds before the resume.
 
-``metrics.csv`` (:class:`~fellrec.training.run_logger.RunCSVLogger`) keeps its rows of the
+``metrics.csv`` (:class:`~fellrec.training.records.run_logger.RunCSVLogger`) keeps its rows of the
 checkpoint's rounds and drops those of an unfinished round, which runs again; loggers that start a
 new record on every run (wandb) get the finished rounds replayed from the loop's history, so a
 resumed run's record equals the uninterrupted one's.
@@ -13,8 +13,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
-from fellrec.training.round_metrics import round_metrics
-from fellrec.training.run_logger import RunCSVLogger
+from fellrec.training.records.round_metrics import round_metrics
+from fellrec.training.records.run_logger import RunCSVLogger
 
 
 def starts_a_new_record(logger: Logger) -> bool:

@@ -14,10 +14,10 @@ from fellrec.models.adapters import LoRASettings
 from fellrec.models.resources import resource_report
 from fellrec.models.split_plan import SplitPlan, plan_split
 from fellrec.models.split_support import num_blocks
-from fellrec.training.datamodule import federated_datamodule
+from fellrec.training.batches.datamodule import federated_datamodule
 
 if TYPE_CHECKING:
-    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.host.federated_module import FederatedModule
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from fellrec.models.front_copy import ATTACK as FRONT_COPY
 from fellrec.models.front_copy import front_copy_recovery, front_states
 from fellrec.models.inversion import Batch, ItemInputs, token_recovery
 from fellrec.models.text import HistoryRenderer, format_item_text
-from fellrec.training.datamodule import FederatedDataModule
+from fellrec.training.batches.datamodule import FederatedDataModule
 
 if TYPE_CHECKING:
-    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.host.federated_module import FederatedModule
 
 ATTACK = "linear-inversion"
 

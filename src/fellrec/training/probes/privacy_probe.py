@@ -4,13 +4,14 @@ A callback of its own, with ``model.privacy_probe`` (on by default):
 
 - every round it scores what the server reads from the clients' reports (their exchanged item
   components: item sets and counts; their example counts: data sizes), with a
-  :class:`~fellrec.training.message_probe.MessageProbe` observing the round engine;
-- after testing a split run, it runs the hidden-state attacks of :mod:`fellrec.training.privacy`
+  :class:`~fellrec.training.probes.message_probe.MessageProbe` observing the round engine;
+- after testing a split run, it runs the hidden-state attacks of
+:mod:`fellrec.training.probes.hidden_states`
   (the linear inversion against the public base model, and the server's copy of the client's
   front with the parameters the client sent) at ``k_front`` in {0, 1, 2, model.k_front}.
 
 It hands the ``"privacy"`` section to the run's results
-(:class:`~fellrec.training.results.RunSection`).
+(:class:`~fellrec.training.records.results.RunSection`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.models.split_support import num_blocks
-from fellrec.training.datamodule import federated_datamodule
-from fellrec.training.federated_module import FederatedModule
-from fellrec.training.loop import FederatedLoop
-from fellrec.training.message_probe import MessageProbe
-from fellrec.training.privacy import ATTACK, privacy_section
+from fellrec.training.batches.datamodule import federated_datamodule
+from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.probes.hidden_states import ATTACK, privacy_section
+from fellrec.training.probes.message_probe import MessageProbe
+from fellrec.training.rounds.loop import FederatedLoop
 
 
 class PrivacyProbe(Callback):

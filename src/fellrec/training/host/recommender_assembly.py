@@ -1,8 +1,9 @@
 """Putting a host's model together: base model, clients' adapters, trunk, item tables, backend.
 
-:class:`~fellrec.training.recommender_families.RecommenderSettings` decide what is built and the
-settings' family (:mod:`fellrec.training.recommender_families`) builds it; the
-:class:`~fellrec.training.federated_module.FederatedModule` gets its clients' adapters over the
+:class:`~fellrec.training.host.recommender_families.RecommenderSettings` decide what is built and
+the
+settings' family (:mod:`fellrec.training.host.recommender_families`) builds it; the
+:class:`~fellrec.training.host.federated_module.FederatedModule` gets its clients' adapters over the
 frozen base from :func:`build_adapters`, then the recommender and the backend it trains through
 from :func:`assemble_recommender`.
 """
@@ -22,7 +23,7 @@ from fellrec.models.item_components import ItemComponents
 from fellrec.models.process_transport import BlockServerSettings, ProcessTransport
 from fellrec.models.split import make_trunk
 from fellrec.models.transport import LocalTransport, Transport, check_transport_name
-from fellrec.training.recommender_families import Recommender, RecommenderSettings
+from fellrec.training.host.recommender_families import Recommender, RecommenderSettings
 
 
 def make_transport(name: str, block_server: BlockServerSettings | None = None) -> Transport:

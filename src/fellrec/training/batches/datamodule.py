@@ -1,6 +1,7 @@
 """FederatedDataModule: prepared data served as client-tagged batches, round by round.
 
-Training batches follow :func:`fellrec.training.schedule.plan_round` (client-major, reshuffled
+Training batches follow :func:`fellrec.training.batches.schedule.plan_round` (client-major,
+reshuffled
 each
 round from ``(seed, round)``). Under data parallelism every process walks the same plan and takes
 its
@@ -38,7 +39,7 @@ from fellrec.metrics.popularity import (
 )
 from fellrec.metrics.slices import SliceDefinition, define_slices, slice_summary, values_by_name
 from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summarize
-from fellrec.training.schedule import (
+from fellrec.training.batches.schedule import (
     PlannedBatch,
     plan_round,
     plan_user_sampled_round,

@@ -3,7 +3,8 @@
 This is what a real client silo runs: the shared base model plus **its own** adapter and optimizer,
 trained and evaluated on its own users only. A deployment wraps it (e.g. in a Flower ClientApp) to
 receive the server's personalized adapter and learning rate each round; in simulation the
-:class:`~fellrec.training.federated_module.FederatedModule` hosts all clients at once with the same
+:class:`~fellrec.training.host.federated_module.FederatedModule` hosts all clients at once with the
+same
 code paths.
 """
 
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
 
 
 class ClientModule(FederatedModule):

@@ -12,8 +12,8 @@ import torch
 
 from fellrec.federation.engine import Evaluation, TrainingReport, UserValues
 from fellrec.federation.protocol import ClientRoundConfig
-from fellrec.training.datamodule import federated_datamodule
-from fellrec.training.federated_module import FederatedModule
+from fellrec.training.batches.datamodule import federated_datamodule
+from fellrec.training.host.federated_module import FederatedModule
 
 
 class ModuleHost:

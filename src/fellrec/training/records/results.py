@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import yaml
 
 from fellrec.federation.results_file import RESULTS_FILE, write_results
-from fellrec.training.accounting import resource_summary
-from fellrec.training.adapter_cards import export_adapters
+from fellrec.training.records.accounting import resource_summary
+from fellrec.training.records.adapter_cards import export_adapters
 
 __all__ = ["RESULTS_FILE", "RunSection", "run_directory", "run_sections", "write_run_outputs"]
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import lightning as L
 
     from fellrec.federation.engine import RoundEngine
-    from fellrec.training.federated_module import FederatedModule
+    from fellrec.training.host.federated_module import FederatedModule
 
 
 def run_config(directory: Path, module: FederatedModule) -> dict[str, Any]:

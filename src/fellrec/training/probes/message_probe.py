@@ -24,8 +24,8 @@ from fellrec.attacks.item_leak import (
 )
 from fellrec.attacks.reports import example_count_leak
 from fellrec.federation.engine import TrainingReport
-from fellrec.training.datamodule import FederatedDataModule
-from fellrec.training.federated_module import FederatedModule
+from fellrec.training.batches.datamodule import FederatedDataModule
+from fellrec.training.host.federated_module import FederatedModule
 
 PARAMETER_ATTACK = "item-components"
 

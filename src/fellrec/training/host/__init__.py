@@ -1,0 +1,1 @@
+"""The LightningModules that host clients, and what they are built from and talk to."""

@@ -1,0 +1,1 @@
+"""What a run records: results.json, metrics.csv across resumes, adapters, resources."""
