@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -7,13 +8,21 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from federation_helpers import tiny_run
+from fellrec.federation.strategies import FELLRec
 from fellrec.models.attention_masks import position_ids_from_mask
 from fellrec.models.process_transport import ProcessTransport
 from fellrec.models.split import SplitModel
 from fellrec.models.split_plan import plan_split
 from fellrec.models.split_support import num_blocks
-from fellrec.models.transport import TRANSPORTS, LocalTransport, Payload, Server, Transport
-from fellrec.training.host.recommender_assembly import make_transport
+from fellrec.models.transport import LocalTransport, Payload, Server, Transport
+from fellrec.models.transports import (
+    TRANSPORT_KINDS,
+    TransportKind,
+    make_transport,
+    register_transport,
+)
+from fellrec.training.records.results import RESULTS_FILE
 
 ALLOWED = {
     ("to_server", "forward"): {"hidden_states", "attention_mask", "position_ids"},
@@ -215,10 +224,43 @@ def test_a_new_transport_gets_the_seam_and_its_counts_from_the_shared_code(
 def test_make_transport() -> None:
     assert isinstance(make_transport("local"), LocalTransport)
     assert isinstance(make_transport("process"), ProcessTransport)  # connects on first use
-    assert set(TRANSPORTS) == {"local", "process"}
-    assert issubclass(ProcessTransport, Transport)
+    assert set(TRANSPORT_KINDS) == {"local", "process"}
+    assert TRANSPORT_KINDS["local"].server_in_process
+    assert not TRANSPORT_KINDS["process"].server_in_process
     with pytest.raises(ValueError, match=r"model\.transport must be one of \['local', 'process'\]"):
         make_transport("carrier-pigeon")
+    with pytest.raises(ValueError, match="'local' is already registered"):
+        register_transport(TransportKind("local", lambda settings: LocalTransport(), True))
+
+
+def test_a_registered_transport_trains_a_federation_exactly_as_local(
+    tmp_path: Path, tiny_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CONTRIBUTING.md's "Add a transport": the class above plus its registration, nothing else.
+    monkeypatch.setitem(
+        TRANSPORT_KINDS,
+        "graphs-by-id",
+        TransportKind("graphs-by-id", lambda settings: _GraphsById(), server_in_process=True),
+    )
+    runs = []
+    for name in ("local", "graphs-by-id"):
+        trainer, model, data, _ = tiny_run(
+            tmp_path / name,
+            tiny_encoder_dir,
+            FELLRec(),
+            model_options={"recommender": "sequential", "transport": name},
+        )
+        trainer.fit(model, datamodule=data)
+        trainer.test(model, datamodule=data, verbose=False)
+        results = json.loads((tmp_path / name / RESULTS_FILE).read_text())
+        runs.append((results, model.client_parameters(), model.transport))
+    (local, local_params, local_wire), (toy, toy_params, toy_wire) = runs
+    assert isinstance(toy_wire, _GraphsById) and toy_wire.graphs == {}
+    assert [r["train_loss"] for r in toy["history"]] == [r["train_loss"] for r in local["history"]]
+    assert [r["val"] for r in toy["history"]] == [r["val"] for r in local["history"]]
+    assert toy["overall"] == local["overall"]
+    assert torch.equal(toy_params, local_params)
+    assert toy_wire.stats() == local_wire.stats() and toy_wire.stats()["calls"] > 0
 
 
 def _lora_llama(directory: Path) -> nn.Module:

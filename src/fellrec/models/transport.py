@@ -329,14 +329,3 @@ def gradient_to_client(transport: Transport, grad_input: Tensor | None) -> Tenso
     return transport.send(
         Payload("to_client", "backward", {"grad_hidden_states": grad_input})
     ).tensors["grad_hidden_states"]
-
-
-#: ``model.transport`` names: ``local`` (in process) and ``process`` (a block server process,
-#: :class:`~fellrec.models.process_transport.ProcessTransport`).
-TRANSPORTS = ("local", "process")
-
-
-def check_transport_name(name: str) -> None:
-    """Refuse an unknown ``model.transport``, listing the known ones."""
-    if name not in TRANSPORTS:
-        raise ValueError(f"model.transport must be one of {sorted(TRANSPORTS)}, got {name!r}")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fellrec.models.item_components import ItemSettings
+from fellrec.models.transports import transport_kind
 from fellrec.training.batches.schedule import user_sampled_steps
 
 
@@ -243,11 +244,11 @@ def check_dp_sgd_compatible(settings: DPSGDSettings, transport: str, items: Item
     Raises:
         ValueError: Naming the setting that breaks the guarantee and what to use instead.
     """
-    if transport == "process":
+    if not transport_kind(transport).server_in_process:
         raise ValueError(
-            "model.dp_sgd needs model.transport: local: with a block server process the server "
-            "steps the middle blocks' LoRA from its own unclipped gradients, so no per-user "
-            "clipping covers everything trained on a client's data"
+            f"model.dp_sgd needs model.transport: local: with model.transport: {transport} the "
+            "server steps the middle blocks' LoRA from its own unclipped gradients, so no "
+            "per-user clipping covers everything trained on a client's data"
         )
     if settings.popularity_noise is not None and not items.bias:
         raise ValueError(

@@ -39,6 +39,7 @@ from fellrec.models.proximal import add_proximal_gradient
 from fellrec.models.sequential import SequentialRecommender
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import Transport
+from fellrec.models.transports import make_transport, transport_kind
 from fellrec.training.batches.datamodule import FederatedDataModule, federated_datamodule
 from fellrec.training.dp.dp_sgd import check_dp_sgd_trainer
 from fellrec.training.dp.dp_training import UserLevelDPSGD
@@ -57,7 +58,6 @@ from fellrec.training.host.process_group import gather_objects, max_over_process
 from fellrec.training.host.recommender_assembly import (
     assemble_recommender,
     build_adapters,
-    make_transport,
 )
 from fellrec.training.host.server_blocks import (
     InProcessServerBlocks,
@@ -215,9 +215,12 @@ class FederatedModule(ModuleSettings):
         """Load the base model once, attach one adapter per client, build the recommender."""
         if self.dp_sgd is not None:
             check_dp_sgd_trainer(str(self.trainer.precision), self.trainer.world_size)
-        if self.transport_name == "process" and self.trainer.world_size > 1:
+        if (
+            not transport_kind(self.transport_name).server_in_process
+            and self.trainer.world_size > 1
+        ):
             raise ValueError(
-                "model.transport: process serves one training process; run it with "
+                f"model.transport: {self.transport_name} serves one training process; run it with "
                 "--trainer.devices 1 (or model.transport: local for data parallelism)"
             )
         self.build(federated_datamodule(self.trainer))

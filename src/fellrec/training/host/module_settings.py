@@ -21,7 +21,7 @@ from fellrec.models.item_components import ItemSettings
 from fellrec.models.process_transport import BlockServerSettings
 from fellrec.models.prompts import PromptSettings
 from fellrec.models.text import format_item_text
-from fellrec.models.transport import check_transport_name
+from fellrec.models.transports import transport_kind
 from fellrec.training.dp.dp_sgd import DPSGDSettings, check_dp_sgd_compatible
 from fellrec.training.host.client_optimization import RoundSchedule
 from fellrec.training.host.recommender_families import RecommenderFamily, RecommenderSettings
@@ -145,18 +145,18 @@ class ModuleSettings(L.LightningModule):
         #: checks ``lr`` and ``lr_decay``.
         self.schedule = RoundSchedule(warmup_steps, lr_decay, reset_optimizer_each_round, lr)
         format_item_text(item_text, "title", ["category"])  # an unknown field fails now
-        check_transport_name(transport)
+        kind = transport_kind(transport)
         self.block_server = block_server if block_server is not None else BlockServerSettings()
         self.block_server.validate()
         self.hidden_defence = hidden_defence if hidden_defence is not None else HiddenDefence()
-        if transport == "process" and not split_execution:
+        if not kind.server_in_process and not split_execution:
             raise ValueError(
-                "model.transport: process runs the server's middle blocks of a split model; "
+                f"model.transport: {transport} runs the server's middle blocks of a split model; "
                 "set model.split_execution: true (or model.transport: local)"
             )
-        if transport == "process" and load_in_8bit:
+        if not kind.server_in_process and load_in_8bit:
             raise ValueError(
-                "model.transport: process loads the base in full precision on the server; "
+                f"model.transport: {transport} loads the base in full precision on the server; "
                 "model.load_in_8bit is not supported with it"
             )
         if dp_sgd is not None:

@@ -20,26 +20,9 @@ from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backends import RecommenderBackend
 from fellrec.models.hidden_defence import ClientNoise
 from fellrec.models.item_components import ItemComponents
-from fellrec.models.process_transport import BlockServerSettings, ProcessTransport
 from fellrec.models.split import make_trunk
-from fellrec.models.transport import LocalTransport, Transport, check_transport_name
+from fellrec.models.transport import Transport
 from fellrec.training.host.recommender_families import Recommender, RecommenderSettings
-
-
-def make_transport(name: str, block_server: BlockServerSettings | None = None) -> Transport:
-    """The wire between the clients' and the server's blocks, by ``model.transport`` name.
-
-    Args:
-        name: ``local`` (in process) or ``process`` (a block server process).
-        block_server: Where the ``process`` transport's server runs.
-
-    Raises:
-        ValueError: If the name is unknown; the message lists the known ones.
-    """
-    check_transport_name(name)
-    if name == "process":
-        return ProcessTransport(block_server)
-    return LocalTransport()
 
 
 def item_components(
