@@ -12,9 +12,11 @@ import pytest
 
 from fellrec.training.dp.host_secrets import (
     KeyedSecrets,
+    bound_secrets,
     data_digest,
     fresh_secret,
     request_digests,
+    share_noise_seed,
 )
 
 
@@ -131,3 +133,33 @@ def test_a_request_is_its_parameters_and_its_round_config():
         (0, 1.0, 0.0, 0.0),
     ):
         assert request_digests(rows, [changed, configs[1]])[0] != first[0], changed
+
+
+def test_bound_secrets_hash_the_data_once_and_send_rank_zeros_value():
+    hashed: list[int] = []
+    asked: list[tuple[str, bytes]] = []
+
+    def digest() -> bytes:
+        hashed.append(1)
+        return b"data"
+
+    def source(purpose: str, data: bytes) -> int:
+        asked.append((purpose, data))
+        return len(purpose)
+
+    secret = bound_secrets(source, digest)
+    assert hashed == []  # nothing hashed until a secret is asked for
+    assert (secret("dp_sgd"), secret("hidden")) == (6, 6)
+    assert hashed == [1] and asked == [("dp_sgd", b"data"), ("hidden", b"data")]
+    # Under data parallelism every process takes rank zero's value.
+    assert bound_secrets(source, digest, broadcast=lambda value: value + 100)("dp") == 102
+
+
+def test_the_share_noise_seed_is_fixed_by_base_round_client_and_request():
+    seed = share_noise_seed(7, 2, 1, 99)
+    assert seed == share_noise_seed(7, 2, 1, 99) and 0 <= seed < 2**63
+    expected = np.random.SeedSequence([7, 0x5EED, 2, 1, 99]).generate_state(1, dtype=np.uint64)
+    assert seed == int(expected[0] >> np.uint64(1))
+    others = {share_noise_seed(8, 2, 1, 99), share_noise_seed(7, 3, 1, 99)}
+    others |= {share_noise_seed(7, 2, 0, 99), share_noise_seed(7, 2, 1, 98)}
+    assert seed not in others and len(others) == 4

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -97,3 +97,46 @@ def request_digests(rows: torch.Tensor, configs: Sequence[Sequence[float]]) -> l
         hasher.update(np.asarray([float(v) for v in config], dtype=np.float64).tobytes())
         digests.append(int.from_bytes(hasher.digest()[:8], "little"))
     return digests
+
+
+def bound_secrets(
+    source: SecretSource,
+    digest: Callable[[], bytes],
+    broadcast: Callable[[int], int] | None = None,
+) -> Callable[[str], int]:
+    """A host's secret of each purpose, bound to the data its noise protects.
+
+    Args:
+        source: Where secrets come from (fresh entropy, or a node's :class:`KeyedSecrets`).
+        digest: The digest of the host's data, computed at the first call only (a
+            simulation's fresh entropy ignores it; hashing the data is not free).
+        broadcast: Under data parallelism, rank zero's value sent to every process (every
+            process holds every client: they must draw the same noise); None in one process.
+
+    Returns:
+        ``secret(purpose)``.
+    """
+    digests: list[bytes] = []
+
+    def secret(purpose: str) -> int:
+        if not digests:
+            digests.append(digest())
+        value = source(purpose, digests[0])
+        return broadcast(value) if broadcast is not None else value
+
+    return secret
+
+
+def share_noise_seed(base: int, round_index: int, client: int, request: int) -> int:
+    """The seed of a client's share noise in a round (``model.items.share_noise_*``).
+
+    Args:
+        base: The secret base (``model.items.bias_init_seed`` or the host's own secret).
+        round_index: The round whose parameters leave the silo.
+        client: The client id.
+        request: The digest of what the client was asked (:func:`request_digests`): the same
+            question draws the same noise, another question other noise.
+    """
+    entropy = [base, 0x5EED, round_index, client, request]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))

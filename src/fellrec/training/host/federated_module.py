@@ -16,11 +16,10 @@ parameters, which per-client routing breaks).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
@@ -37,6 +36,8 @@ from fellrec.models.hidden_defence import ClientNoise
 from fellrec.models.item_components import ItemComponents
 from fellrec.models.proximal import add_proximal_gradient
 from fellrec.models.sequential import SequentialRecommender
+from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import num_blocks
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import Transport
 from fellrec.models.transports import make_transport, transport_kind
@@ -45,14 +46,16 @@ from fellrec.training.dp.dp_sgd import check_dp_sgd_trainer
 from fellrec.training.dp.dp_training import UserLevelDPSGD
 from fellrec.training.dp.host_secrets import (
     SecretSource,
-    data_digest,
+    bound_secrets,
     fresh_secret,
     parameter_digests,
     request_digests,
+    share_noise_seed,
 )
 from fellrec.training.host.client_checkpoints import check_client_keys, client_state
 from fellrec.training.host.client_optimization import average_gradients, client_param_groups
 from fellrec.training.host.client_tallies import EvaluationSums, RoundStatistics
+from fellrec.training.host.held_data import held_data_digest, new_items_mask
 from fellrec.training.host.module_settings import ModuleSettings
 from fellrec.training.host.process_group import gather_objects, max_over_processes, reduce_sum
 from fellrec.training.host.recommender_assembly import (
@@ -65,6 +68,7 @@ from fellrec.training.host.server_blocks import (
     server_blocks_for,
 )
 from fellrec.training.host.server_sharding import ShardingRequest, shard_server_blocks
+from fellrec.training.records.accounting import ResourceFacts
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +183,14 @@ class FederatedModule(ModuleSettings):
                 components = cast(ItemComponents, self.adapters.module(slot))
                 config = self._round_configs.get(slot)
                 if components.shares_noise and config is not None:
-                    components.add_share_noise(
-                        torch.Generator().manual_seed(self._share_noise_seed(slot, config.round))
+                    assert self.item_noise_base is not None
+                    seed = share_noise_seed(
+                        self.item_noise_base,
+                        config.round,
+                        self.slot_client(slot),
+                        self._requests[slot],
                     )
+                    components.add_share_noise(torch.Generator().manual_seed(seed))
         return self.client_parameters()
 
     def load_client_parameters(self, parameters: torch.Tensor, identical: bool = False) -> None:
@@ -196,6 +205,29 @@ class FederatedModule(ModuleSettings):
         self.adapters.set_matrix(parameters)
         self.server_blocks.push()
         self.invalidate_item_tables(identical_adapters=identical)
+
+    def resource_facts(self) -> ResourceFacts:
+        """What the resource estimate of this built host in a trainer depends on."""
+        assert self.adapters is not None
+        base = self.adapters.model.get_base_model()
+        datamodule = federated_datamodule(self.trainer)
+        settings = self.recommender_settings()
+        return ResourceFacts(
+            config=base.config,
+            plan=plan_split(num_blocks(base), self.k_front, self.k_back) if self.split else None,
+            lora=self.lora,
+            batch_size=max(1, datamodule.batch_size // self.trainer.world_size),
+            seq_len=settings.tokens_per_example(datamodule.settings.history_length),
+            num_clients=self.num_clients,
+            base_dtype_bytes=1
+            if self.load_in_8bit
+            else min(4, next(base.parameters()).element_size()),
+            client_module_parameters=self.adapters.num_module_parameters,
+            trainable_inputs=settings.trainable_inputs,
+            traffic_bytes=int(self.train_traffic["bytes"]),
+            traffic_steps=int(self.train_traffic["steps"]),
+            sharding=self.sharding_measured,
+        )
 
     def gathered_adapters(self) -> dict[str, torch.Tensor] | None:
         """Sharded adapters gathered whole for export (``None`` unless sharded; a collective)."""
@@ -240,8 +272,16 @@ class FederatedModule(ModuleSettings):
             list(range(self.num_clients)) if datamodule.client is None else [datamodule.client]
         )
         self._slots = {client: slot for slot, client in enumerate(self.held_clients)}
-        secret = self._secrets_of(datamodule)
-        new_items = self._new_items_mask(datamodule)
+        trainer = self._trainer
+        secret = bound_secrets(
+            self.secret_source,
+            lambda: held_data_digest(datamodule, self.held_clients),
+            # Every process holds every client: they must draw the same noise.
+            (lambda value: int(trainer.strategy.broadcast(value, src=0)))
+            if trainer is not None and trainer.world_size > 1
+            else None,
+        )
+        new_items = new_items_mask(datamodule)
         self.ledger_id = secret("ledger") if self.dp_sgd is not None else None
         if self.dp_sgd is not None:
             # Every step Poisson-samples each client's users (fellrec.training.dp.dp_sgd), from a
@@ -336,65 +376,6 @@ class FederatedModule(ModuleSettings):
             self.num_items,
         )
         self._client_sizes = torch.as_tensor(sizes, dtype=torch.float64)
-
-    def _secrets_of(self, datamodule: FederatedDataModule) -> Callable[[str], int]:
-        """The host's secret of each purpose, bound to the data its noise protects.
-
-        A deployed node's secrets change when its data do (every stage's: training, validation
-        and test histories and targets), so the same noise never covers other data. The digest
-        is computed at the first call only (a simulation's fresh entropy ignores it).
-        """
-        digests: list[bytes] = []
-
-        def secret(purpose: str) -> int:
-            if not digests:
-                digests.append(self._data_digest(datamodule))
-            value = self.secret_source(purpose, digests[0])
-            trainer = self._trainer
-            if trainer is not None and trainer.world_size > 1:
-                # Every process holds every client: they must draw the same noise.
-                value = int(trainer.strategy.broadcast(value, src=0))
-            return value
-
-        return secret
-
-    def _new_items_mask(self, datamodule: FederatedDataModule) -> torch.Tensor | None:
-        """Bool ``(I,)`` of the items held out of training (``data.new_items``), or None."""
-        held = datamodule.data.split.new_items
-        if len(held) == 0:
-            return None
-        mask = torch.zeros(datamodule.data.dataset.num_items, dtype=torch.bool)
-        mask[torch.as_tensor(held, dtype=torch.long)] = True
-        return mask
-
-    def _data_digest(self, datamodule: FederatedDataModule) -> bytes:
-        data = datamodule.data
-        arrays = [items for c in self.held_clients for items in datamodule.training_user_items(c)]
-        held = np.isin(data.assignment, self.held_clients)
-        for period in (data.split.valid, data.split.test):
-            for user, history, targets in zip(
-                period.users, period.histories, period.targets, strict=True
-            ):
-                if held[user]:
-                    arrays += [np.asarray([user]), history, targets]
-        return data_digest(arrays)
-
-    def _share_noise_seed(self, slot: int, round_index: int) -> int:
-        """The seed of a slot's share noise in a round: the secret base and what it was sent."""
-        assert self.item_noise_base is not None
-        entropy = [
-            self.item_noise_base,
-            0x5EED,
-            round_index,
-            self.slot_client(slot),
-            self._requests[slot],
-        ]
-        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
-        return int(state[0] >> np.uint64(1))
-
-    def _client_digests(self, rows: torch.Tensor) -> dict[int, int]:
-        """Each held client's digest of its parameters ``rows`` ``(S, P)``, by client id."""
-        return dict(zip(self.held_clients, parameter_digests(rows), strict=True))
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: shard the server's middle blocks across the processes.
@@ -664,7 +645,8 @@ class FederatedModule(ModuleSettings):
         the noise of a training round.
         """
         if self.hidden_noise is not None:
-            digests = self._client_digests(self.client_parameters())
+            parameters = parameter_digests(self.client_parameters())
+            digests = dict(zip(self.held_clients, parameters, strict=True))
             self.hidden_noise.start(stage, 0, digests)
 
     def _evaluate(self, batch: dict[str, Any]) -> None:

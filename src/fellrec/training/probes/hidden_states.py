@@ -5,6 +5,11 @@ input); victims are real training examples rendered the way the configured recom
 them. :func:`privacy_section` runs the linear-inversion attack of :mod:`fellrec.models.inversion`
 on them and returns the ``"privacy"`` section of ``results.json``; ``fellrec attack`` and the end
 of every split run (``model.privacy_probe``) use it.
+
+Unlike the record helpers (which get the values they need), these functions take the whole
+:class:`~fellrec.training.host.federated_module.FederatedModule`, on purpose: they play the server
+against a real client, so they run that client's own model (its adapters, recommender, hidden-state
+defence and rendering settings) exactly as training does, swapping its parameters in and out.
 """
 
 from __future__ import annotations

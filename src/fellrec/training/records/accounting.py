@@ -8,16 +8,11 @@ those facts (:mod:`fellrec.models.resources` estimates, the transport's counters
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fellrec.models.adapters import LoRASettings
 from fellrec.models.resources import resource_report
-from fellrec.models.split_plan import SplitPlan, plan_split
-from fellrec.models.split_support import num_blocks
-from fellrec.training.batches.datamodule import federated_datamodule
-
-if TYPE_CHECKING:
-    from fellrec.training.host.federated_module import FederatedModule
+from fellrec.models.split_plan import SplitPlan
 
 
 @dataclass(frozen=True)
@@ -89,32 +84,3 @@ def resource_summary_of(facts: ResourceFacts) -> dict[str, Any]:
     if facts.sharding is not None:
         report["measured"]["sharding"] = dict(facts.sharding)
     return report
-
-
-def resource_facts(module: FederatedModule) -> ResourceFacts:
-    """The facts of a built host in a trainer."""
-    assert module.adapters is not None
-    base = module.adapters.model.get_base_model()
-    datamodule = federated_datamodule(module.trainer)
-    weight = next(base.parameters())
-    return ResourceFacts(
-        config=base.config,
-        plan=plan_split(num_blocks(base), module.k_front, module.k_back) if module.split else None,
-        lora=module.lora,
-        batch_size=max(1, datamodule.batch_size // module.trainer.world_size),
-        seq_len=module.recommender_settings().tokens_per_example(
-            datamodule.settings.history_length
-        ),
-        num_clients=module.num_clients,
-        base_dtype_bytes=1 if module.load_in_8bit else min(4, weight.element_size()),
-        client_module_parameters=module.adapters.num_module_parameters,
-        trainable_inputs=module.recommender_settings().trainable_inputs,
-        traffic_bytes=int(module.train_traffic["bytes"]),
-        traffic_steps=int(module.train_traffic["steps"]),
-        sharding=module.sharding_measured,
-    )
-
-
-def resource_summary(module: FederatedModule) -> dict[str, Any]:
-    """:func:`resource_summary_of` the facts of ``module``."""
-    return resource_summary_of(resource_facts(module))

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import yaml
 
 from fellrec.federation.results_file import RESULTS_FILE, write_results
-from fellrec.training.records.accounting import resource_summary
-from fellrec.training.records.adapter_cards import export_adapters
+from fellrec.training.records.adapter_cards import AdapterHolder, export_adapters
 
 __all__ = ["RESULTS_FILE", "RunSection", "run_directory", "run_sections", "write_run_outputs"]
 
@@ -22,18 +21,23 @@ if TYPE_CHECKING:
     import lightning as L
 
     from fellrec.federation.engine import RoundEngine
-    from fellrec.training.host.federated_module import FederatedModule
 
 
-def run_config(directory: Path, module: FederatedModule) -> dict[str, Any]:
-    """The run's full config (LightningCLI's saved ``config.yaml``) or the hyper-parameters."""
+def run_config(directory: Path, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+    """The run's full config (LightningCLI's saved ``config.yaml``) or the hyper-parameters.
+
+    Args:
+        directory: The run's log directory.
+        trainer: The run's trainer (its data module's hyper-parameters, when it has one).
+        module: The run's module (its hyper-parameters).
+    """
     saved = directory / "config.yaml"
     if saved.exists():
         loaded = yaml.safe_load(saved.read_text())
         if isinstance(loaded, dict):
             return loaded
     config: dict[str, Any] = {"model": dict(module.hparams)}
-    datamodule = getattr(module.trainer, "datamodule", None)
+    datamodule = getattr(trainer, "datamodule", None)
     if datamodule is not None:
         config["data"] = dict(datamodule.hparams)
     return json.loads(json.dumps(config, default=str))
@@ -70,9 +74,12 @@ def run_directory(trainer: L.Trainer) -> Path:
 
 def write_run_outputs(
     directory: Path,
-    module: FederatedModule,
+    adapters: AdapterHolder,
     engine: RoundEngine,
     test_summary: dict[str, Any],
+    *,
+    config: dict[str, Any],
+    resources: dict[str, Any],
     sections: dict[str, Any] | None = None,
     gathered_adapters: dict[str, Any] | None = None,
 ) -> Path:
@@ -80,9 +87,12 @@ def write_run_outputs(
 
     Args:
         directory: The run's log directory.
-        module: The evaluated module (holding the selected adapters).
-        engine: The round engine of the run (its record and the results' schema).
+        adapters: The evaluated module (holding the selected adapters).
+        engine: The round engine of the run (its record, its clients and the results' schema).
         test_summary: The engine's test summary (metrics, intervals, popularity baseline).
+        config: The run's config (:func:`run_config`).
+        resources: The ``"resources"`` section
+            (:func:`~fellrec.training.records.accounting.resource_summary_of`).
         sections: More sections by name, from :class:`RunSection` callbacks (``"privacy"`` is
             always present, None when no probe ran).
         gathered_adapters: The adapters gathered whole on every process
@@ -94,16 +104,16 @@ def write_run_outputs(
     """
     results = engine.results(
         test_summary,
-        config=run_config(directory, module),
-        resources=resource_summary(module),
+        config=config,
+        resources=resources,
         **(sections or {}),
     )
     path = write_results(directory, results)
     export_adapters(
-        module,
+        adapters,
         directory / "adapters",
         strategy=engine.strategy.name,
-        selected_rounds=results["client_best_rounds"] or [-1] * module.num_clients,
+        selected_rounds=results["client_best_rounds"] or [-1] * engine.num_clients,
         rounds_run=engine.rounds_run,
         client_metrics=test_summary.get("clients", {}),
         gathered=gathered_adapters,

@@ -8,27 +8,28 @@ the configuration costs is logged (all on rank zero).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
 from fellrec.models.low_precision import cpu_bf16_matrix_units
 from fellrec.models.resource_tables import format_report, padding_note
 from fellrec.training.batches.datamodule import FederatedDataModule, federated_datamodule
-from fellrec.training.records.accounting import resource_summary
 from fellrec.training.records.results import run_directory
 
 if TYPE_CHECKING:
     import lightning as L
 
-    from fellrec.training.host.federated_module import FederatedModule
-
 log = logging.getLogger(__name__)
 
 
-def log_resources(module: FederatedModule) -> None:
-    """Log what this configuration costs on the client and on the server (rank zero)."""
-    report = resource_summary(module)
+def log_resources(report: dict[str, Any]) -> None:
+    """Log what this configuration costs on the client and on the server.
+
+    Args:
+        report: The run's ``"resources"`` section
+            (:func:`~fellrec.training.records.accounting.resource_summary_of`).
+    """
     if "table" not in report:
         log.info("resources: no estimate (%s)", report["unavailable"])
         return
@@ -79,14 +80,14 @@ def precision_hint(accelerator: str, precision: str, bf16_units: bool) -> str | 
     )
 
 
-def record_fit_start(trainer: L.Trainer, module: FederatedModule, min_eval_users: int) -> None:
+def record_fit_start(trainer: L.Trainer, resources: dict[str, Any], min_eval_users: int) -> None:
     """Save the user -> client map, log the partition and the resources, warn on small clients.
 
     Call it on every process: finding the run's directory is a collective under DDP.
 
     Args:
         trainer: The trainer starting to fit.
-        module: The federated module it fits.
+        resources: What the configuration costs (see :func:`log_resources`).
         min_eval_users: ``loop.min_eval_users`` (see :func:`warn_small_clients`).
     """
     directory = run_directory(trainer)  # a collective: every process must ask
@@ -96,7 +97,7 @@ def record_fit_start(trainer: L.Trainer, module: FederatedModule, min_eval_users
     datamodule.save_assignment(directory)
     log.info("clients:\n%s", datamodule.partition_table())
     warn_small_clients(datamodule, min_eval_users)
-    log_resources(module)
+    log_resources(resources)
     hint = precision_hint(
         type(trainer.accelerator).__name__.lower(),
         str(trainer.precision),

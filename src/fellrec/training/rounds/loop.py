@@ -28,7 +28,13 @@ from fellrec.federation.selection import ModelSelection
 from fellrec.federation.strategies import Local, Strategy
 from fellrec.training.batches.datamodule import federated_datamodule
 from fellrec.training.host.federated_module import FederatedModule
-from fellrec.training.records.results import run_directory, run_sections, write_run_outputs
+from fellrec.training.records.accounting import resource_summary_of
+from fellrec.training.records.results import (
+    run_config,
+    run_directory,
+    run_sections,
+    write_run_outputs,
+)
 from fellrec.training.records.resumed_record import continue_record
 from fellrec.training.records.round_metrics import (
     aggregation_metrics,
@@ -165,7 +171,7 @@ class FederatedLoop(Callback):
         module = self._module(pl_module)
         self._engine(module)
         self._record_continued = False
-        record_fit_start(trainer, module, self.min_eval_users)
+        record_fit_start(trainer, resource_summary_of(module.resource_facts()), self.min_eval_users)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Continue the record of a resumed run: every round it holds, in every logger.
@@ -239,7 +245,14 @@ class FederatedLoop(Callback):
         self.results_path = None
         if self.write_results and trainer.is_global_zero:
             self.results_path = write_run_outputs(
-                directory, module, engine, summary, run_sections(trainer, module), gathered
+                directory,
+                module,
+                engine,
+                summary,
+                config=run_config(directory, trainer, module),
+                resources=resource_summary_of(module.resource_facts()),
+                sections=run_sections(trainer, module),
+                gathered_adapters=gathered,
             )
             log.info("results written to %s", self.results_path)
 
