@@ -3,11 +3,10 @@
 :func:`make_cli` builds it over :class:`~fellrec.training.host.federated_module.FederatedModule` and
 :class:`~fellrec.training.batches.datamodule.FederatedDataModule`, with the ``loop:``
 (:class:`~fellrec.training.rounds.loop.FederatedLoop`) and ``checkpoint:`` (``ModelCheckpoint``)
-sections
-always present. The ``fellrec`` dispatcher (:mod:`fellrec.cli`) runs it for those subcommands;
-``fellrec compare`` runs it once per strategy; a deployed client or server builds it to read a run's
-config (``run=False``); the recorded config schema (:mod:`fellrec.preflight.schema_builder`) is
-read from its parser.
+sections always present. The ``fellrec`` dispatcher (:mod:`fellrec.cli`) runs it for those
+subcommands; ``fellrec compare`` runs it once per strategy; a deployed client or server builds it to
+read a run's config (``run=False``); the recorded config schema
+(:mod:`fellrec.preflight.schema_builder`) is read from its parser.
 """
 
 from __future__ import annotations

@@ -149,8 +149,7 @@ def train_and_observe(
 
     Returns:
         The :class:`~fellrec.training.probes.message_probe.MessageProbe` section, and the last
-        round's
-        ``"sent"`` (round start) and ``"received"`` parameters of ``victim_client``.
+        round's ``"sent"`` (round start) and ``"received"`` parameters of ``victim_client``.
     """
     import lightning as L
 

@@ -14,6 +14,10 @@ Up to the partition (which trains BPR with torch, imported when it runs) the mod
 the checks before a run's heavy imports (:mod:`fellrec.preflight`) validate the settings and read
 the data with the same code; the read dataset is kept for the run of the same process
 (:func:`load_checked_dataset`), so it is not read twice.
+
+Longer than most modules: it is the one path from settings to a run's data, central or from
+silos, and both ends share its checks and its cache; readers, splits, partitions and silos are
+modules of their own.
 """
 
 from __future__ import annotations

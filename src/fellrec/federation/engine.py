@@ -18,6 +18,10 @@ The engine owns everything a round decides and records:
 A host is what holds the clients: the simulation's module (all clients in one process, trained by
 Lightning between the engine's calls) or the deployment's connection to the client nodes
 (trained when the round starts). The engine imports neither Lightning nor Flower.
+
+Longer than most modules: it is the one round engine of simulation and deployment (one copy of
+the round logic, by design); its parts are modules of their own (strategies, selection,
+protocol, results file, metrics and slices), and what is left is the state machine of a round.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The round protocol: what a strategy is told and what it answers, as plain values (pure).
 
 Simulation (:class:`fellrec.training.rounds.loop.FederatedLoop`) and deployment (the Flower
-ServerApp in
-:mod:`fellrec.deploy.server_app`) drive a strategy through the same two calls, as Flower's
-``configure_train`` / ``aggregate_train`` do:
+ServerApp in :mod:`fellrec.deploy.server_app`) drive a strategy through the same two calls, as
+Flower's ``configure_train`` / ``aggregate_train`` do:
 
 - ``configure_round(round, num_clients, lr_scale) -> RoundConfig``: per client the learning-rate
   scale, the proximal weight and whether it trains;

@@ -1,9 +1,9 @@
 """The two recommender backends behind one small interface, per adapter slot.
 
 :class:`~fellrec.training.host.federated_module.FederatedModule` routes every batch to a slot (a
-client's
-adapter) and asks the backend for per-example training losses or for item scores; it does not need
-to know whether items are scored by an encoder's item table or found by generation and grounding.
+client's adapter) and asks the backend for per-example training losses or for item scores; it does
+not need to know whether items are scored by an encoder's item table or found by generation and
+grounding.
 
 - :class:`SequentialBackend`: the LLM over item tokens. Item vectors are recomputed from the
   client's components at every call (cheap: an ``(I, H)`` add), so nothing is cached.

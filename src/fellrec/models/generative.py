@@ -7,6 +7,9 @@ norm, last token) and scores every item by the negative L2 distance to its title
 
 Token ids are built from cached pieces (every title once, every prompt once), never re-tokenized per
 step; batches are padded here, so the caller's tokenizer is never mutated.
+
+Longer than most modules: it is one class, whose training loss, prompt rendering, beam search
+and grounding share one tokenized catalog and its caches.
 """
 
 from __future__ import annotations

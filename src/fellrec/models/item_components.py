@@ -13,6 +13,10 @@ They are client parameters: each client holds its own copy, trained with its opt
 exchanged and aggregated with its LoRA adapter (:class:`fellrec.models.adapters.ClientAdapters`).
 They live on the client side of a split model (the item vectors enter with the embeddings, the
 scores leave with the head).
+
+Longer than most modules: beside :class:`ItemComponents` live the small pure functions its
+methods are made of (the popularity start, its DP noise, masking unavailable items, the centred
+text table), so the math of one component reads in one place.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ block server as a child process for the run (on loopback, with a one-time key, s
 end); with ``model.block_server.address`` it uses a running one (``fellrec serve-blocks``), over
 TLS (``model.block_server.tls``: the server's certificate verified against ``ca``; a client
 certificate for mutual TLS) and/or with the shared key in ``FELLREC_SERVER_KEY``.
+
+Longer than most modules: it is one class whose state is one connection (start or reach the
+server, its session, each call, generation's cache, shutdown); its wire format and RPC stack
+live in :mod:`fellrec.wire`.
 """
 
 from __future__ import annotations

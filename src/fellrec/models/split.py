@@ -11,6 +11,10 @@ unsplit model (:class:`UnsplitTrunk`) on every real token, loss and gradient inc
 The 4-D masks are built here rather than with ``transformers.masking_utils``, whose signatures
 differ between transformers 4.53 and 5.x; additive float masks work with the ``eager`` and ``sdpa``
 attention implementations of both.
+
+Longer than most modules: the unsplit trunk and the split model must build their masks and
+positions alike to be equal number for number, so both live here; the families and config
+checks are in :mod:`fellrec.models.split_support`.
 """
 
 from __future__ import annotations

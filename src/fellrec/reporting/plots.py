@@ -2,6 +2,9 @@
 
 Figures are :class:`matplotlib.figure.Figure` objects drawn on the Agg canvas: no pyplot, no global
 backend switch, no display needed, so plotting is safe inside a training process and in tests.
+
+Longer than most modules: one small function per figure of a run or a comparison, sharing the
+figure, axis and colour helpers; a figure is added here, beside its siblings.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Tables of one or several runs' results (for reports and for wandb), as columns and rows."""
+"""Tables of one or several runs' results (for reports and for wandb), as columns and rows.
+
+Longer than most modules: one small function per table of ``fellrec report`` and ``fellrec
+compare``, which share the accessors of a run's results; a table is added here, beside its
+siblings.
+"""
 
 from __future__ import annotations
 

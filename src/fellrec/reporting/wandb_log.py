@@ -2,9 +2,8 @@
 
 wandb is reached only through the logger (``log_table``, ``log_image``, ``experiment``), so runs
 without a WandbLogger, or without wandb installed, never touch it. The scalar per-client and balance
-keys are logged by :class:`fellrec.training.rounds.loop.FederatedLoop` itself (through
-``log_dict``, for
-every logger); this module adds what only wandb shows: tables, the similarity heatmap, summary
+keys are logged by :class:`fellrec.training.rounds.loop.FederatedLoop` itself (through ``log_dict``,
+for every logger); this module adds what only wandb shows: tables, the similarity heatmap, summary
 values and the round as the x-axis.
 
 Keys: ``federation/clients`` (table per round), ``federation/similarity`` (image per round),

@@ -2,6 +2,10 @@
 
 Every reader reports bad input as :class:`~fellrec.data.schema.DataFormatError` naming the file and
 line (or field), so the helpers here carry line numbers alongside the parsed values.
+
+Longer than most modules: it is the one toolbox every reader shares (file checks, line-numbered
+parsing, typed columns, the frames a reader returns); each helper is small, and splitting them
+would make every reader import from several places.
 """
 
 from __future__ import annotations

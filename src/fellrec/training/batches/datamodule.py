@@ -1,12 +1,15 @@
 """FederatedDataModule: prepared data served as client-tagged batches, round by round.
 
 Training batches follow :func:`fellrec.training.batches.schedule.plan_round` (client-major,
-reshuffled
-each
-round from ``(seed, round)``). Under data parallelism every process walks the same plan and takes
-its
-own rows of each global batch, so N processes see exactly the global batches one process would.
-Batches carry item *indices*; the model turns them into tokens with texts it tokenized once.
+reshuffled each round from ``(seed, round)``). Under data parallelism every process walks the same
+plan and takes its own rows of each global batch, so N processes see exactly the global batches one
+process would. Batches carry item *indices*; the model turns them into tokens with texts it
+tokenized once.
+
+Longer than most modules: Lightning asks one LightningDataModule for the loaders, and the host,
+the loop and the round engine ask it about the data it holds (per-client counts and items, the
+popularity baseline, the evaluation slices); the data themselves are built in
+:mod:`fellrec.data.pipeline` and each round's plan in :mod:`fellrec.training.batches.schedule`.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ This is what a real client silo runs: the shared base model plus **its own** ada
 trained and evaluated on its own users only. A deployment wraps it (e.g. in a Flower ClientApp) to
 receive the server's personalized adapter and learning rate each round; in simulation the
 :class:`~fellrec.training.host.federated_module.FederatedModule` hosts all clients at once with the
-same
-code paths.
+same code paths.
 """
 
 from __future__ import annotations

@@ -2,15 +2,19 @@
 
 The base model is loaded **once** and frozen; each client owns only a LoRA adapter and an optimizer.
 Each batch carries its client id and is routed to that client's adapter and optimizer (manual
-optimization), so per-client learning rates and optimizer states are natural. Round boundaries,
-aggregation and evaluation bookkeeping belong to
-:class:`fellrec.training.rounds.loop.FederatedLoop`.
+optimization), so per-client learning rates and optimizer states are natural. Round
+boundaries, aggregation and evaluation bookkeeping belong to
+:class:`~fellrec.training.rounds.loop.FederatedLoop`.
 
 Data parallelism: every process holds all adapters and walks the same batch plan on its own rows of
 each global batch. Losses are summed per shard and scaled so that the average of the processes'
 gradients is exactly the gradient of the global batch; gradients are averaged with the strategy's
 ``reduce`` before each optimizer step (DDP's own bucketed hooks assume one fixed set of trainable
 parameters, which per-client routing breaks).
+
+Longer than most modules: Lightning calls one LightningModule's hooks, so they are methods of
+this class; what they do lives elsewhere (model assembly, optimizers, tallies, checkpoints,
+DP-SGD, secrets, server blocks, sharding), and what is left here is routing and a host's state.
 """
 
 from __future__ import annotations
@@ -78,9 +82,8 @@ class FederatedModule(ModuleSettings):
 
     Its settings (``model.*``) are those of
     :class:`~fellrec.training.host.module_settings.ModuleSettings`, which checks and records them;
-    this
-    class holds the runtime state (adapters, transport, slots, round and evaluation tallies) and
-    loads, trains and evaluates the clients.
+    this class holds the runtime state (adapters, transport, slots, round and evaluation tallies)
+    and loads, trains and evaluates the clients.
 
     Args:
         **kwargs: The model settings of

@@ -82,8 +82,7 @@ class ModuleSettings(L.LightningModule):
             set and counts from its exchanged item components and its data size from its
             example count; at the end of a split run, the inputs from ``h_front`` (linear
             inversion and the front copy, :mod:`fellrec.training.probes.hidden_states`) at
-            ``k_front`` in
-            {0, 1, 2, model.k_front}. ``fellrec attack`` measures the whole curve.
+            ``k_front`` in {0, 1, 2, model.k_front}. ``fellrec attack`` measures the whole curve.
         pooling: ``mean`` or ``cls`` pooling of token states.
         temperature: Cosine-score temperature.
         item_text: Template of an item's text (fields ``{title}``, ``{categories}``).

@@ -1,11 +1,10 @@
 """Putting a host's model together: base model, clients' adapters, trunk, item tables, backend.
 
 :class:`~fellrec.training.host.recommender_families.RecommenderSettings` decide what is built and
-the
-settings' family (:mod:`fellrec.training.host.recommender_families`) builds it; the
+the settings' family (:mod:`fellrec.training.host.recommender_families`) builds it; the
 :class:`~fellrec.training.host.federated_module.FederatedModule` gets its clients' adapters over the
-frozen base from :func:`build_adapters`, then the recommender and the backend it trains through
-from :func:`assemble_recommender`.
+frozen base from :func:`build_adapters`, then the recommender and the backend it trains through from
+:func:`assemble_recommender`.
 """
 
 from __future__ import annotations

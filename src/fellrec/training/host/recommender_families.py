@@ -18,6 +18,10 @@ The built-in families:
   (:class:`~fellrec.models.encoder.SequenceEncoderRecommender`);
 * ``generative``: BIGRec-style prompt and title generation with a causal LM
   (:class:`~fellrec.models.generative.GenerativeRecommender`).
+
+Longer than most modules: it is one extension point (``CONTRIBUTING.md``, "Add a recommender
+family"): the family interface, the three built-in families and their registry, so that what
+one ``model.recommender`` value means is written in one place.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ A callback of its own, with ``model.privacy_probe`` (on by default):
   components: item sets and counts; their example counts: data sizes), with a
   :class:`~fellrec.training.probes.message_probe.MessageProbe` observing the round engine;
 - after testing a split run, it runs the hidden-state attacks of
-:mod:`fellrec.training.probes.hidden_states`
-  (the linear inversion against the public base model, and the server's copy of the client's
-  front with the parameters the client sent) at ``k_front`` in {0, 1, 2, model.k_front}.
+  :mod:`fellrec.training.probes.hidden_states` (the linear inversion against the public base
+  model, and the server's copy of the client's front with the parameters the client sent) at
+  ``k_front`` in {0, 1, 2, model.k_front}.
 
 It hands the ``"privacy"`` section to the run's results
 (:class:`~fellrec.training.records.results.RunSection`).
