@@ -277,15 +277,21 @@ def test_malformed_inputs_are_refused_with_their_shape() -> None:
         fedavg(torch.ones(3, 2), torch.ones(2))
     with pytest.raises(ValueError, match="sizes must be finite and non-negative"):
         fedavg(torch.ones(3, 2), torch.tensor([1.0, float("nan"), 1.0]))
-    with pytest.raises(ValueError, match=r"losses must have shape \(N,\) with N >= 1, got \(1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"losses must have shape \(N,\) with N >= 1, got \(1, 2\)"
+    ):
         loss_distribution(torch.ones(1, 2))
     with pytest.raises(ValueError, match=r"losses must have shape \(N,\) with N >= 1, got \(0,\)"):
         loss_distribution(torch.ones(0))
     with pytest.raises(ValueError, match="n must be at least 1, got 0"):
         uniform_similarity(0)
-    with pytest.raises(ValueError, match=r"similarity must be \(N, N\) and w \(N,\), got \(2, 2\) and \(2, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"similarity must be \(N, N\) and w \(N,\), got \(2, 2\) and \(2, 1\)"
+    ):
         personalized_weights(torch.ones(2, 2), torch.ones(2, 1))
-    with pytest.raises(ValueError, match=r"similarity must be \(N, N\) and w \(N,\), got \(3, 3\) and \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"similarity must be \(N, N\) and w \(N,\), got \(3, 3\) and \(2,\)"
+    ):
         personalized_weights(torch.ones(3, 3), torch.ones(2))
     with pytest.raises(ValueError, match="similarity and w must be finite"):
         personalized_weights(torch.ones(2, 2), torch.tensor([1.0, float("inf")]))
@@ -323,7 +329,9 @@ def test_heating_bounds() -> None:
         heating_weights(torch.tensor([1.5, 0.5]), 0)
     with pytest.raises(ValueError, match="probabilities"):
         heating_weights(torch.tensor([float("nan"), 0.5]), 0)
-    with pytest.raises(ValueError, match=r"p must be a floating tensor of shape \(N,\), got torch.float32 \(1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"p must be a floating tensor of shape \(N,\), got torch.float32 \(1, 2\)"
+    ):
         heating_weights(torch.ones(1, 2) / 2, 0)
     with pytest.raises(ValueError, match=r"got torch.int64 \(2,\)"):
         heating_weights(torch.tensor([0, 1]), 0)

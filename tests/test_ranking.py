@@ -210,7 +210,7 @@ def test_bad_inputs_are_named() -> None:
     scores, targets = _one_user()
     with pytest.raises(ValueError, match=r"scores must have shape \(U, I\), got \(5,\)"):
         ranking_metrics(scores[0], targets[0])
-    with pytest.raises(ValueError, match="scores must be a floating tensor, got torch.int64"):
+    with pytest.raises(ValueError, match=r"scores must be a floating tensor, got torch\.int64"):
         ranking_metrics(scores.long(), targets)
     no_target = torch.zeros(3, 5, dtype=torch.bool)
     no_target[1, 0] = True

@@ -103,7 +103,9 @@ def test_fellrec_with_one_participant_records_its_similarity_and_weight() -> Non
     torch.testing.assert_close(result.theta, THETA)
     assert result.similarity is not None and result.weights is not None
     assert result.similarity[0, 0].item() == 1.0
-    assert bool(result.similarity[1:].isnan().all()) and bool(result.similarity[0, 1:].isnan().all())
+    assert bool(result.similarity[1:].isnan().all()) and bool(
+        result.similarity[0, 1:].isnan().all()
+    )
     # p = [1.0]: in round 0 the "code" exponent is 1 / beta = 0.2, w = tanh(0.7 / 1 ** 0.2).
     assert result.weights[0].item() == pytest.approx(math.tanh(0.7))
     assert result.lr_scale[0].item() == pytest.approx(math.tanh(0.7))
