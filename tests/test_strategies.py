@@ -12,8 +12,16 @@ import math
 import pytest
 import torch
 
+from fellrec.federation.aggregation import heating_weights, loss_distribution
 from fellrec.federation.protocol import RoundInputs
-from fellrec.federation.strategies import FedAvg, FedProx, FELLRec, Strategy, strategy_from_name
+from fellrec.federation.strategies import (
+    Centralized,
+    FedAvg,
+    FedProx,
+    FELLRec,
+    Strategy,
+    strategy_from_name,
+)
 
 #: Three clients' parameters after a round.
 THETA = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
@@ -161,3 +169,27 @@ def test_settings_describe_and_class_spec_name_the_constructor_arguments() -> No
     assert strategy_from_name("fedprox").settings() == {"mu": 0.01}
     with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose from fellrec, fedavg"):
         strategy_from_name("fedsgd")
+
+
+def test_centralized_copies_the_one_trained_adapter_to_every_client() -> None:
+    result = Centralized().aggregate(_inputs([3.0, 0.0, 0.0], [True, False, False]))
+    torch.testing.assert_close(result.theta, torch.tensor([[1.0, 2.0]] * 3))
+    torch.testing.assert_close(result.lr_scale, torch.ones(3))
+
+
+def test_fellrec_heats_with_its_own_temperature_and_exponent() -> None:
+    # Losses 1 and 2 at T = 1: p = softmax([1, 2]); "scaled" in round 1: e = (1 + 1) / beta.
+    inputs = RoundInputs(
+        round=1,
+        parameters=THETA[:2].clone(),
+        losses=torch.tensor([1.0, 2.0]),
+        examples=torch.tensor([1.0, 1.0], dtype=torch.float64),
+        participants=torch.tensor([True, True]),
+    )
+    result = FELLRec(temperature=1.0, exponent="scaled").aggregate(inputs)
+    p = torch.softmax(torch.tensor([1.0, 2.0], dtype=torch.float64), dim=0)
+    expected = torch.tanh(0.7 / p ** (2 / 5.0)).float()
+    assert result.weights is not None
+    torch.testing.assert_close(result.weights, expected)
+    p_default = loss_distribution(torch.tensor([1.0, 2.0]))
+    assert not torch.allclose(result.weights, heating_weights(p_default, 1))
