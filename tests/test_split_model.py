@@ -518,3 +518,17 @@ def test_encoders_that_ignore_is_decoder_stay_bidirectional(family: str) -> None
     _compare(model, _pooled_loss, [_batch(padding), _batch("none", 1)], 1, 1)
     split = make_trunk(model, True, 1, 1, LocalTransport())
     assert isinstance(split, SplitModel) and not split.causal
+
+
+def test_a_window_shorter_than_an_unpadded_sequence_keeps_its_mask_under_sdpa() -> None:
+    # Without padding sdpa needs no causal mask, but a sliding window shorter than the sequence
+    # (3 < 9 tokens) still does; the full-attention blocks (window None) need none.
+    model, _, _ = _other_family("qwen2-sliding")
+    split = make_trunk(model, True, 1, 1, LocalTransport())
+    assert isinstance(split, SplitModel)
+    attention_mask = torch.ones(1, 9, dtype=torch.long)  # one row: batch size below the window
+    masks = split._masks(range(4), attention_mask, torch.float32)
+    assert masks[None] is None
+    window = masks[3]
+    assert window is not None
+    assert torch.equal(window, sdpa_mask(decoder_allowed(attention_mask, 3)))
