@@ -253,3 +253,85 @@ def test_fedavg_weighted_mean() -> None:
         fedavg(theta, torch.tensor([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match="sizes"):
         fedavg(theta, torch.ones(2))
+
+
+# --- edges: one client, one example, small norms, bounds -----------------------------------------
+
+
+def test_a_single_client_with_a_single_example_is_its_own_average() -> None:
+    # total = 1 example is a valid federation (only all-zero sizes are refused).
+    theta = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    torch.testing.assert_close(fedavg(theta, torch.tensor([1, 0])), torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(fedavg(theta[:1], torch.tensor([1])), torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(adapter_similarity(theta[:1]), torch.ones(1, 1))
+    torch.testing.assert_close(uniform_similarity(1), torch.ones(1, 1))
+    torch.testing.assert_close(loss_distribution(torch.tensor([0.3])), torch.tensor([1.0]))
+
+
+def test_malformed_inputs_are_refused_with_their_shape() -> None:
+    with pytest.raises(ValueError, match=r"theta must have shape \(N, P\) with N >= 1, got \(3,\)"):
+        fedavg(torch.ones(3), torch.ones(3))
+    with pytest.raises(ValueError, match=r"theta must be a floating tensor, got torch.int64"):
+        adapter_similarity(torch.ones(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"sizes must have shape \(3,\), got \(2,\)"):
+        fedavg(torch.ones(3, 2), torch.ones(2))
+    with pytest.raises(ValueError, match="sizes must be finite and non-negative"):
+        fedavg(torch.ones(3, 2), torch.tensor([1.0, float("nan"), 1.0]))
+    with pytest.raises(
+        ValueError, match=r"losses must have shape \(N,\) with N >= 1, got \(1, 2\)"
+    ):
+        loss_distribution(torch.ones(1, 2))
+    with pytest.raises(ValueError, match=r"losses must have shape \(N,\) with N >= 1, got \(0,\)"):
+        loss_distribution(torch.ones(0))
+    with pytest.raises(ValueError, match="n must be at least 1, got 0"):
+        uniform_similarity(0)
+    with pytest.raises(
+        ValueError, match=r"similarity must be \(N, N\) and w \(N,\), got \(2, 2\) and \(2, 1\)"
+    ):
+        personalized_weights(torch.ones(2, 2), torch.ones(2, 1))
+    with pytest.raises(
+        ValueError, match=r"similarity must be \(N, N\) and w \(N,\), got \(3, 3\) and \(2,\)"
+    ):
+        personalized_weights(torch.ones(3, 3), torch.ones(2))
+    with pytest.raises(ValueError, match="similarity and w must be finite"):
+        personalized_weights(torch.ones(2, 2), torch.tensor([1.0, float("inf")]))
+    with pytest.raises(ValueError, match="similarity"):
+        personalized_aggregate(torch.ones(2, 2), torch.ones(2, 2), torch.ones(3))
+
+
+def test_similarity_of_small_vectors_is_their_cosine() -> None:
+    # Norms far below 1 (a fresh LoRA): cos of [1, 0] and [1, 1] is 1 / sqrt 2 at any scale.
+    theta = torch.tensor([[1e-3, 0.0], [1e-3, 1e-3]])
+    expected = (1 / math.sqrt(2) + 1) / 2
+    torch.testing.assert_close(
+        adapter_similarity(theta), torch.tensor([[1.0, expected], [expected, 1.0]])
+    )
+
+
+def test_zero_similarity_is_allowed_and_keeps_a_client_to_itself() -> None:
+    weights = personalized_weights(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.ones(2))
+    torch.testing.assert_close(weights, torch.eye(2))
+
+
+def test_heating_bounds() -> None:
+    p = torch.tensor([0.25, 0.75])
+    # The default beta is the paper's 5: e = 1 / 5 in round 0.
+    torch.testing.assert_close(heating_weights(p, 0), heating_weights(p, 0, beta=5.0))
+    expected = torch.tanh(0.7 / p.double() ** 0.2).float()
+    torch.testing.assert_close(heating_weights(p, 0), expected)
+    # beta in (0, 1] is allowed: e = 1 / 0.5 = 2.
+    torch.testing.assert_close(
+        heating_weights(p, 0, beta=0.5), torch.tanh(0.7 / p.double() ** 2).float()
+    )
+    with pytest.raises(ValueError, match="beta"):
+        heating_weights(p, 0, beta=0.0)
+    with pytest.raises(ValueError, match="probabilities"):
+        heating_weights(torch.tensor([1.5, 0.5]), 0)
+    with pytest.raises(ValueError, match="probabilities"):
+        heating_weights(torch.tensor([float("nan"), 0.5]), 0)
+    with pytest.raises(
+        ValueError, match=r"p must be a floating tensor of shape \(N,\), got torch.float32 \(1, 2\)"
+    ):
+        heating_weights(torch.ones(1, 2) / 2, 0)
+    with pytest.raises(ValueError, match=r"got torch.int64 \(2,\)"):
+        heating_weights(torch.tensor([0, 1]), 0)

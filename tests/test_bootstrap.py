@@ -116,3 +116,26 @@ def test_confidence_intervals_cover_the_balance_of_the_balance_metrics() -> None
         for name in ("mean", "min", "max", "std"):
             low, high = stats[name]
             assert low <= observed[name] <= high, (metric, name)
+
+
+def test_a_client_without_users_between_others_is_skipped_not_the_end() -> None:
+    values = torch.tensor([[0.2], [0.2], [0.6], [0.6]], dtype=torch.float64)
+    clients = torch.tensor([0, 0, 2, 2])  # client 1 has no users
+    (spread,) = balance_intervals(values, clients, 3, resamples=1)  # one resample is enough
+    for name, value in balance_statistics([0.2, 0.6]).items():
+        assert spread[name] == pytest.approx((value, value)), name
+    assert balance_intervals(values, clients, 0, resamples=5) == [{}]
+
+
+def test_interval_arguments_are_checked_by_name() -> None:
+    with pytest.raises(ValueError, match=r"values must have shape \(U,\), got \(1, 3\)"):
+        bootstrap_interval(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_interval(torch.ones(3), confidence=0.0)
+    assert bootstrap_interval(torch.ones(3), resamples=1) == pytest.approx((1.0, 1.0))
+    with pytest.raises(ValueError, match=r"values must be \(U, M\) and clients \(U,\), got \(4,\)"):
+        balance_intervals(torch.ones(4), torch.zeros(4), 1)
+    with pytest.raises(ValueError, match=r"got \(4, 1\) and \(3,\)"):
+        balance_intervals(torch.ones(4, 1), torch.zeros(3), 1)
+    with pytest.raises(ValueError, match="resamples must be >= 1, got 0"):
+        balance_intervals(torch.ones(4, 1), torch.zeros(4), 1, resamples=0)

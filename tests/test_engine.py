@@ -335,3 +335,41 @@ def test_a_saved_state_of_other_held_clients_is_refused():
     other = RoundEngine(FedAvg(), 3, held_clients=[1], bootstrap_resamples=0)
     with pytest.raises(ValueError, match=r"holds clients \[0, 1, 2\], this host \[1\]"):
         other.load_state_dict(state)
+
+
+class IdentityRecordingHost(FakeHost):
+    """A FakeHost that records whether it was told every client gets the same parameters."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.identical = []
+
+    def load_parameters(self, parameters, identical=False):
+        self.identical.append(identical)
+        super().load_parameters(parameters, identical)
+
+
+@pytest.mark.parametrize(("strategy", "shares"), [(FedAvg(), True), (Local(), False)])
+def test_finishing_training_tells_observers_the_host_and_the_record(strategy, shares):
+    engine, _, warned = make_engine(strategy)
+    seen = []
+    engine.observers.append(lambda round_index, report: seen.append((round_index, report)))
+    host = IdentityRecordingHost()
+    engine.start_round(host, 0)
+    report = host._report
+    host._report = TrainingReport(
+        report.parameters,
+        report.round_start,
+        report.loss_sums,
+        torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64),  # one example is enough
+        report.diverged,
+    )
+    record = engine.finish_training(host, step=7)
+    assert warned == []
+    assert seen == [(0, host._report)]
+    assert host.identical == [shares]
+    assert record["step"] == 7 and record["seconds"] == record["train_seconds"] >= 0.0
+    assert engine.lr_scale.dtype == torch.float64 and engine.lr_scale.tolist() == [1.0] * 3
+    other, other_host = make_engine(strategy)[0], FakeHost()
+    other.start_round(other_host, 0)
+    assert "step" not in other.finish_training(other_host)

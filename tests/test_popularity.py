@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fellrec.data.schema import EvalUsers
-from fellrec.metrics.popularity import evaluate_popularity, popularity_scores
+from fellrec.metrics.popularity import evaluate_popularity, evaluate_scorer, popularity_scores
 
 
 def _train() -> list[np.ndarray]:
@@ -85,3 +85,21 @@ def test_local_popularity_ranks_by_each_clients_own_training_data() -> None:
     assert m["recall@1"][1].item() == 0.0 and m["recall@2"][1].item() == 0.5
     # The global ranking (counts [1, 3, 1, 0, 0]: 1, 0, 2, ...) puts 2 at rank 3 for user 1.
     assert evaluate_popularity(_train(), _eval_users(), 5, ks=(2,))["recall@2"][1].item() == 0.0
+
+
+def test_an_item_past_the_catalog_is_refused_by_index() -> None:
+    with pytest.raises(ValueError, match=r"item index 5 is outside 0\.\.4"):
+        popularity_scores([np.array([0, 5])], 5)
+    with pytest.raises(ValueError, match=r"item index -1 is outside 0\.\.4"):
+        popularity_scores([np.array([0, -1])], 5)
+
+
+def test_a_scorer_is_given_each_user_s_history() -> None:
+    seen: list[list[int]] = []
+
+    def score(users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        seen.extend(h.tolist() for h in histories)
+        return torch.zeros(len(users), 5)
+
+    evaluate_scorer(score, _eval_users(), 5, ks=(1,))
+    assert seen == [[0, 1], []]

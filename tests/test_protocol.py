@@ -49,3 +49,35 @@ def test_a_round_config_per_client_and_the_record_of_a_round():
         "lr": [0.005, 0.01],
         "heating_weight": [0.5, 1.0],
     }
+
+
+def test_a_client_told_to_sit_out_is_told_so_and_one_example_is_enough_to_take_part():
+    config = RoundConfig(
+        round=1, lr_scale=torch.ones(2), proximal_mu=0.0, trains=torch.tensor([True, False])
+    )
+    assert config.for_client(0).trains is True and config.for_client(1).trains is False
+    # One example: a participant whose mean loss is its summed loss.
+    inputs = round_inputs(
+        0,
+        torch.zeros(2, 1),
+        torch.zeros(2, 1),
+        loss_sums=torch.tensor([0.5, 0.0], dtype=torch.float64),
+        examples=torch.tensor([1.0, 0.0], dtype=torch.float64),
+        diverged=torch.tensor([False, False]),
+    )
+    assert inputs.participants.tolist() == [True, False]
+    assert inputs.losses.tolist() == [0.5, 0.0]
+
+
+def test_the_record_holds_the_similarity_a_strategy_reports():
+    inputs = round_inputs(
+        0,
+        torch.zeros(2, 1),
+        torch.zeros(2, 1),
+        torch.tensor([1.0, 1.0], dtype=torch.float64),
+        torch.tensor([1.0, 1.0], dtype=torch.float64),
+        torch.tensor([False, False]),
+    )
+    similarity = torch.tensor([[1.0, 0.5], [0.5, 1.0]])
+    record = round_record(0, inputs, RoundResult(torch.zeros(2, 1), torch.ones(2), similarity), 0.1)
+    assert record["similarity"] == [[1.0, 0.5], [0.5, 1.0]]

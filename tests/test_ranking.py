@@ -195,3 +195,33 @@ def test_ties_follow_topk_unlike_torchmetrics_tie_averaging() -> None:
     m = ranking_metrics(scores, torch.ones(1, 4, dtype=torch.bool), ks=(2,))
     assert m["recall@2"].item() == pytest.approx(0.5)
     assert m["ndcg@2"].item() == pytest.approx(1.0)
+
+
+def test_a_user_without_a_hit_in_the_top_k_gets_no_reciprocal_rank() -> None:
+    # User 0's only target is ranked last (rank 5); user 1's first (rank 1).
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.1], [0.9, 0.8, 0.7, 0.6, 0.1]])
+    m = ranking_metrics(scores, index_mask([[4], [0]], 5), ks=(1, 2))
+    assert m["mrr@2"].tolist() == [0.0, 1.0]
+    assert m["hit@2"].tolist() == [0.0, 1.0]
+    assert m["ndcg@2"].tolist() == [0.0, 1.0]
+
+
+def test_bad_inputs_are_named() -> None:
+    scores, targets = _one_user()
+    with pytest.raises(ValueError, match=r"scores must have shape \(U, I\), got \(5,\)"):
+        ranking_metrics(scores[0], targets[0])
+    with pytest.raises(ValueError, match=r"scores must be a floating tensor, got torch\.int64"):
+        ranking_metrics(scores.long(), targets)
+    no_target = torch.zeros(3, 5, dtype=torch.bool)
+    no_target[1, 0] = True
+    with pytest.raises(ValueError, match=r"users at rows \[0, 2\] have none"):
+        ranking_metrics(torch.rand(3, 5), no_target, ks=(1,))
+    many = torch.zeros(7, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"users at rows \[0, 1, 2, 3, 4\] have none"):
+        ranking_metrics(torch.rand(7, 5), many, ks=(1,))
+    with pytest.raises(ValueError, match="ks must name at least one cut-off K"):
+        check_ks([], 5)
+    with pytest.raises(ValueError):
+        check_ks([True], 5)
+    with pytest.raises(ValueError, match=r"item index 5 is outside 0\.\.4"):
+        index_mask([[0, 5]], 5)

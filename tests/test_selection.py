@@ -81,3 +81,28 @@ def test_a_resumed_selection_continues_as_the_uninterrupted_one() -> None:
     assert torch.equal(resumed.best_parameters, whole.best_parameters)
     assert (resumed.best_round, resumed.best_overall) == (whole.best_round, whole.best_overall)
     assert resumed.best_round == 0
+
+
+def test_before_any_round_nothing_is_selected_and_a_tie_keeps_the_earlier_round() -> None:
+    selection = ModelSelection(2)
+    assert selection.best_round == -1 and selection.best_overall == float("-inf")
+    assert selection.best_rounds.tolist() == [-1, -1]
+    assert selection.best_scores.tolist() == [float("-inf")] * 2
+    for index in range(2):  # the same overall score twice: the first round stays the best
+        selection.update(
+            index,
+            torch.tensor([0.5, 0.5], dtype=torch.float64),
+            torch.tensor([1, 1]),
+            torch.full((2, 1), float(index)),
+            overall=0.4,
+        )
+    assert selection.best_round == 0 and selection.best_rounds.tolist() == [0, 0]
+    assert selection.best_parameters is not None
+    assert selection.best_parameters.flatten().tolist() == [0.0, 0.0]
+
+
+def test_a_restored_selection_keeps_the_rows_it_holds() -> None:
+    selection = ModelSelection(3, held=[2])
+    _rounds(selection)
+    restored = ModelSelection.from_state_dict(selection.state_dict(), held=[2])
+    assert restored.held == [2]

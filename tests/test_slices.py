@@ -176,3 +176,14 @@ def test_the_data_module_slices_its_own_evaluated_users_only(tmp_path) -> None:
     with pytest.raises(ValueError, match="not its evaluated users"):
         data.slice_membership("test", torch.tensor([-1]))
     assert data.popularity["slices"]["groups"]["history/long"]["users"] > 0
+
+
+def test_a_third_reached_exactly_closes_the_group() -> None:
+    # 3, 2, 1, 1, 1, 1 (total 9): running 3 = 9/3 exactly (head from 3), 6 = 2 * 9/3 exactly
+    # (torso from 1 after 3 + 2 + 1); "at least a third", not "more than".
+    assert popularity_cuts(np.array([3, 2, 1, 1, 1, 1])) == (3, 1)
+    assert popularity_cuts(np.array([1])) == (1, 1)  # one interaction: one head item
+    # 4, 3, 2, 2, 2, 2 (total 15): 4 alone is below a third (12 < 15); 4 + 3 reaches it (head
+    # from 3, below the most popular item), 4 + 3 + 2 + 2 = 11 two thirds (33 >= 30).
+    assert popularity_cuts(np.array([4, 3, 2, 2, 2, 2])) == (3, 2)
+    assert popularity_cuts(np.zeros(3, dtype=np.int64)) == (0, 0)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,11 +11,14 @@ from torch import nn
 
 from conftest import build_tiny_encoder
 from fellrec.models.attention_masks import (
+    additive_mask,
+    decoder_allowed,
     decoder_attention_mask,
     encoder_attention_mask,
     position_ids_from_mask,
+    sdpa_mask,
 )
-from fellrec.models.split import SplitModel, UnsplitTrunk, make_trunk
+from fellrec.models.split import SplitModel, UnsplitTrunk, _causal_encoder_mask, make_trunk
 from fellrec.models.split_plan import plan_split
 from fellrec.models.split_support import SUPPORTED_MODEL_TYPES, num_blocks, split_family
 from fellrec.models.transport import LocalTransport
@@ -371,6 +375,34 @@ def test_decoder_mask_is_causal_padded_and_windowed() -> None:
     padding = encoder_attention_mask(torch.tensor([[1, 1, 0]]), torch.float16)
     assert padding.shape == (1, 1, 1, 3)
     assert padding.flatten().tolist() == [0.0, 0.0, torch.finfo(torch.float16).min]
+    assert padding.dtype == torch.float16 and plain.dtype == torch.float32
+
+
+def test_sdpa_and_additive_forms_of_a_pattern() -> None:
+    # Row 0: a query at left padding sees no key; sdpa lets it see every key (never NaN).
+    allowed = torch.tensor([[[[False, False, False], [False, True, False], [True, True, True]]]])
+    assert sdpa_mask(allowed).tolist() == [
+        [[[True, True, True], [False, True, False], [True, True, True]]]
+    ]
+    low = torch.finfo(torch.bfloat16).min
+    additive = additive_mask(allowed, torch.bfloat16)
+    assert additive.dtype == torch.bfloat16 and additive.shape == (1, 1, 3, 3)
+    assert additive[0, 0].tolist() == [[low, low, low], [low, 0.0, low], [0.0, 0.0, 0.0]]
+
+
+def test_a_causal_encoder_mask_is_the_decoder_pattern_in_the_attention_s_form() -> None:
+    mask = torch.tensor([[1, 1, 0]])
+    pattern = decoder_allowed(mask)
+    assert pattern[0, 0].tolist() == [
+        [True, False, False],
+        [True, True, False],
+        [True, True, False],
+    ]
+    sdpa = _causal_encoder_mask(mask, SimpleNamespace(_attn_implementation="sdpa"), torch.float32)
+    assert torch.equal(sdpa, sdpa_mask(pattern))
+    eager = _causal_encoder_mask(mask, SimpleNamespace(_attn_implementation="eager"), torch.float16)
+    assert eager.dtype == torch.float16
+    assert torch.equal(eager, additive_mask(pattern, torch.float16))
 
 
 @pytest.mark.parametrize("family", ["decoder", "encoder"])
@@ -486,3 +518,17 @@ def test_encoders_that_ignore_is_decoder_stay_bidirectional(family: str) -> None
     _compare(model, _pooled_loss, [_batch(padding), _batch("none", 1)], 1, 1)
     split = make_trunk(model, True, 1, 1, LocalTransport())
     assert isinstance(split, SplitModel) and not split.causal
+
+
+def test_a_window_shorter_than_an_unpadded_sequence_keeps_its_mask_under_sdpa() -> None:
+    # Without padding sdpa needs no causal mask, but a sliding window shorter than the sequence
+    # (3 < 9 tokens) still does; the full-attention blocks (window None) need none.
+    model, _, _ = _other_family("qwen2-sliding")
+    split = make_trunk(model, True, 1, 1, LocalTransport())
+    assert isinstance(split, SplitModel)
+    attention_mask = torch.ones(1, 9, dtype=torch.long)  # one row: batch size below the window
+    masks = split._masks(range(4), attention_mask, torch.float32)
+    assert masks[None] is None
+    window = masks[3]
+    assert window is not None
+    assert torch.equal(window, sdpa_mask(decoder_allowed(attention_mask, 3)))
