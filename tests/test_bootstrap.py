@@ -139,3 +139,26 @@ def test_interval_arguments_are_checked_by_name() -> None:
         balance_intervals(torch.ones(4, 1), torch.zeros(3), 1)
     with pytest.raises(ValueError, match="resamples must be >= 1, got 0"):
         balance_intervals(torch.ones(4, 1), torch.zeros(4), 1, resamples=0)
+
+
+def test_the_interval_is_the_2_5_and_97_5_percentiles_of_the_resampled_means() -> None:
+    values = torch.tensor([0.0, 0.1, 0.3, 0.35, 0.6, 0.9, 1.0], dtype=torch.float64)
+    low, high = bootstrap_interval(values, 400, 0.95, torch.Generator().manual_seed(5)) or (0, 0)
+    # By hand: the same 400 draws, each resample's mean, then the two percentiles.
+    draws = torch.randint(7, (400, 7), generator=torch.Generator().manual_seed(5))
+    means = values[draws].mean(dim=1)
+    expected = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    assert (low, high) == pytest.approx((float(expected[0]), float(expected[1])), abs=1e-12)
+    # A 90% interval is the 5th and 95th percentiles of the same means: strictly inside.
+    narrow = bootstrap_interval(values, 400, 0.9, torch.Generator().manual_seed(5)) or (0, 0)
+    assert low < narrow[0] <= narrow[1] < high
+
+
+def test_intervals_do_not_depend_on_the_global_random_state() -> None:
+    per_user = {"ndcg@10": torch.tensor([0.0, 1.0, 0.5, 0.5, 0.2, 0.9])}
+    clients = torch.tensor([0, 0, 1, 1, 1, 0])
+    torch.manual_seed(1)
+    first = confidence_intervals(per_user, clients, 2, ["ndcg@10"], resamples=100, seed=4)
+    torch.manual_seed(2)
+    again = confidence_intervals(per_user, clients, 2, ["ndcg@10"], resamples=100, seed=4)
+    assert first == again and first["balance"]["ndcg@10"]
