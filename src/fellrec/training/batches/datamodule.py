@@ -1,12 +1,12 @@
 """FederatedDataModule: prepared data served as client-tagged batches, round by round.
 
 Training batches follow :func:`fellrec.training.batches.schedule.plan_round` (client-major,
-reshuffled
-each
-round from ``(seed, round)``). Under data parallelism every process walks the same plan and takes
-its
-own rows of each global batch, so N processes see exactly the global batches one process would.
-Batches carry item *indices*; the model turns them into tokens with texts it tokenized once.
+reshuffled each round from ``(seed, round)``). Under data parallelism every process walks the
+same plan and takes its own rows of each global batch, so N processes see exactly the global
+batches one process would. Batches (:mod:`fellrec.training.batches.batch`) carry item
+*indices*, which the model turns into tokens with texts it tokenized once, and how much they
+weigh. What the rest of a run decides about batching (pooling, DP-SGD's user sampling, a fixed
+round) comes as one :class:`~fellrec.training.batches.round_batching.RoundBatching`.
 """
 
 from __future__ import annotations
