@@ -16,6 +16,7 @@ from federation_helpers import tiny_run
 from fellrec.federation.strategies import FedAvg, Local
 from fellrec.models.adapters import LoRASettings
 from fellrec.models.item_components import ItemSettings
+from fellrec.training.batches.round_batching import UserSampling
 from fellrec.training.batches.schedule import plan_user_sampled_round, user_sampled_steps
 from fellrec.training.dp.dp_sgd import (
     DPSGDSettings,
@@ -164,15 +165,15 @@ def test_a_dp_fit_clips_each_user_noises_the_sum_and_reports_epsilon(
 
     def recompute(module, batch, client, slot, config):
         """Before the real step: the expected gradient from each user's own backward."""
-        if len(checked) < 2 and batch["targets"].numel() > 0:
+        if len(checked) < 2 and batch.targets.numel() > 0:
             _, params = module._own_keys_and_parameters(slot)
             module.backend.prepare(slot)
             expected = torch.zeros(sum(p.numel() for p in params))
             norms = []
-            for user in torch.unique(batch["users"]).tolist():
-                rows = (batch["users"] == user).nonzero().flatten()
+            for user in torch.unique(batch.users).tolist():
+                rows = (batch.users == user).nonzero().flatten()
                 loss = module.backend.losses(
-                    slot, batch["histories"][rows], batch["targets"][rows], module._generator
+                    slot, batch.histories[rows], batch.targets[rows], module._generator
                 ).mean()
                 # backward, not autograd.grad: the split's server side joins through .grad.
                 loss.backward()
@@ -324,7 +325,8 @@ def test_a_resumed_dp_run_keeps_its_secret(tmp_path, still_encoder):
         tmp_path, still_encoder, FedAvg(), rounds=2, model_options=options
     )
     trainer.fit(resumed, datamodule=data, ckpt_path="last")
-    assert resumed.dp.secret == secret and data.user_sampling == (4, 4, secret)
+    assert resumed.dp.secret == secret
+    assert data.round_batching.user_sampling == UserSampling(4, 4, secret)
 
 
 def test_a_run_resumed_with_other_dp_settings_accounts_each_round_with_its_own(

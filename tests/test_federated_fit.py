@@ -204,7 +204,7 @@ def test_new_items_are_held_out_of_training_and_reported(tmp_path, tiny_encoder_
 
     class _Inputs(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen_inputs.append(torch.cat([batch["histories"].flatten(), batch["targets"]]))
+            seen_inputs.append(torch.cat([batch.histories.flatten(), batch.targets]))
 
     trainer.callbacks.append(_Inputs())
     fit_and_test(trainer, model, data)
@@ -266,7 +266,7 @@ def test_resume_mid_round_equals_uninterrupted_run(tmp_path, tiny_encoder_dir, r
 def test_diverging_client_keeps_its_adapter_and_spares_the_others(tmp_path, tiny_encoder_dir):
     class _PoisonClient(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch["client"] == 1:
+            if batch.client == 1:
                 pl_module.recommender.temperature = float("nan")
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

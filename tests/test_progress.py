@@ -7,6 +7,7 @@ import re
 import lightning as L
 import torch
 
+from fellrec.training.batches.batch import TrainBatch
 from fellrec.training.rounds.progress import FederatedProgressBar, batch_client, round_description
 
 
@@ -17,11 +18,24 @@ def test_round_description_matches_the_log_and_shows_progress():
     assert round_description(2, -1) == "round 2"  # max_epochs=-1: unbounded
 
 
+def _train_batch(client: int) -> TrainBatch:
+    """A one-row training batch of ``client``; its histories are the toy layer's input."""
+    return TrainBatch(
+        client=client,
+        round=0,
+        histories=torch.ones(1, 2),
+        targets=torch.zeros(1, dtype=torch.long),
+        users=torch.zeros(1, dtype=torch.long),
+        loss_scale=1.0,
+        examples=1,
+        client_start=False,
+        step_end=True,
+    )
+
+
 def test_batch_client_reads_the_batch_tag():
-    assert batch_client({"client": torch.tensor(3)}) == 3
-    assert batch_client({"client": torch.tensor([2])}) == 2
-    assert batch_client({"client": 1}) == 1
-    assert batch_client({"histories": []}) is None
+    assert batch_client(_train_batch(3)) == 3
+    assert batch_client({"client": 1}) is None  # only a TrainBatch names its client
     assert batch_client(torch.zeros(2)) is None
 
 
@@ -34,12 +48,12 @@ class ClientBatches(L.LightningModule):
         self.seen: list[tuple[int, int]] = []
 
     def train_dataloader(self):
-        batches = [{"client": torch.tensor(c), "x": torch.ones(1, 2)} for c in (0, 0, 1, 1)]
+        batches = [_train_batch(c) for c in (0, 0, 1, 1)]
         return torch.utils.data.DataLoader(batches, batch_size=None)  # ready-made batches
 
     def training_step(self, batch, batch_idx):
-        self.seen.append((self.current_epoch, int(batch["client"])))
-        return self.layer(batch["x"]).sum()
+        self.seen.append((self.current_epoch, batch.client))
+        return self.layer(batch.histories).sum()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

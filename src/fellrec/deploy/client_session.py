@@ -11,6 +11,7 @@ simulation. Privacy noise is the exception by design: it comes from the node's o
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,8 @@ class ClientSession:
         """Train one round from ``parameters`` as ``config`` says."""
         self._build()
         self._load(parameters)
-        self.datamodule.train_round = config.round
+        batching = replace(self.datamodule.round_batching, round=config.round)
+        self.datamodule.set_round_batching(batching)
         trainer = self._trainer([_StartRound(self.client, config)], limit_val_batches=0)
         trainer.fit(self.module, datamodule=self.datamodule)
         loss_sums, examples, diverged = self.module.collect_round_stats()

@@ -1,10 +1,12 @@
 """FederatedDataModule: prepared data served as client-tagged batches, round by round.
 
 Training batches follow :func:`fellrec.training.batches.schedule.plan_round` (client-major,
-reshuffled each round from ``(seed, round)``). Under data parallelism every process walks the same
-plan and takes its own rows of each global batch, so N processes see exactly the global batches one
-process would. Batches carry item *indices*; the model turns them into tokens with texts it
-tokenized once.
+reshuffled each round from ``(seed, round)``). Under data parallelism every process walks the
+same plan and takes its own rows of each global batch, so N processes see exactly the global
+batches one process would. Batches (:mod:`fellrec.training.batches.batch`) carry item
+*indices*, which the model turns into tokens with texts it tokenized once, and how much they
+weigh. What the rest of a run decides about batching (pooling, DP-SGD's user sampling, a fixed
+round) comes as one :class:`~fellrec.training.batches.round_batching.RoundBatching`.
 
 Longer than most modules: Lightning asks one LightningDataModule for the loaders, and the host,
 the loop and the round engine ask it about the data it holds (per-client counts and items, the
@@ -42,15 +44,14 @@ from fellrec.metrics.popularity import (
 )
 from fellrec.metrics.slices import SliceDefinition, define_slices, slice_summary, values_by_name
 from fellrec.metrics.summary import DEFAULT_KS, client_sums, metric_names, summarize
+from fellrec.training.batches.batch import EvalBatch, TrainBatch
+from fellrec.training.batches.round_batching import RoundBatching
 from fellrec.training.batches.schedule import (
     PlannedBatch,
     plan_round,
     plan_user_sampled_round,
     shard,
 )
-
-Batch = dict[str, Any]
-
 
 #: The default ``data.dataset``: the built-in synthetic catalog (frozen, so shareable).
 DEFAULT_DATASET = DatasetSettings()
@@ -81,11 +82,11 @@ def _rows_of(indices: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, bo
 class _PlannedBatches(IterableDataset):
     """Yields this process's share of each planned batch, drawing the plan lazily."""
 
-    def __init__(self, plan: Callable[[], list[Batch]], length: int) -> None:
+    def __init__(self, plan: Callable[[], Sequence[TrainBatch | EvalBatch]], length: int) -> None:
         self._plan = plan
         self._length = length
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[TrainBatch | EvalBatch]:
         # Draw the plan at the first `next()`, not at `iter()`: Lightning may create the iterator
         # before a resumed run has restored its epoch counter, but fetches only once the round
         # began.
@@ -207,15 +208,7 @@ class FederatedDataModule(L.LightningDataModule):
         self.client = client
         self.cache_dir = cache_dir
         self.seed = seed
-        self.pool_clients = False
-        #: ``(expected_users, windows_per_user, secret seed)`` when the model trains with
-        #: user-level DP-SGD (``model.dp_sgd``): every step then Poisson-samples each client's
-        #: users, from a seed the server does not know.
-        self.user_sampling: tuple[int, int, int] | None = None
-        #: The round the training loader serves; ``None``: the trainer's current epoch (one
-        #: Lightning epoch per round). A deployed client, fitted afresh for every round it is
-        #: sent, sets it.
-        self.train_round: int | None = None
+        self._round_batching = RoundBatching()
         self._data: FederatedData | None = None
         self.popularity: dict[str, object] | None = None
         self.popularity_sums: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -243,6 +236,24 @@ class FederatedDataModule(L.LightningDataModule):
     def num_clients(self) -> int:
         """Number of clients."""
         return self.settings.num_clients
+
+    @property
+    def round_batching(self) -> RoundBatching:
+        """What the rest of the run decides about batching a round (pooling, DP, the round)."""
+        return self._round_batching
+
+    def set_round_batching(self, batching: RoundBatching) -> None:
+        """Batch the rounds as ``batching`` says (the one way the rest of a run tells it).
+
+        The strategy sets ``pooled``, the model ``user_sampling``, a deployed client ``round``;
+        each replaces only its own field (``dataclasses.replace(data.round_batching, ...)``).
+
+        Raises:
+            TypeError: If ``batching`` is not a :class:`RoundBatching`.
+        """
+        if not isinstance(batching, RoundBatching):
+            raise TypeError(f"expected a RoundBatching, got {type(batching).__name__}")
+        self._round_batching = batching
 
     def prepare_data(self) -> None:
         """Build (or find) the cached data once, on one process per machine."""
@@ -418,7 +429,7 @@ class FederatedDataModule(L.LightningDataModule):
         """Each of ``client``'s users' training items (every user's when clients are pooled)."""
         data = self.data
         sequences = data.split.train_sequences
-        if self.pool_clients:
+        if self.round_batching.pooled:
             return [np.asarray(sequence) for sequence in sequences]
         return [np.asarray(sequences[user]) for user in np.flatnonzero(data.assignment == client)]
 
@@ -430,7 +441,7 @@ class FederatedDataModule(L.LightningDataModule):
         """
         data = self.data
         sequences = data.split.train_sequences
-        if not self.pool_clients:
+        if not self.round_batching.pooled:
             members = np.flatnonzero(data.assignment == client)
             sequences = [sequences[user] for user in members]
         return popularity_scores(sequences, data.dataset.num_items)
@@ -439,7 +450,7 @@ class FederatedDataModule(L.LightningDataModule):
     def training_users(self, client: int) -> int:
         """Users with a training example in ``client`` (all users when clients are pooled)."""
         users = self.data.examples.users
-        if not self.pool_clients:
+        if not self.round_batching.pooled:
             users = users[self.data.example_clients() == client]
         return len(np.unique(users))
 
@@ -461,18 +472,19 @@ class FederatedDataModule(L.LightningDataModule):
         own examples only, so a client trained on its own (``ClientModule``, a Flower ClientApp
         reading only its silo) takes the same steps as in the one-process simulation.
         """
-        if self.user_sampling is not None:
-            expected_users, windows_per_user, secret = self.user_sampling
+        batching = self.round_batching
+        if batching.user_sampling is not None:
+            sampling = batching.user_sampling
             return plan_user_sampled_round(
                 self.data.examples.users,
                 self.data.example_clients(),
                 self.num_clients,
-                expected_users,
-                windows_per_user,
+                sampling.expected_users,
+                sampling.windows_per_user,
                 self.local_epochs,
-                secret,
+                sampling.secret,
                 round_index,
-                pooled=self.pool_clients,
+                pooled=batching.pooled,
                 clients=None if self.client is None else [self.client],
             )
         return plan_round(
@@ -483,33 +495,35 @@ class FederatedDataModule(L.LightningDataModule):
             self.accumulate_grad_batches,
             self.seed,
             round_index,
-            pooled=self.pool_clients,
+            pooled=batching.pooled,
             clients=None if self.client is None else [self.client],
         )
 
-    def _train_batches(self) -> list[Batch]:
+    def _train_batches(self) -> list[TrainBatch]:
         trainer = self.trainer
-        if self.train_round is not None:
-            round_index = self.train_round
-        else:
+        round_index = self.round_batching.round
+        if round_index is None:
             round_index = trainer.current_epoch if trainer is not None else 0
         rank, world = self._rank_world()
         examples = self.data.examples
         batches = []
         for planned in self.round_plan(round_index):
             rows, stand_in = _rows_of(planned.indices, rank, world)
+            weighs = len(rows) > 0 and not stand_in  # an empty step (DP-SGD's draw) has no scale
             batches.append(
-                {
-                    "stand_in": stand_in,
-                    "client": planned.client,
-                    "histories": torch.from_numpy(examples.histories[rows]),
-                    "targets": torch.from_numpy(examples.targets[rows]),
-                    "users": torch.from_numpy(examples.users[rows]),
-                    "step_examples": planned.step_examples,
-                    "step_end": planned.step_end,
-                    "client_start": planned.client_start,
-                    "round": round_index,
-                }
+                TrainBatch(
+                    client=planned.client,
+                    round=round_index,
+                    histories=torch.from_numpy(examples.histories[rows]),
+                    targets=torch.from_numpy(examples.targets[rows]),
+                    users=torch.from_numpy(examples.users[rows]),
+                    # Each process's gradient of its rows, times the world size, averages to
+                    # the step's mean once the processes' gradients are averaged.
+                    loss_scale=world / float(planned.step_examples) if weighs else 0.0,
+                    examples=len(rows) if weighs else 0,
+                    client_start=planned.client_start,
+                    step_end=planned.step_end,
+                )
             )
         return batches
 
@@ -519,7 +533,7 @@ class FederatedDataModule(L.LightningDataModule):
         return DataLoader(_PlannedBatches(self._train_batches, length), batch_size=None)
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_batches(self, users: EvalUsers) -> list[Batch]:
+    def _eval_batches(self, users: EvalUsers) -> list[EvalBatch]:
         rank, world = self._rank_world()
         clients = self.data.assignment[users.users]
         batches = []
@@ -538,14 +552,14 @@ class FederatedDataModule(L.LightningDataModule):
                     if len(history):
                         history_matrix[i, -len(history) :] = history
                 batches.append(
-                    {
-                        "client": client,
-                        "stand_in": stand_in,
-                        "users": torch.from_numpy(users.users[rows]),
-                        "histories": torch.from_numpy(history_matrix),
-                        "targets": _pad([users.targets[r] for r in rows]),
-                        "consumed": _pad([users.consumed[r] for r in rows]),
-                    }
+                    EvalBatch(
+                        client=client,
+                        users=torch.from_numpy(users.users[rows]),
+                        histories=torch.from_numpy(history_matrix),
+                        targets=_pad([users.targets[r] for r in rows]),
+                        consumed=_pad([users.consumed[r] for r in rows]),
+                        counted=not stand_in,
+                    )
                 )
         return batches
 

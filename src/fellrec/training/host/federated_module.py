@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,7 +46,9 @@ from fellrec.models.split_support import num_blocks
 from fellrec.models.text import format_item_text
 from fellrec.models.transport import Transport
 from fellrec.models.transports import make_transport, transport_kind
+from fellrec.training.batches.batch import EvalBatch, TrainBatch
 from fellrec.training.batches.datamodule import FederatedDataModule, federated_datamodule
+from fellrec.training.batches.round_batching import UserSampling
 from fellrec.training.dp.dp_sgd import check_dp_sgd_trainer
 from fellrec.training.dp.dp_training import UserLevelDPSGD
 from fellrec.training.dp.host_secrets import (
@@ -523,53 +526,51 @@ class FederatedModule(ModuleSettings):
         torch.manual_seed(seed)
         self._generator.manual_seed(seed)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> None:
         """Forward, backward and (at step ends) an optimizer step for the batch's client."""
         assert self.adapters is not None and self.recommender is not None
-        client = int(batch["client"])
+        client = batch.client
         slot = self.slot(client)
         config = self._round_configs.get(slot)
         if config is not None and not config.trains:
             return  # this round's config leaves the client out
-        if batch["client_start"]:
-            self._begin_client(client, int(batch["round"]))
+        if batch.client_start:
+            self._begin_client(client, batch.round)
         if self.dp_sgd is not None:
             self._dp_training_step(batch, client, slot, config)
             return
-        targets = batch["targets"]
+        targets = batch.targets
         if targets.numel() > 0:
             assert self.backend is not None
             self.backend.prepare(slot)
             sent_before = self._bytes_sent()
-            losses = self.backend.losses(slot, batch["histories"], targets, self._generator)  # (b,)
-            # A stand-in row (this process had none of the global batch) only keeps every
-            # process's collectives in step: it weighs nothing.
-            stand_in = bool(batch.get("stand_in", False))
+            losses = self.backend.losses(slot, batch.histories, targets, self._generator)  # (b,)
             finite = bool(torch.isfinite(losses.detach()).all())
             if not finite:
                 self.round_stats.diverged[client] = True
             # Sharded blocks reduce their gradients in backward: every process runs it, even
-            # for a diverged loss (the step is then skipped everywhere).
+            # for a diverged loss (the step is then skipped everywhere). Rows that weigh
+            # nothing (scale 0, no examples) still run, keeping every process's collectives in
+            # step.
             if finite or self.sharded:
-                scale = 0.0 if stand_in else self.trainer.world_size / float(batch["step_examples"])
-                loss = losses.sum() * scale
+                loss = losses.sum() * batch.loss_scale
                 self.manual_backward(loss)
-            if finite and not stand_in:
+            if finite and batch.examples > 0:
                 self.train_traffic["bytes"] += self._bytes_sent() - sent_before
                 self.train_traffic["steps"] += 1
-                self.round_stats.add(client, float(losses.detach().sum()), targets.numel())
-        if batch["step_end"]:
+                self.round_stats.add(client, float(losses.detach().sum()), batch.examples)
+        if batch.step_end:
             self._optimizer_step(client, slot, config.proximal_mu if config is not None else 0.0)
 
     def _dp_training_step(
-        self, batch: dict[str, Any], client: int, slot: int, config: ClientRoundConfig | None
+        self, batch: TrainBatch, client: int, slot: int, config: ClientRoundConfig | None
     ) -> None:
         """One user-level DP-SGD step of the batch (one whole step of the user-sampled plan).
 
         :meth:`UserLevelDPSGD.step` clips and noises; this only routes the client's rows.
         """
         assert self.backend is not None and self.dp is not None
-        histories, targets = batch["histories"], batch["targets"]
+        histories, targets = batch.histories, batch.targets
         sent_before = self._bytes_sent()
         if targets.numel() > 0:
             self.backend.prepare(slot)
@@ -577,7 +578,7 @@ class FederatedModule(ModuleSettings):
         outcome = self.dp.step(
             slot,
             client,
-            batch["users"] if targets.numel() > 0 else targets.new_zeros(0),
+            batch.users if targets.numel() > 0 else targets.new_zeros(0),
             lambda rows, generator: backend.losses(slot, histories[rows], targets[rows], generator),
             self.manual_backward,
             self._own_keys_and_parameters(slot)[1],
@@ -591,9 +592,11 @@ class FederatedModule(ModuleSettings):
         self._optimizer_step(client, slot, config.proximal_mu if config is not None else 0.0)
 
     def _share_dp_secret(self, datamodule: FederatedDataModule) -> None:
+        """Tell the data module to Poisson-sample users per step, from the DP secret."""
         assert self.dp is not None
-        settings, secret = self.dp.settings, self.dp.secret
-        datamodule.user_sampling = (settings.expected_users, settings.windows_per_user, secret)
+        settings = self.dp.settings
+        sampling = UserSampling(settings.expected_users, settings.windows_per_user, self.dp.secret)
+        datamodule.set_round_batching(replace(datamodule.round_batching, user_sampling=sampling))
 
     def privacy_spent(self) -> torch.Tensor | None:
         """Under DP-SGD, each client's ``(epsilon, delta)`` after this round ``(N, 2)``.
@@ -652,23 +655,21 @@ class FederatedModule(ModuleSettings):
             digests = dict(zip(self.held_clients, parameters, strict=True))
             self.hidden_noise.start(stage, 0, digests)
 
-    def _evaluate(self, batch: dict[str, Any]) -> None:
+    def _evaluate(self, batch: EvalBatch) -> None:
         assert self.adapters is not None and self.recommender is not None
-        client = int(batch["client"])
-        if batch["users"].numel() == 0:
+        client = batch.client
+        if batch.users.numel() == 0:
             return
         assert self.backend is not None
-        scores = self.backend.scores(self.slot(client), batch["histories"])  # (b, I)
-        if not batch.get("stand_in", False):  # a stand-in only keeps the processes in step
-            self.evaluation.add_scores(
-                client, scores, batch["targets"], batch["consumed"], batch["users"]
-            )
+        scores = self.backend.scores(self.slot(client), batch.histories)  # (b, I)
+        if batch.counted:  # rows that do not count only keep the processes in step
+            self.evaluation.add_scores(client, scores, batch.targets, batch.consumed, batch.users)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         """Accumulate ranking metrics of a batch of one client's validation users."""
         self._evaluate(batch)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
         """Accumulate ranking metrics of a batch of one client's test users."""
         self._evaluate(batch)
 

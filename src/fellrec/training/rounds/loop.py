@@ -15,6 +15,7 @@ loggers (``resumed_record``) and the run's outputs (``results``).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,8 @@ class FederatedLoop(Callback):
         # A host of one client's data (a silo) trains it locally: the server aggregates.
         host = Local() if datamodule.client is not None else None
         self._strategy = resolve_strategy(self.configured_strategy, module.legacy_strategy, host)
-        datamodule.pool_clients = self.strategy.pools_clients
+        pooled = self.strategy.pools_clients
+        datamodule.set_round_batching(replace(datamodule.round_batching, pooled=pooled))
         if self.selection_metric not in module.eval_names:
             raise ValueError(
                 f"selection_metric={self.selection_metric!r} is unknown; "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+from fellrec.training.batches.batch import TrainBatch
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,9 @@ def round_description(current_epoch: int, max_epochs: int | None) -> str:
     return f"round {current_epoch} ({current_epoch + 1}/{max_epochs})"
 
 
-def batch_client(batch: Any) -> int | None:
-    """The client a training batch belongs to (``batch["client"]``), or ``None`` if untagged."""
-    if not isinstance(batch, Mapping) or "client" not in batch:
-        return None
-    client = batch["client"]
-    if isinstance(client, torch.Tensor):
-        return int(client.reshape(-1)[0]) if client.numel() else None
-    if isinstance(client, int):
-        return client
-    return None
+def batch_client(batch: object) -> int | None:
+    """The client a training batch belongs to, or ``None`` for a batch of another kind."""
+    return batch.client if isinstance(batch, TrainBatch) else None
 
 
 class FederatedProgressBar(TQDMProgressBar):
