@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from fellrec.data.schema import IndexedDataset
+
+if TYPE_CHECKING:
+    from fellrec.training.batches.datamodule import FederatedDataModule
 
 
 def chronological_dataset(
@@ -22,3 +28,21 @@ def chronological_dataset(
         titles=[f"t{k}" for k in range(num_items)],
         categories=[() for _ in range(num_items)],
     )
+
+
+def small_datamodule(cache_dir: Path, **options: Any) -> FederatedDataModule:
+    """A set-up data module: 40 synthetic users, 60 items, leave-one-out, 2 iid clients."""
+    from fellrec.data.pipeline import DatasetSettings
+    from fellrec.training.batches.datamodule import FederatedDataModule
+
+    data = FederatedDataModule(
+        dataset=DatasetSettings(format="synthetic", options={"num_users": 40, "num_items": 60}),
+        split="leave_one_out",
+        num_clients=2,
+        partition="iid",
+        history_length=4,
+        cache_dir=str(cache_dir),
+        **options,
+    )
+    data.setup()
+    return data

@@ -10,24 +10,10 @@ import pytest
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from fellrec.data.pipeline import DatasetSettings
+from data_helpers import small_datamodule
 from fellrec.training.batches.batch import EvalBatch, TrainBatch
 from fellrec.training.batches.datamodule import FederatedDataModule
 from fellrec.training.batches.round_batching import RoundBatching, UserSampling
-
-
-def _data(tmp_path, **options) -> FederatedDataModule:
-    data = FederatedDataModule(
-        dataset=DatasetSettings(format="synthetic", options={"num_users": 40, "num_items": 60}),
-        split="leave_one_out",
-        num_clients=2,
-        partition="iid",
-        history_length=4,
-        cache_dir=str(tmp_path),
-        **options,
-    )
-    data.setup()
-    return data
 
 
 def _as_process(data: FederatedDataModule, rank: int, world: int, epoch: int = 0) -> None:
@@ -51,7 +37,7 @@ def _train_batch(client: int = 0) -> TrainBatch:
 
 def test_a_process_without_rows_gets_a_batch_that_weighs_nothing(tmp_path):
     """One row per global batch, two processes: process 0 trains it, process 1 only keeps step."""
-    data = _data(tmp_path, batch_size=1)
+    data = small_datamodule(tmp_path, batch_size=1)
     batches = {}
     for rank in (0, 1):
         _as_process(data, rank, 2)
@@ -65,7 +51,7 @@ def test_a_process_without_rows_gets_a_batch_that_weighs_nothing(tmp_path):
 
 
 def test_a_single_process_averages_each_step_over_its_examples(tmp_path):
-    data = _data(tmp_path, batch_size=4, accumulate_grad_batches=2)
+    data = small_datamodule(tmp_path, batch_size=4, accumulate_grad_batches=2)
     _as_process(data, 0, 1)
     batches = data._train_batches()
     step: list[TrainBatch] = []
@@ -80,7 +66,7 @@ def test_a_single_process_averages_each_step_over_its_examples(tmp_path):
 
 
 def test_evaluation_rows_of_another_process_are_scored_but_not_counted(tmp_path):
-    data = _data(tmp_path, eval_batch_size=1)
+    data = small_datamodule(tmp_path, eval_batch_size=1)
     _as_process(data, 1, 2)
     batches = data._eval_batches(data.data.split.test)
     assert batches and all(isinstance(b, EvalBatch) for b in batches)
@@ -90,7 +76,7 @@ def test_evaluation_rows_of_another_process_are_scored_but_not_counted(tmp_path)
 
 
 def test_a_set_round_is_served_instead_of_the_epoch(tmp_path):
-    data = _data(tmp_path)
+    data = small_datamodule(tmp_path)
     _as_process(data, 0, 1, epoch=0)
     data.set_round_batching(replace(data.round_batching, round=3))
     batches = data._train_batches()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_helpers import small_datamodule
 from fellrec.metrics.bootstrap import bootstrap_interval
 from fellrec.metrics.slices import (
     SLICE_NAMES,
@@ -156,18 +157,7 @@ def test_slice_summary_without_users_or_resamples(definition) -> None:
 
 
 def test_the_data_module_slices_its_own_evaluated_users_only(tmp_path) -> None:
-    from fellrec.data.pipeline import DatasetSettings
-    from fellrec.training.batches.datamodule import FederatedDataModule
-
-    data = FederatedDataModule(
-        dataset=DatasetSettings(format="synthetic", options={"num_users": 40, "num_items": 60}),
-        split="leave_one_out",
-        num_clients=2,
-        partition="iid",
-        history_length=4,
-        cache_dir=str(tmp_path),
-    )
-    data.setup()
+    data = small_datamodule(tmp_path)
     test = data.data.split.test
     users = torch.from_numpy(test.users[::-1].copy())  # any order
     masks = data.slice_membership("test", users)
