@@ -16,7 +16,14 @@ import torch
 from conftest import build_tiny_encoder
 from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_encoder
-from fellrec.training.host.server_blocks import RemoteServerBlocks
+from fellrec.models.transport import LocalTransport
+from fellrec.models.transports import TRANSPORT_KINDS, TransportKind
+from fellrec.training.host.server_blocks import (
+    REMOTE_SERVER_BLOCKS,
+    InProcessServerBlocks,
+    RemoteServerBlocks,
+    server_blocks_for,
+)
 
 
 class RecordingTransport:
@@ -104,3 +111,27 @@ def test_a_server_that_built_other_tensors_is_refused(encoder):
     blocks.trained = True
     blocks._attached({"keys": list(blocks.side.keys)})
     assert transport.kinds() == ["load_rows"] and not blocks.trained and not blocks.stale
+
+
+def test_the_server_blocks_come_with_the_registered_transport(monkeypatch) -> None:
+    local = LocalTransport()
+    # In process, or not split: the null object.
+    assert isinstance(server_blocks_for(None, local, "local", 1, 1), InProcessServerBlocks)
+    assert isinstance(server_blocks_for(None, None, "process", 1, 1), InProcessServerBlocks)
+    assert REMOTE_SERVER_BLOCKS["process"] is RemoteServerBlocks
+    # A transport whose server runs elsewhere is refused until its server blocks are registered:
+    # the host would never reach the server's share of the parameters.
+    elsewhere = TransportKind("elsewhere", lambda settings: local, server_in_process=False)
+    monkeypatch.setitem(TRANSPORT_KINDS, "elsewhere", elsewhere)
+    with pytest.raises(ValueError, match="elsewhere runs the server's middle blocks outside"):
+        server_blocks_for(None, local, "elsewhere", 1, 1)
+    built: list[tuple[Any, ...]] = []
+    blocks = InProcessServerBlocks()
+
+    def factory(*args: Any) -> InProcessServerBlocks:
+        built.append(args)
+        return blocks
+
+    monkeypatch.setitem(REMOTE_SERVER_BLOCKS, "elsewhere", factory)
+    assert server_blocks_for(None, local, "elsewhere", 1, 2) is blocks
+    assert built == [(None, local, 1, 2)]

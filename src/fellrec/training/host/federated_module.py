@@ -338,7 +338,7 @@ class FederatedModule(ModuleSettings):
             make_transport(self.transport_name, self.block_server) if self.split else None
         )
         self.server_blocks = server_blocks_for(
-            self.adapters, self.transport, self.k_front, self.k_back
+            self.adapters, self.transport, self.transport_name, self.k_front, self.k_back
         )
         self.server_blocks.bind(
             self.backbone_name,

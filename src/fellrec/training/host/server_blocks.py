@@ -14,7 +14,7 @@ calls its :class:`ServerBlocks` without asking which one it has (:func:`server_b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from fellrec.models.server_side import ServerSide
 from fellrec.models.split_plan import plan_split
 from fellrec.models.split_support import model_blocks, num_blocks
 from fellrec.models.transport import Transport
+from fellrec.models.transports import transport_kind
 
 #: The checkpoint entry of a block server's state (written by :class:`RemoteServerBlocks` only).
 CHECKPOINT_KEY = "fellrec_block_server"
@@ -312,17 +313,42 @@ class RemoteServerBlocks:
         self.restore(checkpoint.get(CHECKPOINT_KEY))
 
 
+#: Builds a host's :class:`ServerBlocks` from its adapters, its transport, ``k_front`` and
+#: ``k_back``.
+ServerBlocksFactory = Callable[[ClientAdapters, Any, int, int], ServerBlocks]
+#: The server blocks of each registered transport whose server runs outside the host
+#: (``server_in_process=False`` in :mod:`fellrec.models.transports`), by transport name.
+REMOTE_SERVER_BLOCKS: dict[str, ServerBlocksFactory] = {"process": RemoteServerBlocks}
+
+
 def server_blocks_for(
-    adapters: ClientAdapters, transport: Transport | None, k_front: int, k_back: int
+    adapters: ClientAdapters,
+    transport: Transport | None,
+    transport_name: str,
+    k_front: int,
+    k_back: int,
 ) -> ServerBlocks:
     """The server-block behaviour that comes with a transport.
 
     Args:
         adapters: The host's adapters.
         transport: The split model's transport (``None`` when the model is not split).
+        transport_name: ``model.transport``.
         k_front: ``model.k_front``.
         k_back: ``model.k_back``.
+
+    Raises:
+        ValueError: If the transport's server runs elsewhere and no server blocks are registered
+            for it in :data:`REMOTE_SERVER_BLOCKS` (the host would never reach the server's
+            share of the parameters).
     """
-    if isinstance(transport, ProcessTransport):
-        return RemoteServerBlocks(adapters, transport, k_front, k_back)
-    return InProcessServerBlocks(adapters)
+    if transport is None or transport_kind(transport_name).server_in_process:
+        return InProcessServerBlocks(adapters)
+    factory = REMOTE_SERVER_BLOCKS.get(transport_name)
+    if factory is None:
+        raise ValueError(
+            f"model.transport: {transport_name} runs the server's middle blocks outside this "
+            "process, but no ServerBlocks is registered for it "
+            "(fellrec.training.host.server_blocks.REMOTE_SERVER_BLOCKS)"
+        )
+    return factory(adapters, transport, k_front, k_back)

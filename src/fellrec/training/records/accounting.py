@@ -1,8 +1,9 @@
 """What a run costs: the ``"resources"`` section of results.json, from a small facts object.
 
-:func:`resource_facts` reads what the estimate needs from a host (the backbone's config, the
-split plan, LoRA, batch shape, clients, traffic); :func:`resource_summary_of` is a pure function of
-those facts (:mod:`fellrec.models.resources` estimates, the transport's counters measure).
+A host reports what the estimate needs as :class:`ResourceFacts` (the backbone's config, the split
+plan, LoRA, batch shape, clients, traffic: ``FederatedModule.resource_facts()``);
+:func:`resource_summary_of` is a pure function of those facts (:mod:`fellrec.models.resources`
+estimates, the transport's counters measure).
 """
 
 from __future__ import annotations

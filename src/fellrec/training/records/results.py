@@ -74,7 +74,7 @@ def run_directory(trainer: L.Trainer) -> Path:
 
 def write_run_outputs(
     directory: Path,
-    adapters: AdapterHolder,
+    holder: AdapterHolder,
     engine: RoundEngine,
     test_summary: dict[str, Any],
     *,
@@ -87,7 +87,7 @@ def write_run_outputs(
 
     Args:
         directory: The run's log directory.
-        adapters: The evaluated module (holding the selected adapters).
+        holder: The evaluated module (holding the selected adapters).
         engine: The round engine of the run (its record, its clients and the results' schema).
         test_summary: The engine's test summary (metrics, intervals, popularity baseline).
         config: The run's config (:func:`run_config`).
@@ -110,7 +110,7 @@ def write_run_outputs(
     )
     path = write_results(directory, results)
     export_adapters(
-        adapters,
+        holder,
         directory / "adapters",
         strategy=engine.strategy.name,
         selected_rounds=results["client_best_rounds"] or [-1] * engine.num_clients,

@@ -2,7 +2,8 @@
 
 The user -> client map is saved next to the run (``clients.csv``), the partition is logged as a
 table, clients with too few evaluation users to trust are warned about, and the estimate of what
-the configuration costs is logged (all on rank zero).
+the configuration costs (computed by the caller, cheaply, on every process) is logged; all of it
+on rank zero.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ the same engine a deployed server drives; this callback only says when: a round 
 epoch start, is aggregated before validation (or at the epoch end without one), selected at the
 validation end and tested with each client's selected parameters.
 
-Beside it lives what is not running the rounds, in ``fellrec.training``: the strategy's resolution
-(``run_strategy``), what fitting records first (``run_start``), a resumed run's record in its
-loggers (``resumed_record``) and the run's outputs (``results``).
+Beside it lives what is not running the rounds: the strategy's resolution
+(:mod:`~fellrec.training.rounds.run_strategy`), and in :mod:`fellrec.training.records` what
+fitting records first (``run_start``), a resumed run's record in its loggers (``resumed_record``)
+and the run's outputs (``results``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""House rule (CONTRIBUTING.md, "Rooms with one job"): a long module says why at its top."""
+"""House rules (CONTRIBUTING.md, "Rooms with one job"): long modules say why; public names stay."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 import fellrec
 
@@ -39,3 +41,15 @@ def test_the_rule_finds_a_long_module_without_a_reason(tmp_path: Path) -> None:
     (package / "explained.py").write_text(f'"""A module.\n\n{REASON} one job.\n"""\n{body}\n')
     (package / "short.py").write_text('"""A module."""\nx = 1\n')
     assert long_modules_without_a_reason(package, 10) == ["pkg/long.py (22 lines)"]
+
+
+def test_the_public_classes_import_from_the_training_package() -> None:
+    import fellrec.training as training
+    from fellrec.training.host.federated_module import FederatedModule
+    from fellrec.training.rounds.loop import FederatedLoop
+
+    assert training.FederatedModule is FederatedModule
+    assert training.FederatedLoop is FederatedLoop
+    assert {"ClientModule", "FederatedDataModule"} <= set(training.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        training.Nothing  # noqa: B018
