@@ -28,12 +28,16 @@ stay float32. ``--precision-check-users K`` measures, after the first epoch, wha
 on K validation users: validation loss, constrained beams, and the speed of a training step and
 of beam search against float32. Every phase's cost is recorded.
 
-Outputs in ``--output`` (a new directory; nothing is overwritten): ``validation.jsonl`` (one
-line per validation row, written as it is measured), ``adapters/`` (the LoRA weights after every
-epoch), ``results.json`` and ``summary.md``::
+Outputs in ``--output`` (a new directory; nothing is overwritten): ``settings.json``, then as
+they are measured ``epochs.jsonl`` (losses and training time), ``precision_check.json``,
+``validation.jsonl`` (one line per validation row) and ``adapters/`` (the LoRA weights after every
+epoch), and at the end ``results.json`` and ``summary.md``. ``--from-run DIR`` tests the recipe
+chosen on what a stopped run recorded in ``DIR`` (writing into its own new ``--output``)::
 
     nice -n 10 python benchmarks/bench_generative_protocol.py --output /tmp/generative \\
         --examples 1024 --epochs 3 --valid-users 96 --test-users 300
+    python benchmarks/bench_generative_protocol.py --output /tmp/generative-test \\
+        --from-run /tmp/generative --test-users 300
 """
 
 from __future__ import annotations
@@ -381,22 +385,19 @@ def best_recipe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def run(options: argparse.Namespace) -> dict[str, Any]:
-    """Train, validate every epoch, choose on validation, test the chosen recipe once."""
+def append_line(path: Path, value: dict[str, Any]) -> None:
+    """Append one JSON line (a record kept as it is measured, so a stopped run loses nothing)."""
+    with path.open("a") as log:
+        log.write(json.dumps(value) + "\n")
+
+
+def train_and_validate(
+    options: argparse.Namespace, protocol: Protocol, record: dict[str, Any]
+) -> dict[str, tuple[GenerativeRecommender, ClientAdapters]]:
+    """Train one model per loss, validating after every epoch; the trained models by loss."""
     output: Path = options.output
-    protocol = Protocol(options)
     bf16 = options.precision == "bf16"
     (output / "adapters").mkdir(parents=True)
-    record: dict[str, Any] = {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
-        "cpu_bf16_matrix_units": cpu_bf16_matrix_units(),
-        "threads": torch.get_num_threads(),
-        "valid_popularity": {
-            k: float(v.mean()) for k, v in protocol.popularity(protocol.valid).items()
-        },
-        "epochs": [],
-        "validation": [],
-    }
     models: dict[str, tuple[GenerativeRecommender, ClientAdapters]] = {}
     for loss in options.losses:
         started = time.perf_counter()
@@ -420,26 +421,94 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                 "train_seconds": seconds,
             }
             record["epochs"].append(facts)
+            append_line(output / "epochs.jsonl", facts)
             print(json.dumps(facts), flush=True)
             if options.precision_check_users and "precision_check" not in record:
                 subset = protocol.valid.select(np.arange(options.precision_check_users))
-                record["precision_check"] = precision_check(
-                    recommender, protocol.examples, subset, options
-                )
-                print(json.dumps(record["precision_check"]), flush=True)
+                check = precision_check(recommender, protocol.examples, subset, options)
+                record["precision_check"] = check
+                (output / "precision_check.json").write_text(json.dumps(check, indent=2))
+                print(json.dumps(check), flush=True)
             for row in protocol.validate(recommender, {"loss": loss, "epoch": epoch + 1}):
                 record["validation"].append(row)
-                with (output / "validation.jsonl").open("a") as log:
-                    log.write(json.dumps(row) + "\n")
+                append_line(output / "validation.jsonl", row)
                 print(json.dumps(row), flush=True)
+    return models
+
+
+#: Settings a test from a recorded run takes from that run (they fix its data, users and model).
+RECORDED_SETTINGS = (
+    "examples",
+    "valid_users",
+    "history",
+    "backbone",
+    "seed",
+    "beams",
+    "precision",
+    "batch",
+)
+
+
+def recorded_run(options: argparse.Namespace, record: dict[str, Any]) -> Path:
+    """Read a (possibly stopped) run's validation into ``record``; its adapters' directory.
+
+    The settings that fix the data, users and model are taken from that run (named on stdout).
+    """
+    directory: Path = options.from_run
+    try:
+        settings = json.loads((directory / "settings.json").read_text())
+        rows = (directory / "validation.jsonl").read_text().splitlines()
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"--from-run {directory}: not a run of this benchmark ({error})") from None
+    for name in RECORDED_SETTINGS:
+        setattr(options, name, settings[name])
+    print(f"from {directory}: " + ", ".join(f"{n}={settings[n]}" for n in RECORDED_SETTINGS))
+    record["validation"] = [json.loads(line) for line in rows if line.strip()]
+    if not record["validation"]:
+        raise SystemExit(f"--from-run {directory}: no validation row recorded yet")
+    epochs = directory / "epochs.jsonl"
+    if epochs.exists():
+        record["epochs"] = [json.loads(line) for line in epochs.read_text().splitlines() if line]
+    if (directory / "precision_check.json").exists():
+        record["precision_check"] = json.loads((directory / "precision_check.json").read_text())
+    return directory / "adapters"
+
+
+def run(options: argparse.Namespace) -> dict[str, Any]:
+    """Train, validate every epoch, choose on validation, test the chosen recipe once.
+
+    With ``--from-run`` the training and validation are those recorded by an earlier (possibly
+    stopped) run, and only the test runs.
+    """
+    record: dict[str, Any] = {"epochs": [], "validation": []}
+    adapters_dir = options.output / "adapters"
+    options.output.mkdir(parents=True, exist_ok=True)
+    if options.from_run is not None:
+        adapters_dir = recorded_run(options, record)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()}
+    (options.output / "settings.json").write_text(json.dumps(settings, indent=2))
+    protocol = Protocol(options)
+    record["settings"] = settings
+    record["cpu_bf16_matrix_units"] = cpu_bf16_matrix_units()
+    record["threads"] = torch.get_num_threads()
+    record["valid_popularity"] = {
+        k: float(v.mean()) for k, v in protocol.popularity(protocol.valid).items()
+    }
+    models = {} if options.from_run is not None else train_and_validate(options, protocol, record)
     chosen = best_recipe(record["validation"])
     record["chosen"] = chosen
+    print("chosen on validation: " + json.dumps(chosen), flush=True)
+    if chosen["loss"] not in models:
+        models[chosen["loss"]] = protocol.build(chosen["loss"])
     recommender, adapters = models[chosen["loss"]]
-    adapters.set_vector(
-        0, torch.load(output / "adapters" / f"{chosen['loss']}-{chosen['epoch']}.pt")
-    )
+    adapters.set_vector(0, torch.load(adapters_dir / f"{chosen['loss']}-{chosen['epoch']}.pt"))
     found = recommend_users(
-        recommender, protocol.test, chosen["decoding"], options.history, options.batch, bf16
+        recommender,
+        protocol.test,
+        chosen["decoding"],
+        options.history,
+        options.batch,
+        options.precision == "bf16",
     )
     scores = with_popularity(
         found.scores, protocol.log_popularity, chosen["gamma"], chosen["decoding"] == "constrained"
@@ -469,12 +538,17 @@ def summary(record: dict[str, Any]) -> str:
     ]
     epochs = {(e["loss"], e["epoch"]): e for e in record["epochs"]}
     for row in record["validation"]:
-        facts = epochs[(row["loss"], row["epoch"])]
+        facts = epochs.get((row["loss"], row["epoch"]))
+        trained = (
+            f"{facts['train_loss']:.3f} | {facts['valid_loss']:.3f} | "
+            f"{facts['train_seconds'] / 60:.1f}"
+            if facts
+            else "- | - | -"
+        )
         gamma, metrics = max(row["by_gamma"].items(), key=lambda item: item[1]["ndcg@10"])
         exact = "-" if row["exact_titles"] is None else f"{row['exact_titles']:.0%}"
         lines.append(
-            f"| {row['loss']} | {row['epoch']} | {facts['train_loss']:.3f} | "
-            f"{facts['valid_loss']:.3f} | {facts['train_seconds'] / 60:.1f} | {row['decoding']} | "
+            f"| {row['loss']} | {row['epoch']} | {trained} | {row['decoding']} | "
             f"{exact} | {row['seconds_per_user']:.2f} | "
             f"{row['by_gamma'][min(row['by_gamma'], key=float)]['ndcg@10']:.4f} | {gamma} | "
             f"{metrics['ndcg@10']:.4f} | {metrics['recall@10']:.4f} |"
@@ -530,6 +604,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="smollm2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("runs/generative-protocol"))
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        help="test the recipe chosen on the validation recorded in this (possibly stopped) run's"
+        " --output, without training; its data, user and model settings are taken over",
+    )
     options = parser.parse_args(argv)
     options.losses = [name for name in options.losses.split(",") if name]
     options.decodings = [name for name in options.decodings.split(",") if name]
