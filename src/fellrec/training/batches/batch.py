@@ -7,7 +7,9 @@ that weighs nothing. The data module says how much each batch weighs (``loss_sca
 batch weighs nothing.
 
 The dataclasses are not frozen: Lightning moves a batch to the device by copying it and
-setting each field to its moved value (``lightning_utilities.apply_to_collection``).
+setting each field to its moved value (``lightning_utilities.apply_to_collection``). They compare
+by identity (``eq=False``): tensors have no single truth value, and Python 3.13's dataclass
+equality compares field by field.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass
+@dataclass(eq=False)
 class TrainBatch:
     """This process's rows of one planned training batch of one client.
 
@@ -49,7 +51,7 @@ class TrainBatch:
     step_end: bool
 
 
-@dataclass
+@dataclass(eq=False)
 class EvalBatch:
     """This process's rows of one batch of one client's validation or test users.
 
