@@ -126,6 +126,8 @@ def test_the_command_line_merges_as_lightning_cli_does(tmp_path):
         ("abc", {"kinds": ["int"], "nullable": False}, "expected an integer, got 'abc'"),
         (1.5, {"kinds": ["int"], "nullable": False}, "expected an integer, got 1.5"),
         (None, {"kinds": ["int"], "nullable": False}, "null is not allowed"),
+        ("none", {"kinds": ["int"], "nullable": False}, "null is not allowed"),
+        (None, {"kinds": ["str"], "nullable": False}, "null is not allowed"),
         ("maybe", {"kinds": ["bool"], "nullable": False}, "expected true or false, got 'maybe'"),
         ("x", {"kinds": ["literal"], "nullable": True, "choices": [16, "bf16"]}, "one of 16, bf16"),
     ],
@@ -142,6 +144,8 @@ def test_values_of_the_wrong_kind_are_named(value, spec, problem):
         ("5", {"kinds": ["int"], "nullable": False}),
         ("false", {"kinds": ["bool"], "nullable": False}),
         ("null", {"kinds": ["int"], "nullable": True}),
+        # model.lr_decay's own default, as every saved config.yaml of the recipe holds it.
+        ("none", {"kinds": ["str"], "nullable": False}),
         ("16", {"kinds": ["literal"], "nullable": True, "choices": [16, "bf16"]}),
         ({"a": 1}, {"kinds": ["any"], "nullable": False}),
     ],

@@ -108,7 +108,10 @@ def kind_error(value: Any, spec: Mapping[str, Any]) -> str | None:
     kinds = spec["kinds"]
     if "any" in kinds or not kinds:
         return None
-    if value is None or (isinstance(value, str) and value.strip().lower() in _NULL_WORDS):
+    # A null word is a string to a string key ("none" is model.lr_decay's own default); to
+    # other keys the parser reads it as null.
+    null_word = isinstance(value, str) and value.strip().lower() in _NULL_WORDS
+    if value is None or (null_word and "str" not in kinds):
         return None if spec["nullable"] else "null is not allowed"
     choices = spec.get("choices") or []
     if "literal" in kinds and (value in choices or str(value) in map(str, choices)):
