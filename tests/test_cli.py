@@ -241,6 +241,60 @@ def test_a_new_fit_into_a_finished_run_is_refused_and_changes_nothing(fitted, ca
     assert training_record(root) == before
 
 
+def test_a_saved_config_rerun_elsewhere_writes_there_and_keeps_the_old_record(fitted, tmp_path):
+    # A run's config.yaml names its own directory as the metrics.csv logger's save_dir and as
+    # checkpoint.dirpath; rerunning that file into a new directory must not write into the old.
+    _, root = fitted
+    saved = root / "config.yaml"
+    before = training_record(root)
+    rerun = tmp_path / "rerun"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(saved), "--trainer.default_root_dir", str(rerun)])
+    assert exit_info.value.code == 2  # the saved checkpoint.dirpath holds the old run's
+    main(
+        [
+            "fit",
+            "--config",
+            str(saved),
+            "--trainer.default_root_dir",
+            str(rerun),
+            "--checkpoint.dirpath",
+            str(rerun / "checkpoints"),
+            "--trainer.max_epochs",
+            "1",
+        ]
+    )
+    assert training_record(root) == before
+    results = json.loads((rerun / RESULTS_FILE).read_text())
+    assert results["rounds_run"] == 1
+    assert (rerun / "metrics.csv").is_file() and (rerun / "checkpoints" / "last.ckpt").is_file()
+    recorded = yaml.safe_load((rerun / "config.yaml").read_text())["trainer"]["logger"]
+    assert recorded["class_path"].endswith("RunCSVLogger")
+    assert recorded["init_args"]["save_dir"] == str(rerun)
+    # Evaluating the rerun from its own config.yaml writes into <rerun>/test-0, not into it.
+    rerun_record = training_record(rerun)
+    main(["test", "--config", str(rerun / "config.yaml"), "--ckpt_path", "last"])
+    assert (rerun / "test-0" / RESULTS_FILE).is_file()
+    assert training_record(rerun) == rerun_record and training_record(root) == before
+
+
+def test_a_checkpoint_directory_of_another_run_is_named_when_refused(fitted, tmp_path, capsys):
+    _, root = fitted
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                str(root / "config.yaml"),
+                "--trainer.default_root_dir",
+                str(tmp_path / "new"),
+            ]
+        )
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert f"checkpoint.dirpath='{root / 'checkpoints'}' already holds another run's" in error
+    assert f"--checkpoint.dirpath {tmp_path / 'new' / 'checkpoints'}" in error
+
+
 def test_unknown_strategy_is_rejected(fitted, tmp_path, capsys):
     config, _ = fitted
     with pytest.raises(SystemExit) as exit_info:

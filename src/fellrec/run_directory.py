@@ -18,6 +18,8 @@ from pathlib import Path
 RESULTS_FILE = "results.json"
 #: Where the CLI keeps a run's checkpoints unless ``checkpoint.dirpath`` says otherwise.
 CHECKPOINT_DIR = "checkpoints"
+#: The files that mark a directory as holding a run's record (written by its loggers and the CLI).
+RECORD_FILES = (RESULTS_FILE, "metrics.csv", "config.yaml")
 
 
 class OccupiedRunDirectory(ValueError):
@@ -41,16 +43,34 @@ def recorded_files(root: Path, checkpoint_dir: Path | None = None) -> list[Path]
     return found
 
 
+def holds_run_record(directory: Path) -> bool:
+    """Whether ``directory`` holds a run's record: results, ``metrics.csv`` or its config."""
+    return any((directory / name).is_file() for name in RECORD_FILES)
+
+
 def refuse_occupied(root: Path, checkpoint_dir: Path | None = None) -> None:
     """Refuse a new (not resumed) fit into a directory that holds another run's record.
 
     Raises:
-        OccupiedRunDirectory: Naming ``trainer.default_root_dir``, what it holds, and the ways
+        OccupiedRunDirectory: Naming ``trainer.default_root_dir`` (or ``checkpoint.dirpath``,
+            when only a checkpoint directory outside it is taken), what it holds, and the ways
             on: resume that run, or give the new one a directory of its own.
     """
     found = recorded_files(root, checkpoint_dir)
     if not found:
         return
+    others = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    if (
+        checkpoint_dir is not None
+        and not (root / RESULTS_FILE).is_file()
+        and not checkpoint_dir.resolve().is_relative_to(root.resolve())
+    ):  # e.g. a saved config.yaml's checkpoint.dirpath, read for a run in a new directory
+        raise OccupiedRunDirectory(
+            f"checkpoint.dirpath={str(checkpoint_dir)!r} already holds another run's checkpoints "
+            f"({found[0].name}{others}); a new fit would replace them. Give this run its own with "
+            f"--checkpoint.dirpath {root / CHECKPOINT_DIR}, or resume that run with "
+            "--ckpt_path last"
+        )
     shown = [
         str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         for path in found[:3]
