@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
-from fellrec.lightning_cli import RUN_CSV_LOGGER, into_run_directory, with_run_csv_logger
+from fellrec.run_loggers import RUN_CSV_LOGGER, into_run_directory, with_run_csv_logger
 
 WANDB = "lightning.pytorch.loggers.WandbLogger"
 
