@@ -20,6 +20,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from fellrec.models.cpu_dropout import cheap_dropout_masks
 from fellrec.models.sharding import copy_into, full_tensor, is_sharded
 
 
@@ -143,6 +144,7 @@ class ClientAdapters:
                 ) from error
             for name in self.names[1:]:
                 self.model.add_adapter(name, config)
+        cheap_dropout_masks(self.model)  # LoRA's input dropouts, as the base's (cpu_dropout)
         # from_pretrained returns eval mode; training needs dropout (Lightning keeps modes as is).
         self.model.train()
         self.num_clients = num_clients

@@ -39,6 +39,7 @@ from fellrec.models.backbone_source import (
     public_base_name,
     unavailable_message,
 )
+from fellrec.models.cpu_dropout import cheap_dropout_masks
 from fellrec.models.low_precision import cache_frozen_casts
 
 __all__ = [
@@ -172,6 +173,7 @@ def load_encoder(
     if dropout is not None:
         set_dropout(model, dropout)
     cache_frozen_casts(model)  # mixed precision casts the frozen weights once, not every step
+    cheap_dropout_masks(model)  # a CPU draws dropout masks 2-3x faster
     return model, tokenizer
 
 
@@ -215,4 +217,5 @@ def load_causal_lm(
     if dropout is not None:
         set_dropout(model, dropout)
     cache_frozen_casts(model)  # mixed precision casts the frozen weights once, not every step
+    cheap_dropout_masks(model)  # a CPU draws dropout masks 2-3x faster
     return model, tokenizer
