@@ -55,7 +55,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench_generative_quality import padded
 from federation_run import quiet
 from fellrec.data.fetch import fetch_ml100k
 from fellrec.data.pipeline import DatasetSettings, PipelineSettings, load_federated_data
@@ -74,6 +73,15 @@ LOSSES = ("whole-sequence", "response-only")
 DECODINGS = ("free", "constrained")
 #: Added to the beams' items under constrained decoding so they stay above every other item.
 BEAM_OFFSET = 1e6
+
+
+def padded(histories: Sequence[np.ndarray], length: int) -> torch.Tensor:
+    """The last ``length`` items of each history ``(U, length)``, left-padded with ``-1``."""
+    out = torch.full((len(histories), length), -1, dtype=torch.long)
+    for row, items in enumerate(histories):
+        items = items[-length:]
+        out[row, length - len(items) :] = torch.as_tensor(items)
+    return out
 
 
 def disjoint_users(
