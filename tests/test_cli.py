@@ -278,6 +278,30 @@ def test_a_saved_config_rerun_elsewhere_writes_there_and_keeps_the_old_record(fi
     assert training_record(rerun) == rerun_record and training_record(root) == before
 
 
+def test_a_branch_from_a_saved_config_cannot_put_checkpoints_beside_the_old_runs(
+    fitted, tmp_path, capsys
+):
+    # Resuming from the old run's round-0 checkpoint into a new directory would write the new
+    # run's checkpoints into the saved checkpoint.dirpath, where the old run's `last` finds them.
+    _, root = fitted
+    before = sorted(p.name for p in (root / "checkpoints").iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "--config",
+                str(root / "config.yaml"),
+                "--trainer.default_root_dir",
+                str(tmp_path / "branch"),
+                "--ckpt_path",
+                str(root / "checkpoints" / "round-0.ckpt"),
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "already holds another run's checkpoints" in capsys.readouterr().err
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == before
+
+
 def test_a_checkpoint_directory_of_another_run_is_named_when_refused(fitted, tmp_path, capsys):
     _, root = fitted
     with pytest.raises(SystemExit):

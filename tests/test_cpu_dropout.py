@@ -40,14 +40,17 @@ def test_the_dropped_share_and_the_scale_match_the_rounded_rate():
     assert cheap_dropout(torch.ones(7), 0.5).shape == (7,)
 
 
-def test_both_halves_of_a_word_are_uniform_draws():
+@pytest.mark.parametrize("probability", [0.1, 0.3, 0.5, 0.77])
+def test_both_halves_of_a_word_are_uniform_draws(probability):
+    # Rates whose thresholds (3277, 9830, 16384, 25231) cut at different bits of the draws.
     torch.manual_seed(1)
-    out = cheap_dropout(torch.ones(200_000), 0.5)
+    out = cheap_dropout(torch.ones(200_000), probability)
     low, high = out[0::2] != 0, out[1::2] != 0  # the two 15-bit draws of each word
-    for half in (low, high):
-        assert abs(half.float().mean().item() - 0.5) < 0.01
-    # Independent halves: both kept about a quarter of the time.
-    assert abs((low & high).float().mean().item() - 0.25) < 0.01
+    kept = 1 - draw_threshold(probability) / 32768
+    for half in (low, high):  # 100k draws each: a standard error of at most 0.0016
+        assert abs(half.float().mean().item() - kept) < 0.008
+    # Independent halves: both kept kept**2 of the time.
+    assert abs((low & high).float().mean().item() - kept**2) < 0.008
 
 
 def test_the_gradient_is_the_same_mask_and_scale():
@@ -87,6 +90,21 @@ def test_the_layer_is_nn_dropout_outside_cpu_training():
     assert torch.equal(dropped, cheap_dropout(inputs, 0.3))
     state = copy.deepcopy(layer)
     assert type(state) is CheapMaskDropout and state.p == 0.3
+
+
+def test_in_place_layers_and_strided_inputs():
+    layer = nn.Dropout(0.4, inplace=True)
+    cheap_dropout_masks(nn.Sequential(layer))
+    inputs = torch.randn(6, 8)
+    torch.manual_seed(5)
+    expected = nn.functional.dropout(inputs.clone(), 0.4, True)
+    torch.manual_seed(5)
+    assert torch.equal(layer(inputs.clone()), expected)  # in place: torch's own dropout
+    strided = torch.randn(8, 6).t()  # not contiguous
+    torch.manual_seed(6)
+    out = cheap_dropout(strided, 0.4)
+    torch.manual_seed(6)
+    assert torch.equal(out, cheap_dropout(strided.contiguous(), 0.4))
 
 
 def test_swapping_twice_changes_nothing_and_subclasses_stay():

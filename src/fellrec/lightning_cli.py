@@ -31,7 +31,7 @@ from fellrec.config_errors import check_config_files, explain_argument_error, pa
 from fellrec.metrics.headline import result_headline, slice_lines
 from fellrec.models.process_transport import BlockServerError
 from fellrec.reporting.run_reporter import RunReporter
-from fellrec.run_directory import check_writable, refuse_occupied
+from fellrec.run_directory import check_writable, holds_run_record, refuse_occupied
 from fellrec.run_loggers import into_run_directory, with_run_csv_logger
 from fellrec.saved_config import RunConfigSaver
 from fellrec.training.batches.datamodule import FederatedDataModule
@@ -98,10 +98,12 @@ class FellrecCLI(LightningCLI):
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
         if self.subcommand is not None and os.environ.get("LOCAL_RANK", "0") == "0":
             check_writable(Path(root), "trainer.default_root_dir")
-        if self.subcommand == "fit" and not config.get("ckpt_path"):
-            refuse_occupied(Path(root), Path(config.checkpoint.dirpath))
+        resuming = self.subcommand == "fit" and bool(config.get("ckpt_path"))
+        in_place = resuming and holds_run_record(Path(root))
+        if self.subcommand == "fit":
+            refuse_occupied(Path(root), Path(config.checkpoint.dirpath), resuming=resuming)
         config.trainer.logger = with_run_csv_logger(config.trainer.logger, log_dir)
-        for notice in into_run_directory(config.trainer.logger, log_dir):
+        for notice in into_run_directory(config.trainer.logger, log_dir, in_place):
             log.warning(notice)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

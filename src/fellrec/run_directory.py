@@ -48,8 +48,21 @@ def holds_run_record(directory: Path) -> bool:
     return any((directory / name).is_file() for name in RECORD_FILES)
 
 
-def refuse_occupied(root: Path, checkpoint_dir: Path | None = None) -> None:
-    """Refuse a new (not resumed) fit into a directory that holds another run's record.
+def refuse_occupied(
+    root: Path, checkpoint_dir: Path | None = None, *, resuming: bool = False
+) -> None:
+    """Refuse a fit that would write into another run's record.
+
+    A new fit (not ``resuming``) may not start in a directory that holds a run's results or
+    checkpoints. A fit, new or resumed, may not write its checkpoints into a ``checkpoint.dirpath``
+    outside ``root`` that holds another run's checkpoints while ``root`` holds no record of its
+    own (a saved ``config.yaml``'s ``checkpoint.dirpath``, read for a run in a new directory):
+    there they would sit beside that run's, and its ``--ckpt_path last`` would pick them up.
+
+    Args:
+        root: ``trainer.default_root_dir``.
+        checkpoint_dir: ``checkpoint.dirpath`` (default ``<root>/checkpoints``).
+        resuming: The fit resumes from a checkpoint (``ckpt_path``).
 
     Raises:
         OccupiedRunDirectory: Naming ``trainer.default_root_dir`` (or ``checkpoint.dirpath``,
@@ -62,15 +75,17 @@ def refuse_occupied(root: Path, checkpoint_dir: Path | None = None) -> None:
     others = f" and {len(found) - 1} more" if len(found) > 1 else ""
     if (
         checkpoint_dir is not None
-        and not (root / RESULTS_FILE).is_file()
-        and not checkpoint_dir.resolve().is_relative_to(root.resolve())
-    ):  # e.g. a saved config.yaml's checkpoint.dirpath, read for a run in a new directory
+        and not holds_run_record(root)
+        and not checkpoint_dir.expanduser().resolve().is_relative_to(root.expanduser().resolve())
+    ):
         raise OccupiedRunDirectory(
             f"checkpoint.dirpath={str(checkpoint_dir)!r} already holds another run's checkpoints "
-            f"({found[0].name}{others}); a new fit would replace them. Give this run its own with "
-            f"--checkpoint.dirpath {root / CHECKPOINT_DIR}, or resume that run with "
-            "--ckpt_path last"
+            f"({found[0].name}{others}); this fit would write its own beside them. Give it a "
+            f"directory of its own with --checkpoint.dirpath {root / CHECKPOINT_DIR}, or resume "
+            "that run in its own directory"
         )
+    if resuming:
+        return
     shown = [
         str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         for path in found[:3]

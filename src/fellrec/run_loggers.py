@@ -40,24 +40,30 @@ def with_run_csv_logger(logger: Any, log_dir: str) -> Any:
     return [*loggers, csv_logger]
 
 
-def into_run_directory(logger: Any, log_dir: str) -> list[str]:
+def into_run_directory(logger: Any, log_dir: str, resuming_in_place: bool = False) -> list[str]:
     """Point the loggers that write the run's record at ``log_dir``; say what was moved.
 
-    The ``metrics.csv`` logger (:data:`RUN_CSV_LOGGER`) always writes into the run's own log
-    directory, whatever ``save_dir`` the setting holds: a run's saved ``config.yaml`` names the
-    directory of the run that saved it, and a new run read from that file (into another
-    ``trainer.default_root_dir``, or ``validate``/``test`` into ``<run>/test-<n>``) must not write
-    into it. A ``WandbLogger``'s ``save_dir`` is the run's log directory too (Lightning puts
-    ``results.json`` and the plots there when it is the first logger): unset, it becomes
-    ``log_dir``; set to a directory that holds another run's record, it is moved to ``log_dir``
-    with a notice, so that the other run's record is never rewritten.
+    Lightning writes a run's record where its first logger logs (``results.json``, ``config.yaml``,
+    the plots), and a run's saved ``config.yaml`` names the directories of the run that saved it.
+    So a new run read from that file (into another ``trainer.default_root_dir``, or ``validate`` /
+    ``test`` into ``<run>/test-<n>``) must not log where it says:
+
+    - the ``metrics.csv`` logger (:data:`RUN_CSV_LOGGER`) always logs into ``log_dir``;
+    - a ``WandbLogger`` without a ``save_dir`` logs into ``log_dir`` (its ``save_dir`` is the run's
+      log directory);
+    - any logger whose ``save_dir`` holds a run's record (``run_directory.holds_run_record``) is
+      moved to ``log_dir``, with a notice, unless this is a resumed fit of the run in its own
+      directory (``resuming_in_place``: that record is its own). A ``save_dir`` of its own that
+      holds no record (``wandb-runs/``, Lightning's versioned ``lightning_logs/``) is left alone.
 
     Args:
         logger: The ``trainer.logger`` setting (after :func:`with_run_csv_logger`).
         log_dir: The run's log directory.
+        resuming_in_place: A ``fit`` resumed (``ckpt_path``) in a ``trainer.default_root_dir``
+            that holds the run's record.
 
     Returns:
-        One notice for each ``WandbLogger`` moved away from another run's directory.
+        One notice for each logger moved away from a recorded run's directory.
     """
     loggers = logger if isinstance(logger, list | tuple) else [logger]
     notices = []
@@ -66,23 +72,22 @@ def into_run_directory(logger: Any, log_dir: str) -> list[str]:
         if not class_path or item.get("init_args") is None:
             continue
         save_dir = item.init_args.get("save_dir")
-        if class_path.endswith("RunCSVLogger"):
+        if class_path.endswith("RunCSVLogger") or (
+            class_path.endswith("WandbLogger") and save_dir in (None, ".")
+        ):
             item.init_args.save_dir = log_dir
-        elif class_path.endswith("WandbLogger"):
-            if save_dir in (None, "."):
-                item.init_args.save_dir = log_dir
-            elif Path(str(save_dir)).resolve() != Path(log_dir).resolve() and holds_run_record(
-                Path(str(save_dir))
-            ):
-                item.init_args.save_dir = log_dir
-                where = (
-                    f"trainer.logger[{index}]"
-                    if isinstance(logger, list | tuple)
-                    else "trainer.logger"
-                )
-                notices.append(
-                    f"{where}.init_args.save_dir={str(save_dir)!r} holds another run's record "
-                    f"(a saved config.yaml names its own run's directory); this run's wandb files "
-                    f"and results go into {log_dir!r} instead"
-                )
+            continue
+        if save_dir is None or resuming_in_place:
+            continue
+        directory = Path(str(save_dir)).expanduser()
+        if directory.resolve() != Path(log_dir).resolve() and holds_run_record(directory):
+            item.init_args.save_dir = log_dir
+            where = (
+                f"trainer.logger[{index}]" if isinstance(logger, list | tuple) else "trainer.logger"
+            )
+            notices.append(
+                f"{where}.init_args.save_dir={str(save_dir)!r} holds a recorded run (a saved "
+                f"config.yaml names the directory of the run that saved it); this run logs into "
+                f"{log_dir!r} instead, so that record is not written to"
+            )
     return notices

@@ -10,14 +10,19 @@ instead of 1.84-1.96 ms, a 640 x 1536 one 2.1-2.6 ms instead of 6.6-7.0 ms (fp32
 
 What changes: an element is dropped when its 15-bit number is below ``round(p * 2**15)``, so
 the rate is ``p`` rounded to a multiple of ``2**-15`` (0.1 becomes 0.100006; 0.05 becomes
-0.049988), and kept elements are scaled by the inverse of the kept fraction *of that rate*, so
-the expectation is exactly the input's, as with ``nn.Dropout``. The masks are other draws from
+0.049988; rates below ``2**-16`` drop nothing, rates above ``1 - 2**-16`` everything), and kept
+elements are scaled by the inverse of the kept fraction *of that rate*, so the expectation is
+the input's, as with ``nn.Dropout`` (in bf16 the scale itself is rounded to bf16, as torch's own
+CPU dropout rounds it: 1.109375 for 0.1). The masks are other draws from
 the same seeded generator, so runs are as reproducible as before, and as different from the
 previous masks as two seeds are. The mask kept for the backward pass has the input's dtype
 (``nn.Dropout`` keeps a bool): 2-4 bytes per element instead of 1.
 
 Only CPU tensors in training mode take this path; elsewhere (a GPU's fused dropout, evaluation,
-``p`` = 0) the layer is ``nn.Dropout`` itself.
+``inplace=True``) the layer is ``nn.Dropout`` itself. Masks are other draws than torch's, so a run
+checkpointed before this change does not replay its masks bit for bit when resumed after it.
+The in-place draw is not for ``torch.func.vmap(randomness="different")`` or ``torch.jit.script``,
+which fellrec does not use.
 """
 
 from __future__ import annotations

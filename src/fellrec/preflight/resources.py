@@ -78,8 +78,8 @@ def check_run_directory(config: Mapping[str, Any], subcommand: str) -> None:
         check_writable(Path(str(dirpath)), "checkpoint.dirpath")
     checkpoints = Path(str(dirpath)) if dirpath else None
     ckpt_path = config.get("ckpt_path")
-    if subcommand == "fit" and not ckpt_path:
-        refuse_occupied(root, checkpoints)
+    if subcommand == "fit":
+        refuse_occupied(root, checkpoints, resuming=bool(ckpt_path))
     special = str(ckpt_path) in SPECIAL_CHECKPOINTS
     if ckpt_path and not special and not Path(str(ckpt_path)).expanduser().is_file():
         raise FileNotFoundError(f"ckpt_path: no such checkpoint file: {ckpt_path}")
