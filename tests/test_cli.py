@@ -18,6 +18,7 @@ import yaml
 
 from conftest import build_tiny_encoder
 from fellrec.cli import main
+from fellrec.lightning_cli import explicit_model_keys
 from fellrec.training.records.results import RESULTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +130,41 @@ def test_test_subcommand_writes_beside_the_run_and_keeps_its_record(fitted, capl
         assert results["best_round"] == expected["best_round"]
         assert (evaluated / "metrics.csv").exists() and (evaluated / "config.yaml").exists()
     assert training_record(root) == before
+
+
+def test_a_model_flag_typed_beside_a_checkpoint_path_is_not_overridden_by_it(fitted, caplog):
+    # Lightning merges the checkpoint's hyperparameters over the parsed model section, so a
+    # flag typed with --ckpt_path <file> was silently dropped (and kept with --ckpt_path last).
+    config, root = fitted
+    args = ["test", "--config", str(config), "--trainer.default_root_dir", str(root)]
+    before = set(root.glob("test-*"))
+    with caplog.at_level(logging.INFO):
+        main(
+            [
+                *args,
+                "--ckpt_path",
+                str(root / "checkpoints" / "last.ckpt"),
+                "--model.temperature",
+                "0.33",
+            ]
+        )
+    (evaluated,) = set(root.glob("test-*")) - before
+    recorded = yaml.safe_load((evaluated / "config.yaml").read_text())
+    assert recorded["model"]["temperature"] == 0.33
+    notices = [
+        r.getMessage() for r in caplog.records if "replaces the checkpoint's" in r.getMessage()
+    ]
+    trained = yaml.safe_load((root / "config.yaml").read_text())["model"]["temperature"]
+    assert trained != 0.33
+    assert notices == [
+        f"model.temperature: the command line's 0.33 replaces the checkpoint's {trained!r}"
+    ]
+    assert explicit_model_keys(
+        ["fit", "--model.lr=0.1", "--data.seed", "1", "--model.items.ids", "false"]
+    ) == [
+        "model.lr",
+        "model.items.ids",
+    ]
 
 
 def test_validate_subcommand_reports_the_validation_time(fitted, capsys, caplog):

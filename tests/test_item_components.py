@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fellrec.models.item_components import (
     ItemComponents,
@@ -15,6 +16,7 @@ from fellrec.models.item_components import (
     item_component_parameters,
     log_popularity_bias,
     noised_counts,
+    ridge_from_text,
     rows_of,
 )
 
@@ -102,6 +104,12 @@ def test_invalid_settings_name_the_setting() -> None:
         ItemSettings(bias=False, bias_init="log_popularity").validate()
     with pytest.raises(ValueError, match=r"model\.items\.weight_decay"):
         ItemSettings(weight_decay=-0.1).validate()
+    with pytest.raises(ValueError, match=r"model\.items\.cold_start .*text_ridge"):
+        ItemSettings(cold_start="knn").validate()
+    with pytest.raises(ValueError, match=r"model\.items\.text: true"):
+        ItemSettings(cold_start="text_ridge", text=False).validate()
+    with pytest.raises(ValueError, match=r"model\.items\.cold_start_ridge"):
+        ItemSettings(cold_start_ridge=-1.0).validate()
 
 
 def test_log_popularity_biases_are_centered_log_counts() -> None:
@@ -234,3 +242,60 @@ def test_the_share_noise_is_not_the_servers_to_replay(tmp_path, tiny_encoder_dir
 
     assert not torch.equal(released("a", None), released("b", None))  # same model.seed
     assert torch.equal(released("c", 3), released("d", 3))
+
+
+def test_ridge_from_text_by_hand() -> None:
+    # Known x = 0, 1, 2 with y = 0, 2, 4: centred x (-1, 0, 1), y (-2, 0, 2); Gram 2 + ridge,
+    # cross term 4. Ridge 2: slope 4 / 4 = 1, so x = 3 gives mean 2 + (3 - 1) * 1 = 4.
+    text = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    targets = torch.tensor([0.0, 2.0, 4.0, -99.0])  # the unknown row's value is never read
+    known = torch.tensor([True, True, True, False])
+    predicted = ridge_from_text(text, targets, known, ridge=2.0)
+    torch.testing.assert_close(predicted, torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    # Without a penalty an exact linear map is recovered (slope 2: x = 3 -> 6).
+    assert float(ridge_from_text(text, targets, known, ridge=0.0)[3]) == pytest.approx(6.0)
+
+
+def test_ridge_from_text_recovers_a_linear_map_of_rows() -> None:
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randn(40, 3, generator=generator)
+    weights = torch.randn(3, 5, generator=generator)
+    rows = 0.5 + text @ weights
+    known = torch.ones(40, dtype=torch.bool)
+    known[[3, 17]] = False
+    predicted = ridge_from_text(
+        text, rows.clone().index_fill_(0, torch.tensor([3, 17]), 0), known, 0.0
+    )
+    torch.testing.assert_close(predicted, rows, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least one item"):
+        ridge_from_text(text, rows, torch.zeros(40, dtype=torch.bool), 1.0)
+    with pytest.raises(ValueError, match=r"model\.items\.cold_start_ridge"):
+        ridge_from_text(text, rows, known, -1.0)
+
+
+def _cold_components(cold_start: str) -> ItemComponents:
+    torch.manual_seed(0)
+    components = ItemComponents(6, 4, ItemSettings(cold_start=cold_start), temperature=0.5)
+    with torch.no_grad():
+        components.bias.copy_(torch.tensor([0.5, -0.5, 1.0, 0.0, 2.0, -1.0]))
+    return components
+
+
+def test_cold_items_are_scored_from_their_text_only_when_asked() -> None:
+    text = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    users = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    unknown = torch.tensor([False, False, False, False, True, False])
+    plain = _cold_components("none")
+    expected = plain.logits(users, plain.item_vectors(text))
+    assert torch.equal(plain.catalog_logits(users, text, unknown), expected)
+    cold = _cold_components("text_ridge")
+    assert torch.equal(cold.catalog_logits(users, text, None), expected)  # nothing held out
+    scores = cold.catalog_logits(users, text, unknown)
+    known = ~unknown
+    torch.testing.assert_close(scores[:, known], expected[:, known])  # trained items unchanged
+    ids = ridge_from_text(text, cold.id_vectors(), known, 1.0)[4]
+    bias = ridge_from_text(text, cold.bias, known, 1.0)[4]
+    vector = F.normalize(text[4] + ids, dim=-1)
+    by_hand = F.normalize(users, dim=-1) @ vector / 0.5 + bias
+    torch.testing.assert_close(scores[:, 4], by_hand)
+    assert not torch.allclose(scores[:, 4], expected[:, 4])

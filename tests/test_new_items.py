@@ -224,3 +224,49 @@ def test_the_encoder_recommender_trains_without_new_items_as_negatives(tmp_path,
     model.recommender.unavailable = None
     # Without the mask the held-out items compete in the softmax: a larger loss.
     assert bool((model.recommender.loss(users, table, targets) > masked).all())
+
+
+@pytest.mark.parametrize("recommender", ["sequential", "encoder"])
+def test_cold_start_scores_new_items_from_their_text(tmp_path, tiny_encoder_dir, recommender):
+    import torch
+
+    from federation_helpers import tiny_run
+    from fellrec.federation.strategies import FedAvg
+    from fellrec.models.item_components import ItemSettings
+
+    trainer, model, data, _ = tiny_run(
+        tmp_path,
+        tiny_encoder_dir,
+        FedAvg(),
+        rounds=1,
+        data_options={"new_items": 0.2},
+        model_options={
+            "recommender": recommender,
+            "item_components": True,
+            "items": ItemSettings(cold_start="text_ridge"),
+        },
+    )
+    trainer.fit(model, datamodule=data)
+    held = torch.as_tensor(data.data.split.new_items)
+    known = torch.ones(data.data.dataset.num_items, dtype=torch.bool)
+    known[held] = False
+    histories = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    model.eval()
+    with torch.no_grad():
+        cold = model.backend.scores(0, histories)
+        model.adapters.module(0).settings.cold_start = "none"
+        plain = model.backend.scores(0, histories)
+    torch.testing.assert_close(cold[:, known], plain[:, known])  # trained items: as before
+    assert not torch.allclose(cold[:, held], plain[:, held])  # new items: from their text
+    assert bool(torch.isfinite(cold).all())
+
+
+def test_cold_start_without_item_components_is_refused_by_name() -> None:
+    from fellrec.models.item_components import ItemSettings
+    from fellrec.training.host.module_settings import ModuleSettings
+
+    with pytest.raises(ValueError, match=r"model\.item_components: true"):
+        ModuleSettings(recommender="encoder", items=ItemSettings(cold_start="text_ridge"))
+    ModuleSettings(
+        recommender="encoder", item_components=True, items=ItemSettings(cold_start="text_ridge")
+    )

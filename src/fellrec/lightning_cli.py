@@ -180,6 +180,34 @@ class FellrecCLI(LightningCLI):
                 " ".join(["fellrec", *command]),
             ) from None
 
+    def _parse_ckpt_path(self) -> None:
+        """Merge a checkpoint's hyperparameters, but let the command line's ``--model.*`` win.
+
+        Lightning parses ``ckpt_path``'s saved hyperparameters over the whole ``model`` section, so
+        ``fellrec test --ckpt_path run/checkpoints/round-2.ckpt --model.items.cold_start
+        text_ridge`` would silently evaluate with the checkpoint's value (and ``--ckpt_path
+        last``, which is no file yet at parse time, with the flag's): a flag the user typed is
+        put back after the merge, with a notice where the checkpoint said otherwise.
+        """
+        subcommand = self.config.get("subcommand")
+        keys = explicit_model_keys(self.command_args)
+        if not subcommand or not keys:
+            super()._parse_ckpt_path()
+            return
+        section = self.config[subcommand]
+        typed = {key: section.get(key) for key in keys if key in section}
+        super()._parse_ckpt_path()
+        section = self.config[subcommand]
+        for key, value in typed.items():
+            if section.get(key) != value:
+                log.info(
+                    "%s: the command line's %r replaces the checkpoint's %r",
+                    key,
+                    value,
+                    section[key],
+                )
+                section[key] = value
+
     def after_fit(self) -> None:
         """Test each client's selected adapter, write ``results.json``, say what the test says."""
         if self.trainer.state.stopped and self.trainer.interrupted:
@@ -220,6 +248,16 @@ def evaluation_directory(root: Path, subcommand: str) -> Path:
     directory = root / f"{subcommand}-{n}"
     os.environ[EVALUATION_DIR_VARIABLE] = str(directory)
     return directory
+
+
+def explicit_model_keys(args: list[str]) -> list[str]:
+    """The ``model.*`` keys a command line sets explicitly (``--model.lr 0.1``, ``--model.lr=0.1``).
+
+    Example:
+        >>> explicit_model_keys(["test", "--model.items.cold_start", "none", "--model.lr=0.1"])
+        ['model.items.cold_start', 'model.lr']
+    """
+    return [arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--model.")]
 
 
 def resume_command(args: list[str]) -> str:

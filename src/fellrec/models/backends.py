@@ -207,7 +207,8 @@ class EncoderBackend:
         """Temperature-scaled cosine scores of every item ``(B, I)``."""
         table = self.item_table(slot)
         self.adapters.activate(slot)
-        return self.recommender.logits(self.recommender.encode_histories(histories), table)
+        users = self.recommender.encode_histories(histories)
+        return self.recommender.catalog_scores(users, table)
 
 
 class GenerativeBackend:

@@ -151,6 +151,13 @@ class SequenceEncoderRecommender(nn.Module):
             return components.logits(users, components.item_vectors(item_table))
         return users @ item_table.T / self.temperature
 
+    def catalog_scores(self, users: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B, I)`` of every item for evaluation (``model.items.cold_start`` applied)."""
+        components = self._components()
+        if components is not None:
+            return components.catalog_logits(users, item_table, self.unavailable)
+        return self.logits(users, item_table)
+
     def candidate_loss(
         self, users: torch.Tensor, candidates: torch.Tensor, vectors: torch.Tensor, targets: Tensor
     ) -> torch.Tensor:

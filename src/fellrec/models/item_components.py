@@ -53,6 +53,8 @@ def rows_of(table: Tensor, items: Tensor) -> Tensor:
 
 #: The choices of ``model.items.bias_init``.
 BIAS_INITS = ("zeros", "log_popularity", "dp_log_popularity")
+#: The choices of ``model.items.cold_start``.
+COLD_STARTS = ("none", "text_ridge")
 
 
 def log_popularity_bias(counts: Tensor) -> Tensor:
@@ -75,6 +77,42 @@ def log_popularity_bias(counts: Tensor) -> Tensor:
         raise ValueError("item counts must be >= 0")
     logs = torch.log1p(counts)
     return (logs - logs.mean()).to(torch.float32)
+
+
+def ridge_from_text(text: Tensor, targets: Tensor, known: Tensor, ridge: float) -> Tensor:
+    """Every item's ``targets`` row predicted from its text, by ridge regression on known items.
+
+    A content-to-collaborative map, as cold-start recommenders learn one (e.g. DropoutNet): fitted
+    on the items that have trained rows, ``targets[known] ~ mean + (text[known] - text_mean) @ W``
+    with ``W = (Xc^T Xc + ridge I)^-1 Xc^T Yc`` (centred, so the intercept is not penalised), then
+    applied to every item. Solved in float64 (the Gram matrix is ``H x H``: milliseconds).
+
+    Args:
+        text: Item text vectors ``(I, H)``.
+        targets: What to predict ``(I, W)`` or ``(I,)`` (ID vectors, biases).
+        known: Bool ``(I,)``: the items to fit on (at least one).
+        ridge: The L2 penalty ``>= 0`` (0: least squares; a singular Gram matrix then fails).
+
+    Returns:
+        Predictions of ``targets``' shape and dtype, for every item.
+
+    Raises:
+        ValueError: For no known item or a negative penalty.
+    """
+    if ridge < 0:
+        raise ValueError(f"model.items.cold_start_ridge must be >= 0, got {ridge}")
+    if not bool(known.any()):
+        raise ValueError("a text map needs at least one item with trained rows")
+    known = known.to(text.device)
+    columns = targets.reshape(len(targets), -1).detach().to(torch.float64)
+    x = text.detach().to(torch.float64)
+    x_mean = x[known].mean(0)
+    y_mean = columns[known].mean(0)
+    xc = x[known] - x_mean
+    gram = xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
+    weights = torch.linalg.solve(gram, xc.T @ (columns[known] - y_mean))
+    predicted = y_mean + (x - x_mean) @ weights
+    return predicted.reshape(targets.shape).to(targets.dtype)
 
 
 def gaussian_noise_scale(epsilon: float, delta: float) -> float:
@@ -186,6 +224,13 @@ class ItemSettings:
     only when their item appears, so they need a larger rate than the adapter."""
     init_std: float = 0.02
     """Standard deviation of the ID embeddings' initialisation."""
+    cold_start: str = "none"
+    """How items held out of training (``data.new_items``) are scored: ``none``: with the rows
+    they started with (a random ID row, the mean bias), or ``text_ridge``: their ID row and bias
+    predicted from their text by a ridge regression fitted, at scoring time, on the trained items
+    (:func:`ridge_from_text`). Training is unchanged; it needs ``model.items.text: true``."""
+    cold_start_ridge: float = 1.0
+    """``text_ridge``: the L2 penalty of the regression (text vectors are unit length)."""
     weight_decay: float | None = None
     """AdamW weight decay of the ID embeddings (and their projection) only; None gives them
     ``model.weight_decay`` like every other parameter. It pulls rarely seen items' rows back to
@@ -213,6 +258,20 @@ class ItemSettings:
         if self.bias_init != "zeros" and not self.bias:
             raise ValueError(
                 f"model.items.bias_init={self.bias_init!r} needs model.items.bias: true"
+            )
+        if self.cold_start not in COLD_STARTS:
+            raise ValueError(
+                f"model.items.cold_start must be one of {', '.join(COLD_STARTS)}, "
+                f"got {self.cold_start!r}"
+            )
+        if self.cold_start != "none" and not self.text:
+            raise ValueError(
+                f"model.items.cold_start={self.cold_start!r} predicts from item text: it needs "
+                "model.items.text: true"
+            )
+        if not (math.isfinite(self.cold_start_ridge) and self.cold_start_ridge >= 0):
+            raise ValueError(
+                f"model.items.cold_start_ridge must be >= 0, got {self.cold_start_ridge}"
             )
         if self.bias_init == "dp_log_popularity":
             gaussian_noise_scale(self.bias_init_epsilon, self.bias_init_delta)  # checks both
@@ -362,12 +421,47 @@ class ItemComponents(nn.Module):
             return ids
         return text if ids is None else text + ids
 
+    def catalog_logits(self, users: Tensor, text: Tensor | None, unknown: Tensor | None) -> Tensor:
+        """Scores ``(B, I)`` of every item for evaluation, cold items scored as ``cold_start`` says.
+
+        Args:
+            users: User vectors ``(B, H)``.
+            text: Text vectors of every item ``(I, H)``, or None (IDs alone).
+            unknown: Bool ``(I,)``: the items held out of training, or None.
+        """
+        cold = (
+            self.settings.cold_start == "text_ridge"
+            and text is not None
+            and unknown is not None
+            and bool(unknown.any())
+            and not bool(unknown.all())
+        )
+        if not cold:
+            return self.logits(users, self.item_vectors(text))
+        assert text is not None and unknown is not None
+        unknown = unknown.to(text.device)
+        known, ridge = ~unknown, self.settings.cold_start_ridge
+        ids = self.id_vectors()
+        if ids is not None:
+            ids = torch.where(unknown[:, None], ridge_from_text(text, ids, known, ridge), ids)
+        vectors = text if ids is None else text + ids.to(text.dtype)
+        bias: Tensor | None = self.bias
+        if bias is not None:
+            bias = torch.where(unknown, ridge_from_text(text, bias, known, ridge), bias)
+        return self.logits(users, vectors, bias=bias)
+
     @property
     def scale(self) -> Tensor:
         """The inverse temperature of the cosine scores."""
         return self.log_scale.exp()
 
-    def logits(self, users: Tensor, item_vectors: Tensor, items: Tensor | None = None) -> Tensor:
+    def logits(
+        self,
+        users: Tensor,
+        item_vectors: Tensor,
+        items: Tensor | None = None,
+        bias: Tensor | None = None,
+    ) -> Tensor:
         """Scores ``cos(user, item) / temperature + bias``.
 
         Args:
@@ -376,6 +470,7 @@ class ItemComponents(nn.Module):
                 by every row) or ``(B, K, H)`` (per-row candidates).
             items: The item indices of ``item_vectors``: ``(C,)`` for shared ones, ``(B, K)`` for
                 per-row candidates (for the biases); ``None`` with all items.
+            bias: Every item's bias ``(I,)`` in place of the trained ones (cold-start scoring).
 
         Returns:
             ``(B, I)``, ``(B, C)`` or ``(B, K)``.
@@ -384,13 +479,14 @@ class ItemComponents(nn.Module):
         # times fewer products (the full catalog is ~4x the hidden size on MovieLens-100K).
         users = F.normalize(users.float(), dim=-1) * self.scale
         vectors = F.normalize(item_vectors.float(), dim=-1)
+        table = self.bias if bias is None else bias
         if vectors.dim() == 2:
-            if self.bias is None:
+            if table is None:
                 return users @ vectors.T
-            bias = self.bias if items is None else rows_of(self.bias, items)
-            return torch.addmm(bias, users, vectors.T)  # the bias added by the matmul kernel
+            rows = table if items is None else rows_of(table, items)
+            return torch.addmm(rows, users, vectors.T)  # the bias added by the matmul kernel
         scores = torch.einsum("bh,bkh->bk", users, vectors)
-        if self.bias is not None:
+        if table is not None:
             assert items is not None, "per-row candidates need their item indices"
-            scores = scores + rows_of(self.bias, items)
+            scores = scores + rows_of(table, items)
         return scores

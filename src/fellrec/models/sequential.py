@@ -180,4 +180,4 @@ class SequentialRecommender(nn.Module):
     def scores(self, histories: Tensor) -> Tensor:
         """Scores ``(B, I)`` of every item after each history (its last position)."""
         users = self.states(histories)[:, -1]  # (B, D): histories are left-padded
-        return self.active_items.logits(users, self.item_vectors())
+        return self.active_items.catalog_logits(users, self.text_table, self.unavailable)

@@ -142,7 +142,8 @@ class RecommenderSettings:
         Raises:
             ValueError: For an unknown recommender, pooling or item encoding, a negative block
                 count or negatives count, ``item_encoding: step`` without sampled negatives, or
-                invalid ``model.items`` / ``model.prompt`` settings.
+                invalid ``model.items`` / ``model.prompt`` settings (``model.items.cold_start``
+                without per-item components among them).
         """
         recommender_family(self.kind)  # an unknown name fails here
         if self.pooling not in POOLINGS:
@@ -162,6 +163,12 @@ class RecommenderSettings:
                 "items in every step; set model.num_negatives (e.g. 256)"
             )
         self.items.validate()
+        if self.items.cold_start != "none" and not self.uses_item_components:
+            raise ValueError(
+                f"model.items.cold_start={self.items.cold_start!r} predicts new items' ID rows "
+                f"and biases, which model.recommender={self.kind!r} has only with "
+                "model.item_components: true"
+            )
         self.prompt.validate()
         self.hidden_defence.validate()
         if self.hidden_defence.enabled and not self.split:
