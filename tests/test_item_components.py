@@ -109,7 +109,7 @@ def test_invalid_settings_name_the_setting() -> None:
     with pytest.raises(ValueError, match=r"model\.items\.text: true"):
         ItemSettings(cold_start="text_ridge", text=False).validate()
     with pytest.raises(ValueError, match=r"model\.items\.cold_start_ridge"):
-        ItemSettings(cold_start_ridge=-1.0).validate()
+        ItemSettings(cold_start_ridge=0.0).validate()
 
 
 def test_log_popularity_biases_are_centered_log_counts() -> None:
@@ -252,8 +252,10 @@ def test_ridge_from_text_by_hand() -> None:
     known = torch.tensor([True, True, True, False])
     predicted = ridge_from_text(text, targets, known, ridge=2.0)
     torch.testing.assert_close(predicted, torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    # Without a penalty an exact linear map is recovered (slope 2: x = 3 -> 6).
-    assert float(ridge_from_text(text, targets, known, ridge=0.0)[3]) == pytest.approx(6.0)
+    # A vanishing penalty recovers the exact linear map (slope 2: x = 3 -> 6).
+    assert float(ridge_from_text(text, targets, known, ridge=1e-9)[3]) == pytest.approx(6.0)
+    with pytest.raises(ValueError, match=r"model\.items\.cold_start_ridge must be > 0"):
+        ridge_from_text(text, targets, known, ridge=0.0)
 
 
 def test_ridge_from_text_recovers_a_linear_map_of_rows() -> None:
@@ -264,7 +266,7 @@ def test_ridge_from_text_recovers_a_linear_map_of_rows() -> None:
     known = torch.ones(40, dtype=torch.bool)
     known[[3, 17]] = False
     predicted = ridge_from_text(
-        text, rows.clone().index_fill_(0, torch.tensor([3, 17]), 0), known, 0.0
+        text, rows.clone().index_fill_(0, torch.tensor([3, 17]), 0), known, 1e-9
     )
     torch.testing.assert_close(predicted, rows, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="at least one item"):
@@ -299,3 +301,32 @@ def test_cold_items_are_scored_from_their_text_only_when_asked() -> None:
     by_hand = F.normalize(users, dim=-1) @ vector / 0.5 + bias
     torch.testing.assert_close(scores[:, 4], by_hand)
     assert not torch.allclose(scores[:, 4], expected[:, 4])
+
+
+def test_cold_rows_are_computed_once_per_parameter_state_and_handle_a_projection() -> None:
+    torch.manual_seed(0)
+    components = ItemComponents(6, 4, ItemSettings(id_dim=2, cold_start="text_ridge"), 0.5)
+    text = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    unknown = torch.tensor([False, True, False, False, False, False])
+    ids, bias = components.cold_start_rows(text, unknown)
+    assert ids is not None and bias is not None and ids.shape == (6, 4)
+    torch.testing.assert_close(ids[~unknown], components.id_vectors()[~unknown].detach())
+    again = components.cold_start_rows(text, unknown)
+    assert again[0] is ids and again[1] is bias  # cached while nothing changed
+    with torch.no_grad():
+        components.bias.add_(1.0)  # an optimizer step or a load changes a parameter in place
+    moved = components.cold_start_rows(text, unknown)[1]
+    assert moved is not None and moved is not bias
+    torch.testing.assert_close(moved, bias + 1.0)  # the map's intercept moves with the biases
+
+
+def test_a_wide_text_table_with_few_known_items_stays_bounded() -> None:
+    # More text dimensions than known items (a 2048-wide LLM on a small catalog): the penalty
+    # keeps the system regular; unpenalised, solvers return rows in the hundreds.
+    generator = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(300, 512, generator=generator), dim=-1)
+    targets = torch.randn(300, generator=generator)
+    known = torch.ones(300, dtype=torch.bool)
+    known[270:] = False
+    predicted = ridge_from_text(text, targets, known, 1.0)
+    assert float(predicted[~known].abs().max()) < 3.0

@@ -18,6 +18,7 @@ import shlex
 import signal
 import sys
 import warnings
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from fellrec.training.probes.privacy_probe import PrivacyProbe
 from fellrec.training.rounds.interruption import interruption_notice, stopped_at
 from fellrec.training.rounds.loop import FederatedLoop
 from fellrec.training.rounds.progress import FederatedProgressBar, FederatedProgressLog
+from fellrec.typed_settings import restore_typed_settings, typed_model_leaves
 
 log = logging.getLogger(__name__)
 
@@ -186,27 +188,19 @@ class FellrecCLI(LightningCLI):
         Lightning parses ``ckpt_path``'s saved hyperparameters over the whole ``model`` section, so
         ``fellrec test --ckpt_path run/checkpoints/round-2.ckpt --model.items.cold_start
         text_ridge`` would silently evaluate with the checkpoint's value (and ``--ckpt_path
-        last``, which is no file yet at parse time, with the flag's): a flag the user typed is
-        put back after the merge, with a notice where the checkpoint said otherwise.
+        last``, which is no file yet at parse time, with the flag's): the settings the user typed
+        are put back after the merge (:func:`restore_typed_settings`), with a notice where the
+        checkpoint said otherwise.
         """
         subcommand = self.config.get("subcommand")
-        keys = explicit_model_keys(self.command_args)
-        if not subcommand or not keys:
+        leaves = typed_model_leaves(self.command_args)
+        if not subcommand or not leaves:
             super()._parse_ckpt_path()
             return
-        section = self.config[subcommand]
-        typed = {key: section.get(key) for key in keys if key in section}
+        typed = deepcopy(self.config[subcommand])
         super()._parse_ckpt_path()
-        section = self.config[subcommand]
-        for key, value in typed.items():
-            if section.get(key) != value:
-                log.info(
-                    "%s: the command line's %r replaces the checkpoint's %r",
-                    key,
-                    value,
-                    section[key],
-                )
-                section[key] = value
+        for key, was, now in restore_typed_settings(typed, self.config[subcommand], leaves):
+            log.info("%s: the command line's %r replaces the checkpoint's %r", key, now, was)
 
     def after_fit(self) -> None:
         """Test each client's selected adapter, write ``results.json``, say what the test says."""
@@ -248,16 +242,6 @@ def evaluation_directory(root: Path, subcommand: str) -> Path:
     directory = root / f"{subcommand}-{n}"
     os.environ[EVALUATION_DIR_VARIABLE] = str(directory)
     return directory
-
-
-def explicit_model_keys(args: list[str]) -> list[str]:
-    """The ``model.*`` keys a command line sets explicitly (``--model.lr 0.1``, ``--model.lr=0.1``).
-
-    Example:
-        >>> explicit_model_keys(["test", "--model.items.cold_start", "none", "--model.lr=0.1"])
-        ['model.items.cold_start', 'model.lr']
-    """
-    return [arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--model.")]
 
 
 def resume_command(args: list[str]) -> str:

@@ -85,34 +85,37 @@ def ridge_from_text(text: Tensor, targets: Tensor, known: Tensor, ridge: float) 
     A content-to-collaborative map, as cold-start recommenders learn one (e.g. DropoutNet): fitted
     on the items that have trained rows, ``targets[known] ~ mean + (text[known] - text_mean) @ W``
     with ``W = (Xc^T Xc + ridge I)^-1 Xc^T Yc`` (centred, so the intercept is not penalised), then
-    applied to every item. Solved in float64 (the Gram matrix is ``H x H``: milliseconds).
+    applied to every item. Solved in float64 on the CPU (the Gram matrix is ``H x H``: tens of
+    milliseconds at H = 384; float64 is slow or missing on some accelerators). The penalty must be
+    positive: with fewer known items than text dimensions (a 2048-wide backbone on MovieLens-100K)
+    the unpenalised system is singular, and solvers return huge rows instead of failing.
 
     Args:
         text: Item text vectors ``(I, H)``.
         targets: What to predict ``(I, W)`` or ``(I,)`` (ID vectors, biases).
         known: Bool ``(I,)``: the items to fit on (at least one).
-        ridge: The L2 penalty ``>= 0`` (0: least squares; a singular Gram matrix then fails).
+        ridge: The L2 penalty, ``> 0``.
 
     Returns:
-        Predictions of ``targets``' shape and dtype, for every item.
+        Predictions of ``targets``' shape, dtype and device, for every item.
 
     Raises:
-        ValueError: For no known item or a negative penalty.
+        ValueError: For no known item or a penalty that is not positive.
     """
-    if ridge < 0:
-        raise ValueError(f"model.items.cold_start_ridge must be >= 0, got {ridge}")
+    if not (math.isfinite(ridge) and ridge > 0):
+        raise ValueError(f"model.items.cold_start_ridge must be > 0, got {ridge}")
+    known = known.detach().to("cpu", torch.bool)
     if not bool(known.any()):
         raise ValueError("a text map needs at least one item with trained rows")
-    known = known.to(text.device)
-    columns = targets.reshape(len(targets), -1).detach().to(torch.float64)
-    x = text.detach().to(torch.float64)
+    columns = targets.detach().reshape(len(targets), -1).to("cpu", torch.float64)
+    x = text.detach().to("cpu", torch.float64)
     x_mean = x[known].mean(0)
     y_mean = columns[known].mean(0)
     xc = x[known] - x_mean
-    gram = xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
+    gram = xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=torch.float64)
     weights = torch.linalg.solve(gram, xc.T @ (columns[known] - y_mean))
     predicted = y_mean + (x - x_mean) @ weights
-    return predicted.reshape(targets.shape).to(targets.dtype)
+    return predicted.reshape(targets.shape).to(targets.device, targets.dtype)
 
 
 def gaussian_noise_scale(epsilon: float, delta: float) -> float:
@@ -230,7 +233,7 @@ class ItemSettings:
     predicted from their text by a ridge regression fitted, at scoring time, on the trained items
     (:func:`ridge_from_text`). Training is unchanged; it needs ``model.items.text: true``."""
     cold_start_ridge: float = 1.0
-    """``text_ridge``: the L2 penalty of the regression (text vectors are unit length)."""
+    """``text_ridge``: the L2 penalty of the regression, > 0 (text vectors are unit length)."""
     weight_decay: float | None = None
     """AdamW weight decay of the ID embeddings (and their projection) only; None gives them
     ``model.weight_decay`` like every other parameter. It pulls rarely seen items' rows back to
@@ -269,9 +272,9 @@ class ItemSettings:
                 f"model.items.cold_start={self.cold_start!r} predicts from item text: it needs "
                 "model.items.text: true"
             )
-        if not (math.isfinite(self.cold_start_ridge) and self.cold_start_ridge >= 0):
+        if not (math.isfinite(self.cold_start_ridge) and self.cold_start_ridge > 0):
             raise ValueError(
-                f"model.items.cold_start_ridge must be >= 0, got {self.cold_start_ridge}"
+                f"model.items.cold_start_ridge must be > 0, got {self.cold_start_ridge}"
             )
         if self.bias_init == "dp_log_popularity":
             gaussian_noise_scale(self.bias_init_epsilon, self.bias_init_delta)  # checks both
@@ -424,6 +427,9 @@ class ItemComponents(nn.Module):
     def catalog_logits(self, users: Tensor, text: Tensor | None, unknown: Tensor | None) -> Tensor:
         """Scores ``(B, I)`` of every item for evaluation, cold items scored as ``cold_start`` says.
 
+        With ``text_ridge`` the held-out items' ID vectors and biases come from
+        :meth:`cold_start_rows`; every other item's score is exactly :meth:`logits`'.
+
         Args:
             users: User vectors ``(B, H)``.
             text: Text vectors of every item ``(I, H)``, or None (IDs alone).
@@ -435,20 +441,58 @@ class ItemComponents(nn.Module):
             and unknown is not None
             and bool(unknown.any())
             and not bool(unknown.all())
+            and (self.id_embedding is not None or self.bias is not None)
         )
         if not cold:
             return self.logits(users, self.item_vectors(text))
         assert text is not None and unknown is not None
-        unknown = unknown.to(text.device)
-        known, ridge = ~unknown, self.settings.cold_start_ridge
-        ids = self.id_vectors()
-        if ids is not None:
-            ids = torch.where(unknown[:, None], ridge_from_text(text, ids, known, ridge), ids)
-        vectors = text if ids is None else text + ids.to(text.dtype)
-        bias: Tensor | None = self.bias
-        if bias is not None:
-            bias = torch.where(unknown, ridge_from_text(text, bias, known, ridge), bias)
+        ids, bias = self.cold_start_rows(text, unknown)
+        vectors = text if ids is None else text + ids
         return self.logits(users, vectors, bias=bias)
+
+    @torch.no_grad()
+    def cold_start_rows(self, text: Tensor, unknown: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """ID vectors ``(I, H)`` and biases ``(I,)``, the ``unknown`` items' predicted from text.
+
+        One ridge regression (:func:`ridge_from_text`) predicts both, the bias as one more column
+        of the ID vectors. The fit on the known items is every item not held out (under ``Local``
+        a client's rows of items outside its own data are still at their start, and count too).
+        Evaluation scores every batch with the same parameters, so the result is kept until a
+        parameter changes in place (an optimizer step, a checkpoint load or an aggregation bump
+        the tensors' versions) or another text table or mask comes.
+        """
+        ids = self.id_vectors()
+        parameters: list[Tensor] = [p for p in (self.id_embedding, self.bias) if p is not None]
+        if self.id_projection is not None:
+            parameters.append(self.id_projection.weight)
+        inputs = [*parameters, text, unknown]
+        versions = [t._version for t in inputs]
+        cached = self.__dict__.get("_cold_start_cache")
+        if (
+            cached is not None
+            and len(cached[0]) == len(inputs)
+            and all(a is b for a, b in zip(cached[0], inputs, strict=True))
+            and cached[1] == versions
+        ):
+            return cached[2], cached[3]
+        unknown = unknown.to(text.device)
+        columns = [] if ids is None else [ids.float()]
+        if self.bias is not None:
+            columns.append(self.bias.float()[:, None])
+        predicted = ridge_from_text(
+            text, torch.cat(columns, dim=1), ~unknown, self.settings.cold_start_ridge
+        )
+        width = 0 if ids is None else ids.shape[1]
+        new_ids = None
+        if ids is not None:
+            new_ids = torch.where(unknown[:, None], predicted[:, :width].to(ids.dtype), ids)
+        new_bias = None
+        if self.bias is not None:
+            new_bias = torch.where(unknown, predicted[:, width].to(self.bias.dtype), self.bias)
+        # Not a buffer: never saved, moved or exchanged. It holds the inputs themselves (compared
+        # by identity and in-place version), so no other tensor can pass for them.
+        self.__dict__["_cold_start_cache"] = (inputs, versions, new_ids, new_bias)
+        return new_ids, new_bias
 
     @property
     def scale(self) -> Tensor:

@@ -124,6 +124,8 @@ RULES: tuple[Rule, ...] = (
     ),
     at_least("model.items.share_noise_ids", 0),  # models/item_components.ItemSettings
     at_least("model.items.share_noise_bias", 0),
+    one_of("model.items.cold_start", ("none", "text_ridge"), "one of none, text_ridge"),
+    above("model.items.cold_start_ridge", 0),
     above("model.dp_sgd.noise_multiplier", 0),  # training/dp/dp_sgd.DPSGDSettings
     above("model.dp_sgd.max_grad_norm", 0),
     at_least("model.dp_sgd.expected_users", 1),
