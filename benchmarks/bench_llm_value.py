@@ -6,7 +6,7 @@ every model selected on validation and reported on test, each run its own proces
 
 - protocol ``standard``: popularity, SASRec and BPR-MF (``fellrec baselines``, trained to their own
   early stopping); the recipe (``configs/ml100k-minilm-base.yaml``) centralized, FELLRec, FedAvg,
-  local and FedProx (its class default mu 0.01); the ablations ``model.items.text: false`` (the
+  local and FedProx (its class default mu 0.001); the ablations ``model.items.text: false`` (the
   same transformer over ID embeddings alone) and ``model.items.ids: false`` (text alone),
   centralized and FELLRec; and, on the first seed, the recipe centralized with SmolLM2-135M as
   the sequential recommender's backbone (``--backbones smollm2``, needs

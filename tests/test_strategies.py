@@ -155,7 +155,7 @@ def test_settings_out_of_range_are_refused_by_name(build: object, name: str) -> 
 
 def test_small_positive_settings_are_accepted() -> None:
     assert FELLRec(alpha=0.5, beta=0.5, temperature=0.5).beta == 0.5
-    assert FedProx().mu == 0.01
+    assert FedProx().mu == 0.001
 
 
 def test_settings_describe_and_class_spec_name_the_constructor_arguments() -> None:
@@ -166,7 +166,7 @@ def test_settings_describe_and_class_spec_name_the_constructor_arguments() -> No
         "class_path": "fellrec.federation.strategies.FedProx",
         "init_args": {"mu": 0.5},
     }
-    assert strategy_from_name("fedprox").settings() == {"mu": 0.01}
+    assert strategy_from_name("fedprox").settings() == {"mu": 0.001}
     with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose from fellrec, fedavg"):
         strategy_from_name("fedsgd")
 

@@ -135,12 +135,15 @@ class FedProx(FedAvg):
     """FedAvg with a proximal term ``mu/2 * ||theta - theta_round_start||^2`` in the local loss.
 
     Args:
-        mu: Weight of the proximal term (> 0).
+        mu: Weight of the proximal term (> 0). The default, 0.001, is the smallest of the FedProx
+            paper's grid (0.001, 0.01, 0.1, 1), selected on validation: on MovieLens-100K with
+            the recipe it beat 0.01 on every seed (README, "What the language model buys"); the
+            per-item rows of a client train sparsely, and a stronger pull holds them back.
     """
 
     name = "fedprox"
 
-    def __init__(self, mu: float = 0.01) -> None:
+    def __init__(self, mu: float = 0.001) -> None:
         if mu <= 0:
             raise ValueError(f"loop.strategy.mu must be > 0 for fedprox, got {mu}")
         self.mu = mu
