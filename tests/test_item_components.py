@@ -318,6 +318,9 @@ def test_cold_rows_are_computed_once_per_parameter_state_and_handle_a_projection
     moved = components.cold_start_rows(text, unknown)[1]
     assert moved is not None and moved is not bias
     torch.testing.assert_close(moved, bias + 1.0)  # the map's intercept moves with the biases
+    components.double()  # a move or cast swaps the storage without a new version
+    recast = components.cold_start_rows(text, unknown)[1]
+    assert recast is not None and recast.dtype == torch.float64
 
 
 def test_a_wide_text_table_with_few_known_items_stays_bounded() -> None:

@@ -459,14 +459,15 @@ class ItemComponents(nn.Module):
         a client's rows of items outside its own data are still at their start, and count too).
         Evaluation scores every batch with the same parameters, so the result is kept until a
         parameter changes in place (an optimizer step, a checkpoint load or an aggregation bump
-        the tensors' versions) or another text table or mask comes.
+        the tensors' versions), moves (a new storage) or another text table or mask comes.
         """
         ids = self.id_vectors()
         parameters: list[Tensor] = [p for p in (self.id_embedding, self.bias) if p is not None]
         if self.id_projection is not None:
             parameters.append(self.id_projection.weight)
         inputs = [*parameters, text, unknown]
-        versions = [t._version for t in inputs]
+        # The storage too: Module.to() swaps a parameter's data without a new version.
+        versions = [(t._version, t.data_ptr()) for t in inputs]
         cached = self.__dict__.get("_cold_start_cache")
         if (
             cached is not None
