@@ -333,3 +333,16 @@ def test_a_wide_text_table_with_few_known_items_stays_bounded() -> None:
     known[270:] = False
     predicted = ridge_from_text(text, targets, known, 1.0)
     assert float(predicted[~known].abs().max()) < 3.0
+
+
+def test_cold_rows_of_a_table_made_under_inference_mode() -> None:
+    # Lightning evaluates under torch.inference_mode: the encoder family builds its item table
+    # there, and an inference tensor has no version counter to key a cache on.
+    torch.manual_seed(0)
+    components = ItemComponents(6, 4, ItemSettings(cold_start="text_ridge"), 0.5)
+    unknown = torch.tensor([False, True, False, False, False, False])
+    users = torch.randn(2, 4)
+    with torch.inference_mode():
+        text = torch.randn(6, 4)
+        first = components.catalog_logits(users, text, unknown)
+        assert torch.equal(components.catalog_logits(users, text, unknown), first)

@@ -18,6 +18,10 @@ def test_typed_leaves_of_flags_and_json_values() -> None:
         "model.lora.extra.a",
     ]
     assert typed_model_leaves(["--model.items", "{not yaml"]) == ["model.items"]
+    assert typed_model_leaves(["--model.items", "cold_start: text_ridge"]) == [
+        "model.items.cold_start"
+    ]
+    assert typed_model_leaves(["--model.target_modules+", "k"]) == ["model.target_modules"]
     assert typed_model_leaves(["fit", "--ckpt_path", "last"]) == []
 
 
@@ -52,3 +56,21 @@ def test_equal_values_unknown_keys_and_init_args_shorthand() -> None:
     )
     assert restored == [("model.strategy.init_args.mu", 0.01, 0.3)]
     assert merged.model.strategy.init_args.mu == 0.3
+
+
+def test_a_string_that_reads_as_a_mapping_and_a_class_path_come_back_whole() -> None:
+    typed = _config(
+        item_text="{categories}",
+        strategy=Namespace(class_path="FedAvg", init_args=Namespace()),
+    )
+    merged = _config(
+        item_text="{title}",
+        strategy=Namespace(class_path="FedProx", init_args=Namespace(mu=0.01)),
+    )
+    leaves = typed_model_leaves(
+        ["--model.item_text", "{categories}", "--model.strategy", '{"class_path": "FedAvg"}']
+    )
+    assert leaves == ["model.item_text.categories", "model.strategy.class_path"]
+    restore_typed_settings(typed, merged, leaves)
+    assert merged.model.item_text == "{categories}"
+    assert merged.model.strategy == Namespace(class_path="FedAvg", init_args=Namespace())

@@ -27,13 +27,15 @@ def typed_model_leaves(args: list[str]) -> list[str]:
         if not arg.startswith("--model."):
             continue
         key, has_value, value = arg[2:].partition("=")
+        key = key.removesuffix("+")  # jsonargparse's append syntax: the whole list
         if not has_value:
             value = args[position + 1] if position + 1 < len(args) else ""
         try:
-            parsed = yaml.safe_load(value) if value.lstrip().startswith("{") else None
+            parsed = yaml.safe_load(value)  # JSON and YAML flow or block mappings alike
         except yaml.YAMLError:
             parsed = None
-        leaves += [f"{key}.{leaf}" for leaf in _dict_leaves(parsed)] if parsed else [key]
+        below = _dict_leaves(parsed)
+        leaves += [f"{key}.{leaf}" for leaf in below] if below else [key]
     return leaves
 
 
@@ -55,8 +57,10 @@ def restore_typed_settings(
     Only the leaves themselves: a ``--model.items '{"cold_start": "text_ridge"}'`` restores
     ``model.items.cold_start`` and keeps the checkpoint's other ``items`` settings. Where the
     merge left no section above a leaf (the checkpoint's ``dp_sgd: null`` under a typed
-    ``--model.dp_sgd.noise_multiplier``), the typed config's whole section comes back. A leaf
-    that is no key (``--model.strategy.mu``, short for ``init_args.mu``) is looked up there.
+    ``--model.dp_sgd.noise_multiplier``), the typed config's whole section comes back, as it does
+    for a typed ``class_path`` (another class's arguments differ). A leaf that is no key is looked
+    up as ``init_args`` (``--model.strategy.mu``), else its longest prefix that is one (a string
+    setting typed as ``'{title}'`` reads as a mapping).
 
     Args:
         typed: The config as parsed, before the checkpoint's hyperparameters.
@@ -71,6 +75,8 @@ def restore_typed_settings(
         key = _namespace_key(typed, leaf)
         if key is None:
             continue
+        if key.endswith(".class_path"):
+            key = key.removesuffix(".class_path")
         value = typed.get(key)
         parts = key.split(".")
         for depth in range(1, len(parts)):
@@ -93,4 +99,8 @@ def _namespace_key(config: Namespace, leaf: str) -> str | None:
         return leaf
     head, _, name = leaf.rpartition(".")
     alias = f"{head}.init_args.{name}"
-    return alias if head and alias in config else None
+    if head and alias in config:
+        return alias
+    while head and head not in config:
+        head = head.rpartition(".")[0]
+    return head or None

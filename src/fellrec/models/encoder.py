@@ -130,8 +130,11 @@ class SequenceEncoderRecommender(nn.Module):
                 ids, mask = self.renderer.render_items(order[start : start + batch_size])
                 chunks.append(self.encode(ids.to(self.device), mask.to(self.device)))
             encoded = torch.cat(chunks)
-        table = torch.empty(encoded.shape, dtype=encoded.dtype, device=encoded.device)
-        table[torch.tensor(order, device=encoded.device)] = encoded
+        # Outside inference mode even when called inside one (Lightning's validation loop): an
+        # inference tensor cannot be saved for backward and tracks no in-place version.
+        with torch.inference_mode(False):
+            table = torch.empty(encoded.shape, dtype=encoded.dtype, device=encoded.device)
+            table[torch.tensor(order, device=encoded.device)] = encoded
         self.encoder.train(was_training)
         return table
 

@@ -459,15 +459,23 @@ class ItemComponents(nn.Module):
         a client's rows of items outside its own data are still at their start, and count too).
         Evaluation scores every batch with the same parameters, so the result is kept until a
         parameter changes in place (an optimizer step, a checkpoint load or an aggregation bump
-        the tensors' versions), moves (a new storage) or another text table or mask comes.
+        the tensors' versions), moves (a new storage) or another text table or mask comes. Writes
+        that bypass the version counter (``param.data.copy_``, ``AdamW(fused=True)``) would leave
+        it stale; fellrec makes none (aggregation copies with ``Parameter.copy_``, AdamW is the
+        default implementation). Each client's components keep one ``(I, H)`` result.
         """
         ids = self.id_vectors()
         parameters: list[Tensor] = [p for p in (self.id_embedding, self.bias) if p is not None]
         if self.id_projection is not None:
             parameters.append(self.id_projection.weight)
         inputs = [*parameters, text, unknown]
-        # The storage too: Module.to() swaps a parameter's data without a new version.
-        versions = [(t._version, t.data_ptr()) for t in inputs]
+        # The storage too: Module.to() swaps a parameter's data without a new version. An
+        # inference tensor (made under Lightning's evaluation) has no version: it cannot change
+        # in place outside inference mode, and the cache holds it, so its identity suffices.
+        versions: list[object] = [
+            (None if t.is_inference() else t._version, t.data_ptr()) for t in inputs
+        ]
+        versions.append(self.settings.cold_start_ridge)
         cached = self.__dict__.get("_cold_start_cache")
         if (
             cached is not None
