@@ -17,7 +17,8 @@ recommended with every decoding:
 
 and every ranking is re-scored with BIGRec's popularity term for every ``--gammas`` value
 (per-user standardized grounding score plus ``gamma`` times standardized log popularity; under
-constrained decoding the beams' items stay on top and the term orders the rest). The recipe
+constrained decoding the beams' items stay on top and the term orders the rest: the package's
+``model.prompt.popularity_gamma``, ``fellrec.models.popularity_grounding``). The recipe
 (loss, epoch, decoding, gamma) with the best validation NDCG@10 is chosen, and only it is run on
 ``--test-users`` test users (disjoint from the validation users), once, against popularity on
 the same users, with 95% bootstrap intervals (paired: the same resampled users for both).
@@ -66,13 +67,12 @@ from fellrec.models.adapters import ClientAdapters, LoRASettings
 from fellrec.models.backbone import load_causal_lm
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.low_precision import cpu_bf16_matrix_units
+from fellrec.models.popularity_grounding import standardized_log_popularity, with_popularity
 from fellrec.models.prompts import PromptSettings
 from fellrec.training.host.client_optimization import schedule_factor
 
 LOSSES = ("whole-sequence", "response-only")
 DECODINGS = ("free", "constrained")
-#: Added to the beams' items under constrained decoding so they stay above every other item.
-BEAM_OFFSET = 1e6
 
 
 def padded(histories: Sequence[np.ndarray], length: int) -> torch.Tensor:
@@ -96,33 +96,6 @@ def disjoint_users(
         valid.select(np.searchsorted(valid.users, chosen_valid)),
         test.select(np.searchsorted(test.users, chosen_test)),
     )
-
-
-def row_standardized(scores: torch.Tensor) -> torch.Tensor:
-    """Each row minus its mean over finite entries, over their std (``-inf`` stays ``-inf``)."""
-    finite = scores.isfinite()
-    values = torch.where(finite, scores, torch.zeros_like(scores))
-    counts = finite.sum(dim=1, keepdim=True).clamp_min(1)
-    mean = values.sum(dim=1, keepdim=True) / counts
-    centered = torch.where(finite, scores - mean, torch.zeros_like(scores))
-    std = (centered.pow(2).sum(dim=1, keepdim=True) / counts).sqrt().clamp_min(1e-12)
-    return torch.where(finite, centered / std, scores)
-
-
-def with_popularity(
-    scores: torch.Tensor, log_popularity: torch.Tensor, gamma: float, constrained: bool
-) -> torch.Tensor:
-    """BIGRec's popularity-informed ranking: standardized score + gamma * standardized log pop.
-
-    Under constrained decoding the beams' items (scored >= 1 by ``recommend``, every other item
-    at a distance <= 0) keep their places on top; the term orders the items after them.
-    """
-    bonus = gamma * log_popularity.to(scores.dtype)
-    if not constrained:
-        return row_standardized(scores) + bonus
-    beams = scores >= 1.0
-    rest = row_standardized(scores.masked_fill(beams, float("-inf"))) + bonus
-    return torch.where(beams, scores + BEAM_OFFSET, rest)
 
 
 def per_user(scores: torch.Tensor, users: EvalUsers, num_items: int) -> dict[str, torch.Tensor]:
@@ -324,9 +297,8 @@ class Protocol:
             options.test_users,
             options.seed,
         )
-        counts = popularity_scores(self.data.split.train_sequences, self.num_items).double()
-        log_popularity = torch.log1p(counts)
-        self.log_popularity = (log_popularity - log_popularity.mean()) / log_popularity.std()
+        counts = popularity_scores(self.data.split.train_sequences, self.num_items)
+        self.log_popularity = standardized_log_popularity(counts)
         self.examples = (self.data.examples.histories, self.data.examples.targets)
 
     def popularity(self, users: EvalUsers) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.popularity_grounding import standardized_log_popularity, with_popularity
 from fellrec.models.prompts import PromptSettings, render_prompt
 
 # Distinct titles: every one must be its own nearest neighbour after grounding.
@@ -319,3 +320,23 @@ def test_unconstrained_generation_is_unchanged_by_the_switch(tiny_llama_dir):
     # The untrained model writes no catalog title: the constraint is what makes beams items.
     assert not set(texts) & set(TITLES)
     assert make(tiny_llama_dir, constrained=True).generate_titles(histories) == texts
+
+
+@pytest.mark.parametrize("constrained", [False, True], ids=["free", "constrained"])
+def test_popularity_term_rescores_the_grounding(tiny_llama_dir, constrained):
+    histories = torch.tensor([[-1, 0, 1], [2, 3, 4]])
+    exclude = torch.zeros(2, len(TITLES), dtype=torch.bool)
+    exclude[1, 5] = True
+    plain = make(tiny_llama_dir, constrained=constrained).recommend(histories, exclude)
+    counts = torch.tensor([50, 0, 3, 0, 7, 900])
+    popularity = standardized_log_popularity(counts)
+    with_term = make(tiny_llama_dir, constrained=constrained, popularity_gamma=100.0)
+    scores = with_term.recommend(histories, exclude, log_popularity=popularity)
+    assert torch.equal(scores, with_popularity(plain, popularity, 100.0, constrained))
+    order = scores.argsort(dim=1, descending=True).tolist()
+    beams = 2 if constrained else 0  # constrained: the 2 beams' items first, in beam order
+    # The most popular item leads what the grounding alone orders (unless a beam holds it).
+    assert order[0][beams] == 5 or 5 in order[0][:beams]
+    assert scores[1, 5] == float("-inf")  # excluded however popular
+    # Without counts the setting has nothing to add: the grounding alone.
+    assert torch.equal(with_term.recommend(histories, exclude), plain)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from federation_helpers import tiny_run
 from fellrec.federation.strategies import FedAvg, FELLRec
+from fellrec.models.backends import GenerativeBackend
+from fellrec.models.popularity_grounding import standardized_log_popularity, with_popularity
 from fellrec.models.prompts import PromptSettings
 from fellrec.training.records.results import RESULTS_FILE
 
@@ -72,3 +76,46 @@ def test_generative_run_is_tested_again_from_its_checkpoint(tmp_path, tiny_llama
     assert again["resources"]["split"] is True
     assert set(again["clients"]) == set(first["clients"])
     assert again["overall"] == pytest.approx(first["overall"], abs=1e-6)
+    # The same checkpoint re-scored with BIGRec's popularity term: a typed setting beside
+    # --ckpt_path wins over the checkpoint's (gamma 0), and the record says which was used.
+    main(
+        [
+            "test",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(root),
+            "--ckpt_path",
+            str(checkpoint),
+            "--model.prompt.popularity_gamma",
+            "1.5",
+        ]
+    )
+    rescored = json.loads((root / "test-1" / RESULTS_FILE).read_text())
+    assert rescored["config"]["model"]["prompt"]["popularity_gamma"] == 1.5
+    assert again["config"]["model"]["prompt"]["popularity_gamma"] == 0.0
+
+
+def test_popularity_term_ranks_with_each_clients_own_counts(tmp_path, tiny_llama_dir):
+    prompt = dataclasses.replace(GENERATIVE["prompt"], popularity_gamma=0.5)
+    trainer, model, data, loop = tiny_run(
+        tmp_path,
+        tiny_llama_dir,
+        FELLRec(),
+        rounds=1,
+        num_clients=2,
+        model_options={**GENERATIVE, "prompt": prompt},
+        data_options={"max_train_examples": 16, "eval_batch_size": 8},
+    )
+    trainer.fit(model, datamodule=data)
+    backend = model.backend
+    assert isinstance(backend, GenerativeBackend)
+    own = [standardized_log_popularity(data.training_item_counts(c)) for c in (0, 1)]
+    assert not torch.equal(own[0], own[1])  # two clients, two different counts
+    for slot, client in enumerate(model.held_clients):
+        assert torch.equal(backend.log_popularity[slot], own[client])
+    histories = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    for slot in (0, 1):
+        scores = backend.scores(slot, histories)
+        plain = model.recommender.recommend(histories)  # the same adapter, still active
+        assert torch.equal(scores, with_popularity(plain, own[slot], 0.5, False))

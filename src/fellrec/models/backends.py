@@ -25,6 +25,7 @@ import torch
 from fellrec.models.adapters import ClientAdapters
 from fellrec.models.encoder import SequenceEncoderRecommender
 from fellrec.models.generative import GenerativeRecommender
+from fellrec.models.popularity_grounding import standardized_log_popularity
 from fellrec.models.sequential import SequentialRecommender
 
 
@@ -51,6 +52,15 @@ class RecommenderBackend(Protocol):
 
     def invalidate(self, identical_adapters: bool = False) -> None:
         """Forget what was computed with the previous adapters."""
+        ...
+
+    def use_item_counts(self, slot: int, counts: torch.Tensor) -> None:
+        """Training interactions per item ``(I,)`` of ``slot``'s client, for scoring with them.
+
+        Called once per slot when the model is built, with what that client's own training data
+        holds (every user's when the strategy pools the clients); backends that do not rank with
+        counts ignore it.
+        """
         ...
 
     def lockstep(self, max_over_processes: Callable[[int], int]) -> None:
@@ -96,6 +106,9 @@ class SequentialBackend:
 
     def invalidate(self, identical_adapters: bool = False) -> None:
         """Nothing to forget."""
+
+    def use_item_counts(self, slot: int, counts: torch.Tensor) -> None:
+        """Nothing to keep: this backend ranks by what training learned alone."""
 
     def lockstep(self, max_over_processes: Callable[[int], int]) -> None:
         """Nothing to do: one trunk call per batch, whatever its rows."""
@@ -165,6 +178,9 @@ class EncoderBackend:
     def lockstep(self, max_over_processes: Callable[[int], int]) -> None:
         """Nothing to do: the catalog, a batch's histories and its items are one call each."""
 
+    def use_item_counts(self, slot: int, counts: torch.Tensor) -> None:
+        """Nothing to keep: this backend ranks by what training learned alone."""
+
     def losses(
         self,
         slot: int,
@@ -222,6 +238,8 @@ class GenerativeBackend:
     def __init__(self, recommender: GenerativeRecommender, adapters: ClientAdapters) -> None:
         self.recommender = recommender
         self.adapters = adapters
+        # Per slot, the standardized log training counts of BIGRec's popularity term.
+        self.log_popularity: dict[int, torch.Tensor] = {}
 
     def prepare(self, slot: int) -> None:
         """Nothing to prepare: the prompt is the whole input."""
@@ -238,9 +256,17 @@ class GenerativeBackend:
         return self.recommender.losses(histories, targets)
 
     def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
-        """Negative L2 distances of the generated titles to every item title ``(B, I)``."""
+        """Negative L2 distances of the generated titles to every item title ``(B, I)``.
+
+        With ``model.prompt.popularity_gamma`` > 0, re-scored with the slot's popularity term.
+        """
         self.adapters.activate(slot)
-        return self.recommender.recommend(histories)
+        return self.recommender.recommend(histories, log_popularity=self.log_popularity.get(slot))
+
+    def use_item_counts(self, slot: int, counts: torch.Tensor) -> None:
+        """Keep the slot's standardized log counts when the popularity term is on."""
+        if self.recommender.settings.popularity_gamma > 0:
+            self.log_popularity[slot] = standardized_log_popularity(counts)
 
     def invalidate(self, identical_adapters: bool = False) -> None:
         """Nothing to forget: item-title embeddings come from the base model, not the adapters."""

@@ -28,6 +28,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from fellrec.models.catalog_trie import CatalogTrie
 from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
+from fellrec.models.popularity_grounding import with_popularity
 from fellrec.models.prompts import PromptSettings, parse_response, render_prompt, render_response
 
 Trunk = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -388,17 +389,35 @@ class GenerativeRecommender(nn.Module):
         return scores
 
     def recommend(
-        self, histories: torch.Tensor, exclude: torch.Tensor | None = None
+        self,
+        histories: torch.Tensor,
+        exclude: torch.Tensor | None = None,
+        log_popularity: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate a title per history and ground it: scores ``(B, I)``.
 
         With ``model.prompt.constrained`` the beams' items come first, in beam order, and every
-        other item follows by the distance of its title's embedding to the best beam's.
+        other item follows by the distance of its title's embedding to the best beam's. With
+        ``model.prompt.popularity_gamma`` > 0 and ``log_popularity``, BIGRec's popularity term
+        re-scores the grounding (:func:`~fellrec.models.popularity_grounding.with_popularity`).
 
         Args:
             histories: Item indices ``(B, H)``, oldest first, left-padded with ``-1``.
             exclude: Optional ``(B, I)`` boolean mask of items to score ``-inf``.
+            log_popularity: The items' standardized log training counts ``(I,)``
+                (:func:`~fellrec.models.popularity_grounding.standardized_log_popularity`);
+                None: grounding alone.
         """
+        scores = self._grounded(histories, exclude)
+        gamma = self.settings.popularity_gamma
+        if gamma > 0 and log_popularity is not None:
+            scores = with_popularity(
+                scores, log_popularity.to(scores.device), gamma, self.settings.constrained
+            )
+        return scores
+
+    def _grounded(self, histories: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`recommend`'s scores before the popularity term."""
         if not self.settings.constrained:
             return self.ground(self.generate_titles(histories), exclude)
         ranked = self.generate_items(histories)

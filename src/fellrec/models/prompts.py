@@ -7,6 +7,7 @@ title before it is grounded onto the catalog.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,10 @@ class PromptSettings:
     score order rank the first ``num_beams`` items (the rest follow by their distance to the
     best beam's title). Generation may then run up to the longest title's tokens, beyond
     ``max_new_tokens``. False: free generation grounded by embedding distance (BIGRec)."""
+    popularity_gamma: float = 0.0
+    """Weight of BIGRec's popularity term (>= 0): each user's grounding scores, standardized,
+    plus gamma times the standardized log(1 + training count) of each item, counted in the
+    client's own training data (``fellrec.models.popularity_grounding``). 0: grounding alone."""
 
     @property
     def plural(self) -> str:
@@ -67,6 +72,11 @@ class PromptSettings:
             raise ValueError(f"model.prompt.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             raise ValueError(f"model.prompt.num_beams must be >= 1, got {self.num_beams}")
+        if not math.isfinite(self.popularity_gamma) or self.popularity_gamma < 0:
+            raise ValueError(
+                f"model.prompt.popularity_gamma must be a finite number >= 0, "
+                f"got {self.popularity_gamma}"
+            )
 
 
 def instruction(settings: PromptSettings) -> str:

@@ -369,6 +369,9 @@ class FederatedModule(ModuleSettings):
         if hasattr(self.recommender, "unavailable"):
             # New items (data.new_items) are not in the catalog the clients train on.
             self.recommender.unavailable = new_items
+        for slot, client in enumerate(self.held_clients):
+            # Scoring with counts (BIGRec's popularity term) stays on the client that has them.
+            self.backend.use_item_counts(slot, datamodule.training_item_counts(client))
         self.round_stats = RoundStatistics(self.num_clients)
         self.evaluation = EvaluationSums(self.num_clients, self.eval_names)
         sizes = datamodule.client_sizes()
