@@ -200,3 +200,28 @@ def test_a_fit_of_the_exported_silos_equals_the_original_fit(
         assert record["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-6)
     # The popularity baseline is the one thing that changes: each silo counts its own data.
     assert got["popularity"]["clients"] != expected["popularity"]["clients"]
+
+
+def test_a_share_of_evaluated_users_is_the_same_people_in_silos_and_centrally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = write_config(tmp_path, split="leave_one_out", eval_user_fraction=0.5)
+    original = datamodule("--config", str(base))
+    everyone = datamodule("--config", str(base), "--data.eval_user_fraction", "1")
+    for period in ("valid", "test"):
+        kept = getattr(original.data.split, period).users
+        full = getattr(everyone.data.split, period).users
+        assert 0 < len(kept) < len(full) and set(kept) <= set(full)
+    # The same users in both periods (each keeps its own targets), training untouched.
+    both = set(everyone.data.split.valid.users) & set(everyone.data.split.test.users)
+    assert set(original.data.split.valid.users) & both == set(original.data.split.test.users) & both
+    assert original.data.examples.targets.tolist() == everyone.data.examples.targets.tolist()
+    monkeypatch.chdir(tmp_path)
+    exported = export_silos(everyone.data, Path("export"))
+    silos = datamodule("--config", str(base), "--config", str(exported.overlay))
+    served = datamodule(
+        "--config", str(base), "--config", str(exported.overlay), "--data.client", "2"
+    )
+    for client in range(3):
+        assert client_view(silos, client) == client_view(original, client)
+    assert client_view(served, 2) == client_view(original, 2)

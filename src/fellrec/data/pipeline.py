@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from fellrec.data.catalog import CATALOG_OPTIONS, Catalog, read_catalog
+from fellrec.data.eval_sample import NONE_KEPT, sample_eval_users
 from fellrec.data.examples import sliding_window_examples
 from fellrec.data.kcore import kcore_filter
 from fellrec.data.schema import IndexedDataset, Split, TrainExamples, index_dataset
@@ -135,6 +136,7 @@ class PipelineSettings:
     unknown_items: str = "report"
     temporal_cutoffs: tuple[int, int] | None = None
     new_items: float = 0.0
+    eval_user_fraction: float = 1.0
 
     @classmethod
     def of_silos(
@@ -212,6 +214,16 @@ class PipelineSettings:
             raise ValueError(
                 "data.new_items must be a fraction of the items in [0, 1) (the share held out "
                 f"of training), got {self.new_items}"
+            )
+        fraction = self.eval_user_fraction
+        if not (
+            isinstance(fraction, int | float)
+            and not isinstance(fraction, bool)
+            and 0.0 < fraction <= 1.0
+        ):
+            raise ValueError(
+                "data.eval_user_fraction must be a share of the users in (0, 1] (1: evaluate "
+                f"everyone), got {fraction}"
             )
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ValueError(f"data.max_train_examples must be >= 1, got {self.max_train_examples}")
@@ -346,7 +358,13 @@ def split_and_window(
         allow_empty: Let an evaluation period be empty (one silo may have no such user).
 
     Under ``data.new_items`` the held-out items are drawn from the catalog (``data.seed``), so
-    every silo of a federation holds out the same ones.
+    every silo of a federation holds out the same ones; under ``data.eval_user_fraction`` < 1
+    validation and test keep the users a seeded hash of their id keeps
+    (:mod:`fellrec.data.eval_sample`), the same ones in every silo and in a central run.
+
+    Raises:
+        ValueError: When the fraction keeps no user of a period that had some (unless
+            ``allow_empty``).
     """
     split = split_dataset(
         dataset,
@@ -358,6 +376,21 @@ def split_and_window(
         allow_empty=allow_empty,
         new_items=choose_new_items(dataset.num_items, settings.new_items, settings.seed),
     )
+    if settings.eval_user_fraction < 1.0:
+        sampled = sample_eval_users(
+            split, dataset.user_ids, settings.eval_user_fraction, settings.seed
+        )
+        for period, full, kept in (
+            ("validation", split.valid, sampled.valid),
+            ("test", split.test, sampled.test),
+        ):
+            if len(full) and not len(kept) and not allow_empty:
+                raise ValueError(
+                    NONE_KEPT.format(
+                        fraction=settings.eval_user_fraction, users=len(full), period=period
+                    )
+                )
+        split = sampled
     examples = sliding_window_examples(
         split.train_sequences,
         settings.history_length,
@@ -486,3 +519,10 @@ def _announce(settings: PipelineSettings, data: FederatedData) -> None:
     """Warn about what reading the silos found (every time the data is loaded)."""
     if data.silos:
         announce_silos(data.silos, str(settings.catalog))
+    if settings.eval_user_fraction < 1.0:
+        log.info(
+            "data: data.eval_user_fraction=%g evaluates %d validation and %d test users",
+            settings.eval_user_fraction,
+            len(data.split.valid),
+            len(data.split.test),
+        )

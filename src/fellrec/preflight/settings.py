@@ -203,6 +203,7 @@ def pipeline_settings(values: Mapping[str, Any]) -> PipelineSettings:
         seed=int(data("seed")),
         window_stride=int(data("window_stride")),
         new_items=float(data("new_items")),
+        eval_user_fraction=float(data("eval_user_fraction")),
     )
 
 

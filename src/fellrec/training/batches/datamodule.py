@@ -143,6 +143,11 @@ class FederatedDataModule(L.LightningDataModule):
             training-period interactions are dropped (from every training window, history and
             count); they appear only as validation and test targets, which the ``popularity/new``
             slice of ``results.json`` reports (:mod:`fellrec.data.split`).
+        eval_user_fraction: Share of the evaluable users that validation and test rank, in
+            ``(0, 1]`` (1: everyone). The users are chosen by a hash of their original id and
+            ``seed``: the same in validation and test, in every strategy and baseline, and in
+            every silo (:mod:`fellrec.data.eval_sample`). For recommenders whose scoring is
+            costly (the generative one's beam search); training is unchanged.
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class FederatedDataModule(L.LightningDataModule):
         unknown_items: str = "report",
         temporal_cutoffs: list[int] | None = None,
         new_items: float = 0.0,
+        eval_user_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         self.settings = PipelineSettings.of_silos(
@@ -193,6 +199,7 @@ class FederatedDataModule(L.LightningDataModule):
             dirichlet_concentration=dirichlet_concentration,
             seed=seed,
             new_items=new_items,
+            eval_user_fraction=eval_user_fraction,
         )
         # Before validate(): which silo is served depends on a valid client.
         if client is not None and not 0 <= client < num_clients:
