@@ -10,6 +10,7 @@ import numpy as np
 from fellrec.data.schema import IndexedDataset
 
 if TYPE_CHECKING:
+    from fellrec.data.pipeline import DatasetSettings, PipelineSettings
     from fellrec.training.batches.datamodule import FederatedDataModule
 
 
@@ -46,3 +47,23 @@ def small_datamodule(cache_dir: Path, **options: Any) -> FederatedDataModule:
     )
     data.setup()
     return data
+
+
+def leave_one_out_settings(dataset: DatasetSettings, **changes: Any) -> PipelineSettings:
+    """Pipeline settings of ``dataset``: leave-one-out, history 4, 2 iid clients, seed 0."""
+    from fellrec.data.pipeline import PipelineSettings
+
+    settings: dict[str, Any] = {
+        "dataset": dataset,
+        "split": "leave_one_out",
+        "valid_fraction": 0.1,
+        "test_fraction": 0.1,
+        "history_length": 4,
+        "max_train_examples": None,
+        "num_clients": 2,
+        "partition": "iid",
+        "partition_attribute": None,
+        "dirichlet_concentration": 0.5,
+        "seed": 0,
+    }
+    return PipelineSettings(**{**settings, **changes})

@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from data_helpers import leave_one_out_settings
 from fellrec.data.eval_sample import kept_user_ids, sample_eval_users
-from fellrec.data.pipeline import DatasetSettings, PipelineSettings, build_federated_data
+from fellrec.data.pipeline import DatasetSettings, build_federated_data
 
 IDS = np.array([f"user-{n}" for n in range(20_000)])
 
@@ -39,20 +40,10 @@ def test_the_share_kept_is_the_fraction_and_seeds_differ():
     assert not (smaller & ~kept).any()  # a smaller share keeps a subset of the larger's
 
 
-SETTINGS = PipelineSettings(
-    dataset=DatasetSettings(
+SETTINGS = leave_one_out_settings(
+    DatasetSettings(
         format="synthetic", options={"num_users": 60, "num_items": 40, "num_categories": 3}
-    ),
-    split="leave_one_out",
-    valid_fraction=0.1,
-    test_fraction=0.1,
-    history_length=4,
-    max_train_examples=None,
-    num_clients=2,
-    partition="iid",
-    partition_attribute=None,
-    dirichlet_concentration=0.5,
-    seed=0,
+    )
 )
 
 

@@ -60,38 +60,23 @@ def test_generative_run_is_tested_again_from_its_checkpoint(tmp_path, tiny_llama
     main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root)])
     first = json.loads((root / RESULTS_FILE).read_text())
     checkpoint = root / "checkpoints" / "last.ckpt"
-    main(
-        [
-            "test",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(root),
-            "--ckpt_path",
-            str(checkpoint),
-        ]
-    )
-    again = json.loads((root / "test-0" / RESULTS_FILE).read_text())
+
+    def retest(*flags: str) -> dict:
+        """``fellrec test`` of the checkpoint with ``flags``; its results (test-<n>)."""
+        run = ["--config", str(config), "--trainer.default_root_dir", str(root)]
+        main(["test", *run, "--ckpt_path", str(checkpoint), *flags])
+        runs = sorted(root.glob("test-*"), key=lambda path: int(path.name.split("-")[1]))
+        return json.loads((runs[-1] / RESULTS_FILE).read_text())
+
+    again = retest()
     assert again["config"]["model"]["prompt"]["num_beams"] == 2
     assert again["resources"]["split"] is True
     assert set(again["clients"]) == set(first["clients"])
     assert again["overall"] == pytest.approx(first["overall"], abs=1e-6)
     # The same checkpoint re-scored with BIGRec's popularity term: a typed setting beside
     # --ckpt_path wins over the checkpoint's (gamma 0), and the record says which was used.
-    main(
-        [
-            "test",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(root),
-            "--ckpt_path",
-            str(checkpoint),
-            "--model.prompt.popularity_gamma",
-            "1.5",
-        ]
-    )
-    rescored = json.loads((root / "test-1" / RESULTS_FILE).read_text())
+    rescored = retest("--model.prompt.popularity_gamma", "1.5")
+    assert (root / "test-1").is_dir()
     assert rescored["config"]["model"]["prompt"]["popularity_gamma"] == 1.5
     assert again["config"]["model"]["prompt"]["popularity_gamma"] == 0.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_helpers import chronological_dataset
+from data_helpers import chronological_dataset, leave_one_out_settings
 from fellrec.data.examples import sliding_window_examples
 from fellrec.data.pipeline import DatasetSettings, PipelineSettings, build_federated_data
 from fellrec.data.split import choose_new_items, leave_one_out_split, temporal_split
@@ -79,20 +79,7 @@ def test_choice_is_seeded_and_sized() -> None:
 def test_bad_fractions_name_the_flag(value: float) -> None:
     with pytest.raises(ValueError, match=r"data\.new_items"):
         choose_new_items(100, value, seed=0)
-    settings = PipelineSettings(
-        dataset=DatasetSettings(),
-        split="leave_one_out",
-        valid_fraction=0.1,
-        test_fraction=0.1,
-        history_length=4,
-        max_train_examples=None,
-        num_clients=2,
-        partition="iid",
-        partition_attribute=None,
-        dirichlet_concentration=0.5,
-        seed=0,
-        new_items=value,
-    )
+    settings = leave_one_out_settings(DatasetSettings(), new_items=value)
     with pytest.raises(ValueError, match=r"data\.new_items must be a fraction"):
         settings.validate()
 
@@ -104,20 +91,8 @@ def test_a_fraction_that_holds_out_nothing_is_refused() -> None:
 
 def test_pipeline_never_trains_on_a_new_item() -> None:
     def settings(seed: int) -> PipelineSettings:
-        return PipelineSettings(
-            dataset=DatasetSettings(format="synthetic", options={"num_users": 60, "num_items": 40}),
-            split="leave_one_out",
-            valid_fraction=0.1,
-            test_fraction=0.1,
-            history_length=4,
-            max_train_examples=None,
-            num_clients=2,
-            partition="iid",
-            partition_attribute=None,
-            dirichlet_concentration=0.5,
-            seed=seed,
-            new_items=0.2,
-        )
+        synthetic = DatasetSettings(format="synthetic", options={"num_users": 60, "num_items": 40})
+        return leave_one_out_settings(synthetic, seed=seed, new_items=0.2)
 
     data = build_federated_data(settings(0))
     held = data.split.new_items
