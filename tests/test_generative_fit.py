@@ -98,9 +98,13 @@ def test_popularity_term_ranks_with_each_clients_own_counts(tmp_path, tiny_llama
     own = [standardized_log_popularity(data.training_item_counts(c)) for c in (0, 1)]
     assert not torch.equal(own[0], own[1])  # two clients, two different counts
     for slot, client in enumerate(model.held_clients):
-        assert torch.equal(backend.log_popularity[slot], own[client])
+        assert torch.equal(backend.log_popularity[slot], own[client].float())
     histories = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    consumed = torch.zeros(2, model.num_items, dtype=torch.bool)
+    consumed[0, :3], consumed[1, 3:7] = True, True
     for slot in (0, 1):
-        scores = backend.scores(slot, histories)
-        plain = model.recommender.recommend(histories)  # the same adapter, still active
-        assert torch.equal(scores, with_popularity(plain, own[slot], 0.5, False))
+        scores = backend.scores(slot, histories, consumed)
+        # The same adapter, still active; consumed items are left out of the standardization.
+        plain = model.recommender.recommend(histories, consumed)
+        assert torch.equal(scores, with_popularity(plain, own[slot].float(), 0.5, False))
+        assert scores[consumed].eq(float("-inf")).all()

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from fellrec.models.popularity_grounding import (
-    BEAM_OFFSET,
     row_standardized,
     standardized_log_popularity,
     with_popularity,
 )
-from fellrec.models.prompts import PromptSettings
+from fellrec.models.prompts import MAX_POPULARITY_GAMMA, PromptSettings
 
 
 def test_log_counts_are_standardized_over_the_catalog():
@@ -52,14 +51,26 @@ def test_constrained_beams_stay_on_top_and_the_term_orders_the_rest():
     scores = torch.tensor([[1.0, -0.5, 2.0, -0.1, float("-inf")]])
     popularity = torch.tensor([0.0, 3.0, -5.0, -3.0, 9.0])
     out = with_popularity(scores, popularity, 1.0, True)[0]
-    assert out[2] == 2.0 + BEAM_OFFSET and out[0] == 1.0 + BEAM_OFFSET
     assert out[4] == float("-inf")  # excluded stays excluded, however popular
     # The rest: distances -0.5 and -0.1 standardize to -1 and 1; plus 3 and -3.
     assert out[1].item() == pytest.approx(2.0) and out[3].item() == pytest.approx(-2.0)
+    # The beams: their scores plus the best other item's (2).
+    assert out[2].item() == pytest.approx(4.0) and out[0].item() == pytest.approx(3.0)
     assert out.argsort(descending=True).tolist()[:4] == [2, 0, 1, 3]
 
 
-@pytest.mark.parametrize("gamma", [-0.1, float("nan"), float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_beams_stay_on_top_whatever_gamma_and_dtype(dtype):
+    scores = torch.tensor([[-0.3, 2.0, -0.2, 1.0, -0.9, -0.4]], dtype=dtype)
+    popularity = torch.tensor([3.5, -1.0, 0.5, -2.0, 1.0, 0.0])
+    for gamma in (0.0, 1.0, MAX_POPULARITY_GAMMA):
+        out = with_popularity(scores, popularity, gamma, True)[0]
+        assert out.dtype == (torch.float32 if dtype != torch.float32 else dtype)
+        order = out.argsort(descending=True).tolist()
+        assert order[:2] == [1, 3] and len(set(out.tolist())) == 6
+
+
+@pytest.mark.parametrize("gamma", [-0.1, float("nan"), float("inf"), 1000.5])
 def test_a_gamma_below_zero_or_not_finite_is_refused_by_name(gamma):
     with pytest.raises(ValueError, match=r"model\.prompt\.popularity_gamma"):
         PromptSettings(popularity_gamma=gamma).validate()

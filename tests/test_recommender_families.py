@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -146,3 +147,14 @@ def test_a_registered_family_trains_through_the_normal_path(
     assert results["overall"]["users"] > 0
     # The privacy probe asked the family too: its inputs are item tokens.
     assert results["privacy"]["inputs"] == "items"
+
+
+@pytest.mark.parametrize("kind", BUILT_IN)
+def test_the_popularity_term_is_for_the_recommender_that_grounds_titles(kind: str) -> None:
+    prompt = PromptSettings(max_prompt_tokens=300, popularity_gamma=0.25)
+    settings = dataclasses.replace(_settings(kind), prompt=prompt)
+    if kind == "generative":
+        settings.validate()
+        return
+    with pytest.raises(ValueError, match=rf"popularity_gamma=0.25 .* model.recommender='{kind}'"):
+        settings.validate()

@@ -227,3 +227,8 @@ def test_one_served_silo_reads_only_that_silo(federation: Path) -> None:
     data = build_federated_data(settings(federation, client=1))
     assert data.dataset.user_ids.tolist() == ["a", "c"] and data.assignment.tolist() == [1, 1]
     assert np.array_equal(np.unique(data.examples.users), [0, 1])
+
+
+def test_a_share_of_users_that_empties_every_silo_is_named(federation: Path) -> None:
+    with pytest.raises(ValueError, match=r"empty split: .*data\.eval_user_fraction=1e-09\)"):
+        build_federated_data(settings(federation, eval_user_fraction=1e-9))

@@ -452,6 +452,11 @@ def _build_from_silos(settings: PipelineSettings) -> FederatedData:
                         if settings.temporal_cutoffs is not None and settings.split == "temporal"
                         else ""
                     )
+                    + (
+                        f", data.eval_user_fraction={settings.eval_user_fraction:g}"
+                        if settings.eval_user_fraction < 1.0
+                        else ""
+                    )
                     + ")"
                 )
     return FederatedData(

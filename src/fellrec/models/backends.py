@@ -46,8 +46,16 @@ class RecommenderBackend(Protocol):
         """Per-example training losses ``(B,)`` of ``slot``'s model (not reduced)."""
         ...
 
-    def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
-        """Scores ``(B, I)`` of every item for each history (higher is better)."""
+    def scores(
+        self, slot: int, histories: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scores ``(B, I)`` of every item for each history (higher is better).
+
+        ``exclude`` (bool ``(B, I)``, optional) marks the items a user has consumed: the caller
+        masks them from the ranking whatever they score, and a backend whose scores of the other
+        items depend on the whole row (the generative one's standardized popularity term) leaves
+        them out.
+        """
         ...
 
     def invalidate(self, identical_adapters: bool = False) -> None:
@@ -99,8 +107,13 @@ class SequentialBackend:
         self.adapters.activate(slot)
         return self.recommender.losses(histories, targets, generator)
 
-    def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
-        """Cosine / temperature + bias of every item after each history ``(B, I)``."""
+    def scores(
+        self, slot: int, histories: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cosine / temperature + bias of every item after each history ``(B, I)``.
+
+        ``exclude`` changes no other item's score: it is left to the caller's mask.
+        """
         self.adapters.activate(slot)
         return self.recommender.scores(histories)
 
@@ -219,8 +232,13 @@ class EncoderBackend:
             users, candidates.to(users.device), vectors, positions
         )
 
-    def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
-        """Temperature-scaled cosine scores of every item ``(B, I)``."""
+    def scores(
+        self, slot: int, histories: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Temperature-scaled cosine scores of every item ``(B, I)``.
+
+        ``exclude`` changes no other item's score: it is left to the caller's mask.
+        """
         table = self.item_table(slot)
         self.adapters.activate(slot)
         users = self.recommender.encode_histories(histories)
@@ -255,18 +273,23 @@ class GenerativeBackend:
         self.adapters.activate(slot)
         return self.recommender.losses(histories, targets)
 
-    def scores(self, slot: int, histories: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, slot: int, histories: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Negative L2 distances of the generated titles to every item title ``(B, I)``.
 
-        With ``model.prompt.popularity_gamma`` > 0, re-scored with the slot's popularity term.
+        With ``model.prompt.popularity_gamma`` > 0, re-scored with the slot's popularity term,
+        standardized over the items not in ``exclude`` (``-inf`` there).
         """
         self.adapters.activate(slot)
-        return self.recommender.recommend(histories, log_popularity=self.log_popularity.get(slot))
+        return self.recommender.recommend(
+            histories, exclude, log_popularity=self.log_popularity.get(slot)
+        )
 
     def use_item_counts(self, slot: int, counts: torch.Tensor) -> None:
         """Keep the slot's standardized log counts when the popularity term is on."""
         if self.recommender.settings.popularity_gamma > 0:
-            self.log_popularity[slot] = standardized_log_popularity(counts)
+            self.log_popularity[slot] = standardized_log_popularity(counts).float()
 
     def invalidate(self, identical_adapters: bool = False) -> None:
         """Nothing to forget: item-title embeddings come from the base model, not the adapters."""

@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import torch
 
-#: Added to the beam items' scores under constrained decoding, so they stay above every item the
-#: popularity term orders (standardized scores are a few units at most).
-BEAM_OFFSET = 1e6
-
 
 def standardized_log_popularity(counts: torch.Tensor) -> torch.Tensor:
     """``log(1 + counts)`` standardized over the items ``(I,)`` (float64).
@@ -66,11 +62,17 @@ def with_popularity(
         constrained: Whether ``scores`` come from constrained decoding (beams on top).
 
     Returns:
-        Scores ``(B, I)`` in ``scores``' dtype; ``-inf`` entries stay ``-inf``.
+        Scores ``(B, I)`` in ``scores``' dtype, or float32 for a narrower one (so that beams
+        stay distinct above the rest); ``-inf`` entries stay ``-inf``. Under constrained decoding
+        each beam item scores its beam score plus the row's best other score, whatever gamma.
     """
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
     bonus = gamma * log_popularity.to(scores.dtype)
     if not constrained:
         return row_standardized(scores) + bonus
     beams = scores >= 1.0
     rest = row_standardized(scores.masked_fill(beams, float("-inf"))) + bonus
-    return torch.where(beams, scores + BEAM_OFFSET, rest)
+    # Every beam above the row's best other item (>= 0), in beam order (beam scores are >= 1).
+    best = rest.masked_fill(~rest.isfinite(), 0.0).amax(dim=1, keepdim=True).clamp_min(0.0)
+    return torch.where(beams, scores + best, rest)

@@ -7,9 +7,11 @@ title before it is grounded onto the catalog.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+#: The largest ``model.prompt.popularity_gamma`` accepted.
+MAX_POPULARITY_GAMMA = 1000.0
 
 PREAMBLE = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -43,9 +45,10 @@ class PromptSettings:
     best beam's title). Generation may then run up to the longest title's tokens, beyond
     ``max_new_tokens``. False: free generation grounded by embedding distance (BIGRec)."""
     popularity_gamma: float = 0.0
-    """Weight of BIGRec's popularity term (>= 0): each user's grounding scores, standardized,
-    plus gamma times the standardized log(1 + training count) of each item, counted in the
-    client's own training data (``fellrec.models.popularity_grounding``). 0: grounding alone."""
+    """Weight of BIGRec's popularity term, in [0, 1000]: each user's grounding scores,
+    standardized over the items they can be recommended, plus gamma times the standardized
+    log(1 + training count) of each item, counted in the client's own training data
+    (``fellrec.models.popularity_grounding``). 0: grounding alone."""
 
     @property
     def plural(self) -> str:
@@ -72,9 +75,11 @@ class PromptSettings:
             raise ValueError(f"model.prompt.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             raise ValueError(f"model.prompt.num_beams must be >= 1, got {self.num_beams}")
-        if not math.isfinite(self.popularity_gamma) or self.popularity_gamma < 0:
+        # Standardized parts are a few units: beyond ~10 the ranking is popularity's alone, and
+        # the cap keeps every score exact enough in float32 to hold the beams' order.
+        if not (0.0 <= self.popularity_gamma <= MAX_POPULARITY_GAMMA):
             raise ValueError(
-                f"model.prompt.popularity_gamma must be a finite number >= 0, "
+                f"model.prompt.popularity_gamma must be in [0, {MAX_POPULARITY_GAMMA:g}], "
                 f"got {self.popularity_gamma}"
             )
 

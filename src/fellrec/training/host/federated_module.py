@@ -61,7 +61,7 @@ from fellrec.training.dp.host_secrets import (
 )
 from fellrec.training.host.client_checkpoints import check_client_keys, client_state
 from fellrec.training.host.client_optimization import average_gradients, client_param_groups
-from fellrec.training.host.client_tallies import EvaluationSums, RoundStatistics
+from fellrec.training.host.client_tallies import EvaluationSums, RoundStatistics, padded_mask
 from fellrec.training.host.held_data import held_data_digest, new_items_mask
 from fellrec.training.host.module_settings import ModuleSettings
 from fellrec.training.host.process_group import gather_objects, max_over_processes, reduce_sum
@@ -664,7 +664,8 @@ class FederatedModule(ModuleSettings):
         if batch.users.numel() == 0:
             return
         assert self.backend is not None
-        scores = self.backend.scores(self.slot(client), batch.histories)  # (b, I)
+        consumed = padded_mask(batch.consumed, self.num_items)  # masked from the ranking anyway
+        scores = self.backend.scores(self.slot(client), batch.histories, consumed)  # (b, I)
         if batch.counted:  # rows that do not count only keep the processes in step
             self.evaluation.add_scores(client, scores, batch.targets, batch.consumed, batch.users)
 

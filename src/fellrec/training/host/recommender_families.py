@@ -143,7 +143,8 @@ class RecommenderSettings:
             ValueError: For an unknown recommender, pooling or item encoding, a negative block
                 count or negatives count, ``item_encoding: step`` without sampled negatives, or
                 invalid ``model.items`` / ``model.prompt`` settings (``model.items.cold_start``
-                without per-item components among them).
+                without per-item components, ``model.prompt.popularity_gamma`` without a
+                generative recommender among them).
         """
         recommender_family(self.kind)  # an unknown name fails here
         if self.pooling not in POOLINGS:
@@ -170,6 +171,12 @@ class RecommenderSettings:
                 "model.item_components: true"
             )
         self.prompt.validate()
+        if self.prompt.popularity_gamma > 0 and not self.family.grounds_titles:
+            raise ValueError(
+                f"model.prompt.popularity_gamma={self.prompt.popularity_gamma:g} re-scores the "
+                f"titles a generative recommender grounds; model.recommender={self.kind!r} "
+                "ranks by its learned scores (item biases hold popularity): set it to 0"
+            )
         self.hidden_defence.validate()
         if self.hidden_defence.enabled and not self.split:
             raise ValueError(
@@ -191,12 +198,15 @@ class RecommenderFamily:
             per-item vectors (so ``model.items.ids`` makes the inputs trainable, and the
             inversion attacks embed items with a client's components); otherwise the inputs are
             the tokenizer's tokens.
+        grounds_titles: Recommends by grounding generated titles on the catalog, which
+            ``model.prompt.popularity_gamma`` re-scores with the client's item counts.
     """
 
     name: ClassVar[str]
     causal_lm: ClassVar[bool] = False
     causal_encoder: ClassVar[bool] = False
     item_token_inputs: ClassVar[bool] = False
+    grounds_titles: ClassVar[bool] = False
 
     @property
     def front_is_causal(self) -> bool:
@@ -368,6 +378,7 @@ class GenerativeFamily(RecommenderFamily):
 
     name = "generative"
     causal_lm = True
+    grounds_titles = True
 
     def tokens_per_example(self, settings: RecommenderSettings, history_length: int) -> int:
         """``model.prompt.max_prompt_tokens``."""
