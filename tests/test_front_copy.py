@@ -5,9 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fellrec.models.front_copy import front_copy_recovery, front_states, shortlist_candidates
+from fellrec.models.front_copy import (
+    _decode_cached,
+    _decode_recomputed,
+    front_copy_recovery,
+    front_states,
+    shortlist_candidates,
+)
+from fellrec.models.hidden_defence import HiddenDefence
 from fellrec.models.inversion import token_recovery
+from fellrec.models.split import SplitModel
+from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import num_blocks
+from fellrec.models.transport import LocalTransport
+from split_families import DECODER_FAMILIES, build_family, needs_transformers_5
 from test_inversion import mixing_llama, random_batches
+from test_split_model import _batch
 
 
 def test_shortlist_takes_the_nearest_rows_by_cosine():
@@ -55,3 +68,43 @@ def test_the_front_copy_refuses_an_empty_shortlist():
     model = mixing_llama(0.2)
     with pytest.raises(ValueError, match="at least one candidate"):
         attack(model, model, [1], shortlist=0)
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_a_decoder_front_decodes_on_a_kv_cache_as_when_rerunning_each_prefix(family, padding):
+    """One new token per candidate on a cache decodes exactly what rerunning the prefix does.
+
+    Candidates are the true token among random others (the truth at a random place), so the
+    nearest state is the truth's by a wide margin and both decoders find every real token up to
+    where the shortlist misses the truth; from there on they must still agree.
+    """
+    model = build_family(family).eval()
+    ids, mask = _batch(padding, length=12)
+    generator = torch.Generator().manual_seed(3)
+    candidates = torch.randint(1000, 3000, (*ids.shape, 6), generator=generator)
+    place = torch.randint(0, 6, ids.shape, generator=generator)
+    candidates.scatter_(2, place[..., None], ids[..., None])
+    candidates[0, 4] = torch.randint(1000, 3000, (6,), generator=generator)  # truth missing here
+    defence = HiddenDefence()
+    for k_front in (0, 2):
+        front = SplitModel(model, plan_split(num_blocks(model), k_front, 0), LocalTransport())
+        with torch.inference_mode():
+            victims = front.front(ids, mask)[0]
+            cached = _decode_cached(front, victims, ids, mask, candidates, defence)
+            rerun = _decode_recomputed(front, victims, ids, mask, candidates, defence)
+        assert torch.equal(cached, rerun), (family, padding, k_front)
+        right = (cached == ids) | ~mask.bool()
+        # Row 0 goes wrong where the truth is missing (and after it: its prefix is then wrong).
+        assert right[1:].all() and right[0, :4].all(), (family, padding, k_front)
+        assert not right[0, 4], (family, padding, k_front)
+        assert torch.equal(cached[~mask.bool()], ids[~mask.bool()])  # padding left alone
+
+
+def test_only_a_decoder_front_runs_on_a_kv_cache():
+    encoder = build_family("distilbert")
+    front = SplitModel(encoder, plan_split(num_blocks(encoder), 1, 0), LocalTransport())
+    ids, mask = _batch("right")
+    with pytest.raises(ValueError, match="only decoder"):
+        front.front_step(ids, mask, None)

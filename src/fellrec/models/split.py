@@ -112,6 +112,20 @@ def _cached_key_columns(mask: Tensor, cache: Any, block: int, query_length: int)
     return mask[..., offset : offset + length]
 
 
+def new_kv_cache(config: Any) -> Any:
+    """An empty KV cache of the kind split generation keeps on each side (:data:`SPLIT_CACHES`).
+
+    Args:
+        config: The model's config (transformers 5 builds sliding-window layers from it).
+    """
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # transformers 4.x builds its layers lazily, without a config
+        return DynamicCache()
+
+
 class UnsplitTrunk:
     """The whole backbone in one piece, through the Hugging Face module's own forward.
 
@@ -273,6 +287,39 @@ class SplitModel:
                 hidden = self.embeddings(input_ids=input_ids)
         hidden = self._run(self.plan.front, hidden, attention_mask, position_ids)
         return hidden, attention_mask, position_ids
+
+    def front_step(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        cache: Any,
+        cache_position: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Client, decoders: the front over new tokens, earlier tokens' keys and values cached.
+
+        What generation runs on the client each step, and what the server's front copy
+        (:mod:`fellrec.models.front_copy`) runs to try one candidate token per sequence without
+        recomputing the prefix.
+
+        Args:
+            input_ids: The new tokens ``(B, T_new)``.
+            attention_mask: ``(B, T)`` over every key, the cached ones first.
+            cache: A KV cache (:func:`new_kv_cache`) holding the earlier tokens of the front's
+                blocks; the new tokens' keys and values are appended to it. None: no cache (the
+                new tokens are the whole sequence).
+            cache_position: Where the new tokens go in the cache (transformers 4.x blocks).
+
+        Returns:
+            ``(hidden_states, position_ids)`` of the new tokens.
+        """
+        if self.family != "decoder":
+            raise ValueError("only decoder (causal LM) fronts run with a KV cache")
+        positions = position_ids_from_mask(attention_mask)[:, -input_ids.shape[1] :]
+        hidden = self._decoder_inputs(input_ids, positions)
+        hidden = self._run(
+            self.plan.front, hidden, attention_mask, positions, cache, cache_position
+        )
+        return hidden, positions
 
     def middle(
         self,
@@ -450,13 +497,9 @@ class SplitModel:
             attention_mask = torch.ones(
                 input_ids.shape[0], past + new, dtype=torch.long, device=input_ids.device
             )
-        positions = position_ids_from_mask(attention_mask)[:, -new:]
         if use_cache is False:
             cache = None
-        hidden = self._decoder_inputs(input_ids, positions)
-        hidden = self._run(
-            self.plan.front, hidden, attention_mask, positions, cache, cache_position
-        )
+        hidden, positions = self.front_step(input_ids, attention_mask, cache, cache_position)
         server = MiddleCall(self.middle, cache, cache_position)
         hidden = self._cross(server, hidden, attention_mask, positions)
         hidden = self._run(self.plan.back, hidden, attention_mask, positions, cache, cache_position)

@@ -42,7 +42,7 @@ from fellrec.models.backbone import load_causal_lm, load_encoder
 from fellrec.models.process_transport import random_state, set_random_state
 from fellrec.models.proximal import add_proximal_gradient
 from fellrec.models.server_side import ServerSide
-from fellrec.models.split import SplitModel
+from fellrec.models.split import SplitModel, new_kv_cache
 from fellrec.models.split_plan import plan_split
 from fellrec.models.split_support import model_blocks, num_blocks
 from fellrec.models.transport import LocalTransport
@@ -84,15 +84,6 @@ class _Kept:
     value: Any
     owner: int
     since: float
-
-
-def _new_cache(config: Any) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # transformers 4.x builds its layers lazily, without a config
-        return DynamicCache()
 
 
 class BlockHost:
@@ -189,7 +180,7 @@ class BlockHost:
         if request["cache"] is not None:
             key = request["cache"]
             if key not in self.caches:
-                cache_of_call = _new_cache(self.adapters.model.config)
+                cache_of_call = new_kv_cache(self.adapters.model.config)
                 self.caches[key] = _Kept(cache_of_call, owner, self.clock())
             cache = self.caches[key].value
         position = request["cache_position"]
