@@ -20,7 +20,7 @@ from fellrec.models.split_support import num_blocks
 from fellrec.models.transport import LocalTransport
 from split_families import DECODER_FAMILIES, build_family, needs_transformers_5
 from test_inversion import mixing_llama, random_batches
-from test_split_model import _batch
+from test_split_model import _batch, _other_family
 
 
 def test_shortlist_takes_the_nearest_rows_by_cosine():
@@ -70,17 +70,13 @@ def test_the_front_copy_refuses_an_empty_shortlist():
         attack(model, model, [1], shortlist=0)
 
 
-@needs_transformers_5
-@pytest.mark.parametrize("padding", ["left", "right"])
-@pytest.mark.parametrize("family", DECODER_FAMILIES)
-def test_a_decoder_front_decodes_on_a_kv_cache_as_when_rerunning_each_prefix(family, padding):
+def assert_cached_decoding_equals_rerunning(model: torch.nn.Module, padding: str) -> None:
     """One new token per candidate on a cache decodes exactly what rerunning the prefix does.
 
     Candidates are the true token among random others (the truth at a random place), so the
     nearest state is the truth's by a wide margin and both decoders find every real token up to
     where the shortlist misses the truth; from there on they must still agree.
     """
-    model = build_family(family).eval()
     ids, mask = _batch(padding, length=12)
     generator = torch.Generator().manual_seed(3)
     candidates = torch.randint(1000, 3000, (*ids.shape, 6), generator=generator)
@@ -94,16 +90,32 @@ def test_a_decoder_front_decodes_on_a_kv_cache_as_when_rerunning_each_prefix(fam
             victims = front.front(ids, mask)[0]
             cached = _decode_cached(front, victims, ids, mask, candidates, defence)
             rerun = _decode_recomputed(front, victims, ids, mask, candidates, defence)
-        assert torch.equal(cached, rerun), (family, padding, k_front)
+        assert torch.equal(cached, rerun), (padding, k_front)
         right = (cached == ids) | ~mask.bool()
         # Row 0 goes wrong where the truth is missing (and after it: its prefix is then wrong).
-        assert right[1:].all() and right[0, :4].all(), (family, padding, k_front)
-        assert not right[0, 4], (family, padding, k_front)
+        assert right[1:].all() and right[0, :4].all(), (padding, k_front)
+        assert not right[0, 4], (padding, k_front)
         assert torch.equal(cached[~mask.bool()], ids[~mask.bool()])  # padding left alone
 
 
+@needs_transformers_5
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_a_decoder_front_decodes_on_a_kv_cache_as_when_rerunning_each_prefix(family, padding):
+    assert_cached_decoding_equals_rerunning(build_family(family).eval(), padding)
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("name", ["qwen2-sliding", "mistral-sliding-eager", "llama-eager"])
+def test_windowed_fronts_decode_on_a_kv_cache_on_every_transformers(name, padding):
+    """Also on transformers 4.x (tox -e min), whose sliding-window caches report their keys
+    by cache position (4.56-4.57) or keep every key (4.53)."""
+    model, _, _ = _other_family(name)
+    assert_cached_decoding_equals_rerunning(model.eval(), padding)
+
+
 def test_only_a_decoder_front_runs_on_a_kv_cache():
-    encoder = build_family("distilbert")
+    encoder, _, _ = _other_family("roberta")
     front = SplitModel(encoder, plan_split(num_blocks(encoder), 1, 0), LocalTransport())
     ids, mask = _batch("right")
     with pytest.raises(ValueError, match="only decoder"):

@@ -9,10 +9,12 @@ from transformers import AutoTokenizer, GenerationConfig
 from fellrec.models.attention_masks import decoder_allowed
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.prompts import PromptSettings
-from fellrec.models.split import SplitModel, make_trunk
+from fellrec.models.split import SplitModel, make_trunk, new_kv_cache
+from fellrec.models.split_plan import plan_split
+from fellrec.models.split_support import num_blocks
 from fellrec.models.transport import LocalTransport
 from split_families import DECODER_FAMILIES, build_family, needs_transformers_5
-from test_split_model import _batch, _llama
+from test_split_model import _batch, _llama, _other_family
 
 ALLOWED = {
     ("to_server", "forward"): {"hidden_states", "attention_mask", "position_ids"},
@@ -133,3 +135,36 @@ def test_a_cache_the_split_does_not_rebuild_is_refused(model):
         split.generating(),
     ):
         model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+
+
+def assert_front_steps_equal_the_front(model: torch.nn.Module, padding: str) -> None:
+    """Token by token on a KV cache, the front gives every real token the state it gives whole."""
+    ids, mask = _batch(padding, length=12)
+    for k_front in (1, 3):
+        front = SplitModel(model, plan_split(num_blocks(model), k_front, 0), LocalTransport())
+        cache = new_kv_cache(front.inner.config)
+        with torch.inference_mode():
+            whole = front.front(ids, mask)[0]
+            steps = [
+                front.front_step(ids[:, t : t + 1], mask[:, : t + 1], cache, torch.tensor([t]))[0]
+                for t in range(ids.shape[1])
+            ]
+        stepped = torch.cat(steps, dim=1)
+        real = mask.bool()
+        assert torch.allclose(stepped[real], whole[real], atol=1e-5), (padding, k_front)
+
+
+@needs_transformers_5
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_the_front_step_on_a_cache_equals_the_whole_front(family, padding):
+    assert_front_steps_equal_the_front(build_family(family).eval(), padding)
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("name", ["qwen2-sliding", "mistral-sliding-eager", "llama-eager"])
+def test_windowed_front_steps_equal_the_whole_front_on_every_transformers(name, padding):
+    """Also on transformers 4.x (tox -e min): 4.56-4.57's sliding-window caches keep only the
+    window's keys and report them by cache position, 4.53's keep every key."""
+    model, _, _ = _other_family(name)
+    assert_front_steps_equal_the_front(model.eval(), padding)

@@ -118,8 +118,9 @@ def _decode_cached(
     """:func:`_decode` for a decoder front: each candidate is one new token on a KV cache.
 
     Every row is held ``K`` times (one copy per candidate), so a position costs ``B * K`` new
-    tokens instead of ``B * K`` prefixes: linear in the length, not quadratic (a ~190-token
-    generative prompt is ~100x cheaper). After each position every copy of a row takes the
+    tokens through the front's projections and MLPs instead of ``B * K`` prefixes (only
+    attention and the cache's copies still grow with the position): on a ~140-token generative
+    prompt of SmolLM2 the attack ran 11x faster. After each position every copy of a row takes the
     winner's cache, which holds exactly the decoded prefix (the copies differ only in their
     last token). Positions where ``mask`` is 0 are run too (their keys are masked), so the cache
     stays aligned with the mask.

@@ -96,17 +96,35 @@ def _bidirectional_window(attention_mask: Tensor, window: int) -> Tensor:
     return band[None, None] & attention_mask.bool()[:, None, None, :]
 
 
-def _cached_key_columns(mask: Tensor, cache: Any, block: int, query_length: int) -> Tensor:
+def _cached_key_columns(
+    mask: Tensor,
+    cache: Any,
+    block: int,
+    query_length: int,
+    cache_position: Tensor | None = None,
+) -> Tensor:
     """The mask's columns of the keys ``block``'s cache layer will attend to.
 
-    A sliding-window cache layer (transformers 5) keeps only its last ``window - 1`` keys, so the
-    keys a new token sees are the last columns of the full mask, at the offset the cache reports;
-    a full layer keeps every key and the mask is unchanged.
+    A sliding-window cache layer keeps only its last ``window - 1`` keys, so the keys a new token
+    sees are the last columns of the full mask, at the offset the cache reports; a full layer
+    keeps every key and the mask is unchanged. transformers 5 asks the layer by query length;
+    4.56-4.57 (whose ``DynamicCache(config=...)`` already builds sliding layers) by the new
+    tokens' ``cache_position``; older 4.x caches keep every key.
     """
     sizes = getattr(cache, "get_mask_sizes", None)
-    if sizes is None or "query_length" not in inspect.signature(sizes).parameters:
-        return mask  # transformers 4.x caches keep every key
-    length, offset = sizes(query_length, block)
+    if sizes is None:
+        return mask
+    parameters = inspect.signature(sizes).parameters
+    if "query_length" in parameters:
+        length, offset = sizes(query_length, block)
+    elif (
+        "cache_position" in parameters
+        and cache_position is not None
+        and block < len(getattr(cache, "layers", ()))
+    ):
+        length, offset = sizes(cache_position, block)
+    else:
+        return mask
     if offset == 0 and length == mask.shape[-1]:
         return mask
     return mask[..., offset : offset + length]
@@ -424,7 +442,7 @@ class SplitModel:
                 caching["position_embeddings"] = rotary[self._rotary_kind(i)]
             mask = masks[self._windows[i]]
             if cache is not None and mask is not None:
-                mask = _cached_key_columns(mask, cache, i, hidden.shape[1])
+                mask = _cached_key_columns(mask, cache, i, hidden.shape[1], cache_position)
             out = self.blocks[i](
                 hidden,
                 attention_mask=mask,
