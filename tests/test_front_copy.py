@@ -20,7 +20,7 @@ from fellrec.models.split_support import num_blocks
 from fellrec.models.transport import LocalTransport
 from split_families import DECODER_FAMILIES, build_family, needs_transformers_5
 from test_inversion import mixing_llama, random_batches
-from test_split_model import _batch, _other_family
+from test_split_model import DECODERS_ON_EVERY_TRANSFORMERS, _batch, _other_family
 
 
 def test_shortlist_takes_the_nearest_rows_by_cosine():
@@ -106,7 +106,7 @@ def test_a_decoder_front_decodes_on_a_kv_cache_as_when_rerunning_each_prefix(fam
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
-@pytest.mark.parametrize("name", ["qwen2-sliding", "mistral-sliding-eager", "llama-eager"])
+@pytest.mark.parametrize("name", DECODERS_ON_EVERY_TRANSFORMERS)
 def test_windowed_fronts_decode_on_a_kv_cache_on_every_transformers(name, padding):
     """Also on transformers 4.x (tox -e min), whose sliding-window caches report their keys
     by cache position (4.56-4.57) or keep every key (4.53)."""

@@ -14,7 +14,7 @@ from fellrec.models.split_plan import plan_split
 from fellrec.models.split_support import num_blocks
 from fellrec.models.transport import LocalTransport
 from split_families import DECODER_FAMILIES, build_family, needs_transformers_5
-from test_split_model import _batch, _llama, _other_family
+from test_split_model import DECODERS_ON_EVERY_TRANSFORMERS, _batch, _llama, _other_family
 
 ALLOWED = {
     ("to_server", "forward"): {"hidden_states", "attention_mask", "position_ids"},
@@ -162,7 +162,7 @@ def test_the_front_step_on_a_cache_equals_the_whole_front(family, padding):
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
-@pytest.mark.parametrize("name", ["qwen2-sliding", "mistral-sliding-eager", "llama-eager"])
+@pytest.mark.parametrize("name", DECODERS_ON_EVERY_TRANSFORMERS)
 def test_windowed_front_steps_equal_the_whole_front_on_every_transformers(name, padding):
     """Also on transformers 4.x (tox -e min): 4.56-4.57's sliding-window caches keep only the
     window's keys and report them by cache position, 4.53's keep every key."""

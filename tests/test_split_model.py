@@ -324,6 +324,10 @@ def _encoder_config(cls: type) -> object:
     )
 
 
+#: Decoders split execution supports on every transformers (4.x too), sliding windows included.
+DECODERS_ON_EVERY_TRANSFORMERS = ["qwen2-sliding", "mistral-sliding-eager", "llama-eager"]
+
+
 def _other_family(name: str) -> tuple[nn.Module, list[str], str]:
     import transformers as tf
 
