@@ -22,8 +22,8 @@ intervals, std and Jain's index across clients, best round, minutes; the issue's
 and, per split, ``fellrec report`` into ``<output>/<split>/``. Finished runs are skipped, so an
 interrupted benchmark resumes where it stopped::
 
-    python benchmarks/bench_quality.py                       # the CPU budget, ~1.5 h on 2 cores
-    python benchmarks/bench_quality.py --budget cpu-bf16     # the same in bf16 (CPU bf16 units)
+    python benchmarks/bench_quality.py --budget cpu-bf16     # 3 rounds in bf16: 25 min on 2 cores
+    python benchmarks/bench_quality.py                       # fp32: a round ~1.35x longer
     python benchmarks/bench_quality.py --budget full         # 20 rounds, early stopping, any device
     python benchmarks/bench_quality.py --budget gpu --jobs 4 # the same on a GPU in bf16, 4 at once
     python benchmarks/bench_quality.py --splits leave_one_out --strategies fellrec,fedavg
@@ -89,7 +89,7 @@ FULL_BUDGET = ["--trainer.max_epochs", "20"]
 #: Per budget: the settings every strategy gets (the same for all of them).
 BUDGETS: dict[str, list[str]] = {
     # 3 rounds of one local epoch over every training interaction: validation peaks within
-    # rounds 1-3 on ML-100K, and 9 strategies x 2 splits then fit ~90 minutes on 2 cores.
+    # rounds 1-3 on ML-100K; 9 strategies x 2 splits in fp32 (cpu-bf16: 25 min on 2 cores).
     "cpu": ["--trainer.max_epochs", "3"],
     # The same in bf16-mixed, for CPUs with bf16 matrix units (AVX-512 BF16, AMX): 1.3-1.7x faster
     # steps, quality within seed noise (benchmarks/README.md, "bench_train_step.py").
