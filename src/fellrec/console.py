@@ -7,8 +7,11 @@ reads ``OMP_WAIT_POLICY`` once, when it loads, and a mistake in a config should 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fellrec.command_errors import report_error
 
@@ -24,6 +27,27 @@ def set_process_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector during the block, then freeze what it made.
+
+    Importing Lightning, torch and transformers creates a few million objects and no garbage,
+    yet their allocations trigger the collector's full passes over everything made so far: about
+    1.4 s of a 7 s start (``import fellrec.cli``: 7.1 s with the collector, 5.6 s without, on a
+    2-core EPYC). After the block, :func:`gc.freeze` moves those objects out of the collector's
+    sight, so the later full passes of a run skip them too. Reference counting frees everything
+    as before; only cycles made inside the block wait until it ends.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``fellrec`` console script."""
     set_process_defaults()
@@ -35,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as error:  # ConfigError and DataFormatError are ValueErrors
         report_error(error)
         raise SystemExit(2) from None
-    from fellrec.cli import main as run
+    with collector_paused():
+        from fellrec.cli import main as run
 
     run(argv, checked=True)
