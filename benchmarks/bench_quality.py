@@ -89,7 +89,8 @@ FULL_BUDGET = ["--trainer.max_epochs", "20"]
 #: Per budget: the settings every strategy gets (the same for all of them).
 BUDGETS: dict[str, list[str]] = {
     # 3 rounds of one local epoch over every training interaction: validation peaks within
-    # rounds 1-3 on ML-100K; 9 strategies x 2 splits in fp32 (cpu-bf16: 25 min on 2 cores).
+    # rounds 1-3 on ML-100K. 9 strategies x 2 splits: 25 min on 2 cores in cpu-bf16 with the
+    # default --jobs 2; fp32 takes ~1.35x as long a round (not timed whole).
     "cpu": ["--trainer.max_epochs", "3"],
     # The same in bf16-mixed, for CPUs with bf16 matrix units (AVX-512 BF16, AMX): 1.3-1.7x faster
     # steps, quality within seed noise (benchmarks/README.md, "bench_train_step.py").
@@ -176,7 +177,7 @@ def run_split(
     Args:
         seed: ``None`` runs the config's seed into ``<output>/<split>/``; a number runs that
             seed (``data.seed`` and ``seed_everything``) into ``<output>/<split>/seed-<n>/``.
-        jobs: How many strategy runs go at once (each its own process).
+        jobs: How many runs go at once (the baselines' process and each strategy's).
         specs: The flags of each name in ``strategies`` (default :data:`STRATEGY_SPECS`).
         extra: Flags every run of the split gets, baselines included (e.g. a data protocol).
     """
@@ -229,11 +230,7 @@ def run_split(
     def fit(name: str, args: list[str]) -> float:
         what = f"baselines {', '.join(baselines)}" if name == BASELINES_JOB else f"{name}: fitting"
         print(f"[{root.relative_to(output)}] {what}", flush=True)
-        log = root / "logs" / f"{name}.log"
-        elapsed = fellrec(args, log)
-        if name != BASELINES_JOB:
-            memory[name] = PEAK_RSS_MIB[str(log)]
-        return elapsed
+        return fellrec(args, root / "logs" / f"{name}.log")
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(fit, name, args): name for name, args in pending.items()}
@@ -241,6 +238,8 @@ def run_split(
             for future in as_completed(futures):
                 name = futures[future]
                 seconds[name] = future.result()
+                # Recorded here, in the main thread: the dict never changes while it is dumped.
+                memory[name] = PEAK_RSS_MIB[str(root / "logs" / f"{name}.log")]
                 print(
                     f"[{root.relative_to(output)}] {name}: {seconds[name] / 60:.1f} min", flush=True
                 )
@@ -248,8 +247,9 @@ def run_split(
                 timing_path.write_text(json.dumps(seconds, indent=2))
                 memory_path.write_text(json.dumps(memory, indent=2))
         except BaseException:
-            # A failed run stops the benchmark as before: the runs not yet started are dropped
-            # (leaving the pool would otherwise start every one of them first).
+            # A failed run (baselines included) stops the benchmark: the runs not yet started
+            # are dropped (leaving the pool would otherwise start every one of them first); one
+            # already running beside it finishes first, and its results.json is kept for a resume.
             for future in futures:
                 future.cancel()
             raise
@@ -479,7 +479,8 @@ def main() -> None:
     document = [
         "# Recommendation quality on MovieLens-100K",
         "",
-        f"`python benchmarks/bench_quality.py --budget {options.budget} --seeds {options.seeds}` "
+        f"`python benchmarks/bench_quality.py --budget {options.budget} --seeds {options.seeds} "
+        f"--jobs {options.jobs}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); the recipe of "
         "`configs/ml100k-minilm-base.yaml` (sequential recommender, MiniLM + LoRA, per-item "
         "components); 5 k-means clients; budget "
