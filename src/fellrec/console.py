@@ -33,8 +33,8 @@ def collector_paused() -> Iterator[None]:
 
     Importing Lightning, torch and transformers creates a few million long-lived objects, and
     their allocations trigger the collector's full passes over everything made so far: about
-    1.4 s of a 7 s start (``import fellrec.cli``: 7.1 s with the collector, 5.6 s without, on a
-    2-core EPYC). After the block, :func:`gc.freeze` moves every tracked object (in practice,
+    1.5 s of a 7 s start (``import fellrec.cli``: 7.0-7.4 s with the collector, 5.5-5.8 s
+    without, on a 2-core EPYC beside another job). After the block, :func:`gc.freeze` moves every tracked object (in practice,
     what the imports made) out of the collector's sight, so the later full passes of a run skip
     them too. Reference counting frees objects as before; the few reference cycles that became
     garbage inside the block are frozen with the rest and never freed (~19 MiB of peak memory
