@@ -31,15 +31,15 @@ def set_process_defaults() -> None:
 def collector_paused() -> Iterator[None]:
     """Hold the cyclic garbage collector during the block, then freeze every object it tracks.
 
-    Importing Lightning, torch and transformers creates a few million long-lived objects, and
-    their allocations trigger the collector's full passes over everything made so far: about 1.5
+    Importing Lightning, torch and transformers leaves some 560,000 objects for the collector to
+    track, and their allocations trigger its full passes over everything made so far: about 1.5
     s of a 7 s start (``import fellrec.cli``: 7.0-7.4 s with the collector, 5.5-5.8 s without,
     on a 2-core EPYC beside another job). After the block, :func:`gc.freeze` moves every tracked
     object (in practice, what the imports made) out of the collector's sight, so the later full
-    passes of a run skip them too. Reference counting frees objects as before; the few reference
-    cycles that became garbage inside the block are frozen with the rest and never freed (~19
-    MiB of peak memory on the quickstart, against the one more full pass, ~0.15 s, that would
-    free them).
+    passes of a run skip them too. Reference counting frees objects as before; the reference
+    cycles that became garbage inside the block (about 15,000 objects) are frozen with the rest
+    and never freed: ~19 MiB of peak memory on the quickstart, against one more full pass (0.47
+    s, measured beside another job) that would free them.
     """
     was_enabled = gc.isenabled()
     gc.disable()
