@@ -187,7 +187,9 @@ def run_split(
     if seed is not None:
         shared += ["--data.seed", str(seed), "--seed_everything", str(seed)]
     runs: dict[str, Path] = {}
-    baseline_args: list[str] = []
+    # Every process still to run, by name; the baselines are one process of their own
+    # ("baselines"), first: alone, or as one of the concurrent jobs.
+    pending: dict[str, list[str]] = {}
     timing_path = root / "seconds.json"
     seconds: dict[str, float] = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     if baselines:
@@ -198,11 +200,8 @@ def run_split(
             if seed is not None:  # the baselines have their own seeds (sasrec.seed, bpr.seed)
                 for name in baselines:
                     args += [f"--{name}.seed", str(seed)]
-            baseline_args = args
+            pending[BASELINES_JOB] = args
         runs.update(zip(baselines, directories, strict=True))
-    # The baselines are one process of their own ("baselines"), run first: alone, or as one of
-    # the concurrent jobs.
-    pending: dict[str, list[str]] = {BASELINES_JOB: baseline_args} if baseline_args else {}
     for name in strategies:
         directory = root / name
         runs[name] = directory
@@ -227,10 +226,13 @@ def run_split(
     memory_path = root / "peak_rss_mib.json"
     memory: dict[str, float] = json.loads(memory_path.read_text()) if memory_path.exists() else {}
 
+    def log_of(name: str) -> Path:
+        return root / "logs" / f"{name}.log"
+
     def fit(name: str, args: list[str]) -> float:
         what = f"baselines {', '.join(baselines)}" if name == BASELINES_JOB else f"{name}: fitting"
         print(f"[{root.relative_to(output)}] {what}", flush=True)
-        return fellrec(args, root / "logs" / f"{name}.log")
+        return fellrec(args, log_of(name))
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(fit, name, args): name for name, args in pending.items()}
@@ -239,7 +241,7 @@ def run_split(
                 name = futures[future]
                 seconds[name] = future.result()
                 # Recorded here, in the main thread: the dict never changes while it is dumped.
-                memory[name] = PEAK_RSS_MIB[str(root / "logs" / f"{name}.log")]
+                memory[name] = PEAK_RSS_MIB[str(log_of(name))]
                 print(
                     f"[{root.relative_to(output)}] {name}: {seconds[name] / 60:.1f} min", flush=True
                 )
