@@ -44,9 +44,12 @@ def child(mode: str, config: Path, root: Path, parameters: Path, address: str) -
         "train", settings, 0, parameters=torch.load(parameters), config=round_config
     )
     if mode == "in-process":  # as a ClientApp without a worker: the model code loads here
-        from fellrec.deploy.client_session import answer
+        from flwr.app import Context, RecordDict
 
-        report = answer(asked)
+        from fellrec.deploy.client_app import answer_on_node
+
+        node = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+        report = answer_on_node(asked, node)
     else:
         report = ask_worker(address, asked)
     assert report.examples > 0

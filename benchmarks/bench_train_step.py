@@ -21,6 +21,8 @@ catalog), one client holding a random batch of the training windows:
 
 The per-round parts (Lightning's per-step overhead, collation, validation, aggregation) come
 from a real ``fellrec fit`` round: ``benchmarks/README.md`` gives that command beside the table.
+``--fit-round-ddp`` times that round in one process against two DDP processes (gloo, one OpenMP
+thread each), alternating ``--repeats`` times.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -367,8 +369,17 @@ def run_worker(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def fit_round(precision: str, work: Path, data_dir: Path) -> dict[str, float]:
-    """One round of the recipe by ``fellrec fit`` (every training window, 5 k-means clients)."""
+#: ``fellrec fit`` flags of two data-parallel processes on the CPU (one OpenMP thread each).
+DDP_ON_CPU = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+
+
+def fit_round(
+    precision: str, work: Path, data_dir: Path, extra: Sequence[str] = ()
+) -> dict[str, float]:
+    """One round of the recipe by ``fellrec fit`` (every training window, 5 k-means clients).
+
+    ``extra`` flags are added to the command (e.g. :data:`DDP_ON_CPU`).
+    """
     work.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"round-{precision}-", dir=work))  # a run of its own
     command = [
@@ -377,7 +388,7 @@ def fit_round(precision: str, work: Path, data_dir: Path) -> dict[str, float]:
         "--data.dataset.format", "recbole", "--data.dataset.path", str(data_dir),
         "--data.split", "leave_one_out", "--trainer.max_epochs", "1",
         "--model.privacy_probe", "false", "--trainer.enable_progress_bar", "false",
-        "--trainer.precision", precision, "--trainer.default_root_dir", str(root),
+        "--trainer.precision", precision, "--trainer.default_root_dir", str(root), *extra,
     ]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -395,6 +406,33 @@ def fit_round(precision: str, work: Path, data_dir: Path) -> dict[str, float]:
     }
 
 
+def ddp_rounds(precisions: Sequence[str], repeats: int, work: Path, data_dir: Path) -> None:
+    """Print one round in 1 process against 2 DDP processes, alternating (medians, ratio)."""
+    layouts = {"1 process": [], "2 DDP processes": DDP_ON_CPU}
+    print(
+        "\n| precision | layout | the round s | training s | the whole process s | test NDCG@10 |"
+    )
+    print("|---|---|---|---|---|---|")
+    for precision in precisions:
+        fits: dict[str, list[dict[str, float]]] = defaultdict(list)
+        for _ in range(repeats):
+            for name, extra in layouts.items():
+                fits[name].append(fit_round(precision, work, data_dir, extra))
+        medians = {}
+        for name, runs in fits.items():
+            figures = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            medians[name] = figures
+            print(
+                f"| {precision} | {name} | {figures['round_s']:.1f} | {figures['train_s']:.1f} | "
+                f"{figures['wall_s']:.1f} | {figures['test_ndcg10']:.4f} |"
+            )
+        one, two = medians["1 process"], medians["2 DDP processes"]
+        print(
+            f"| {precision} | 2 DDP / 1 | {two['round_s'] / one['round_s']:.2f} | "
+            f"{two['train_s'] / one['train_s']:.2f} | {two['wall_s'] / one['wall_s']:.2f} | |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
@@ -404,6 +442,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="the per-part table too")
     parser.add_argument(
         "--fit-round", action="store_true", help="one real `fellrec fit` round per precision too"
+    )
+    parser.add_argument(
+        "--fit-round-ddp",
+        action="store_true",
+        help="one round in 1 process and in 2 DDP processes, alternating, --repeats times each",
     )
     parser.add_argument("--ops", type=int, default=0, help="with --profile: top ops per part")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -473,12 +516,14 @@ def main() -> None:
     if {"32-true", "bf16-mixed"} <= set(options.precision):
         ratio = medians["current", "bf16-mixed"] / medians["current", "32-true"]
         print(f"step time, current, bf16-mixed / 32-true: {ratio:.2f}")
-    if options.fit_round and (options.device, options.backbone) != ("cpu", "minilm"):
+    rounds_asked = options.fit_round or options.fit_round_ddp
+    if rounds_asked and (options.device, options.backbone) != ("cpu", "minilm"):
         raise SystemExit("--fit-round runs the CPU recipe (--device cpu --backbone minilm)")
-    if options.fit_round:
+    if rounds_asked:
         from fellrec.data.fetch import fetch_ml100k
 
         data_dir = fetch_ml100k(options.cache / "data")
+    if options.fit_round:
         print("\n| precision | part of one round | s | share |")
         print("|---|---|---|---|")
         for precision in options.precision:
@@ -500,6 +545,8 @@ def main() -> None:
                 f"| {precision} | the whole process (load, round, test, plots) | "
                 f"{fit['wall_s']:.1f} | test NDCG@10 {fit['test_ndcg10']:.4f} |"
             )
+    if options.fit_round_ddp:
+        ddp_rounds(options.precision, options.repeats, options.cache, data_dir)
     if options.profile:
         for precision in options.precision:
             parts, ops = profile(

@@ -213,6 +213,10 @@ def test_a_config_recorded_before_training_was_grouped_still_reads(fitted, tmp_p
     assert printed["trainer"]["logger"][0]["class_path"].endswith("run_logger.RunCSVLogger")
 
 
+#: Two training processes on the CPU (for the strategies that start them).
+TWO_CPU_PROCESSES = ("--trainer.accelerator", "cpu", "--trainer.devices", "2")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -222,6 +226,20 @@ def test_a_config_recorded_before_training_was_grouped_still_reads(fitted, tmp_p
         (["--data.partition", "random"], "data.partition='random' is unknown"),
         (["--loop.selection_metric", "auc"], "selection_metric='auc' is unknown"),
         (["--data.dataset.format", "movielens"], "data.dataset.path is required"),
+        (
+            [*TWO_CPU_PROCESSES, "--trainer.strategy", "ddp_spawn"],
+            "trainer.strategy='ddp_spawn' starts its processes by spawning or forking",
+        ),
+        (
+            [
+                *TWO_CPU_PROCESSES,
+                "--trainer.strategy",
+                "lightning.pytorch.strategies.DDPStrategy",
+                "--trainer.strategy.init_args.start_method",
+                "fork",
+            ],
+            "trainer.strategy='DDPStrategy' starts its processes by spawning or forking",
+        ),
         (
             [
                 "--data.dataset.options",

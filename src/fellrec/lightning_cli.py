@@ -37,6 +37,7 @@ from fellrec.run_loggers import into_run_directory, with_run_csv_logger
 from fellrec.saved_config import RunConfigSaver
 from fellrec.training.batches.datamodule import FederatedDataModule
 from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.host.process_group import check_process_launch
 from fellrec.training.probes.privacy_probe import PrivacyProbe
 from fellrec.training.rounds.interruption import interruption_notice, stopped_at
 from fellrec.training.rounds.loop import FederatedLoop
@@ -112,7 +113,8 @@ class FellrecCLI(LightningCLI):
         """Add the progress display (unless the config sets one) and the run's reporting.
 
         On a terminal that is a bar; when stderr is a file (CI, nohup, Slurm), where a bar's
-        carriage-return redraws pile up, it is an occasional log line.
+        carriage-return redraws pile up, it is an occasional log line. A strategy that spawns or
+        forks its processes is refused (:func:`check_process_launch`).
         """
         config = self._get(self.config_init, "trainer", default={})
         callbacks = config.get("callbacks") or []
@@ -129,7 +131,9 @@ class FellrecCLI(LightningCLI):
             # The honest-but-curious server at the end of a split run (model.privacy_probe).
             callbacks = [*callbacks, PrivacyProbe()]
         kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        check_process_launch(trainer, config.get("strategy"))
+        return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the subcommand; a run stopped by a signal exits non-zero, saying how to resume."""

@@ -27,6 +27,7 @@ from fellrec.deploy.messages import (
     round_config_from,
 )
 from fellrec.deploy.run_config import RunSettings
+from fellrec.import_collector import first_import_paused
 
 #: Node-config key naming a SuperNode's own data (its silo: interaction files, read with the
 #: config's ``data.dataset`` format; a relative path resolves where the client runs).
@@ -55,7 +56,9 @@ def answer_on_node(request: ClientRequest, context: Context) -> Any:
         tls, insecure = worker_tls(context.node_config)
         return ask_worker(str(worker), request, tls=tls, insecure=insecure)
     # Imported here: a ClientApp that forwards to a worker never loads Lightning or model code.
-    from fellrec.deploy.client_session import answer
+    # Flower starts a fresh ClientApp process per message, so this import is on every answer.
+    with first_import_paused("fellrec.deploy.client_session"):
+        from fellrec.deploy.client_session import answer
 
     return answer(request)
 

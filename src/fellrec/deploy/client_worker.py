@@ -32,6 +32,7 @@ from dataclasses import fields
 from typing import Any
 
 from fellrec.deploy.client_requests import ClientRequest
+from fellrec.import_collector import first_import_paused
 from fellrec.wire import peers, rpc
 from fellrec.wire.codec import encode
 from fellrec.wire.security import (
@@ -99,7 +100,8 @@ def _reports() -> dict[str, type]:
 
 def _answer_value(request_value: Any) -> dict[str, Any]:
     """Answer one decoded request with this process's session: the report as plain values."""
-    from fellrec.deploy.client_session import answer  # the worker's side: the model code
+    with first_import_paused("fellrec.deploy.client_session"):
+        from fellrec.deploy.client_session import answer  # the worker's side: the model code
 
     request = ClientRequest.from_wire(request_value)
     log.info("client %s: %s", request.client, request.kind)
