@@ -8,6 +8,9 @@ client worker (:mod:`fellrec.deploy.client_worker`, the model already loaded). F
 polling (~3 s per message on each side) comes on top of both and is left out.
 
     HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_client_worker.py --repeats 3
+
+``--baseline-src`` adds a third kind, interleaved with the others: the in-process answer with an
+older checkout's ``src`` first on the path (for side-by-side ratios of a change to that path).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
+    parser.add_argument("--baseline-src", type=Path, help="an older checkout's src directory")
     parser.add_argument("--child", choices=["in-process", "worker"], help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--parameters", type=Path, help=argparse.SUPPRESS)
@@ -97,12 +101,16 @@ def main() -> None:
         while "listening" not in (work / "worker.log").read_text():
             time.sleep(0.1)
         subprocess.run([*common, "--child", "worker"], env=env, check=True)  # warm: describe
-        times: dict[str, list[float]] = {"in-process": [], "worker": []}
+        kinds = {"in-process": ("in-process", env), "worker": ("worker", env)}
+        if args.baseline_src:
+            path = f"{args.baseline_src.resolve()}{os.pathsep}{env.get('PYTHONPATH', '')}"
+            kinds["in-process, baseline src"] = ("in-process", {**env, "PYTHONPATH": path})
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(args.repeats):
-            for mode in times:
+            for kind, (mode, kind_env) in kinds.items():
                 started = time.perf_counter()
-                subprocess.run([*common, "--child", mode], env=env, check=True)
-                times[mode].append(time.perf_counter() - started)
+                subprocess.run([*common, "--child", mode], env=kind_env, check=True)
+                times[kind].append(time.perf_counter() - started)
     finally:
         worker.terminate()
         worker.wait(30)
@@ -114,6 +122,10 @@ def main() -> None:
         print(f"| {mode} | {low:.1f} | {middle:.1f} | {high:.1f} |")
     ratios = [a / b for a, b in zip(times["in-process"], times["worker"], strict=True)]
     print(f"\nin-process / worker, per repeat: {', '.join(f'{r:.2f}' for r in ratios)}")
+    if args.baseline_src:
+        base = times["in-process, baseline src"]
+        ratios = [a / b for a, b in zip(times["in-process"], base, strict=True)]
+        print(f"in-process / baseline src, per repeat: {', '.join(f'{r:.2f}' for r in ratios)}")
 
 
 if __name__ == "__main__":

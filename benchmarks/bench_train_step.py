@@ -518,7 +518,9 @@ def main() -> None:
         print(f"step time, current, bf16-mixed / 32-true: {ratio:.2f}")
     rounds_asked = options.fit_round or options.fit_round_ddp
     if rounds_asked and (options.device, options.backbone) != ("cpu", "minilm"):
-        raise SystemExit("--fit-round runs the CPU recipe (--device cpu --backbone minilm)")
+        raise SystemExit(
+            "--fit-round and --fit-round-ddp run the CPU recipe (--device cpu --backbone minilm)"
+        )
     if rounds_asked:
         from fellrec.data.fetch import fetch_ml100k
 

@@ -228,7 +228,7 @@ TWO_CPU_PROCESSES = ("--trainer.accelerator", "cpu", "--trainer.devices", "2")
         (["--data.dataset.format", "movielens"], "data.dataset.path is required"),
         (
             [*TWO_CPU_PROCESSES, "--trainer.strategy", "ddp_spawn"],
-            "trainer.strategy='ddp_spawn' starts its processes by spawning or forking",
+            "trainer.strategy='ddp_spawn' (DDPStrategy, start method 'spawn') starts its processes",
         ),
         (
             [
@@ -238,7 +238,7 @@ TWO_CPU_PROCESSES = ("--trainer.accelerator", "cpu", "--trainer.devices", "2")
                 "--trainer.strategy.init_args.start_method",
                 "fork",
             ],
-            "trainer.strategy='DDPStrategy' starts its processes by spawning or forking",
+            "trainer.strategy DDPStrategy (start method 'fork') starts its processes by spawning",
         ),
         (
             [

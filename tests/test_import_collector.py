@@ -36,11 +36,27 @@ def test_the_collector_waits_during_the_imports_and_skips_what_they_made(
     assert not any(o is made_inside for o in gc.get_objects())
 
 
-def test_the_collector_is_restored_when_the_block_raises(collector_restored):
+def test_the_collector_is_restored_and_nothing_frozen_when_the_block_raises(collector_restored):
     gc.enable()
+    frozen_before = gc.get_freeze_count()
     with pytest.raises(RuntimeError), collector_paused():
+        made_inside: list[object] = []
         raise RuntimeError("an import failed")
     assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen_before
+    assert any(o is made_inside for o in gc.get_objects())
+
+
+def test_a_failed_first_import_freezes_nothing_and_is_paused_again(collector_restored):
+    """A worker retries a failed import on its next request: each try pauses, none freezes."""
+    gc.enable()
+    frozen_before = gc.get_freeze_count()
+    for _ in range(2):
+        with pytest.raises(ImportError), first_import_paused("fellrec_no_such_module"):
+            assert not gc.isenabled()
+            import fellrec_no_such_module  # type: ignore[import-not-found]  # noqa: F401
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen_before
 
 
 def test_a_first_import_runs_with_the_collector_paused(collector_restored, monkeypatch):

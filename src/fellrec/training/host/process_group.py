@@ -1,9 +1,9 @@
 """What a host exchanges with the other processes of its run (DDP or sharded), by the trainer.
 
-Each helper is a collective under several processes (every process must call it at the same
+Each exchange is a collective under several processes (every process must call it at the same
 point) and returns its input unchanged in a one-process run or without a trainer.
-:func:`check_process_launch` refuses the one way of starting those processes a federation cannot
-use.
+:func:`check_process_launch`, not a collective, refuses the one way of starting those processes
+that a federation cannot use.
 """
 
 from __future__ import annotations
@@ -47,30 +47,40 @@ def max_over_processes(trainer: L.Trainer | None, value: int, device: torch.devi
     return int(count.item())
 
 
-def check_process_launch(trainer: L.Trainer, setting: object) -> None:
+def check_process_launch(trainer: L.Trainer, setting: object = None) -> None:
     """Refuse a strategy that trains in processes spawned or forked from this one.
 
-    Lightning's multiprocessing launcher (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``, or a
-    ``start_method`` other than ``popen``) hands only the model's weights back to the launching
-    process. A federation's state lives in its callback and host: the rounds run, each client's
-    selected round, the round history. The launching process would then test an unselected
-    model and write a record of zero rounds (measured: the quickstart under ``ddp_fork`` trained
-    as under ``ddp``, and its ``results.json`` said 0 rounds and test NDCG@10 0.18 against 0.23).
-    ``ddp`` and ``model_parallel`` start every process as a fresh copy of the command, so each
-    holds the whole state.
+    Lightning's multiprocessing launcher (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``, a
+    ``start_method`` other than ``popen``, or ``auto`` with several devices in a notebook) hands
+    only the model's weights back to the launching process. A federation's state lives in its
+    callback and host: the rounds run, each client's selected round, the round history. The
+    launching process would then test an unselected model and write a record of zero rounds
+    (measured: the quickstart under ``ddp_fork`` trained as under ``ddp``, and its
+    ``results.json`` said 0 rounds and test NDCG@10 0.18 against 0.23). ``ddp`` and
+    ``model_parallel`` start every process as a fresh copy of the command, so each holds the
+    whole state.
 
     Args:
         trainer: The run's trainer, its strategy configured.
-        setting: What ``trainer.strategy`` was set to (named in the error).
+        setting: What ``trainer.strategy`` was set to, when known (named in the error).
 
     Raises:
         ValueError: For a spawning or forking launcher.
     """
-    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
-        named = setting if isinstance(setting, str) else type(trainer.strategy).__name__
-        raise ValueError(
-            f"trainer.strategy={named!r} starts its processes by spawning or forking this one, "
-            "and only the model's weights come back from them: the federation's rounds, each "
-            "client's selected round and the run's record would be lost. Use --trainer.strategy "
-            "ddp (or model_parallel), which starts each process as a fresh copy of the command"
-        )
+    launcher = trainer.strategy.launcher
+    if not isinstance(launcher, _MultiProcessingLauncher):
+        return
+    resolved = type(trainer.strategy).__name__
+    # Lightning keeps the start method on the launcher only (a private attribute).
+    start_method = getattr(launcher, "_start_method", "spawn")
+    if isinstance(setting, str):
+        named = f"={setting!r} ({resolved}, start method {start_method!r})"
+    else:
+        named = f" {resolved} (start method {start_method!r})"
+    raise ValueError(
+        f"trainer.strategy{named} starts its processes by "
+        "spawning or forking this one, and only the model's weights come back from them: the "
+        "federation's rounds, each client's selected round and the run's record would be lost. "
+        "Use --trainer.strategy ddp (or model_parallel), which starts each process as a fresh "
+        "copy of the command; a notebook cannot run those, so run `fellrec fit` from a terminal"
+    )

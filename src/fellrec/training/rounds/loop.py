@@ -30,6 +30,7 @@ from fellrec.federation.selection import ModelSelection
 from fellrec.federation.strategies import Local, Strategy
 from fellrec.training.batches.datamodule import federated_datamodule
 from fellrec.training.host.federated_module import FederatedModule
+from fellrec.training.host.process_group import check_process_launch
 from fellrec.training.records.accounting import resource_summary_of
 from fellrec.training.records.results import (
     run_config,
@@ -154,7 +155,12 @@ class FederatedLoop(Callback):
 
     # ------------------------------------------------------------------ fit
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Settle the strategy, tell the data whether it pools clients, check the metric."""
+        """Settle the strategy, tell the data whether it pools clients, check the metric.
+
+        A trainer built in Python with a spawning or forking strategy is refused here (the
+        command line refuses it earlier, when it builds the trainer).
+        """
+        check_process_launch(trainer)
         self._trainer = trainer
         module = self._module(pl_module)
         datamodule = federated_datamodule(trainer)
