@@ -191,6 +191,17 @@ MISTAKES = [
     (["--data.dataset.format", "parquet"], "data.dataset.format='parquet' is unknown"),
     (["--ckpt_path", "no-such.ckpt"], "ckpt_path: no such checkpoint file: no-such.ckpt"),
     (["--trainer.default_root_dir", "/proc/fellrec-run"], "trainer.default_root_dir='/proc/"),
+    (
+        ["--trainer.strategy", "ddp_spawn"],
+        "trainer.strategy='ddp_spawn' (DDPStrategy, start method 'spawn') starts its processes",
+    ),
+    (
+        [
+            *("--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy"),
+            *("--trainer.strategy.init_args.start_method", "fork"),
+        ],
+        "trainer.strategy DDPStrategy (start method 'fork') starts its processes by spawning",
+    ),
 ]
 
 

@@ -68,3 +68,56 @@ def test_a_federation_built_in_python_refuses_them_too():
 
     with pytest.raises(ValueError, match=r"^trainer.strategy DDPStrategy \(start method 'fork'\)"):
         FederatedLoop().setup(trainer("ddp_fork"), L.LightningModule(), "fit")
+
+
+def test_the_light_table_is_lightnings_registry():
+    """The checks before the heavy imports know every registered name that spawns or forks."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from fellrec.training.host.process_launch import (
+        SPAWNING_START_METHODS,
+        SPAWNING_STRATEGY_NAMES,
+    )
+
+    registered = {
+        name: entry["init_params"]["start_method"]
+        for name, entry in StrategyRegistry.items()
+        if entry["init_params"].get("start_method") in SPAWNING_START_METHODS
+    }
+    assert registered == SPAWNING_STRATEGY_NAMES
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "ddp_fork_find_unused_parameters_false",
+        {
+            "class_path": "lightning.pytorch.strategies.DDPStrategy",
+            "init_args": {"start_method": "spawn"},
+        },
+        {"class_path": "DDPStrategy", "init_args": {"start_method": "forkserver"}},
+    ],
+    ids=["name", "class-path", "short-class"],
+)
+def test_a_config_value_is_refused_in_the_trainers_own_words(setting):
+    from fellrec.training.host.process_launch import check_strategy_setting
+
+    with pytest.raises(ValueError) as light:
+        check_strategy_setting(setting)
+    if isinstance(setting, str):
+        built = trainer(setting)
+    else:
+        built = trainer(DDPStrategy(**setting["init_args"]))
+    with pytest.raises(ValueError) as original:
+        check_process_launch(built, setting)
+    assert str(light.value) == str(original.value)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [None, "auto", "ddp", "ddp_find_unused_parameters_true", "fsdp", {"class_path": "DDPStrategy"}],
+)
+def test_a_config_value_that_starts_fresh_processes_passes_the_light_check(setting):
+    from fellrec.training.host.process_launch import check_strategy_setting
+
+    check_strategy_setting(setting)

@@ -7,9 +7,9 @@ first, on light modules only: the config files (exist, YAML, mappings), the keys
 ``model``, ``data`` and ``loop`` sections (:mod:`~fellrec.preflight.schema`), their ranges
 (:mod:`~fellrec.preflight.rules` and the data pipeline's own checks), the data files (read with
 the run's own readers unless prepared before), the backbone (a packaged alias, a directory, or a
-hub name that can be reached or is cached) and the run's directory (writable; a new fit never
-goes into another run's). What it cannot judge is left to the real parser and the run, which
-check everything again.
+hub name that can be reached or is cached), the run's directory (writable; a new fit never goes
+into another run's) and a ``trainer.strategy`` that would spawn or fork the run's processes. What
+it cannot judge is left to the real parser and the run, which check everything again.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import os
 from collections.abc import Sequence
 
 from fellrec.config_errors import check_config_files
-from fellrec.preflight.command_line import read_command_line
+from fellrec.preflight.command_line import read_command_line, section
 from fellrec.preflight.resources import check_data, check_model_source, check_run_directory
 from fellrec.preflight.schema import load_schema
 from fellrec.preflight.settings import check_settings
+from fellrec.training.host.process_launch import check_strategy_setting
 
 #: The LightningCLI subcommands checked here.
 RUN_SUBCOMMANDS = ("fit", "validate", "test")
@@ -37,8 +38,8 @@ def preflight(args: Sequence[str]) -> None:
 
     Raises:
         ConfigError: A config file, key or value that cannot be read (naming the file or flag).
-        ValueError: A setting out of range, data that does not read, a backbone that is nowhere,
-            or a new fit into another run's directory.
+        ValueError: A setting out of range, a spawning or forking ``trainer.strategy``, data that
+            does not read, a backbone that is nowhere, or a new fit into another run's directory.
         OSError: A missing data or checkpoint file, or a directory that cannot be written.
     """
     if os.environ.get("LOCAL_RANK", "0") != "0":
@@ -51,7 +52,9 @@ def preflight(args: Sequence[str]) -> None:
         return
     command = f"fellrec {subcommand}"
     check_config_files(rest)
-    read = read_command_line(rest, frozenset(load_schema()["classes"]))
+    # ``trainer.strategy`` may name a class too (``--trainer.strategy.init_args.start_method``).
+    classes = frozenset(load_schema()["classes"]) | {"trainer.strategy"}
+    read = read_command_line(rest, classes)
     if not read.plain:
         return
     if subcommand == "data stats":
@@ -59,6 +62,7 @@ def preflight(args: Sequence[str]) -> None:
         check_data(check_settings({"data": read.config.get("data") or {}}, rest, command))
         return
     values = check_settings(read.config, rest, command)
+    check_strategy_setting(section(read.config, "trainer").get("strategy"))
     check_run_directory(read.config, subcommand)
     check_model_source(values)
     check_data(values)

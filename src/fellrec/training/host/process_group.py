@@ -14,6 +14,8 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
+from fellrec.training.host.process_launch import spawned_launch_message
+
 
 def _world(trainer: L.Trainer | None) -> int:
     return 1 if trainer is None else int(trainer.world_size)
@@ -70,17 +72,6 @@ def check_process_launch(trainer: L.Trainer, setting: object = None) -> None:
     launcher = trainer.strategy.launcher
     if not isinstance(launcher, _MultiProcessingLauncher):
         return
-    resolved = type(trainer.strategy).__name__
     # Lightning keeps the start method on the launcher only (a private attribute).
     start_method = getattr(launcher, "_start_method", "spawn")
-    if isinstance(setting, str):
-        named = f"={setting!r} ({resolved}, start method {start_method!r})"
-    else:
-        named = f" {resolved} (start method {start_method!r})"
-    raise ValueError(
-        f"trainer.strategy{named} starts its processes by "
-        "spawning or forking this one, and only the model's weights come back from them: the "
-        "federation's rounds, each client's selected round and the run's record would be lost. "
-        "Use --trainer.strategy ddp (or model_parallel), which starts each process as a fresh "
-        "copy of the command; a notebook cannot run those, so run `fellrec fit` from a terminal"
-    )
+    raise ValueError(spawned_launch_message(setting, type(trainer.strategy).__name__, start_method))
