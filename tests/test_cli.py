@@ -227,20 +227,6 @@ TWO_CPU_PROCESSES = ("--trainer.accelerator", "cpu", "--trainer.devices", "2")
         (["--loop.selection_metric", "auc"], "selection_metric='auc' is unknown"),
         (["--data.dataset.format", "movielens"], "data.dataset.path is required"),
         (
-            [*TWO_CPU_PROCESSES, "--trainer.strategy", "ddp_spawn"],
-            "trainer.strategy='ddp_spawn' (DDPStrategy, start method 'spawn') starts its processes",
-        ),
-        (
-            [
-                *TWO_CPU_PROCESSES,
-                "--trainer.strategy",
-                "lightning.pytorch.strategies.DDPStrategy",
-                "--trainer.strategy.init_args.start_method",
-                "fork",
-            ],
-            "trainer.strategy DDPStrategy (start method 'fork') starts its processes by spawning",
-        ),
-        (
             [
                 "--data.dataset.options",
                 json.dumps(
@@ -262,6 +248,39 @@ def test_invalid_settings_fail_before_training_naming_the_setting(
     config, _ = fitted
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [*TWO_CPU_PROCESSES, "--trainer.strategy", "ddp_spawn"],
+            "trainer.strategy='ddp_spawn' (DDPStrategy, start method 'spawn') starts its processes",
+        ),
+        (
+            [
+                *TWO_CPU_PROCESSES,
+                "--trainer.strategy",
+                "lightning.pytorch.strategies.DDPStrategy",
+                "--trainer.strategy.init_args.start_method",
+                "fork",
+            ],
+            "trainer.strategy DDPStrategy (start method 'fork') starts its processes by spawning",
+        ),
+    ],
+    ids=["name", "class-path"],
+)
+def test_the_trainer_itself_refuses_spawning_strategies(fitted, tmp_path, capsys, args, message):
+    """Past the checks before the imports (``checked``): the trainer's own check refuses them."""
+    config, _ = fitted
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), *args],
+            checked=True,
+        )
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()

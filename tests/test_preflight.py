@@ -12,15 +12,15 @@ import pytest
 import yaml
 
 from fellrec.cli import main
-from fellrec.preflight import preflight
+from fellrec.preflight import class_keys, preflight
 from fellrec.preflight.command_line import read_command_line
 from fellrec.preflight.rules import METRIC_NAMES, RULES
-from fellrec.preflight.schema import SCHEMA_FILE, load_schema, schema_text
+from fellrec.preflight.schema import SCHEMA_FILE, schema_text
 from fellrec.preflight.schema_builder import build_schema
 from fellrec.preflight.settings import kind_error
 from test_cli import cli_environment, write_tiny_config
 
-CLASSES = frozenset(load_schema()["classes"])
+CLASSES = class_keys()
 
 
 def test_the_recorded_schema_is_the_parsers():
@@ -222,6 +222,30 @@ def test_mistakes_fail_before_anything_heavy_with_one_line(tiny_config, tmp_path
     assert not (tmp_path / "run").exists()  # nothing left behind by the checks
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--trainer.strategy", "ddp"],
+        ["--trainer.strategy", "DDP"],
+        ["--trainer.strategy", "model_parallel"],
+        [
+            *("--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy"),
+            *("--trainer.strategy.init_args.start_method", "popen"),
+            *("--trainer.strategy.init_args.find_unused_parameters", "true"),
+        ],
+        [
+            *("--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy"),
+            *("--trainer.strategy.init_args.find_unused_parameters", "true"),
+        ],
+    ],
+    ids=["ddp", "upper-case", "model-parallel", "popen", "class-default-start"],
+)
+def test_strategies_that_start_fresh_processes_pass(tiny_config, tmp_path, extra):
+    config, _ = tiny_config
+    args = ["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run")]
+    preflight([*args, *extra])
+
+
 def test_a_data_file_that_does_not_read_fails_naming_its_line(tiny_config, tmp_path, capsys):
     config, _ = tiny_config
     csv = bad_csv(tmp_path)
@@ -259,7 +283,7 @@ def test_the_checks_need_no_torch_and_take_a_second(tiny_config, tmp_path):
     ]
     script = f"""
 import json, sys, time
-from fellrec.preflight import preflight
+from fellrec.preflight import class_keys, preflight
 seconds = []
 for args in json.loads({json.dumps(json.dumps(cases))}):
     started = time.perf_counter()

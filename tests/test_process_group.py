@@ -71,7 +71,7 @@ def test_a_federation_built_in_python_refuses_them_too():
 
 
 def test_the_light_table_is_lightnings_registry():
-    """The checks before the heavy imports know every registered name that spawns or forks."""
+    """The checks before the heavy imports know every registered DDP name that spawns or forks."""
     from lightning.pytorch.strategies import StrategyRegistry
 
     from fellrec.training.host.process_launch import (
@@ -91,13 +91,14 @@ def test_the_light_table_is_lightnings_registry():
     "setting",
     [
         "ddp_fork_find_unused_parameters_false",
+        "DDP_Spawn",
         {
             "class_path": "lightning.pytorch.strategies.DDPStrategy",
             "init_args": {"start_method": "spawn"},
         },
         {"class_path": "DDPStrategy", "init_args": {"start_method": "forkserver"}},
     ],
-    ids=["name", "class-path", "short-class"],
+    ids=["name", "upper-case-name", "class-path", "short-class"],
 )
 def test_a_config_value_is_refused_in_the_trainers_own_words(setting):
     from fellrec.training.host.process_launch import check_strategy_setting

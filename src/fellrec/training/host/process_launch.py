@@ -14,8 +14,9 @@ from collections.abc import Mapping
 #: starts each process as a fresh copy of the command instead).
 SPAWNING_START_METHODS = ("spawn", "fork", "forkserver")
 
-#: Lightning's registered strategy names that spawn or fork (name -> start method);
-#: ``tests/test_process_group.py`` holds this table to Lightning's ``StrategyRegistry``.
+#: Lightning's registered DDP names that spawn or fork (name -> start method);
+#: ``tests/test_process_group.py`` holds this table to Lightning's ``StrategyRegistry``. (``xla``
+#: also forks, but needs TPUs; the trainer's own check refuses it.)
 SPAWNING_STRATEGY_NAMES: dict[str, str] = {
     f"ddp_{kind}{variant}": method
     for kind, method in (("spawn", "spawn"), ("fork", "fork"), ("notebook", "fork"))
@@ -27,8 +28,6 @@ _DDP_CLASS_PATHS = (
     "DDPStrategy",
     "lightning.pytorch.strategies.DDPStrategy",
     "lightning.pytorch.strategies.ddp.DDPStrategy",
-    "pytorch_lightning.strategies.DDPStrategy",
-    "pytorch_lightning.strategies.ddp.DDPStrategy",
 )
 
 
@@ -57,9 +56,10 @@ def spawned_launch_message(setting: object, resolved: str, start_method: str) ->
 def check_strategy_setting(setting: object) -> None:
     """Refuse a ``trainer.strategy`` config value that names a spawning or forking strategy.
 
-    Judges what a config can say without Lightning: a registered name (``ddp_spawn``) or
-    ``DDPStrategy`` by class path with a spawning ``init_args.start_method``. Anything else (a
-    strategy object, another class) is left to the trainer's own check.
+    Judges what a config can say without Lightning: a registered DDP name (``ddp_spawn``, in any
+    case, as Lightning reads it) or ``DDPStrategy`` by class path with a spawning
+    ``init_args.start_method``. Anything else (another class, ``xla``) is left to the trainer's
+    own check.
 
     Args:
         setting: The config's ``trainer.strategy`` (a string, a class-path mapping, or None).
@@ -67,10 +67,10 @@ def check_strategy_setting(setting: object) -> None:
     Raises:
         ValueError: For a spawning or forking strategy (the trainer's own message).
     """
-    if isinstance(setting, str) and setting in SPAWNING_STRATEGY_NAMES:
-        raise ValueError(
-            spawned_launch_message(setting, "DDPStrategy", SPAWNING_STRATEGY_NAMES[setting])
-        )
+    # Lightning looks a name up in lower case and the trainer's check quotes it as given.
+    if isinstance(setting, str) and setting.lower() in SPAWNING_STRATEGY_NAMES:
+        method = SPAWNING_STRATEGY_NAMES[setting.lower()]
+        raise ValueError(spawned_launch_message(setting, "DDPStrategy", method))
     if isinstance(setting, Mapping) and setting.get("class_path") in _DDP_CLASS_PATHS:
         arguments = setting.get("init_args")
         method = arguments.get("start_method") if isinstance(arguments, Mapping) else None
