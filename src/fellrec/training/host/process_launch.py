@@ -73,6 +73,6 @@ def check_strategy_setting(setting: object) -> None:
         raise ValueError(spawned_launch_message(setting, "DDPStrategy", method))
     if isinstance(setting, Mapping) and setting.get("class_path") in _DDP_CLASS_PATHS:
         arguments = setting.get("init_args")
-        method = arguments.get("start_method") if isinstance(arguments, Mapping) else None
-        if method in SPAWNING_START_METHODS:
-            raise ValueError(spawned_launch_message(None, "DDPStrategy", str(method)))
+        start = arguments.get("start_method") if isinstance(arguments, Mapping) else None
+        if start in SPAWNING_START_METHODS:
+            raise ValueError(spawned_launch_message(None, "DDPStrategy", str(start)))
