@@ -155,6 +155,8 @@ def run(variant: Variant, args: argparse.Namespace, directory: Path) -> dict:
         str(directory / "run"),
         "--data.max_train_examples",
         str(args.examples),
+        "--data.batch_size",
+        str(args.batch_size),
         "--data.cache_dir",
         str(args.cache_dir),
         "--trainer.callbacks+",
@@ -232,6 +234,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", default="minilm")
     parser.add_argument("--examples", type=int, default=320, help="training examples (all clients)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="micro-batch (the figures in benchmarks/README.md: 16, the quickstart's until "
+        "2026-12-07; many small steps weigh the wire's per-message cost)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--baseline-src",

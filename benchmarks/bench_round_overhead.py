@@ -1,6 +1,6 @@
 """Time of one federated round (N clients, FELLRec) against centralized training of the same data.
 
-Both runs are the quickstart job (MiniLM, synthetic catalog, batch 16, the same training examples
+Both runs are the quickstart job at batch 16 (MiniLM, synthetic catalog, the same training examples
 and client partition); ``Centralized`` trains all examples as one client. The timed window is the
 training part of a round, from ``on_train_epoch_start`` (before the federated loop's round start)
 to ``on_train_epoch_end`` (after its aggregation): the train batches plus what the federation adds

@@ -64,6 +64,8 @@ def run(layout: str, args: argparse.Namespace, directory: Path) -> list[dict]:
         str(directory / "run"),
         "--data.max_train_examples",
         str(args.examples),
+        "--data.batch_size",
+        str(args.batch_size),
         "--data.cache_dir",
         str(args.cache_dir),
         "--trainer.callbacks+",
@@ -86,6 +88,13 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--examples", type=int, default=160, help="training examples (all clients)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="micro-batch (the figures in benchmarks/README.md: 16, the quickstart's until "
+        "2026-12-07; at 64, 160 examples would leave a client one or two steps)",
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument(

@@ -59,7 +59,11 @@ def excerpt(results: dict[str, Any]) -> str:
             '"ndcg@10": ...}, ...},',
             f' "balance": {{"ndcg@10": {{{stats},',
             f"                         {more}}}, ...}},",
-            ' "popularity": {"overall": {...}, "clients": {...}, "balance": {...}},',
+            ' "slices": {"definition": {...}, "groups": {"popularity/tail": {"users": '
+            f'{results["slices"]["groups"]["popularity/tail"]["users"]}, "ndcg@10": ...,',
+            '            "ci": {"ndcg@10": [...], ...}}, ...}, "clients": {...}},',
+            ' "popularity": {"overall": {...}, "clients": {...}, "balance": {...}, '
+            '"slices": {...}},',
             f' "client_best_rounds": {results["client_best_rounds"]}, "history": [{{"round": 0, '
             '"train_loss": [...],',
             '   "lr": [...], "heating_weight": [...], "similarity": [[...]], "val": {...}}, ...]}',
