@@ -93,7 +93,7 @@ def main() -> None:
         type=int,
         default=16,
         help="micro-batch (the figures in benchmarks/README.md: 16, the quickstart's until "
-        "2026-12-07; at 64, 160 examples would leave a client one or two steps)",
+        "2026-12-07; at 64, 160 examples would leave every client one step)",
     )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))

@@ -80,7 +80,7 @@ class FederatedProgressLog(ProgressBar):
 
     A terminal bar redraws itself with carriage returns, which a file keeps: thousands of updates
     per run. This callback writes one line when a client starts and at most one every
-    ``interval_seconds`` within a client (``round 1 (2/5): batch 9/18, client 2, 5.0 batches/s``);
+    ``interval_seconds`` within a client (``round 0 (1/3): batch 9/18, client 2, 4.1 batches/s``);
     the loop adds its own line per round with the validation scores.
 
     Args:
