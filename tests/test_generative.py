@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fellrec.models.generative import GenerativeRecommender
 from fellrec.models.popularity_grounding import standardized_log_popularity, with_popularity
-from fellrec.models.prompts import PromptSettings, render_prompt
+from fellrec.models.prompts import PromptSettings, render_prompt, user_message
 
 # Distinct titles: every one must be its own nearest neighbour after grounding.
 TITLES = [
@@ -30,6 +30,22 @@ def load(tiny_llama_dir):
 def make(tiny_llama_dir, **settings):
     model, tokenizer = load(tiny_llama_dir)
     options = {"num_beams": 2, "max_new_tokens": 6, **settings}
+    return GenerativeRecommender(model, tokenizer, TITLES, PromptSettings(**options))
+
+
+# A minimal ChatML-style template (SmolLM2's layout, without its default system turn).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_chat(tiny_llama_dir, **settings):
+    model, tokenizer = load(tiny_llama_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    model.resize_token_embeddings(len(tokenizer))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    options = {"num_beams": 2, "max_new_tokens": 6, "template": "chat", **settings}
     return GenerativeRecommender(model, tokenizer, TITLES, PromptSettings(**options))
 
 
@@ -74,6 +90,30 @@ def test_loss_matches_hand_computation(tiny_llama_dir, response_only):
         got = recommender.losses(torch.tensor([[-1, 0, 1]]), torch.tensor([3]))
     assert got.shape == (1,)
     assert torch.allclose(got[0], expected_loss(recommender, [0, 1], 3, response_only), atol=1e-5)
+
+
+def test_chat_template_puts_the_history_in_a_user_turn(tiny_llama_dir):
+    recommender = make_chat(tiny_llama_dir)
+    tokenizer = recommender.tokenizer
+    ids = recommender.prompt_ids([0, 1], 10_000)
+    text = "<|im_start|>user\n" + user_message(recommender.settings, TITLES[:2])
+    text += "<|im_end|>\n<|im_start|>assistant\n"
+    # The template's markers are parsed into their own ids, and no [CLS] prefix is added.
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert tokenizer.cls_token_id not in ids
+    recommender.eval()
+    with torch.no_grad():
+        got = recommender.losses(torch.tensor([[-1, 0, 1]]), torch.tensor([3]))
+    assert torch.allclose(got[0], expected_loss(recommender, [0, 1], 3, False), atol=1e-5)
+    assert len(recommender.generate_titles(torch.tensor([[-1, 0, 1]]))) == 1
+
+
+def test_chat_template_needs_one_and_says_which_switch(tiny_llama_dir):
+    model, tokenizer = load(tiny_llama_dir)
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match=r"model\.prompt\.template: chat needs .*chat template"):
+        GenerativeRecommender(model, tokenizer, TITLES, PromptSettings(template="chat"))
 
 
 def test_response_only_differs_from_whole_sequence(tiny_llama_dir):
@@ -153,6 +193,41 @@ def test_item_embeddings_batched_equal_one_by_one(tiny_llama_dir):
     for item, ids in enumerate(recommender.title_ids):
         single = recommender._embed([[recommender.tokenizer.cls_token_id, *ids]])[0]
         assert torch.allclose(table[item], single, atol=1e-5)
+
+
+def test_mean_grounding_averages_the_title_states_without_the_prefix(tiny_llama_dir):
+    recommender = make(tiny_llama_dir, grounding="mean")
+    recommender.item_batch_size = 4  # mixed lengths, left padding
+    table = recommender.item_embeddings()
+    cls = recommender.tokenizer.cls_token_id
+    for item, ids in enumerate(recommender.title_ids):
+        with torch.no_grad():
+            states = recommender._decode(torch.tensor([[cls, *ids]]), torch.ones(1, len(ids) + 1))
+        assert torch.allclose(table[item], states[0, 1:].mean(0), atol=1e-5)
+    # An empty title is its prefix alone: its one state is kept.
+    with torch.no_grad():
+        alone = recommender._decode(torch.tensor([[cls]]), torch.ones(1, 1))[0, 0]
+    assert torch.allclose(recommender._embed([[cls]])[0], alone, atol=1e-5)
+    scores = recommender.ground(TITLES)
+    assert torch.equal(scores.argmax(1), torch.arange(len(TITLES)))
+
+
+def test_each_grounding_has_its_own_table_and_cache_entry(tiny_llama_dir, tmp_path):
+    model, tokenizer = load(tiny_llama_dir)
+    settings = PromptSettings()
+    recommender = GenerativeRecommender(
+        model, tokenizer, TITLES, settings, embedding_cache=tmp_path
+    )
+    last = recommender.item_embeddings()
+    settings.grounding = "mean"
+    mean = recommender.item_embeddings()
+    assert not torch.allclose(last, mean)
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    settings.grounding = "last_token"
+    assert recommender.item_embeddings() is last
+    # Queries follow the switch too: a title grounded by its mean state finds its own item.
+    settings.grounding = "mean"
+    assert recommender.ground(["green tea"]).argmax(1).tolist() == [2]
 
 
 def test_consumed_items_are_never_recommended(tiny_llama_dir):

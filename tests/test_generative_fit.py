@@ -79,6 +79,15 @@ def test_generative_run_is_tested_again_from_its_checkpoint(tmp_path, tiny_llama
     assert (root / "test-1").is_dir()
     assert rescored["config"]["model"]["prompt"]["popularity_gamma"] == 1.5
     assert again["config"]["model"]["prompt"]["popularity_gamma"] == 0.0
+    # Grounding is evaluation only: the same checkpoint re-scored by mean-pooled title states,
+    # from a second item table of its own (cached beside the first).
+    tables = sorted((tmp_path / "cache").rglob("item-embeddings-*.pt"))
+    assert len(tables) == 1
+    regrounded = retest("--model.prompt.grounding", "mean")
+    assert len(sorted((tmp_path / "cache").rglob("item-embeddings-*.pt"))) == 2
+    assert regrounded["config"]["model"]["prompt"]["grounding"] == "mean"
+    assert again["config"]["model"]["prompt"]["grounding"] == "last_token"
+    assert set(regrounded["clients"]) == set(first["clients"])
 
 
 def test_popularity_term_ranks_with_each_clients_own_counts(tmp_path, tiny_llama_dir):

@@ -5,6 +5,7 @@ from fellrec.models.prompts import (
     parse_response,
     render_prompt,
     render_response,
+    user_message,
 )
 
 PREAMBLE = (
@@ -34,6 +35,14 @@ def test_custom_noun_verb_and_plural():
 
 def test_empty_history_keeps_the_structure():
     assert render_prompt(PromptSettings(), []).endswith("### Input:\n\n\n### Response:\n")
+
+
+def test_user_message_is_the_instruction_then_the_history():
+    message = user_message(PromptSettings(item_noun="book", verb="read"), ["Dune", "Emma"])
+    assert message == (
+        "Given a list of books the user has read before, please recommend a new book that the "
+        'user likes to the user.\n\n"Dune", "Emma"'
+    )
 
 
 def test_render_response_quotes_the_title():
@@ -72,6 +81,8 @@ def test_parse_inverts_render():
         ("max_prompt_tokens", 8),
         ("max_new_tokens", 0),
         ("num_beams", 0),
+        ("template", "vicuna"),
+        ("grounding", "first_token"),
     ],
 )
 def test_validate_names_the_field(field, value):

@@ -3,7 +3,8 @@
 Training is the causal-LM loss of "prompt + quoted target title + eos" (whole sequence, as the
 reference, or response only). Recommending runs beam search with the active adapter, parses the
 generated title, embeds it with the base model *without* adapters (last layer after the final
-norm, last token) and scores every item by the negative L2 distance to its title's embedding.
+norm, at the last token or averaged over the title's tokens: ``model.prompt.grounding``) and
+scores every item by the negative L2 distance to its title's embedding.
 
 Token ids are built from cached pieces (every title once, every prompt once), never re-tokenized per
 step; batches are padded here, so the caller's tokenizer is never mutated.
@@ -28,8 +29,15 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from fellrec.models.catalog_trie import CatalogTrie
 from fellrec.models.embedding_cache import cache_path, load_or_compute, model_fingerprint
+from fellrec.models.encoder import pool
 from fellrec.models.popularity_grounding import with_popularity
-from fellrec.models.prompts import PromptSettings, parse_response, render_prompt, render_response
+from fellrec.models.prompts import (
+    PromptSettings,
+    parse_response,
+    render_prompt,
+    render_response,
+    user_message,
+)
 
 Trunk = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,6 +75,12 @@ class GenerativeRecommender(nn.Module):
             raise ValueError(f"item_batch_size must be >= 1, got {item_batch_size}")
         if tokenizer.eos_token_id is None:
             raise ValueError("model.backbone: the tokenizer has no eos token to end responses")
+        if prompt.template == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "model.prompt.template: chat needs a tokenizer with a chat template, and "
+                f"model.backbone's tokenizer ({type(tokenizer).__name__}) has none; use "
+                "model.prompt.template: alpaca"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.settings = prompt
@@ -90,8 +104,9 @@ class GenerativeRecommender(nn.Module):
         encoded = tokenizer(self.titles, add_special_tokens=False)["input_ids"]
         self.title_ids: list[list[int]] = [list(ids) for ids in encoded]
         self._responses: dict[int, list[int]] = {}
-        self._prompts: dict[tuple[tuple[int, ...], int], list[int]] = {}
-        self._item_table: torch.Tensor | None = None
+        self._prompts: dict[tuple[str, tuple[int, ...], int], list[int]] = {}
+        #: Item-title tables by ``model.prompt.grounding`` (each computed once).
+        self._item_tables: dict[str, torch.Tensor] = {}
         self._trie: CatalogTrie | None = None
 
     @property
@@ -121,8 +136,16 @@ class GenerativeRecommender(nn.Module):
         return self._responses[target]
 
     def _render_prompt(self, items: Sequence[int]) -> list[int]:
-        text = render_prompt(self.settings, [self.titles[i] for i in items])
-        return [*self.prefix, *self._encode(text)]
+        titles = [self.titles[i] for i in items]
+        if self.settings.template == "chat":
+            # The template writes its own specials (a bos where it wants one) as text, which the
+            # tokenizer parses back into their ids: no prefix of ours.
+            messages = [{"role": "user", "content": user_message(self.settings, titles)}]
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return self._encode(str(text))
+        return [*self.prefix, *self._encode(render_prompt(self.settings, titles))]
 
     def prompt_ids(self, history: Sequence[int], budget: int) -> list[int]:
         """Token ids of the prompt for a history (oldest first), at most ``budget`` long (cached).
@@ -130,7 +153,7 @@ class GenerativeRecommender(nn.Module):
         The oldest items are dropped until the prompt fits; the instruction is always kept, so a
         prompt with no history left may still exceed a budget smaller than the instruction.
         """
-        key = (tuple(history), budget)
+        key = (self.settings.template, tuple(history), budget)
         if key in self._prompts:
             return self._prompts[key]
         items = list(history)
@@ -237,14 +260,21 @@ class GenerativeRecommender(nn.Module):
         """Run the model equally often on every process from now on (sharded blocks).
 
         Beam search keeps stepping on a process whose beams finished until all have
-        (``synced_gpus``); grounding pads with extra batches. The item-title table is computed
-        now, before the blocks are sharded, so no process computes it alone later.
+        (``synced_gpus``); grounding pads with extra batches. The item-title table of the
+        configured ``model.prompt.grounding`` is computed now, before the blocks are sharded, so
+        no process computes it alone later (a grounding switched to afterwards computes its
+        table in lockstep, padded like any grounding).
         """
         self.item_embeddings()
         self._max_over_processes = max_over_processes
 
     def _embed(self, sequences: list[list[int]]) -> torch.Tensor:
-        """Last-token, last-layer states ``(N, H)`` of the base model without adapters."""
+        """Title embeddings ``(N, H)``: last-layer states of the base model without adapters.
+
+        ``model.prompt.grounding``: the state at the last token, or the mean over the title's
+        tokens (the prefix's states left out; a sequence of the prefix alone keeps them).
+        """
+        mean = self.settings.grounding == "mean"
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         starts = range(0, len(order), self.item_batch_size)
         calls = len(starts)
@@ -255,7 +285,14 @@ class GenerativeRecommender(nn.Module):
             for start in starts:
                 batch = [sequences[i] for i in order[start : start + self.item_batch_size]]
                 input_ids, attention_mask = self._pad(batch, left=True)
-                chunks.append(self._decode(input_ids, attention_mask)[:, -1].float())
+                hidden = self._decode(input_ids, attention_mask)
+                if mean:
+                    # In float32: a mean summed in bf16 (autocast) would lose the small digits.
+                    mask = self._title_mask(batch, attention_mask)
+                    chunks.append(pool(hidden.float(), mask, "mean"))
+                else:
+                    chunks.append(hidden[:, -1])
+                chunks[-1] = chunks[-1].float()
             for _ in range(calls - len(starts)):
                 # Another process has more batches: run its sharded blocks along (discarded).
                 self._decode(*self._pad([[self.eos_id]], left=True))
@@ -265,6 +302,16 @@ class GenerativeRecommender(nn.Module):
         table[torch.tensor(order, device=encoded.device)] = encoded
         return table
 
+    def _title_mask(self, batch: list[list[int]], attention_mask: torch.Tensor) -> torch.Tensor:
+        """``attention_mask`` of left-padded ``batch`` without the prefix's positions."""
+        mask = attention_mask.clone()
+        width = mask.shape[1]
+        for row, sequence in enumerate(batch):
+            if len(sequence) > len(self.prefix):
+                start = width - len(sequence)
+                mask[row, start : start + len(self.prefix)] = 0
+        return mask
+
     def _title_sequence(self, ids: list[int]) -> list[int]:
         sequence = [*self.prefix, *ids]
         return sequence if sequence else [self.eos_id]  # an empty generation still gets a state
@@ -273,20 +320,25 @@ class GenerativeRecommender(nn.Module):
         if self.embedding_cache is None:
             return None
         key = [*model_fingerprint(self.base_model()), self.prefix, self.titles]
+        if self.settings.grounding != "last_token":
+            # Appended, so the default's key (and the tables cached under it) stays as it was.
+            key.append(self.settings.grounding)
         return cache_path(self.embedding_cache, "item-embeddings", key)
 
     def item_embeddings(self) -> torch.Tensor:
         """Item-title embeddings ``(I, H)`` of the base model without adapters (computed once).
 
-        Kept in memory, and in ``embedding_cache`` (if set) keyed by the model path and titles.
+        One table per ``model.prompt.grounding``, kept in memory and in ``embedding_cache`` (if
+        set) keyed by the model path, titles and grounding.
         """
-        if self._item_table is None:
-            self._item_table = load_or_compute(
+        grounding = self.settings.grounding
+        if grounding not in self._item_tables:
+            self._item_tables[grounding] = load_or_compute(
                 self._cache_file(),
                 lambda: self._embed([self._title_sequence(ids) for ids in self.title_ids]),
                 self.device,
             )
-        return self._item_table
+        return self._item_tables[grounding]
 
     def _beam_search(self, histories: torch.Tensor, trie: CatalogTrie | None) -> torch.Tensor:
         """The generated tokens of every beam kept ``(B * R, G)``, best beam of a row first.
@@ -420,7 +472,21 @@ class GenerativeRecommender(nn.Module):
         """:meth:`recommend`'s scores before the popularity term."""
         if not self.settings.constrained:
             return self.ground(self.generate_titles(histories), exclude)
-        ranked = self.generate_items(histories)
+        return self.rank_items(self.generate_items(histories), exclude)
+
+    def rank_items(
+        self, ranked: Sequence[Sequence[int]], exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scores ``(B, I)`` of constrained beams' items: them first, then the rest by distance.
+
+        Args:
+            ranked: Per row, the beams' items in beam order (:meth:`generate_items`).
+            exclude: Optional ``(B, I)`` boolean mask of items to score ``-inf``.
+
+        Returns:
+            Each row's beam items above every other item, in beam order; every other item by
+            the negative L2 distance of its title's embedding to the best beam's.
+        """
         table = self.item_embeddings()
         # A row whose beams ended off the catalog (cannot happen under the trie) grounds at 0.
         best = torch.tensor([items[0] if items else 0 for items in ranked], device=table.device)

@@ -1,8 +1,10 @@
-"""Alpaca-style prompts of a generative (BIGRec-style) recommender: pure text, no tokenizer.
+"""Prompts of a generative (BIGRec-style) recommender: pure text, no tokenizer.
 
 A prompt lists the user's history as quoted titles, oldest first (as BIGRec lists them); the
 response is the quoted title of the next item. ``parse_response`` turns generated text back into a
-title before it is grounded onto the catalog.
+title before it is grounded onto the catalog. The Alpaca layout (BIGRec's) is rendered here; the
+chat layout puts :func:`user_message` into the tokenizer's own chat template, which only the
+recommender holds (:class:`~fellrec.models.generative.GenerativeRecommender`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from dataclasses import dataclass
 
 #: The largest ``model.prompt.popularity_gamma`` accepted.
 MAX_POPULARITY_GAMMA = 1000.0
+
+#: Prompt layouts (``model.prompt.template``).
+TEMPLATES = ("alpaca", "chat")
+
+#: How titles are embedded for grounding (``model.prompt.grounding``).
+GROUNDINGS = ("last_token", "mean")
 
 PREAMBLE = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -49,6 +57,17 @@ class PromptSettings:
     standardized over the items they can be recommended, plus gamma times the standardized
     log(1 + training count) of each item, counted in the client's own training data
     (``fellrec.models.popularity_grounding``). 0: grounding alone."""
+    template: str = "alpaca"
+    """Prompt layout. ``alpaca``: BIGRec's Alpaca-style prompt (preamble, ``### Instruction``,
+    ``### Input``, ``### Response``; the reference). ``chat``: the same instruction and history as
+    one user turn in the tokenizer's own chat template, the response as the assistant's turn (the
+    layout instruction-tuned models such as SmolLM2-Instruct were tuned on; needs a tokenizer
+    with a chat template)."""
+    grounding: str = "last_token"
+    """How a generated title and every catalog title are embedded (by the base model without
+    adapters) before their L2 distance ranks the items. ``last_token``: the last layer's state at
+    the title's last token (BIGRec). ``mean``: the mean of the last layer's states over the
+    title's tokens (a title's last token is often the closing parenthesis of its year)."""
 
     @property
     def plural(self) -> str:
@@ -75,6 +94,12 @@ class PromptSettings:
             raise ValueError(f"model.prompt.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             raise ValueError(f"model.prompt.num_beams must be >= 1, got {self.num_beams}")
+        for name, allowed in (("template", TEMPLATES), ("grounding", GROUNDINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model.prompt.{name} must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         # Standardized parts are a few units: beyond ~10 the ranking is popularity's alone, and
         # the cap keeps every score exact enough in float32 to hold the beams' order.
         if not (0.0 <= self.popularity_gamma <= MAX_POPULARITY_GAMMA):
@@ -97,6 +122,11 @@ def render_response(title: str) -> str:
     return f'"{title}"'
 
 
+def listed_history(history_titles: Sequence[str]) -> str:
+    """The history as quoted titles, comma-separated, oldest first."""
+    return ", ".join(render_response(title) for title in history_titles)
+
+
 def render_prompt(settings: PromptSettings, history_titles: Sequence[str]) -> str:
     """Render the Alpaca-style prompt for a history.
 
@@ -107,11 +137,20 @@ def render_prompt(settings: PromptSettings, history_titles: Sequence[str]) -> st
     Returns:
         The prompt, ending with the ``### Response:`` line so the response follows directly.
     """
-    listed = ", ".join(render_response(title) for title in history_titles)
     return (
         f"{PREAMBLE}\n\n### Instruction:\n{instruction(settings)}\n\n"
-        f"### Input:\n{listed}\n\n### Response:\n"
+        f"### Input:\n{listed_history(history_titles)}\n\n### Response:\n"
     )
+
+
+def user_message(settings: PromptSettings, history_titles: Sequence[str]) -> str:
+    """The user's turn of the chat layout: the instruction, a blank line, then the history.
+
+    Args:
+        settings: Prompt wording.
+        history_titles: Titles of the consumed items, oldest first.
+    """
+    return f"{instruction(settings)}\n\n{listed_history(history_titles)}"
 
 
 def parse_response(text: str) -> str:
