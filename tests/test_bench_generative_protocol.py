@@ -18,7 +18,7 @@ from fellrec.metrics.ranking import index_mask
 from test_generative import TITLES, make
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_generative_protocol import recommend_users  # noqa: E402
+from bench_generative_protocol import recommend_users
 
 
 def users() -> EvalUsers:
