@@ -291,8 +291,7 @@ class GenerativeRecommender(nn.Module):
                     mask = self._title_mask(batch, attention_mask)
                     chunks.append(pool(hidden.float(), mask, "mean"))
                 else:
-                    chunks.append(hidden[:, -1])
-                chunks[-1] = chunks[-1].float()
+                    chunks.append(hidden[:, -1].float())
             for _ in range(calls - len(starts)):
                 # Another process has more batches: run its sharded blocks along (discarded).
                 self._decode(*self._pad([[self.eos_id]], left=True))
