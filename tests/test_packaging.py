@@ -106,6 +106,31 @@ def test_min_env_installs_the_declared_lower_bounds(
         )
 
 
+@pytest.mark.skipif(
+    os.environ.get("TOX_ENV_NAME") != "min", reason="checks the environment of tox -e min only"
+)
+def test_the_min_env_really_runs_the_lowest_versions(
+    tox_environments: configparser.ConfigParser,
+) -> None:
+    """What ``tox -e min`` installed, read from the running interpreter, equals its pins.
+
+    Pinning in ``deps`` is not enough: tox then installs the package's own requirements, and pip
+    upgrades a pinned library whenever another requirement needs a newer release of a shared
+    dependency (lightning 2.5.0 caps ``packaging`` below 25, which the dev tools' tox needs), so
+    the environment would silently test a newer lightning than it claims.
+    """
+    from importlib.metadata import version
+
+    pinned = _requirements(_lines(tox_environments["testenv:min"]["deps"]))
+    pinned.pop("torch", None)
+    for name in MIN_PINNED:
+        wanted = _exact_pin(pinned[name])
+        installed = version(name)
+        assert Requirement(f"x=={wanted}").specifier.contains(installed), (
+            f"tox -e min pins {name}=={wanted} but runs {name} {installed}"
+        )
+
+
 def test_every_tox_env_runs_offline(tox_environments: configparser.ConfigParser) -> None:
     environments = tox_environments.sections()
     assert {"testenv:min", "testenv:slow"} <= set(environments), environments
