@@ -116,8 +116,9 @@ def test_the_min_env_really_runs_the_lowest_versions(
 
     Pinning in ``deps`` is not enough: tox then installs the package's own requirements, and pip
     upgrades a pinned library whenever another requirement needs a newer release of a shared
-    dependency (lightning 2.5.0 caps ``packaging`` below 25, which the dev tools' tox needs), so
-    the environment would silently test a newer lightning than it claims.
+    dependency (lightning 2.5.0 caps ``packaging`` below 25; the newest tox the dev extra allows
+    needs 25 or newer, and pip upgraded lightning rather than take an older tox), so the
+    environment would silently test a newer lightning than it claims.
     """
     from importlib.metadata import version
 
